@@ -1,0 +1,192 @@
+"""Plain data: what a job is asked to do, and immutable snapshots of how it is doing.
+
+Nothing here performs I/O. `Limits` and `JobSpec` validate themselves when
+built, so a request that passes construction is one the tracker can attempt.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import os
+import signal
+from collections.abc import Mapping
+
+import attrs
+
+from jobworker.errors import InvalidRequestError
+
+#: Upper bound for a byte count (memory, IO rate): 1 EiB is absurd on any host.
+MAX_BYTES = 1 << 60
+#: Linux's PID_MAX_LIMIT: no pids limit can be larger.
+MAX_PIDS = 4_194_304
+#: The smallest memory limit that leaves room for the sandbox helpers (~3 MiB).
+MIN_MEMORY = 8 << 20
+
+
+@attrs.frozen
+class Limits:
+    """Per-job resource limits; `None` means "no limit".
+
+    cpu: CPU time in cores per wall second (0.5 = half a core; fractions allowed).
+    memory: bytes of RAM (and swap, where the host accounts it).
+    io_read_bps / io_write_bps: bytes per second on the block device that holds
+        the data dir (direct IO on cgroup v1; buffered writes too on v2).
+    pids: number of tasks (processes and threads) the command may have; the two
+        sandbox helper processes are added on top by the sandbox, not counted here.
+    """
+
+    cpu: float | None = None
+    memory: int | None = None
+    io_read_bps: int | None = None
+    io_write_bps: int | None = None
+    pids: int | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.cpu is not None:
+            ncpu = os.cpu_count() or 1
+            if not math.isfinite(self.cpu) or self.cpu <= 0:
+                raise InvalidRequestError(f"cpu limit must be a positive number of cores, not {self.cpu}")
+            if self.cpu < 0.01:
+                raise InvalidRequestError(f"cpu limit {self.cpu} is below the minimum of 0.01 cores")
+            if self.cpu > ncpu:
+                raise InvalidRequestError(
+                    f"cpu limit {self.cpu} is more than this host's {ncpu} cores"
+                )
+        _check_bytes("memory limit", self.memory, minimum=MIN_MEMORY)
+        _check_bytes("io read limit", self.io_read_bps, minimum=1)
+        _check_bytes("io write limit", self.io_write_bps, minimum=1)
+        if self.pids is not None and not 1 <= self.pids <= MAX_PIDS:
+            raise InvalidRequestError(f"pids limit must be between 1 and {MAX_PIDS}, not {self.pids}")
+
+    @property
+    def has_io(self) -> bool:
+        return self.io_read_bps is not None or self.io_write_bps is not None
+
+    def merged_over(self, defaults: Limits) -> Limits:
+        """These limits, with each `None` filled from `defaults`."""
+        return Limits(
+            **{
+                name: getattr(self, name) if getattr(self, name) is not None else getattr(defaults, name)
+                for name in attrs.fields_dict(Limits)
+            }
+        )
+
+
+def _check_bytes(what: str, value: int | None, *, minimum: int) -> None:
+    if value is None:
+        return
+    if value < minimum:
+        raise InvalidRequestError(f"{what} must be at least {minimum} bytes, not {value}")
+    if value > MAX_BYTES:
+        raise InvalidRequestError(f"{what} of {value} bytes is absurd; the maximum is {MAX_BYTES}")
+
+
+def _check_argv(argv: tuple[str, ...]) -> tuple[str, ...]:
+    if not argv or not argv[0]:
+        raise InvalidRequestError("empty command: give a program to run")
+    for arg in argv:
+        if "\0" in arg:
+            raise InvalidRequestError("a command argument contains a NUL byte, which no program can receive")
+    return argv
+
+
+def _check_env(env: Mapping[str, str]) -> Mapping[str, str]:
+    for key, value in env.items():
+        if not key or "=" in key or "\0" in key or "\0" in value:
+            raise InvalidRequestError(
+                f"bad environment variable {key!r}: names must be non-empty, without '=' or NUL"
+            )
+    return env
+
+
+@attrs.frozen
+class JobSpec:
+    """What to run.
+
+    argv: the exact argument vector; argv[0] is looked up in PATH when it has no '/'.
+    env: the command's environment; `None` gives a minimal default (PATH, HOME, LANG).
+    workdir: the working directory inside the sandbox; `None` is the job's own
+        writable work dir.
+    limits: resource limits; unset ones take the tracker's defaults.
+    host_network: share the host's network namespace instead of a private
+        loopback-only one; refused unless the tracker allows it.
+    """
+
+    argv: tuple[str, ...] = attrs.field(converter=tuple, validator=lambda _i, _a, v: _check_argv(v))
+    env: Mapping[str, str] | None = attrs.field(
+        default=None, validator=lambda _i, _a, v: v is None or bool(_check_env(v))
+    )
+    workdir: str | None = None
+    limits: Limits = attrs.Factory(Limits)
+    host_network: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        if self.workdir is not None and (not self.workdir.startswith("/") or "\0" in self.workdir):
+            raise InvalidRequestError(f"working dir must be an absolute path, not {self.workdir!r}")
+
+
+class JobState(enum.Enum):
+    """The seed's three states; the words are the API's."""
+
+    PENDING = "Pending"
+    ACTIVE = "Active"
+    TERMINATED = "Terminated"
+
+
+class Outcome(enum.Enum):
+    """How a terminated job ended."""
+
+    EXITED = "exited"  # the command exited by itself; see exit_code
+    SIGNALED = "signaled"  # a signal killed it (not sent by a stop); see signal
+    OOM_KILLED = "oom-killed"  # the kernel's OOM killer ended it at its memory limit
+    STOPPED = "stopped"  # a user (or shutdown) stopped it
+    LOST = "lost"  # the daemon restarted while it ran
+
+
+@attrs.frozen
+class Usage:
+    """Resource usage read from the job's cgroup. cpu_ns: CPU time in nanoseconds;
+    peak_memory: the high-water mark in bytes; oom_kills: OOM kills in the cgroup."""
+
+    cpu_ns: int = 0
+    peak_memory: int = 0
+    oom_kills: int = 0
+
+
+@attrs.frozen
+class JobStatus:
+    """An immutable snapshot of a job.
+
+    exit_code: the shell-style code (128+n when signal n killed it); `None` until
+        the job has terminated.
+    signal: the number of the signal that killed it, else `None`.
+    started_at / ended_at: Unix times; `None` while not yet known.
+    """
+
+    job_id: str
+    owner: str
+    spec: JobSpec
+    state: JobState
+    created_at: float
+    started_at: float | None = None
+    ended_at: float | None = None
+    outcome: Outcome | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    stopped_by_user: bool = False
+    usage: Usage = attrs.Factory(Usage)
+    output_size: int = 0
+
+    @property
+    def oom_killed(self) -> bool:
+        return self.outcome is Outcome.OOM_KILLED
+
+    @property
+    def signal_name(self) -> str | None:
+        if self.signal is None:
+            return None
+        try:
+            return signal.Signals(self.signal).name
+        except ValueError:
+            return f"SIG{self.signal}"

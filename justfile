@@ -1,0 +1,59 @@
+# jobworker's recipes. On a fresh machine run them through ./dev, which installs `just` first.
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+venv := justfile_directory() / ".venv/bin"
+export PATH := venv + ":" + env_var("PATH")
+
+addr := env_var_or_default("JWS_ADDR", "127.0.0.1:50051")
+tls_dir := justfile_directory() / "certs/dev"
+
+# list the recipes
+default:
+    @just --list
+
+# start jwsd in the foreground as root, with dev certificates (generated when missing)
+run *ARGS: _dev-certs
+    jwsd --addr {{addr}} --tls-dir {{tls_dir}} {{ARGS}}
+
+# lint, type-check and run every test (the README's test command; CI runs it as root)
+test *ARGS: lint typecheck
+    pytest {{ARGS}}
+
+# only the test suite, without lint and typecheck
+pytest *ARGS:
+    pytest {{ARGS}}
+
+# end-to-end tests through the real jwsd and jws processes
+e2e *ARGS:
+    pytest tests/e2e {{ARGS}}
+
+# ruff check and format check
+lint:
+    ruff check .
+    ruff format --check .
+
+# mypy strict on the package
+typecheck:
+    mypy
+
+# regenerate the committed gRPC code from protos/
+protos:
+    python -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. --purerpc_out=. protos/jobworker/v1/jobworker.proto
+
+# generate dev certificates: just certs [OUTDIR] [USER...]
+certs outdir=tls_dir *USERS:
+    certs/gen-certs.sh {{outdir}} {{USERS}}
+
+_dev-certs:
+    @[ -f {{tls_dir}}/server_cert.pem ] || certs/gen-certs.sh {{tls_dir}}
+
+# benchmarks against peers, in the same run (under 10 minutes)
+bench *ARGS:
+    python -m tests.bench {{ARGS}}
+
+# the same rows with small sizes (under 1 minute)
+bench-quick *ARGS:
+    python -m tests.bench --quick {{ARGS}}
+
+# everything: lint, typecheck, tests, quick benchmarks
+check: test bench-quick
