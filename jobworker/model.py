@@ -46,9 +46,13 @@ class Limits:
         if self.cpu is not None:
             ncpu = os.cpu_count() or 1
             if not math.isfinite(self.cpu) or self.cpu <= 0:
-                raise InvalidRequestError(f"cpu limit must be a positive number of cores, not {self.cpu}")
+                raise InvalidRequestError(
+                    f"cpu limit must be a positive number of cores, not {self.cpu}"
+                )
             if self.cpu < 0.01:
-                raise InvalidRequestError(f"cpu limit {self.cpu} is below the minimum of 0.01 cores")
+                raise InvalidRequestError(
+                    f"cpu limit {self.cpu} is below the minimum of 0.01 cores"
+                )
             if self.cpu > ncpu:
                 raise InvalidRequestError(
                     f"cpu limit {self.cpu} is more than this host's {ncpu} cores"
@@ -57,7 +61,9 @@ class Limits:
         _check_bytes("io read limit", self.io_read_bps, minimum=1)
         _check_bytes("io write limit", self.io_write_bps, minimum=1)
         if self.pids is not None and not 1 <= self.pids <= MAX_PIDS:
-            raise InvalidRequestError(f"pids limit must be between 1 and {MAX_PIDS}, not {self.pids}")
+            raise InvalidRequestError(
+                f"pids limit must be between 1 and {MAX_PIDS}, not {self.pids}"
+            )
 
     @property
     def has_io(self) -> bool:
@@ -67,7 +73,9 @@ class Limits:
         """These limits, with each `None` filled from `defaults`."""
         return Limits(
             **{
-                name: getattr(self, name) if getattr(self, name) is not None else getattr(defaults, name)
+                name: getattr(self, name)
+                if getattr(self, name) is not None
+                else getattr(defaults, name)
                 for name in attrs.fields_dict(Limits)
             }
         )
@@ -87,7 +95,9 @@ def _check_argv(argv: tuple[str, ...]) -> tuple[str, ...]:
         raise InvalidRequestError("empty command: give a program to run")
     for arg in argv:
         if "\0" in arg:
-            raise InvalidRequestError("a command argument contains a NUL byte, which no program can receive")
+            raise InvalidRequestError(
+                "a command argument contains a NUL byte, which no program can receive"
+            )
     return argv
 
 

@@ -1,0 +1,64 @@
+"""The seed's one-string command line: split like a POSIX shell, expand nothing."""
+
+from __future__ import annotations
+
+import shlex
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from jobworker.cmdline import split_command
+from jobworker.errors import InvalidRequestError
+
+_arg = st.text(st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)), min_size=0)
+
+
+@pytest.mark.parametrize(
+    ("cmd", "argv"),
+    [
+        ("ls -l", ("ls", "-l")),
+        ("  ls   -l  ", ("ls", "-l")),
+        ("ls 'my dir'", ("ls", "my dir")),
+        ('echo "a b" c\\ d', ("echo", "a b", "c d")),
+        ("echo $HOME *.txt", ("echo", "$HOME", "*.txt")),  # nothing is expanded: no shell runs
+        ("echo a#b # not a comment", ("echo", "a#b", "#", "not", "a", "comment")),
+        ("sh -c 'echo hi | wc -c'", ("sh", "-c", "echo hi | wc -c")),
+        ("printf ''", ("printf", "")),
+    ],
+)
+def test_split_like_a_shell_without_expanding(cmd: str, argv: tuple[str, ...]) -> None:
+    assert split_command(cmd) == argv
+
+
+@pytest.mark.parametrize(
+    ("cmd", "message"),
+    [
+        ("", "empty command"),
+        ("   \t\n", "empty command"),
+        ("echo 'unterminated", "no closing quotation"),
+        ('echo "unterminated', "no closing quotation"),
+        ("echo trailing\\", "no escaped character"),
+        ("echo a\0b", "NUL byte"),
+    ],
+)
+def test_bad_command_lines_are_refused_with_the_reason(cmd: str, message: str) -> None:
+    with pytest.raises(InvalidRequestError, match=message):
+        split_command(cmd)
+
+
+@given(st.lists(_arg, min_size=1).filter(lambda argv: argv[0] != ""))
+def test_split_inverts_shlex_join(argv: list[str]) -> None:
+    """Any argv quoted by shlex.join comes back exactly, whatever its characters."""
+    assert split_command(shlex.join(argv)) == tuple(argv)
+
+
+@given(st.text())
+def test_split_either_succeeds_or_raises_invalid_request(cmd: str) -> None:
+    """No input makes the splitter fail with anything but a clear InvalidRequestError."""
+    try:
+        argv = split_command(cmd)
+    except InvalidRequestError:
+        return
+    assert argv
+    assert all("\0" not in arg for arg in argv)

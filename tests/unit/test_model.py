@@ -1,0 +1,86 @@
+"""Requests validate themselves: bad input raises a clear error before anything happens."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from jobworker import states
+from jobworker.errors import BadStateError, InvalidRequestError
+from jobworker.model import MAX_BYTES, JobSpec, JobState, JobStatus, Limits, Outcome
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"cpu": 0}, "positive number of cores"),
+        ({"cpu": -1}, "positive number of cores"),
+        ({"cpu": float("nan")}, "positive number of cores"),
+        ({"cpu": float("inf")}, "positive number of cores"),
+        ({"cpu": 0.001}, "below the minimum"),
+        ({"cpu": (os.cpu_count() or 1) + 1}, "more than this host"),
+        ({"memory": -5}, "at least"),
+        ({"memory": 1024}, "at least"),
+        ({"memory": MAX_BYTES + 1}, "absurd"),
+        ({"io_read_bps": 0}, "at least"),
+        ({"io_write_bps": -1}, "at least"),
+        ({"pids": 0}, "between 1 and"),
+        ({"pids": 10**9}, "between 1 and"),
+    ],
+)
+def test_absurd_limits_are_refused(kwargs: dict[str, float], message: str) -> None:
+    with pytest.raises(InvalidRequestError, match=message):
+        Limits(**kwargs)  # type: ignore[arg-type]
+
+
+def test_limits_merge_fills_only_unset_fields() -> None:
+    merged = Limits(cpu=0.5).merged_over(Limits(cpu=1, memory=64 << 20, pids=10))
+    assert merged == Limits(cpu=0.5, memory=64 << 20, pids=10)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"argv": []}, "empty command"),
+        ({"argv": [""]}, "empty command"),
+        ({"argv": ["echo", "a\0b"]}, "NUL"),
+        ({"argv": ["env"], "env": {"A=B": "x"}}, "bad environment variable"),
+        ({"argv": ["env"], "env": {"": "x"}}, "bad environment variable"),
+        ({"argv": ["env"], "env": {"A": "x\0"}}, "bad environment variable"),
+        ({"argv": ["ls"], "workdir": "relative/dir"}, "absolute path"),
+    ],
+)
+def test_bad_specs_are_refused(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidRequestError, match=message):
+        JobSpec(**kwargs)  # type: ignore[arg-type]
+
+
+def test_state_machine_allows_only_forward_moves() -> None:
+    assert states.transition(JobState.PENDING, JobState.ACTIVE) is JobState.ACTIVE
+    assert states.transition(JobState.ACTIVE, JobState.TERMINATED) is JobState.TERMINATED
+    assert states.transition(JobState.PENDING, JobState.TERMINATED) is JobState.TERMINATED
+    for current, new in [
+        (JobState.TERMINATED, JobState.ACTIVE),
+        (JobState.TERMINATED, JobState.PENDING),
+        (JobState.ACTIVE, JobState.PENDING),
+        (JobState.ACTIVE, JobState.ACTIVE),
+        (JobState.TERMINATED, JobState.TERMINATED),
+    ]:
+        with pytest.raises(BadStateError, match="cannot go from"):
+            states.transition(current, new)
+
+
+def test_status_names_the_signal_and_oom() -> None:
+    status = JobStatus(
+        job_id="x",
+        owner="alex",
+        spec=JobSpec(argv=["true"]),
+        state=JobState.TERMINATED,
+        created_at=0.0,
+        outcome=Outcome.OOM_KILLED,
+        exit_code=137,
+        signal=9,
+    )
+    assert status.signal_name == "SIGKILL"
+    assert status.oom_killed
