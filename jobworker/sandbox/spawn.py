@@ -1,0 +1,239 @@
+"""Start a job's command line and learn whether the command is running.
+
+`resolve_program` finds the program the way `execvp` inside the sandbox will,
+before anything is created, so that a missing or non-executable program is an
+error of the start request rather than a job that exits 127 (bubblewrap's own
+exec failure is indistinguishable from `exit 1` by its code).
+
+`launch` starts the trampoline with stdout and stderr on one pipe (so the log
+keeps the order a terminal would show) and returns once bubblewrap has reported
+the command's host pid on its JSON status fd, or raises StartFailedError with
+what bubblewrap said when the sandbox could not be built.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import stat
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import PurePosixPath
+
+import attrs
+import trio
+
+from jobworker.errors import StartFailedError
+from jobworker.sandbox.bwrap import JobUser
+
+#: The PATH a job gets when its environment has none.
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+#: A pipe this large lets the command write in big bursts while the pump is busy
+#: elsewhere; Linux's default is 64 KiB (F_SETPIPE_SZ is capped by
+#: /proc/sys/fs/pipe-max-size, 1 MiB by default).
+PIPE_SIZE = 1 << 20
+
+#: How long bubblewrap may take to build a sandbox before the start is abandoned.
+SANDBOX_SETUP_TIMEOUT = 10.0
+
+#: How much of bubblewrap's error output a failed start reports.
+MAX_ERROR_OUTPUT = 4096
+
+
+def resolve_program(
+    program: str,
+    *,
+    path: str | None,
+    cwd: str,
+    user: JobUser,
+    hidden: Sequence[PurePosixPath] = (),
+    visible: Sequence[PurePosixPath] = (),
+) -> str:
+    """The absolute path `execvp(program)` will run inside the sandbox.
+
+    path: the job's PATH (`None`: DEFAULT_PATH). cwd: the job's working directory
+    (the sandbox binds host paths at the same place, so a host lookup answers for
+    the sandbox). hidden: directories the sandbox covers with an empty tmpfs (its
+    fresh /tmp, the data dir), except for the `visible` ones bound back inside them.
+
+    Raises StartFailedError naming the program and the reason.
+    """
+    if "/" in program:
+        candidate = os.path.normpath(os.path.join(cwd, program))
+        reason = _unusable(candidate, user, hidden, visible)
+        if reason:
+            raise StartFailedError(f"cannot run {program!r}: {reason}")
+        return candidate
+    search = DEFAULT_PATH if path is None else path
+    seen_reason = None
+    for directory in search.split(":"):
+        candidate = os.path.join(directory or cwd, program)
+        reason = _unusable(candidate, user, hidden, visible)
+        if reason is None:
+            return candidate
+        if reason != "no such file":
+            seen_reason = f"{candidate}: {reason}"
+    if seen_reason:
+        raise StartFailedError(f"cannot run {program!r}: {seen_reason}")
+    raise StartFailedError(f"program {program!r} not found in PATH ({search})")
+
+
+def _unusable(
+    candidate: str, user: JobUser, hidden: Sequence[PurePosixPath], visible: Sequence[PurePosixPath]
+) -> str | None:
+    """Why `candidate` cannot be executed by `user` inside the sandbox, or None if it can."""
+    pure = PurePosixPath(candidate)
+    if any(pure.is_relative_to(h) for h in hidden) and not any(
+        pure.is_relative_to(v) for v in visible
+    ):
+        return "no such file"
+    try:
+        st = os.stat(candidate)
+    except FileNotFoundError:
+        return "no such file"
+    except OSError as exc:
+        return exc.strerror.lower() if exc.strerror else "cannot stat it"
+    if stat.S_ISDIR(st.st_mode):
+        return "it is a directory"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if user.is_root:
+        executable = bool(st.st_mode & 0o111)
+    elif st.st_uid == user.uid:
+        executable = bool(st.st_mode & stat.S_IXUSR)
+    elif st.st_gid == user.gid:
+        executable = bool(st.st_mode & stat.S_IXGRP)
+    else:
+        executable = bool(st.st_mode & stat.S_IXOTH)
+    return None if executable else f"permission denied (not executable by the job user {user.name})"
+
+
+@attrs.define(eq=False)
+class Launched:
+    """A started job. The caller owns and must close `output` and `status`, and wait for `process`.
+
+    process: the trampoline (then setpriv, then the outer bubblewrap: one pid, exec'd in turn).
+    command_pid: the host pid of the sandbox's init, leader of the command's session and process group.
+    output: the read end of the command's stdout+stderr pipe.
+    status: the rest of bubblewrap's JSON status stream (the exit code comes last).
+    """
+
+    process: trio.Process
+    command_pid: int
+    output: trio.lowlevel.FdStream
+    status: trio.lowlevel.FdStream
+
+
+async def launch(build_cmd: Callable[[int], Sequence[str]], *, env: Mapping[str, str]) -> Launched:
+    """Start the command line `build_cmd(status_fd)` returns (see `bwrap.spawn_argv`):
+    `status_fd` is the fd number, inherited by the child, for bubblewrap's JSON status.
+
+    Returns once the command is running. On failure nothing is left running and
+    StartFailedError says what bubblewrap reported. Cancellation kills the process.
+    """
+    out_r, out_w = os.pipe2(os.O_CLOEXEC)
+    st_r, st_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        with contextlib.suppress(OSError):  # a lower pipe-max-size only costs throughput
+            fcntl.fcntl(out_w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        process = await trio.lowlevel.open_process(
+            list(build_cmd(st_w)),
+            stdin=subprocess.DEVNULL,
+            stdout=out_w,
+            stderr=out_w,
+            pass_fds=(st_w,),
+            env=dict(env),
+            cwd="/",
+            start_new_session=True,  # a Ctrl-C at the daemon's terminal must not hit the jobs
+        )
+    except BaseException:
+        for fd in (out_r, out_w, st_r, st_w):
+            os.close(fd)
+        raise
+    os.close(out_w)
+    os.close(st_w)
+    output = trio.lowlevel.FdStream(out_r)
+    status = trio.lowlevel.FdStream(st_r)
+    try:
+        with trio.fail_after(SANDBOX_SETUP_TIMEOUT):
+            command_pid = await _read_child_pid(status)
+        if command_pid is None:
+            raise StartFailedError(await _failure_message(process, output))
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await _kill_and_close(process, output, status)
+        raise
+    return Launched(process=process, command_pid=command_pid, output=output, status=status)
+
+
+async def _read_child_pid(status: trio.lowlevel.FdStream) -> int | None:
+    """Read bubblewrap's first status line: {"child-pid": N, ...}. None on EOF (it failed)."""
+    buffer = b""
+    while b"\n" not in buffer:
+        data = await status.receive_some(4096)
+        if not data:
+            return None
+        buffer += data
+    line = buffer.split(b"\n", 1)[0]
+    try:
+        pid = json.loads(line)["child-pid"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return int(pid)
+
+
+async def read_exit_code(status: trio.lowlevel.FdStream) -> int | None:
+    """Read the rest of bubblewrap's status stream; its {"exit-code": N} line, or None
+    when bubblewrap died before writing it (killed)."""
+    buffer = b""
+    while data := await status.receive_some(4096):
+        buffer += data
+    for line in buffer.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "exit-code" in record:
+            return int(record["exit-code"])
+    return None
+
+
+async def _failure_message(process: trio.Process, output: trio.lowlevel.FdStream) -> str:
+    chunks: list[bytes] = []
+    size = 0
+    with trio.move_on_after(SANDBOX_SETUP_TIMEOUT):
+        while size < MAX_ERROR_OUTPUT and (data := await output.receive_some(MAX_ERROR_OUTPUT)):
+            chunks.append(data)
+            size += len(data)
+    text = b"".join(chunks)[:MAX_ERROR_OUTPUT].decode(errors="replace").strip()
+    return f"the sandbox could not start the command: {text or 'no reason given'}"
+
+
+async def _kill_and_close(
+    process: trio.Process, output: trio.lowlevel.FdStream, status: trio.lowlevel.FdStream
+) -> None:
+    """SIGKILL the outer process (bwrap's --die-with-parent takes the sandbox with it), reap it, close the pipes."""
+    if process.returncode is None:
+        process.kill()
+    with trio.move_on_after(5):
+        await process.wait()
+    await output.aclose()
+    await status.aclose()
+
+
+def exit_status(returncode: int, reported: int | None) -> tuple[int, int | None]:
+    """(exit_code, signal) in shell terms from the outer process's return code and
+    bubblewrap's reported exit code. A negative return code means the outer process
+    itself was killed by that signal; a code above 128 means signal code-128."""
+    code = reported if reported is not None else returncode
+    if code < 0:
+        return 128 - code, -code
+    if 128 < code <= 128 + 64:
+        return code, code - 128
+    return code, None
+
+
+__all__ = ["Launched", "exit_status", "launch", "read_exit_code", "resolve_program"]
