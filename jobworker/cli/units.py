@@ -1,0 +1,60 @@
+"""Parsing the sizes, rates and durations people type: `256M`, `1.5G`, `10MB`, `5s`, `500ms`.
+
+Sizes use binary multiples (K = 1024), as `docker run --memory` does; a trailing
+`B`, `iB` or `/s` is accepted and ignored.
+"""
+
+from __future__ import annotations
+
+import re
+
+_SIZE = re.compile(r"(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>[kmgt]?)(?:i?b)?(?:/s)?", re.IGNORECASE)
+_MULTIPLIER = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_DURATION = re.compile(r"(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|m|h)?", re.IGNORECASE)
+_SECONDS = {"ms": 0.001, "s": 1.0, "": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_size(text: str) -> int:
+    """Bytes in `text` ("256M", "1.5G", "4096"); raises ValueError with a hint."""
+    match = _SIZE.fullmatch(text.strip())
+    if not match:
+        raise ValueError(
+            f"{text!r} is not a size; use a number with an optional K, M, G or T suffix (e.g. 256M)"
+        )
+    return int(float(match["number"]) * _MULTIPLIER[match["unit"].lower()])
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in `text` ("5s", "500ms", "2m", "1.5"); raises ValueError with a hint."""
+    match = _DURATION.fullmatch(text.strip())
+    if not match:
+        raise ValueError(f"{text!r} is not a duration; use e.g. 5s, 500ms or 2m")
+    return float(match["number"]) * _SECONDS[(match["unit"] or "").lower()]
+
+
+def format_size(size: int) -> str:
+    """`size` bytes for people: 1536 -> "1.5 KiB"."""
+    value = float(size)
+    for unit in ["B", "KiB", "MiB", "GiB", "TiB"]:
+        if value < 1024 or unit == "TiB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def parse_addr(text: str, *, default_port: int) -> tuple[str, int]:
+    """("host", port) from "host:port", "host", ":port" or "[::1]:port"; raises ValueError."""
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:
+        host, port_text = text, ""
+    host = host or "127.0.0.1"
+    if not port_text:
+        return host, default_port
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"{text!r} is not HOST:PORT; the port must be a number from 0 to 65535")
+    return host, int(port_text)
