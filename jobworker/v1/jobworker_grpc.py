@@ -1,0 +1,119 @@
+import purerpc
+import jobworker.v1.jobworker_pb2 as jobworker_dot_v1_dot_jobworker__pb2
+
+
+class JobWorkerServiceServicer(purerpc.Servicer):
+    async def StartJob(self, input_message):
+        raise NotImplementedError()
+
+    async def StopJob(self, input_message):
+        raise NotImplementedError()
+
+    async def GetJobStatus(self, input_message):
+        raise NotImplementedError()
+
+    async def GetJobOutput(self, input_message):
+        raise NotImplementedError()
+
+    async def ListJobs(self, input_message):
+        raise NotImplementedError()
+
+    @property
+    def service(self) -> purerpc.Service:
+        service_obj = purerpc.Service(
+            "jobworker.v1.JobWorkerService"
+        )
+        service_obj.add_method(
+            "StartJob",
+            self.StartJob,
+            purerpc.RPCSignature(
+                purerpc.Cardinality.UNARY_UNARY,
+                jobworker_dot_v1_dot_jobworker__pb2.StartJobRequest,
+                jobworker_dot_v1_dot_jobworker__pb2.StartJobResponse,
+            )
+        )
+        service_obj.add_method(
+            "StopJob",
+            self.StopJob,
+            purerpc.RPCSignature(
+                purerpc.Cardinality.UNARY_UNARY,
+                jobworker_dot_v1_dot_jobworker__pb2.StopJobRequest,
+                jobworker_dot_v1_dot_jobworker__pb2.StopJobResponse,
+            )
+        )
+        service_obj.add_method(
+            "GetJobStatus",
+            self.GetJobStatus,
+            purerpc.RPCSignature(
+                purerpc.Cardinality.UNARY_UNARY,
+                jobworker_dot_v1_dot_jobworker__pb2.GetJobStatusRequest,
+                jobworker_dot_v1_dot_jobworker__pb2.GetJobStatusResponse,
+            )
+        )
+        service_obj.add_method(
+            "GetJobOutput",
+            self.GetJobOutput,
+            purerpc.RPCSignature(
+                purerpc.Cardinality.UNARY_STREAM,
+                jobworker_dot_v1_dot_jobworker__pb2.GetJobOutputRequest,
+                jobworker_dot_v1_dot_jobworker__pb2.GetJobOutputResponse,
+            )
+        )
+        service_obj.add_method(
+            "ListJobs",
+            self.ListJobs,
+            purerpc.RPCSignature(
+                purerpc.Cardinality.UNARY_UNARY,
+                jobworker_dot_v1_dot_jobworker__pb2.ListJobsRequest,
+                jobworker_dot_v1_dot_jobworker__pb2.ListJobsResponse,
+            )
+        )
+        return service_obj
+
+
+class JobWorkerServiceStub:
+    def __init__(self, channel):
+        self._client = purerpc.Client(
+            "jobworker.v1.JobWorkerService",
+            channel
+        )
+        self.StartJob = self._client.get_method_stub(
+            "StartJob",
+            purerpc.RPCSignature(
+                purerpc.Cardinality.UNARY_UNARY,
+                jobworker_dot_v1_dot_jobworker__pb2.StartJobRequest,
+                jobworker_dot_v1_dot_jobworker__pb2.StartJobResponse,
+            )
+        )
+        self.StopJob = self._client.get_method_stub(
+            "StopJob",
+            purerpc.RPCSignature(
+                purerpc.Cardinality.UNARY_UNARY,
+                jobworker_dot_v1_dot_jobworker__pb2.StopJobRequest,
+                jobworker_dot_v1_dot_jobworker__pb2.StopJobResponse,
+            )
+        )
+        self.GetJobStatus = self._client.get_method_stub(
+            "GetJobStatus",
+            purerpc.RPCSignature(
+                purerpc.Cardinality.UNARY_UNARY,
+                jobworker_dot_v1_dot_jobworker__pb2.GetJobStatusRequest,
+                jobworker_dot_v1_dot_jobworker__pb2.GetJobStatusResponse,
+            )
+        )
+        self.GetJobOutput = self._client.get_method_stub(
+            "GetJobOutput",
+            purerpc.RPCSignature(
+                purerpc.Cardinality.UNARY_STREAM,
+                jobworker_dot_v1_dot_jobworker__pb2.GetJobOutputRequest,
+                jobworker_dot_v1_dot_jobworker__pb2.GetJobOutputResponse,
+            )
+        )
+        self.ListJobs = self._client.get_method_stub(
+            "ListJobs",
+            purerpc.RPCSignature(
+                purerpc.Cardinality.UNARY_UNARY,
+                jobworker_dot_v1_dot_jobworker__pb2.ListJobsRequest,
+                jobworker_dot_v1_dot_jobworker__pb2.ListJobsResponse,
+            )
+        )
