@@ -1,0 +1,32 @@
+"""The RPC transport: purerpc over mutual TLS on trio, with the gaps of purerpc 0.8.0 closed.
+
+- `RpcServer`: serves purerpc services on one address; identity from the client
+  certificate; an RPC is cancelled when its client cancels or goes away;
+  handler exceptions never leak; shutdown that never leaves clients hanging.
+- `open_channel` / `Channel`: a client channel whose calls end with
+  UNAVAILABLE instead of hanging, and that cancels abandoned calls.
+- `wrap_methods`: one wrapper around every method of a service (purerpc has no
+  interceptors).
+- `current_identity()` / `current_peer`: who is calling, inside a handler.
+
+See /work/shared/notes/purerpc.md for what purerpc does on its own.
+"""
+
+from jobworker.transport.client import Channel, open_channel
+from jobworker.transport.identity import Peer, current_identity, current_peer
+from jobworker.transport.methods import MethodCall, MethodWrapper, wrap_methods
+from jobworker.transport.server import INTERNAL_ERROR_MESSAGE, HandshakeErrorHook, RpcServer
+
+__all__ = [
+    "INTERNAL_ERROR_MESSAGE",
+    "Channel",
+    "HandshakeErrorHook",
+    "MethodCall",
+    "MethodWrapper",
+    "Peer",
+    "RpcServer",
+    "current_identity",
+    "current_peer",
+    "open_channel",
+    "wrap_methods",
+]

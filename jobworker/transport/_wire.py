@@ -1,0 +1,176 @@
+"""The two purerpc 0.8.0 seams both ends of a connection need (see shared notes, purerpc.md).
+
+- `ResetAwareConnection`: purerpc turns an incoming RST_STREAM into nothing at
+  all, so a server handler whose client went away lives on and a client call
+  the server reset waits forever. This subclass hands every reset to a hook.
+- `GuardedSocketWrapper`: purerpc's writer task lets a send error escape into
+  the task group that wraps the whole connection (cancelling everything in it
+  and surfacing as an ExceptionGroup), and on close it drains its buffer with
+  no time limit, so a peer that stopped reading hangs the close. This writer
+  reports a broken transport to a hook instead, closes the transport so the
+  reader ends too, and gives the final drain `CLOSE_DRAIN_TIMEOUT` seconds.
+- `HookedSocket`: a `GRPCProtoSocket` built on both, with two hooks to override.
+
+Everything here touches purerpc internals that are stable in the pinned 0.8.0
+(its last release); the tests in tests/integration/test_transport.py fail if an
+upgrade changes them.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+import anyio
+import anyio.abc
+import h2.events  # type: ignore[import-untyped]
+import trio
+from anyio import aclose_forcefully
+from hyperframe.frame import WindowUpdateFrame  # type: ignore[import-untyped]
+from purerpc.grpc_proto import GRPCProtoSocket
+from purerpc.grpc_socket import SocketWrapper
+from purerpc.grpclib.config import GRPCConfiguration
+from purerpc.grpclib.connection import GRPCConnection
+
+#: Seconds a closing connection may spend writing what it still has buffered.
+CLOSE_DRAIN_TIMEOUT = 2.0
+
+#: What a transport raises when the peer is gone or the socket was closed under us.
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    anyio.EndOfStream,
+    OSError,  # ssl.SSLError (a TLS alert from the peer) is an OSError
+)
+
+
+def describe_transport_error(exc: BaseException) -> str:
+    """A short lower-case reason for a transport failure, for log lines and status messages."""
+    while isinstance(exc, anyio.BrokenResourceError | anyio.ClosedResourceError) and (
+        exc.__cause__ is not None
+    ):
+        exc = exc.__cause__
+    if isinstance(exc, ssl.SSLError):
+        return f"tls error: {(exc.reason or str(exc)).lower().replace('_', ' ')}"
+    if isinstance(exc, anyio.EndOfStream):
+        return "the peer closed the connection"
+    if isinstance(exc, anyio.ClosedResourceError):
+        return "the connection was closed"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__
+
+
+class ResetAwareConnection(GRPCConnection):  # type: ignore[misc]  # purerpc is untyped
+    """A `GRPCConnection` that reports each RST_STREAM it receives to the `on_reset` hook.
+
+    `on_reset(stream_id, h2_error_code)` runs synchronously inside `receive_data`,
+    on the reading task. It must not block.
+    """
+
+    def __init__(self, config: GRPCConfiguration, on_reset: Any) -> None:
+        super().__init__(config)
+        self._on_reset = on_reset
+
+    def _stream_reset(self, event: h2.events.StreamReset) -> list[Any]:
+        self.forget_read_buffer(event.stream_id)
+        self._on_reset(event.stream_id, int(event.error_code))
+        return []
+
+    def forget_read_buffer(self, stream_id: int) -> None:
+        """Drop the partial message buffered for a dead stream, giving its bytes back as window."""
+        buffer = self.message_read_buffers.pop(stream_id, None)
+        if buffer is not None:
+            self.acknowledge(buffered_bytes(buffer), stream_id)
+
+    def acknowledge(self, size: int, stream_id: int) -> None:
+        """Hand `size` received bytes of `stream_id` back to the peer as flow-control window.
+
+        h2 forgets closed streams after a while and then refuses to acknowledge
+        their bytes even on the connection; do that part by hand then (what h2
+        3.2 itself does for data on closed streams; purerpc 0.8.0 pins h2 3.2).
+        """
+        if size <= 0:
+            return
+        h2_connection = self.h2_connection
+        if stream_id in h2_connection.streams:
+            h2_connection.acknowledge_received_data(size, stream_id)
+            return
+        increment = h2_connection._inbound_flow_control_window_manager.process_bytes(size)
+        if increment:
+            frame = WindowUpdateFrame(0)
+            frame.window_increment = increment
+            h2_connection._prepare_for_sending([frame])
+
+
+def buffered_bytes(buffer: Any) -> int:
+    """Flow-controlled bytes held by a purerpc `MessageReadBuffer`: never acknowledged yet.
+
+    (Its `ByteBuffer.flow_controlled_length` is not kept up to date, so add them up.)
+    """
+    held = sum(length for _, length in buffer._buffer._deque)
+    held += buffer._flow_controlled_length or 0  # the header of a message begun
+    held += sum(length for _, length in buffer._messages)
+    return int(held)
+
+
+class GuardedSocketWrapper(SocketWrapper):  # type: ignore[misc]  # purerpc is untyped
+    """purerpc's socket wrapper with a writer that fails soft and drains for a bounded time.
+
+    `on_broken(exc)` is called once, from the writer task, when a send fails;
+    the transport is then closed forcefully so the reading side ends as well.
+    """
+
+    def __init__(self, grpc_connection: GRPCConnection, stream: Any, on_broken: Any) -> None:
+        super().__init__(grpc_connection, stream)
+        self._on_broken = on_broken
+        self._drain_scope = trio.CancelScope()
+
+    async def __aenter__(self) -> GuardedSocketWrapper:
+        await super().__aenter__()
+
+        def bound_the_drain() -> None:
+            # Runs before purerpc's own callback that tells the writer to finish.
+            self._drain_scope.deadline = trio.current_time() + CLOSE_DRAIN_TIMEOUT
+
+        self.callback(bound_the_drain)
+        return self
+
+    async def _writer_thread(self) -> None:
+        with self._drain_scope:
+            try:
+                await super()._writer_thread()
+            except TRANSPORT_ERRORS as exc:
+                self._on_broken(exc)
+                await aclose_forcefully(self._stream)
+                return
+        if self._drain_scope.cancelled_caught:
+            # The peer stopped reading while we closed: drop what is left.
+            await aclose_forcefully(self._stream)
+
+    def wake_writer(self) -> None:
+        """Make the writer send whatever h2 has buffered (the synchronous form of `flush`)."""
+        self._flush_event.set()
+
+
+class HookedSocket(GRPCProtoSocket):  # type: ignore[misc]  # purerpc is untyped
+    """A `GRPCProtoSocket` on `ResetAwareConnection` and `GuardedSocketWrapper`.
+
+    Subclasses override `stream_was_reset` and `transport_broke`. `stream` is
+    the anyio byte stream (TLS) the socket runs on; the caller closes it.
+    """
+
+    def __init__(self, config: GRPCConfiguration, stream: anyio.abc.ByteStream) -> None:
+        super().__init__(config, stream)
+        # purerpc builds its own connection and wrapper in __init__; swap in ours
+        # before anything has used them (nothing has: __aenter__ has not run).
+        self._grpc_connection: ResetAwareConnection = ResetAwareConnection(
+            config, self.stream_was_reset
+        )
+        self._socket = GuardedSocketWrapper(self._grpc_connection, stream, self.transport_broke)
+
+    def stream_was_reset(self, stream_id: int, error_code: int) -> None:
+        """Called when the peer resets `stream_id` with HTTP/2 `error_code`."""
+
+    def transport_broke(self, exc: BaseException) -> None:
+        """Called when a write to the transport failed with `exc`."""

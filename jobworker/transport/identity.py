@@ -1,0 +1,68 @@
+"""Who is calling: the verified client certificate of the connection an RPC arrived on.
+
+The server reads the peer certificate once, when it accepts a TLS connection,
+and sets `current_peer` in that connection's task before it starts handling
+requests. Trio gives every task a copy of its parent's context when it is
+spawned, so every RPC task of the connection sees the same `Peer`, and no
+other connection's. Nothing a client sends inside the HTTP/2 stream (metadata,
+headers, messages) can change it: only the TLS handshake can.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+
+@attrs.frozen
+class Peer:
+    """The far end of one accepted connection.
+
+    `common_name` is the Common Name of the client certificate the TLS layer
+    verified against the client CA, or None when the connection carried no
+    certificate (only possible with a context that does not require one) or
+    the certificate has no CN. `address` is "host:port" of the remote socket.
+    """
+
+    common_name: str | None
+    address: str
+
+
+#: The peer of the connection the current RPC arrived on; None outside an RPC.
+current_peer: contextvars.ContextVar[Peer | None] = contextvars.ContextVar(
+    "jobworker_current_peer", default=None
+)
+
+
+def current_identity() -> Peer | None:
+    """The `Peer` of the RPC being handled by the calling task, or None outside an RPC."""
+    return current_peer.get()
+
+
+def common_name_of(certificate: Mapping[str, Any] | None) -> str | None:
+    """The subject's Common Name in a certificate as `ssl.SSLSocket.getpeercert()` decodes it.
+
+    `certificate` is that dict (its "subject" is a tuple of RDNs, each a tuple
+    of (attribute, value) pairs), or None or {} for no certificate; returns None
+    then, and when the subject has no CN. Of several CNs the last one wins, as
+    in most TLS stacks (the most specific RDN is written last).
+    """
+    if not certificate:
+        return None
+    found: str | None = None
+    for rdn in certificate.get("subject", ()):
+        for attribute, value in rdn:
+            if attribute == "commonName":
+                found = value
+    return found
+
+
+def format_address(address: object) -> str:
+    """ "host:port" for a socket address tuple (IPv6 hosts in brackets), str() for anything else."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(address)

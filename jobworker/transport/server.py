@@ -1,0 +1,408 @@
+"""`RpcServer`: purerpc services over mutual TLS, with cancellation that holds up.
+
+purerpc 0.8.0's `Server` binds every interface with SO_REUSEPORT, never cancels
+a handler whose client went away, leaves sockets open at shutdown (so clients
+hang), logs every rejected handshake with a traceback, and sends any handler
+exception to the client as CANCELLED with its repr. This module keeps purerpc's
+wire code (`GRPCProtoSocket`, its call helpers, `Service`) and replaces the
+accept loop and the per-request dispatch:
+
+- one listener on exactly `host`, no SO_REUSEPORT: a port in use is an error;
+- the TLS handshake per connection, bounded in time; a rejected one is one
+  WARNING log line, no traceback;
+- `current_peer` set from the verified client certificate before the first
+  request of a connection is read, so every RPC task of it inherits it;
+- a nursery per connection and a `trio.CancelScope` per RPC: an RST_STREAM from
+  the client cancels that RPC, the loss of the connection cancels all of them;
+- a handler's `purerpc.RpcFailedError` goes to the client as is; any other
+  exception is logged here with its traceback and sent as INTERNAL
+  "internal error";
+- shutdown: `stop_accepting()`, `shutdown(grace)`, or cancelling `serve()`;
+  every connection is then cancelled and its socket closed, so clients see
+  UNAVAILABLE at once.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import anyio.abc
+import purerpc
+import trio
+from anyio import aclose_forcefully
+from anyio.streams.stapled import MultiListener
+from anyio.streams.tls import TLSAttribute, TLSStream
+from purerpc.grpc_proto import GRPCProtoStream
+from purerpc.grpclib.config import GRPCConfiguration
+from purerpc.grpclib.events import RequestReceived
+from purerpc.wrappers import (
+    call_server_stream_stream,
+    call_server_stream_unary,
+    call_server_unary_stream,
+    call_server_unary_unary,
+)
+
+from jobworker.errors import SetupError
+from jobworker.transport._wire import CLOSE_DRAIN_TIMEOUT, HookedSocket, describe_transport_error
+from jobworker.transport.identity import Peer, common_name_of, current_peer, format_address
+
+log = logging.getLogger(__name__)
+
+#: Called as on_handshake_error(address, exc) after a rejected handshake was logged.
+HandshakeErrorHook = Callable[[str, BaseException], None]
+
+_CALLERS = {
+    purerpc.Cardinality.UNARY_UNARY: call_server_unary_unary,
+    purerpc.Cardinality.UNARY_STREAM: call_server_unary_stream,
+    purerpc.Cardinality.STREAM_UNARY: call_server_stream_unary,
+    purerpc.Cardinality.STREAM_STREAM: call_server_stream_stream,
+}
+
+# accept() errors that mean "out of resources right now", not "the listener is broken"
+# (the same list as trio's serve_listeners).
+_ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+INTERNAL_ERROR_MESSAGE = "internal error"
+
+
+class _Counter:
+    """A count that tasks can wait to see reach zero (no polling)."""
+
+    def __init__(self) -> None:
+        self.value = 0
+        self._zero = trio.Event()
+        self._zero.set()
+
+    def up(self) -> None:
+        if self.value == 0:
+            self._zero = trio.Event()
+        self.value += 1
+
+    def down(self) -> None:
+        self.value -= 1
+        if self.value == 0:
+            self._zero.set()
+
+    async def wait_zero(self) -> None:
+        await self._zero.wait()
+
+
+class _ServerSocket(HookedSocket):
+    """A server-side connection: knows the cancel scope of each running RPC by stream id."""
+
+    def __init__(self, config: GRPCConfiguration, stream: anyio.abc.ByteStream) -> None:
+        super().__init__(config, stream)
+        self.scopes: dict[int, trio.CancelScope] = {}
+        self.reset_ids: set[int] = set()
+
+    def stream_was_reset(self, stream_id: int, error_code: int) -> None:
+        scope = self.scopes.get(stream_id)
+        if scope is None:
+            # Its RPC has ended; h2 will send nothing more for the stream: forget it.
+            self._streams.pop(stream_id, None)
+            return
+        self.reset_ids.add(stream_id)
+        scope.cancel()
+
+
+class RpcServer:
+    """Serves purerpc services on one TCP address with mutual TLS.
+
+    `host` is the one address to bind (e.g. "127.0.0.1"; a name binds each
+    address it resolves to); `port` 0 picks a free port, which `serve()`
+    reports. `ssl_context` is a server context the caller configured
+    completely (TLS 1.3, CA for client certificates, `verify_mode`, ALPN "h2"
+    for grpcio clients). `max_message_length` bounds one message each way; the
+    per-stream receive window is twice it, so one message always fits.
+    `on_handshake_error(address, exc)` is called after each rejected TLS
+    handshake is logged (None: only log). `handshake_timeout` bounds a
+    handshake in seconds.
+
+    Run `serve()` in a nursery (`port = await nursery.start(server.serve)`).
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext,
+        *,
+        max_message_length: int = 16 << 20,
+        on_handshake_error: HandshakeErrorHook | None = None,
+        handshake_timeout: float = 10.0,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self._ssl_context = ssl_context
+        self._config = GRPCConfiguration(client_side=False, max_message_length=max_message_length)
+        self._on_handshake_error = on_handshake_error
+        self._handshake_timeout = handshake_timeout
+        self._services: dict[str, purerpc.Service] = {}
+        self._connections = _Counter()
+        self._rpcs = _Counter()
+        self._accept_scope = trio.CancelScope()
+        # One per connection, around its request loop: cancelling it closes the
+        # connection gracefully (what was sent is flushed), unlike cancelling the task.
+        self._request_loops: set[trio.CancelScope] = set()
+        self._connections_scope: trio.CancelScope | None = None
+        self._started = False
+        self._stopped = trio.Event()
+
+    def add_service(self, service: purerpc.Service) -> None:
+        """Serve `service` (e.g. `servicer.service`, or `wrap_methods(...)` of it) under its name.
+
+        Raises ValueError if a service of that name was added already.
+        """
+        if service.name in self._services:
+            raise ValueError(f"service {service.name!r} was added twice; add each service once")
+        self._services[service.name] = service
+
+    @property
+    def connection_count(self) -> int:
+        """Connections open right now (TLS handshake done)."""
+        return self._connections.value
+
+    @property
+    def active_rpcs(self) -> int:
+        """RPCs whose task is running right now."""
+        return self._rpcs.value
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen, then serve connections until cancelled or `shutdown()` ends it.
+
+        Calls `task_status.started(port)` with the bound port once listening.
+        Raises `SetupError` if the address cannot be bound (e.g. the port is in
+        use) and RuntimeError if called twice. When it returns or is cancelled,
+        the listener and every connection are closed; no task is left behind.
+        """
+        if self._started:
+            raise RuntimeError("serve() was called twice; make a new RpcServer instead")
+        self._started = True
+        try:
+            listener = await self._listen()
+            try:
+                async with trio.open_nursery() as connections:
+                    self._connections_scope = connections.cancel_scope
+                    task_status.started(self.port)
+                    with self._accept_scope:
+                        async with trio.open_nursery() as acceptors:
+                            for one in listener.listeners:
+                                acceptors.start_soon(self._accept_loop, one, connections)
+                    # Accepting stopped: close the door now, let open connections finish.
+                    with trio.CancelScope(shield=True):
+                        await listener.aclose()
+            finally:
+                with trio.CancelScope(shield=True):
+                    await listener.aclose()
+        finally:
+            self._stopped.set()
+
+    def stop_accepting(self) -> None:
+        """Stop accepting connections and close the listening socket(s).
+
+        Open connections and their RPCs go on; `serve()` returns when the last
+        one has ended (or use `shutdown()` to bound that).
+        """
+        self._accept_scope.cancel()
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop accepting, give running RPCs up to `grace` seconds to end, then cancel the rest.
+
+        Returns when `serve()` has finished: every connection closed, every RPC
+        task gone. Clients whose calls were cancelled see UNAVAILABLE.
+        Does nothing if `serve()` never started.
+        """
+        if not self._started:
+            return
+        self.stop_accepting()
+        with trio.move_on_after(grace):
+            await self._rpcs.wait_zero()
+        # Close every connection: RPCs still running now are cancelled, and what
+        # the finished ones answered is flushed (for at most CLOSE_DRAIN_TIMEOUT).
+        for loop in self._request_loops:
+            loop.cancel()
+        with trio.move_on_after(CLOSE_DRAIN_TIMEOUT + 1):
+            await self._connections.wait_zero()
+        if self._connections_scope is not None:
+            self._connections_scope.cancel()
+        await self._stopped.wait()
+
+    async def wait_no_connections(self) -> None:
+        """Return once no connection is open (at once if none is)."""
+        await self._connections.wait_zero()
+
+    async def wait_no_rpcs(self) -> None:
+        """Return once no RPC is running (at once if none is)."""
+        await self._rpcs.wait_zero()
+
+    async def _listen(self) -> MultiListener[anyio.abc.SocketStream]:
+        try:
+            # reuse_port=False: a second server on the same port must fail, not
+            # silently share it (purerpc's Server sets it).
+            listener = await anyio.create_tcp_listener(
+                local_host=self.host, local_port=self.port, reuse_port=False
+            )
+        except OSError as exc:
+            advice = (
+                "another process listens there; stop it or choose another port"
+                if exc.errno == errno.EADDRINUSE
+                else "check the address and port"
+            )
+            reason = (exc.strerror or str(exc)).lower()
+            raise SetupError(
+                f"cannot listen on {self.host}:{self.port}: {reason}; {advice}"
+            ) from exc
+        self.port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        return listener
+
+    async def _accept_loop(
+        self, listener: anyio.abc.Listener[anyio.abc.SocketStream], connections: trio.Nursery
+    ) -> None:
+        # create_tcp_listener() makes one SocketListener per bound address.
+        assert isinstance(listener, anyio.abc.SocketListener)
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                log.warning("cannot accept a connection right now (%s); retrying", exc.strerror)
+                await trio.sleep(0.1)
+                continue
+            connections.start_soon(self._handle_connection, stream)
+
+    async def _handle_connection(self, tcp: anyio.abc.SocketStream) -> None:
+        address = format_address(tcp.extra(anyio.abc.SocketAttribute.remote_address))
+        try:
+            with trio.fail_after(self._handshake_timeout):
+                tls = await TLSStream.wrap(
+                    tcp, server_side=True, ssl_context=self._ssl_context, standard_compatible=False
+                )
+        except (trio.TooSlowError, anyio.EndOfStream, anyio.BrokenResourceError, OSError) as exc:
+            with trio.CancelScope(shield=True):
+                await aclose_forcefully(tcp)
+            self._handshake_failed(address, exc)
+            return
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await aclose_forcefully(tcp)
+            raise
+
+        certificate = tls.extra(TLSAttribute.peer_certificate)
+        current_peer.set(Peer(common_name=common_name_of(certificate), address=address))
+        self._connections.up()
+        try:
+            await self._serve_connection(tls, address)
+        finally:
+            with trio.CancelScope(shield=True):
+                await aclose_forcefully(tls)
+            self._connections.down()
+
+    def _handshake_failed(self, address: str, exc: BaseException) -> None:
+        reason = (
+            f"no handshake within {self._handshake_timeout:g} s"
+            if isinstance(exc, trio.TooSlowError)
+            else describe_transport_error(exc)
+        )
+        log.warning("rejected tls connection from %s: %s", address, reason)
+        if self._on_handshake_error is not None:
+            self._on_handshake_error(address, exc)
+
+    async def _serve_connection(self, tls: TLSStream, address: str) -> None:
+        sock = _ServerSocket(self._config, tls)
+        request_loop = trio.CancelScope()
+        self._request_loops.add(request_loop)
+        async with sock, trio.open_nursery() as rpcs:
+            try:
+                with request_loop:
+                    async for stream in sock.listen():
+                        scope = trio.CancelScope()
+                        sock.scopes[stream.stream_id] = scope
+                        rpcs.start_soon(self._run_rpc, sock, stream, scope)
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
+                pass  # the connection is gone: end its RPCs below
+            except Exception as exc:
+                # An HTTP/2 or gRPC protocol violation (e.g. a message over the size limit).
+                log.warning("closing connection from %s: %s", address, exc)
+            finally:
+                # Whatever ended the connection ends every RPC on it.
+                self._request_loops.discard(request_loop)
+                rpcs.cancel_scope.cancel()
+
+    async def _run_rpc(
+        self, sock: _ServerSocket, stream: GRPCProtoStream, scope: trio.CancelScope
+    ) -> None:
+        stream_id = stream.stream_id
+        self._rpcs.up()
+        try:
+            with scope:
+                await self._dispatch(stream)
+        except Exception as exc:
+            # Failures outside the handler (the stream was reset or the connection
+            # broke while we answered) concern this RPC only, never the connection.
+            log.debug("rpc on stream %d ended early: %s", stream_id, exc)
+        finally:
+            del sock.scopes[stream_id]
+            if stream_id in sock.reset_ids:
+                # purerpc only forgets streams that close normally.
+                sock.reset_ids.discard(stream_id)
+                sock._streams.pop(stream_id, None)
+            self._rpcs.down()
+
+    async def _dispatch(self, stream: GRPCProtoStream) -> None:
+        await stream.start_response()
+        event = await stream.receive_event()
+        if not isinstance(event, RequestReceived):
+            await _close(stream, purerpc.Status(purerpc.StatusCode.INTERNAL, "expected headers"))
+            return
+        service = self._services.get(event.service_name)
+        method = None if service is None else service.methods.get(event.method_name)
+        if method is None:
+            what = f"method {event.service_name}/{event.method_name}"
+            await _close(
+                stream,
+                purerpc.Status(purerpc.StatusCode.UNIMPLEMENTED, f"{what} is not implemented here"),
+            )
+            return
+        stream.expect_message_type(method.signature.request_type)
+        call = _CALLERS[method.signature.cardinality]
+        try:
+            await call(functools.partial(method.method_fn, request=event), stream)
+        except Exception as exc:
+            status = _status_for(exc, f"{event.service_name}/{event.method_name}")
+            await _close(stream, status)
+
+
+def _status_for(exc: Exception, method: str) -> Any:
+    """The purerpc.Status to send for `exc`, raised by the handler of `method`.
+
+    An RpcFailedError (alone, or the only kind in an exception group from a
+    handler's nursery) keeps its status. Anything else is a bug or an
+    unexpected failure: logged here with its traceback, and the client only
+    learns "internal error" (never the repr, which may hold internals).
+    """
+    if isinstance(exc, purerpc.RpcFailedError):
+        return exc.status
+    if isinstance(exc, ExceptionGroup):
+        failed, rest = exc.split(purerpc.RpcFailedError)
+        if failed is not None and rest is None:
+            first: BaseException = failed
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            return first.status  # type: ignore[attr-defined]
+    log.error("rpc %s failed", method, exc_info=exc)
+    return purerpc.Status(purerpc.StatusCode.INTERNAL, INTERNAL_ERROR_MESSAGE)
+
+
+async def _close(stream: GRPCProtoStream, status: Any) -> None:
+    """End the RPC with `status`; if the stream or connection is already gone, there is nobody to tell."""
+    try:
+        await stream.close(status)
+    except Exception as exc:
+        log.debug("could not send status %s: %s", status, exc)

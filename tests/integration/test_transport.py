@@ -1,0 +1,681 @@
+"""The transport layer over real TLS sockets on 127.0.0.1: purerpc's gaps stay closed.
+
+One test per row of the cancellation table in /work/shared/notes/purerpc.md
+and per promise of `jobworker.transport`. Every test runs under
+`trio.fail_after`, so a hang is a failure, and `serving()` checks that the
+server is back to its idle task count, with no connection and no RPC left,
+and that no file descriptor outlives the server.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import grpc
+import purerpc
+import pytest
+import trio
+import trio.testing
+import trustme
+from google.protobuf.wrappers_pb2 import Int64Value, StringValue
+
+from jobworker.errors import SetupError
+from jobworker.transport import RpcServer, current_identity, open_channel, wrap_methods
+from tests.integration._echo_service import (
+    MIB,
+    SERVICE_NAME,
+    Probe,
+    blob_chunk,
+    make_service,
+    stub,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# purerpc's response-stream stub iterates an inner async generator it never closes, so
+# every stream left early makes trio warn when that generator is collected; under
+# "error" the warning's traceback would keep the abandoned call's frames (and its
+# stream) alive. The warning is about purerpc's code, not ours (see the report).
+pytestmark = pytest.mark.filterwarnings(
+    r"ignore:Async generator 'purerpc\.wrappers\.[^']*' was garbage collected:ResourceWarning"
+)
+SERVER_LOGGER = "jobworker.transport.server"
+
+
+# -- certificates ---------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Pki:
+    ca: trustme.CA
+    server: trustme.LeafCert
+    alice: trustme.LeafCert
+    bob: trustme.LeafCert
+    rogue_alice: trustme.LeafCert
+
+
+@pytest.fixture(scope="module")
+def pki() -> Pki:
+    ca = trustme.CA()
+    rogue = trustme.CA()
+    return Pki(
+        ca=ca,
+        server=ca.issue_cert("localhost", "127.0.0.1"),
+        alice=ca.issue_cert("alice.users.test", common_name="alice"),
+        bob=ca.issue_cert("bob.users.test", common_name="bob"),
+        rogue_alice=rogue.issue_cert("alice.users.test", common_name="alice"),
+    )
+
+
+def server_context(pki: Pki) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.verify_mode = ssl.CERT_REQUIRED
+    pki.ca.configure_trust(context)
+    pki.server.configure_cert(context)
+    context.set_alpn_protocols(["h2"])
+    return context
+
+
+def client_context(pki: Pki, cert: trustme.LeafCert | None) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    pki.ca.configure_trust(context)
+    if cert is not None:
+        cert.configure_cert(context)
+    return context
+
+
+# -- counting what is left behind -----------------------------------------------------------
+
+
+def task_count() -> int:
+    def walk(task: trio.lowlevel.Task) -> int:
+        return 1 + sum(walk(t) for nursery in task.child_nurseries for t in nursery.child_tasks)
+
+    return walk(trio.lowlevel.current_root_task())
+
+
+def fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@attrs.define(eq=False)
+class Served:
+    server: RpcServer
+    port: int
+    probe: Probe
+    scope: trio.CancelScope
+    stopped: trio.Event
+
+
+@asynccontextmanager
+async def serving(pki: Pki, *, check_fds: bool = True, **options: Any) -> AsyncIterator[Served]:
+    """Run an RpcServer with the echo service on 127.0.0.1; check for leaks at the end.
+
+    If the server is still running when the block ends, its connections must be
+    gone, no RPC may run, and the task count must be what it was when the
+    server had just started. After it stopped, no fd of it may remain.
+    """
+    service, probe = make_service()
+    server = RpcServer("127.0.0.1", 0, server_context(pki), **options)
+    server.add_service(service)
+    fds = fd_count()
+    async with trio.open_nursery() as nursery:
+        scope = trio.CancelScope()
+        stopped = trio.Event()
+
+        async def run(task_status: trio.TaskStatus[int]) -> None:
+            try:
+                with scope:
+                    await server.serve(task_status=task_status)
+            finally:
+                stopped.set()
+
+        port = await nursery.start(run)
+        await trio.testing.wait_all_tasks_blocked()
+        idle_tasks = task_count()
+        served = Served(server, port, probe, scope, stopped)
+        yield served
+        if not stopped.is_set():
+            with trio.fail_after(2):
+                await server.wait_no_connections()
+            assert server.active_rpcs == 0
+            await trio.testing.wait_all_tasks_blocked()
+            assert task_count() == idle_tasks, "tasks were left behind on the server"
+        scope.cancel()
+    if check_fds:
+        assert fd_count() == fds, "file descriptors were left open"
+
+
+def channel(pki: Pki, served: Served, cert: trustme.LeafCert | None, **options: Any) -> Any:
+    return open_channel(
+        "127.0.0.1",
+        served.port,
+        client_context(pki, cert),
+        server_hostname="localhost",
+        **options,
+    )
+
+
+# -- unary calls, errors, identity ----------------------------------------------------------
+
+
+async def test_unary_call_round_trips(pki: Pki) -> None:
+    with trio.fail_after(10):
+        async with serving(pki) as served, channel(pki, served, pki.alice) as ch:
+            reply = await stub(ch, "Echo")(StringValue(value="héllo\x00"))
+            assert reply.value == "héllo\x00"
+
+
+async def test_plain_exception_reaches_client_as_internal_without_its_repr(
+    pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A handler bug is logged here with its traceback; the client learns only "internal error"."""
+    with trio.fail_after(10):
+        async with serving(pki) as served, channel(pki, served, pki.alice) as ch:
+            with pytest.raises(purerpc.RpcFailedError) as caught:
+                await stub(ch, "Fail")(StringValue(value="xyzzy"))
+            assert caught.value.status.status_code == purerpc.StatusCode.INTERNAL
+            assert caught.value.status.status_message == "internal error"
+            assert "xyzzy" not in str(caught.value)
+            # The connection survives a failed call.
+            assert (await stub(ch, "Echo")(StringValue(value="ok"))).value == "ok"
+    logged = [r for r in caplog.records if r.name == SERVER_LOGGER and r.levelno >= logging.ERROR]
+    assert len(logged) == 1
+    assert logged[0].exc_info is not None
+    assert "xyzzy" in str(logged[0].exc_info[1])
+
+
+@pytest.mark.parametrize(
+    "code", ["NOT_FOUND", "PERMISSION_DENIED", "INVALID_ARGUMENT", "UNAUTHENTICATED"]
+)
+async def test_rpc_failed_error_passes_through_with_code_and_message(pki: Pki, code: str) -> None:
+    with trio.fail_after(10):
+        async with serving(pki) as served, channel(pki, served, pki.alice) as ch:
+            with pytest.raises(purerpc.RpcFailedError) as caught:
+                await stub(ch, "FailWith")(StringValue(value=f"{code}:access denied, é"))
+            assert caught.value.status.status_code == purerpc.StatusCode[code]
+            assert caught.value.status.status_message == "access denied, é"
+
+
+async def test_unknown_method_is_unimplemented(pki: Pki) -> None:
+    with trio.fail_after(10):
+        async with serving(pki) as served, channel(pki, served, pki.alice) as ch:
+            client = purerpc.Client(SERVICE_NAME, ch)
+            missing = client.get_method_stub(
+                "Missing",
+                purerpc.RPCSignature(purerpc.Cardinality.UNARY_UNARY, StringValue, StringValue),
+            )
+            with pytest.raises(purerpc.RpcFailedError) as caught:
+                await missing(StringValue(value="x"))
+            assert caught.value.status.status_code == purerpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_each_connection_sees_its_own_certificate_cn_and_metadata_cannot_change_it(
+    pki: Pki,
+) -> None:
+    with trio.fail_after(10):
+        async with (
+            serving(pki) as served,
+            channel(pki, served, pki.alice) as alice,
+            channel(pki, served, pki.bob) as bob,
+        ):
+            forged = (("x-common-name", "root"), ("common-name", "root"), ("user", "root"))
+
+            async def calls(ch: Any, name: str) -> None:
+                for i in range(20):
+                    reply = await stub(ch, "WhoAmI")(
+                        StringValue(value=f"{name}{i}"), metadata=forged
+                    )
+                    assert reply.value == name
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(calls, alice, "alice")
+                nursery.start_soon(calls, bob, "bob")
+            seen = served.probe.identities
+            assert len(seen) == 40
+            assert all(tag.startswith(name) for tag, name in seen if name is not None)
+            assert {name for _, name in seen} == {"alice", "bob"}
+        assert current_identity() is None  # outside any RPC
+
+
+# -- the cancellation table -----------------------------------------------------------------
+
+
+async def test_client_breaking_out_of_a_stream_cancels_the_handler_within_a_second(
+    pki: Pki,
+) -> None:
+    with trio.fail_after(10):
+        async with serving(pki) as served, channel(pki, served, pki.alice) as ch:
+            responses = stub(ch, "Forever")(StringValue(value="x"))
+            async with aclosing(responses):
+                async for _ in responses:
+                    left_at = trio.current_time()
+                    break
+            await served.probe.ended.wait()
+            assert served.probe.ended_by == "Cancelled"
+            assert served.probe.ended_at is not None
+            assert served.probe.ended_at - left_at < 1.0
+            with trio.fail_after(1):
+                await served.server.wait_no_rpcs()
+
+
+async def test_stream_dropped_without_aclosing_still_cancels_the_handler(pki: Pki) -> None:
+    """Without aclosing, the call is noticed when CPython frees it (at once, by refcount)."""
+    with trio.fail_after(10):
+        async with serving(pki) as served, channel(pki, served, pki.alice) as ch:
+            async for _ in stub(ch, "Forever")(StringValue(value="x")):
+                left_at = trio.current_time()
+                break
+            await served.probe.ended.wait()
+            assert served.probe.ended_at is not None
+            assert served.probe.ended_at - left_at < 1.0
+
+
+async def test_client_cancelled_while_waiting_on_a_stream_cancels_the_handler(pki: Pki) -> None:
+    with trio.fail_after(10):
+        async with serving(pki) as served, channel(pki, served, pki.alice) as ch:
+            with trio.move_on_after(0.2) as waited:
+                responses = stub(ch, "Forever")(StringValue(value="x"))
+                async with aclosing(responses):
+                    async for _ in responses:
+                        pass
+            assert waited.cancelled_caught
+            cancelled_at = trio.current_time()
+            await served.probe.ended.wait()
+            assert served.probe.ended_at is not None
+            assert served.probe.ended_at - cancelled_at < 1.0
+            # The channel is still good for other calls.
+            assert (await stub(ch, "Echo")(StringValue(value="still"))).value == "still"
+
+
+async def test_cancelled_unary_call_cancels_the_handler(pki: Pki) -> None:
+    with trio.fail_after(10):
+        async with serving(pki) as served, channel(pki, served, pki.alice) as ch:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(stub(ch, "Sleep"), Int64Value(value=60_000))
+                await served.probe.started.wait()
+                nursery.cancel_scope.cancel()
+            with trio.fail_after(1):
+                await served.server.wait_no_rpcs()
+
+
+async def test_abandoned_streams_give_back_their_flow_control_window(pki: Pki) -> None:
+    """Bytes an abandoned call received but never read are handed back to the server.
+
+    Otherwise every abandoned big stream keeps up to 2 x max_message_length of the
+    connection's 1 GiB window, and the connection stalls for good after ~32 of them.
+    """
+    with trio.fail_after(10):
+        async with serving(pki) as served, channel(pki, served, pki.alice) as ch:
+            for _ in range(3):
+                responses = stub(ch, "Blob")(Int64Value(value=64))
+                async with aclosing(responses):
+                    async for _ in responses:
+                        # Let the server fill the call's window (2 x 16 MiB) before we leave.
+                        await trio.sleep(0.2)
+                        break
+            with trio.fail_after(1):
+                await served.server.wait_no_rpcs()
+            # The server wrote every DATA frame of those calls before this answer.
+            assert (await stub(ch, "Echo")(StringValue(value="x"))).value == "x"
+            window = (
+                ch._grpc_socket._grpc_connection.h2_connection._inbound_flow_control_window_manager
+            )
+            received_but_not_acknowledged = (
+                window.max_window_size - window.current_window_size - window._bytes_processed
+            )
+            assert received_but_not_acknowledged == 0
+
+
+async def test_killed_client_process_cancels_the_handler(pki: Pki, tmp_path: Path) -> None:
+    pki.ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    pki.alice.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "client.pem"))
+    with trio.fail_after(20):
+        async with serving(pki) as served:
+            command = [sys.executable, "-m", "tests.integration._echo_service"]
+            command += ["127.0.0.1", str(served.port), str(tmp_path)]
+            process = await trio.lowlevel.open_process(command, cwd=ROOT, stdout=subprocess.PIPE)
+            try:
+                assert process.stdout is not None
+                assert await process.stdout.receive_some(100) == b"streaming\n"
+                await served.probe.started.wait()
+                assert served.server.connection_count == 1
+                process.kill()
+                killed_at = trio.current_time()
+                await served.probe.ended.wait()
+                assert served.probe.ended_at is not None
+                assert served.probe.ended_at - killed_at < 1.0
+            finally:
+                process.kill()
+                await process.wait()
+                if process.stdout is not None:
+                    await process.stdout.aclose()
+
+
+async def test_cancelling_serve_fails_a_waiting_stream_with_unavailable_at_once(pki: Pki) -> None:
+    with trio.fail_after(10):
+        async with serving(pki) as served, channel(pki, served, pki.alice) as ch:
+            responses = stub(ch, "Forever")(StringValue(value="x"))
+            async with aclosing(responses):
+                await responses.__anext__()
+                served.scope.cancel()
+                stopped_at = trio.current_time()
+                with pytest.raises(purerpc.RpcFailedError) as caught:
+                    await responses.__anext__()
+            assert trio.current_time() - stopped_at < 1.0
+            assert caught.value.status.status_code == purerpc.StatusCode.UNAVAILABLE
+            assert "lost the connection" in caught.value.status.status_message
+            await served.stopped.wait()
+            # New calls on the dead channel fail at once too.
+            with pytest.raises(purerpc.RpcFailedError) as caught:
+                await stub(ch, "Echo")(StringValue(value="x"))
+            assert caught.value.status.status_code == purerpc.StatusCode.UNAVAILABLE
+
+
+async def test_shutdown_lets_running_calls_finish_and_refuses_new_connections(pki: Pki) -> None:
+    with trio.fail_after(10):
+        async with serving(pki) as served, channel(pki, served, pki.alice) as ch:
+            async with trio.open_nursery() as nursery:
+                results: list[int] = []
+
+                async def slow_call() -> None:
+                    results.append((await stub(ch, "Sleep")(Int64Value(value=300))).value)
+
+                nursery.start_soon(slow_call)
+                await served.probe.started.wait()
+                nursery.start_soon(served.server.shutdown, 5.0)
+                await trio.testing.wait_all_tasks_blocked()
+                with pytest.raises(purerpc.RpcFailedError) as caught:
+                    async with channel(pki, served, pki.alice):
+                        pass
+                assert "connection refused" in caught.value.status.status_message
+            assert results == [300]
+            assert served.stopped.is_set()
+
+
+async def test_shutdown_grace_is_bounded(pki: Pki) -> None:
+    with trio.fail_after(10):
+        async with serving(pki) as served, channel(pki, served, pki.alice) as ch:
+            responses = stub(ch, "Forever")(StringValue(value="x"))
+            async with aclosing(responses):
+                await responses.__anext__()
+                started = trio.current_time()
+                await served.server.shutdown(0.2)
+                assert 0.2 <= trio.current_time() - started < 1.0
+                with pytest.raises(purerpc.RpcFailedError) as caught:
+                    await responses.__anext__()
+                assert caught.value.status.status_code == purerpc.StatusCode.UNAVAILABLE
+
+
+# -- TLS rejections -------------------------------------------------------------------------
+
+
+def rejection_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == SERVER_LOGGER]
+
+
+@pytest.mark.parametrize("who", ["no certificate", "rogue ca"])
+async def test_client_whose_certificate_is_refused_gets_unavailable_and_server_logs_one_line(
+    pki: Pki, caplog: pytest.LogCaptureFixture, who: str
+) -> None:
+    """Under TLS 1.3 the client's handshake "succeeds" before the server refuses it: no hang."""
+    rejected = trio.Event()
+    cert = None if who == "no certificate" else pki.rogue_alice
+    with trio.fail_after(10):
+        async with serving(pki, on_handshake_error=lambda *_: rejected.set()) as served:
+            with pytest.raises(purerpc.RpcFailedError) as caught:
+                async with channel(pki, served, cert) as ch:
+                    await stub(ch, "Echo")(StringValue(value="x"))
+            assert caught.value.status.status_code == purerpc.StatusCode.UNAVAILABLE
+            assert "certificate" in caught.value.status.status_message
+            await rejected.wait()
+    lines = rejection_lines(caplog)
+    assert len(lines) == 1
+    assert lines[0].levelno == logging.WARNING
+    assert lines[0].exc_info is None
+    assert lines[0].getMessage().startswith("rejected tls connection from 127.0.0.1:")
+
+
+async def test_tls_12_client_is_refused_with_unavailable(
+    pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    rejected = trio.Event()
+    context = client_context(pki, pki.alice)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    with trio.fail_after(10):
+        async with serving(pki, on_handshake_error=lambda *_: rejected.set()) as served:
+            with pytest.raises(purerpc.RpcFailedError) as caught:
+                async with open_channel(
+                    "127.0.0.1", served.port, context, server_hostname="localhost"
+                ):
+                    pass
+            assert caught.value.status.status_code == purerpc.StatusCode.UNAVAILABLE
+            assert "tls handshake" in caught.value.status.status_message
+            await rejected.wait()
+    lines = rejection_lines(caplog)
+    assert len(lines) == 1
+    assert lines[0].exc_info is None
+
+
+async def test_connection_refused_is_unavailable_with_a_clear_message(pki: Pki) -> None:
+    with trio.fail_after(10):
+        async with serving(pki) as served:
+            port = served.port
+            served.scope.cancel()
+            await served.stopped.wait()
+        with pytest.raises(purerpc.RpcFailedError) as caught:
+            async with open_channel("127.0.0.1", port, client_context(pki, pki.alice)):
+                pass
+        assert caught.value.status.status_code == purerpc.StatusCode.UNAVAILABLE
+        assert caught.value.status.status_message == (
+            f"cannot reach 127.0.0.1:{port}: connection refused"
+        )
+
+
+# -- binding --------------------------------------------------------------------------------
+
+
+async def test_port_in_use_is_a_clear_setup_error(pki: Pki) -> None:
+    with trio.fail_after(10):
+        async with serving(pki) as served:
+            second = RpcServer("127.0.0.1", served.port, server_context(pki))
+            with pytest.raises(SetupError, match="address already in use"):
+                await second.serve()
+
+
+async def test_server_binds_only_the_given_host(pki: Pki) -> None:
+    """Bound to 127.0.0.1, the port is closed on 127.0.0.2 (also loopback): no wildcard bind."""
+    with trio.fail_after(10):
+        async with serving(pki) as served:
+            with pytest.raises(OSError, match="refused|failed"):
+                await trio.open_tcp_stream("127.0.0.2", served.port)
+            with pytest.raises(purerpc.RpcFailedError, match="connection refused"):
+                async with open_channel("127.0.0.2", served.port, client_context(pki, pki.alice)):
+                    pass
+
+
+# -- payloads -------------------------------------------------------------------------------
+
+
+async def test_64_mib_stream_of_1_mib_messages_round_trips_exactly(pki: Pki) -> None:
+    """Every byte value, in order; the window (2 x the message limit) always holds a message."""
+    limit = MIB + 1024
+    with trio.fail_after(30):
+        async with (
+            serving(pki, max_message_length=limit) as served,
+            channel(pki, served, pki.alice, max_message_length=limit) as ch,
+        ):
+            index = 0
+            async for message in stub(ch, "Blob")(Int64Value(value=64)):
+                assert message.value == blob_chunk(index)
+                index += 1
+            assert index == 64
+
+
+async def test_message_over_the_limit_fails_the_call_not_the_server(pki: Pki) -> None:
+    with trio.fail_after(10):
+        async with (
+            serving(pki) as served,
+            channel(pki, served, pki.alice, max_message_length=MIB // 2) as ch,
+        ):
+            with pytest.raises(purerpc.RpcFailedError):
+                async for _ in stub(ch, "Blob")(Int64Value(value=1)):
+                    pass
+        # A new channel still works.
+        async with serving(pki) as served, channel(pki, served, pki.alice) as ch:
+            assert (await stub(ch, "Echo")(StringValue(value="x"))).value == "x"
+
+
+# -- wrap_methods ---------------------------------------------------------------------------
+
+
+async def test_wrapper_rejects_before_the_handler_runs_and_sees_every_call(pki: Pki) -> None:
+    seen: list[tuple[str, str]] = []
+
+    @asynccontextmanager_wrapper
+    async def wrapper(method_name: str, call: Any) -> AsyncIterator[None]:
+        if call.request.custom_metadata and ("deny", "yes") in call.request.custom_metadata:
+            raise purerpc.PermissionDeniedError("access denied")
+        try:
+            yield
+        except RuntimeError as exc:
+            seen.append((method_name, "mapped"))
+            raise purerpc.FailedPreconditionError("mapped") from exc
+        else:
+            seen.append((method_name, "ok"))
+
+    service, probe = make_service()
+    server = RpcServer("127.0.0.1", 0, server_context(pki))
+    server.add_service(wrap_methods(service, wrapper))
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(server.serve)
+            async with open_channel(
+                "127.0.0.1", port, client_context(pki, pki.alice), server_hostname="localhost"
+            ) as ch:
+                assert (await stub(ch, "Echo")(StringValue(value="a"))).value == "a"
+                with pytest.raises(purerpc.RpcFailedError) as caught:
+                    await stub(ch, "Sleep")(Int64Value(value=1), metadata=(("deny", "yes"),))
+                assert caught.value.status.status_code == purerpc.StatusCode.PERMISSION_DENIED
+                assert not probe.started.is_set()  # the handler body never ran
+                with pytest.raises(purerpc.RpcFailedError) as caught:
+                    await stub(ch, "Fail")(StringValue(value="a"))
+                assert caught.value.status.status_code == purerpc.StatusCode.FAILED_PRECONDITION
+                with pytest.raises(purerpc.RpcFailedError) as caught:
+                    async for _ in stub(ch, "Forever")(
+                        StringValue(value="a"), metadata=(("deny", "yes"),)
+                    ):
+                        pass
+                assert caught.value.status.status_code == purerpc.StatusCode.PERMISSION_DENIED
+                assert not probe.started.is_set()
+                count = 0
+                async for _ in stub(ch, "Blob")(Int64Value(value=2)):
+                    count += 1
+                assert count == 2
+            nursery.cancel_scope.cancel()
+    assert seen == [("Echo", "ok"), ("Fail", "mapped"), ("Blob", "ok")]
+
+
+def asynccontextmanager_wrapper(fn: Any) -> Any:
+    return asynccontextmanager(fn)
+
+
+# -- grpcio interop -------------------------------------------------------------------------
+
+
+@attrs.frozen
+class GrpcClient:
+    """A stock grpcio client, used from worker threads."""
+
+    channel: grpc.Channel
+
+    def unary(self, method: str, request: Any, response_type: Any) -> Any:
+        call = self.channel.unary_unary(
+            f"/{SERVICE_NAME}/{method}",
+            request_serializer=type(request).SerializeToString,
+            response_deserializer=response_type.FromString,
+        )
+        return call(request, timeout=10)
+
+    def stream(self, method: str, request: Any, response_type: Any) -> Any:
+        call = self.channel.unary_stream(
+            f"/{SERVICE_NAME}/{method}",
+            request_serializer=type(request).SerializeToString,
+            response_deserializer=response_type.FromString,
+        )
+        return call(request, timeout=10)
+
+
+def grpc_client(pki: Pki, port: int) -> Iterator[GrpcClient]:
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=pki.ca.cert_pem.bytes(),
+        private_key=pki.alice.private_key_pem.bytes(),
+        certificate_chain=pki.alice.cert_chain_pems[0].bytes(),
+    )
+    channel = grpc.secure_channel(
+        f"127.0.0.1:{port}", credentials, options=[("grpc.ssl_target_name_override", "localhost")]
+    )
+    try:
+        yield GrpcClient(channel)
+    finally:
+        channel.close()
+
+
+async def test_grpcio_client_gets_the_same_results_and_status_codes(pki: Pki) -> None:
+    def run(port: int) -> list[Any]:
+        results: list[Any] = []
+        for client in grpc_client(pki, port):
+            results.append(client.unary("Echo", StringValue(value="héllo"), StringValue).value)
+            results.append(client.unary("WhoAmI", StringValue(value="g"), StringValue).value)
+            for method, arg in [("Fail", "xyzzy"), ("FailWith", "NOT_FOUND:no job with id 'x'")]:
+                try:
+                    client.unary(method, StringValue(value=arg), StringValue)
+                except grpc.RpcError as exc:
+                    results.append((exc.code().name, exc.details()))
+        return results
+
+    with trio.fail_after(20):
+        async with serving(pki, check_fds=False) as served:
+            results = await trio.to_thread.run_sync(run, served.port)
+    assert results == [
+        "héllo",
+        "alice",
+        ("INTERNAL", "internal error"),
+        ("NOT_FOUND", "no job with id 'x'"),
+    ]
+
+
+async def test_grpcio_client_cancelling_a_stream_cancels_the_handler(pki: Pki) -> None:
+    # check_fds=False: grpcio keeps process-wide polling fds after its channel closes.
+    first = threading.Event()
+    cancelled_at: list[float] = []
+    token = trio.lowlevel.current_trio_token()
+
+    def run(port: int) -> None:
+        for client in grpc_client(pki, port):
+            call = client.stream("Forever", StringValue(value="x"), StringValue)
+            assert next(call).value == "started"
+            first.set()
+            cancelled_at.append(trio.from_thread.run_sync(trio.current_time, trio_token=token))
+            call.cancel()
+
+    with trio.fail_after(20):
+        async with serving(pki, check_fds=False) as served:
+            await trio.to_thread.run_sync(run, served.port)
+            await served.probe.ended.wait()
+            assert served.probe.ended_at is not None
+            assert served.probe.ended_at - cancelled_at[0] < 1.0
+    assert first.is_set()
