@@ -44,6 +44,25 @@ TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+#: The largest HTTP/2 flow-control window (RFC 9113, 6.9.1).
+_MAX_WINDOW = 2**31 - 1
+
+
+def check_message_length(max_message_length: int) -> int:
+    """Return `max_message_length` if purerpc can use it, else raise ValueError.
+
+    purerpc sets each stream's receive window to twice the limit and returns
+    window only per whole message, so one message plus its 5-byte header must
+    fit in it (it always does at 2x), and 2x must be a legal HTTP/2 window.
+    """
+    if not 0 < max_message_length <= (_MAX_WINDOW // 2) - 5:
+        raise ValueError(
+            f"max_message_length {max_message_length} is out of range; "
+            f"use 1 to {(_MAX_WINDOW // 2) - 5} bytes"
+        )
+    return max_message_length
+
+
 def describe_transport_error(exc: BaseException) -> str:
     """A short lower-case reason for a transport failure, for log lines and status messages."""
     while isinstance(exc, anyio.BrokenResourceError | anyio.ClosedResourceError) and (

@@ -44,7 +44,12 @@ from purerpc.grpc_proto import GRPCProtoStream
 from purerpc.grpclib.config import GRPCConfiguration
 from purerpc.grpclib.events import MessageReceived, RequestReceived, ResponseEnded, WindowUpdated
 
-from jobworker.transport._wire import TRANSPORT_ERRORS, HookedSocket, describe_transport_error
+from jobworker.transport._wire import (
+    TRANSPORT_ERRORS,
+    HookedSocket,
+    check_message_length,
+    describe_transport_error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +274,7 @@ class Channel(_Channel):  # type: ignore[misc]  # purerpc is untyped
     ) -> None:
         super().__init__(host, port, ssl_context)
         self._server_hostname = server_hostname
-        self._max_message_length = max_message_length
+        self._max_message_length = check_message_length(max_message_length)
         self._connect_timeout = connect_timeout
 
     @property

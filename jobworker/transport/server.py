@@ -29,6 +29,7 @@ import functools
 import logging
 import ssl
 from collections.abc import Callable
+from contextlib import aclosing
 from typing import Any
 
 import anyio
@@ -49,7 +50,12 @@ from purerpc.wrappers import (
 )
 
 from jobworker.errors import SetupError
-from jobworker.transport._wire import CLOSE_DRAIN_TIMEOUT, HookedSocket, describe_transport_error
+from jobworker.transport._wire import (
+    CLOSE_DRAIN_TIMEOUT,
+    HookedSocket,
+    check_message_length,
+    describe_transport_error,
+)
 from jobworker.transport.identity import Peer, common_name_of, current_peer, format_address
 
 log = logging.getLogger(__name__)
@@ -119,7 +125,8 @@ class RpcServer:
     reports. `ssl_context` is a server context the caller configured
     completely (TLS 1.3, CA for client certificates, `verify_mode`, ALPN "h2"
     for grpcio clients). `max_message_length` bounds one message each way; the
-    per-stream receive window is twice it, so one message always fits.
+    per-stream receive window is twice it, so one message always fits
+    (ValueError if it is not positive or that window would exceed 2**31-1).
     `on_handshake_error(address, exc)` is called after each rejected TLS
     handshake is logged (None: only log). `handshake_timeout` bounds a
     handshake in seconds.
@@ -140,7 +147,9 @@ class RpcServer:
         self.host = host
         self.port = port
         self._ssl_context = ssl_context
-        self._config = GRPCConfiguration(client_side=False, max_message_length=max_message_length)
+        self._config = GRPCConfiguration(
+            client_side=False, max_message_length=check_message_length(max_message_length)
+        )
         self._on_handshake_error = on_handshake_error
         self._handshake_timeout = handshake_timeout
         self._services: dict[str, purerpc.Service] = {}
@@ -312,7 +321,11 @@ class RpcServer:
         )
         log.warning("rejected tls connection from %s: %s", address, reason)
         if self._on_handshake_error is not None:
-            self._on_handshake_error(address, exc)
+            try:
+                self._on_handshake_error(address, exc)
+            except Exception:
+                # A broken hook must not take the server down with it.
+                log.exception("on_handshake_error hook failed")
 
     async def _serve_connection(self, tls: TLSStream, address: str) -> None:
         sock = _ServerSocket(self._config, tls)
@@ -321,10 +334,11 @@ class RpcServer:
         async with sock, trio.open_nursery() as rpcs:
             try:
                 with request_loop:
-                    async for stream in sock.listen():
-                        scope = trio.CancelScope()
-                        sock.scopes[stream.stream_id] = scope
-                        rpcs.start_soon(self._run_rpc, sock, stream, scope)
+                    async with aclosing(sock.listen()) as requests:
+                        async for stream in requests:
+                            scope = trio.CancelScope()
+                            sock.scopes[stream.stream_id] = scope
+                            rpcs.start_soon(self._run_rpc, sock, stream, scope)
             except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
                 pass  # the connection is gone: end its RPCs below
             except Exception as exc:

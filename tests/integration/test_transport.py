@@ -470,6 +470,23 @@ async def test_tls_12_client_is_refused_with_unavailable(
     assert lines[0].exc_info is None
 
 
+async def test_client_that_never_handshakes_is_dropped_after_the_timeout(
+    pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    rejected = trio.Event()
+    with trio.fail_after(10):
+        async with serving(
+            pki, handshake_timeout=0.2, on_handshake_error=lambda *_: rejected.set()
+        ) as served:
+            silent = await trio.open_tcp_stream("127.0.0.1", served.port)
+            async with silent:
+                await rejected.wait()
+                assert await silent.receive_some() == b""  # the server closed it
+    lines = rejection_lines(caplog)
+    assert len(lines) == 1
+    assert "no handshake within 0.2 s" in lines[0].getMessage()
+
+
 async def test_connection_refused_is_unavailable_with_a_clear_message(pki: Pki) -> None:
     with trio.fail_after(10):
         async with serving(pki) as served:
@@ -537,6 +554,14 @@ async def test_message_over_the_limit_fails_the_call_not_the_server(pki: Pki) ->
         # A new channel still works.
         async with serving(pki) as served, channel(pki, served, pki.alice) as ch:
             assert (await stub(ch, "Echo")(StringValue(value="x"))).value == "x"
+
+
+@pytest.mark.parametrize("length", [0, -1, 2**30])
+def test_message_limits_whose_window_is_not_a_legal_http2_window_are_refused(
+    pki: Pki, length: int
+) -> None:
+    with pytest.raises(ValueError, match="max_message_length"):
+        RpcServer("127.0.0.1", 0, server_context(pki), max_message_length=length)
 
 
 # -- wrap_methods ---------------------------------------------------------------------------
