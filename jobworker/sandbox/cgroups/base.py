@@ -1,0 +1,322 @@
+"""The interface both cgroup versions implement, and the file helpers they share.
+
+Cgroup control files are kernel I/O that never touches a disk: a write or read
+is a few microseconds. They are done inline (synchronously) from async code on
+purpose, as the style guide allows for I/O made cheap enough; only the wait for
+a killed cgroup to empty (`JobCgroup.remove`) awaits.
+
+Every failed write becomes a `SetupError` ("cannot write FILE: REASON"), or an
+`InvalidRequestError` naming the limit when the kernel rejects the value
+(EINVAL, ERANGE, ENODEV): that is a bad request, not a broken host.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import errno
+import os
+import select
+import signal
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import trio
+
+from jobworker.errors import InvalidRequestError, SetupError
+from jobworker.model import Limits, Usage
+
+#: How a cgroup directory is removed. The kernel's rmdir is the only real one; a
+#: fake cgroupfs in a temp dir passes its own (its control files are plain files,
+#: which the kernel would drop along with the directory).
+Rmdir = Callable[[Path], None]
+
+#: errnos by which the kernel refuses a limit's value rather than the write itself.
+_REJECTED_VALUE = {errno.EINVAL, errno.ERANGE, errno.ENODEV, errno.EOVERFLOW}
+#: errnos by which rmdir says the cgroup still has tasks or children.
+_BUSY = {errno.EBUSY, errno.ENOTEMPTY}
+
+
+class CgroupDriver(abc.ABC):
+    """Makes, finds and removes job cgroups under one parent; `detect()` picks one.
+
+    version: 1 or 2.
+    parent: the directory holding every job's cgroup (on v1: the one in the
+        memory hierarchy, as a representative; each hierarchy has its own).
+    """
+
+    version: int
+    parent: Path
+
+    @abc.abstractmethod
+    def create(self, job_id: str, limits: Limits, io_device: tuple[int, int] | None) -> JobCgroup:
+        """Make the job's cgroup(s) under the parent and write `limits` (None fields:
+        no limit). `io_device` is the (major, minor) of the disk the IO limits apply
+        to; it is required when `limits` has an IO limit and ignored otherwise.
+
+        Raises InvalidRequestError for a bad job id, a missing io_device or a value
+        the kernel rejects; SetupError when the host refuses (permissions, a missing
+        controller, an existing cgroup of that name). Either way nothing is left
+        behind. The caller owns the returned cgroup: `kill_all()` then `remove()`.
+        """
+
+    @abc.abstractmethod
+    def cleanup_stale(self) -> list[str]:
+        """Kill every process in, and remove, every job cgroup under the parent
+        (left by an earlier run that crashed). Returns the names removed.
+
+        Blocks for at most a few seconds waiting for the killed processes to exit;
+        it runs once, at start-up, before anything else is served. Raises
+        SetupError when a cgroup cannot be emptied and removed.
+        """
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Remove the (now empty) parent dir(s) if possible; never raises for a busy
+        or missing dir."""
+
+
+class JobCgroup(abc.ABC):
+    """One job's cgroup, in each hierarchy the driver uses.
+
+    name: the job's cgroup name (the job id).
+    procs_files: the cgroup.procs file of each hierarchy; the job's trampoline
+        writes its own pid to each before it execs the command, so everything the
+        command starts is born inside.
+    """
+
+    name: str
+    procs_files: tuple[Path, ...]
+    rmdir: Rmdir
+
+    def pids(self) -> list[int]:
+        """Every pid in the job's cgroup (the union over hierarchies), sorted; [] once
+        the cgroup is gone."""
+        found: set[int] = set()
+        for procs in self.procs_files:
+            found.update(read_pids(procs))
+        return sorted(found)
+
+    @abc.abstractmethod
+    def kill_all(self) -> None:
+        """SIGKILL every process in the cgroup, including ones forked meanwhile.
+
+        Returns once the signal is sent; the processes leave the cgroup a moment
+        later (see `remove`). Idempotent; a removed cgroup is fine. Raises
+        SetupError if a control file cannot be written.
+        """
+
+    @abc.abstractmethod
+    def usage(self) -> Usage:
+        """CPU time, peak memory and OOM kills so far. Raises SetupError when a
+        counter cannot be read (the cgroup was removed)."""
+
+    @abc.abstractmethod
+    def directories(self) -> tuple[Path, ...]:
+        """The job's cgroup directory in each hierarchy."""
+
+    # A timeout parameter, not a cancel scope: running out is an error (SetupError)
+    # that names the busy cgroup, not a cancellation of the caller.
+    async def remove(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109
+        """Remove the job's cgroup directory in every hierarchy; missing ones are fine.
+
+        After `kill_all()` the last tasks leave the cgroup only when they have
+        finished exiting, and until then rmdir fails with EBUSY. Cgroup v1 gives
+        no event for "empty" (its notify_on_release runs a usermode helper), so
+        this retries with a short backoff for at most `timeout` seconds.
+
+        Raises SetupError when a directory is still busy after `timeout`.
+        """
+        deadline = trio.current_time() + timeout
+        for directory in self.directories():
+            delay = 0.002
+            while not self._try_rmdir(directory):
+                if trio.current_time() + delay > deadline:
+                    raise SetupError(
+                        f"cannot remove cgroup {directory}: it still has processes after "
+                        f"{timeout:g} s; kill them (kill_all) and try again"
+                    )
+                await trio.sleep(delay)
+                delay = min(delay * 2, 0.1)
+
+    def remove_blocking(self, timeout: float = 5.0) -> None:
+        """`remove` for synchronous start-up code: waits on the exit of each process
+        still inside (pidfd poll), not on a timer. Raises SetupError as `remove`."""
+        deadline = time.monotonic() + timeout
+        for directory in self.directories():
+            while not self._try_rmdir(directory):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise SetupError(
+                        f"cannot remove cgroup {directory}: it still has processes after "
+                        f"{timeout:g} s; kill them and try again"
+                    )
+                self.kill_all()
+                wait_for_exit(read_pids(directory / "cgroup.procs"), min(left, 0.1))
+
+    def _try_rmdir(self, directory: Path) -> bool:
+        return try_rmdir(directory, self.rmdir)
+
+
+# ---- helpers shared by v1 and v2 -------------------------------------------------------------
+
+
+def write_value(file: Path, value: str | int, *, what: str | None = None) -> None:
+    """Write `value` to a control file in one write(2), as the kernel expects.
+
+    what: the limit this sets (e.g. "memory limit"), named in the error when the
+        kernel rejects the value; None for files that are not a user's limit.
+    Raises InvalidRequestError (value rejected, `what` given) or SetupError.
+    """
+    data = str(value).encode()
+    try:
+        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        if what is not None and exc.errno in _REJECTED_VALUE:
+            raise InvalidRequestError(
+                f"the kernel refused the {what} {value!s} ({exc.strerror}); try another value"
+            ) from exc
+        raise SetupError(f"cannot write {file}: {exc.strerror}") from exc
+
+
+def read_text(file: Path) -> str:
+    """The contents of a control file; raises SetupError when it cannot be read."""
+    try:
+        return file.read_text()
+    except OSError as exc:
+        raise SetupError(f"cannot read {file}: {exc.strerror}") from exc
+
+
+def read_int(file: Path) -> int:
+    """A control file holding one integer; raises SetupError when unreadable or not a number."""
+    text = read_text(file).strip()
+    try:
+        return int(text)
+    except ValueError:
+        raise SetupError(f"cannot read {file}: {text!r} is not a number") from None
+
+
+def read_keyed(file: Path, key: str) -> int:
+    """The value of `key` in a flat-keyed file ("key value" lines, as memory.events or
+    cpu.stat); 0 when the key is absent (older kernels). Raises SetupError as read_text."""
+    for line in read_text(file).splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == key:
+            try:
+                return int(parts[1])
+            except ValueError:
+                break
+    return 0
+
+
+def read_pids(procs: Path) -> list[int]:
+    """The pids listed in a cgroup.procs file; [] when the cgroup does not exist."""
+    try:
+        text = procs.read_text()
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise SetupError(f"cannot read {procs}: {exc.strerror}") from exc
+    return [int(line) for line in text.split()]
+
+
+def kill_until_empty(list_pids: Callable[[], Iterable[int]], *, max_rounds: int = 1000) -> None:
+    """SIGKILL every pid `list_pids()` gives, again and again, until it lists no pid
+    not yet killed.
+
+    Why the loop converges: a process with SIGKILL pending can no longer fork (the
+    kernel aborts a fork in progress when a fatal signal is pending), so only
+    processes forked before their parent was killed can show up in a later round.
+    The caller freezes the cgroup first where it can, so frozen tasks cannot fork
+    or exit and the pids read cannot be reused meanwhile.
+    """
+    killed: set[int] = set()
+    for _ in range(max_rounds):
+        fresh = set(list_pids()) - killed
+        if not fresh:
+            return
+        for pid in fresh:
+            with contextlib.suppress(ProcessLookupError):  # already gone: nothing to kill
+                os.kill(pid, signal.SIGKILL)
+        killed |= fresh
+    raise SetupError(
+        f"processes kept appearing after {max_rounds} rounds of SIGKILL; is the cgroup's "
+        f"pids limit missing?"
+    )
+
+
+def wait_for_exit(pids: Iterable[int], timeout: float) -> None:
+    """Block until every pid has exited or `timeout` seconds pass, woken by the exit
+    itself: a pidfd becomes readable when its process exits (Linux 5.3+). Pids
+    that are already gone are skipped."""
+    fds = []
+    try:
+        for pid in pids:
+            try:
+                fds.append(os.pidfd_open(pid))
+            except ProcessLookupError:
+                continue
+        deadline = time.monotonic() + timeout
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
+        pending = len(fds)
+        while pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            for fd, _ in poller.poll(left * 1000):
+                poller.unregister(fd)
+                pending -= 1
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def try_rmdir(directory: Path, rmdir: Rmdir) -> bool:
+    """rmdir a cgroup directory: True when it is gone (or never existed), False
+    while the kernel says it is busy (tasks or child cgroups left). Raises
+    SetupError for anything else."""
+    try:
+        rmdir(directory)
+    except FileNotFoundError:
+        return True
+    except OSError as exc:
+        if exc.errno in _BUSY:
+            return False
+        raise SetupError(f"cannot remove cgroup {directory}: {exc.strerror}") from exc
+    return True
+
+
+def check_job_id(job_id: str) -> None:
+    """A job id becomes a directory name: refuse anything that is not one plain name."""
+    if not job_id or job_id in {".", ".."} or "/" in job_id or "\0" in job_id:
+        raise InvalidRequestError(f"bad job id {job_id!r} for a cgroup name: use a plain name")
+
+
+def check_io_device(limits: Limits, io_device: tuple[int, int] | None) -> None:
+    """IO limits are per block device: refuse them when the caller knows no device."""
+    if limits.has_io and io_device is None:
+        raise InvalidRequestError(
+            "io limits need the data dir on a block device, and this host's is not; "
+            "drop the io limits or move the data dir to a disk"
+        )
+
+
+def make_dir(directory: Path) -> None:
+    """mkdir one cgroup; SetupError when it exists already or the kernel refuses."""
+    try:
+        directory.mkdir()
+    except FileExistsError as exc:
+        raise SetupError(
+            f"cgroup {directory} exists already; remove it or pick another job id"
+        ) from exc
+    except OSError as exc:
+        raise SetupError(
+            f"cannot create cgroup {directory}: {exc.strerror}; jwsd must run as root"
+        ) from exc

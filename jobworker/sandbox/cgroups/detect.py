@@ -1,0 +1,142 @@
+"""Finding the host's cgroups: which version, where its hierarchies are mounted, and
+the daemon's own cgroup in each, read from /proc/self/mountinfo and /proc/self/cgroup.
+
+The paths are parameters so tests can point them at a fake cgroupfs in a temp dir.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import attrs
+
+from jobworker.errors import SetupError
+from jobworker.sandbox.cgroups import base, v1, v2
+
+
+@attrs.frozen
+class Mount:
+    """One cgroup mount from mountinfo.
+
+    root: the cgroup (path in its hierarchy) shown at mount_point; "/" unless
+        a container bind-mounted a subtree.
+    controllers: the v1 controllers (and name=...) of the hierarchy; empty for cgroup2.
+    """
+
+    mount_point: Path
+    root: str
+    fstype: str
+    controllers: frozenset[str]
+
+
+def detect(
+    *,
+    name: str = "jobworker",
+    root: Path = Path("/sys/fs/cgroup"),
+    proc_self_cgroup: Path = Path("/proc/self/cgroup"),
+    mountinfo: Path = Path("/proc/self/mountinfo"),
+    rmdir: base.Rmdir = os.rmdir,
+) -> base.CgroupDriver:
+    """Pick the cgroup driver for this host and create the job parent.
+
+    v2 when `root` is a cgroup2 mount with the cpu, memory, io and pids controllers;
+    else v1 when cpu, cpuacct, memory, blkio, pids and freezer are mounted under
+    `root` (a hybrid host, with cgroup2 on root/unified, uses v1). The job parent
+    is `<the daemon's own cgroup>/<name>` in each hierarchy used.
+
+    name: the job parent's name, a plain directory name.
+    rmdir: how a directory is removed (`os.rmdir`; a fake cgroupfs passes its own).
+    Raises SetupError saying what is missing: no cgroup filesystem, a controller,
+    the daemon's cgroup, or the permission (root) to create the parent.
+    """
+    if not name or name in {".", ".."} or "/" in name or "\0" in name:
+        raise SetupError(f"bad cgroup name {name!r}: use a plain directory name")
+    mounts = read_mounts(mountinfo)
+    own = read_own_cgroups(proc_self_cgroup)
+    unified = [m for m in mounts if m.fstype == "cgroup2" and m.mount_point == root]
+    if unified:
+        if "" not in own:
+            raise SetupError(f"{proc_self_cgroup} has no cgroup2 line (0::/path)")
+        own_dir = _in_mount(unified[0], own[""])
+        if own_dir.name == v2.DAEMON_LEAF:
+            # An earlier detect() in this process moved us into the leaf already.
+            own_dir = own_dir.parent
+        return v2.V2Driver.open(own_dir, name, rmdir)
+    legacy = [m for m in mounts if m.fstype == "cgroup" and m.mount_point.is_relative_to(root)]
+    if not legacy:
+        raise SetupError(
+            f"no cgroup filesystem is mounted at {root}; mount cgroup2 there (or the v1 "
+            f"controllers under it) and run jwsd as root"
+        )
+    own_dirs: dict[str, Path] = {}
+    missing = []
+    for controller in v1.CONTROLLERS:
+        mount = next((m for m in legacy if controller in m.controllers), None)
+        if mount is None:
+            missing.append(controller)
+            continue
+        if controller not in own:
+            raise SetupError(f"{proc_self_cgroup} lists no {controller} cgroup for jwsd")
+        own_dirs[controller] = _in_mount(mount, own[controller])
+    if missing:
+        raise SetupError(
+            f"the cgroup v1 controller(s) {' '.join(missing)} are not mounted under {root}; "
+            f"mount them (mount -t cgroup -o NAME cgroup {root}/NAME) or use cgroup v2"
+        )
+    return v1.V1Driver.open(own_dirs, name, rmdir)
+
+
+def read_mounts(mountinfo: Path) -> list[Mount]:
+    """The cgroup and cgroup2 mounts in a mountinfo file (see proc(5))."""
+    try:
+        lines = mountinfo.read_text().splitlines()
+    except OSError as exc:
+        raise SetupError(f"cannot read {mountinfo}: {exc.strerror}") from exc
+    mounts = []
+    for line in lines:
+        # id parent maj:min root mount-point options [optional fields...] - fstype source super-options
+        head, sep, tail = line.partition(" - ")
+        fields, after = head.split(), tail.split()
+        if not sep or len(fields) < 5 or len(after) < 3:
+            continue
+        fstype = after[0]
+        if fstype not in {"cgroup", "cgroup2"}:
+            continue
+        controllers = frozenset(after[2].split(",")) if fstype == "cgroup" else frozenset()
+        mounts.append(Mount(Path(_unescape(fields[4])), _unescape(fields[3]), fstype, controllers))
+    return mounts
+
+
+def read_own_cgroups(proc_self_cgroup: Path) -> dict[str, str]:
+    """The daemon's cgroup path per v1 controller, and under "" the cgroup2 one."""
+    try:
+        lines = proc_self_cgroup.read_text().splitlines()
+    except OSError as exc:
+        raise SetupError(f"cannot read {proc_self_cgroup}: {exc.strerror}") from exc
+    own: dict[str, str] = {}
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        for controller in controllers.split(",") if controllers else [""]:
+            own[controller] = path
+    return own
+
+
+def _in_mount(mount: Mount, cgroup: str) -> Path:
+    """Where cgroup path `cgroup` of the mount's hierarchy appears in the file system."""
+    root = mount.root.rstrip("/")
+    if cgroup != root and not cgroup.startswith(root + "/"):
+        raise SetupError(
+            f"jwsd's cgroup {cgroup} is outside the part of its hierarchy mounted at "
+            f"{mount.mount_point} ({mount.root}); mount the whole hierarchy"
+        )
+    return mount.mount_point / cgroup[len(root) :].lstrip("/")
+
+
+def _unescape(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash as octal escapes."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)

@@ -1,0 +1,182 @@
+"""Cgroup v1: one directory per job in each of the cpu, cpuacct, memory, blkio, pids
+and freezer hierarchies (some hosts co-mount a few of them; a shared hierarchy
+gets one directory).
+
+Control files are written inline; see `base` for why that is fine.
+Kernel docs: Documentation/admin-guide/cgroup-v1/ (memory.rst, freezer-subsystem.rst,
+blkio-controller.rst, pids.rst) and scheduler/sched-bwc.rst for the cpu quota.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import attrs
+
+from jobworker.errors import SetupError
+from jobworker.model import Limits, Usage
+from jobworker.sandbox.cgroups import base
+
+#: The v1 controllers a job is placed under.
+CONTROLLERS = ("cpu", "cpuacct", "memory", "blkio", "pids", "freezer")
+#: The CFS period the cpu quota is a share of (the kernel's default, 100 ms).
+CPU_PERIOD_US = 100_000
+
+
+@attrs.define(eq=False)
+class V1JobCgroup(base.JobCgroup):
+    """A job's cgroup in each v1 hierarchy.
+
+    dirs: the job's directory per controller (co-mounted controllers share one).
+    rmdir: how a directory is removed (`os.rmdir`; a fake cgroupfs passes its own).
+    """
+
+    name: str
+    dirs: Mapping[str, Path]
+    rmdir: base.Rmdir = os.rmdir
+    procs_files: tuple[Path, ...] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.procs_files = tuple(d / "cgroup.procs" for d in self.directories())
+
+    def directories(self) -> tuple[Path, ...]:
+        return tuple(dict.fromkeys(self.dirs[c] for c in CONTROLLERS))
+
+    def kill_all(self) -> None:
+        """Freeze the job (so nothing forks or exits while its pids are read), SIGKILL
+        every pid, then thaw: the killed tasks only die once thawed."""
+        state = self.dirs["freezer"] / "freezer.state"
+        frozen = False
+        if state.parent.is_dir():
+            base.write_value(state, "FROZEN")
+            frozen = True
+        try:
+            base.kill_until_empty(self.pids)
+        finally:
+            if frozen and state.parent.is_dir():
+                base.write_value(state, "THAWED")
+
+    def usage(self) -> Usage:
+        memory = self.dirs["memory"]
+        return Usage(
+            cpu_ns=base.read_int(self.dirs["cpuacct"] / "cpuacct.usage"),
+            peak_memory=base.read_int(memory / "memory.max_usage_in_bytes"),
+            oom_kills=base.read_keyed(memory / "memory.oom_control", "oom_kill"),
+        )
+
+
+@attrs.define(eq=False)
+class V1Driver(base.CgroupDriver):
+    """Job cgroups under `parents`, the job parent directory per v1 controller.
+
+    Build it with `V1Driver.open`, which creates the parents.
+    rmdir: how a directory is removed (`os.rmdir`; a fake cgroupfs passes its own).
+    """
+
+    parents: Mapping[str, Path]
+    rmdir: base.Rmdir = os.rmdir
+    version: int = attrs.field(default=1, init=False)
+    parent: Path = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.parent = self.parents["memory"]
+
+    @classmethod
+    def open(cls, own: Mapping[str, Path], name: str, rmdir: base.Rmdir = os.rmdir) -> V1Driver:
+        """Create `<own>/<name>` in each hierarchy (existing ones are reused).
+
+        own: the daemon's own cgroup directory per controller in CONTROLLERS.
+        Raises SetupError when a directory cannot be created.
+        """
+        parents = {c: own[c] / name for c in CONTROLLERS}
+        for directory in dict.fromkeys(parents.values()):
+            try:
+                directory.mkdir(exist_ok=True)
+            except OSError as exc:
+                raise SetupError(
+                    f"cannot create cgroup {directory}: {exc.strerror}; jwsd must run as root"
+                ) from exc
+            _inherit_cpuset(directory)
+        return cls(parents, rmdir)
+
+    def _distinct_parents(self) -> tuple[Path, ...]:
+        return tuple(dict.fromkeys(self.parents[c] for c in CONTROLLERS))
+
+    def create(self, job_id: str, limits: Limits, io_device: tuple[int, int] | None) -> V1JobCgroup:
+        base.check_job_id(job_id)
+        base.check_io_device(limits, io_device)
+        cgroup = V1JobCgroup(job_id, {c: p / job_id for c, p in self.parents.items()}, self.rmdir)
+        made: list[Path] = []
+        try:
+            for directory in cgroup.directories():
+                base.make_dir(directory)
+                made.append(directory)
+                _inherit_cpuset(directory)
+            self._write_limits(cgroup, limits, io_device)
+        except BaseException:
+            # Nothing runs in the new cgroups yet, so they can go at once.
+            for directory in reversed(made):
+                with contextlib.suppress(SetupError):
+                    base.try_rmdir(directory, self.rmdir)
+            raise
+        return cgroup
+
+    def _write_limits(
+        self, cgroup: V1JobCgroup, limits: Limits, io_device: tuple[int, int] | None
+    ) -> None:
+        dirs = cgroup.dirs
+        if limits.cpu is not None:
+            base.write_value(dirs["cpu"] / "cpu.cfs_period_us", CPU_PERIOD_US)
+            quota = round(limits.cpu * CPU_PERIOD_US)
+            base.write_value(dirs["cpu"] / "cpu.cfs_quota_us", quota, what="cpu limit")
+        if limits.memory is not None:
+            memory = dirs["memory"]
+            base.write_value(memory / "memory.limit_in_bytes", limits.memory, what="memory limit")
+            # memsw is memory + swap: the same value means no swap at all. It only
+            # exists with swap accounting on; its presence in the parent says so (a
+            # fresh cgroup has the same files).
+            if (self.parents["memory"] / "memory.memsw.limit_in_bytes").exists():
+                base.write_value(
+                    memory / "memory.memsw.limit_in_bytes", limits.memory, what="memory limit"
+                )
+        if io_device is not None:
+            major, minor = io_device
+            for bps, kind in [(limits.io_read_bps, "read"), (limits.io_write_bps, "write")]:
+                if bps is not None:
+                    base.write_value(
+                        dirs["blkio"] / f"blkio.throttle.{kind}_bps_device",
+                        f"{major}:{minor} {bps}",
+                        what=f"io {kind} limit",
+                    )
+        if limits.pids is not None:
+            base.write_value(dirs["pids"] / "pids.max", limits.pids, what="pids limit")
+
+    def cleanup_stale(self) -> list[str]:
+        names = sorted(
+            {entry.name for p in self._distinct_parents() if p.is_dir() for entry in _subdirs(p)}
+        )
+        for name in names:
+            stale = V1JobCgroup(name, {c: p / name for c, p in self.parents.items()}, self.rmdir)
+            stale.kill_all()
+            stale.remove_blocking()
+        return names
+
+    def close(self) -> None:
+        for directory in self._distinct_parents():
+            with contextlib.suppress(OSError):
+                self.rmdir(directory)
+
+
+def _subdirs(directory: Path) -> list[Path]:
+    return [entry for entry in directory.iterdir() if entry.is_dir()]
+
+
+def _inherit_cpuset(directory: Path) -> None:
+    """A hierarchy that carries cpuset starts new cgroups with no cpus and no memory
+    nodes, and refuses tasks until they are set: copy the parent's."""
+    for file in ["cpuset.cpus", "cpuset.mems"]:
+        if (directory / file).exists() and not base.read_text(directory / file).strip():
+            base.write_value(directory / file, base.read_text(directory.parent / file).strip())
