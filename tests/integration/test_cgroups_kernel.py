@@ -1,0 +1,307 @@
+"""The cgroup layer on the real kernel (root): limits checked by their effect on real
+processes, kill_all on trees that resist, and nothing left behind.
+
+Processes enter a job's cgroup the way jobs do: a `sh` trampoline writes its own
+pid to every cgroup.procs file, then execs the command.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from jobworker.errors import InvalidRequestError
+from jobworker.model import Limits
+from jobworker.sandbox.cgroups import (
+    CgroupDriver,
+    JobCgroup,
+    V2Driver,
+    block_device_of,
+    detect,
+)
+from jobworker.sandbox.cgroups.detect import read_mounts, read_own_cgroups
+from tests.conftest import require_root
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+@pytest.fixture
+def driver() -> Iterator[CgroupDriver]:
+    """The host's driver under a unique parent name; removes everything on the way out."""
+    require_root()
+    driver = detect(name=f"jobworker-test-{uuid.uuid4().hex[:8]}")
+    try:
+        yield driver
+    finally:
+        driver.cleanup_stale()
+        driver.close()
+        assert not list(CGROUP_ROOT.rglob(driver.parent.name)), "parent left behind"
+
+
+async def start_in(cgroup: JobCgroup, command: str) -> trio.Process:
+    """Start `sh -c command` inside the job's cgroup through a trampoline, and wait
+    until the kernel lists it there (or it has already ended)."""
+    enter = "".join(f"echo $$ > {shlex.quote(str(f))} || exit 99; " for f in cgroup.procs_files)
+    proc = await trio.lowlevel.open_process(
+        ["sh", "-c", f"{enter}exec sh -c {shlex.quote(command)}"]
+    )
+    with trio.fail_after(5):
+        # A quick command may be gone already; 99 says the trampoline could not enter.
+        while proc.pid not in cgroup.pids() and proc.poll() is None:
+            await trio.sleep(0.005)
+    assert proc.returncode != 99, "the trampoline could not enter the cgroup"
+    return proc
+
+
+async def finish(cgroup: JobCgroup, *procs: trio.Process) -> None:
+    """Kill the job and reap our children; used in finally blocks."""
+    cgroup.kill_all()
+    for proc in procs:
+        proc.kill()
+        await proc.wait()
+    await cgroup.remove()
+
+
+async def wait_until_empty(cgroup: JobCgroup) -> None:
+    with trio.fail_after(5):
+        while cgroup.pids():
+            await trio.sleep(0.01)
+
+
+def alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie waiting for its reaper is dead)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in {"Z", "X"}
+
+
+def sessions_of_their_own(cgroup: JobCgroup, leader: int) -> list[int]:
+    """The job's processes (other than `leader`) that lead their own session."""
+    found = []
+    for pid in cgroup.pids():
+        try:
+            if pid != leader and os.getsid(pid) == pid:
+                found.append(pid)
+        except ProcessLookupError:
+            continue
+    return found
+
+
+# ---- limits by their effect ----------------------------------------------------------------
+
+
+async def test_memory_limit_gets_a_hog_oom_killed_and_counted(driver: CgroupDriver) -> None:
+    require_root()
+    cgroup = driver.create("mem", Limits(memory=32 << 20), None)
+    proc = await start_in(cgroup, "exec tail /dev/zero")
+    try:
+        with trio.fail_after(20):
+            assert await proc.wait() == -9
+        usage = cgroup.usage()
+        assert usage.oom_kills >= 1
+        assert 16 << 20 <= usage.peak_memory <= (32 << 20) + (1 << 20)
+    finally:
+        await finish(cgroup, proc)
+    assert not any(d.exists() for d in cgroup.directories())
+
+
+async def test_cpu_limit_of_a_fifth_core_holds_a_busy_loop_to_about_a_fifth(
+    driver: CgroupDriver,
+) -> None:
+    require_root()
+    cgroup = driver.create("cpu", Limits(cpu=0.2), None)
+    proc = await start_in(cgroup, "while :; do :; done")
+    try:
+        start_cpu, start = cgroup.usage().cpu_ns, time.monotonic()
+        await trio.sleep(2)
+        used = (cgroup.usage().cpu_ns - start_cpu) / 1e9
+        elapsed = time.monotonic() - start
+        print(f"cpu=0.2: {used:.3f} s of CPU in {elapsed:.3f} s")
+        assert 0.25 * elapsed / 2 <= used <= 0.6 * elapsed / 2
+    finally:
+        await finish(cgroup, proc)
+
+
+async def test_pids_limit_stops_a_fork_loop_at_the_limit(
+    driver: CgroupDriver, tmp_path: Path
+) -> None:
+    require_root()
+    cgroup = driver.create("pids", Limits(pids=6), None)
+    errors = tmp_path / "stderr"
+    errors.touch()
+    proc = await start_in(cgroup, f"exec 2>{errors}; while :; do sleep 100 & done")
+    try:
+        most = 0
+        with trio.fail_after(10):
+            while "fork" not in errors.read_text().lower():  # dash: "Cannot fork"
+                most = max(most, len(cgroup.pids()))
+                await trio.sleep(0.001)
+        # the shell (if the failed fork did not end it) and five sleeps: at the limit, not past it
+        assert max(most, len(cgroup.pids())) <= 6
+        assert len(cgroup.pids()) >= 5
+    finally:
+        await finish(cgroup, proc)
+
+
+async def test_io_read_limit_throttles_direct_reads_from_the_data_disk(
+    driver: CgroupDriver, tmp_path: Path
+) -> None:
+    require_root()
+    data = tmp_path / "data"
+    data.write_bytes(os.urandom(4 << 20))
+    cgroup = driver.create("io", Limits(io_read_bps=2 << 20), block_device_of(tmp_path))
+    start = time.monotonic()
+    proc = await start_in(cgroup, f"exec dd if={data} of=/dev/null bs=1M iflag=direct status=none")
+    try:
+        with trio.fail_after(20):
+            assert await proc.wait() == 0
+        elapsed = time.monotonic() - start
+        print(f"io_read_bps=2 MiB/s: 4 MiB direct read took {elapsed:.2f} s")
+        assert elapsed >= 1.4  # unthrottled it takes milliseconds
+    finally:
+        await finish(cgroup, proc)
+
+
+async def test_a_value_the_kernel_rejects_is_an_invalid_request_and_leaves_nothing(
+    driver: CgroupDriver,
+) -> None:
+    """/dev/null (1:3) is no block device: the blkio/io write fails after the dirs were made."""
+    require_root()
+    with pytest.raises(InvalidRequestError, match="io read limit|io limit"):
+        driver.create("bad-io", Limits(cpu=0.5, io_read_bps=1000), (1, 3))
+    assert not list(CGROUP_ROOT.rglob("bad-io"))
+
+
+# ---- kill_all, remove, cleanup_stale -------------------------------------------------------
+
+
+async def test_kill_all_kills_a_term_ignoring_process_and_a_double_forked_grandchild(
+    driver: CgroupDriver,
+) -> None:
+    require_root()
+    cgroup = driver.create("kill", Limits(), None)
+    proc = await start_in(cgroup, "trap '' TERM; (setsid sleep 1000 &); sleep 1000")
+    try:
+        with trio.fail_after(5):
+            # sh, its sleep, and the orphaned sleep that leads a session of its own
+            while len(orphan := sessions_of_their_own(cgroup, proc.pid)) != 1:
+                await trio.sleep(0.01)
+        proc.terminate()  # ignored
+        await trio.sleep(0.1)
+        assert proc.poll() is None
+        cgroup.kill_all()
+        with trio.fail_after(5):
+            assert await proc.wait() == -9
+        await wait_until_empty(cgroup)
+        assert not alive(orphan[0])
+        cgroup.kill_all()  # idempotent
+        await cgroup.remove()
+        assert not any(d.exists() for d in cgroup.directories())
+    finally:
+        await finish(cgroup, proc)
+
+
+async def test_kill_all_stops_a_fork_storm(driver: CgroupDriver) -> None:
+    """Freeze first: a loop that forks as fast as it can cannot outrun the kill."""
+    require_root()
+    cgroup = driver.create("storm", Limits(pids=64), None)
+    proc = await start_in(cgroup, "while :; do sleep 1000 & done")
+    try:
+        with trio.fail_after(5):
+            while len(cgroup.pids()) < 32:
+                await trio.sleep(0.01)
+        start = time.monotonic()
+        cgroup.kill_all()
+        print(f"kill_all of {len(cgroup.pids())} tasks took {time.monotonic() - start:.4f} s")
+        await wait_until_empty(cgroup)
+        await cgroup.remove(timeout=5)
+    finally:
+        await finish(cgroup, proc)
+
+
+async def test_remove_right_after_kill_all_waits_for_the_tasks_to_leave(
+    driver: CgroupDriver,
+) -> None:
+    require_root()
+    cgroup = driver.create("rm", Limits(), None)
+    proc = await start_in(cgroup, "for i in 1 2 3 4 5 6 7 8; do sleep 1000 & done; wait")
+    try:
+        cgroup.kill_all()
+        start = time.monotonic()
+        await cgroup.remove()
+        print(f"remove after kill_all took {time.monotonic() - start:.4f} s")
+        assert not any(d.exists() for d in cgroup.directories())
+        assert cgroup.pids() == []
+    finally:
+        await finish(cgroup, proc)
+
+
+async def test_cleanup_stale_kills_and_removes_a_crashed_runs_job_cgroup(
+    driver: CgroupDriver,
+) -> None:
+    require_root()
+    stale = driver.create("stale", Limits(pids=10), None)
+    proc = await start_in(stale, "sleep 1000 & sleep 1000")
+    try:
+        restarted = detect(name=driver.parent.name)
+        assert restarted.parent == driver.parent
+        assert restarted.cleanup_stale() == ["stale"]
+        with trio.fail_after(5):
+            assert await proc.wait() == -9
+        assert not any(d.exists() for d in stale.directories())
+        assert restarted.cleanup_stale() == []
+    finally:
+        await finish(stale, proc)
+
+
+async def test_v2_cgroup_kill_on_the_real_unified_hierarchy(tmp_path: Path) -> None:
+    """This host's cgroup2 mount has no controllers, but cgroup.kill, procs and rmdir are real."""
+    require_root()
+    unified = [m for m in read_mounts(Path("/proc/self/mountinfo")) if m.fstype == "cgroup2"]
+    if not unified:
+        pytest.skip("no cgroup2 mount on this host")
+    own = unified[0].mount_point / read_own_cgroups(Path("/proc/self/cgroup"))[""].lstrip("/")
+    driver = V2Driver.open(own, f"jobworker-test-{uuid.uuid4().hex[:8]}", controllers=())
+    try:
+        cgroup = driver.create("job", Limits(), None)
+        proc = await start_in(cgroup, "trap '' TERM; (setsid sleep 1000 &); sleep 1000")
+        try:
+            with trio.fail_after(5):
+                while len(cgroup.pids()) < 3:
+                    await trio.sleep(0.01)
+            assert (cgroup.directories()[0] / "cgroup.kill").exists()
+            cgroup.kill_all()
+            with trio.fail_after(5):
+                assert await proc.wait() == -9
+            await wait_until_empty(cgroup)
+        finally:
+            await finish(cgroup, proc)
+        assert not cgroup.directories()[0].exists()
+    finally:
+        driver.close()
+    assert not driver.parent.exists()
+
+
+# ---- block devices -------------------------------------------------------------------------
+
+
+def test_block_device_of_the_work_dir_is_the_disk_findmnt_names() -> None:
+    require_root()
+    source = subprocess.run(
+        ["findmnt", "-n", "-o", "SOURCE", "-T", "/work"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    entry = Path("/sys/class/block", Path(source).name)
+    disk = entry.resolve().parent if (entry / "partition").exists() else entry
+    major, minor = (int(n) for n in (disk / "dev").read_text().split(":"))
+    print(f"/work is on {source}: {major}:{minor}")
+    assert block_device_of(Path("/work")) == (major, minor)
