@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from jobworker.errors import InvalidRequestError
+from jobworker.errors import InvalidRequestError, SetupError
 from jobworker.model import Limits
 from jobworker.sandbox.cgroups import (
     CgroupDriver,
@@ -287,6 +287,9 @@ async def test_v2_cgroup_kill_on_the_real_unified_hierarchy(tmp_path: Path) -> N
         finally:
             await finish(cgroup, proc)
         assert not cgroup.directories()[0].exists()
+        with pytest.raises(SetupError, match="no such control file"):
+            driver.create("limited", Limits(memory=64 << 20), None)  # no memory controller here
+        assert not (driver.parent / "limited").exists()
     finally:
         driver.close()
     assert not driver.parent.exists()

@@ -181,6 +181,12 @@ def write_value(file: Path, value: str | int, *, what: str | None = None) -> Non
             raise InvalidRequestError(
                 f"the kernel refused the {what} {value!s} ({exc.strerror}); try another value"
             ) from exc
+        if exc.errno in {errno.EACCES, errno.ENOENT} and file.parent.is_dir() and not file.exists():
+            # cgroupfs refuses to create files: EACCES, even for root, means "no such file".
+            raise SetupError(
+                f"cannot write {file}: there is no such control file; is its controller "
+                f"enabled for this cgroup?"
+            ) from exc
         raise SetupError(f"cannot write {file}: {exc.strerror}") from exc
 
 
