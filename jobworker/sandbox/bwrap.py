@@ -14,7 +14,10 @@ bubblewrap.
    /tmp, hides the data dir (other jobs' files) behind a tmpfs, binds the job's
    own work dir writable at the same path, and starts the command as the leader
    of a new session. `--die-with-parent` takes the job down if the daemon dies;
-   `--json-status-fd` reports the command's host pid and exit code.
+   `--json-status-fd` reports the host pid of the sandbox's init (leader of
+   the command's process group) and the exit code.
+4. Inside, `READY_HELPER` (`sh`) reports that the sandbox is ready, then execs
+   the command.
 
 Verified behaviour of bubblewrap 0.8 on these machines: ../shared/notes/platform.md.
 """
@@ -35,6 +38,13 @@ TRAMPOLINE = (
     'echo $$ > "$f" || { echo "jobworker: cannot enter cgroup $f" >&2; exit 125; }; done; '
     'exec "$@"'
 )
+
+#: Runs inside the sandbox as the last step before the command: tells the daemon the
+#: sandbox is ready (one byte on fd 0, a pipe only the daemon reads), then execs the
+#: command with stdin from /dev/null. Until this byte arrives the command does not
+#: exist yet, and a SIGTERM to its process group would only reach bubblewrap's init,
+#: which ignores it: `start` returns only after it.
+READY_HELPER = 'echo >&0 && exec "$@" </dev/null'
 
 #: The hostname a job sees in its own UTS namespace.
 JOB_HOSTNAME = "job"
@@ -119,6 +129,7 @@ def spawn_argv(
         "--new-session",
         "--json-status-fd", str(status_fd),
         "--",
+        tools.sh, "-c", READY_HELPER, "jobworker-exec",
         *argv,
     ]  # fmt: skip
     return cmd

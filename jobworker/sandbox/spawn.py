@@ -131,17 +131,20 @@ async def launch(build_cmd: Callable[[int], Sequence[str]], *, env: Mapping[str,
     """Start the command line `build_cmd(status_fd)` returns (see `bwrap.spawn_argv`):
     `status_fd` is the fd number, inherited by the child, for bubblewrap's JSON status.
 
-    Returns once the command is running. On failure nothing is left running and
-    StartFailedError says what bubblewrap reported. Cancellation kills the process.
+    The child's stdin is the write end of a "ready" pipe: `bwrap.READY_HELPER`
+    writes one byte to it inside the finished sandbox just before it execs the
+    command. Returns once that byte arrived. On failure nothing is left running
+    and StartFailedError says what bubblewrap reported. Cancellation kills the process.
     """
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     st_r, st_w = os.pipe2(os.O_CLOEXEC)
+    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
     try:
         with contextlib.suppress(OSError):  # a lower pipe-max-size only costs throughput
             fcntl.fcntl(out_w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         process = await trio.lowlevel.open_process(
             list(build_cmd(st_w)),
-            stdin=subprocess.DEVNULL,
+            stdin=ready_w,
             stdout=out_w,
             stderr=out_w,
             pass_fds=(st_w,),
@@ -150,22 +153,27 @@ async def launch(build_cmd: Callable[[int], Sequence[str]], *, env: Mapping[str,
             start_new_session=True,  # a Ctrl-C at the daemon's terminal must not hit the jobs
         )
     except BaseException:
-        for fd in (out_r, out_w, st_r, st_w):
+        for fd in (out_r, out_w, st_r, st_w, ready_r, ready_w):
             os.close(fd)
         raise
-    os.close(out_w)
-    os.close(st_w)
+    for fd in (out_w, st_w, ready_w):
+        os.close(fd)
     output = trio.lowlevel.FdStream(out_r)
     status = trio.lowlevel.FdStream(st_r)
+    ready = trio.lowlevel.FdStream(ready_r)
     try:
         with trio.fail_after(SANDBOX_SETUP_TIMEOUT):
             command_pid = await _read_child_pid(status)
-        if command_pid is None:
+            started = command_pid is not None and await ready.receive_some(1) != b""
+        if not started:
             raise StartFailedError(await _failure_message(process, output))
+        assert command_pid is not None
     except BaseException:
         with trio.CancelScope(shield=True):
             await _kill_and_close(process, output, status)
         raise
+    finally:
+        await ready.aclose()
     return Launched(process=process, command_pid=command_pid, output=output, status=status)
 
 

@@ -116,7 +116,16 @@ def test_spawn_argv_enters_cgroups_then_drops_privileges_then_sandboxes(tmp_path
     ]  # fmt: skip
     bw = argv.index("/usr/bin/bwrap")
     options = argv[bw:]
-    assert options[-3:] == ["--", "echo", "hi"]
+    # Inside, the ready helper reports the finished sandbox, then execs the command.
+    assert options[-7:] == [
+        "--",
+        "/bin/sh",
+        "-c",
+        bwrap.READY_HELPER,
+        "jobworker-exec",
+        "echo",
+        "hi",
+    ]
     for flag in ["--unshare-all", "--unshare-user", "--die-with-parent", "--new-session"]:
         assert flag in options
     assert "--share-net" not in options

@@ -1,0 +1,77 @@
+"""Counting what a piece of code leaves behind: trio tasks, file descriptors, child processes."""
+
+from __future__ import annotations
+
+import os
+from types import TracebackType
+
+import trio
+
+
+def task_count() -> int:
+    """Every live task under the root task."""
+
+    def walk(task: trio.lowlevel.Task) -> int:
+        return 1 + sum(
+            walk(child) for nursery in task.child_nurseries for child in nursery.child_tasks
+        )
+
+    return walk(trio.lowlevel.current_root_task())
+
+
+def fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def child_pids() -> set[int]:
+    """The pids whose parent is this process (zombies included)."""
+    me = str(os.getpid())
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == me:
+            found.add(int(entry))
+    return found
+
+
+class LeakCheck:
+    """`async with LeakCheck():` fails if the block leaves more tasks, fds or child
+    processes than it found. Counts settle first: trio gets a chance to reap."""
+
+    def __init__(self, *, tasks: bool = True, fds: bool = True, processes: bool = True) -> None:
+        self.check_tasks, self.check_fds, self.check_processes = tasks, fds, processes
+
+    async def __aenter__(self) -> LeakCheck:
+        await trio.testing.wait_all_tasks_blocked()
+        self.tasks, self.fds, self.children = task_count(), fd_count(), child_pids()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            return
+        with trio.move_on_after(5):
+            while self.problems():
+                await trio.sleep(0.05)  # let exiting processes and tasks finish
+        problems = self.problems()
+        assert not problems, "; ".join(problems)
+
+    def problems(self) -> list[str]:
+        found = []
+        if self.check_tasks and task_count() > self.tasks:
+            found.append(f"tasks: {self.tasks} before, {task_count()} after")
+        if self.check_fds and fd_count() > self.fds:
+            found.append(f"fds: {self.fds} before, {fd_count()} after")
+        if self.check_processes and child_pids() - self.children:
+            found.append(f"child processes left: {sorted(child_pids() - self.children)}")
+        return found

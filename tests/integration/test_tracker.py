@@ -1,0 +1,437 @@
+"""JobTracker on the real kernel: limits measured by their effect, isolation seen
+from inside the job, stops that leave nothing behind, output delivered whole.
+
+Every test here needs root (cgroups, bubblewrap as a privilege-dropping root).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from jobworker.errors import (
+    AccessDeniedError,
+    InvalidRequestError,
+    JobNotFoundError,
+    SetupError,
+    ShuttingDownError,
+    StartFailedError,
+)
+from jobworker.model import JobSpec, JobState, Limits, Outcome
+from jobworker.sandbox.cgroups import detect
+from jobworker.tracker import JobTracker
+from tests.conftest import require_root
+from tests.integration.leaks import LeakCheck, child_pids
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+async def tracker(tmp_path: Path) -> AsyncIterator[JobTracker]:
+    require_root()
+    async with JobTracker(
+        tmp_path / "data", cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}", stop_grace=2.0
+    ) as tracker:
+        yield tracker
+    assert not list((tmp_path / "data" / "jobs").iterdir()), "job dirs left behind"
+
+
+def sh(script: str, **kwargs: object) -> JobSpec:
+    return JobSpec(argv=("sh", "-c", script), **kwargs)  # type: ignore[arg-type]
+
+
+async def run_to_end(
+    tracker: JobTracker, spec: JobSpec, owner: str = "alex"
+) -> tuple[bytes, object]:
+    status = await tracker.start(owner, spec)
+    out = bytearray()
+    async with tracker.subscribe(owner, status.job_id) as chunks:
+        async for chunk in chunks:
+            out += chunk
+    final = tracker.status(owner, status.job_id)
+    assert final.state is JobState.TERMINATED
+    return bytes(out), final
+
+
+# ---- exit status ---------------------------------------------------------------
+
+
+async def test_exit_codes_are_reported_exactly(tracker: JobTracker) -> None:
+    out, st = await run_to_end(tracker, sh("echo hello; exit 0"))
+    assert out == b"hello\n"
+    assert (st.exit_code, st.signal, st.outcome) == (0, None, Outcome.EXITED)  # type: ignore[attr-defined]
+    _, st = await run_to_end(tracker, sh("exit 3"))
+    assert (st.exit_code, st.signal, st.outcome) == (3, None, Outcome.EXITED)  # type: ignore[attr-defined]
+    _, st = await run_to_end(tracker, sh("kill -KILL $$"))
+    assert (st.exit_code, st.signal, st.outcome) == (137, 9, Outcome.SIGNALED)  # type: ignore[attr-defined]
+    assert st.started_at is not None and st.ended_at is not None  # type: ignore[attr-defined]
+    assert st.ended_at >= st.started_at  # type: ignore[attr-defined]
+
+
+async def test_a_missing_program_fails_the_start_and_leaves_nothing(tracker: JobTracker) -> None:
+    with pytest.raises(StartFailedError, match="not found in PATH"):
+        await tracker.start("alex", JobSpec(argv=["no-such-program-xyz"]))
+    with pytest.raises(StartFailedError, match="is a directory"):
+        await tracker.start("alex", JobSpec(argv=["/etc"]))
+    assert tracker.list("alex") == []
+
+
+async def test_stdout_and_stderr_share_one_ordered_stream(tracker: JobTracker) -> None:
+    out, _ = await run_to_end(tracker, sh("echo one; echo two >&2; echo three"))
+    assert out == b"one\ntwo\nthree\n"
+
+
+async def test_env_and_workdir_are_applied(tracker: JobTracker) -> None:
+    out, _ = await run_to_end(
+        tracker,
+        JobSpec(
+            argv=["sh", "-c", 'echo "$GREETING"; pwd'],
+            env={"GREETING": "hi", "PATH": "/usr/bin:/bin"},
+            workdir="/usr",
+        ),
+    )
+    assert out == b"hi\n/usr\n"
+
+
+# ---- isolation -------------------------------------------------------------------
+
+
+async def test_the_job_is_isolated(tracker: JobTracker, tmp_path: Path) -> None:
+    """Own pid namespace, only lo, own hostname, read-only root, runs as nobody without capabilities."""
+    host_marker = Path("/tmp") / f"jobworker-host-marker-{uuid.uuid4().hex}"
+    host_marker.write_text("on the host")
+    script = r"""
+        echo "procs $(ls /proc | grep -c '^[0-9]')"
+        echo "links $(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort | tr '\n' ' ')"
+        echo "host $(hostname)"
+        if touch /etc/jobworker-test 2>/dev/null; then echo "root writable"; else echo "root read-only"; fi
+        echo "uid $(id -u) gid $(id -g)"
+        grep CapEff /proc/self/status
+        touch ./scratch && echo "workdir writable"
+        test -e MARKER && echo "host /tmp visible" || echo "fresh /tmp"
+    """.replace("MARKER", str(host_marker))
+    try:
+        out, st = await run_to_end(tracker, sh(script))
+    finally:
+        host_marker.unlink()
+    lines = out.decode().splitlines()
+    # sh, the init of the namespace, ls, grep, and the $(...) subshell: far fewer than the host's.
+    assert int(lines[0].split()[1]) <= 6, out
+    assert lines[1] == "links lo ", out
+    assert lines[2] == "host job"
+    assert lines[3] == "root read-only"
+    assert lines[4] == "uid 65534 gid 65534"
+    assert lines[5].split() == ["CapEff:", "0000000000000000"]
+    assert lines[6] == "workdir writable"
+    assert lines[7] == "fresh /tmp"
+    assert st.exit_code == 0  # type: ignore[attr-defined]
+
+
+async def test_a_job_cannot_see_other_jobs_files(tracker: JobTracker) -> None:
+    first = await tracker.start("alex", sh("echo secret > ./mine; sleep 30"))
+    await trio.sleep(0.2)
+    out, _ = await run_to_end(
+        tracker,
+        sh(
+            f"ls {tracker.data_dir}/jobs/ | wc -l; cat {tracker.data_dir}/jobs/{first.job_id}/work/mine 2>&1 || true",
+        ),
+    )
+    # Only its own job dir is visible in the data dir; the other job's file is not there.
+    assert out.decode().splitlines()[0] == "1"
+    assert b"secret" not in out
+    await tracker.stop("alex", first.job_id, grace=0)
+
+
+# ---- limits, measured by their effect ---------------------------------------------
+
+
+async def test_memory_limit_kills_and_reports_oom(tracker: JobTracker) -> None:
+    _, st = await run_to_end(tracker, sh("tail /dev/zero", limits=Limits(memory=32 << 20)))
+    assert st.outcome is Outcome.OOM_KILLED  # type: ignore[attr-defined]
+    assert st.oom_killed and st.signal == 9  # type: ignore[attr-defined]
+    assert st.usage.oom_kills >= 1  # type: ignore[attr-defined]
+    assert 16 << 20 <= st.usage.peak_memory <= 33 << 20  # type: ignore[attr-defined]
+    # The tracker carries on.
+    out, st = await run_to_end(tracker, sh("echo still here"))
+    assert out == b"still here\n"
+
+
+async def test_cpu_limit_holds_a_busy_loop_to_a_fifth_of_a_core(tracker: JobTracker) -> None:
+    status = await tracker.start("alex", sh("while :; do :; done", limits=Limits(cpu=0.2)))
+    t0 = time.monotonic()
+    await trio.sleep(2.0)
+    final = await tracker.stop("alex", status.job_id, grace=0)
+    wall = time.monotonic() - t0
+    used = final.usage.cpu_ns / 1e9
+    assert 0.12 <= used / wall <= 0.3, f"used {used:.2f} s CPU in {wall:.2f} s"
+    assert final.outcome is Outcome.STOPPED and final.stopped_by_user
+
+
+async def test_pids_limit_contains_a_fork_bomb_which_stays_stoppable(tracker: JobTracker) -> None:
+    status = await tracker.start("alex", sh("f() { f | f & }; f; sleep 30", limits=Limits(pids=20)))
+    await trio.sleep(1.0)
+    job = tracker._jobs[status.job_id]
+    assert job.cgroup is not None
+    assert len(job.cgroup.pids()) <= 20 + 2  # the two sandbox helpers are on top
+    with trio.fail_after(10):
+        final = await tracker.stop("alex", status.job_id, grace=0.5)
+    assert final.state is JobState.TERMINATED
+    assert job.cgroup.pids() == []
+
+
+async def test_io_read_limit_throttles_direct_reads(tracker: JobTracker) -> None:
+    """20 MiB of direct reads under 10 MB/s take about 2 s (2.5 GB/s unthrottled)."""
+    script = """
+        dd if=/dev/zero of=./blob bs=1M count=20 oflag=direct status=none
+        t0=$(date +%s%N)
+        dd if=./blob of=/dev/null bs=1M iflag=direct status=none
+        t1=$(date +%s%N)
+        echo $(( (t1 - t0) / 1000000 ))
+    """
+    out, st = await run_to_end(tracker, sh(script, limits=Limits(io_read_bps=10 * 1000 * 1000)))
+    assert st.exit_code == 0, out  # type: ignore[attr-defined]
+    millis = int(out.decode().split()[-1])
+    assert 1500 <= millis <= 4000, f"20 MiB took {millis} ms under a 10 MB/s limit"
+
+
+async def test_limits_over_the_server_maximum_are_refused(tmp_path: Path) -> None:
+    require_root()
+    async with JobTracker(
+        tmp_path / "d",
+        cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}",
+        max_limits=Limits(memory=64 << 20),
+    ) as tracker:
+        with pytest.raises(InvalidRequestError, match="above this server's maximum"):
+            await tracker.start("alex", sh("true", limits=Limits(memory=128 << 20)))
+        # An unset limit takes the maximum rather than running unbounded.
+        status = await tracker.start("alex", sh("sleep 5"))
+        assert status.spec.limits.memory == 64 << 20
+        await tracker.stop("alex", status.job_id, grace=0)
+
+
+# ---- stop ---------------------------------------------------------------------------
+
+
+async def test_stop_kills_a_sigterm_ignoring_command_and_a_double_forked_grandchild(
+    tracker: JobTracker,
+) -> None:
+    marker = f"jobworker-marker-{uuid.uuid4().hex}"
+    script = f"""
+        trap '' TERM
+        sh -c "trap '' TERM; (exec -a {marker} sleep 1000 &) ; exec sleep 1000" &
+        echo ready
+        while :; do sleep 1; done
+    """
+    status = await tracker.start("alex", sh(script))
+    async with tracker.subscribe("alex", status.job_id) as chunks:
+        assert await chunks.receive() == b"ready\n"
+    await trio.sleep(0.3)
+    assert _processes_named(marker), "the grandchild should be running"
+    job = tracker._jobs[status.job_id]
+    assert job.cgroup is not None
+    t0 = time.monotonic()
+    final = await tracker.stop("alex", status.job_id, grace=0.5)
+    assert time.monotonic() - t0 >= 0.5  # it ignored SIGTERM, so it waited out the grace
+    assert final.outcome is Outcome.STOPPED and final.stopped_by_user
+    assert final.signal == 9
+    assert _processes_named(marker) == []
+    assert job.cgroup.pids() == []
+    assert not any(p.exists() for p in job.cgroup.procs_files)
+    # Stopping a terminated job is fine and changes nothing.
+    again = await tracker.stop("alex", status.job_id)
+    assert again == final
+
+
+async def test_stop_of_a_cooperative_job_takes_no_grace(tracker: JobTracker) -> None:
+    status = await tracker.start("alex", sh("sleep 1000"))
+    t0 = time.monotonic()
+    final = await tracker.stop("alex", status.job_id, grace=30)
+    assert time.monotonic() - t0 < 2
+    assert final.exit_code == 143 and final.signal == 15
+
+
+async def test_a_cancelled_stop_still_stops_the_job(tracker: JobTracker) -> None:
+    status = await tracker.start("alex", sh("trap '' TERM; while :; do sleep 1; done"))
+    with trio.move_on_after(0.1):
+        await tracker.stop("alex", status.job_id, grace=0.3)
+    with trio.fail_after(5):
+        async with tracker.subscribe("alex", status.job_id) as chunks:
+            async for _ in chunks:
+                pass
+    assert tracker.status("alex", status.job_id).state is JobState.TERMINATED
+
+
+# ---- owners and bad input --------------------------------------------------------------
+
+
+async def test_only_the_owner_or_an_admin_sees_a_job(tracker: JobTracker) -> None:
+    status = await tracker.start("alex", sh("sleep 30"))
+    with pytest.raises(AccessDeniedError, match="^access denied$"):
+        tracker.status("betty", status.job_id)
+    with pytest.raises(AccessDeniedError):
+        await tracker.stop("betty", status.job_id)
+    with pytest.raises(AccessDeniedError):
+        async with tracker.subscribe("betty", status.job_id):
+            pass
+    assert tracker.list("betty") == []
+    assert [s.job_id for s in tracker.list("alex")] == [status.job_id]
+    assert tracker.status("root", status.job_id, admin=True).owner == "alex"
+    assert [s.job_id for s in tracker.list("root", admin=True)] == [status.job_id]
+    with pytest.raises(JobNotFoundError, match="no job with id 'nope'"):
+        tracker.status("alex", "nope")
+    assert tracker.status("alex", status.job_id).state is JobState.ACTIVE
+    await tracker.stop("alex", status.job_id, grace=0)
+
+
+async def test_bad_requests_change_nothing(tracker: JobTracker) -> None:
+    with pytest.raises(InvalidRequestError, match="host network"):
+        await tracker.start("alex", sh("true", host_network=True))
+    assert tracker.list("alex") == []
+    status = await tracker.start("alex", sh("sleep 30"))
+    with pytest.raises(InvalidRequestError, match="grace period"):
+        await tracker.stop("alex", status.job_id, grace=-1)
+    with pytest.raises(InvalidRequestError, match="offset"):
+        async with tracker.subscribe("alex", status.job_id, offset=-1):
+            pass
+    assert tracker.status("alex", status.job_id).state is JobState.ACTIVE
+    await tracker.stop("alex", status.job_id, grace=0)
+
+
+async def test_io_limits_need_a_block_device(tmp_path: Path) -> None:
+    require_root()
+    data = Path("/dev/shm") / f"jobworker-test-{uuid.uuid4().hex[:8]}"
+    try:
+        async with JobTracker(
+            data, cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}"
+        ) as tracker:
+            with pytest.raises(InvalidRequestError, match="block device"):
+                await tracker.start("alex", sh("true", limits=Limits(io_read_bps=1 << 20)))
+            assert tracker.list("alex") == []
+    finally:
+        os.system(f"rm -rf {data}")
+
+
+async def test_a_data_dir_that_is_not_writable_is_a_setup_error(tmp_path: Path) -> None:
+    require_root()
+    blocker = tmp_path / "file"
+    blocker.write_text("not a dir")
+    with pytest.raises(SetupError, match="not writable"):
+        async with JobTracker(blocker / "data", cgroup_name="jobworker-test-unused"):
+            pass
+
+
+# ---- output -----------------------------------------------------------------------------
+
+
+async def test_a_late_subscriber_gets_every_byte_of_a_binary_stream(tracker: JobTracker) -> None:
+    script = "for i in $(seq 16); do head -c 262144 /dev/urandom | tee -a ./copy; done; sha256sum ./copy >&2"
+    status = await tracker.start("alex", sh(script))
+    await tracker._jobs[status.job_id].terminated.wait()
+    out = bytearray()
+    async with tracker.subscribe("alex", status.job_id) as chunks:
+        async for chunk in chunks:
+            out += chunk
+    payload, trailer = bytes(out[: 16 * 262144]), bytes(out[16 * 262144 :])
+    assert trailer.split()[0].decode() == hashlib.sha256(payload).hexdigest()
+
+
+async def test_hundred_subscribers_all_get_identical_output(tracker: JobTracker) -> None:
+    status = await tracker.start(
+        "alex", sh("head -c 4000000 /dev/urandom; sleep 0.2; head -c 1000000 /dev/urandom")
+    )
+    digests: list[str] = []
+
+    async def follow() -> None:
+        h = hashlib.sha256()
+        async with tracker.subscribe("alex", status.job_id) as chunks:
+            async for chunk in chunks:
+                h.update(chunk)
+        digests.append(h.hexdigest())
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(100):
+            nursery.start_soon(follow)
+    assert len(digests) == 100 and len(set(digests)) == 1
+    assert tracker.status("alex", status.job_id).output_size == 5_000_000
+
+
+async def test_a_stuck_subscriber_does_not_slow_the_job(tracker: JobTracker) -> None:
+    status = await tracker.start("alex", sh("head -c 50000000 /dev/zero"))
+    async with tracker.subscribe("alex", status.job_id) as stuck:
+        assert await stuck.receive()
+        with trio.fail_after(10):
+            await tracker._jobs[status.job_id].terminated.wait()
+    assert tracker.status("alex", status.job_id).output_size == 50_000_000
+
+
+async def test_a_cancelled_subscriber_leaves_no_task(tracker: JobTracker) -> None:
+    status = await tracker.start("alex", sh("while :; do echo tick; sleep 0.05; done"))
+    async with LeakCheck(processes=False):
+        with trio.move_on_after(0.3):
+            async with tracker.subscribe("alex", status.job_id) as chunks:
+                async for _ in chunks:
+                    pass
+    await tracker.stop("alex", status.job_id, grace=0)
+
+
+# ---- the tracker's own life ---------------------------------------------------------------
+
+
+async def test_cancelling_the_tracker_stops_every_job_and_leaves_nothing(tmp_path: Path) -> None:
+    require_root()
+    name = f"jobworker-test-{uuid.uuid4().hex[:8]}"
+    before_children = child_pids()
+    async with LeakCheck():
+        with trio.move_on_after(1.0):
+            async with JobTracker(tmp_path / "data", cgroup_name=name, stop_grace=0.5) as tracker:
+                for script in [
+                    "sleep 1000",
+                    "trap '' TERM; while :; do sleep 1; done",
+                    "yes > /dev/null",
+                ]:
+                    await tracker.start("alex", sh(script))
+                await trio.sleep_forever()
+    assert child_pids() == before_children
+    for controller in ["cpu", "memory", "pids", "freezer", "blkio", "cpuacct"]:
+        assert not list(Path("/sys/fs/cgroup", controller).rglob(name)), controller
+    assert not list((tmp_path / "data" / "jobs").iterdir())
+    with pytest.raises(ShuttingDownError):
+        await tracker.start("alex", sh("true"))
+
+
+async def test_leftover_cgroups_of_a_crashed_run_are_killed_and_removed(tmp_path: Path) -> None:
+    """A daemon killed with -9 leaves job cgroups (with processes) behind; the next start clears them."""
+    require_root()
+    name = f"jobworker-test-{uuid.uuid4().hex[:8]}"
+    driver = detect(name=name)
+    stale = driver.create("stale-job", Limits(), None)
+    proc = await trio.lowlevel.open_process(
+        ["sh", "-c", f"echo $$ > {stale.procs_files[0]}; exec sleep 1000"]
+    )
+    with trio.fail_after(5):
+        while proc.pid not in stale.pids():
+            await trio.sleep(0.01)
+    async with JobTracker(tmp_path / "data", cgroup_name=name):
+        with trio.fail_after(5):
+            await proc.wait()
+        assert not any(p.parent.exists() for p in stale.procs_files)
+
+
+def _processes_named(marker: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if marker.encode() in f.read():
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
