@@ -18,7 +18,6 @@ import fcntl
 import json
 import os
 import stat
-import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import PurePosixPath
 
