@@ -292,6 +292,7 @@ class JobTracker:
                     host_network=spec.host_network,
                 ),
                 env=env,
+                pipe_owner=(user.uid, user.gid),
             )
         except BaseException:
             with trio.CancelScope(shield=True):

@@ -126,13 +126,19 @@ class Launched:
     status: trio.lowlevel.FdStream
 
 
-async def launch(build_cmd: Callable[[int], Sequence[str]], *, env: Mapping[str, str]) -> Launched:
+async def launch(
+    build_cmd: Callable[[int], Sequence[str]],
+    *,
+    env: Mapping[str, str],
+    pipe_owner: tuple[int, int] | None = None,
+) -> Launched:
     """Start the command line `build_cmd(status_fd)` returns (see `bwrap.spawn_argv`):
     `status_fd` is the fd number, inherited by the child, for bubblewrap's JSON status.
 
     The child's stdin is the write end of a "ready" pipe: `bwrap.READY_HELPER`
     writes one byte to it inside the finished sandbox just before it execs the
-    command. Returns once that byte arrived. On failure nothing is left running
+    command. Returns once that byte arrived. pipe_owner: (uid, gid) to own the output
+    pipe, so that a job running as that user can reopen /dev/stdout and /dev/stderr. On failure nothing is left running
     and StartFailedError says what bubblewrap reported. Cancellation kills the process.
     """
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
@@ -141,6 +147,8 @@ async def launch(build_cmd: Callable[[int], Sequence[str]], *, env: Mapping[str,
     try:
         with contextlib.suppress(OSError):  # a lower pipe-max-size only costs throughput
             fcntl.fcntl(out_w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        if pipe_owner is not None:
+            os.fchown(out_w, *pipe_owner)
         process = await trio.lowlevel.open_process(
             list(build_cmd(st_w)),
             stdin=ready_w,

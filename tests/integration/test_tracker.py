@@ -88,6 +88,13 @@ async def test_stdout_and_stderr_share_one_ordered_stream(tracker: JobTracker) -
     assert out == b"one\ntwo\nthree\n"
 
 
+async def test_the_job_can_reopen_dev_stdout_and_dev_stderr(tracker: JobTracker) -> None:
+    """Programs that write to /dev/stdout by name (tee, logging configs) work as nobody."""
+    out, st = await run_to_end(tracker, sh("echo a > /dev/stdout; echo b | tee /dev/stderr > /dev/null"))
+    assert out == b"a\nb\n"
+    assert st.exit_code == 0  # type: ignore[attr-defined]
+
+
 async def test_env_and_workdir_are_applied(tracker: JobTracker) -> None:
     out, _ = await run_to_end(
         tracker,
@@ -222,10 +229,10 @@ async def test_limits_over_the_server_maximum_are_refused(tmp_path: Path) -> Non
 async def test_stop_kills_a_sigterm_ignoring_command_and_a_double_forked_grandchild(
     tracker: JobTracker,
 ) -> None:
-    marker = f"jobworker-marker-{uuid.uuid4().hex}"
+    marker = f"{uuid.uuid4().int % 10**9 + 10**9}"  # a unique sleep duration names the grandchild
     script = f"""
         trap '' TERM
-        sh -c "trap '' TERM; (exec -a {marker} sleep 1000 &) ; exec sleep 1000" &
+        sh -c "trap '' TERM; (sleep {marker} &) ; exec sleep 1000" &
         echo ready
         while :; do sleep 1; done
     """
