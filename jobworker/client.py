@@ -1,0 +1,121 @@
+"""The Python client of jwsd, used by `jws`, the end-to-end tests and the benchmarks.
+
+    async with connect(("127.0.0.1", 50051), Credentials(Path("certs/dev"), "alex")) as client:
+        job = await client.start(args=["echo", "hi"])
+        async with contextlib.aclosing(client.output(job.job_id)) as chunks:
+            async for chunk in chunks:
+                ...
+
+Errors come back as `purerpc.RpcFailedError` with the server's status code and
+message; a server that cannot be reached, goes away or refuses our
+certificate ends every call with UNAVAILABLE (see `jobworker.transport`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
+
+import attrs
+
+from jobworker.errors import SetupError
+from jobworker.transport import open_channel
+from jobworker.v1 import jobworker_grpc
+from jobworker.v1 import jobworker_pb2 as pb
+
+
+@attrs.frozen
+class Credentials:
+    """Where a user's TLS files are: TLSDIR/USER/client_cert.pem and client_key.pem,
+    and the server's CA at TLSDIR/server_ca_cert.pem (as certs/gen-certs.sh lays them out)."""
+
+    tls_dir: Path
+    user: str
+
+    @property
+    def cert(self) -> Path:
+        return self.tls_dir / self.user / "client_cert.pem"
+
+    @property
+    def key(self) -> Path:
+        return self.tls_dir / self.user / "client_key.pem"
+
+    @property
+    def server_ca(self) -> Path:
+        return self.tls_dir / "server_ca_cert.pem"
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A TLS 1.3 client context; raises SetupError when a file is missing or bad."""
+        from jobworker import tls
+
+        if not self.cert.exists() or not self.key.exists():
+            raise SetupError(
+                f"no credentials for user {self.user!r} in {self.tls_dir} (need {self.cert} and {self.key})"
+            )
+        return tls.client_context(self.server_ca, self.cert, self.key)
+
+
+@contextlib.asynccontextmanager
+async def connect(
+    addr: tuple[str, int], credentials: Credentials, *, server_hostname: str | None = None
+) -> AsyncIterator[JobWorkerClient]:
+    """A client connected to jwsd at `addr` as `credentials.user`; the connection closes on exit.
+
+    server_hostname: the name the server's certificate must carry; `None`: the host of `addr`."""
+    host, port = addr
+    context = credentials.ssl_context()
+    async with open_channel(host, port, context, server_hostname=server_hostname) as channel:
+        yield JobWorkerClient(jobworker_grpc.JobWorkerServiceStub(channel))
+
+
+@attrs.define(eq=False)
+class JobWorkerClient:
+    """The API's calls with Python arguments. Every method raises purerpc.RpcFailedError."""
+
+    stub: jobworker_grpc.JobWorkerServiceStub
+
+    async def start(
+        self,
+        *,
+        cmd: str = "",
+        args: Sequence[str] = (),
+        limits: pb.Limits | None = None,
+        env: Mapping[str, str] | None = None,
+        workdir: str = "",
+        host_network: bool = False,
+    ) -> pb.GetJobStatusResponse:
+        """Start a job from a command line (`cmd`) or an exact argv (`args`); its status once running."""
+        response = await self.stub.StartJob(
+            pb.StartJobRequest(
+                cmd=cmd,
+                args=list(args),
+                limits=limits,
+                env=dict(env or {}),
+                workdir=workdir,
+                host_network=host_network,
+            )
+        )
+        return response.job
+
+    async def stop(self, job_id: str, grace: float | None = None) -> pb.GetJobStatusResponse:
+        """Stop a job (None: the server's grace period); its status once terminated."""
+        request = pb.StopJobRequest(job_id=job_id)
+        if grace is not None:
+            request.grace_seconds = grace
+        return (await self.stub.StopJob(request)).job
+
+    async def status(self, job_id: str) -> pb.GetJobStatusResponse:
+        return await self.stub.GetJobStatus(pb.GetJobStatusRequest(job_id=job_id))
+
+    async def list(self) -> list[pb.GetJobStatusResponse]:
+        return list((await self.stub.ListJobs(pb.ListJobsRequest())).jobs)
+
+    async def output(self, job_id: str, offset: int = 0) -> AsyncIterator[bytes]:
+        """The job's output from byte `offset` until it has terminated and every byte
+        arrived. Close it with `contextlib.aclosing` to abandon the stream early."""
+        responses = self.stub.GetJobOutput(pb.GetJobOutputRequest(job_id=job_id, offset=offset))
+        async with contextlib.aclosing(responses) as stream:
+            async for response in stream:
+                yield response.output_msg

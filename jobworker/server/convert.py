@@ -1,0 +1,84 @@
+"""Between protobuf messages and jobworker's model: requests in, snapshots out.
+
+Validation happens here only as far as the wire format goes (which of `cmd` and
+`args` is set, which optional fields are present); `JobSpec` and `Limits`
+validate the values themselves.
+"""
+
+from __future__ import annotations
+
+from jobworker.cmdline import split_command
+from jobworker.errors import InvalidRequestError
+from jobworker.model import JobSpec, JobStatus, Limits
+from jobworker.v1 import jobworker_pb2 as pb
+
+
+def spec_from_request(request: pb.StartJobRequest) -> JobSpec:
+    """The JobSpec a StartJobRequest asks for; raises InvalidRequestError."""
+    if request.cmd and request.args:
+        raise InvalidRequestError(
+            "give either cmd (one command line) or args (an exact argv), not both"
+        )
+    argv = tuple(request.args) if request.args else split_command(request.cmd)
+    return JobSpec(
+        argv=argv,
+        env=dict(request.env) or None,
+        workdir=request.workdir or None,
+        limits=limits_from_proto(request.limits),
+        host_network=request.host_network,
+    )
+
+
+def limits_from_proto(limits: pb.Limits) -> Limits:
+    def get(name: str) -> float | int | None:
+        return getattr(limits, name) if limits.HasField(name) else None
+
+    return Limits(
+        cpu=get("cpu"),
+        memory=get("memory_bytes"),  # type: ignore[arg-type]
+        io_read_bps=get("io_read_bps"),  # type: ignore[arg-type]
+        io_write_bps=get("io_write_bps"),  # type: ignore[arg-type]
+        pids=get("pids"),  # type: ignore[arg-type]
+    )
+
+
+def limits_to_proto(limits: Limits) -> pb.Limits:
+    message = pb.Limits()
+    for proto_name, value in [
+        ("cpu", limits.cpu),
+        ("memory_bytes", limits.memory),
+        ("io_read_bps", limits.io_read_bps),
+        ("io_write_bps", limits.io_write_bps),
+        ("pids", limits.pids),
+    ]:
+        if value is not None:
+            setattr(message, proto_name, value)
+    return message
+
+
+def status_to_proto(status: JobStatus) -> pb.GetJobStatusResponse:
+    """A job snapshot as the API reports it."""
+    message = pb.GetJobStatusResponse(
+        status=status.state.value,
+        job_id=status.job_id,
+        owner=status.owner,
+        args=status.spec.argv,
+        limits=limits_to_proto(status.spec.limits),
+        outcome=status.outcome.value if status.outcome else "",
+        oom_killed=status.oom_killed,
+        stopped_by_user=status.stopped_by_user,
+        created_at=status.created_at,
+        cpu_time_ns=status.usage.cpu_ns,
+        peak_memory_bytes=status.usage.peak_memory,
+        output_bytes=status.output_size,
+        signal_name=status.signal_name or "",
+    )
+    if status.exit_code is not None:
+        message.exit_code = status.exit_code
+    if status.signal is not None:
+        message.signal = status.signal
+    if status.started_at is not None:
+        message.started_at = status.started_at
+    if status.ended_at is not None:
+        message.ended_at = status.ended_at
+    return message

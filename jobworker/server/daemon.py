@@ -1,0 +1,124 @@
+"""`serve()`: jwsd's whole life inside one trio nursery.
+
+    trio.run ─ serve
+                ├─ JobTracker (a nursery; a supervisor task per job)
+                └─ nursery
+                     ├─ RpcServer.serve (a task group per connection, a cancel scope per RPC)
+                     └─ waits for `shutdown` (set by the signal task of `jwsd`)
+
+Shutdown, in order and bounded: refuse new calls (UNAVAILABLE) and stop
+accepting connections; stop every job (SIGTERM, the grace period, SIGKILL),
+which ends each output stream after its last byte; give running calls
+`drain_timeout` seconds to finish; cancel what is left; the tracker removes
+every cgroup and job dir on the way out.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import attrs
+import trio
+
+from jobworker import tls
+from jobworker.model import JobState, Limits
+from jobworker.server.auth import CallGuard, guarded
+from jobworker.server.policy import UserPolicy
+from jobworker.server.service import JobWorkerService
+from jobworker.tracker import JobTracker
+from jobworker.transport import RpcServer
+
+log = logging.getLogger("jobworker.daemon")
+
+DEFAULT_PORT = 50051
+DEFAULT_DATA_DIR = Path("/var/lib/jobworker")
+#: Largest gRPC message either way: output chunks (1 MiB) stay far below it, and a
+#: stream's receive window (twice this) always fits one message plus its header.
+MAX_MESSAGE = 16 << 20
+
+
+@attrs.frozen
+class DaemonConfig:
+    """Everything jwsd needs; every field has the default `jwsd --help` shows.
+
+    tls_dir: holds server_cert.pem, server_key.pem and client_ca_cert.pem.
+    users_file: the TOML users file; `None`: every client certificate is a user.
+    drain_timeout: seconds running calls get to finish once jobs are stopped at shutdown.
+    """
+
+    tls_dir: Path
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    data_dir: Path = DEFAULT_DATA_DIR
+    users_file: Path | None = None
+    job_user: str = "nobody"
+    default_limits: Limits = Limits(pids=1000)
+    max_limits: Limits = attrs.Factory(Limits)
+    allow_host_network: bool = False
+    stop_grace: float = 5.0
+    drain_timeout: float = 2.0
+    cgroup_name: str = "jobworker"
+
+    @property
+    def server_files(self) -> tuple[Path, Path, Path]:
+        return (
+            self.tls_dir / "server_cert.pem",
+            self.tls_dir / "server_key.pem",
+            self.tls_dir / "client_ca_cert.pem",
+        )
+
+
+async def serve(
+    config: DaemonConfig,
+    shutdown: trio.Event,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run jwsd until `shutdown` is set, then shut down cleanly (see the module docstring).
+
+    Reports the bound port through `task_status` (port 0 picks a free one).
+    Raises SetupError before anything starts when the host or the configuration
+    cannot work (not root, no cgroups or bubblewrap, bad certificates or users file).
+    """
+    cert, key, client_ca = config.server_files
+    for path in (cert, client_ca):
+        tls.check_certificate_file(path)
+    ssl_context = tls.server_context(cert, key, client_ca)
+    policy = UserPolicy.load(config.users_file)
+    async with JobTracker(
+        config.data_dir,
+        job_user=config.job_user,
+        default_limits=config.default_limits,
+        max_limits=config.max_limits,
+        allow_host_network=config.allow_host_network,
+        stop_grace=config.stop_grace,
+        cgroup_name=config.cgroup_name,
+    ) as tracker:
+        guard = CallGuard(policy)
+        server = RpcServer(config.host, config.port, ssl_context, max_message_length=MAX_MESSAGE)
+        server.add_service(guarded(JobWorkerService(tracker).service, guard))
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(server.serve)
+            log.info(
+                "listening on %s:%d (tls 1.3, client certificates from %s; %s)",
+                config.host,
+                port,
+                client_ca,
+                f"users from {config.users_file}"
+                if config.users_file
+                else "every client certificate is a user",
+            )
+            task_status.started(port)
+            await shutdown.wait()
+            running = sum(
+                1 for job in tracker.list("", admin=True) if job.state is not JobState.TERMINATED
+            )
+            log.info("shutting down: stopping %d running jobs", running)
+            guard.refuse_new_calls()
+            server.stop_accepting()
+            await tracker.shutdown(config.stop_grace)
+            # Every job has ended, so every output stream is sending its last bytes.
+            await server.shutdown(config.drain_timeout)
+            nursery.cancel_scope.cancel()
+    log.info("stopped")

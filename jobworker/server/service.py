@@ -1,0 +1,76 @@
+"""The JobWorkerService servicer: thin. Check the input, call the tracker as the
+authenticated caller, convert the answer. Errors are mapped to status codes by
+the method wrapper (`jobworker.server.auth`), not here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from jobworker.errors import InvalidRequestError
+from jobworker.server import convert
+from jobworker.server.auth import current_caller, note_job_id
+from jobworker.tracker import JobTracker
+from jobworker.v1 import jobworker_grpc
+from jobworker.v1 import jobworker_pb2 as pb
+
+#: Output messages carry at most this many bytes: far below the 16 MiB message
+#: limit, large enough that per-message overhead is small.
+OUTPUT_CHUNK = 1 << 20
+
+
+def _job_id(job_id: str) -> str:
+    if not job_id:
+        raise InvalidRequestError("job_id is required")
+    return job_id
+
+
+class JobWorkerService(jobworker_grpc.JobWorkerServiceServicer):  # type: ignore[misc]
+    """Serves the tracker's jobs over gRPC, each caller seeing only its own (admins: all)."""
+
+    def __init__(self, tracker: JobTracker) -> None:
+        self.tracker = tracker
+
+    async def StartJob(self, message: pb.StartJobRequest) -> pb.StartJobResponse:
+        caller = current_caller.get()
+        status = await self.tracker.start(caller.name, convert.spec_from_request(message))
+        note_job_id(status.job_id)
+        return pb.StartJobResponse(job_id=status.job_id, job=convert.status_to_proto(status))
+
+    async def StopJob(self, message: pb.StopJobRequest) -> pb.StopJobResponse:
+        caller = current_caller.get()
+        grace = message.grace_seconds if message.HasField("grace_seconds") else None
+        status = await self.tracker.stop(
+            caller.name, _job_id(message.job_id), grace, admin=caller.is_admin
+        )
+        return pb.StopJobResponse(job=convert.status_to_proto(status))
+
+    async def GetJobStatus(self, message: pb.GetJobStatusRequest) -> pb.GetJobStatusResponse:
+        caller = current_caller.get()
+        status = self.tracker.status(caller.name, _job_id(message.job_id), admin=caller.is_admin)
+        return convert.status_to_proto(status)
+
+    async def GetJobOutput(
+        self, message: pb.GetJobOutputRequest
+    ) -> AsyncIterator[pb.GetJobOutputResponse]:
+        caller = current_caller.get()
+        # The handler is itself the follower's task, reading from its own cursor:
+        # no channel and no nursery, which must not span a `yield` in a generator.
+        offset = message.offset
+        follow = self.tracker.follow(
+            caller.name,
+            _job_id(message.job_id),
+            offset,
+            admin=caller.is_admin,
+            chunk_size=OUTPUT_CHUNK,
+        )
+        async with contextlib.aclosing(follow) as chunks:
+            async for chunk in chunks:
+                yield pb.GetJobOutputResponse(output_msg=chunk, offset=offset)
+                offset += len(chunk)
+
+    async def ListJobs(self, message: pb.ListJobsRequest) -> pb.ListJobsResponse:
+        caller = current_caller.get()
+        jobs = self.tracker.list(caller.name, admin=caller.is_admin)
+        return pb.ListJobsResponse(jobs=[convert.status_to_proto(s) for s in jobs])

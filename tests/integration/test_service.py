@@ -1,0 +1,372 @@
+"""jwsd in-process on loopback, with throwaway CAs: TLS, identity, owners, error
+codes, concurrency, hang-ups and shutdown, through real gRPC calls."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import ssl
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import attrs
+import purerpc
+import pytest
+import trio
+import trustme
+
+from jobworker.client import Credentials, JobWorkerClient, connect
+from jobworker.server.daemon import DaemonConfig, serve
+from jobworker.transport import open_channel
+from jobworker.v1 import jobworker_grpc
+from jobworker.v1 import jobworker_pb2 as pb
+from tests.conftest import require_root
+from tests.integration.leaks import LeakCheck, child_pids, task_count
+from tests.support.certs import TestPKI
+
+pytestmark = pytest.mark.root
+
+Code = purerpc.StatusCode
+
+
+@attrs.define
+class Daemon:
+    port: int
+    tls_dir: Path
+    config: DaemonConfig
+    shutdown: trio.Event
+    pki: TestPKI
+
+    def connect(self, user: str) -> contextlib.AbstractAsyncContextManager[JobWorkerClient]:
+        return connect(
+            ("127.0.0.1", self.port), Credentials(self.tls_dir, user), server_hostname="localhost"
+        )
+
+
+@pytest.fixture(scope="module")
+def pki() -> TestPKI:
+    return TestPKI()
+
+
+@pytest.fixture
+async def daemon(tmp_path: Path, pki: TestPKI) -> AsyncIterator[Daemon]:
+    require_root()
+    tls_dir = pki.write_tls_dir(tmp_path / "tls", ["alex", "betty", "admin", "mallory"])
+    users = tmp_path / "users.toml"
+    users.write_text('[users]\nalex = "user"\nbetty = "user"\nadmin = "admin"\n')
+    config = DaemonConfig(
+        tls_dir=tls_dir,
+        port=0,
+        data_dir=tmp_path / "data",
+        users_file=users,
+        stop_grace=1.0,
+        cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}",
+    )
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve, config, shutdown)
+        yield Daemon(port, tls_dir, config, shutdown, pki)
+        shutdown.set()
+
+
+async def expect_code(code: purerpc.StatusCode, call: object, match: str = "") -> str:
+    with pytest.raises(purerpc.RpcFailedError) as info:
+        await call  # type: ignore[misc]
+    assert info.value.status.status_code is code, info.value.status
+    assert match in info.value.status.status_message
+    return str(info.value.status.status_message)
+
+
+async def read_all(client: JobWorkerClient, job_id: str, offset: int = 0) -> bytes:
+    out = bytearray()
+    async with contextlib.aclosing(client.output(job_id, offset)) as chunks:
+        async for chunk in chunks:
+            out += chunk
+    return bytes(out)
+
+
+# ---- TLS and identity ------------------------------------------------------------------
+
+
+def _client_context(
+    daemon: Daemon, *, cert: trustme.LeafCert | None, tls12: bool = False
+) -> ssl.SSLContext:
+    context = ssl.create_default_context(
+        ssl.Purpose.SERVER_AUTH, cafile=str(daemon.tls_dir / "server_ca_cert.pem")
+    )
+    context.set_alpn_protocols(["h2"])
+    if tls12:
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+    if cert is not None:
+        cert.configure_cert(context)
+    return context
+
+
+async def _list_with(daemon: Daemon, context: ssl.SSLContext) -> object:
+    async with open_channel(
+        "127.0.0.1", daemon.port, context, server_hostname="localhost"
+    ) as channel:
+        stub = jobworker_grpc.JobWorkerServiceStub(channel)
+        with trio.fail_after(5):
+            return await stub.ListJobs(pb.ListJobsRequest())
+
+
+@pytest.mark.parametrize("case", ["no certificate", "another CA", "expired", "tls 1.2"])
+async def test_untrusted_clients_are_refused_without_hanging(daemon: Daemon, case: str) -> None:
+    rogue = trustme.CA()
+    cert = {
+        "no certificate": None,
+        "another CA": rogue.issue_cert(common_name="alex"),
+        "expired": daemon.pki.client_ca.issue_cert(
+            common_name="alex",
+            not_before=datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC),
+            not_after=datetime.datetime(2020, 2, 1, tzinfo=datetime.UTC),
+        ),
+        "tls 1.2": daemon.pki.client_ca.issue_cert(common_name="alex"),
+    }[case]
+    context = _client_context(daemon, cert=cert, tls12=case == "tls 1.2")
+    with pytest.raises(purerpc.RpcFailedError) as info:
+        await _list_with(daemon, context)
+    assert info.value.status.status_code is Code.UNAVAILABLE
+    # The daemon still serves good clients afterwards.
+    async with daemon.connect("alex") as client:
+        assert await client.list() == []
+
+
+async def test_a_name_missing_from_the_users_file_is_unauthenticated(daemon: Daemon) -> None:
+    async with daemon.connect("mallory") as client:
+        await expect_code(Code.UNAUTHENTICATED, client.list(), "unknown user 'mallory'")
+        await expect_code(Code.UNAUTHENTICATED, client.start(cmd="true"))
+        await expect_code(Code.UNAUTHENTICATED, read_all(client, "some-job"))
+    async with daemon.connect("alex") as client:
+        assert await client.list() == []  # nothing was started for mallory or anyone
+
+
+async def test_metadata_cannot_change_who_is_calling(daemon: Daemon) -> None:
+    async with daemon.connect("alex") as alex:
+        job = await alex.start(args=["sleep", "30"])
+        async with daemon.connect("betty") as betty:
+            for metadata in [(("user", "alex"),), (("x-user", "alex"), ("authorization", "alex"))]:
+                await expect_code(
+                    Code.PERMISSION_DENIED,
+                    betty.stub.GetJobStatus(
+                        pb.GetJobStatusRequest(job_id=job.job_id), metadata=metadata
+                    ),
+                    "access denied",
+                )
+        await alex.stop(job.job_id, 0)
+
+
+# ---- owners ----------------------------------------------------------------------------
+
+
+async def test_only_owners_and_admins_reach_a_job(daemon: Daemon) -> None:
+    async with (
+        daemon.connect("alex") as alex,
+        daemon.connect("betty") as betty,
+        daemon.connect("admin") as admin,
+    ):
+        job = await alex.start(cmd="sh -c 'echo hello; sleep 30'")
+        assert job.status == "Active"
+        assert job.owner == "alex"
+        message = await expect_code(Code.PERMISSION_DENIED, betty.status(job.job_id))
+        assert message == "access denied"
+        await expect_code(Code.PERMISSION_DENIED, betty.stop(job.job_id), "access denied")
+        await expect_code(Code.PERMISSION_DENIED, read_all(betty, job.job_id), "access denied")
+        betty_job = await betty.start(args=["true"])
+        assert [j.job_id for j in await alex.list()] == [job.job_id]
+        assert [j.job_id for j in await betty.list()] == [betty_job.job_id]
+        assert {j.job_id for j in await admin.list()} == {job.job_id, betty_job.job_id}
+        assert (await admin.status(job.job_id)).owner == "alex"
+        stopped = await admin.stop(job.job_id, 0)
+        assert stopped.status == "Terminated"
+        assert stopped.stopped_by_user
+        assert await read_all(alex, job.job_id) == b"hello\n"
+
+
+# ---- errors: each bad request gets its code and message -------------------------------------
+
+
+async def test_bad_requests_get_their_documented_code(daemon: Daemon) -> None:
+    async with daemon.connect("alex") as client:
+        stub = client.stub
+        await expect_code(Code.INVALID_ARGUMENT, client.start(cmd=""), "empty command")
+        await expect_code(
+            Code.INVALID_ARGUMENT, client.start(cmd="echo 'open"), "no closing quotation"
+        )
+        await expect_code(
+            Code.INVALID_ARGUMENT, client.start(cmd="echo", args=["echo"]), "not both"
+        )
+        await expect_code(Code.INVALID_ARGUMENT, client.start(args=["a\0b"]), "NUL")
+        await expect_code(
+            Code.INVALID_ARGUMENT,
+            client.start(cmd="true", limits=pb.Limits(memory_bytes=-1)),
+            "memory limit",
+        )
+        await expect_code(
+            Code.INVALID_ARGUMENT, client.start(cmd="true", limits=pb.Limits(cpu=0)), "cpu limit"
+        )
+        await expect_code(
+            Code.INVALID_ARGUMENT, client.start(cmd="true", limits=pb.Limits(pids=0)), "pids limit"
+        )
+        await expect_code(
+            Code.INVALID_ARGUMENT, client.start(cmd="true", host_network=True), "host network"
+        )
+        await expect_code(
+            Code.INVALID_ARGUMENT, client.start(cmd="true", workdir="relative"), "absolute path"
+        )
+        await expect_code(
+            Code.FAILED_PRECONDITION, client.start(cmd="no-such-program-xyz"), "not found in PATH"
+        )
+        await expect_code(
+            Code.NOT_FOUND, client.status("no-such-job"), "no job with id 'no-such-job'"
+        )
+        await expect_code(Code.NOT_FOUND, client.stop("no-such-job"), "no job with id")
+        await expect_code(Code.NOT_FOUND, read_all(client, "no-such-job"), "no job with id")
+        await expect_code(
+            Code.INVALID_ARGUMENT, stub.GetJobStatus(pb.GetJobStatusRequest()), "job_id is required"
+        )
+        job = await client.start(args=["true"])
+        await expect_code(Code.INVALID_ARGUMENT, read_all(client, job.job_id, offset=-1), "offset")
+        await expect_code(Code.INVALID_ARGUMENT, client.stop(job.job_id, grace=-1), "grace period")
+        # Nothing changed: only the one good job exists.
+        assert [j.job_id for j in await client.list()] == [job.job_id]
+
+
+async def test_status_reports_how_a_job_ended(daemon: Daemon) -> None:
+    async with daemon.connect("alex") as client:
+        job = await client.start(
+            args=["sh", "-c", "exit 3"], limits=pb.Limits(memory_bytes=64 << 20, cpu=0.5)
+        )
+        await read_all(client, job.job_id)
+        status = await client.status(job.job_id)
+        assert status.status == "Terminated"
+        assert status.outcome == "exited"
+        assert status.exit_code == 3
+        assert not status.HasField("signal")
+        assert status.limits.memory_bytes == 64 << 20
+        assert status.limits.cpu == 0.5
+        assert status.ended_at >= status.started_at >= status.created_at
+        assert list(status.args) == ["sh", "-c", "exit 3"]
+        killed = await client.start(args=["sh", "-c", "kill -9 $$"])
+        await read_all(client, killed.job_id)
+        status = await client.status(killed.job_id)
+        assert (status.exit_code, status.signal, status.signal_name) == (137, 9, "SIGKILL")
+
+
+# ---- concurrency, hang-ups, shutdown ---------------------------------------------------------
+
+
+async def test_fifty_clients_at_once_get_exact_streams_and_leave_nothing(daemon: Daemon) -> None:
+    async with LeakCheck():
+        results: list[bool] = []
+
+        async def one_client(i: int) -> None:
+            async with daemon.connect("alex" if i % 2 else "betty") as client:
+                script = f"head -c {100_000 + i} /dev/urandom | tee /dev/stderr | sha256sum >&2"
+                job = await client.start(args=["sh", "-c", script])
+                out = await read_all(client, job.job_id)
+                payload, digest = out[: 100_000 + i], out[100_000 + i :]
+                results.append(hashlib.sha256(payload).hexdigest() == digest.split()[0].decode())
+                long_job = await client.start(args=["sleep", "30"])
+                stopped = await client.stop(long_job.job_id, 0)
+                assert stopped.status == "Terminated"
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                for i in range(50):
+                    nursery.start_soon(one_client, i)
+        assert results == [True] * 50
+
+
+@pytest.mark.parametrize("noisy", [False, True], ids=["silent job", "noisy job"])
+async def test_a_follower_that_hangs_up_is_gone_from_the_server_within_a_second(
+    daemon: Daemon, noisy: bool
+) -> None:
+    async with daemon.connect("alex") as client:
+        script = "yes" if noisy else "sleep 60"
+        job = await client.start(args=["sh", "-c", script])
+        await trio.testing.wait_all_tasks_blocked()
+        baseline = task_count()
+        async with daemon.connect("alex") as follower:
+            with trio.move_on_after(0.3):
+                await read_all(follower, job.job_id)
+        t0 = time.monotonic()
+        with trio.fail_after(1):
+            while task_count() > baseline:
+                await trio.sleep(0.01)
+        assert time.monotonic() - t0 < 1
+        await client.stop(job.job_id, 0)
+
+
+async def test_shutdown_ends_every_stream_and_job(tmp_path: Path, pki: TestPKI) -> None:
+    require_root()
+    tls_dir = pki.write_tls_dir(tmp_path / "tls", ["alex"])
+    name = f"jobworker-test-{uuid.uuid4().hex[:8]}"
+    config = DaemonConfig(
+        tls_dir=tls_dir, port=0, data_dir=tmp_path / "data", stop_grace=0.5, cgroup_name=name
+    )
+    shutdown = trio.Event()
+    children = child_pids()
+    streams_ended: list[bytes] = []
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve, config, shutdown)
+        async with connect(
+            ("127.0.0.1", port), Credentials(tls_dir, "alex"), server_hostname="localhost"
+        ) as client:
+            jobs = [
+                await client.start(args=["sh", "-c", "echo started; exec sleep 1000"]),
+                await client.start(
+                    args=["sh", "-c", "trap '' TERM; echo started; while :; do sleep 1; done"]
+                ),
+            ]
+
+            async def follow(job_id: str) -> None:
+                streams_ended.append(await read_all(client, job_id))
+
+            async with trio.open_nursery() as followers:
+                for job in jobs:
+                    followers.start_soon(follow, job.job_id)
+                await trio.sleep(0.3)
+                t0 = time.monotonic()
+                shutdown.set()
+        elapsed = time.monotonic() - t0
+    assert elapsed < 0.5 + 3, f"shutdown took {elapsed:.1f} s"
+    assert streams_ended == [b"started\n", b"started\n"]
+    assert child_pids() == children
+    for controller in ["cpu", "memory", "pids", "freezer"]:
+        assert not list(Path("/sys/fs/cgroup", controller).rglob(name))
+    # After shutdown, nothing listens any more.
+    with pytest.raises(purerpc.RpcFailedError) as info:
+        async with connect(
+            ("127.0.0.1", port), Credentials(tls_dir, "alex"), server_hostname="localhost"
+        ) as client:
+            await client.list()
+    assert info.value.status.status_code is Code.UNAVAILABLE
+
+
+async def test_the_daemon_refuses_to_start_with_expired_or_missing_certificates(
+    tmp_path: Path, pki: TestPKI
+) -> None:
+    require_root()
+    from jobworker.errors import SetupError
+
+    tls_dir = pki.write_tls_dir(tmp_path / "tls", [])
+    config = DaemonConfig(
+        tls_dir=tls_dir, port=0, data_dir=tmp_path / "data", cgroup_name="jobworker-test-unused"
+    )
+    expired = pki.server_ca.issue_cert(
+        "localhost",
+        not_before=datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC),
+        not_after=datetime.datetime(2020, 2, 1, tzinfo=datetime.UTC),
+    )
+    expired.cert_chain_pems[0].write_to_path(str(tls_dir / "server_cert.pem"))
+    with pytest.raises(SetupError, match="expired"):
+        await serve(config, trio.Event())
+    (tls_dir / "server_cert.pem").unlink()
+    with pytest.raises(SetupError, match="server_cert.pem"):
+        await serve(config, trio.Event())
+    assert not (tmp_path / "data").exists()

@@ -1,0 +1,61 @@
+"""Throwaway mTLS material with trustme, laid out as certs/gen-certs.sh lays it out:
+
+    TLSDIR/server_ca_cert.pem  server_cert.pem  server_key.pem  client_ca_cert.pem
+    TLSDIR/USER/client_cert.pem  TLSDIR/USER/client_key.pem
+
+Two separate CAs, as in production: the server's certificate is checked
+against one, the clients' against the other.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import trustme
+
+
+class TestPKI:
+    """A server CA and a client CA, and a method to write a TLS dir for a set of users."""
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self) -> None:
+        self.server_ca = trustme.CA()
+        self.client_ca = trustme.CA()
+        self.server_cert = self.server_ca.issue_cert("localhost", "127.0.0.1")
+
+    def write_tls_dir(
+        self, tls_dir: Path, users: Iterable[str] = ("alex", "betty", "admin")
+    ) -> Path:
+        tls_dir.mkdir(parents=True, exist_ok=True)
+        self.server_ca.cert_pem.write_to_path(str(tls_dir / "server_ca_cert.pem"))
+        self.client_ca.cert_pem.write_to_path(str(tls_dir / "client_ca_cert.pem"))
+        self.server_cert.cert_chain_pems[0].write_to_path(str(tls_dir / "server_cert.pem"))
+        self.server_cert.private_key_pem.write_to_path(str(tls_dir / "server_key.pem"))
+        os.chmod(tls_dir / "server_key.pem", 0o600)
+        for user in users:
+            self.add_user(tls_dir, user)
+        return tls_dir
+
+    def add_user(
+        self,
+        tls_dir: Path,
+        user: str,
+        *,
+        ca: trustme.CA | None = None,
+        not_after: datetime.datetime | None = None,
+    ) -> Path:
+        """Write TLSDIR/USER/client_{cert,key}.pem for `user` (CN = user), signed by `ca`
+        (default: the client CA); `not_after` makes an expired certificate."""
+        issuer = ca or self.client_ca
+        kwargs = {"not_after": not_after} if not_after else {}
+        cert = issuer.issue_cert(common_name=user, **kwargs)
+        user_dir = tls_dir / user
+        user_dir.mkdir(parents=True, exist_ok=True)
+        cert.cert_chain_pems[0].write_to_path(str(user_dir / "client_cert.pem"))
+        cert.private_key_pem.write_to_path(str(user_dir / "client_key.pem"))
+        os.chmod(user_dir / "client_key.pem", 0o600)
+        return user_dir
