@@ -1,0 +1,448 @@
+"""`jws`: the jobworker client, as the seed sketches it and as docker/kubectl users expect.
+
+    jws start -u alex -c "ls -l"        prints the job id, and nothing else
+    jws status -u alex -j ID            Pending / Active / Terminated, then the details
+    jws output -u alex -j ID            the raw output from the first byte, following to the end
+    jws stop -u alex -j ID              SIGTERM, grace, SIGKILL; returns once it has ended
+    jws list -u alex                    the caller's jobs
+    jws run -u alex -- make test        start, stream, exit with the job's exit code
+    jws login alex                      make alex (and --addr / --tls-dir) the default
+
+Exit codes: 0 success; 1 the server refused (access denied, no such job, bad
+request...); 2 a usage or local set-up error (bad flag, no user, no
+credentials); 3 jwsd could not be reached or went away; 130 interrupted
+(Ctrl-C). `jws run` exits with the job's own exit code (128+n when signal n
+killed it) once the job has ended.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+import asyncclick as click
+
+from jobworker.cli import render
+from jobworker.cli.config import DEFAULT_ADDR, DEFAULT_TLS_DIR, ClientConfig, config_path
+from jobworker.cli.units import parse_addr, parse_duration, parse_size
+
+EXIT_SERVER_ERROR = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_INTERRUPTED = 130
+DEFAULT_PORT = 50051
+
+
+class Failure(Exception):
+    """A one-line error for stderr and the exit code that goes with it."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# ---- connection options, shared by every command that talks to jwsd ----------
+
+
+def connection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option(
+        "-u",
+        "--user",
+        envvar="JWS_USER",
+        help="Act as this user (its certificate in TLSDIR/USER/). Default: `jws login`.",
+    )(fn)
+    fn = click.option(
+        "--addr",
+        envvar="JWS_ADDR",
+        help=f"jwsd's HOST:PORT. Default: `jws login`, else {DEFAULT_ADDR}.",
+    )(fn)
+    fn = click.option(
+        "--tls-dir",
+        envvar="JWS_TLS_DIR",
+        help=f"Directory with server_ca_cert.pem and USER/client_{{cert,key}}.pem. Default: `jws login`, else {DEFAULT_TLS_DIR}.",
+    )(fn)
+    return fn
+
+
+@contextlib.asynccontextmanager
+async def _client(user: str | None, addr: str | None, tls_dir: str | None) -> AsyncIterator[Any]:
+    """Connect as the chosen user, translating every failure to a Failure."""
+    import purerpc
+
+    from jobworker.client import Credentials, connect
+    from jobworker.errors import SetupError
+
+    try:
+        stored = ClientConfig.load()
+    except ValueError as exc:
+        raise Failure(str(exc), EXIT_USAGE) from None
+    user = user or stored.user
+    if not user:
+        raise Failure(
+            "no user: pass -u USER, or make one the default with `jws login USER`", EXIT_USAGE
+        )
+    addr_text = addr or stored.addr or DEFAULT_ADDR
+    try:
+        host, port = parse_addr(addr_text, default_port=DEFAULT_PORT)
+    except ValueError as exc:
+        raise Failure(str(exc), EXIT_USAGE) from None
+    credentials = Credentials(Path(tls_dir or stored.tls_dir or DEFAULT_TLS_DIR), user)
+    try:
+        async with connect((host, port), credentials) as client:
+            yield client
+    except SetupError as exc:
+        raise Failure(str(exc), EXIT_USAGE) from None
+    except purerpc.RpcFailedError as exc:
+        status = exc.status
+        message = status.status_message or status.status_code.name.lower()
+        if status.status_code is purerpc.StatusCode.UNAVAILABLE:
+            if not message.startswith("cannot reach"):
+                message = f"lost jwsd at {host}:{port}: {message}"
+            raise Failure(message, EXIT_UNREACHABLE) from None
+        raise Failure(message, EXIT_SERVER_ERROR) from None
+
+
+# ---- the commands --------------------------------------------------------------
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="jobworker", prog_name="jws")
+def jws() -> None:
+    """jobworker's client: run commands on a jwsd host, follow their output, stop them.
+
+    \b
+    Examples:
+      jws login alex --addr 127.0.0.1:50051 --tls-dir certs/dev
+      id=$(jws start -c "ping -c 5 127.0.0.1")
+      jws output -j "$id"
+      jws run --memory 256M --cpu 0.5 -- python3 -c 'print(42)'
+    """
+
+
+def _limits(
+    cpu: float | None,
+    memory: str | None,
+    io_read: str | None,
+    io_write: str | None,
+    pids: int | None,
+) -> Any:
+    from jobworker.v1 import jobworker_pb2 as pb
+
+    limits = pb.Limits()
+    try:
+        if cpu is not None:
+            limits.cpu = cpu
+        if memory is not None:
+            limits.memory_bytes = parse_size(memory)
+        if io_read is not None:
+            limits.io_read_bps = parse_size(io_read)
+        if io_write is not None:
+            limits.io_write_bps = parse_size(io_write)
+        if pids is not None:
+            limits.pids = pids
+    except ValueError as exc:
+        raise Failure(str(exc), EXIT_USAGE) from None
+    return limits
+
+
+def job_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of `start` and `run`: what to run and within which limits."""
+    for decorator in reversed(
+        [
+            click.option(
+                "-c",
+                "--cmd",
+                "command_line",
+                help='The command line, split like a shell would (no shell runs it): -c "ls -l".',
+            ),
+            click.option("--cpu", type=float, help="CPU limit in cores (0.5 = half a core)."),
+            click.option("--memory", help="Memory limit (256M, 1G)."),
+            click.option("--io-read", help="Disk read limit per second (10M)."),
+            click.option("--io-write", help="Disk write limit per second (10M)."),
+            click.option("--pids", type=int, help="Most processes and threads at once."),
+            click.option(
+                "-e",
+                "--env",
+                "env",
+                multiple=True,
+                help="K=V for the job's environment (repeatable; replaces the default one).",
+            ),
+            click.option(
+                "-w",
+                "--workdir",
+                default="",
+                help="Working directory inside the sandbox (default: the job's own).",
+            ),
+            click.option(
+                "--network",
+                type=click.Choice(["none", "host"]),
+                default="none",
+                show_default=True,
+                help="host: the host's network (if jwsd allows it); none: loopback only.",
+            ),
+            click.argument("argv", nargs=-1, type=click.UNPROCESSED),
+        ]
+    ):
+        fn = decorator(fn)
+    return fn
+
+
+async def _start(
+    client: Any,
+    command_line: str | None,
+    argv: tuple[str, ...],
+    env: tuple[str, ...],
+    workdir: str,
+    network: str,
+    limits: Any,
+) -> Any:
+    if bool(command_line) == bool(argv):
+        raise Failure(
+            'give the command either with -c "COMMAND LINE" or after --, not both', EXIT_USAGE
+        )
+    environment = {}
+    for item in env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise Failure(f"--env wants K=V, not {item!r}", EXIT_USAGE)
+        environment[key] = value
+    return await client.start(
+        cmd=command_line or "",
+        args=argv,
+        limits=limits,
+        env=environment,
+        workdir=workdir,
+        host_network=network == "host",
+    )
+
+
+@jws.command()
+@connection_options
+@job_options
+async def start(
+    user: str | None,
+    addr: str | None,
+    tls_dir: str | None,
+    command_line: str | None,
+    cpu: float | None,
+    memory: str | None,
+    io_read: str | None,
+    io_write: str | None,
+    pids: int | None,
+    env: tuple[str, ...],
+    workdir: str,
+    network: str,
+    argv: tuple[str, ...],
+) -> None:
+    """Start a job; print its id (only the id, so `id=$(jws start ...)` works).
+
+    \b
+    Examples:
+      jws start -c "ping -c 3 127.0.0.1"
+      jws start --memory 256M --pids 50 -- sh -c 'make -j4'
+    """
+    async with _client(user, addr, tls_dir) as client:
+        job = await _start(
+            client,
+            command_line,
+            argv,
+            env,
+            workdir,
+            network,
+            _limits(cpu, memory, io_read, io_write, pids),
+        )
+    click.echo(job.job_id)
+
+
+@jws.command()
+@connection_options
+@click.option("-j", "--job", "job_id", required=True, help="The job's id.")
+@click.option(
+    "--grace",
+    help="Time between SIGTERM and SIGKILL (5s, 500ms; 0 kills at once). Default: the server's.",
+)
+async def stop(
+    user: str | None, addr: str | None, tls_dir: str | None, job_id: str, grace: str | None
+) -> None:
+    """Stop a job and its every process: SIGTERM, a grace period, then SIGKILL.
+
+    Returns once the job has ended. Stopping a job that already ended is fine.
+
+    \b
+    Example:
+      jws stop -j 5f0c1a2b-... --grace 10s
+    """
+    try:
+        seconds = parse_duration(grace) if grace is not None else None
+    except ValueError as exc:
+        raise Failure(str(exc), EXIT_USAGE) from None
+    async with _client(user, addr, tls_dir) as client:
+        await client.stop(job_id, seconds)
+
+
+@jws.command()
+@connection_options
+@click.option("-j", "--job", "job_id", required=True, help="The job's id.")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON, for scripts.")
+async def status(
+    user: str | None, addr: str | None, tls_dir: str | None, job_id: str, as_json: bool
+) -> None:
+    """Show a job's status: Pending, Active or Terminated first, then how it ended and what it used.
+
+    \b
+    Example:
+      jws status -j 5f0c1a2b-...
+      jws status -j 5f0c1a2b-... --json | jq .exit_code
+    """
+    async with _client(user, addr, tls_dir) as client:
+        job = await client.status(job_id)
+    click.echo(
+        json.dumps(render.status_dict(job), indent=2) if as_json else render.status_text(job)
+    )
+
+
+@jws.command(name="list")
+@connection_options
+@click.option("--json", "as_json", is_flag=True, help="Print the jobs as JSON, for scripts.")
+async def list_jobs(user: str | None, addr: str | None, tls_dir: str | None, as_json: bool) -> None:
+    """List your jobs (every job, for an admin), oldest first."""
+    async with _client(user, addr, tls_dir) as client:
+        jobs = await client.list()
+    if as_json:
+        click.echo(json.dumps([render.status_dict(job) for job in jobs], indent=2))
+    else:
+        click.echo(render.table(jobs))
+
+
+async def _copy_output(client: Any, job_id: str, offset: int) -> None:
+    out = sys.stdout.buffer
+    async with contextlib.aclosing(client.output(job_id, offset)) as chunks:
+        async for chunk in chunks:
+            out.write(chunk)
+            out.flush()
+
+
+@jws.command()
+@connection_options
+@click.option("-j", "--job", "job_id", required=True, help="The job's id.")
+@click.option(
+    "--offset",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Start from this byte (resume an earlier read).",
+)
+async def output(
+    user: str | None, addr: str | None, tls_dir: str | None, job_id: str, offset: int
+) -> None:
+    """Write a job's output (stdout and stderr, as one stream) to stdout, byte for byte.
+
+    Starts at the first byte (or --offset) and follows the job until it ends.
+    Ctrl-C stops following; the job keeps running.
+
+    \b
+    Example:
+      jws output -j 5f0c1a2b-... > build.log
+    """
+    async with _client(user, addr, tls_dir) as client:
+        await _copy_output(client, job_id, offset)
+
+
+@jws.command()
+@connection_options
+@job_options
+async def run(
+    user: str | None,
+    addr: str | None,
+    tls_dir: str | None,
+    command_line: str | None,
+    cpu: float | None,
+    memory: str | None,
+    io_read: str | None,
+    io_write: str | None,
+    pids: int | None,
+    env: tuple[str, ...],
+    workdir: str,
+    network: str,
+    argv: tuple[str, ...],
+) -> None:
+    """Start a job, stream its output, and exit with its exit code (like `docker run`).
+
+    A job killed by signal n exits 128+n. Ctrl-C stops following (the job keeps running;
+    stop it with `jws stop`).
+
+    \b
+    Example:
+      jws run --cpu 1 --memory 1G -- make -j2 test
+    """
+    async with _client(user, addr, tls_dir) as client:
+        job = await _start(
+            client,
+            command_line,
+            argv,
+            env,
+            workdir,
+            network,
+            _limits(cpu, memory, io_read, io_write, pids),
+        )
+        await _copy_output(client, job.job_id, 0)
+        final = await client.status(job.job_id)
+    code = final.exit_code if final.HasField("exit_code") else 255
+    raise SystemExit(code)
+
+
+@jws.command()
+@click.argument("user")
+@click.option("--addr", help=f"jwsd's HOST:PORT to remember (default: keep, else {DEFAULT_ADDR}).")
+@click.option(
+    "--tls-dir",
+    type=click.Path(file_okay=False, resolve_path=True),
+    help="The TLS dir to remember (default: keep, else certs/dev).",
+)
+async def login(user: str, addr: str | None, tls_dir: str | None) -> None:
+    """Make USER (and --addr, --tls-dir) the default for later commands.
+
+    Writes them to the config file; -u, --addr and --tls-dir still override.
+    Credentials are not checked here: the next command that talks to jwsd does.
+    """
+    try:
+        stored = ClientConfig.load()
+        if addr is not None:
+            parse_addr(addr, default_port=DEFAULT_PORT)
+    except ValueError as exc:
+        raise Failure(str(exc), EXIT_USAGE) from None
+    tls = tls_dir or stored.tls_dir
+    path = ClientConfig(user=user, addr=addr or stored.addr, tls_dir=tls).save(config_path())
+    click.echo(f"now acting as {user} (saved in {path})", err=True)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    print(f"jws: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def cli(args: list[str] | None = None) -> None:
+    """The `jws` console script: run on trio; turn failures into one line and an exit code."""
+    import trio
+
+    try:
+        code = trio.run(_main, args)
+    except Failure as exc:
+        _fail(str(exc), exc.code)
+    except click.ClickException as exc:
+        exc.show()
+        raise SystemExit(exc.exit_code) from None
+    except (click.Abort, KeyboardInterrupt):
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    except BrokenPipeError:
+        # `jws output | head`: the reader left; that is not an error of ours.
+        sys.stdout = None  # type: ignore[assignment]  # nothing more can be flushed to it
+        raise SystemExit(0) from None
+    raise SystemExit(code if isinstance(code, int) else 0)
+
+
+async def _main(args: list[str] | None) -> Any:
+    return await jws.main(args=args, prog_name="jws", standalone_mode=False)

@@ -1,0 +1,225 @@
+"""`jwsd`: the jobworker daemon. Runs as root in the foreground; logs to stderr.
+
+SIGTERM or SIGINT starts a clean shutdown (stop accepting, stop every job,
+end every stream, remove cgroups, exit 0); a second signal cuts the grace
+periods short and kills every job at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import asyncclick as click
+import trio
+
+from jobworker.cli.units import parse_addr, parse_duration, parse_size
+from jobworker.errors import InvalidRequestError, SetupError
+from jobworker.model import Limits
+from jobworker.server.daemon import DEFAULT_DATA_DIR, DEFAULT_PORT, DaemonConfig, serve
+
+log = logging.getLogger("jobworker.daemon")
+
+_LIMIT_KEYS = {
+    "cpu": ("cpu", float),
+    "memory": ("memory", parse_size),
+    "io-read": ("io_read_bps", parse_size),
+    "io-write": ("io_write_bps", parse_size),
+    "pids": ("pids", int),
+}
+
+
+def parse_limits(text: str) -> Limits:
+    """Limits from "cpu=1,memory=512M,io-read=10M,io-write=10M,pids=100" (any subset; "" for none)."""
+    values: dict[str, float | int] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or key not in _LIMIT_KEYS:
+            raise ValueError(
+                f"{item!r} is not a limit; use {', '.join(k + '=...' for k in _LIMIT_KEYS)}"
+            )
+        name, parse = _LIMIT_KEYS[key]
+        values[name] = parse(value)
+    try:
+        return Limits(**values)  # type: ignore[arg-type]
+    except InvalidRequestError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _limits_option(ctx: click.Context, param: click.Parameter, value: str) -> Limits:
+    try:
+        return parse_limits(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--addr", default=f"127.0.0.1:{DEFAULT_PORT}", show_default=True, help="HOST:PORT to listen on."
+)
+@click.option(
+    "--tls-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("certs/dev"),
+    show_default=True,
+    help="Directory with server_cert.pem, server_key.pem and client_ca_cert.pem (certs/gen-certs.sh makes them).",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False, resolve_path=True),
+    default=DEFAULT_DATA_DIR,
+    show_default=True,
+    help="Job work dirs and spilled output; IO limits apply to its block device.",
+)
+@click.option(
+    "--users",
+    "users_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help='TOML users file ([users] alex = "user", root = "admin"). Without it every certificate from the client CA is a user.',
+)
+@click.option("--job-user", default="nobody", show_default=True, help="Host account jobs run as.")
+@click.option(
+    "--default-limits",
+    default="pids=1000",
+    show_default=True,
+    callback=_limits_option,
+    help="Limits for jobs that set none: cpu=CORES,memory=SIZE,io-read=RATE,io-write=RATE,pids=N.",
+)
+@click.option(
+    "--max-limits",
+    default="",
+    callback=_limits_option,
+    help="The most a job may ask for (same form); an unset limit then takes the maximum.",
+)
+@click.option(
+    "--allow-host-network",
+    is_flag=True,
+    help="Let jobs ask for the host's network instead of loopback only.",
+)
+@click.option(
+    "--stop-grace",
+    default="5s",
+    show_default=True,
+    help="SIGTERM-to-SIGKILL grace when a stop gives none.",
+)
+@click.option(
+    "--cgroup-name",
+    envvar="JOBWORKER_CGROUP_NAME",
+    default="jobworker",
+    show_default=True,
+    help="Name of the parent cgroup of all jobs, under jwsd's own cgroup.",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+async def main(
+    addr: str,
+    tls_dir: Path,
+    data_dir: Path,
+    users_file: Path | None,
+    job_user: str,
+    default_limits: Limits,
+    max_limits: Limits,
+    allow_host_network: bool,
+    stop_grace: str,
+    cgroup_name: str,
+    log_level: str,
+) -> None:
+    """Run the jobworker daemon: jobs for authenticated users, over gRPC with mutual TLS.
+
+    \b
+    Examples:
+      sudo jwsd --tls-dir certs/dev
+      sudo jwsd --addr 0.0.0.0:50051 --users /etc/jobworker/users.toml --max-limits memory=2G,cpu=1
+    """
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("purerpc").setLevel(
+        logging.CRITICAL
+    )  # its cancellation noise is not ours to report
+    try:
+        host, port = parse_addr(addr, default_port=DEFAULT_PORT)
+        grace = parse_duration(stop_grace)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if os.geteuid() != 0:
+        _fail("jwsd must run as root: cgroups and namespaces need it (try sudo)")
+    config = DaemonConfig(
+        tls_dir=tls_dir,
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        users_file=users_file,
+        job_user=job_user,
+        default_limits=default_limits,
+        max_limits=max_limits,
+        allow_host_network=allow_host_network,
+        stop_grace=grace,
+        cgroup_name=cgroup_name,
+    )
+    try:
+        await run(config)
+    except BaseExceptionGroup as group:
+        # serve() runs in run()'s nursery, so its set-up errors arrive wrapped.
+        _fail_on_setup_error(group)
+        raise
+    except SetupError as exc:
+        _fail(str(exc))
+
+
+def _fail_on_setup_error(group: BaseExceptionGroup[BaseException]) -> None:
+    """Exit with the one line of the first SetupError in `group`, if it has one."""
+    found = group.subgroup(lambda exc: isinstance(exc, SetupError))
+    while isinstance(found, BaseExceptionGroup):
+        found = found.exceptions[0]
+    if found is not None:
+        _fail(str(found))
+
+
+async def run(config: DaemonConfig) -> None:
+    """serve() with signal handling: the first SIGTERM/SIGINT shuts down cleanly,
+    a second one forces it (every job is killed at once)."""
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+
+        async def watch_signals() -> None:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for signum in signals:
+                    if not shutdown.is_set():
+                        log.info(
+                            "got %s: shutting down (send it again to kill every job now)",
+                            signal.Signals(signum).name,
+                        )
+                        shutdown.set()
+                    else:
+                        log.warning(
+                            "got %s again: killing every job now", signal.Signals(signum).name
+                        )
+                        serve_scope.cancel()
+                        return
+
+        serve_scope = trio.CancelScope()
+        nursery.start_soon(watch_signals)
+        with serve_scope:
+            await serve(config, shutdown)
+        nursery.cancel_scope.cancel()
+
+
+def _fail(message: str) -> None:
+    print(f"jwsd: {message}", file=sys.stderr)
+    raise SystemExit(1)
+
+
+def cli() -> None:
+    """The `jwsd` console script."""
+    main(_anyio_backend="trio")

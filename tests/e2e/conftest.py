@@ -1,0 +1,130 @@
+"""A real `jwsd` process (as root, on loopback, with throwaway certificates) and a way to run the real `jws`."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import attrs
+import pytest
+
+from tests.conftest import require_root
+from tests.support.certs import TestPKI
+
+BIN = Path(sys.executable).parent
+
+
+@attrs.define
+class Jwsd:
+    process: subprocess.Popen[bytes]
+    addr: str
+    tls_dir: Path
+    data_dir: Path
+    cgroup_name: str
+    home: Path
+    log_path: Path
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            JWS_ADDR=self.addr, JWS_TLS_DIR=str(self.tls_dir), XDG_CONFIG_HOME=str(self.home)
+        )
+        env.pop("JWS_USER", None)
+        env.update(extra)
+        return env
+
+    def jws(
+        self,
+        *args: str,
+        user: str | None = "alex",
+        input: bytes | None = None,
+        timeout: float = 30,
+        **env: str,
+    ) -> subprocess.CompletedProcess[bytes]:
+        argv = (
+            [str(BIN / "jws"), *args]
+            if user is None
+            else [str(BIN / "jws"), *args[:1], "-u", user, *args[1:]]
+        )
+        return subprocess.run(
+            argv, env=self.env(**env), capture_output=True, timeout=timeout, input=input
+        )
+
+    def popen(self, *args: str, user: str = "alex") -> subprocess.Popen[bytes]:
+        argv = [str(BIN / "jws"), args[0], "-u", user, *args[1:]]
+        return subprocess.Popen(
+            argv, env=self.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
+        return code
+
+
+def start_jwsd(tmp_path: Path, pki: TestPKI, *extra: str, users: bool = True) -> Jwsd:
+    tls_dir = pki.write_tls_dir(tmp_path / "tls", ["alex", "betty", "admin", "mallory"])
+    args = [
+        str(BIN / "jwsd"),
+        "--addr", "127.0.0.1:0",
+        "--tls-dir", str(tls_dir),
+        "--data-dir", str(tmp_path / "data"),
+        "--stop-grace", "1s",
+    ]  # fmt: skip
+    if users:
+        users_file = tmp_path / "users.toml"
+        users_file.write_text('[users]\nalex = "user"\nbetty = "user"\nadmin = "admin"\n')
+        args += ["--users", str(users_file)]
+    name = f"jobworker-test-{uuid.uuid4().hex[:8]}"
+    env = dict(os.environ, JOBWORKER_CGROUP_NAME=name)
+    log_path = tmp_path / "jwsd.log"
+    with log_path.open("wb") as log_file:  # a file, not a pipe: a full pipe would block jwsd
+        process = subprocess.Popen([*args, *extra], stderr=log_file, env=env)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        match = re.search(r"listening on 127\.0\.0\.1:(\d+)", log_path.read_text(errors="replace"))
+        if match:
+            home = tmp_path / "home"
+            home.mkdir()
+            return Jwsd(
+                process, f"127.0.0.1:{match[1]}", tls_dir, tmp_path / "data", name, home, log_path
+            )
+        if process.poll() is not None:
+            break
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    raise AssertionError("jwsd did not start:\n" + log_path.read_text(errors="replace"))
+
+
+@pytest.fixture(scope="session")
+def pki() -> TestPKI:
+    return TestPKI()
+
+
+@pytest.fixture
+def jwsd(tmp_path: Path, pki: TestPKI) -> Iterator[Jwsd]:
+    require_root()
+    daemon = start_jwsd(tmp_path, pki)
+    try:
+        yield daemon
+    finally:
+        code = daemon.stop()
+        assert code == 0, daemon.log

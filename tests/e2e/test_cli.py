@@ -1,0 +1,221 @@
+"""The real `jws` against a real `jwsd`: the seed's sample session, exit codes,
+byte-exact output, and every error a user can meet, with its message and code."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import BIN, Jwsd, start_jwsd
+from tests.support.certs import TestPKI
+
+pytestmark = [pytest.mark.root, pytest.mark.e2e]
+
+
+def ok(result: subprocess.CompletedProcess[bytes]) -> str:
+    assert result.returncode == 0, result.stderr.decode()
+    return result.stdout.decode()
+
+
+def test_the_seeds_sample_session(jwsd: Jwsd) -> None:
+    """alex starts a long job, sees Active; betty is denied; alex follows the output
+    and, from a second process, stops the job; the stream ends with what ran; Terminated."""
+    job_id = ok(
+        jwsd.jws(
+            "start", "-c", "sh -c 'i=0; while :; do echo ping $i; i=$((i+1)); sleep 0.1; done'"
+        )
+    ).strip()
+    assert len(job_id) == 36  # a UUID, and nothing else on stdout
+    assert ok(jwsd.jws("status", "-j", job_id)).splitlines()[0] == "Active"
+    denied = jwsd.jws("status", "-j", job_id, user="betty")
+    assert denied.returncode == 1
+    assert denied.stderr.decode() == "jws: access denied\n"
+    follower = jwsd.popen("output", "-j", job_id)
+    time.sleep(0.6)
+    ok(jwsd.jws("stop", "-j", job_id))
+    out, err = follower.communicate(timeout=10)
+    assert follower.returncode == 0, err
+    lines = out.decode().splitlines()
+    assert len(lines) >= 3
+    assert lines == [f"ping {i}" for i in range(len(lines))]
+    status = ok(jwsd.jws("status", "-j", job_id))
+    assert status.splitlines()[0].startswith("Terminated (stopped")
+
+
+def test_run_exits_with_the_jobs_exit_code(jwsd: Jwsd) -> None:
+    result = jwsd.jws("run", "--", "sh", "-c", "echo out; echo err >&2; exit 3")
+    assert result.returncode == 3
+    assert result.stdout == b"out\nerr\n"
+    killed = jwsd.jws("run", "--", "sh", "-c", "kill -KILL $$")
+    assert killed.returncode == 137
+    assert jwsd.jws("run", "-c", "true").returncode == 0
+
+
+def test_binary_output_is_byte_identical_for_concurrent_followers(jwsd: Jwsd) -> None:
+    script = "head -c 3000000 /dev/urandom | tee ./data; sleep 0.5; sha256sum < ./data >&2"
+    job_id = ok(jwsd.jws("start", "--", "sh", "-c", script)).strip()
+    followers = [jwsd.popen("output", "-j", job_id) for _ in range(2)]
+    outputs = [f.communicate(timeout=30)[0] for f in followers]
+    assert all(f.returncode == 0 for f in followers)
+    assert outputs[0] == outputs[1]
+    payload, digest = outputs[0][:3000000], outputs[0][3000000:]
+    assert hashlib.sha256(payload).hexdigest() == digest.split()[0].decode()
+    # Resuming from an offset gives exactly the rest.
+    rest = jwsd.jws("output", "-j", job_id, "--offset", "2999990").stdout
+    assert rest == outputs[0][2999990:]
+
+
+def test_status_json_and_list(jwsd: Jwsd) -> None:
+    job_id = ok(
+        jwsd.jws(
+            "start", "--memory", "64M", "--cpu", "0.5", "--pids", "20", "--", "sh", "-c", "exit 4"
+        )
+    ).strip()
+    ok(jwsd.jws("output", "-j", job_id))
+    status = json.loads(ok(jwsd.jws("status", "-j", job_id, "--json")))
+    assert status["status"] == "Terminated"
+    assert status["exit_code"] == 4
+    assert status["limits"] == {
+        "cpu": 0.5,
+        "memory_bytes": 64 << 20,
+        "io_read_bps": None,
+        "io_write_bps": None,
+        "pids": 20,
+    }
+    listed = ok(jwsd.jws("list"))
+    assert job_id in listed
+    assert listed.splitlines()[0].split()[:4] == ["JOB", "ID", "STATUS", "EXIT"]
+    assert json.loads(ok(jwsd.jws("list", "--json")))[0]["job_id"] == job_id
+    assert ok(jwsd.jws("list", user="betty")).splitlines()[1:] == []
+
+
+def test_login_makes_a_user_the_default(jwsd: Jwsd) -> None:
+    missing = jwsd.jws("list", user=None)
+    assert missing.returncode == 2
+    assert "no user" in missing.stderr.decode()
+    ok(jwsd.jws("login", "betty", user=None))
+    assert "now acting as betty" in jwsd.jws("login", "betty", user=None).stderr.decode()
+    job_id = ok(jwsd.jws("start", "-c", "true", user=None)).strip()
+    assert json.loads(ok(jwsd.jws("status", "-j", job_id, "--json", user=None)))["owner"] == "betty"
+
+
+@pytest.mark.parametrize(
+    ("args", "user", "code", "message"),
+    [
+        (("status", "-j", "no-such-job"), "alex", 1, "jws: no job with id 'no-such-job'\n"),
+        (("start", "-c", "no-such-program-xyz"), "alex", 1, "not found in PATH"),
+        (("start", "-c", "echo 'unterminated"), "alex", 1, "no closing quotation"),
+        (("list",), "mallory", 1, "unknown user 'mallory'"),
+        (("list",), "nobody-here", 2, "no credentials for user 'nobody-here'"),
+        (("start", "--memory", "lots", "-c", "true"), "alex", 2, "not a size"),
+        (("start", "-c", "true", "--", "true"), "alex", 2, "not both"),
+        (("stop", "-j", "x", "--grace", "soon"), "alex", 2, "not a duration"),
+        (("status",), "alex", 2, "Missing option"),
+    ],
+)
+def test_errors_are_one_plain_line_with_a_telling_exit_code(
+    jwsd: Jwsd, args: tuple[str, ...], user: str, code: int, message: str
+) -> None:
+    result = jwsd.jws(*args, user=user)
+    assert result.returncode == code, result.stderr
+    err = result.stderr.decode()
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_an_unreachable_server_is_exit_code_3(tmp_path: Path, pki: TestPKI) -> None:
+    tls_dir = pki.write_tls_dir(tmp_path / "tls", ["alex"])
+    env = dict(
+        os.environ, JWS_TLS_DIR=str(tls_dir), JWS_ADDR="127.0.0.1:1", XDG_CONFIG_HOME=str(tmp_path)
+    )
+    result = subprocess.run(
+        [str(BIN / "jws"), "list", "-u", "alex"], env=env, capture_output=True, timeout=30
+    )
+    assert result.returncode == 3
+    assert result.stderr.decode().startswith("jws: cannot reach 127.0.0.1:1:")
+
+
+def test_jwsd_shuts_down_cleanly_on_sigterm_with_jobs_running(tmp_path: Path, pki: TestPKI) -> None:
+    from tests.conftest import require_root
+
+    require_root()
+    daemon = start_jwsd(tmp_path, pki)
+    job_id = ok(
+        daemon.jws("start", "-c", "sh -c 'trap \"\" TERM; echo up; while :; do sleep 1; done'")
+    ).strip()
+    follower = daemon.popen("output", "-j", job_id)
+    assert follower.stdout is not None
+    first = follower.stdout.readline()  # the follower's stream is open
+    t0 = time.monotonic()
+    assert daemon.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - t0 < 8
+    rest, err = follower.communicate(timeout=10)
+    assert first + rest == b"up\n"
+    assert follower.returncode == 0, err  # the stream ended cleanly, after the last byte
+    for controller in ["cpu", "memory", "pids", "freezer"]:
+        assert not list(Path("/sys/fs/cgroup", controller).rglob(daemon.cgroup_name))
+    assert "rpc user=alex method=StartJob job=" in daemon.log
+    assert "PRIVATE KEY" not in daemon.log
+
+
+def test_jwsd_refuses_to_start_with_one_clear_line(tmp_path: Path, pki: TestPKI) -> None:
+    from tests.conftest import require_root
+
+    require_root()
+    jwsd = str(BIN / "jwsd")
+    missing = subprocess.run(
+        [jwsd, "--tls-dir", str(tmp_path / "nope"), "--data-dir", str(tmp_path / "d")],
+        capture_output=True,
+        timeout=30,
+    )
+    assert missing.returncode == 1
+    assert missing.stderr.decode().startswith("jwsd: ")
+    assert "server_cert.pem" in missing.stderr.decode()
+    assert missing.stderr.decode().count("\n") == 1
+    tls_dir = pki.write_tls_dir(tmp_path / "tls", [])
+    not_root = subprocess.run(
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            jwsd,
+            "--tls-dir",
+            str(tls_dir),
+        ],
+        capture_output=True,
+        timeout=30,
+    )
+    assert not_root.returncode == 1
+    assert (
+        not_root.stderr.decode()
+        == "jwsd: jwsd must run as root: cgroups and namespaces need it (try sudo)\n"
+    )
+    busy = start_jwsd(tmp_path / "first", pki)
+    try:
+        second = subprocess.run(
+            [
+                jwsd,
+                "--addr",
+                busy.addr,
+                "--tls-dir",
+                str(busy.tls_dir),
+                "--data-dir",
+                str(tmp_path / "d2"),
+            ],
+            capture_output=True,
+            timeout=30,
+            env=dict(os.environ, JOBWORKER_CGROUP_NAME="jobworker-test-second"),
+        )
+        assert second.returncode == 1
+        assert "jwsd: " in second.stderr.decode()
+        assert "in use" in second.stderr.decode()
+    finally:
+        busy.stop()
