@@ -90,7 +90,9 @@ async def test_stdout_and_stderr_share_one_ordered_stream(tracker: JobTracker) -
 
 async def test_the_job_can_reopen_dev_stdout_and_dev_stderr(tracker: JobTracker) -> None:
     """Programs that write to /dev/stdout by name (tee, logging configs) work as nobody."""
-    out, st = await run_to_end(tracker, sh("echo a > /dev/stdout; echo b | tee /dev/stderr > /dev/null"))
+    out, st = await run_to_end(
+        tracker, sh("echo a > /dev/stdout; echo b | tee /dev/stderr > /dev/null")
+    )
     assert out == b"a\nb\n"
     assert st.exit_code == 0  # type: ignore[attr-defined]
 
