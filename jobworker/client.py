@@ -87,7 +87,7 @@ class JobWorkerClient:
         host_network: bool = False,
     ) -> pb.GetJobStatusResponse:
         """Start a job from a command line (`cmd`) or an exact argv (`args`); its status once running."""
-        response = await self.stub.StartJob(
+        response: pb.StartJobResponse = await self.stub.StartJob(
             pb.StartJobRequest(
                 cmd=cmd,
                 args=list(args),
@@ -104,10 +104,14 @@ class JobWorkerClient:
         request = pb.StopJobRequest(job_id=job_id)
         if grace is not None:
             request.grace_seconds = grace
-        return (await self.stub.StopJob(request)).job
+        response: pb.StopJobResponse = await self.stub.StopJob(request)
+        return response.job
 
     async def status(self, job_id: str) -> pb.GetJobStatusResponse:
-        return await self.stub.GetJobStatus(pb.GetJobStatusRequest(job_id=job_id))
+        status: pb.GetJobStatusResponse = await self.stub.GetJobStatus(
+            pb.GetJobStatusRequest(job_id=job_id)
+        )
+        return status
 
     async def list(self) -> list[pb.GetJobStatusResponse]:
         return list((await self.stub.ListJobs(pb.ListJobsRequest())).jobs)

@@ -10,7 +10,7 @@ import enum
 import math
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import attrs
 
@@ -90,6 +90,10 @@ def _check_bytes(what: str, value: int | None, *, minimum: int) -> None:
         raise InvalidRequestError(f"{what} of {value} bytes is absurd; the maximum is {MAX_BYTES}")
 
 
+def _to_argv(argv: Iterable[str]) -> tuple[str, ...]:
+    return tuple(argv)
+
+
 def _check_argv(argv: tuple[str, ...]) -> tuple[str, ...]:
     if not argv or not argv[0]:
         raise InvalidRequestError("empty command: give a program to run")
@@ -123,7 +127,7 @@ class JobSpec:
         loopback-only one; refused unless the tracker allows it.
     """
 
-    argv: tuple[str, ...] = attrs.field(converter=tuple, validator=lambda _i, _a, v: _check_argv(v))
+    argv: tuple[str, ...] = attrs.field(converter=_to_argv, validator=lambda _i, _a, v: _check_argv(v))
     env: Mapping[str, str] | None = attrs.field(
         default=None, validator=lambda _i, _a, v: v is None or bool(_check_env(v))
     )

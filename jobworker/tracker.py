@@ -16,6 +16,7 @@ id JobNotFoundError (the seed puts this duty here).
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import logging
 import os
@@ -24,7 +25,7 @@ import signal
 import stat
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path, PurePosixPath
 from types import TracebackType
 
@@ -357,7 +358,7 @@ class JobTracker:
         *,
         admin: bool = False,
         chunk_size: int = 1 << 20,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """The job's output from byte `offset` on, read straight from its log by the
         caller's own task (no channel, no nursery: safe to iterate inside another
         async generator). Ends after the last byte of a terminated job; close it with
@@ -423,7 +424,7 @@ class JobTracker:
         then finish it (shielded and bounded), whatever cancels us."""
         launched = job.launched
         assert launched is not None
-        reported: list[int | None] = [None]
+        reported: builtins.list[int | None] = [None]
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._pump, job, launched.output)
@@ -447,7 +448,7 @@ class JobTracker:
                 append(data)
 
     async def _read_status(
-        self, status: trio.lowlevel.FdStream, reported: list[int | None]
+        self, status: trio.lowlevel.FdStream, reported: builtins.list[int | None]
     ) -> None:
         async with status:
             reported[0] = await spawn.read_exit_code(status)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -439,7 +440,8 @@ def cli(args: list[str] | None = None) -> None:
         raise SystemExit(EXIT_INTERRUPTED) from None
     except BrokenPipeError:
         # `jws output | head`: the reader left; that is not an error of ours.
-        sys.stdout = None  # type: ignore[assignment]  # nothing more can be flushed to it
+        # Nothing more can be flushed to it: point stdout at /dev/null for the exit.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115
         raise SystemExit(0) from None
     raise SystemExit(code if isinstance(code, int) else 0)
 

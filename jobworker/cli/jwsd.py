@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncclick as click
@@ -23,7 +24,7 @@ from jobworker.server.daemon import DEFAULT_DATA_DIR, DEFAULT_PORT, DaemonConfig
 
 log = logging.getLogger("jobworker.daemon")
 
-_LIMIT_KEYS = {
+_LIMIT_KEYS: dict[str, tuple[str, Callable[[str], float | int]]] = {
     "cpu": ("cpu", float),
     "memory": ("memory", parse_size),
     "io-read": ("io_read_bps", parse_size),
@@ -179,7 +180,7 @@ async def main(
 
 def _fail_on_setup_error(group: BaseExceptionGroup[BaseException]) -> None:
     """Exit with the one line of the first SetupError in `group`, if it has one."""
-    found = group.subgroup(lambda exc: isinstance(exc, SetupError))
+    found: BaseException | None = group.subgroup(lambda exc: isinstance(exc, SetupError))
     while isinstance(found, BaseExceptionGroup):
         found = found.exceptions[0]
     if found is not None:

@@ -19,7 +19,7 @@ def spec_from_request(request: pb.StartJobRequest) -> JobSpec:
         raise InvalidRequestError(
             "give either cmd (one command line) or args (an exact argv), not both"
         )
-    argv = tuple(request.args) if request.args else split_command(request.cmd)
+    argv: tuple[str, ...] = tuple(request.args) if request.args else split_command(request.cmd)
     return JobSpec(
         argv=argv,
         env=dict(request.env) or None,

@@ -23,10 +23,10 @@ from typing import Any
 
 import anyio
 import anyio.abc
-import h2.events  # type: ignore[import-untyped]
+import h2.events
 import trio
 from anyio import aclose_forcefully
-from hyperframe.frame import WindowUpdateFrame  # type: ignore[import-untyped]
+from hyperframe.frame import WindowUpdateFrame
 from purerpc.grpc_proto import GRPCProtoSocket
 from purerpc.grpc_socket import SocketWrapper
 from purerpc.grpclib.config import GRPCConfiguration

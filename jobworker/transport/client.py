@@ -34,8 +34,8 @@ from typing import Any
 
 import anyio
 import anyio.abc
-import h2.errors  # type: ignore[import-untyped]
-import h2.exceptions  # type: ignore[import-untyped]
+import h2.errors
+import h2.exceptions
 import purerpc
 import trio
 from anyio import aclose_forcefully
