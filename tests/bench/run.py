@@ -79,19 +79,19 @@ FULL = Sizes(
     starts=200,
     throughput=1 << 30,
     fanout_followers=1000,
-    fanout_bytes=8 * MiB,
+    fanout_bytes=2 * MiB,
     load_jobs=1000,
     rpc_clients=50,
     rpc_seconds=5,
     slow_followers=100,
-    writer_bytes=256 * MiB,
+    writer_bytes=64 * MiB,
 )
 QUICK = Sizes(
     runs=1,
     starts=30,
     throughput=32 * MiB,
     fanout_followers=50,
-    fanout_bytes=4 * MiB,
+    fanout_bytes=2 * MiB,
     load_jobs=50,
     rpc_clients=50,
     rpc_seconds=2,
@@ -207,8 +207,8 @@ class Bench:
         )
         # The console script's code, run by this interpreter (an installed script can be stale).
         jws = [sys.executable, "-c", "from jobworker.cli.jws import cli; cli()"]
-        env = self.jwsd.env() if self.daemon else dict(os.environ, JWS_TLS_DIR=str(self.tls))
-        grpcio_env = dict(env, JWS_ADDR=self.grpcio_addr)
+        grpcio_env = dict(os.environ, JWS_ADDR=self.grpcio_addr, JWS_TLS_DIR=str(self.tls))
+        grpcio_env.pop("JWS_USER", None)
         paths: list[tuple[str, bool, Any]] = [
             (
                 "jobworker: jws run -- head -c N /dev/zero",
@@ -216,7 +216,7 @@ class Bench:
                 lambda: peers.timed_pipeline(
                     [*jws, "run", "-u", "alex", "--", "head", "-c", str(size), "/dev/zero"],
                     size,
-                    env=env,
+                    env=self.jwsd.env(),
                 ),
             ),
             ("jobworker: Python client (start + follow)", False, self._client_follow),
@@ -684,7 +684,16 @@ def main(argv: list[str] | None = None) -> int:
                 getattr(bench, group)()
             except Exception as exc:
                 report.errors.append(f"{group}: {type(exc).__name__}: {exc}")
-            print(f"bench: {group} took {time.monotonic() - group_began:.1f} s", file=sys.stderr)
+            took = time.monotonic() - group_began
+            print(f"bench: {group} took {took:.1f} s", file=sys.stderr)
+            if daemon is not None:  # which group grew jwsd (peak and current RSS)
+                report.notes.append(
+                    f"jwsd after {group} ({took:.0f} s): VmHWM {status_kib(daemon.process.pid, 'VmHWM') / 1024:.0f} MiB,"
+                    f" VmRSS {status_kib(daemon.process.pid, 'VmRSS') / 1024:.0f} MiB"
+                )
+        if daemon is not None and report.errors:
+            tail = [line for line in daemon.log.splitlines() if " INFO " not in line][-12:]
+            report.errors += [f"jwsd log: {line}" for line in tail]
         if args.profile:
             try:
                 bench.profile()
