@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -219,3 +220,67 @@ def test_jwsd_refuses_to_start_with_one_clear_line(tmp_path: Path, pki: TestPKI)
         assert "in use" in second.stderr.decode()
     finally:
         busy.stop()
+
+
+def test_a_killed_daemon_takes_its_jobs_along_and_the_next_one_cleans_up(
+    tmp_path: Path, pki: TestPKI
+) -> None:
+    """jwsd killed with SIGKILL: bubblewrap's --die-with-parent ends every job; the
+    cgroups it leaves behind are killed and removed when jwsd starts again."""
+    from tests.conftest import require_root
+
+    require_root()
+    daemon = start_jwsd(tmp_path / "a", pki)
+    marker = str(
+        uuid.uuid4().int % 10**9 + 10**9
+    )  # a unique sleep duration names the job's process
+    ok(daemon.jws("start", "--", "sleep", marker))
+    assert _pids_running(marker)
+    daemon.process.kill()
+    daemon.process.wait()
+    deadline = time.monotonic() + 5
+    while _pids_running(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _pids_running(marker) == []
+    leftovers = list(Path("/sys/fs/cgroup/pids").rglob(daemon.cgroup_name))
+    # A killed daemon cannot clean up: its job cgroups stay until the next start.
+    assert [d for p in leftovers for d in p.iterdir() if d.is_dir()]
+    env = dict(os.environ, JOBWORKER_CGROUP_NAME=daemon.cgroup_name)
+    again = subprocess.Popen(
+        [
+            str(BIN / "jwsd"),
+            "--addr",
+            "127.0.0.1:0",
+            "--tls-dir",
+            str(daemon.tls_dir),
+            "--data-dir",
+            str(daemon.data_dir),
+        ],
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        assert again.stderr is not None
+        line = b""
+        while b"listening on" not in line:
+            line = again.stderr.readline()
+            assert line, "jwsd exited"
+        # The parent cgroup is back (jwsd runs), but no job cgroup is left in it.
+        assert [d for p in leftovers for d in p.iterdir() if d.is_dir()] == []
+        assert list((daemon.data_dir / "jobs").iterdir()) == []
+    finally:
+        again.send_signal(signal.SIGTERM)
+        assert again.wait(timeout=20) == 0
+
+
+def _pids_running(marker: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if cmdline.split(b"\0")[:2] == [b"sleep", marker.encode()]:
+                found.append(int(entry))
+    return found
