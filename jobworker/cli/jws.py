@@ -391,6 +391,8 @@ async def run(
         )
         await _copy_output(client, job.job_id, 0)
         final = await client.status(job.job_id)
+    if final.oom_killed:
+        click.echo("jws: the job was killed at its memory limit (OOM)", err=True)
     code = final.exit_code if final.HasField("exit_code") else 255
     raise SystemExit(code)
 
