@@ -1,0 +1,509 @@
+"""OutputLog: every subscriber gets every byte exactly once, in order, and the writer never waits."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from jobworker.errors import BadStateError, InvalidRequestError
+from jobworker.output import MERGE_BELOW, OutputLog
+
+MiB = 1 << 20
+
+
+def stream(size: int, seed: int = 0) -> bytes:
+    """`size` bytes that hold every byte value (the first 256 are 0..255), the rest random."""
+    head = bytes(range(256))
+    return (head + random.Random(seed).randbytes(max(0, size - 256)))[:size]
+
+
+def pieces(data: bytes, seed: int = 1, largest: int = 256 << 10) -> Iterator[bytes]:
+    """`data` cut into pieces of random sizes between 1 byte and `largest`."""
+    rng = random.Random(seed)
+    position = 0
+    while position < len(data):
+        size = rng.choice([1, 7, MERGE_BELOW - 1, MERGE_BELOW, 65536, largest])
+        yield data[position : position + size]
+        position += size
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+async def drain(log: OutputLog, offset: int = 0, chunk_size: int = 1 << 20) -> bytes:
+    """Everything a subscriber at `offset` receives until its channel ends."""
+    received = bytearray()
+    async with log.subscribe(offset, chunk_size=chunk_size) as channel:
+        async for chunk in channel:
+            received += chunk
+    return bytes(received)
+
+
+def all_tasks() -> set[trio.lowlevel.Task]:
+    """Every task alive in this run, found by walking the tree from the root task."""
+    found: set[trio.lowlevel.Task] = set()
+    pending = [trio.lowlevel.current_root_task()]
+    while pending:
+        task = pending.pop()
+        if task is None:
+            continue
+        found.add(task)
+        for nursery in task.child_nurseries:
+            pending.extend(nursery.child_tasks)
+    return found
+
+
+# ---- every byte, whoever asks, whenever ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("memory_limit", "offset"),
+    [(64 * MiB, 0), (64 * MiB, 1_234_567), (1000, 0), (1000, 1_234_567), (0, 3 * MiB + 5)],
+    ids=["memory", "memory-offset", "spilled", "spilled-offset", "all-spilled-offset"],
+)
+async def test_late_subscriber_gets_byte_identical_output(
+    tmp_path: Path, memory_limit: int, offset: int
+) -> None:
+    """A subscriber that joins after the job ended gets exactly bytes[offset:], every byte
+    value included, whether the log kept it in memory or spilled it to its file."""
+    data = stream(4 * MiB + 17)
+    log = OutputLog(tmp_path / "out", memory_limit=memory_limit)
+    for piece in pieces(data):
+        log.append(piece)
+    log.close()
+    assert log.size == len(data)
+    assert log.spilled == (memory_limit < len(data))
+    received = await drain(log, offset, chunk_size=100_000)
+    assert sha(received) == sha(data[offset:])
+    log.discard()
+
+
+async def test_subscribers_joining_before_during_and_after_get_everything(tmp_path: Path) -> None:
+    """Subscribers that join first, half-way and after close all get the whole stream."""
+    data = stream(3 * MiB, seed=2)
+    log = OutputLog(tmp_path / "out", memory_limit=256 << 10)
+    results: dict[str, bytes] = {}
+
+    async def subscriber(name: str) -> None:
+        results[name] = await drain(log)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(subscriber, "first")
+        await trio.testing.wait_all_tasks_blocked()
+        for index, piece in enumerate(pieces(data)):
+            log.append(piece)
+            if index == 40:
+                nursery.start_soon(subscriber, "during")
+            await trio.lowlevel.checkpoint()
+        log.close()
+        nursery.start_soon(subscriber, "after")
+    assert {name: sha(got) for name, got in results.items()} == dict.fromkeys(
+        ["first", "during", "after"], sha(data)
+    )
+    log.discard()
+
+
+async def test_hundred_concurrent_subscribers_all_get_everything(tmp_path: Path) -> None:
+    """100 subscribers following one live stream each get every byte once, in order."""
+    data = stream(2 * MiB, seed=3)
+    log = OutputLog(tmp_path / "out", memory_limit=MiB)
+    digests: list[str] = []
+
+    async def subscriber() -> None:
+        digest = hashlib.sha256()
+        async with log.subscribe() as channel:
+            async for chunk in channel:
+                digest.update(chunk)
+        digests.append(digest.hexdigest())
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(100):
+            nursery.start_soon(subscriber)
+        for piece in pieces(data, largest=64 << 10):
+            log.append(piece)
+            await trio.lowlevel.checkpoint()
+        log.close()
+    assert digests == [sha(data)] * 100
+    log.discard()
+
+
+async def test_read_of_a_whole_chunk_returns_the_stored_object_without_copying(
+    tmp_path: Path,
+) -> None:
+    """A reader at a chunk's first byte gets the appended object itself; inside a chunk,
+    at most max_bytes of that one chunk."""
+    log = OutputLog(tmp_path / "out")
+    first, second = b"a" * 10_000, b"b" * 10_000
+    log.append(first)
+    log.append(second)
+    assert await log.read(0, 1 << 20) is first
+    assert await log.read(10_000, 1 << 20) is second
+    assert await log.read(5, 100) == b"a" * 100
+    assert await log.read(9_990, 1 << 20) == b"a" * 10  # the rest of one chunk, never a join
+    assert not (tmp_path / "out").exists()
+
+
+async def test_many_tiny_appends_read_back_in_order(tmp_path: Path) -> None:
+    """One-byte appends (a process that flushes every character) read back unchanged,
+    in memory and spilled, across the merging of small chunks."""
+    data = stream(50_000, seed=4)
+    for limit in (1 << 20, 3000):
+        log = OutputLog(tmp_path / f"out-{limit}", memory_limit=limit)
+        for index in range(len(data)):
+            log.append(data[index : index + 1])
+        log.close()
+        assert await drain(log, chunk_size=777) == data
+        assert await drain(log, 12_345) == data[12_345:]
+        log.discard()
+
+
+# ---- waiting, ending, cancelling --------------------------------------------------
+
+
+async def test_read_waits_without_polling_until_an_append_and_returns_empty_at_end(
+    tmp_path: Path,
+) -> None:
+    """read() at the end parks (every task blocked, nothing returned) until an append
+    wakes it; after close() it returns b"" at and past the end."""
+    log = OutputLog(tmp_path / "out")
+    got: list[bytes] = []
+
+    async def reader(offset: int) -> None:
+        got.append(await log.read(offset, 100))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader, 0)
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == []
+        log.append(b"hello")
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == [b"hello"]
+        nursery.start_soon(reader, 10)  # waits for bytes beyond the end, too
+        await trio.testing.wait_all_tasks_blocked()
+        log.append(b"abc")
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == [b"hello"]
+        log.append(b"defg")
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == [b"hello", b"fg"]
+        nursery.start_soon(reader, 12)
+        await trio.testing.wait_all_tasks_blocked()
+        log.close()
+    assert got == [b"hello", b"fg", b""]
+    assert await log.read(12, 100) == b""
+    assert await log.read(1000, 100) == b""
+
+
+async def test_stream_ends_after_close_only_once_the_last_byte_went_out(tmp_path: Path) -> None:
+    """A subscriber's channel stays open while the job runs, delivers every byte, and
+    ends only after close()."""
+    log = OutputLog(tmp_path / "out")
+    async with log.subscribe() as channel:
+        log.append(b"one")
+        assert await channel.receive() == b"one"
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(trio.WouldBlock):
+            channel.receive_nowait()
+        log.append(b"two")
+        log.close()
+        assert await channel.receive() == b"two"
+        with pytest.raises(trio.EndOfChannel):
+            await channel.receive()
+
+
+async def test_cancelled_subscriber_leaves_no_task_behind(tmp_path: Path) -> None:
+    """Cancelling a subscriber mid-stream removes its feeder at once: the task tree is
+    exactly what it was before it subscribed."""
+    log = OutputLog(tmp_path / "out")
+    log.append(b"x" * 1000)
+    before = all_tasks()
+    with trio.CancelScope() as scope:
+        async with log.subscribe(chunk_size=10) as channel:
+            assert await channel.receive() == b"x" * 10
+            assert len(all_tasks() - before) == 1  # the feeder, blocked sending the next chunk
+            scope.cancel()
+            await channel.receive()
+    assert scope.cancelled_caught
+    assert all_tasks() == before
+    # Leaving normally in the middle of the stream, too.
+    async with log.subscribe(chunk_size=10) as channel:
+        await channel.receive()
+    assert all_tasks() == before
+
+
+async def test_stuck_subscriber_slows_neither_the_writer_nor_the_others(tmp_path: Path) -> None:
+    """A subscriber that never reads its channel holds only itself: every append
+    completes, and the other subscribers get the whole stream while it is stuck."""
+    data = stream(2 * MiB, seed=5)
+    log = OutputLog(tmp_path / "out", memory_limit=64 << 10)
+    release = trio.Event()
+    digests: list[str] = []
+
+    async def stuck() -> None:
+        async with log.subscribe() as channel:
+            await release.wait()
+            digests.append(sha(b"".join([chunk async for chunk in channel])))
+
+    followed = trio.Event()
+
+    async def follower() -> None:
+        digests.append(sha(await drain(log)))
+        if len(digests) == 3:
+            followed.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stuck)
+        for _ in range(3):
+            nursery.start_soon(follower)
+        await trio.testing.wait_all_tasks_blocked()
+        for piece in pieces(data, largest=64 << 10):
+            log.append(piece)
+            await trio.lowlevel.checkpoint()
+        log.close()
+        with trio.fail_after(10):
+            await followed.wait()  # (some read the file in threads: not "blocked" tasks)
+        assert digests == [sha(data)] * 3  # done while the stuck one has not read a byte
+        assert log.memory_size <= (64 << 10) * 2
+        release.set()
+    assert digests == [sha(data)] * 4
+    log.discard()
+
+
+async def test_error_in_subscriber_block_comes_out_unwrapped(tmp_path: Path) -> None:
+    """An exception raised inside `async with subscribe()` reaches the caller as itself,
+    not inside an exception group, and stops the feeder."""
+    log = OutputLog(tmp_path / "out")
+    log.append(b"data")
+    before = all_tasks()
+
+    async def fail_inside() -> None:
+        async with log.subscribe() as channel:
+            await channel.receive()
+            raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        await fail_inside()
+    assert all_tasks() == before
+
+
+# ---- misuse -------------------------------------------------------------------
+
+
+async def test_append_after_close_raises(tmp_path: Path) -> None:
+    """No byte can be added after the job's output ended."""
+    log = OutputLog(tmp_path / "out")
+    log.append(b"a")
+    log.close()
+    with pytest.raises(BadStateError, match="closed"):
+        log.append(b"b")
+    assert log.size == 1 and log.closed
+
+
+async def test_bad_offsets_and_sizes_are_rejected(tmp_path: Path) -> None:
+    """A negative offset, an empty read or chunk, or a negative memory limit is an error."""
+    log = OutputLog(tmp_path / "out")
+    with pytest.raises(InvalidRequestError, match="offset"):
+        await log.read(-1, 10)
+    with pytest.raises(InvalidRequestError, match="at least one byte"):
+        await log.read(0, 0)
+    with pytest.raises(InvalidRequestError, match="offset"):
+        async with log.subscribe(-5):
+            pass
+    with pytest.raises(InvalidRequestError, match="chunk size"):
+        async with log.subscribe(chunk_size=0):
+            pass
+    with pytest.raises(InvalidRequestError, match="memory limit"):
+        OutputLog(tmp_path / "out", memory_limit=-1)
+
+
+async def test_empty_appends_change_nothing(tmp_path: Path) -> None:
+    """An empty append neither adds bytes nor ends a reader's wait."""
+    log = OutputLog(tmp_path / "out")
+    got: list[bytes] = []
+
+    async def reader() -> None:
+        got.append(await log.read(0, 10))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()
+        log.append(b"")
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == [] and log.size == 0
+        log.append(b"z")
+    assert got == [b"z"]
+
+
+# ---- memory, spill file, discard ------------------------------------------------
+
+
+async def test_spill_file_appears_only_past_the_limit_and_holds_every_byte(
+    tmp_path: Path,
+) -> None:
+    """Up to memory_limit bytes no file exists; one more byte creates it with every byte
+    so far, and later appends are written through."""
+    path = tmp_path / "out"
+    log = OutputLog(path, memory_limit=10_000)
+    log.append(b"a" * 6000)
+    log.append(b"b" * 4000)
+    assert not path.exists() and not log.spilled
+    log.append(b"c")
+    assert path.read_bytes() == b"a" * 6000 + b"b" * 4000 + b"c"
+    log.append(b"d" * 20_000)
+    assert path.read_bytes() == b"a" * 6000 + b"b" * 4000 + b"c" + b"d" * 20_000
+    log.discard()
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("how", ["discard", "aclose"])
+async def test_discard_and_aclose_remove_the_file_and_fail_waiting_readers(
+    tmp_path: Path, how: str
+) -> None:
+    """Releasing the log deletes its spill file and frees its memory; readers that were
+    waiting, and later ones, get BadStateError (not a silent end of stream)."""
+    path = tmp_path / "out"
+    log = OutputLog(path, memory_limit=10)
+    log.append(b"0123456789abc")
+    assert path.exists()
+    errors: list[str] = []
+
+    async def subscriber() -> None:
+        with pytest.raises(BadStateError, match="discarded") as info:
+            await drain(log)
+        errors.append(str(info.value))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(subscriber)
+        await trio.testing.wait_all_tasks_blocked()
+        if how == "discard":
+            log.discard()
+        else:
+            await log.aclose()
+    assert len(errors) == 1
+    assert not path.exists() and log.memory_size == 0 and log.closed
+    with pytest.raises(BadStateError):
+        await log.read(0, 10)
+    log.discard()  # idempotent
+    await log.aclose()
+
+
+async def test_memory_held_stays_within_the_limit_plus_one_chunk(tmp_path: Path) -> None:
+    """However the output arrives, the log holds at most memory_limit bytes in memory
+    plus the newest chunk, and still serves every byte."""
+    rng = random.Random(6)
+    limit = 100_000
+    log = OutputLog(tmp_path / "out", memory_limit=limit)
+    reference = bytearray()
+    newest = 0
+    for _ in range(500):
+        piece = rng.randbytes(rng.choice([0, 1, 100, 5000, 50_000, 300_000]))
+        log.append(piece)
+        reference += piece
+        newest = len(piece) or newest
+        assert log.memory_size <= limit + max(newest, 2 * MERGE_BELOW)
+    log.close()
+    assert sha(await drain(log)) == sha(bytes(reference))
+    log.discard()
+
+
+async def test_unwritable_spill_file_keeps_what_it_has_and_reports_the_loss(
+    tmp_path: Path,
+) -> None:
+    """When the spill file cannot be written (here /dev/full: ENOSPC), the writer never
+    fails, every byte kept stays readable, and a reader reaching the gap gets
+    BadStateError saying output was lost, instead of a stream that just stops."""
+    full = tmp_path / "full"
+    full.symlink_to("/dev/full")  # discard deletes the link, never /dev/full itself
+    log = OutputLog(full, memory_limit=100)
+    log.append(b"a" * 80)
+    log.append(b"b" * 80)  # spill: ENOSPC
+    log.append(b"c" * 80)  # dropped
+    log.close()
+    assert log.size == 160
+    with pytest.raises(BadStateError, match=r"lost \(80 bytes\).*No space left"):
+        await drain(log)
+    assert await log.read(0, 1000) == b"a" * 80 + b"b" * 80
+    log.discard()
+    assert not full.is_symlink() and Path("/dev/full").exists()
+
+
+async def test_spill_into_a_missing_directory_reports_the_loss(tmp_path: Path) -> None:
+    """A spill file that cannot even be created is handled like a full disk."""
+    log = OutputLog(tmp_path / "gone" / "out", memory_limit=4)
+    log.append(b"12345")
+    log.append(b"6")
+    log.close()
+    assert await log.read(0, 10) == b"12345"
+    with pytest.raises(BadStateError, match="No such file"):
+        await log.read(5, 10)
+    log.discard()
+
+
+# ---- any interleaving ------------------------------------------------------------
+
+_small = st.tuples(st.just("append"), st.binary(max_size=40))
+# Big enough not to be merged; few, so that one-byte subscribers stay quick.
+_big = st.tuples(st.just("append"), st.binary(min_size=MERGE_BELOW, max_size=MERGE_BELOW + 9))
+_chunk_size = st.integers(1, 50) | st.sampled_from([1000, 1 << 20])
+_join = st.tuples(st.just("join"), st.integers(0, 200), _chunk_size)
+_op = st.one_of(_small, _small, _small, _big, _join, _join, st.tuples(st.just("settle")))
+
+
+@settings(
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(
+    ops=st.lists(_op, max_size=40),
+    late=st.lists(st.tuples(st.integers(0, 300), _chunk_size), max_size=3),
+    memory_limit=st.integers(0, 300) | st.integers(0, 9000) | st.just(1 << 20),
+)
+async def test_any_interleaving_gives_each_subscriber_the_reference_bytes(
+    ops: list[tuple[object, ...]], late: list[tuple[int, int]], memory_limit: int
+) -> None:
+    """Appends of any size (empty too), subscribers joining at any time and offset,
+    with any memory limit: each subscriber's bytes equal the reference bytes[offset:]."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "out"
+        log = OutputLog(path, memory_limit=memory_limit)
+        reference = bytearray()
+        results: list[tuple[int, bytes]] = []
+        newest = 0
+
+        async def subscriber(offset: int, chunk_size: int) -> None:
+            results.append((offset, await drain(log, offset, chunk_size)))
+
+        async with trio.open_nursery() as nursery:
+            for op in ops:
+                if op[0] == "append":
+                    assert isinstance(op[1], bytes)
+                    log.append(op[1])
+                    reference += op[1]
+                    newest = len(op[1]) or newest
+                    assert log.memory_size <= memory_limit + max(newest, 2 * MERGE_BELOW)
+                elif op[0] == "join":
+                    assert isinstance(op[1], int) and isinstance(op[2], int)
+                    nursery.start_soon(subscriber, op[1], op[2])
+                else:
+                    await trio.testing.wait_all_tasks_blocked()
+            log.close()
+            for offset, chunk_size in late:
+                nursery.start_soon(subscriber, offset, chunk_size)
+        for offset, received in results:
+            assert received == bytes(reference[offset:])
+        assert log.size == len(reference)
+        assert path.exists() == (len(reference) > memory_limit)
+        await log.aclose()
+        assert not os.listdir(directory)
