@@ -370,3 +370,67 @@ async def test_the_daemon_refuses_to_start_with_expired_or_missing_certificates(
     with pytest.raises(SetupError, match="server_cert.pem"):
         await serve(config, trio.Event())
     assert not (tmp_path / "data").exists()
+
+
+# ---- interop: a stock grpcio client --------------------------------------------------------
+
+
+def _grpcio_session(port: int, tls_dir: Path, user: str, other_job: str) -> dict[str, object]:
+    """A stock grpcio (C-core) client: start, stream, status, and two errors. Runs in a thread."""
+    import grpc
+
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=(tls_dir / "server_ca_cert.pem").read_bytes(),
+        private_key=(tls_dir / user / "client_key.pem").read_bytes(),
+        certificate_chain=(tls_dir / user / "client_cert.pem").read_bytes(),
+    )
+    options = [("grpc.ssl_target_name_override", "localhost")]
+    with grpc.secure_channel(f"127.0.0.1:{port}", credentials, options=options) as channel:
+
+        def unary(method: str, response: type) -> object:
+            return channel.unary_unary(
+                f"/jobworker.v1.JobWorkerService/{method}",
+                request_serializer=lambda m: m.SerializeToString(),
+                response_deserializer=response.FromString,  # type: ignore[attr-defined]
+            )
+
+        started = unary("StartJob", pb.StartJobResponse)(
+            pb.StartJobRequest(cmd="printf 'grpc\\0io'"), timeout=10
+        )  # type: ignore[operator]
+        stream = channel.unary_stream(
+            "/jobworker.v1.JobWorkerService/GetJobOutput",
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=pb.GetJobOutputResponse.FromString,
+        )
+        output = b"".join(
+            r.output_msg for r in stream(pb.GetJobOutputRequest(job_id=started.job_id), timeout=10)
+        )
+        status = unary("GetJobStatus", pb.GetJobStatusResponse)(
+            pb.GetJobStatusRequest(job_id=started.job_id), timeout=10
+        )  # type: ignore[operator]
+        codes = {}
+        for name, job_id in [("missing", "no-such-job"), ("other", other_job)]:
+            try:
+                unary("GetJobStatus", pb.GetJobStatusResponse)(
+                    pb.GetJobStatusRequest(job_id=job_id), timeout=10
+                )  # type: ignore[operator]
+            except grpc.RpcError as exc:
+                codes[name] = (exc.code().name, exc.details())
+        return {"output": output, "status": status, "codes": codes}
+
+
+async def test_a_stock_grpcio_client_gets_the_same_results_and_codes(daemon: Daemon) -> None:
+    async with daemon.connect("betty") as betty:
+        bettys = await betty.start(args=["sleep", "30"])
+        result = await trio.to_thread.run_sync(
+            _grpcio_session, daemon.port, daemon.tls_dir, "alex", bettys.job_id
+        )
+        await betty.stop(bettys.job_id, 0)
+    assert result["output"] == b"grpc\0io"
+    status = result["status"]
+    assert status.status == "Terminated"  # type: ignore[attr-defined]
+    assert status.exit_code == 0  # type: ignore[attr-defined]
+    assert result["codes"] == {
+        "missing": ("NOT_FOUND", "no job with id 'no-such-job'"),
+        "other": ("PERMISSION_DENIED", "access denied"),
+    }
