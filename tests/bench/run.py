@@ -63,6 +63,7 @@ class Sizes:
     """How big each measurement is; `runs` repeats the cheap ones for min-max."""
 
     runs: int
+    throughput_runs: int
     starts: int
     throughput: int
     fanout_followers: int
@@ -76,6 +77,7 @@ class Sizes:
 
 FULL = Sizes(
     runs=3,
+    throughput_runs=2,
     starts=200,
     throughput=1 << 30,
     fanout_followers=1000,
@@ -88,6 +90,7 @@ FULL = Sizes(
 )
 QUICK = Sizes(
     runs=1,
+    throughput_runs=1,
     starts=30,
     throughput=32 * MiB,
     fanout_followers=50,
@@ -235,7 +238,7 @@ class Bench:
             paths.append(
                 ("ssh 127.0.0.1 head -c N /dev/zero", False, lambda: peers.ssh_stream(sshd, size))
             )
-        for _ in range(runs or self.sizes.runs):
+        for _ in range(runs or self.sizes.throughput_runs):
             for path, subject, measure in paths:
                 rate = self._attempt(group, path, measure)
                 if rate is not None:
@@ -361,7 +364,10 @@ class Bench:
             pss_total = 0
             for job_id in job_ids:
                 directory = parent / job_id
-                pids = [int(p) for p in (directory / "cgroup.procs").read_text().split()]
+                try:
+                    pids = [int(p) for p in (directory / "cgroup.procs").read_text().split()]
+                except FileNotFoundError:  # the job has ended already: counted below
+                    continue
                 procs.append(len(pids))
                 rss.append(sum(status_kib(p, "VmRSS") for p in pids) / 1024)
                 pss_total += sum(pss_kib(p) for p in pids)
@@ -377,10 +383,21 @@ class Bench:
                 ("StartJob p99 at 50 in flight", "ms", started["p99_ms"], False),
                 ("jwsd RSS growth", "MiB", status_kib(pid, "VmRSS") / 1024 - rss_before, False),
                 ("jwsd RSS", "MiB", status_kib(pid, "VmRSS") / 1024, False),
-                ("processes per job", "count", sum(procs) / count, False),
-                ("host memory per job, RSS sum", "MiB", sum(rss) / count, False),
-                ("host memory per job, PSS sum", "MiB", pss_total / 1024 / count, False),
-                ("memory cgroup usage per job", "MiB", sum(cgroup_bytes) / count, False),
+                ("jobs still running when measured", "count", float(len(procs)), True),
+                ("processes per job", "count", sum(procs) / max(1, len(procs)), False),
+                ("host memory per job, RSS sum", "MiB", sum(rss) / max(1, len(procs)), False),
+                (
+                    "host memory per job, PSS sum",
+                    "MiB",
+                    pss_total / 1024 / max(1, len(procs)),
+                    False,
+                ),
+                (
+                    "memory cgroup usage per job",
+                    "MiB",
+                    sum(cgroup_bytes) / max(1, len(procs)),
+                    False,
+                ),
                 ("GetJobStatus p99, 20 clients", "ms", status["p99_ms"], False),
                 ("GetJobStatus rate, 20 clients", "req/s", status["rate"], True),
             )
@@ -454,8 +471,13 @@ class Bench:
                     "--followers", str(followers), "--connections", "10", "--slow", "1",
                     "--until-end", "--expect", f"zeros:{size}",
                 )  # fmt: skip
-                if result["prefix_ok"] != followers or result.get("exit_code") != 0:
-                    raise RuntimeError(f"isolation: followers or the job failed: {result}")
+                if result["prefix_ok"] != followers:
+                    raise RuntimeError(f"isolation: a follower got wrong bytes: {result}")
+                if result.get("exit_code") != 0:  # a figure to report, not a reason to stop
+                    self.report.notes.append(
+                        f"isolation: the writer with {followers} slow followers ended with exit"
+                        f" code {result.get('exit_code')} after {result['job_seconds']:.1f} s"
+                    )
                 times[followers] = result["job_seconds"] - ATTACH_SECONDS
                 self.report.row(
                     group, f"jobworker, {followers} slow followers", "writer run time", "s",
