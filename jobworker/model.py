@@ -127,7 +127,9 @@ class JobSpec:
         loopback-only one; refused unless the tracker allows it.
     """
 
-    argv: tuple[str, ...] = attrs.field(converter=_to_argv, validator=lambda _i, _a, v: _check_argv(v))
+    argv: tuple[str, ...] = attrs.field(
+        converter=_to_argv, validator=lambda _i, _a, v: _check_argv(v)
+    )
     env: Mapping[str, str] | None = attrs.field(
         default=None, validator=lambda _i, _a, v: v is None or bool(_check_env(v))
     )

@@ -17,9 +17,12 @@ import contextlib
 import fcntl
 import json
 import os
+import signal
 import stat
+import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import PurePosixPath
+from typing import Any
 
 import attrs
 import trio
@@ -111,6 +114,63 @@ def _unusable(
 
 
 @attrs.define(eq=False)
+class ChildProcess:
+    """A child process started on the trio thread, waited for through a pidfd.
+
+    Why not `trio.lowlevel.open_process`: it forks from a worker thread, and
+    bubblewrap's `--die-with-parent` (PR_SET_PDEATHSIG) fires when the *thread*
+    that forked it exits — trio retires idle worker threads after 10 s, which
+    SIGKILLed every job 10 s after it started. Forking from the thread that runs
+    trio ties the jobs to the daemon's life, as intended. The fork itself
+    (`vfork` + exec of `sh`) blocks the event loop for about a millisecond.
+
+    Only one task may wait for it at a time (the job's supervisor).
+    """
+
+    popen: subprocess.Popen[bytes]
+    _pidfd: int
+
+    @classmethod
+    def start(cls, argv: Sequence[str], **options: Any) -> ChildProcess:
+        popen = subprocess.Popen(list(argv), **options)
+        try:
+            pidfd = os.pidfd_open(popen.pid)
+        except BaseException:
+            popen.kill()
+            popen.wait()
+            raise
+        return cls(popen, pidfd)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once reaped (negative: killed by that signal), else None."""
+        return self.popen.returncode
+
+    async def wait(self) -> int:
+        """Wait until the process has exited, reap it, and return its exit status."""
+        while self.popen.poll() is None:
+            await trio.lowlevel.wait_readable(self._pidfd)
+        self._close_pidfd()
+        return self.popen.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the process, unless it has been reaped (its pid may be reused then)."""
+        if self.popen.returncode is None and self._pidfd >= 0:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+
+    def _close_pidfd(self) -> None:
+        if self._pidfd >= 0:
+            trio.lowlevel.notify_closing(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = -1
+
+
+@attrs.define(eq=False)
 class Launched:
     """A started job. The caller owns and must close `output` and `status`, and wait for `process`.
 
@@ -120,7 +180,7 @@ class Launched:
     status: the rest of bubblewrap's JSON status stream (the exit code comes last).
     """
 
-    process: trio.Process
+    process: ChildProcess
     command_pid: int
     output: trio.lowlevel.FdStream
     status: trio.lowlevel.FdStream
@@ -149,8 +209,8 @@ async def launch(
             fcntl.fcntl(out_w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         if pipe_owner is not None:
             os.fchown(out_w, *pipe_owner)
-        process = await trio.lowlevel.open_process(
-            list(build_cmd(st_w)),
+        process = ChildProcess.start(
+            build_cmd(st_w),
             stdin=ready_w,
             stdout=out_w,
             stderr=out_w,
@@ -216,7 +276,7 @@ async def read_exit_code(status: trio.lowlevel.FdStream) -> int | None:
     return None
 
 
-async def _failure_message(process: trio.Process, output: trio.lowlevel.FdStream) -> str:
+async def _failure_message(process: ChildProcess, output: trio.lowlevel.FdStream) -> str:
     chunks: list[bytes] = []
     size = 0
     with trio.move_on_after(SANDBOX_SETUP_TIMEOUT):
@@ -228,11 +288,10 @@ async def _failure_message(process: trio.Process, output: trio.lowlevel.FdStream
 
 
 async def _kill_and_close(
-    process: trio.Process, output: trio.lowlevel.FdStream, status: trio.lowlevel.FdStream
+    process: ChildProcess, output: trio.lowlevel.FdStream, status: trio.lowlevel.FdStream
 ) -> None:
     """SIGKILL the outer process (bwrap's --die-with-parent takes the sandbox with it), reap it, close the pipes."""
-    if process.returncode is None:
-        process.kill()
+    process.kill()
     with trio.move_on_after(5):
         await process.wait()
     await output.aclose()
@@ -251,4 +310,4 @@ def exit_status(returncode: int, reported: int | None) -> tuple[int, int | None]
     return code, None
 
 
-__all__ = ["Launched", "exit_status", "launch", "read_exit_code", "resolve_program"]
+__all__ = ["ChildProcess", "Launched", "exit_status", "launch", "read_exit_code", "resolve_program"]

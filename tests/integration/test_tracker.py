@@ -444,3 +444,13 @@ def _processes_named(marker: str) -> list[int]:
             except OSError:
                 continue
     return found
+
+
+async def test_a_job_outlives_trios_idle_worker_threads(tracker: JobTracker) -> None:
+    """bubblewrap's --die-with-parent follows the *thread* that forked it. Jobs forked from
+    a trio worker thread were SIGKILLed when trio retired that thread, 10 s after it idled."""
+    status = await tracker.start("alex", sh("sleep 30"))
+    await trio.sleep(11.5)
+    assert tracker.status("alex", status.job_id).state is JobState.ACTIVE
+    final = await tracker.stop("alex", status.job_id, grace=5)
+    assert final.signal == 15  # our SIGTERM, not a SIGKILL from a dead parent thread
