@@ -25,6 +25,11 @@ from jobworker.transport import open_channel
 from jobworker.v1 import jobworker_grpc
 from jobworker.v1 import jobworker_pb2 as pb
 
+#: Largest message either way. Output arrives in chunks of at most 1 MiB; the receive
+#: window per stream is twice this, which is also the most output jwsd can have in
+#: flight to one follower that reads slowly.
+MAX_MESSAGE = 4 << 20
+
 
 @attrs.frozen
 class Credentials:
@@ -66,7 +71,9 @@ async def connect(
     server_hostname: the name the server's certificate must carry; `None`: the host of `addr`."""
     host, port = addr
     context = credentials.ssl_context()
-    async with open_channel(host, port, context, server_hostname=server_hostname) as channel:
+    async with open_channel(
+        host, port, context, server_hostname=server_hostname, max_message_length=MAX_MESSAGE
+    ) as channel:
         yield JobWorkerClient(jobworker_grpc.JobWorkerServiceStub(channel))
 
 

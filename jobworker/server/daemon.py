@@ -33,9 +33,9 @@ log = logging.getLogger("jobworker.daemon")
 
 DEFAULT_PORT = 50051
 DEFAULT_DATA_DIR = Path("/var/lib/jobworker")
-#: Largest gRPC message either way: output chunks (1 MiB) stay far below it, and a
+#: Largest gRPC message either way: output chunks (1 MiB) stay well below it, and a
 #: stream's receive window (twice this) always fits one message plus its header.
-MAX_MESSAGE = 16 << 20
+MAX_MESSAGE = 4 << 20
 
 
 @attrs.frozen
