@@ -63,14 +63,14 @@ def _limits_option(ctx: click.Context, param: click.Parameter, value: str) -> Li
 )
 @click.option(
     "--tls-dir",
-    type=click.Path(path_type=Path, file_okay=False),
+    type=click.Path(path_type=Path, file_okay=False, readable=False),
     default=Path("certs/dev"),
     show_default=True,
     help="Directory with server_cert.pem, server_key.pem and client_ca_cert.pem (certs/gen-certs.sh makes them).",
 )
 @click.option(
     "--data-dir",
-    type=click.Path(path_type=Path, file_okay=False, resolve_path=True),
+    type=click.Path(path_type=Path, file_okay=False, resolve_path=True, readable=False),
     default=DEFAULT_DATA_DIR,
     show_default=True,
     help="Job work dirs and spilled output; IO limits apply to its block device.",
@@ -78,7 +78,7 @@ def _limits_option(ctx: click.Context, param: click.Parameter, value: str) -> Li
 @click.option(
     "--users",
     "users_file",
-    type=click.Path(path_type=Path, dir_okay=False),
+    type=click.Path(path_type=Path, dir_okay=False, readable=False),
     default=None,
     help='TOML users file ([users] alex = "user", root = "admin"). Without it every certificate from the client CA is a user.',
 )
