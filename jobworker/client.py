@@ -25,10 +25,10 @@ from jobworker.transport import open_channel
 from jobworker.v1 import jobworker_grpc
 from jobworker.v1 import jobworker_pb2 as pb
 
-#: Largest message either way. Output arrives in chunks of at most 1 MiB; the receive
-#: window per stream is twice this, which is also the most output jwsd can have in
-#: flight to one follower that reads slowly.
-MAX_MESSAGE = 4 << 20
+#: Largest message either way. jwsd sends output in chunks of 256 KiB; the receive
+#: window per stream is twice this, which bounds the output in flight to a follower
+#: that reads slowly (and the burst of work a slow follower costs jwsd).
+MAX_MESSAGE = 1 << 20
 
 
 @attrs.frozen

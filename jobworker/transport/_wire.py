@@ -27,7 +27,7 @@ import h2.events
 import trio
 from anyio import aclose_forcefully
 from hyperframe.frame import WindowUpdateFrame
-from purerpc.grpc_proto import GRPCProtoSocket
+from purerpc.grpc_proto import GRPCProtoSocket, GRPCProtoStream
 from purerpc.grpc_socket import SocketWrapper
 from purerpc.grpclib.config import GRPCConfiguration
 from purerpc.grpclib.connection import GRPCConnection
@@ -144,6 +144,11 @@ class GuardedSocketWrapper(SocketWrapper):  # type: ignore[misc]  # purerpc is u
         super().__init__(grpc_connection, stream)
         self._on_broken = on_broken
         self._drain_scope = trio.CancelScope()
+        # Backpressure: bytes the writer is handing to the kernel right now, and an
+        # event replaced each time a batch went out (or the writer ended).
+        self._in_flight = 0
+        self._sent = trio.Event()
+        self._writer_ended = False
 
     async def __aenter__(self) -> GuardedSocketWrapper:
         await super().__aenter__()
@@ -156,20 +161,61 @@ class GuardedSocketWrapper(SocketWrapper):  # type: ignore[misc]  # purerpc is u
         return self
 
     async def _writer_thread(self) -> None:
-        with self._drain_scope:
-            try:
-                await super()._writer_thread()
-            except TRANSPORT_ERRORS as exc:
-                self._on_broken(exc)
+        try:
+            with self._drain_scope:
+                try:
+                    await self._write_loop()
+                except TRANSPORT_ERRORS as exc:
+                    self._on_broken(exc)
+                    await aclose_forcefully(self._stream)
+                    return
+            if self._drain_scope.cancelled_caught:
+                # The peer stopped reading while we closed: drop what is left.
                 await aclose_forcefully(self._stream)
+        finally:
+            self._writer_ended = True
+            self._sent.set()
+
+    async def _write_loop(self) -> None:
+        """purerpc's writer loop, counting what is in flight for `wait_sent`."""
+        while True:
+            data = self._grpc_connection.data_to_send()
+            if data:
+                self._in_flight = len(data)
+                try:
+                    await self._stream.send(data)
+                finally:
+                    self._in_flight = 0
+                    self._sent.set()
+                    self._sent = trio.Event()
+            elif self._running:
+                flush_event: anyio.Event = self._flush_event  # type: ignore[has-type]  # set by purerpc
+                await flush_event.wait()
+                self._flush_event = anyio.Event()
+            else:
                 return
-        if self._drain_scope.cancelled_caught:
-            # The peer stopped reading while we closed: drop what is left.
-            await aclose_forcefully(self._stream)
+
+    async def wait_sent(self) -> None:
+        """Backpressure for senders: return once the writer is not busy handing an
+        earlier batch to the kernel. A stream that waits here after each message keeps
+        at most about one message per connection queued in this process, however
+        large the peer's flow-control window is (a slow reader then slows only its
+        own streams, and memory stays bounded with many of them)."""
+        while self._in_flight and not self._writer_ended:
+            await self._sent.wait()
 
     def wake_writer(self) -> None:
         """Make the writer send whatever h2 has buffered (the synchronous form of `flush`)."""
         self._flush_event.set()
+
+
+class PacedStream(GRPCProtoStream):  # type: ignore[misc]  # purerpc is untyped
+    """A `GRPCProtoStream` whose every outgoing message waits for the connection's
+    writer (`GuardedSocketWrapper.wait_sent`) before the next one is produced."""
+
+    async def _send(self, message: bytes, compress: bool = False) -> None:
+        await super()._send(message, compress)
+        await self._socket.wait_sent()
 
 
 class HookedSocket(GRPCProtoSocket):  # type: ignore[misc]  # purerpc is untyped
@@ -177,7 +223,10 @@ class HookedSocket(GRPCProtoSocket):  # type: ignore[misc]  # purerpc is untyped
 
     Subclasses override `stream_was_reset` and `transport_broke`. `stream` is
     the anyio byte stream (TLS) the socket runs on; the caller closes it.
+    Its streams are `PacedStream`s.
     """
+
+    StreamClass = PacedStream
 
     def __init__(self, config: GRPCConfiguration, stream: anyio.abc.ByteStream) -> None:
         super().__init__(config, stream)

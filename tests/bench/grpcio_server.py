@@ -29,7 +29,7 @@ from jobworker.v1 import jobworker_pb2 as pb
 SERVICE = "jobworker.v1.JobWorkerService"
 #: jwsd's output message size (`jobworker.server.service.OUTPUT_CHUNK`, not imported:
 #: that module pulls in the whole daemon).
-OUTPUT_CHUNK = 1 << 20
+OUTPUT_CHUNK = 256 << 10
 
 
 def _status(job_id: str) -> pb.GetJobStatusResponse:
