@@ -192,14 +192,19 @@ class OutputLog:
             raise InvalidRequestError(f"output offset must be zero or more, not {offset}")
         if max_bytes < 1:
             raise InvalidRequestError(f"a read must ask for at least one byte, not {max_bytes}")
-        await trio.lowlevel.checkpoint()
-        while offset >= self._size:
-            self._check_readable()
-            if self._dropped:
-                raise BadStateError(self._lost_message())
-            if self._closed:
-                return b""
-            await self._lot.park()
+        if offset < self._size:
+            await trio.lowlevel.checkpoint()  # a schedule point, as every trio call has
+        else:
+            # park() is the schedule point here: no second yield once woken, so that a
+            # follower in step with the writer costs one task switch per chunk.
+            while offset >= self._size:
+                self._check_readable()
+                if self._dropped:
+                    raise BadStateError(self._lost_message())
+                if self._closed:
+                    await trio.lowlevel.checkpoint()
+                    return b""
+                await self._lot.park()
         self._check_readable()
         chunks, starts, head = self._chunks, self._starts, self._head
         if len(chunks) > head and offset >= starts[head]:
@@ -369,7 +374,9 @@ class OutputLog:
         assert fd is not None  # bytes behind the memory window exist only once spilled
         self._preads += 1
         try:
-            data = await trio.to_thread.run_sync(os.pread, fd, count, offset)
+            data = await trio.to_thread.run_sync(
+                os.pread, fd, count, offset, limiter=_spill_readers()
+            )
         except OSError as exc:
             raise BadStateError(
                 f"cannot read the spilled output from {self.spill_path}: {exc.strerror or exc}"
@@ -386,6 +393,27 @@ class OutputLog:
                 "something else truncated it"
             )
         return data
+
+
+_SPILL_READERS: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar(
+    "jobworker_spill_readers"
+)
+
+
+def _spill_readers() -> trio.CapacityLimiter:
+    """The threads that read spill files, shared by every log in this trio run.
+
+    Their own limiter, with fewer threads than cores: a hundred lagging subscribers
+    copying from the page cache at once would otherwise take every core from the event
+    loop (and the writer with it) and fill trio's default limiter, which the rest of
+    the service needs for its own blocking calls.
+    """
+    try:
+        return _SPILL_READERS.get()
+    except LookupError:
+        limiter = trio.CapacityLimiter(max(1, (os.cpu_count() or 2) // 2))
+        _SPILL_READERS.set(limiter)
+        return limiter
 
 
 def _release_file(fd: int | None, path: Path | None) -> None:
