@@ -15,6 +15,7 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from jobworker import output
 from jobworker.errors import BadStateError, InvalidRequestError
 from jobworker.output import MERGE_BELOW, OutputLog
 
@@ -448,6 +449,58 @@ async def test_spill_into_a_missing_directory_reports_the_loss(tmp_path: Path) -
     with pytest.raises(BadStateError, match="No such file"):
         await log.read(5, 10)
     log.discard()
+
+
+async def test_spill_reads_do_not_depend_on_the_default_thread_limiter(tmp_path: Path) -> None:
+    """Lagging readers read the spill file through the log's own threads: they neither
+    wait for nor exhaust trio's default limiter, which the rest of the service uses."""
+    log = OutputLog(tmp_path / "out", memory_limit=10)
+    log.append(b"a" * 100)
+    log.append(b"b" * MERGE_BELOW)
+    default = trio.to_thread.current_default_thread_limiter()
+    token = object()
+    default.total_tokens = 1
+    await default.acquire_on_behalf_of(token)
+    try:
+        with trio.fail_after(5):
+            assert await log.read(0, 1000) == b"a" * 100  # behind the memory window
+    finally:
+        default.release_on_behalf_of(token)
+        default.total_tokens = 40
+    log.discard()
+
+
+async def test_discard_during_a_spill_read_keeps_the_fd_until_the_read_ends(
+    tmp_path: Path,
+) -> None:
+    """A pread that is under way when the log is discarded still reads the right file:
+    the descriptor is closed only after it, so its number cannot be reused under it."""
+    log = OutputLog(tmp_path / "out", memory_limit=10)
+    log.append(b"a" * 100)
+    log.append(b"b" * MERGE_BELOW)
+    fd = log._fd
+    assert fd is not None
+    readers = output._spill_readers()  # held, so that the read waits with its pread counted
+    token = object()
+    readers.total_tokens = 1
+    await readers.acquire_on_behalf_of(token)
+    outcome: list[str] = []
+
+    async def reader() -> None:
+        with pytest.raises(BadStateError, match="discarded"):
+            await log.read(0, 1000)
+        outcome.append("discarded")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()
+        log.discard()
+        assert not (tmp_path / "out").exists()
+        os.fstat(fd)  # still open: the read has not run yet
+        readers.release_on_behalf_of(token)
+    assert outcome == ["discarded"]
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        os.fstat(fd)
 
 
 # ---- any interleaving ------------------------------------------------------------
