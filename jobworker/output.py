@@ -18,10 +18,13 @@ for), exactly once and in order, and a slow reader only delays itself:
   from then on, each appended chunk is written there too as it arrives, while
   the oldest chunks leave memory so that at most `memory_limit` bytes (plus the
   newest chunk, which always stays) remain. Readers behind that window read the
-  file with `os.pread` in a worker thread. The writes happen inline in `append`:
-  a `pwrite` into the page cache costs ~20-40 us per 256 KiB (several GiB/s)
-  and never waits for the disk until the kernel's dirty limits are reached
-  (20% of RAM here), so pushing it to a thread would cost more than it saves.
+  file with `os.pread` in worker threads of their own (a `CapacityLimiter` with
+  half the cores, so that many lagging readers cannot starve the event loop). The
+  writes happen inline in `append`: a `pwrite` into the page cache costs ~100 us
+  per 256 KiB (appends measured at ~2.3 GiB/s while spilling, see
+  `tests/bench/bench_output.py`) and does not wait for the disk until the kernel's
+  dirty limits are reached (20% of RAM here), so a thread hop would cost more than
+  it saves.
 * The hot paths do no per-byte work: `append` is a couple of list appends (and
   one `pwrite` once spilled); a read of an in-memory chunk is one `bisect` over
   the chunks' start offsets and returns the stored `bytes` object itself when
