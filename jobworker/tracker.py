@@ -47,8 +47,10 @@ from jobworker.sandbox.cgroups import CgroupDriver, JobCgroup, block_device_of, 
 
 log = logging.getLogger(__name__)
 
-#: Output is read from the job's pipe in chunks of up to this many bytes.
-PUMP_CHUNK = 1 << 20
+#: Output is read from the job's pipe in chunks of up to this many bytes: the size
+#: of one output message (jobworker.server.service.OUTPUT_CHUNK), so that followers
+#: that keep up send the stored chunks themselves, without slicing copies.
+PUMP_CHUNK = 256 << 10
 #: How long a job's final clean-up may take after its processes were killed.
 FINISH_TIMEOUT = 10.0
 #: The longest grace period a stop may ask for (an hour).

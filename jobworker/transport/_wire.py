@@ -29,11 +29,15 @@ from anyio import aclose_forcefully
 from hyperframe.frame import WindowUpdateFrame
 from purerpc.grpc_proto import GRPCProtoSocket, GRPCProtoStream
 from purerpc.grpc_socket import SocketWrapper
+from purerpc.grpclib.buffers import MessageWriteBuffer
 from purerpc.grpclib.config import GRPCConfiguration
 from purerpc.grpclib.connection import GRPCConnection
 
 #: Seconds a closing connection may spend writing what it still has buffered.
 CLOSE_DRAIN_TIMEOUT = 2.0
+#: Bytes a connection may hold in h2's send buffer before senders wait (see
+#: `GuardedSocketWrapper.wait_room`).
+PACING_LIMIT = 512 << 10
 
 #: What a transport raises when the peer is gone or the socket was closed under us.
 TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
@@ -177,7 +181,7 @@ class GuardedSocketWrapper(SocketWrapper):  # type: ignore[misc]  # purerpc is u
             self._sent.set()
 
     async def _write_loop(self) -> None:
-        """purerpc's writer loop, counting what is in flight for `wait_sent`."""
+        """purerpc's writer loop, announcing each batch sent (for `wait_room`)."""
         while True:
             data = self._grpc_connection.data_to_send()
             if data:
@@ -195,13 +199,15 @@ class GuardedSocketWrapper(SocketWrapper):  # type: ignore[misc]  # purerpc is u
             else:
                 return
 
-    async def wait_sent(self) -> None:
-        """Backpressure for senders: return once the writer is not busy handing an
-        earlier batch to the kernel. A stream that waits here after each message keeps
-        at most about one message per connection queued in this process, however
-        large the peer's flow-control window is (a slow reader then slows only its
-        own streams, and memory stays bounded with many of them)."""
-        while self._in_flight and not self._writer_ended:
+    async def wait_room(self) -> None:
+        """Backpressure for senders: return once fewer than PACING_LIMIT bytes wait
+        in h2's buffer for the writer. A stream that waits here before each message
+        keeps what a connection queues in this process near PACING_LIMIT (plus the
+        batch the writer is sending), however large the peers' flow-control windows
+        and however many streams share the connection: a slow reader slows only its
+        own streams, and memory stays bounded with many of them."""
+        h2_connection = self._grpc_connection.h2_connection
+        while len(h2_connection._data_to_send) >= PACING_LIMIT and not self._writer_ended:
             await self._sent.wait()
 
     def wake_writer(self) -> None:
@@ -210,12 +216,34 @@ class GuardedSocketWrapper(SocketWrapper):  # type: ignore[misc]  # purerpc is u
 
 
 class PacedStream(GRPCProtoStream):  # type: ignore[misc]  # purerpc is untyped
-    """A `GRPCProtoStream` whose every outgoing message waits for the connection's
-    writer (`GuardedSocketWrapper.wait_sent`) before the next one is produced."""
+    """A `GRPCProtoStream` whose every outgoing message first waits for room in the
+    connection's send buffer (`GuardedSocketWrapper.wait_room`)."""
 
-    async def _send(self, message: bytes, compress: bool = False) -> None:
-        await super()._send(message, compress)
-        await self._socket.wait_sent()
+    async def send_message(self, message: Any) -> None:
+        # GRPCProtoStream.send_message calls GRPCStream._send through super(), which
+        # would skip an override of _send here: replace the entry point instead.
+        await self._paced_send(message.SerializeToString())
+
+    async def _paced_send(self, message: bytes, compress: bool = False) -> None:
+        # purerpc's GRPCStream._send, with a wait for room before each piece goes to
+        # h2: a stream resuming after a flow-control wait must not skip the pacing.
+        buffer = MessageWriteBuffer(
+            self._grpc_connection.config.message_encoding,
+            self._grpc_connection.config.max_message_length,
+        )
+        buffer.write_message(message, compress)
+        while buffer:
+            window_size = self._grpc_connection.flow_control_window(self._stream_id)
+            if window_size <= 0:
+                await self._wait_flow_control_update()
+                continue
+            await self._socket.wait_room()
+            window_size = self._grpc_connection.flow_control_window(self._stream_id)
+            if window_size <= 0:
+                continue
+            data = buffer.data_to_send(min(window_size, len(buffer)))
+            self._grpc_connection.send_data(self._stream_id, data)
+            await self._socket.flush()
 
 
 class HookedSocket(GRPCProtoSocket):  # type: ignore[misc]  # purerpc is untyped
