@@ -118,7 +118,7 @@ def jws() -> None:
     \b
     Examples:
       jws login alex --addr 127.0.0.1:50051 --tls-dir certs/dev
-      id=$(jws start -c "ping -c 5 127.0.0.1")
+      id=$(jws start -c "sh -c 'for i in 1 2 3; do echo tick $i; sleep 1; done'")
       jws output -j "$id"
       jws run --memory 256M --cpu 0.5 -- python3 -c 'print(42)'
     """
@@ -310,7 +310,13 @@ async def status(
 @connection_options
 @click.option("--json", "as_json", is_flag=True, help="Print the jobs as JSON, for scripts.")
 async def list_jobs(user: str | None, addr: str | None, tls_dir: str | None, as_json: bool) -> None:
-    """List your jobs (every job, for an admin), oldest first."""
+    """List your jobs (every job, for an admin), oldest first.
+
+    \b
+    Examples:
+      jws list
+      jws list --json | jq -r '.[] | select(.status == "Active") | .job_id'
+    """
     async with _client(user, addr, tls_dir) as client:
         jobs = await client.list()
     if as_json:
@@ -410,6 +416,11 @@ async def login(user: str, addr: str | None, tls_dir: str | None) -> None:
 
     Writes them to the config file; -u, --addr and --tls-dir still override.
     Credentials are not checked here: the next command that talks to jwsd does.
+
+    \b
+    Examples:
+      jws login alex
+      jws login betty --addr jobs.example.org:50051 --tls-dir ~/jobworker-certs
     """
     try:
         stored = ClientConfig.load()

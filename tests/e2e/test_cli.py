@@ -284,3 +284,16 @@ def _pids_running(marker: str) -> list[int]:
             if cmdline.split(b"\0")[:2] == [b"sleep", marker.encode()]:
                 found.append(int(entry))
     return found
+
+
+def test_shell_completion_and_help(tmp_path: Path) -> None:
+    env = dict(os.environ, COMP_WORDS="jws st", COMP_CWORD="1", _JWS_COMPLETE="bash_complete")
+    completion = subprocess.run([str(BIN / "jws")], env=env, capture_output=True, timeout=30)
+    assert completion.stdout.decode().split() == ["plain,start", "plain,status", "plain,stop"]
+    for command in ["start", "stop", "status", "output", "list", "run", "login"]:
+        helped = subprocess.run(
+            [str(BIN / "jws"), command, "--help"], capture_output=True, timeout=30
+        )
+        assert helped.returncode == 0
+        assert b"Usage: jws " + command.encode() in helped.stdout
+        assert b"Example" in helped.stdout
