@@ -18,6 +18,7 @@ killed it) once the job has ended.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import asyncclick as click
+import attrs
 
 from jobworker.cli import render
 from jobworker.cli.config import DEFAULT_ADDR, DEFAULT_TLS_DIR, ClientConfig, config_path
@@ -124,34 +126,75 @@ def jws() -> None:
     """
 
 
-def _limits(
-    cpu: float | None,
-    memory: str | None,
-    io_read: str | None,
-    io_write: str | None,
-    pids: int | None,
-) -> Any:
-    from jobworker.v1 import jobworker_pb2 as pb
+@attrs.frozen
+class JobRequest:
+    """What `start` and `run` were asked to run, as typed on the command line."""
 
-    limits = pb.Limits()
-    try:
-        if cpu is not None:
-            limits.cpu = cpu
-        if memory is not None:
-            limits.memory_bytes = parse_size(memory)
-        if io_read is not None:
-            limits.io_read_bps = parse_size(io_read)
-        if io_write is not None:
-            limits.io_write_bps = parse_size(io_write)
-        if pids is not None:
-            limits.pids = pids
-    except ValueError as exc:
-        raise Failure(str(exc), EXIT_USAGE) from None
-    return limits
+    command_line: str | None
+    argv: tuple[str, ...]
+    cpu: float | None
+    memory: str | None
+    io_read: str | None
+    io_write: str | None
+    pids: int | None
+    env: tuple[str, ...]
+    workdir: str
+    network: str
+
+    def limits(self) -> Any:
+        from jobworker.v1 import jobworker_pb2 as pb
+
+        limits = pb.Limits()
+        try:
+            if self.cpu is not None:
+                limits.cpu = self.cpu
+            if self.memory is not None:
+                limits.memory_bytes = parse_size(self.memory)
+            if self.io_read is not None:
+                limits.io_read_bps = parse_size(self.io_read)
+            if self.io_write is not None:
+                limits.io_write_bps = parse_size(self.io_write)
+            if self.pids is not None:
+                limits.pids = self.pids
+        except ValueError as exc:
+            raise Failure(str(exc), EXIT_USAGE) from None
+        return limits
+
+    def environment(self) -> dict[str, str]:
+        environment = {}
+        for item in self.env:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise Failure(f"--env wants K=V, not {item!r}", EXIT_USAGE)
+            environment[key] = value
+        return environment
+
+    async def start(self, client: Any) -> Any:
+        """Start the job through `client`; its status once running."""
+        if bool(self.command_line) == bool(self.argv):
+            raise Failure(
+                'give the command either with -c "COMMAND LINE" or after --, not both', EXIT_USAGE
+            )
+        return await client.start(
+            cmd=self.command_line or "",
+            args=self.argv,
+            limits=self.limits(),
+            env=self.environment(),
+            workdir=self.workdir,
+            host_network=self.network == "host",
+        )
 
 
 def job_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """The options of `start` and `run`: what to run and within which limits."""
+    """The options of `start` and `run` (what to run and within which limits), handed
+    to the command as one `job: JobRequest` argument."""
+    names = [field.name for field in attrs.fields(JobRequest)]
+
+    @functools.wraps(fn)
+    async def command(**kwargs: Any) -> Any:
+        job = JobRequest(**{name: kwargs.pop(name) for name in names})
+        return await fn(job=job, **kwargs)
+
     for decorator in reversed(
         [
             click.option(
@@ -188,75 +231,24 @@ def job_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             click.argument("argv", nargs=-1, type=click.UNPROCESSED),
         ]
     ):
-        fn = decorator(fn)
-    return fn
-
-
-async def _start(
-    client: Any,
-    command_line: str | None,
-    argv: tuple[str, ...],
-    env: tuple[str, ...],
-    workdir: str,
-    network: str,
-    limits: Any,
-) -> Any:
-    if bool(command_line) == bool(argv):
-        raise Failure(
-            'give the command either with -c "COMMAND LINE" or after --, not both', EXIT_USAGE
-        )
-    environment = {}
-    for item in env:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise Failure(f"--env wants K=V, not {item!r}", EXIT_USAGE)
-        environment[key] = value
-    return await client.start(
-        cmd=command_line or "",
-        args=argv,
-        limits=limits,
-        env=environment,
-        workdir=workdir,
-        host_network=network == "host",
-    )
+        command = decorator(command)
+    return command
 
 
 @jws.command()
 @connection_options
 @job_options
-async def start(
-    user: str | None,
-    addr: str | None,
-    tls_dir: str | None,
-    command_line: str | None,
-    cpu: float | None,
-    memory: str | None,
-    io_read: str | None,
-    io_write: str | None,
-    pids: int | None,
-    env: tuple[str, ...],
-    workdir: str,
-    network: str,
-    argv: tuple[str, ...],
-) -> None:
+async def start(user: str | None, addr: str | None, tls_dir: str | None, job: JobRequest) -> None:
     """Start a job; print its id (only the id, so `id=$(jws start ...)` works).
 
     \b
     Examples:
-      jws start -c "ping -c 3 127.0.0.1"
+      jws start -c "make -C /src test"
       jws start --memory 256M --pids 50 -- sh -c 'make -j4'
     """
     async with _client(user, addr, tls_dir) as client:
-        job = await _start(
-            client,
-            command_line,
-            argv,
-            env,
-            workdir,
-            network,
-            _limits(cpu, memory, io_read, io_write, pids),
-        )
-    click.echo(job.job_id)
+        started = await job.start(client)
+    click.echo(started.job_id)
 
 
 @jws.command()
@@ -361,21 +353,7 @@ async def output(
 @jws.command()
 @connection_options
 @job_options
-async def run(
-    user: str | None,
-    addr: str | None,
-    tls_dir: str | None,
-    command_line: str | None,
-    cpu: float | None,
-    memory: str | None,
-    io_read: str | None,
-    io_write: str | None,
-    pids: int | None,
-    env: tuple[str, ...],
-    workdir: str,
-    network: str,
-    argv: tuple[str, ...],
-) -> None:
+async def run(user: str | None, addr: str | None, tls_dir: str | None, job: JobRequest) -> None:
     """Start a job, stream its output, and exit with its exit code (like `docker run`).
 
     A job killed by signal n exits 128+n. Ctrl-C stops following (the job keeps running;
@@ -386,17 +364,9 @@ async def run(
       jws run --cpu 1 --memory 1G -- make -j2 test
     """
     async with _client(user, addr, tls_dir) as client:
-        job = await _start(
-            client,
-            command_line,
-            argv,
-            env,
-            workdir,
-            network,
-            _limits(cpu, memory, io_read, io_write, pids),
-        )
-        await _copy_output(client, job.job_id, 0)
-        final = await client.status(job.job_id)
+        started = await job.start(client)
+        await _copy_output(client, started.job_id, 0)
+        final = await client.status(started.job_id)
     if final.oom_killed:
         click.echo("jws: the job was killed at its memory limit (OOM)", err=True)
     code = final.exit_code if final.HasField("exit_code") else 255
