@@ -1,0 +1,75 @@
+"""How jws shows a job: the seed's word first, then how it ended."""
+
+from __future__ import annotations
+
+from jobworker.cli import render
+from jobworker.v1 import jobworker_pb2 as pb
+
+
+def _job(**fields: object) -> pb.GetJobStatusResponse:
+    base: dict[str, object] = {
+        "job_id": "j1",
+        "owner": "alex",
+        "args": ["sh", "-c", "exit 3"],
+        "created_at": 100.0,
+        "started_at": 100.0,
+    }
+    base.update(fields)
+    return pb.GetJobStatusResponse(**base)  # type: ignore[arg-type]
+
+
+def test_the_headline_says_how_a_job_ended() -> None:
+    assert render.headline(_job(status="Active")) == "Active"
+    assert render.headline(_job(status="Terminated", exit_code=3)) == "Terminated (exit code 3)"
+    assert (
+        render.headline(
+            _job(
+                status="Terminated", exit_code=137, signal=9, signal_name="SIGKILL", oom_killed=True
+            )
+        )
+        == "Terminated (OOM-killed at its memory limit, killed by SIGKILL, exit code 137)"
+    )
+    assert (
+        render.headline(
+            _job(
+                status="Terminated",
+                exit_code=143,
+                signal=15,
+                signal_name="SIGTERM",
+                stopped_by_user=True,
+            )
+        )
+        == "Terminated (stopped, killed by SIGTERM, exit code 143)"
+    )
+
+
+def test_status_text_and_json_carry_the_details() -> None:
+    job = _job(
+        status="Terminated",
+        exit_code=3,
+        ended_at=102.5,
+        limits=pb.Limits(memory_bytes=64 << 20, cpu=0.5),
+        output_bytes=2048,
+    )
+    text = render.status_text(job, now=110.0)
+    assert text.splitlines()[0] == "Terminated (exit code 3)"
+    assert "command  sh -c 'exit 3'" in text
+    assert "ran 2.5 s" in text
+    assert "limits   cpu 0.5, memory 64.0 MiB" in text
+    assert "output 2.0 KiB" in text
+    data = render.status_dict(job)
+    assert data["exit_code"] == 3
+    assert data["signal"] is None
+    assert data["limits"]["memory_bytes"] == 64 << 20
+    assert data["limits"]["pids"] is None
+
+
+def test_the_list_table_lines_up() -> None:
+    table = render.table(
+        [_job(status="Active"), _job(job_id="j2", status="Terminated", exit_code=0)], now=160.0
+    )
+    lines = table.splitlines()
+    assert lines[0].split() == ["JOB", "ID", "STATUS", "EXIT", "STARTED", "COMMAND"]
+    assert lines[1].split()[:3] == ["j1", "Active", "-"]
+    assert "1 min 0 s ago" in lines[1]
+    assert lines[2].split()[:3] == ["j2", "Terminated", "0"]
