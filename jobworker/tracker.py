@@ -23,6 +23,7 @@ import os
 import shutil
 import signal
 import stat
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -179,6 +180,7 @@ class JobTracker:
             bwrap=_which("bwrap", "bubblewrap (apt-get install bubblewrap)"),
         )
         self._user = bwrap.JobUser.lookup(self.job_user)
+        _check_sandbox(self._tools, self._user)
         self._prepare_data_dir()
         if self.cgroups is None:
             self.cgroups = detect(name=self.cgroup_name)
@@ -548,6 +550,46 @@ def _check_reachable(data_dir: Path, user: bwrap.JobUser) -> None:
                 f"{stat.S_IMODE(st.st_mode):04o}; pick a data dir below world-traversable dirs (e.g. /var/lib/jobworker) "
                 f"or chmod o+x {directory}"
             )
+
+
+def _check_sandbox(tools: bwrap.SandboxTools, user: bwrap.JobUser) -> None:
+    """Build one empty sandbox the way jobs get theirs (as the job user, every namespace),
+    so a host where that cannot work (no user namespaces, a broken bwrap) is a SetupError
+    at start rather than a failure of every job. Takes ~15 ms, once."""
+    argv = [
+        tools.bwrap,
+        "--unshare-all",
+        "--ro-bind",
+        "/",
+        "/",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--",
+        "true",
+    ]
+    if not user.is_root:
+        argv = [
+            tools.setpriv,
+            f"--reuid={user.uid}",
+            f"--regid={user.gid}",
+            "--clear-groups",
+            "--",
+            *argv,
+        ]
+    try:
+        result = subprocess.run(argv, capture_output=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SetupError(f"bubblewrap cannot build a sandbox here: {exc}") from exc
+    if result.returncode != 0:
+        reason = (
+            result.stderr.decode(errors="replace").strip() or f"exit status {result.returncode}"
+        )
+        raise SetupError(
+            f"bubblewrap cannot build a sandbox here as {user.name}: {reason} "
+            "(are unprivileged user namespaces enabled? see user.max_user_namespaces)"
+        )
 
 
 def _which(program: str, what: str) -> str:

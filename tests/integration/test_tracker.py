@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -454,3 +455,29 @@ async def test_a_job_outlives_trios_idle_worker_threads(tracker: JobTracker) -> 
     assert tracker.status("alex", status.job_id).state is JobState.ACTIVE
     final = await tracker.stop("alex", status.job_id, grace=5)
     assert final.signal == 15  # our SIGTERM, not a SIGKILL from a dead parent thread
+
+
+async def test_a_host_where_bubblewrap_is_missing_or_cannot_sandbox_is_a_setup_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """jwsd refuses to start, with the reason, instead of failing every job later."""
+    require_root()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ["sh", "setpriv"]:
+        (bin_dir / tool).symlink_to(shutil.which(tool) or f"/usr/bin/{tool}")
+    monkeypatch.setenv("PATH", str(bin_dir))
+    with pytest.raises(
+        SetupError,
+        match=r"bwrap not found: jobworker needs bubblewrap \(apt-get install bubblewrap\)",
+    ):
+        async with JobTracker(tmp_path / "data", cgroup_name="jobworker-test-unused"):
+            pass
+    fake = bin_dir / "bwrap"
+    fake.write_text("#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    with pytest.raises(
+        SetupError, match="cannot build a sandbox here as nobody: bwrap: No permissions"
+    ):
+        async with JobTracker(tmp_path / "data", cgroup_name="jobworker-test-unused"):
+            pass
