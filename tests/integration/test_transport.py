@@ -547,6 +547,30 @@ async def test_64_mib_stream_of_1_mib_messages_round_trips_exactly(pki: Pki) -> 
             assert index == 64
 
 
+async def test_every_outgoing_message_waits_for_room_on_its_connection(
+    pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Backpressure: each message a handler sends first waits for room in the connection's
+    send buffer (purerpc's own send path would queue up to the peer's whole window; an
+    override of `_send` was once bypassed by purerpc's `super()` call)."""
+    from jobworker.transport import _wire
+
+    waits = 0
+    original = _wire.GuardedSocketWrapper.wait_room
+
+    async def counting(self: _wire.GuardedSocketWrapper) -> None:
+        nonlocal waits
+        waits += 1
+        await original(self)
+
+    monkeypatch.setattr(_wire.GuardedSocketWrapper, "wait_room", counting)
+    with trio.fail_after(30):
+        async with serving(pki) as served, channel(pki, served, pki.alice) as ch:
+            received = [message.value async for message in stub(ch, "Blob")(Int64Value(value=8))]
+    assert received == [blob_chunk(i) for i in range(8)]
+    assert waits >= 8
+
+
 async def test_message_over_the_limit_fails_the_call_not_the_server(pki: Pki) -> None:
     with trio.fail_after(10):
         async with (
