@@ -237,12 +237,7 @@ def running_sshd() -> Iterator[Sshd]:
             _wait_for_port(port, process, log_path)
             yield server
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process)
             if made_run_dir:
                 shutil.rmtree("/run/sshd", ignore_errors=True)
 
@@ -250,6 +245,16 @@ def running_sshd() -> Iterator[Sshd]:
 def ssh_stream(server: Sshd, size: int) -> float:
     """`ssh 127.0.0.1 'head -c SIZE /dev/zero' | sink` (a new connection each), in MiB/s."""
     return timed_pipeline(server.argv(f"head -c {size} /dev/zero"), size)
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 10) -> None:
+    """SIGTERM `process`, then SIGKILL it if it has not exited within `timeout` seconds; reap it."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _free_port() -> int:

@@ -624,12 +624,7 @@ def grpcio_server(tls_dir: Path, log_path: Path) -> Iterator[str]:
             "the grpcio server did not start: " + log_path.read_text(errors="replace")
         )
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        peers.stop_process(process)
 
 
 @contextlib.contextmanager
