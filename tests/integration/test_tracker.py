@@ -481,3 +481,25 @@ async def test_a_host_where_bubblewrap_is_missing_or_cannot_sandbox_is_a_setup_e
     ):
         async with JobTracker(tmp_path / "data", cgroup_name="jobworker-test-unused"):
             pass
+
+
+async def test_a_start_cancelled_at_any_point_leaves_nothing_behind(tracker: JobTracker) -> None:
+    """A client that hangs up during StartJob: whatever step the start was at (cgroup made,
+    process forked, sandbox half-built), no process, cgroup, dir or entry is left."""
+    children = child_pids()
+    for delay_ms in [0, 1, 2, 3, 5, 8, 12, 20]:
+        with trio.move_on_after(delay_ms / 1000):
+            await tracker.start("alex", sh("sleep 1000"))
+        for status in tracker.list("alex"):  # a start that finished before the cancel
+            await tracker.stop("alex", status.job_id, grace=0)
+    assert all(s.state is JobState.TERMINATED for s in tracker.list("alex"))
+    cancelled = 8 - len(tracker.list("alex"))
+    assert cancelled >= 1, "no start was cancelled part-way; the delays need to be shorter"
+    with trio.fail_after(5):
+        while child_pids() - children:
+            await trio.sleep(0.01)
+    live_jobs = {s.job_id for s in tracker.list("alex")}
+    for controller in ["cpu", "memory", "pids", "freezer"]:
+        for parent in Path("/sys/fs/cgroup", controller).rglob(tracker.cgroup_name):
+            assert [d.name for d in parent.iterdir() if d.is_dir()] == []
+    assert {d.name for d in (tracker.data_dir / "jobs").iterdir()} <= live_jobs
