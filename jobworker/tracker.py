@@ -481,9 +481,11 @@ class JobTracker:
         if job.state is JobState.TERMINATED:
             return
         returncode = job.launched.process.returncode if job.launched else None
-        exit_code, signum = spawn.exit_status(
-            returncode if returncode is not None else -9, reported
-        )
+        if returncode is None:
+            # Only when the bounded clean-up gave up waiting: by then `_finish` has
+            # SIGKILLed everything in the job's cgroup, so that is how it ended.
+            returncode = -signal.SIGKILL
+        exit_code, signum = spawn.exit_status(returncode, reported)
         job.exit_code, job.signal = exit_code, signum
         if job.usage.oom_kills and exit_code != 0:
             job.outcome = Outcome.OOM_KILLED
