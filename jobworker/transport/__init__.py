@@ -8,18 +8,27 @@
 - `wrap_methods`: one wrapper around every method of a service (purerpc has no
   interceptors).
 - `current_identity()` / `current_peer`: who is calling, inside a handler.
+- `wait_writable()` and `EncodedMessage`: for handlers that stream much data,
+  backpressure before a response is built, and responses built in wire form.
 
 See /work/shared/notes/purerpc.md for what purerpc does on its own.
 """
 
+from jobworker.transport._wire import EncodedMessage
 from jobworker.transport.client import Channel, open_channel
 from jobworker.transport.identity import Peer, current_identity, current_peer
 from jobworker.transport.methods import MethodCall, MethodWrapper, wrap_methods
-from jobworker.transport.server import INTERNAL_ERROR_MESSAGE, HandshakeErrorHook, RpcServer
+from jobworker.transport.server import (
+    INTERNAL_ERROR_MESSAGE,
+    HandshakeErrorHook,
+    RpcServer,
+    wait_writable,
+)
 
 __all__ = [
     "INTERNAL_ERROR_MESSAGE",
     "Channel",
+    "EncodedMessage",
     "HandshakeErrorHook",
     "MethodCall",
     "MethodWrapper",
@@ -28,5 +37,6 @@ __all__ = [
     "current_identity",
     "current_peer",
     "open_channel",
+    "wait_writable",
     "wrap_methods",
 ]

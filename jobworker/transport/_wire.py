@@ -9,7 +9,10 @@
   no time limit, so a peer that stopped reading hangs the close. This writer
   reports a broken transport to a hook instead, closes the transport so the
   reader ends too, and gives the final drain `CLOSE_DRAIN_TIMEOUT` seconds.
-- `HookedSocket`: a `GRPCProtoSocket` built on both, with two hooks to override.
+- `PacedStream`: a stream whose every message waits for room in the connection's
+  send buffer, and that sends `EncodedMessage`s (responses built directly in
+  their wire form) without a protobuf object or a copy.
+- `HookedSocket`: a `GRPCProtoSocket` built on all three, with two hooks to override.
 
 Everything here touches purerpc internals that are stable in the pinned 0.8.0
 (its last release); the tests in tests/integration/test_transport.py fail if an
@@ -19,6 +22,8 @@ upgrade changes them.
 from __future__ import annotations
 
 import ssl
+import struct
+from collections.abc import Iterable
 from typing import Any
 
 import anyio
@@ -29,9 +34,9 @@ from anyio import aclose_forcefully
 from hyperframe.frame import WindowUpdateFrame
 from purerpc.grpc_proto import GRPCProtoSocket, GRPCProtoStream
 from purerpc.grpc_socket import SocketWrapper
-from purerpc.grpclib.buffers import MessageWriteBuffer
 from purerpc.grpclib.config import GRPCConfiguration
 from purerpc.grpclib.connection import GRPCConnection
+from purerpc.grpclib.exceptions import MessageTooLargeError
 
 #: Seconds a closing connection may spend writing what it still has buffered.
 CLOSE_DRAIN_TIMEOUT = 2.0
@@ -50,6 +55,8 @@ TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
 
 #: The largest HTTP/2 flow-control window (RFC 9113, 6.9.1).
 _MAX_WINDOW = 2**31 - 1
+#: Every HTTP/2 window's size before SETTINGS change it (RFC 9113, 6.9.2).
+_INITIAL_WINDOW = 65_535
 
 
 def check_message_length(max_message_length: int) -> int:
@@ -182,9 +189,12 @@ class GuardedSocketWrapper(SocketWrapper):  # type: ignore[misc]  # purerpc is u
 
     async def _write_loop(self) -> None:
         """purerpc's writer loop, announcing each batch sent (for `wait_room`)."""
+        h2_connection = self._grpc_connection.h2_connection
         while True:
-            data = self._grpc_connection.data_to_send()
+            # Take h2's buffer as it is (purerpc's data_to_send() copies it to bytes).
+            data = h2_connection._data_to_send
             if data:
+                h2_connection._data_to_send = bytearray()
                 self._in_flight = len(data)
                 try:
                     await self._stream.send(data)
@@ -215,35 +225,92 @@ class GuardedSocketWrapper(SocketWrapper):  # type: ignore[misc]  # purerpc is u
         self._flush_event.set()
 
 
+#: gRPC's length prefix of every message: a compressed flag and the length.
+_MESSAGE_PREFIX = struct.Struct(">?I")
+
+
+class EncodedMessage:
+    """A response already in its wire form: gRPC's 5-byte prefix and the protobuf
+    encoding, joined once from `parts` (the protobuf encoding in pieces, e.g. a field
+    tag and length, then a large bytes value as it is).
+
+    A streaming handler that yields these instead of protobuf objects spares every
+    message a protobuf object and three copies of its bytes (the field, the
+    serialization, the prefix); `PacedStream` sends `wire` as it is.
+    """
+
+    __slots__ = ("wire",)
+
+    def __init__(self, parts: Iterable[bytes]) -> None:
+        parts = list(parts)
+        length = sum(map(len, parts))
+        self.wire = b"".join([_MESSAGE_PREFIX.pack(False, length), *parts])
+
+    def SerializeToString(self) -> bytes:  # noqa: N802 - the protobuf name, for duck typing
+        """The protobuf encoding alone (what a protobuf message would return)."""
+        return self.wire[_MESSAGE_PREFIX.size :]
+
+
 class PacedStream(GRPCProtoStream):  # type: ignore[misc]  # purerpc is untyped
-    """A `GRPCProtoStream` whose every outgoing message first waits for room in the
-    connection's send buffer (`GuardedSocketWrapper.wait_room`)."""
+    """A `GRPCProtoStream` whose every outgoing message first waits until the stream
+    can take it (`wait_writable`), and which sends `EncodedMessage`s as they are."""
 
     async def send_message(self, message: Any) -> None:
         # GRPCProtoStream.send_message calls GRPCStream._send through super(), which
         # would skip an override of _send here: replace the entry point instead.
-        await self._paced_send(message.SerializeToString())
+        if isinstance(message, EncodedMessage):
+            wire = message.wire
+        else:
+            payload = message.SerializeToString()
+            wire = _MESSAGE_PREFIX.pack(False, len(payload)) + payload
+        limit = self._grpc_connection.config.max_message_length
+        if len(wire) - _MESSAGE_PREFIX.size > limit:
+            raise MessageTooLargeError(
+                f"Trying to send message larger than max: {len(wire) - _MESSAGE_PREFIX.size} > {limit}"
+            )
+        await self._send_wire(wire)
 
-    async def _paced_send(self, message: bytes, compress: bool = False) -> None:
-        # purerpc's GRPCStream._send, with a wait for room before each piece goes to
-        # h2: a stream resuming after a flow-control wait must not skip the pacing.
-        buffer = MessageWriteBuffer(
-            self._grpc_connection.config.message_encoding,
-            self._grpc_connection.config.max_message_length,
-        )
-        buffer.write_message(message, compress)
-        while buffer:
-            window_size = self._grpc_connection.flow_control_window(self._stream_id)
-            if window_size <= 0:
+    async def wait_writable(self) -> None:
+        """Return once the peer's flow-control window for this stream has room worth a
+        message (`_window_open`) and the connection's send buffer has room
+        (`GuardedSocketWrapper.wait_room`)."""
+        while True:
+            if not self._window_open():
                 await self._wait_flow_control_update()
                 continue
             await self._socket.wait_room()
-            window_size = self._grpc_connection.flow_control_window(self._stream_id)
-            if window_size <= 0:
+            if self._window_open():
+                return
+
+    def _window_open(self) -> bool:
+        # A window of a few bytes would let a message be built only to wait, half
+        # sent, for the peer to read: ask for 64 KiB, which every HTTP/2 window
+        # reaches once the peer has read what it got (the protocol's initial window),
+        # or for all of a smaller initial window the peer chose.
+        h2_connection = self._grpc_connection.h2_connection
+        window = h2_connection.local_flow_control_window(self._stream_id)
+        wanted = min(_INITIAL_WINDOW, h2_connection.remote_settings.initial_window_size)
+        return bool(window > 0 and window >= wanted)
+
+    async def _wait_window(self) -> None:
+        while self._grpc_connection.flow_control_window(self._stream_id) <= 0:
+            await self._wait_flow_control_update()
+
+    async def _send_wire(self, wire: bytes) -> None:
+        # purerpc's GRPCStream._send, with a wait before each piece goes to h2 (a
+        # stream resuming after a flow-control wait must not skip the pacing), and
+        # the whole message in one DATA frame when the window allows (no slicing).
+        sent = 0
+        while sent < len(wire):
+            await self._wait_window()
+            await self._socket.wait_room()
+            window = self._grpc_connection.flow_control_window(self._stream_id)
+            if window <= 0:
                 continue
-            data = buffer.data_to_send(min(window_size, len(buffer)))
-            self._grpc_connection.send_data(self._stream_id, data)
-            await self._socket.flush()
+            piece = wire if sent == 0 and window >= len(wire) else wire[sent : sent + window]
+            self._grpc_connection.send_data(self._stream_id, piece)
+            sent += len(piece)
+            self._socket.wake_writer()
 
 
 class HookedSocket(GRPCProtoSocket):  # type: ignore[misc]  # purerpc is untyped

@@ -19,11 +19,14 @@ accept loop and the per-request dispatch:
   "internal error";
 - shutdown: `stop_accepting()`, `shutdown(grace)`, or cancelling `serve()`;
   every connection is then cancelled and its socket closed, so clients see
-  UNAVAILABLE at once.
+  UNAVAILABLE at once;
+- `wait_writable()`: a streaming handler can wait until its client can take
+  the next response before it produces it (backpressure up to the handler).
 """
 
 from __future__ import annotations
 
+import contextvars
 import errno
 import functools
 import logging
@@ -53,6 +56,7 @@ from jobworker.errors import SetupError
 from jobworker.transport._wire import (
     CLOSE_DRAIN_TIMEOUT,
     HookedSocket,
+    PacedStream,
     check_message_length,
     describe_transport_error,
 )
@@ -75,6 +79,21 @@ _CALLERS = {
 _ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
 INTERNAL_ERROR_MESSAGE = "internal error"
+
+#: The stream of the RPC the current task serves (set per RPC task by `RpcServer`).
+_current_stream: contextvars.ContextVar[PacedStream] = contextvars.ContextVar("rpc_stream")
+
+
+async def wait_writable() -> None:
+    """In a handler: return once the RPC's client can take another response without
+    it queueing in this process (its flow-control window is open and the connection's
+    send buffer has room). A streaming handler that waits here before it reads or
+    builds each response holds nothing while its client is slow. Outside an RPC it
+    returns at once.
+    """
+    stream = _current_stream.get(None)
+    if stream is not None:
+        await stream.wait_writable()
 
 
 class _Counter:
@@ -353,6 +372,7 @@ class RpcServer:
         self, sock: _ServerSocket, stream: GRPCProtoStream, scope: trio.CancelScope
     ) -> None:
         stream_id = stream.stream_id
+        _current_stream.set(stream)
         self._rpcs.up()
         try:
             with scope:

@@ -19,7 +19,7 @@ import purerpc
 import trio
 from google.protobuf.wrappers_pb2 import BytesValue, Int64Value, StringValue
 
-from jobworker.transport import current_identity, open_channel
+from jobworker.transport import EncodedMessage, current_identity, open_channel, wait_writable
 
 SERVICE_NAME = "jobworker.test.Echo"
 MIB = 1 << 20
@@ -32,6 +32,7 @@ SIGNATURES = {
     "Sleep": purerpc.RPCSignature(purerpc.Cardinality.UNARY_UNARY, Int64Value, Int64Value),
     "Forever": purerpc.RPCSignature(purerpc.Cardinality.UNARY_STREAM, StringValue, StringValue),
     "Blob": purerpc.RPCSignature(purerpc.Cardinality.UNARY_STREAM, Int64Value, BytesValue),
+    "PacedBlob": purerpc.RPCSignature(purerpc.Cardinality.UNARY_STREAM, Int64Value, BytesValue),
 }
 
 
@@ -50,6 +51,8 @@ class Probe:
     ended_at: float | None = None
     ended_by: str | None = None
     identities: list[tuple[str, str | None]] = attrs.field(factory=list)
+    produced: int = 0  # PacedBlob messages built so far
+    waiting_to_produce: bool = False  # PacedBlob is inside wait_writable()
 
 
 def make_service() -> tuple[purerpc.Service, Probe]:
@@ -95,6 +98,17 @@ def make_service() -> tuple[purerpc.Service, Probe]:
         for index in range(message.value):
             yield BytesValue(value=blob_chunk(index))
 
+    async def paced_blob(message: Int64Value) -> AsyncIterator[EncodedMessage]:
+        # The way GetJobOutput streams: wait until the client can take more, then
+        # build the message, already encoded.
+        for index in range(message.value):
+            probe.waiting_to_produce = True
+            await wait_writable()
+            probe.waiting_to_produce = False
+            chunk = blob_chunk(index)
+            probe.produced += 1
+            yield EncodedMessage([BytesValue(value=chunk).SerializeToString()])
+
     for name, fn in [
         ("Echo", echo),
         ("WhoAmI", who_am_i),
@@ -103,6 +117,7 @@ def make_service() -> tuple[purerpc.Service, Probe]:
         ("Sleep", sleep),
         ("Forever", forever),
         ("Blob", blob),
+        ("PacedBlob", paced_blob),
     ]:
         service.add_method(name, fn, SIGNATURES[name])
     return service, probe

@@ -571,6 +571,30 @@ async def test_every_outgoing_message_waits_for_room_on_its_connection(
     assert waits >= 8
 
 
+async def test_a_handler_waiting_for_a_slow_client_holds_no_message(pki: Pki) -> None:
+    """`wait_writable()` blocks a streaming handler while its client reads nothing, so it
+    builds no message it cannot send (what keeps 1,000 stalled followers from holding
+    1,000 chunks); its `EncodedMessage`s arrive as the protobuf messages they encode."""
+    limit = MIB + 1024  # the client's 2-message window bounds what can be in flight
+    with trio.fail_after(30):
+        async with (
+            serving(pki, max_message_length=limit) as served,
+            channel(pki, served, pki.alice, max_message_length=limit) as ch,
+        ):
+            probe = served.probe
+            async with aclosing(stub(ch, "PacedBlob")(Int64Value(value=32))) as messages:
+                first = await anext(messages)
+                assert first.value == blob_chunk(0)
+                await trio.testing.wait_all_tasks_blocked(cushion=0.2)
+                # Parked before building the next message, not holding one in send:
+                assert probe.waiting_to_produce
+                # one read + the 2 MiB window + the connection's 512 KiB buffer, at most
+                assert probe.produced <= 4
+                received = [first.value] + [message.value async for message in messages]
+    assert received == [blob_chunk(i) for i in range(32)]
+    assert probe.produced == 32
+
+
 async def test_message_over_the_limit_fails_the_call_not_the_server(pki: Pki) -> None:
     with trio.fail_after(10):
         async with (
