@@ -10,6 +10,7 @@ from __future__ import annotations
 from jobworker.cmdline import split_command
 from jobworker.errors import InvalidRequestError
 from jobworker.model import JobSpec, JobStatus, Limits
+from jobworker.transport import EncodedMessage
 from jobworker.v1 import jobworker_pb2 as pb
 
 
@@ -82,3 +83,36 @@ def status_to_proto(status: JobStatus) -> pb.GetJobStatusResponse:
     if status.ended_at is not None:
         message.ended_at = status.ended_at
     return message
+
+
+def output_response(chunk: bytes, offset: int) -> EncodedMessage:
+    """`GetJobOutputResponse(output_msg=chunk, offset=offset)`, encoded by hand.
+
+    Output is most of what jwsd sends (1,000 followers of one job: every chunk
+    1,000 times), so it skips the protobuf object: `chunk` is copied once, into the
+    message on the wire. The bytes are exactly `SerializeToString()`'s (fields in
+    number order, defaults left out; tests/unit/test_convert.py compares them).
+    """
+    parts: list[bytes] = []
+    if chunk:
+        parts += (_OUTPUT_MSG_TAG + _varint(len(chunk)), chunk)
+    if offset:
+        parts.append(_OFFSET_TAG + _varint(offset & _UINT64))
+    return EncodedMessage(parts)
+
+
+# Field keys of GetJobOutputResponse: (number << 3) | wire type (2 = length-delimited, 0 = varint).
+_OUTPUT_MSG_TAG = bytes([pb.GetJobOutputResponse.OUTPUT_MSG_FIELD_NUMBER << 3 | 2])
+_OFFSET_TAG = bytes([pb.GetJobOutputResponse.OFFSET_FIELD_NUMBER << 3 | 0])
+#: A negative int64 goes on the wire as its 64-bit two's complement.
+_UINT64 = (1 << 64) - 1
+
+
+def _varint(value: int) -> bytes:
+    """`value` (0 <= value < 2**64) as a protobuf base-128 varint."""
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)

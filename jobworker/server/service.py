@@ -12,6 +12,7 @@ from jobworker.errors import InvalidRequestError
 from jobworker.server import convert
 from jobworker.server.auth import current_caller, note_job_id
 from jobworker.tracker import JobTracker
+from jobworker.transport import EncodedMessage, wait_writable
 from jobworker.v1 import jobworker_grpc
 from jobworker.v1 import jobworker_pb2 as pb
 
@@ -56,7 +57,7 @@ class JobWorkerService(jobworker_grpc.JobWorkerServiceServicer):  # type: ignore
 
     async def GetJobOutput(
         self, message: pb.GetJobOutputRequest
-    ) -> AsyncIterator[pb.GetJobOutputResponse]:
+    ) -> AsyncIterator[EncodedMessage]:  # GetJobOutputResponse, in wire form
         caller = current_caller.get()
         # The handler is itself the follower's task, reading from its own cursor:
         # no channel and no nursery, which must not span a `yield` in a generator.
@@ -69,8 +70,15 @@ class JobWorkerService(jobworker_grpc.JobWorkerServiceServicer):  # type: ignore
             chunk_size=OUTPUT_CHUNK,
         )
         async with contextlib.aclosing(follow) as chunks:
-            async for chunk in chunks:
-                yield pb.GetJobOutputResponse(output_msg=chunk, offset=offset)
+            while True:
+                # Read the next chunk only once the client can take it: a follower
+                # behind a slow client holds no chunk and no message meanwhile
+                # (1,000 followers would otherwise hold 1,000 of each).
+                await wait_writable()
+                chunk = await anext(chunks, None)
+                if chunk is None:
+                    return
+                yield convert.output_response(chunk, offset)
                 offset += len(chunk)
 
     async def ListJobs(self, message: pb.ListJobsRequest) -> pb.ListJobsResponse:
