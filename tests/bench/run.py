@@ -288,7 +288,7 @@ class Bench:
             pattern.write_bytes(os.urandom(size))
             pattern.chmod(0o644)
             note = (
-                f"{followers:,} followers over 2 client processes × 10 connections; the job waits"
+                f"{followers:,} followers (grpcio's C-core client) over 2 processes × 10 connections; the job waits"
                 f" {ATTACH_SECONDS:.0f} s, then `cat`s {size // MiB} MiB of random bytes; every follower"
                 " compares every byte with the file; wall time from the first byte to the last follower"
             )
@@ -299,7 +299,7 @@ class Bench:
                 )["job_ids"][0]  # fmt: skip
                 processes = [
                     load_async(
-                        "follow",
+                        "follow-grpcio",
                         self.jwsd.addr,
                         self.tls,
                         "--job",
