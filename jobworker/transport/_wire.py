@@ -29,8 +29,11 @@ from typing import Any
 import anyio
 import anyio.abc
 import h2.events
+import h2.exceptions
 import trio
 from anyio import aclose_forcefully
+from h2.connection import ConnectionInputs
+from h2.stream import StreamInputs
 from hyperframe.frame import WindowUpdateFrame
 from purerpc.grpc_proto import GRPCProtoSocket, GRPCProtoStream
 from purerpc.grpc_socket import SocketWrapper
@@ -57,6 +60,10 @@ TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
 _MAX_WINDOW = 2**31 - 1
 #: Every HTTP/2 window's size before SETTINGS change it (RFC 9113, 6.9.2).
 _INITIAL_WINDOW = 65_535
+#: gRPC's length prefix of every message: a compressed flag and the length.
+_MESSAGE_PREFIX = struct.Struct(">?I")
+#: An HTTP/2 frame header: length (high 16 bits, low 8 bits), type, flags, stream id.
+_FRAME_HEADER = struct.Struct(">HBBBL")
 
 
 def check_message_length(max_message_length: int) -> int:
@@ -106,6 +113,34 @@ class ResetAwareConnection(GRPCConnection):  # type: ignore[misc]  # purerpc is 
         self.forget_read_buffer(event.stream_id)
         self._on_reset(event.stream_id, int(event.error_code))
         return []
+
+    def send_data_frame(self, stream_id: int, parts: list[bytes | memoryview]) -> None:
+        """h2's `send_data` for one DATA frame made of `parts` (no END_STREAM, no
+        padding), written straight into h2's send buffer: each byte is copied once,
+        where `send_data` copies it four times (frame body, header + body, the join
+        of frames, the buffer). The checks and state changes are `send_data`'s own.
+        """
+        h2_connection = self.h2_connection
+        size = sum(map(len, parts))
+        window = h2_connection.local_flow_control_window(stream_id)  # raises for a closed stream
+        if size > window:
+            raise h2.exceptions.FlowControlError(
+                f"Cannot send {size} bytes, flow control window is {window}."
+            )
+        if size > h2_connection.max_outbound_frame_size:
+            raise h2.exceptions.FrameTooLargeError(
+                f"Cannot send frame size {size}, max frame size is {h2_connection.max_outbound_frame_size}"
+            )
+        h2_connection.state_machine.process_input(ConnectionInputs.SEND_DATA)
+        stream = h2_connection.streams[stream_id]
+        stream.state_machine.process_input(StreamInputs.SEND_DATA)
+        stream.outbound_flow_control_window -= size
+        h2_connection.outbound_flow_control_window -= size
+        buffer = h2_connection._data_to_send
+        # The 9-byte frame header: 24-bit length, type DATA (0), no flags, stream id.
+        buffer += _FRAME_HEADER.pack(size >> 8, size & 0xFF, 0, 0, stream_id & 0x7FFFFFFF)
+        for part in parts:
+            buffer += part
 
     def forget_read_buffer(self, stream_id: int) -> None:
         """Drop the partial message buffered for a dead stream, giving its bytes back as window."""
@@ -225,50 +260,50 @@ class GuardedSocketWrapper(SocketWrapper):  # type: ignore[misc]  # purerpc is u
         self._flush_event.set()
 
 
-#: gRPC's length prefix of every message: a compressed flag and the length.
-_MESSAGE_PREFIX = struct.Struct(">?I")
-
-
 class EncodedMessage:
-    """A response already in its wire form: gRPC's 5-byte prefix and the protobuf
-    encoding, joined once from `parts` (the protobuf encoding in pieces, e.g. a field
-    tag and length, then a large bytes value as it is).
+    """A response already in its wire form: gRPC's 5-byte prefix, then `parts`, the
+    protobuf encoding in pieces (e.g. a field tag and length, then a large bytes value
+    as it is, never copied here).
 
     A streaming handler that yields these instead of protobuf objects spares every
-    message a protobuf object and three copies of its bytes (the field, the
-    serialization, the prefix); `PacedStream` sends `wire` as it is.
+    message a protobuf object and its copies (the field, the serialization, the
+    prefix, and h2's framing): `PacedStream` writes the parts straight into the
+    connection's send buffer, the one copy made before TLS.
     """
 
-    __slots__ = ("wire",)
+    __slots__ = ("parts", "size")
 
     def __init__(self, parts: Iterable[bytes]) -> None:
-        parts = list(parts)
-        length = sum(map(len, parts))
-        self.wire = b"".join([_MESSAGE_PREFIX.pack(False, length), *parts])
+        payload = list(parts)
+        length = sum(map(len, payload))
+        self.parts: list[bytes | memoryview] = [_MESSAGE_PREFIX.pack(False, length), *payload]
+        self.size = _MESSAGE_PREFIX.size + length
+
+    @property
+    def wire(self) -> bytes:
+        """The whole message as one bytes object (a copy; for tests and debugging)."""
+        return b"".join(self.parts)
 
     def SerializeToString(self) -> bytes:  # noqa: N802 - the protobuf name, for duck typing
         """The protobuf encoding alone (what a protobuf message would return)."""
-        return self.wire[_MESSAGE_PREFIX.size :]
+        return b"".join(self.parts[1:])
 
 
 class PacedStream(GRPCProtoStream):  # type: ignore[misc]  # purerpc is untyped
     """A `GRPCProtoStream` whose every outgoing message first waits until the stream
-    can take it (`wait_writable`), and which sends `EncodedMessage`s as they are."""
+    can take it, and which writes `EncodedMessage`s without copying them first."""
 
     async def send_message(self, message: Any) -> None:
         # GRPCProtoStream.send_message calls GRPCStream._send through super(), which
         # would skip an override of _send here: replace the entry point instead.
-        if isinstance(message, EncodedMessage):
-            wire = message.wire
-        else:
-            payload = message.SerializeToString()
-            wire = _MESSAGE_PREFIX.pack(False, len(payload)) + payload
+        if not isinstance(message, EncodedMessage):
+            message = EncodedMessage([message.SerializeToString()])
         limit = self._grpc_connection.config.max_message_length
-        if len(wire) - _MESSAGE_PREFIX.size > limit:
+        if message.size - _MESSAGE_PREFIX.size > limit:
             raise MessageTooLargeError(
-                f"Trying to send message larger than max: {len(wire) - _MESSAGE_PREFIX.size} > {limit}"
+                f"Trying to send message larger than max: {message.size - _MESSAGE_PREFIX.size} > {limit}"
             )
-        await self._send_wire(wire)
+        await self._send_parts(message.parts)
 
     async def wait_writable(self) -> None:
         """Return once the peer's flow-control window for this stream has room worth a
@@ -292,25 +327,36 @@ class PacedStream(GRPCProtoStream):  # type: ignore[misc]  # purerpc is untyped
         wanted = min(_INITIAL_WINDOW, h2_connection.remote_settings.initial_window_size)
         return bool(window > 0 and window >= wanted)
 
-    async def _wait_window(self) -> None:
-        while self._grpc_connection.flow_control_window(self._stream_id) <= 0:
-            await self._wait_flow_control_update()
-
-    async def _send_wire(self, wire: bytes) -> None:
-        # purerpc's GRPCStream._send, with a wait before each piece goes to h2 (a
-        # stream resuming after a flow-control wait must not skip the pacing), and
-        # the whole message in one DATA frame when the window allows (no slicing).
-        sent = 0
-        while sent < len(wire):
-            await self._wait_window()
+    async def _send_parts(self, parts: list[bytes | memoryview]) -> None:
+        # purerpc's GRPCStream._send, with a wait for room before each DATA frame (a
+        # stream resuming after a flow-control wait must not skip the pacing), each
+        # frame as large as the window allows.
+        while parts:
+            window = self._grpc_connection.flow_control_window(self._stream_id)
+            if window <= 0:
+                await self._wait_flow_control_update()
+                continue
             await self._socket.wait_room()
             window = self._grpc_connection.flow_control_window(self._stream_id)
             if window <= 0:
                 continue
-            piece = wire if sent == 0 and window >= len(wire) else wire[sent : sent + window]
-            self._grpc_connection.send_data(self._stream_id, piece)
-            sent += len(piece)
+            frame, parts = _split(parts, window)
+            self._grpc_connection.send_data_frame(self._stream_id, frame)
             self._socket.wake_writer()
+
+
+def _split(
+    parts: list[bytes | memoryview], limit: int
+) -> tuple[list[bytes | memoryview], list[bytes | memoryview]]:
+    """The first `limit` bytes of `parts`, and the rest (views, not copies)."""
+    head: list[bytes | memoryview] = []
+    for index, part in enumerate(parts):
+        if len(part) > limit:
+            view = memoryview(part)
+            return [*head, view[:limit]], [view[limit:], *parts[index + 1 :]]
+        head.append(part)
+        limit -= len(part)
+    return head, []
 
 
 class HookedSocket(GRPCProtoSocket):  # type: ignore[misc]  # purerpc is untyped

@@ -27,7 +27,7 @@ import pytest
 import trio
 import trio.testing
 import trustme
-from google.protobuf.wrappers_pb2 import Int64Value, StringValue
+from google.protobuf.wrappers_pb2 import BytesValue, Int64Value, StringValue
 
 from jobworker.errors import SetupError
 from jobworker.transport import RpcServer, current_identity, open_channel, wrap_methods
@@ -734,6 +734,23 @@ async def test_grpcio_client_gets_the_same_results_and_status_codes(pki: Pki) ->
         ("INTERNAL", "internal error"),
         ("NOT_FOUND", "no job with id 'x'"),
     ]
+
+
+async def test_grpcio_client_reads_encoded_messages_in_its_own_frames_and_windows(
+    pki: Pki,
+) -> None:
+    """grpcio (C-core) chooses other frame sizes and windows than purerpc: every
+    `EncodedMessage` still arrives whole, in order, however it was split into frames."""
+
+    def run(port: int) -> list[bytes]:
+        for client in grpc_client(pki, port):
+            return [m.value for m in client.stream("PacedBlob", Int64Value(value=24), BytesValue)]
+        raise AssertionError("no client")
+
+    with trio.fail_after(30):
+        async with serving(pki, check_fds=False) as served:
+            received = await trio.to_thread.run_sync(run, served.port)
+    assert received == [blob_chunk(i) for i in range(24)]
 
 
 async def test_grpcio_client_cancelling_a_stream_cancels_the_handler(pki: Pki) -> None:
