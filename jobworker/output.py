@@ -19,7 +19,11 @@ for), exactly once and in order, and a slow reader only delays itself:
   the oldest chunks leave memory so that at most `memory_limit` bytes (plus the
   newest chunk, which always stays) remain. Readers behind that window read the
   file with `os.pread` in worker threads of their own (a `CapacityLimiter` with
-  half the cores, so that many lagging readers cannot starve the event loop). The
+  half the cores, so that many lagging readers cannot starve the event loop),
+  in blocks aligned to `SPILL_BLOCK` that readers at the same place share: one
+  pread and one bytes object serve every reader that asks for that block while it
+  is recent (`SPILL_CACHE_BYTES` across all logs), so 1,000 lagging followers of
+  one job cost one read and one copy per block, not 1,000. The
   writes happen inline in `append`: a `pwrite` into the page cache costs ~100 us
   per 256 KiB (appends measured at ~2.3 GiB/s while spilling, see
   `tests/bench/bench_output.py`) and does not wait for the disk until the kernel's
@@ -43,10 +47,12 @@ the job is not disturbed by its log.
 from __future__ import annotations
 
 import bisect
+import collections
 import contextlib
+import itertools
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import attrs
@@ -56,8 +62,16 @@ from jobworker.errors import BadStateError, InvalidRequestError
 
 log = logging.getLogger(__name__)
 
+#: Numbers each log, for the keys of its shared spill reads.
+_serials = itertools.count()
+
 #: Appends shorter than this are merged into the previous chunk when it is shorter too.
 MERGE_BELOW = 4096
+#: Reads of a spill file are aligned to blocks of this size, so that readers that fell
+#: behind at different offsets soon ask for the same blocks and can share them.
+SPILL_BLOCK = 256 << 10
+#: Bytes of recent spill-file reads kept for other readers to share (all logs together).
+SPILL_CACHE_BYTES = 32 << 20
 #: Evicted slots at the front of the chunk lists are dropped in one go once there are this many
 #: (and they are at least half of the lists), so eviction stays amortised O(1).
 COMPACT_AFTER = 256
@@ -103,6 +117,8 @@ class OutputLog:
     _failure: str | None = attrs.field(default=None, init=False)
     _dropped: int = attrs.field(default=0, init=False)
     _lot: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot, init=False)
+    # This log's part of the key of its shared spill reads.
+    _serial: int = attrs.field(factory=lambda: next(_serials), init=False)
 
     def __attrs_post_init__(self) -> None:
         if self.memory_limit < 0:
@@ -217,9 +233,13 @@ class OutputLog:
             if start == 0 and len(chunk) <= max_bytes:
                 return chunk
             return chunk[start : start + max_bytes]
-        # Behind the memory window: the bytes before the first in-memory chunk are in the file.
+        # Behind the memory window: the bytes before the first in-memory chunk are in the
+        # file. Read up to the next block boundary at most, so reads line up and are shared.
         end = starts[head] if len(chunks) > head else self._size
-        return await self._pread(offset, min(max_bytes, end - offset))
+        count = min(max_bytes, end - offset, SPILL_BLOCK - offset % SPILL_BLOCK)
+        return await _spill_reads().read(
+            (self._serial, offset, count), lambda: self._pread(offset, count)
+        )
 
     @contextlib.asynccontextmanager
     async def subscribe(
@@ -299,6 +319,8 @@ class OutputLog:
             return None, None
         self._discarded = self._closed = True
         self._chunks, self._starts, self._head, self._memory = [], [], 0, 0
+        with contextlib.suppress(RuntimeError):  # outside trio: nothing was read
+            _spill_reads().forget(self._serial)
         self._lot.unpark_all()
         fd, self._fd = self._fd, None
         if fd is None:
@@ -378,7 +400,7 @@ class OutputLog:
         self._preads += 1
         try:
             data = await trio.to_thread.run_sync(
-                os.pread, fd, count, offset, limiter=_spill_readers()
+                os.pread, fd, count, offset, limiter=_spill_reads().threads
             )
         except OSError as exc:
             raise BadStateError(
@@ -398,25 +420,76 @@ class OutputLog:
         return data
 
 
-_SPILL_READERS: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar(
-    "jobworker_spill_readers"
+#: A spill read's key: (the log's serial, offset, length).
+_ReadKey = tuple[int, int, int]
+
+
+class _SharedSpillReads:
+    """Spill-file reads shared by every reader of every log in one trio run.
+
+    Followers that lag behind a job's memory window ask for the same blocks: the
+    first one to ask reads a block; the others wait for that read and get the same
+    bytes object, as does anyone who asks while it is among the last
+    `SPILL_CACHE_BYTES` read. If the read fails or is cancelled, each waiter reads
+    for itself (and sees the error itself).
+    """
+
+    def __init__(self) -> None:
+        # Their own threads, fewer than the cores: a hundred lagging readers copying
+        # from the page cache at once would otherwise take every core from the event
+        # loop (and the writer with it) and fill trio's default limiter, which the
+        # rest of the service needs for its own blocking calls.
+        self.threads = trio.CapacityLimiter(max(1, (os.cpu_count() or 2) // 2))
+        self._recent: collections.OrderedDict[_ReadKey, bytes] = collections.OrderedDict()
+        self._recent_bytes = 0
+        self._reading: dict[_ReadKey, trio.Event] = {}
+
+    async def read(self, key: _ReadKey, read: Callable[[], Awaitable[bytes]]) -> bytes:
+        """The bytes for `key`: recent ones, those of a read in flight, or `read()`'s."""
+        while True:
+            data = self._recent.get(key)
+            if data is not None:
+                self._recent.move_to_end(key)
+                return data
+            in_flight = self._reading.get(key)
+            if in_flight is None:
+                break
+            await in_flight.wait()
+        done = self._reading[key] = trio.Event()
+        try:
+            data = await read()
+            self._remember(key, data)
+            return data
+        finally:
+            del self._reading[key]
+            done.set()
+
+    def forget(self, serial: int) -> None:
+        """Drop what was kept of the log numbered `serial` (it was discarded)."""
+        for key in [key for key in self._recent if key[0] == serial]:
+            self._recent_bytes -= len(self._recent.pop(key))
+
+    def _remember(self, key: _ReadKey, data: bytes) -> None:
+        self._recent[key] = data
+        self._recent_bytes += len(data)
+        while self._recent_bytes > SPILL_CACHE_BYTES:
+            _, oldest = self._recent.popitem(last=False)
+            self._recent_bytes -= len(oldest)
+
+
+_SPILL_READS: trio.lowlevel.RunVar[_SharedSpillReads] = trio.lowlevel.RunVar(
+    "jobworker_spill_reads"
 )
 
 
-def _spill_readers() -> trio.CapacityLimiter:
-    """The threads that read spill files, shared by every log in this trio run.
-
-    Their own limiter, with fewer threads than cores: a hundred lagging subscribers
-    copying from the page cache at once would otherwise take every core from the event
-    loop (and the writer with it) and fill trio's default limiter, which the rest of
-    the service needs for its own blocking calls.
-    """
+def _spill_reads() -> _SharedSpillReads:
+    """The shared spill reads of this trio run (RuntimeError outside one)."""
     try:
-        return _SPILL_READERS.get()
+        return _SPILL_READS.get()
     except LookupError:
-        limiter = trio.CapacityLimiter(max(1, (os.cpu_count() or 2) // 2))
-        _SPILL_READERS.set(limiter)
-        return limiter
+        shared = _SharedSpillReads()
+        _SPILL_READS.set(shared)
+        return shared
 
 
 def _release_file(fd: int | None, path: Path | None) -> None:

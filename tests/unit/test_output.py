@@ -480,7 +480,7 @@ async def test_discard_during_a_spill_read_keeps_the_fd_until_the_read_ends(
     log.append(b"b" * MERGE_BELOW)
     fd = log._fd
     assert fd is not None
-    readers = output._spill_readers()  # held, so that the read waits with its pread counted
+    readers = output._spill_reads().threads  # held, so that the read waits with its pread counted
     token = object()
     readers.total_tokens = 1
     await readers.acquire_on_behalf_of(token)
@@ -501,6 +501,80 @@ async def test_discard_during_a_spill_read_keeps_the_fd_until_the_read_ends(
     assert outcome == ["discarded"]
     with pytest.raises(OSError, match="Bad file descriptor"):
         os.fstat(fd)
+
+
+async def test_readers_behind_the_window_share_one_read_per_block(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """100 readers that fell behind the memory window at different offsets: reads line
+    up on SPILL_BLOCK boundaries, each block is read from the file once and the readers
+    get the very same bytes object; every reader still gets every byte in order."""
+    data = stream(4 << 20)
+    log = OutputLog(tmp_path / "out", memory_limit=256 << 10)
+    for piece in pieces(data, largest=64 << 10):
+        log.append(piece)
+    log.close()
+    preads: list[tuple[int, int]] = []
+    real_pread = os.pread
+
+    def counting_pread(fd: int, count: int, offset: int) -> bytes:
+        preads.append((offset, count))
+        return real_pread(fd, count, offset)
+
+    monkeypatch.setattr(output.os, "pread", counting_pread)
+    got: dict[int, list[bytes]] = {}
+
+    async def reader(index: int) -> None:
+        offset = index * 1000  # all over the first block
+        chunks = got[index] = []
+        while chunk := await log.read(offset, output.SPILL_BLOCK):
+            chunks.append(chunk)
+            offset += len(chunk)
+
+    async with trio.open_nursery() as nursery:
+        for index in range(100):
+            nursery.start_soon(reader, index)
+    for index, chunks in got.items():
+        assert b"".join(chunks) == data[index * 1000 :]
+    # After its first read each reader is on a block boundary: one pread per block,
+    # plus one per distinct starting offset.
+    spilled_blocks = -(-(len(data) - log.memory_size) // output.SPILL_BLOCK)
+    assert len(preads) <= spilled_blocks + 100
+    assert len(set(preads)) == len(preads)
+    assert all(offset % output.SPILL_BLOCK == 0 for offset, _ in preads[100:])
+    second_chunks = {id(chunks[1]) for chunks in got.values()}
+    assert len(second_chunks) == 1, "readers at the same block got copies of it"
+    await log.aclose()
+
+
+async def test_a_failed_shared_read_fails_each_waiting_reader_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = OutputLog(tmp_path / "out", memory_limit=10)
+    log.append(b"a" * 100_000)
+    log.append(b"b" * MERGE_BELOW)
+    calls = 0
+
+    def broken_pread(fd: int, count: int, offset: int) -> bytes:
+        nonlocal calls
+        calls += 1
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(output.os, "pread", broken_pread)
+    failures = 0
+
+    async def reader() -> None:
+        nonlocal failures
+        with pytest.raises(BadStateError, match="cannot read the spilled output"):
+            await log.read(0, 1000)
+        failures += 1
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(5):
+            nursery.start_soon(reader)
+    assert failures == 5
+    assert calls == 5  # a failure is not shared: each reader tried (and saw it) itself
+    log.discard()
 
 
 # ---- any interleaving ------------------------------------------------------------
