@@ -244,6 +244,34 @@ class GuardedSocketWrapper(SocketWrapper):  # type: ignore[misc]  # purerpc is u
             else:
                 return
 
+    async def recv(self, buffer_size: int) -> bytes:
+        """purerpc's `recv`, plus every further TLS record already received and
+        decryptable, up to `buffer_size` bytes in all.
+
+        anyio's TLSStream hands over one TLS record (at most 16 KiB) per call, and h2
+        appends each piece to a partial frame by copying the whole partial frame: a
+        256 KiB message arriving in 16 KiB pieces is copied ~8 times over, and h2's
+        per-call work repeats 16 times. Draining what is already decryptable (no
+        waiting) gives h2 a few large pieces instead.
+        """
+        data: bytes = await self._stream.receive(buffer_size)
+        ssl_object = getattr(self._stream, "_ssl_object", None)  # anyio's TLSStream
+        if ssl_object is None:
+            return data
+        parts, size = [data], len(data)
+        while size < buffer_size:
+            try:
+                more = ssl_object.read(buffer_size - size)
+            except ssl.SSLError:
+                # SSLWantReadError: nothing more is here yet. Any other error: the next
+                # receive() meets it again and reports it the usual way.
+                break
+            if not more:
+                break
+            parts.append(more)
+            size += len(more)
+        return data if len(parts) == 1 else b"".join(parts)
+
     async def wait_room(self) -> None:
         """Backpressure for senders: return once fewer than PACING_LIMIT bytes wait
         in h2's buffer for the writer. A stream that waits here before each message
