@@ -81,10 +81,10 @@ FULL = Sizes(
     starts=200,
     throughput=1 << 30,
     fanout_followers=1000,
-    fanout_bytes=2 * MiB,
+    fanout_bytes=100 * MiB,
     load_jobs=1000,
     rpc_clients=50,
-    rpc_seconds=5,
+    rpc_seconds=3,
     slow_followers=100,
     writer_bytes=64 * MiB,
 )
