@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import ssl
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import anyio
@@ -64,6 +64,8 @@ _INITIAL_WINDOW = 65_535
 _MESSAGE_PREFIX = struct.Struct(">?I")
 #: An HTTP/2 frame header: length (high 16 bits, low 8 bits), type, flags, stream id.
 _FRAME_HEADER = struct.Struct(">HBBBL")
+#: Outgoing pieces at least this large are sent as they are; smaller ones are joined.
+_SEND_ALONE = 16 << 10
 
 
 def check_message_length(max_message_length: int) -> int:
@@ -108,6 +110,9 @@ class ResetAwareConnection(GRPCConnection):  # type: ignore[misc]  # purerpc is 
     def __init__(self, config: GRPCConfiguration, on_reset: Any) -> None:
         super().__init__(config)
         self._on_reset = on_reset
+        # Frames waiting for the writer, in order (h2's own buffer comes after them).
+        self._outgoing: list[bytes | bytearray | memoryview] = []
+        self._outgoing_bytes = 0
 
     def _stream_reset(self, event: h2.events.StreamReset) -> list[Any]:
         self.forget_read_buffer(event.stream_id)
@@ -116,9 +121,11 @@ class ResetAwareConnection(GRPCConnection):  # type: ignore[misc]  # purerpc is 
 
     def send_data_frame(self, stream_id: int, parts: list[bytes | memoryview]) -> None:
         """h2's `send_data` for one DATA frame made of `parts` (no END_STREAM, no
-        padding), written straight into h2's send buffer: each byte is copied once,
-        where `send_data` copies it four times (frame body, header + body, the join
-        of frames, the buffer). The checks and state changes are `send_data`'s own.
+        padding), queued for the writer as it is: `send_data` would copy every byte
+        four times (frame body, header + body, the join of frames, h2's buffer).
+        The checks and state changes are `send_data`'s own. What h2 queues itself
+        (headers, window updates) goes out in order with these frames: see
+        `take_outgoing`.
         """
         h2_connection = self.h2_connection
         size = sum(map(len, parts))
@@ -136,11 +143,32 @@ class ResetAwareConnection(GRPCConnection):  # type: ignore[misc]  # purerpc is 
         stream.state_machine.process_input(StreamInputs.SEND_DATA)
         stream.outbound_flow_control_window -= size
         h2_connection.outbound_flow_control_window -= size
-        buffer = h2_connection._data_to_send
-        # The 9-byte frame header: 24-bit length, type DATA (0), no flags, stream id.
-        buffer += _FRAME_HEADER.pack(size >> 8, size & 0xFF, 0, 0, stream_id & 0x7FFFFFFF)
-        for part in parts:
-            buffer += part
+        # After whatever h2 queued before it: the 9-byte frame header (24-bit length,
+        # type DATA (0), no flags, stream id), then the parts themselves, uncopied.
+        self._take_h2_bytes()
+        self._outgoing.append(
+            _FRAME_HEADER.pack(size >> 8, size & 0xFF, 0, 0, stream_id & 0x7FFFFFFF)
+        )
+        self._outgoing.extend(parts)
+        self._outgoing_bytes += _FRAME_HEADER.size + size
+
+    def pending_bytes(self) -> int:
+        """Bytes waiting for the writer: DATA frames queued here and h2's own buffer."""
+        return self._outgoing_bytes + len(self.h2_connection._data_to_send)
+
+    def take_outgoing(self) -> list[bytes | bytearray | memoryview]:
+        """Everything waiting to be sent, in order, as pieces (large ones uncopied)."""
+        self._take_h2_bytes()
+        outgoing = self._outgoing
+        self._outgoing, self._outgoing_bytes = [], 0
+        return outgoing
+
+    def _take_h2_bytes(self) -> None:
+        h2_connection = self.h2_connection
+        if h2_connection._data_to_send:
+            self._outgoing.append(h2_connection._data_to_send)
+            self._outgoing_bytes += len(h2_connection._data_to_send)
+            h2_connection._data_to_send = bytearray()
 
     def forget_read_buffer(self, stream_id: int) -> None:
         """Drop the partial message buffered for a dead stream, giving its bytes back as window."""
@@ -166,6 +194,25 @@ class ResetAwareConnection(GRPCConnection):  # type: ignore[misc]  # purerpc is 
             frame = WindowUpdateFrame(0)
             frame.window_increment = increment
             h2_connection._prepare_for_sending([frame])
+
+
+def _coalesced(
+    pieces: list[bytes | bytearray | memoryview],
+) -> Iterator[bytes | bytearray | memoryview]:
+    """`pieces` as sends: a large piece (a chunk of output) alone, as it is; runs of
+    small ones (frame headers, h2's own frames) joined, so they cost one TLS record
+    and one system call, not one each."""
+    small: list[bytes | bytearray | memoryview] = []
+    for piece in pieces:
+        if len(piece) < _SEND_ALONE:
+            small.append(piece)
+            continue
+        if small:
+            yield b"".join(small)
+            small = []
+        yield piece
+    if small:
+        yield b"".join(small)
 
 
 def buffered_bytes(buffer: Any) -> int:
@@ -224,15 +271,13 @@ class GuardedSocketWrapper(SocketWrapper):  # type: ignore[misc]  # purerpc is u
 
     async def _write_loop(self) -> None:
         """purerpc's writer loop, announcing each batch sent (for `wait_room`)."""
-        h2_connection = self._grpc_connection.h2_connection
+        connection: ResetAwareConnection = self._grpc_connection
         while True:
-            # Take h2's buffer as it is (purerpc's data_to_send() copies it to bytes).
-            data = h2_connection._data_to_send
-            if data:
-                h2_connection._data_to_send = bytearray()
-                self._in_flight = len(data)
+            pieces = connection.take_outgoing()
+            if pieces:
+                self._in_flight = sum(map(len, pieces))
                 try:
-                    await self._stream.send(data)
+                    await self._send_pieces(pieces)
                 finally:
                     self._in_flight = 0
                     self._sent.set()
@@ -243,6 +288,22 @@ class GuardedSocketWrapper(SocketWrapper):  # type: ignore[misc]  # purerpc is u
                 self._flush_event = anyio.Event()
             else:
                 return
+
+    async def _send_pieces(self, pieces: list[bytes | bytearray | memoryview]) -> None:
+        """Encrypt every piece, then hand the whole batch to the kernel in one send.
+
+        anyio's TLSStream.send() would make each piece a send of its own (a system
+        call, and a pass through loopback TCP, per piece); joining the pieces first
+        would copy every byte once more. Writing them into the TLS object one by one
+        and flushing once does neither.
+        """
+        ssl_object = getattr(self._stream, "_ssl_object", None)  # anyio's TLSStream
+        if ssl_object is None:
+            await self._stream.send(b"".join(pieces))
+            return
+        for piece in _coalesced(pieces):
+            ssl_object.write(piece)  # into a memory BIO: never waits
+        await self._stream._flush_write_bio()
 
     async def recv(self, buffer_size: int) -> bytes:
         """purerpc's `recv`, plus every further TLS record already received and
@@ -274,13 +335,13 @@ class GuardedSocketWrapper(SocketWrapper):  # type: ignore[misc]  # purerpc is u
 
     async def wait_room(self) -> None:
         """Backpressure for senders: return once fewer than PACING_LIMIT bytes wait
-        in h2's buffer for the writer. A stream that waits here before each message
+        for the writer. A stream that waits here before each message
         keeps what a connection queues in this process near PACING_LIMIT (plus the
         batch the writer is sending), however large the peers' flow-control windows
         and however many streams share the connection: a slow reader slows only its
         own streams, and memory stays bounded with many of them."""
-        h2_connection = self._grpc_connection.h2_connection
-        while len(h2_connection._data_to_send) >= PACING_LIMIT and not self._writer_ended:
+        connection: ResetAwareConnection = self._grpc_connection
+        while connection.pending_bytes() >= PACING_LIMIT and not self._writer_ended:
             await self._sent.wait()
 
     def wake_writer(self) -> None:
