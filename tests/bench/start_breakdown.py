@@ -1,0 +1,122 @@
+"""Where a job start's time goes: `python -m tests.bench.start_breakdown` (root).
+
+1. In process: a `JobTracker` starts `true` with limits COUNT times, one at a
+   time (50 ms apart, so one job's clean-up never overlaps the next start), with
+   timers around the steps of `JobTracker.start`.
+2. bubblewrap's pieces: the same sandbox built up flag by flag, run by hand as
+   the job user, p50 of COUNT runs each.
+
+Prints p50s in ms. Used for docs/performance.md ("What dominates ... Start").
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from jobworker.model import JobSpec, Limits
+from jobworker.sandbox import spawn
+from jobworker.tracker import JobTracker
+
+
+def _timed(samples: dict[str, list[float]], label: str, fn: Callable[..., Any]) -> Any:
+    @functools.wraps(fn)
+    async def timed(*args: Any, **kwargs: Any) -> Any:
+        began = time.perf_counter()
+        try:
+            return await fn(*args, **kwargs)
+        finally:
+            samples.setdefault(label, []).append((time.perf_counter() - began) * 1000)
+
+    return timed
+
+
+async def tracker_steps(count: int) -> dict[str, float]:
+    samples: dict[str, list[float]] = {}
+    spawn.launch = _timed(samples, "launch: fork to the ready byte", spawn.launch)  # type: ignore[method-assign]
+    spawn._read_child_pid = _timed(  # type: ignore[method-assign]
+        samples, "  of it: fork to bubblewrap's child-pid line", spawn._read_child_pid
+    )
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as workspace:
+        Path(workspace).chmod(0o711)
+        async with JobTracker(
+            Path(workspace) / "data", cgroup_name=f"jobworker-breakdown-{uuid.uuid4().hex[:8]}"
+        ) as tracker:
+            assert tracker.cgroups is not None
+            create = tracker.cgroups.create
+
+            def timed_create(*args: Any, **kwargs: Any) -> Any:
+                began = time.perf_counter()
+                try:
+                    return create(*args, **kwargs)
+                finally:
+                    samples.setdefault("cgroup create", []).append(
+                        (time.perf_counter() - began) * 1000
+                    )
+
+            tracker.cgroups.create = timed_create  # type: ignore[method-assign]
+            spec = JobSpec(argv=("true",), limits=Limits(cpu=1.0, memory=256 << 20, pids=64))
+            for _ in range(count):
+                began = time.perf_counter()
+                await tracker.start("alex", spec)
+                samples.setdefault("JobTracker.start, all of it", []).append(
+                    (time.perf_counter() - began) * 1000
+                )
+                await trio.sleep(0.05)
+    return {label: statistics.median(values) for label, values in samples.items()}
+
+
+def bwrap_pieces(count: int) -> dict[str, float]:
+    setpriv = [shutil.which("setpriv") or "setpriv", "--reuid=65534", "--regid=65534"]
+    setpriv += ["--clear-groups", "--"]
+    bwrap = [*setpriv, shutil.which("bwrap") or "bwrap", "--unshare-user", "--ro-bind", "/", "/"]
+    true = ["--", "/bin/true"]
+    variants = {
+        "fork+exec true": ["/bin/true"],
+        "setpriv true": [*setpriv, "/bin/true"],
+        "bwrap: user ns + ro root": [*bwrap, *true],
+        "  + pid ns + /proc": [*bwrap, "--unshare-pid", "--proc", "/proc", *true],
+        "  + net ns": [*bwrap, "--unshare-net", *true],
+        "  + ipc, uts, cgroup ns": [*bwrap, "--unshare-ipc", "--unshare-uts", "--unshare-cgroup", *true],
+        "  + --dev /dev": [*bwrap, "--dev", "/dev", *true],
+        "  + 2 tmpfs + a bind": [*bwrap, "--tmpfs", "/tmp", "--tmpfs", "/srv", "--bind", "/srv", "/srv", *true],
+    }  # fmt: skip
+    result = {}
+    for name, argv in variants.items():
+        runs = []
+        for _ in range(count):
+            began = time.perf_counter()
+            subprocess.run(argv, check=True)
+            runs.append((time.perf_counter() - began) * 1000)
+        result[name] = statistics.median(runs)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.start_breakdown")
+    parser.add_argument("--count", type=int, default=60)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("run it as root: the tracker needs cgroups")
+    print("JobTracker.start, p50 ms:")
+    for label, value in trio.run(tracker_steps, args.count).items():
+        print(f"  {label:46s} {value:6.2f}")
+    print("bubblewrap's pieces, p50 ms:")
+    for label, value in bwrap_pieces(args.count).items():
+        print(f"  {label:46s} {value:6.2f}")
+
+
+if __name__ == "__main__":
+    main()
