@@ -595,6 +595,25 @@ async def test_a_handler_waiting_for_a_slow_client_holds_no_message(pki: Pki) ->
     assert probe.produced == 32
 
 
+async def test_a_client_leaving_while_the_handler_waits_to_write_cancels_it(pki: Pki) -> None:
+    """The handler parked in `wait_writable()` (its client stopped reading) is cancelled
+    as soon as the client abandons the stream; nothing is left on the server."""
+    limit = MIB + 1024
+    with trio.fail_after(30):
+        async with (
+            serving(pki, max_message_length=limit) as served,
+            channel(pki, served, pki.alice, max_message_length=limit) as ch,
+        ):
+            probe = served.probe
+            async with aclosing(stub(ch, "PacedBlob")(Int64Value(value=1000))) as messages:
+                await anext(messages)
+                await trio.testing.wait_all_tasks_blocked(cushion=0.2)
+                assert probe.waiting_to_produce
+            with trio.fail_after(1):
+                await served.server.wait_no_rpcs()
+            assert probe.produced < 10
+
+
 async def test_message_over_the_limit_fails_the_call_not_the_server(pki: Pki) -> None:
     with trio.fail_after(10):
         async with (
