@@ -571,47 +571,49 @@ async def test_every_outgoing_message_waits_for_room_on_its_connection(
     assert waits >= 8
 
 
+@asynccontextmanager
+async def paced_blob(pki: Pki, count: int) -> AsyncIterator[tuple[Served, Any]]:
+    """A server, and a PacedBlob stream of `count` 1 MiB messages from it, on a channel
+    whose 2-message window bounds what can be in flight."""
+    limit = MIB + 1024
+    async with (
+        serving(pki, max_message_length=limit) as served,
+        channel(pki, served, pki.alice, max_message_length=limit) as ch,
+        aclosing(stub(ch, "PacedBlob")(Int64Value(value=count))) as messages,
+    ):
+        yield served, messages
+
+
 async def test_a_handler_waiting_for_a_slow_client_holds_no_message(pki: Pki) -> None:
     """`wait_writable()` blocks a streaming handler while its client reads nothing, so it
     builds no message it cannot send (what keeps 1,000 stalled followers from holding
     1,000 chunks); its `EncodedMessage`s arrive as the protobuf messages they encode."""
-    limit = MIB + 1024  # the client's 2-message window bounds what can be in flight
     with trio.fail_after(30):
-        async with (
-            serving(pki, max_message_length=limit) as served,
-            channel(pki, served, pki.alice, max_message_length=limit) as ch,
-        ):
-            probe = served.probe
-            async with aclosing(stub(ch, "PacedBlob")(Int64Value(value=32))) as messages:
-                first = await anext(messages)
-                assert first.value == blob_chunk(0)
-                await trio.testing.wait_all_tasks_blocked(cushion=0.2)
-                # Parked before building the next message, not holding one in send:
-                assert probe.waiting_to_produce
-                # one read + the 2 MiB window + the connection's 512 KiB buffer, at most
-                assert probe.produced <= 4
-                received = [first.value] + [message.value async for message in messages]
+        async with paced_blob(pki, 32) as (served, messages):
+            first = await anext(messages)
+            assert first.value == blob_chunk(0)
+            await trio.testing.wait_all_tasks_blocked(cushion=0.2)
+            # Parked before building the next message, not holding one in send:
+            assert served.probe.waiting_to_produce
+            # one read + the 2 MiB window + the connection's 512 KiB buffer, at most
+            assert served.probe.produced <= 4
+            received = [first.value] + [message.value async for message in messages]
     assert received == [blob_chunk(i) for i in range(32)]
-    assert probe.produced == 32
+    assert served.probe.produced == 32
 
 
 async def test_a_client_leaving_while_the_handler_waits_to_write_cancels_it(pki: Pki) -> None:
     """The handler parked in `wait_writable()` (its client stopped reading) is cancelled
     as soon as the client abandons the stream; nothing is left on the server."""
-    limit = MIB + 1024
     with trio.fail_after(30):
-        async with (
-            serving(pki, max_message_length=limit) as served,
-            channel(pki, served, pki.alice, max_message_length=limit) as ch,
-        ):
-            probe = served.probe
-            async with aclosing(stub(ch, "PacedBlob")(Int64Value(value=1000))) as messages:
-                await anext(messages)
-                await trio.testing.wait_all_tasks_blocked(cushion=0.2)
-                assert probe.waiting_to_produce
+        async with paced_blob(pki, 1000) as (served, messages):
+            await anext(messages)
+            await trio.testing.wait_all_tasks_blocked(cushion=0.2)
+            assert served.probe.waiting_to_produce
+            await messages.aclose()
             with trio.fail_after(1):
                 await served.server.wait_no_rpcs()
-            assert probe.produced < 10
+            assert served.probe.produced < 10
 
 
 async def test_message_over_the_limit_fails_the_call_not_the_server(pki: Pki) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -451,6 +452,20 @@ async def test_spill_into_a_missing_directory_reports_the_loss(tmp_path: Path) -
     log.discard()
 
 
+@contextlib.asynccontextmanager
+async def every_token_taken(limiter: trio.CapacityLimiter) -> AsyncIterator[None]:
+    """Inside: `limiter` has no token left for anybody else."""
+    before = limiter.total_tokens
+    token = object()
+    limiter.total_tokens = 1
+    await limiter.acquire_on_behalf_of(token)
+    try:
+        yield
+    finally:
+        limiter.release_on_behalf_of(token)
+        limiter.total_tokens = before
+
+
 @pytest.fixture
 def uncached(monkeypatch: pytest.MonkeyPatch) -> None:
     """Spill reads find nothing in the page cache, so they take the thread path."""
@@ -467,15 +482,9 @@ async def test_cached_spill_reads_need_no_thread(tmp_path: Path) -> None:
     log = OutputLog(tmp_path / "out", memory_limit=10)
     log.append(b"a" * 100)
     log.append(b"b" * MERGE_BELOW)
-    threads = output._spill_reads().threads
-    token = object()
-    threads.total_tokens = 1
-    await threads.acquire_on_behalf_of(token)
-    try:
+    async with every_token_taken(output._spill_reads().threads):
         with trio.fail_after(5):
             assert await log.read(0, 1000) == b"a" * 100  # behind the memory window
-    finally:
-        threads.release_on_behalf_of(token)
     log.discard()
 
 
@@ -486,16 +495,9 @@ async def test_spill_reads_do_not_depend_on_the_default_thread_limiter(tmp_path:
     log = OutputLog(tmp_path / "out", memory_limit=10)
     log.append(b"a" * 100)
     log.append(b"b" * MERGE_BELOW)
-    default = trio.to_thread.current_default_thread_limiter()
-    token = object()
-    default.total_tokens = 1
-    await default.acquire_on_behalf_of(token)
-    try:
+    async with every_token_taken(trio.to_thread.current_default_thread_limiter()):
         with trio.fail_after(5):
             assert await log.read(0, 1000) == b"a" * 100  # behind the memory window
-    finally:
-        default.release_on_behalf_of(token)
-        default.total_tokens = 40
     log.discard()
 
 
