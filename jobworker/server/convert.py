@@ -89,8 +89,8 @@ def output_response(chunk: bytes, offset: int) -> EncodedMessage:
     """`GetJobOutputResponse(output_msg=chunk, offset=offset)`, encoded by hand.
 
     Output is most of what jwsd sends (1,000 followers of one job: every chunk
-    1,000 times), so it skips the protobuf object: `chunk` is copied once, into the
-    message on the wire. The bytes are exactly `SerializeToString()`'s (fields in
+    1,000 times), so it skips the protobuf object: `chunk` is not copied at all
+    before TLS encrypts it. The bytes are exactly `SerializeToString()`'s (fields in
     number order, defaults left out; tests/unit/test_convert.py compares them).
     """
     parts: list[bytes] = []

@@ -356,8 +356,8 @@ class EncodedMessage:
 
     A streaming handler that yields these instead of protobuf objects spares every
     message a protobuf object and its copies (the field, the serialization, the
-    prefix, and h2's framing): `PacedStream` writes the parts straight into the
-    connection's send buffer, the one copy made before TLS.
+    prefix, and h2's framing): `PacedStream` queues the parts for the writer as they
+    are, and TLS reads them in place when it encrypts them.
     """
 
     __slots__ = ("parts", "size")
