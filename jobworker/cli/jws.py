@@ -18,9 +18,11 @@ killed it) once the job has ended.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import json
 import os
+import stat
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -251,6 +253,22 @@ async def start(user: str | None, addr: str | None, tls_dir: str | None, job: Jo
     click.echo(started.job_id)
 
 
+#: How much output a pipe on stdout can hold while its reader catches up: writes into
+#: a full pipe block jws, and with them its receiving (Linux's default is 64 KiB).
+STDOUT_PIPE_SIZE = 1 << 20
+
+
+def _widen_pipe(fd: int) -> None:
+    """Give a pipe on stdout room for several output messages (best effort: a pipe
+    bigger than /proc/sys/fs/pipe-max-size, or not a pipe at all, stays as it is)."""
+    with contextlib.suppress(OSError, ValueError):
+        if (
+            stat.S_ISFIFO(os.fstat(fd).st_mode)
+            and fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) < STDOUT_PIPE_SIZE
+        ):
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, STDOUT_PIPE_SIZE)
+
+
 @jws.command()
 @connection_options
 @click.option("-j", "--job", "job_id", required=True, help="The job's id.")
@@ -319,6 +337,7 @@ async def list_jobs(user: str | None, addr: str | None, tls_dir: str | None, as_
 
 async def _copy_output(client: Any, job_id: str, offset: int) -> None:
     out = sys.stdout.buffer
+    _widen_pipe(out.fileno())
     async with contextlib.aclosing(client.output(job_id, offset)) as chunks:
         async for chunk in chunks:
             out.write(chunk)
