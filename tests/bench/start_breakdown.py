@@ -5,6 +5,11 @@
    timers around the steps of `JobTracker.start`.
 2. bubblewrap's pieces: the same sandbox built up flag by flag, run by hand as
    the job user, p50 of COUNT runs each.
+3. The kernel's price for moving a process into a fresh cgroup (a write to
+   cgroup.procs), right after the previous move and after an idle gap: cgroup
+   v1 takes `cgroup_threadgroup_rwsem` for writing, which waits for an RCU grace
+   period unless another move happened moments before (or the hierarchy was
+   mounted with `favordynmods`).
 
 Prints p50s in ms. Used for docs/performance.md ("What dominates ... Start").
 """
@@ -104,6 +109,31 @@ def bwrap_pieces(count: int) -> dict[str, float]:
     return result
 
 
+def cgroup_moves(count: int) -> dict[str, float]:
+    parent = Path("/sys/fs/cgroup/pids")
+    if not (parent / "cgroup.procs").exists():
+        parent = Path("/sys/fs/cgroup")  # v2
+    result = {}
+    for gap in (0.0, 0.02, 0.1):
+        runs = []
+        for _ in range(count):
+            group = parent / f"jobworker-breakdown-{uuid.uuid4().hex[:8]}"
+            group.mkdir()
+            try:
+                with subprocess.Popen(["sleep", "10"]) as process:
+                    time.sleep(gap)
+                    began = time.perf_counter()
+                    (group / "cgroup.procs").write_text(str(process.pid))
+                    runs.append((time.perf_counter() - began) * 1000)
+                    process.kill()
+            finally:
+                group.rmdir()
+        result[f"move into a fresh cgroup, {gap * 1000:.0f} ms after the last"] = statistics.median(
+            runs
+        )
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.start_breakdown")
     parser.add_argument("--count", type=int, default=60)
@@ -115,6 +145,9 @@ def main() -> None:
         print(f"  {label:46s} {value:6.2f}")
     print("bubblewrap's pieces, p50 ms:")
     for label, value in bwrap_pieces(args.count).items():
+        print(f"  {label:46s} {value:6.2f}")
+    print("the kernel's cgroup moves, p50 ms:")
+    for label, value in cgroup_moves(min(args.count, 20)).items():
         print(f"  {label:46s} {value:6.2f}")
 
 
