@@ -615,6 +615,42 @@ async def test_a_failed_shared_read_fails_each_waiting_reader_itself(
     log.discard()
 
 
+@pytest.mark.usefixtures("uncached")
+async def test_a_cancelled_shared_read_leaves_its_waiters_to_read_for_themselves(
+    tmp_path: Path,
+) -> None:
+    """The reader whose pread others wait for is cancelled before its read ran: the
+    waiters are not stranded and not failed; one of them reads the block instead."""
+    log = OutputLog(tmp_path / "out", memory_limit=10)
+    log.append(b"a" * 100)
+    log.append(b"b" * MERGE_BELOW)
+    got: list[bytes] = []
+
+    async def waiter() -> None:
+        got.append(await log.read(0, 1000))
+
+    async with every_token_taken(output._spill_reads().threads), trio.open_nursery() as nursery:
+        first = trio.CancelScope()
+
+        async def first_reader() -> None:
+            with first:
+                await log.read(0, 1000)
+
+        nursery.start_soon(first_reader)
+        await trio.testing.wait_all_tasks_blocked()
+        for _ in range(3):
+            nursery.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        first.cancel()  # its read is still waiting for a thread
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == []  # the waiters now wait for a read of their own
+        nursery.cancel_scope.deadline = trio.current_time() + 5
+        # Giving the threads back lets the new read run; every waiter gets the bytes.
+        output._spill_reads().threads.total_tokens = 2
+    assert got == [b"a" * 100] * 3
+    log.discard()
+
+
 # ---- any interleaving ------------------------------------------------------------
 
 _small = st.tuples(st.just("append"), st.binary(max_size=40))
