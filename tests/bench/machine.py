@@ -141,3 +141,12 @@ def memory_cgroup_of(pid: int) -> Path:
         if "memory" in controllers.split(","):
             return Path("/sys/fs/cgroup/memory") / path.lstrip("/")
     raise RuntimeError(f"process {pid} has no v1 memory cgroup; this benchmark reads cgroup v1")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far, every thread; 0.0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

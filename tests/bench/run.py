@@ -43,6 +43,7 @@ import attrs
 
 from tests.bench import peers
 from tests.bench.machine import (
+    cpu_seconds,
     ensure_peer_programs,
     facts,
     memory_cgroup_of,
@@ -302,6 +303,7 @@ class Bench:
                     "start-many", self.jwsd.addr, self.tls, "--count", "1", "--concurrency", "1",
                     "--command", f"sleep {ATTACH_SECONDS}; exec cat {pattern}",
                 )["job_ids"][0]  # fmt: skip
+                jwsd_cpu_before = cpu_seconds(self.jwsd.process.pid)
                 processes = [
                     load_async(
                         "follow-grpcio",
@@ -327,11 +329,17 @@ class Bench:
                     )
                 wall = max(r["done_at"] for r in results) - min(r["first_byte_at"] for r in results)
                 hwm = status_kib(self.jwsd.process.pid, "VmHWM") / 1024
+                # Who used the two cores: jwsd, and the follower processes (from their start,
+                # so connection set-up and the attach wait count: a slight overstatement).
+                jwsd_cores = (cpu_seconds(self.jwsd.process.pid) - jwsd_cpu_before) / wall
+                follower_cores = sum(r["cpu_seconds"] for r in results) / wall
                 rows = (
                     ("followers byte-exact", "count", float(complete), True),
                     ("wall time", "s", wall, False),
                     ("aggregate", "MiB/s", total / wall / MiB, True),
                     ("jwsd peak RSS (VmHWM)", "MiB", hwm, False),
+                    ("jwsd CPU", "cores", jwsd_cores, False),
+                    ("follower processes' CPU", "cores", follower_cores, False),
                 )
                 for metric, unit, value, higher in rows:
                     self.report.row(
