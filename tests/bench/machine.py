@@ -9,6 +9,8 @@ import platform
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 #: Programs the peers need, and the Debian package that provides each.
@@ -150,3 +152,38 @@ def cpu_seconds(pid: int) -> float:
     except (FileNotFoundError, ProcessLookupError):
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuSampler:
+    """Samples a process's CPU time every `interval` seconds in a thread, so that the CPU
+    it used between two wall-clock times (e.g. a row's first and last byte) can be read
+    afterwards. Use it as a context manager."""
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.samples: list[tuple[float, float]] = []  # (time.time(), CPU seconds)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> CpuSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            self.samples.append((time.time(), cpu_seconds(self.pid)))
+            if self._stop.wait(self.interval):
+                self.samples.append((time.time(), cpu_seconds(self.pid)))
+                return
+
+    def cores_between(self, start: float, end: float) -> float:
+        """CPU seconds used from `start` to `end` (wall-clock), per second of that span."""
+        inside = [cpu for at, cpu in self.samples if start <= at <= end]
+        if len(inside) < 2 or end <= start:
+            return 0.0
+        return (inside[-1] - inside[0]) / (end - start)

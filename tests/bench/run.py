@@ -43,7 +43,7 @@ import attrs
 
 from tests.bench import peers
 from tests.bench.machine import (
-    cpu_seconds,
+    CpuSampler,
     ensure_peer_programs,
     facts,
     memory_cgroup_of,
@@ -303,7 +303,7 @@ class Bench:
                     "start-many", self.jwsd.addr, self.tls, "--count", "1", "--concurrency", "1",
                     "--command", f"sleep {ATTACH_SECONDS}; exec cat {pattern}",
                 )["job_ids"][0]  # fmt: skip
-                jwsd_cpu_before = cpu_seconds(self.jwsd.process.pid)
+                sampler = CpuSampler(self.jwsd.process.pid)
                 processes = [
                     load_async(
                         "follow-grpcio",
@@ -320,7 +320,8 @@ class Bench:
                     )  # fmt: skip
                     for index in range(2)
                 ]
-                results = [collect(process) for process in processes]
+                with sampler:
+                    results = [collect(process) for process in processes]
                 complete = sum(result["complete"] for result in results)
                 total = sum(result["bytes"] for result in results)
                 if complete != followers or total != followers * size:
@@ -329,9 +330,9 @@ class Bench:
                     )
                 wall = max(r["done_at"] for r in results) - min(r["first_byte_at"] for r in results)
                 hwm = status_kib(self.jwsd.process.pid, "VmHWM") / 1024
-                # Who used the two cores: jwsd, and the follower processes (from their start,
-                # so connection set-up and the attach wait count: a slight overstatement).
-                jwsd_cores = (cpu_seconds(self.jwsd.process.pid) - jwsd_cpu_before) / wall
+                # Who used the two cores from the first byte to the last: jwsd, the followers.
+                first = min(r["first_byte_at"] for r in results)
+                jwsd_cores = sampler.cores_between(first, first + wall)
                 follower_cores = sum(r["cpu_seconds"] for r in results) / wall
                 rows = (
                     ("followers byte-exact", "count", float(complete), True),
