@@ -237,9 +237,8 @@ class GuardedSocketWrapper(SocketWrapper):  # type: ignore[misc]  # purerpc is u
         super().__init__(grpc_connection, stream)
         self._on_broken = on_broken
         self._drain_scope = trio.CancelScope()
-        # Backpressure: bytes the writer is handing to the kernel right now, and an
-        # event replaced each time a batch went out (or the writer ended).
-        self._in_flight = 0
+        # Backpressure (`wait_room`): an event replaced each time a batch went out
+        # (or set for good when the writer ended).
         self._sent = trio.Event()
         self._writer_ended = False
 
@@ -275,11 +274,9 @@ class GuardedSocketWrapper(SocketWrapper):  # type: ignore[misc]  # purerpc is u
         while True:
             pieces = connection.take_outgoing()
             if pieces:
-                self._in_flight = sum(map(len, pieces))
                 try:
                     await self._send_pieces(pieces)
                 finally:
-                    self._in_flight = 0
                     self._sent.set()
                     self._sent = trio.Event()
             elif self._running:
@@ -367,11 +364,6 @@ class EncodedMessage:
         length = sum(map(len, payload))
         self.parts: list[bytes | memoryview] = [_MESSAGE_PREFIX.pack(False, length), *payload]
         self.size = _MESSAGE_PREFIX.size + length
-
-    @property
-    def wire(self) -> bytes:
-        """The whole message as one bytes object (a copy; for tests and debugging)."""
-        return b"".join(self.parts)
 
     def SerializeToString(self) -> bytes:  # noqa: N802 - the protobuf name, for duck typing
         """The protobuf encoding alone (what a protobuf message would return)."""

@@ -22,7 +22,7 @@ def test_output_response_at_size_boundaries_parses_back() -> None:
     for size in (0, 1, 127, 128, 16_383, 16_384, 2**21 - 1, 2**21, 256 << 10):
         chunk = bytes(range(256)) * (size // 256) + bytes(size % 256)
         for offset in (0, 1, 2**35 + 7, 2**63 - 1):
-            wire = output_response(chunk, offset).wire
+            wire = b"".join(output_response(chunk, offset).parts)
             # gRPC's prefix: not compressed, then the protobuf length, big-endian.
             assert wire[0] == 0
             assert int.from_bytes(wire[1:5], "big") == len(wire) - 5
