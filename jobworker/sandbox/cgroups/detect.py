@@ -34,6 +34,7 @@ class Mount:
 def detect(
     *,
     name: str = "jobworker",
+    subtree: str | None = None,
     root: Path = Path("/sys/fs/cgroup"),
     proc_self_cgroup: Path = Path("/proc/self/cgroup"),
     mountinfo: Path = Path("/proc/self/mountinfo"),
@@ -41,27 +42,37 @@ def detect(
 ) -> base.CgroupDriver:
     """Pick the cgroup driver for this host and create the job parent.
 
-    v2 when `root` is a cgroup2 mount with the cpu, memory, io and pids controllers;
-    else v1 when cpu, cpuacct, memory, blkio, pids and freezer are mounted under
-    `root` (a hybrid host, with cgroup2 on root/unified, uses v1). The job parent
-    is `<the daemon's own cgroup>/<name>` in each hierarchy used.
+    v2 when `root` is a cgroup2 mount; else v1 when cpu, cpuacct, memory, blkio,
+    pids and freezer are mounted under `root` (a hybrid host, with cgroup2 on
+    root/unified, uses v1). The job parent is `<subtree>/<name>` in each hierarchy
+    used, where the subtree is the daemon's own cgroup unless `subtree` names one.
+    On v2 the daemon's own cgroup is taken over (see `v2`); a daemon found in a
+    leaf an earlier take-over made (`jwsd` or `init`) uses the subtree above it.
 
     name: the job parent's name, a plain directory name.
+    subtree: a cgroup path (as /proc/self/cgroup writes them, e.g.
+        "/jobworker.slice"; created when missing) to use instead of the daemon's
+        own cgroup: for a daemon started from a shell, whose own cgroup (a
+        session scope) is not its to divide.
     rmdir: how a directory is removed (`os.rmdir`; a fake cgroupfs passes its own).
     Raises SetupError saying what is missing: no cgroup filesystem, a controller,
     the daemon's cgroup, or the permission (root) to create the parent.
     """
     if not name or name in {".", ".."} or "/" in name or "\0" in name:
         raise SetupError(f"bad cgroup name {name!r}: use a plain directory name")
+    if subtree is not None and (not subtree.startswith("/") or ".." in subtree.split("/")):
+        raise SetupError(f"bad cgroup parent {subtree!r}: use an absolute cgroup path")
     mounts = read_mounts(mountinfo)
     own = read_own_cgroups(proc_self_cgroup)
     unified = [m for m in mounts if m.fstype == "cgroup2" and m.mount_point == root]
     if unified:
+        if subtree is not None:
+            return v2.V2Driver.open(_make_subtree(unified[0], subtree), name, rmdir)
         if "" not in own:
             raise SetupError(f"{proc_self_cgroup} has no cgroup2 line (0::/path)")
         own_dir = _in_mount(unified[0], own[""])
-        if own_dir.name == v2.DAEMON_LEAF:
-            # An earlier detect() in this process moved us into the leaf already.
+        if own_dir.name in {v2.DAEMON_LEAF, v2.OTHERS_LEAF} and _delegates(own_dir.parent):
+            # An earlier take-over (this process's, or the parent process's) made the leaf.
             own_dir = own_dir.parent
         return v2.V2Driver.open(own_dir, name, rmdir)
     legacy = [m for m in mounts if m.fstype == "cgroup" and m.mount_point.is_relative_to(root)]
@@ -76,6 +87,9 @@ def detect(
         mount = next((m for m in legacy if controller in m.controllers), None)
         if mount is None:
             missing.append(controller)
+            continue
+        if subtree is not None:
+            own_dirs[controller] = _make_subtree(mount, subtree)
             continue
         if controller not in own:
             raise SetupError(f"{proc_self_cgroup} lists no {controller} cgroup for jwsd")
@@ -135,6 +149,26 @@ def _in_mount(mount: Mount, cgroup: str) -> Path:
             f"{mount.mount_point} ({mount.root}); mount the whole hierarchy"
         )
     return mount.mount_point / cgroup[len(root) :].lstrip("/")
+
+
+def _make_subtree(mount: Mount, cgroup: str) -> Path:
+    """The configured subtree `cgroup` in the mount, created (with its parents) when missing."""
+    directory = _in_mount(mount, cgroup)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SetupError(
+            f"cannot create cgroup {directory}: {exc.strerror}; jwsd must run as root"
+        ) from exc
+    return directory
+
+
+def _delegates(cgroup: Path) -> bool:
+    """Whether `cgroup` hands any controller down (its cgroup.subtree_control is not empty)."""
+    try:
+        return bool(base.read_text(cgroup / "cgroup.subtree_control").split())
+    except SetupError:
+        return False
 
 
 def _unescape(field: str) -> str:

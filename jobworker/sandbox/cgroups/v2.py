@@ -1,9 +1,20 @@
-"""Cgroup v2: one unified hierarchy; jobs live in `<own>/<name>/<job_id>`, where
-`<own>` is the daemon's own cgroup.
+"""Cgroup v2: one unified hierarchy. jwsd is given a delegated subtree (its own
+cgroup: a systemd service with `Delegate=yes`, a container's cgroup, or a parent
+the operator names) and lays it out as the kernel's rules and systemd's
+delegation document ("Control Group APIs and Delegation") ask:
+
+    <subtree>/                   controllers enabled in cgroup.subtree_control
+    <subtree>/jwsd/              jwsd itself
+    <subtree>/init/              every other process that was in <subtree> (a
+                                 container's init, a wrapper script, a test runner)
+    <subtree>/<name>/            the job parent, controllers enabled again
+    <subtree>/<name>/<job_id>/   one leaf per job
 
 The "no internal processes" rule (a non-root cgroup that holds processes cannot
-hand controllers to its children) means the daemon first moves itself into a
-leaf `<own>/jwsd`, then enables the controllers in `<own>` and `<own>/<name>`.
+hand controllers to its children) is why every process leaves `<subtree>` first,
+as moby's dind entrypoint does. A process that joins `<subtree>` between the
+moves and the enabling write (an `exec` into the container) makes the write fail
+with EBUSY: the moves are then repeated. Nothing outside `<subtree>` is written.
 
 Control files are written inline; see `base` for why that is fine.
 Kernel doc: Documentation/admin-guide/cgroup-v2.rst.
@@ -26,6 +37,10 @@ from jobworker.sandbox.cgroups import base
 CONTROLLERS = ("cpu", "memory", "io", "pids")
 #: The leaf the daemon moves itself into so that its own cgroup can delegate controllers.
 DAEMON_LEAF = "jwsd"
+#: The leaf every other process found in the subtree is moved into.
+OTHERS_LEAF = "init"
+#: How often the moves are repeated while processes keep joining the subtree.
+TAKE_OVER_ATTEMPTS = 20
 #: The CFS period the cpu quota is a share of (the kernel's default, 100 ms).
 CPU_PERIOD_US = 100_000
 
@@ -77,7 +92,7 @@ class V2JobCgroup(base.JobCgroup):
 
 @attrs.define(eq=False)
 class V2Driver(base.CgroupDriver):
-    """Job cgroups under `parent` (`<own>/<name>`). Build it with `V2Driver.open`.
+    """Job cgroups under `parent` (`<subtree>/<name>`). Build it with `V2Driver.open`.
 
     rmdir: how a directory is removed (`os.rmdir`; a fake cgroupfs passes its own).
     """
@@ -85,41 +100,48 @@ class V2Driver(base.CgroupDriver):
     parent: Path
     rmdir: base.Rmdir = os.rmdir
     version: int = attrs.field(default=2, init=False)
+    lock_fd: int | None = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.lock_fd = base.lock_parent(self.parent)
 
     @classmethod
     def open(
         cls,
-        own: Path,
+        subtree: Path,
         name: str,
         rmdir: base.Rmdir = os.rmdir,
         *,
         controllers: tuple[str, ...] = CONTROLLERS,
     ) -> V2Driver:
-        """Make `<own>/<name>` and delegate `controllers` to it, moving the daemon
-        into the leaf `<own>/jwsd` first when `own` holds processes.
+        """Take over the delegated cgroup `subtree` and make the job parent
+        `<subtree>/<name>` with `controllers` enabled for the jobs below it.
 
-        own: the daemon's own cgroup directory (not its jwsd leaf).
+        Every process in `subtree` is moved to a leaf first (jwsd to `jwsd`, the
+        others to `init`); the root cgroup, exempt from the rule, keeps its own.
+        The driver then claims the parent for this daemon alone (`base.lock_parent`).
+
+        subtree: the cgroup directory jwsd may write in (not its jwsd leaf).
         controllers: the controllers to enable; () for a hierarchy without any
             (then only unlimited jobs can be created).
         Raises SetupError naming a missing controller, or saying why the
         controllers cannot be enabled.
         """
-        available = set(base.read_text(own / "cgroup.controllers").split())
+        available = set(base.read_text(subtree / "cgroup.controllers").split())
         missing = [c for c in controllers if c not in available]
         if missing:
             raise SetupError(
-                f"cgroup {own} lacks the {' '.join(missing)} controller(s); enable them in "
-                f"its parent's cgroup.subtree_control (or delegate them to jwsd's service)"
+                f"cgroup {subtree} lacks the {' '.join(missing)} controller(s); enable them in "
+                f"its parent's cgroup.subtree_control (with systemd: Delegate=yes in jwsd's "
+                f"service, or a delegated --cgroup-parent)"
             )
-        # The root cgroup (which has no cgroup.type) is exempt from the rule.
-        if (own / "cgroup.type").exists() and base.read_pids(own / "cgroup.procs"):
-            leaf = own / DAEMON_LEAF
-            _mkdir(leaf)
-            base.write_value(leaf / "cgroup.procs", os.getpid())
-        parent = own / name
         enable = " ".join(f"+{c}" for c in controllers)
-        if enable:
-            _enable(own, enable)
+        # The root cgroup (which has no cgroup.type) is exempt from the rule.
+        if (subtree / "cgroup.type").exists():
+            _take_over(subtree, enable)
+        elif enable:
+            _enable(subtree, enable)
+        parent = subtree / name
         _mkdir(parent)
         if enable:
             _enable(parent, enable)
@@ -171,6 +193,8 @@ class V2Driver(base.CgroupDriver):
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.rmdir(self.parent)
+        base.unlock(self.lock_fd)
+        self.lock_fd = None
 
 
 def _mkdir(directory: Path) -> None:
@@ -182,16 +206,48 @@ def _mkdir(directory: Path) -> None:
         ) from exc
 
 
-def _enable(cgroup: Path, enable: str) -> None:
-    file = cgroup / "cgroup.subtree_control"
+def _take_over(subtree: Path, enable: str) -> None:
+    """Move every process out of `subtree` into its leaves, then enable the
+    controllers in it; repeat while processes keep joining (EBUSY)."""
+    for leaf in (DAEMON_LEAF, OTHERS_LEAF):
+        _mkdir(subtree / leaf)
+    for _ in range(TAKE_OVER_ATTEMPTS):
+        for pid in base.read_pids(subtree / "cgroup.procs"):
+            leaf = DAEMON_LEAF if pid == os.getpid() else OTHERS_LEAF
+            _move(pid, subtree / leaf)
+        if not enable or _try_enable(subtree, enable):
+            return
+    raise SetupError(
+        f"cannot enable {enable} in {subtree}: processes kept joining it while jwsd moved "
+        f"them to {subtree / OTHERS_LEAF}; start jwsd when nothing else is starting there"
+    )
+
+
+def _move(pid: int, leaf: Path) -> None:
     try:
-        base.write_value(file, enable)
+        base.write_value(leaf / "cgroup.procs", pid)
+    except SetupError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, OSError) and cause.errno == errno.ESRCH:
+            return  # exited meanwhile
+        raise
+
+
+def _try_enable(cgroup: Path, enable: str) -> bool:
+    """Write `enable` to cgroup.subtree_control: False when processes are still in
+    `cgroup` (EBUSY), True once written."""
+    try:
+        base.write_value(cgroup / "cgroup.subtree_control", enable)
     except SetupError as exc:
         cause = exc.__cause__
         if isinstance(cause, OSError) and cause.errno == errno.EBUSY:
-            raise SetupError(
-                f"cannot enable {enable} in {cgroup}: other processes share jwsd's cgroup; "
-                f"run jwsd in a cgroup of its own (a systemd service, or the container's "
-                f"main process)"
-            ) from exc
+            return False
         raise
+    return True
+
+
+def _enable(cgroup: Path, enable: str) -> None:
+    if not _try_enable(cgroup, enable):
+        raise SetupError(
+            f"cannot enable {enable} in {cgroup}: processes are in it; jwsd needs it empty"
+        )
