@@ -29,8 +29,7 @@ from jobworker.sandbox.cgroups import (
 )
 from jobworker.sandbox.cgroups.detect import read_mounts, read_own_cgroups
 from tests.conftest import require_root
-
-CGROUP_ROOT = Path("/sys/fs/cgroup")
+from tests.support.cgroupfs import CGROUP_ROOT
 
 
 @pytest.fixture
@@ -175,10 +174,12 @@ async def test_io_read_limit_throttles_direct_reads_from_the_data_disk(
 async def test_a_value_the_kernel_rejects_is_an_invalid_request_and_leaves_nothing(
     driver: CgroupDriver,
 ) -> None:
-    """/dev/null (1:3) is no block device: the blkio/io write fails after the dirs were made."""
+    """No disk has the device number 0:1234 (major 0 is no driver's; 1:3 was /dev/null's
+    numbers, but a kernel that autoloads brd makes that ram3): the blkio/io write fails
+    after the dirs were made."""
     require_root()
     with pytest.raises(InvalidRequestError, match="io read limit|io limit"):
-        driver.create("bad-io", Limits(cpu=0.5, io_read_bps=1000), (1, 3))
+        driver.create("bad-io", Limits(cpu=0.5, io_read_bps=1000), (0, 1234))
     assert not list(CGROUP_ROOT.rglob("bad-io"))
 
 
@@ -252,8 +253,9 @@ async def test_cleanup_stale_kills_and_removes_a_crashed_runs_job_cgroup(
     require_root()
     stale = driver.create("stale", Limits(pids=10), None)
     proc = await start_in(stale, "sleep 1000 & sleep 1000")
+    driver.close()  # as the crash would: the parent stays (busy), its lock goes
+    restarted = detect(name=driver.parent.name)
     try:
-        restarted = detect(name=driver.parent.name)
         assert restarted.parent == driver.parent
         assert restarted.cleanup_stale() == ["stale"]
         with trio.fail_after(5):
@@ -262,6 +264,7 @@ async def test_cleanup_stale_kills_and_removes_a_crashed_runs_job_cgroup(
         assert restarted.cleanup_stale() == []
     finally:
         await finish(stale, proc)
+        restarted.close()
 
 
 async def test_v2_cgroup_kill_on_the_real_unified_hierarchy(tmp_path: Path) -> None:
@@ -298,13 +301,16 @@ async def test_v2_cgroup_kill_on_the_real_unified_hierarchy(tmp_path: Path) -> N
 # ---- block devices -------------------------------------------------------------------------
 
 
-def test_block_device_of_the_work_dir_is_the_disk_findmnt_names() -> None:
+def test_block_device_of_a_data_dir_is_the_disk_findmnt_names(tmp_path: Path) -> None:
     require_root()
     source = subprocess.run(
-        ["findmnt", "-n", "-o", "SOURCE", "-T", "/work"], capture_output=True, text=True, check=True
+        ["findmnt", "-n", "-o", "SOURCE", "-T", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     entry = Path("/sys/class/block", Path(source).name)
     disk = entry.resolve().parent if (entry / "partition").exists() else entry
     major, minor = (int(n) for n in (disk / "dev").read_text().split(":"))
-    print(f"/work is on {source}: {major}:{minor}")
-    assert block_device_of(Path("/work")) == (major, minor)
+    print(f"{tmp_path} is on {source}: {major}:{minor}")
+    assert block_device_of(tmp_path) == (major, minor)

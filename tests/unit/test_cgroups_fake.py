@@ -162,12 +162,31 @@ def test_hybrid_host_like_this_one_picks_v1_with_each_hierarchy_under_the_daemon
     assert all(p.is_dir() for p in driver.parents.values())
 
 
-def test_detect_twice_reuses_the_existing_parent(tmp_path: Path) -> None:
-    """A second detect (e.g. a restarted daemon) must not fail on the parent it finds."""
-    host = v1_host(tmp_path)
+@pytest.mark.parametrize("version", [1, 2])
+def test_detect_after_close_reuses_the_existing_parent(tmp_path: Path, version: int) -> None:
+    """A restarted daemon must not fail on the parent its predecessor left."""
+    host = (v1_host if version == 1 else v2_host)(tmp_path)
     first = host.detect()
+    (first.parent / "left-by-a-crash").mkdir()  # keeps the parent from being removed
+    first.close()
     second = host.detect()
     assert first.parent == second.parent
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_second_daemon_on_the_same_parent_is_refused_until_the_first_closes(
+    tmp_path: Path, version: int
+) -> None:
+    """Two daemons sharing a job parent would sweep each other's jobs at start-up."""
+    host = (v1_host if version == 1 else v2_host)(tmp_path)
+    first = host.detect()
+    with pytest.raises(SetupError, match="another jwsd owns cgroup .*--cgroup-name"):
+        host.detect()
+    other = host.detect(name="other")  # another name is another parent: fine
+    other.close()
+    first.close()
+    first.close()  # idempotent
+    host.detect().close()
 
 
 def test_co_mounted_v1_controllers_share_one_job_directory(tmp_path: Path) -> None:
@@ -238,9 +257,74 @@ def test_v2_moves_the_daemon_into_a_leaf_then_delegates_controllers(tmp_path: Pa
 def test_v2_detect_from_inside_the_daemon_leaf_keeps_the_same_parent(tmp_path: Path) -> None:
     host = v2_host(tmp_path)
     first = host.detect()
+    (first.parent / "job").mkdir()  # keeps the parent from being removed
+    first.close()
     host.cgroup_lines = ["0::/system.slice/jwsd.service/jwsd"]  # where the first detect moved us
     second = host.detect()
     assert second.parent == first.parent
+
+
+async def test_v2_moves_every_other_process_of_its_cgroup_into_the_init_leaf(
+    tmp_path: Path, sleeper: trio.Process
+) -> None:
+    """A container's init, a wrapper script or a test runner may share jwsd's cgroup: they
+    are moved out of the way (to <own>/init), as moby's dind entrypoint does."""
+    host = v2_host(tmp_path)
+    own = host.root / "system.slice/jwsd.service"
+    (own / "cgroup.procs").write_text(f"{sleeper.pid}\n{os.getpid()}\n")
+    host.detect().close()
+    assert (own / "init/cgroup.procs").read_text() == str(sleeper.pid)
+    assert (own / "jwsd/cgroup.procs").read_text() == str(os.getpid())
+
+
+def test_v2_detect_from_the_init_leaf_of_a_delegating_parent_uses_that_parent(
+    tmp_path: Path,
+) -> None:
+    """A jwsd started by a process an earlier jwsd moved to <own>/init shares <own>."""
+    host = v2_host(tmp_path)
+    first = host.detect()
+    first.close()
+    host.cgroup_lines = ["0::/system.slice/jwsd.service/init"]
+    second = host.detect(name="second")
+    assert second.parent == host.root / "system.slice/jwsd.service/second"
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_configured_parent_is_created_and_used_instead_of_the_daemons_cgroup(
+    tmp_path: Path, version: int
+) -> None:
+    """--cgroup-parent: a daemon started from a shell gets a subtree of its own."""
+    host = (v1_host if version == 1 else v2_host)(tmp_path)
+    if version == 2:
+        subtree = host.root / "jobworker.slice"
+        subtree.mkdir()  # what the kernel would show in a fresh cgroup
+        (subtree / "cgroup.controllers").write_text("cpu io memory pids\n")
+        (subtree / "cgroup.type").write_text("domain\n")
+    host.write()
+    driver = detect(
+        name="jobworker",
+        subtree="/jobworker.slice",
+        root=host.root,
+        proc_self_cgroup=host.proc_self_cgroup,
+        mountinfo=host.mountinfo,
+        rmdir=fake_rmdir,
+    )
+    expected = "jobworker.slice/jobworker" if version == 2 else "memory/jobworker.slice/jobworker"
+    assert driver.parent == host.root / expected
+    driver.close()
+
+
+def test_a_configured_parent_must_be_an_absolute_cgroup_path(tmp_path: Path) -> None:
+    host = v2_host(tmp_path)
+    host.write()
+    for bad in ["relative", "/a/../../escape"]:
+        with pytest.raises(SetupError, match="bad cgroup parent"):
+            detect(
+                subtree=bad,
+                root=host.root,
+                proc_self_cgroup=host.proc_self_cgroup,
+                mountinfo=host.mountinfo,
+            )
 
 
 def test_v2_in_the_root_cgroup_moves_nothing(tmp_path: Path) -> None:
@@ -511,6 +595,7 @@ async def test_cleanup_stale_kills_and_removes_every_leftover_job_cgroup(
     crashed.create("old-idle", Limits(), None)
     for procs in old.procs_files:
         procs.write_text(f"{sleeper.pid}\n")
+    crashed.close()  # as its death would, releases the parent (busy: it stays)
     driver = host.detect()
     assert driver.cleanup_stale() == ["old-busy", "old-idle"]
     with trio.fail_after(5):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import errno
+import fcntl
 import os
 import select
 import signal
@@ -44,6 +45,9 @@ class CgroupDriver(abc.ABC):
     version: 1 or 2.
     parent: the directory holding every job's cgroup (on v1: the one in the
         memory hierarchy, as a representative; each hierarchy has its own).
+
+    One daemon per parent: a driver locks its parent when it is made (SetupError
+    if another daemon holds it) and releases it in `close()`.
     """
 
     version: int
@@ -73,8 +77,8 @@ class CgroupDriver(abc.ABC):
 
     @abc.abstractmethod
     def close(self) -> None:
-        """Remove the (now empty) parent dir(s) if possible; never raises for a busy
-        or missing dir."""
+        """Remove the (now empty) parent dir(s) if possible, and release the parent's
+        lock; never raises for a busy or missing dir. Idempotent."""
 
 
 class JobCgroup(abc.ABC):
@@ -337,3 +341,35 @@ def make_dir(directory: Path) -> None:
         raise SetupError(
             f"cannot create cgroup {directory}: {exc.strerror}; jwsd must run as root"
         ) from exc
+
+
+def lock_parent(parent: Path) -> int:
+    """Claim the job parent `parent` for this daemon alone: an exclusive flock(2) on
+    the directory, held until `unlock` (or the process's death, which a crashed
+    daemon's successor relies on). Returns the fd holding the lock.
+
+    Two daemons sharing a parent would sweep (kill) each other's jobs at start-up
+    and remove each other's parent at exit. Raises SetupError when another process
+    holds the lock.
+    """
+    try:
+        fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SetupError(f"cannot open cgroup {parent}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in {errno.EWOULDBLOCK, errno.EAGAIN}:
+            raise SetupError(
+                f"another jwsd owns cgroup {parent}; stop it, or give this one another "
+                f"--cgroup-name"
+            ) from None
+        raise SetupError(f"cannot lock cgroup {parent}: {exc.strerror}") from exc
+    return fd
+
+
+def unlock(fd: int | None) -> None:
+    """Release a lock taken by `lock_parent`; None (never locked) is fine."""
+    if fd is not None:
+        os.close(fd)

@@ -81,8 +81,11 @@ class V1Driver(base.CgroupDriver):
     version: int = attrs.field(default=1, init=False)
     parent: Path = attrs.field(init=False)
 
+    lock_fd: int | None = attrs.field(init=False)
+
     def __attrs_post_init__(self) -> None:
         self.parent = self.parents["memory"]
+        self.lock_fd = base.lock_parent(self.parent)
 
     @classmethod
     def open(cls, own: Mapping[str, Path], name: str, rmdir: base.Rmdir = os.rmdir) -> V1Driver:
@@ -168,6 +171,8 @@ class V1Driver(base.CgroupDriver):
         for directory in self._distinct_parents():
             with contextlib.suppress(OSError):
                 self.rmdir(directory)
+        base.unlock(self.lock_fd)
+        self.lock_fd = None
 
 
 def _subdirs(directory: Path) -> list[Path]:
