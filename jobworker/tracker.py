@@ -123,7 +123,9 @@ class JobTracker:
     allow_host_network: whether a job may share the host's network namespace.
     stop_grace: seconds between SIGTERM and SIGKILL when a stop gives none.
     output_memory_limit: bytes of each job's output kept in memory before it spills.
-    cgroup_name: the name of the parent cgroup of all jobs (under the daemon's own).
+    cgroup_name: the name of the parent cgroup of all jobs (in the daemon's subtree).
+    cgroup_parent: the cgroup subtree jobs go in (a cgroup path); `None`: the
+        daemon's own cgroup (see `sandbox.cgroups.detect`).
     cgroups: a ready driver (tests); `None` detects the host's.
     """
 
@@ -135,6 +137,7 @@ class JobTracker:
     stop_grace: float = 5.0
     output_memory_limit: int = 8 << 20
     cgroup_name: str = "jobworker"
+    cgroup_parent: str | None = None
     cgroups: CgroupDriver | None = None
 
     _jobs: dict[str, _Job] = attrs.field(init=False, factory=dict)
@@ -183,7 +186,7 @@ class JobTracker:
         _check_sandbox(self._tools, self._user)
         self._prepare_data_dir()
         if self.cgroups is None:
-            self.cgroups = detect(name=self.cgroup_name)
+            self.cgroups = detect(name=self.cgroup_name, subtree=self.cgroup_parent)
         stale = self.cgroups.cleanup_stale()
         if stale:
             log.warning("removed %d job cgroups left by an earlier run", len(stale))

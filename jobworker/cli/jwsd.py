@@ -112,7 +112,15 @@ def _limits_option(ctx: click.Context, param: click.Parameter, value: str) -> Li
     envvar="JOBWORKER_CGROUP_NAME",
     default="jobworker",
     show_default=True,
-    help="Name of the parent cgroup of all jobs, under jwsd's own cgroup.",
+    help="Name of the parent cgroup of all jobs, in jwsd's cgroup subtree.",
+)
+@click.option(
+    "--cgroup-parent",
+    envvar="JOBWORKER_CGROUP_PARENT",
+    default=None,
+    help="The cgroup jwsd may divide, as a path in the hierarchy (e.g. /jobworker.slice; "
+    "created when missing). Default: jwsd's own cgroup, as a systemd service with "
+    "Delegate=yes or a container has it.",
 )
 @click.option(
     "--log-level",
@@ -131,6 +139,7 @@ async def main(
     allow_host_network: bool,
     stop_grace: str,
     cgroup_name: str,
+    cgroup_parent: str | None,
     log_level: str,
 ) -> None:
     """Run the jobworker daemon: jobs for authenticated users, over gRPC with mutual TLS.
@@ -167,6 +176,7 @@ async def main(
         allow_host_network=allow_host_network,
         stop_grace=grace,
         cgroup_name=cgroup_name,
+        cgroup_parent=cgroup_parent,
     )
     try:
         await run(config)

@@ -59,6 +59,7 @@ class DaemonConfig:
     stop_grace: float = 5.0
     drain_timeout: float = 2.0
     cgroup_name: str = "jobworker"
+    cgroup_parent: str | None = None
 
     @property
     def server_files(self) -> tuple[Path, Path, Path]:
@@ -94,6 +95,7 @@ async def serve(
         allow_host_network=config.allow_host_network,
         stop_grace=config.stop_grace,
         cgroup_name=config.cgroup_name,
+        cgroup_parent=config.cgroup_parent,
     ) as tracker:
         guard = CallGuard(policy)
         server = RpcServer(config.host, config.port, ssl_context, max_message_length=MAX_MESSAGE)
