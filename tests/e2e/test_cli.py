@@ -16,6 +16,7 @@ import pytest
 
 from tests.e2e.conftest import BIN, Jwsd, start_jwsd
 from tests.support.certs import TestPKI
+from tests.support.cgroupfs import cgroups_named
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
@@ -160,8 +161,7 @@ def test_jwsd_shuts_down_cleanly_on_sigterm_with_jobs_running(tmp_path: Path, pk
     rest, err = follower.communicate(timeout=10)
     assert first + rest == b"up\n"
     assert follower.returncode == 0, err  # the stream ended cleanly, after the last byte
-    for controller in ["cpu", "memory", "pids", "freezer"]:
-        assert not list(Path("/sys/fs/cgroup", controller).rglob(daemon.cgroup_name))
+    assert not cgroups_named(daemon.cgroup_name)
     assert "rpc user=alex method=StartJob job=" in daemon.log
     assert "PRIVATE KEY" not in daemon.log
 
@@ -242,7 +242,7 @@ def test_a_killed_daemon_takes_its_jobs_along_and_the_next_one_cleans_up(
     while _pids_running(marker) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _pids_running(marker) == []
-    leftovers = list(Path("/sys/fs/cgroup/pids").rglob(daemon.cgroup_name))
+    leftovers = cgroups_named(daemon.cgroup_name)
     # A killed daemon cannot clean up: its job cgroups stay until the next start.
     assert [d for p in leftovers for d in p.iterdir() if d.is_dir()]
     env = dict(os.environ, JOBWORKER_CGROUP_NAME=daemon.cgroup_name)

@@ -26,6 +26,7 @@ from jobworker.v1 import jobworker_pb2 as pb
 from tests.conftest import require_root
 from tests.integration.leaks import LeakCheck, child_pids, task_count
 from tests.support.certs import TestPKI
+from tests.support.cgroupfs import cgroups_named
 
 pytestmark = pytest.mark.root
 
@@ -337,8 +338,7 @@ async def test_shutdown_ends_every_stream_and_job(tmp_path: Path, pki: TestPKI) 
     assert elapsed < 0.5 + 3, f"shutdown took {elapsed:.1f} s"
     assert streams_ended == [b"started\n", b"started\n"]
     assert child_pids() == children
-    for controller in ["cpu", "memory", "pids", "freezer"]:
-        assert not list(Path("/sys/fs/cgroup", controller).rglob(name))
+    assert not cgroups_named(name)
     # After shutdown, nothing listens any more.
     with pytest.raises(purerpc.RpcFailedError) as info:
         async with connect(
