@@ -160,6 +160,50 @@ async def test_a_job_cannot_see_other_jobs_files(tracker: JobTracker) -> None:
     await tracker.stop("alex", first.job_id, grace=0)
 
 
+async def test_a_job_can_neither_change_its_cgroup_nor_leave_it(tracker: JobTracker) -> None:
+    """The limits hold only if the job cannot write them: its own control files, the job
+    parent's, and every cgroup.procs it could move itself to are out of its reach."""
+    # The job waits for its attack script: only once it runs do we know its cgroup's path.
+    status = await tracker.start(
+        "alex", sh("while [ ! -e ./attack ]; do sleep 0.02; done; . ./attack")
+    )
+    (job_dir,) = [d for d in cgroups_named(status.job_id) if (d / "pids.max").exists()]
+    parent = job_dir.parent
+    targets = [
+        job_dir / "pids.max",
+        job_dir / "cgroup.procs",
+        parent / "cgroup.procs",
+        parent.parent / "cgroup.procs",
+        parent / "cgroup.subtree_control",  # v2 only
+    ]
+    targets = [t for t in targets if t.exists()]
+    script = "".join(f"if echo $$ 2>/dev/null > {t}; then echo 'wrote {t}'; fi\n" for t in targets)
+    script += f"mkdir {job_dir}/escape 2>/dev/null && echo made\ncat /proc/self/cgroup\n"
+    script += "echo END; while [ ! -e ./done ]; do sleep 0.02; done\n"  # until we looked
+    before = {t: t.read_text() for t in targets if t.name != "cgroup.procs"}
+    workdir = tracker.data_dir / "jobs" / status.job_id / "work"
+    (workdir / "attack.tmp").write_text(script)
+    (workdir / "attack.tmp").rename(workdir / "attack")
+    out = bytearray()
+    async with tracker.subscribe("alex", status.job_id) as chunks:
+        async for chunk in chunks:
+            out += chunk
+            if out.endswith(b"END\n"):
+                break
+    assert {t: t.read_text() for t in before} == before
+    assert not (job_dir / "escape").exists()
+    (workdir / "done").touch()
+    lines = out.decode().splitlines()[:-1]
+    assert not [line for line in lines if line.startswith(("wrote", "made"))], out
+    # Its own cgroup namespace: the job sees its cgroup as the root.
+    assert lines and all(line.endswith(":/") for line in lines), out
+    with trio.fail_after(10):
+        async with tracker.subscribe("alex", status.job_id) as chunks:
+            async for _ in chunks:
+                pass
+    assert tracker.status("alex", status.job_id).exit_code == 0
+
+
 # ---- limits, measured by their effect ---------------------------------------------
 
 
@@ -176,11 +220,14 @@ async def test_memory_limit_kills_and_reports_oom(tracker: JobTracker) -> None:
 
 async def test_cpu_limit_holds_a_busy_loop_to_a_fifth_of_a_core(tracker: JobTracker) -> None:
     status = await tracker.start("alex", sh("while :; do :; done", limits=Limits(cpu=0.2)))
+    # Measured from here, not from the start: building the sandbox used CPU too, and took
+    # long enough on a slow (emulated) machine to push a whole-life ratio past the bound.
+    before = tracker.status("alex", status.job_id).usage.cpu_ns
     t0 = time.monotonic()
     await trio.sleep(2.0)
     final = await tracker.stop("alex", status.job_id, grace=0)
     wall = time.monotonic() - t0
-    used = final.usage.cpu_ns / 1e9
+    used = (final.usage.cpu_ns - before) / 1e9
     assert 0.12 <= used / wall <= 0.3, f"used {used:.2f} s CPU in {wall:.2f} s"
     assert final.outcome is Outcome.STOPPED and final.stopped_by_user
 
