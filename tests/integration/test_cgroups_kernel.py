@@ -268,13 +268,15 @@ async def test_cleanup_stale_kills_and_removes_a_crashed_runs_job_cgroup(
 
 
 async def test_v2_cgroup_kill_on_the_real_unified_hierarchy(tmp_path: Path) -> None:
-    """This host's cgroup2 mount has no controllers, but cgroup.kill, procs and rmdir are real."""
+    """The v2 driver with no controllers at all, on whatever cgroup2 mount this host has (a
+    hybrid host's unified one has none): cgroup.kill, procs and rmdir are real. It works in
+    a fresh, empty cgroup of its own, so it moves no process and delegates nothing."""
     require_root()
-    unified = [m for m in read_mounts(Path("/proc/self/mountinfo")) if m.fstype == "cgroup2"]
-    if not unified:
-        pytest.skip("no cgroup2 mount on this host")
-    own = unified[0].mount_point / read_own_cgroups(Path("/proc/self/cgroup"))[""].lstrip("/")
-    driver = V2Driver.open(own, f"jobworker-test-{uuid.uuid4().hex[:8]}", controllers=())
+    (unified,) = [m for m in read_mounts(Path("/proc/self/mountinfo")) if m.fstype == "cgroup2"]
+    own = unified.mount_point / read_own_cgroups(Path("/proc/self/cgroup"))[""].lstrip("/")
+    subtree = own / f"jobworker-test-{uuid.uuid4().hex[:8]}"
+    subtree.mkdir()
+    driver = V2Driver.open(subtree, "jobs", controllers=())
     try:
         cgroup = driver.create("job", Limits(), None)
         proc = await start_in(cgroup, "trap '' TERM; (setsid sleep 1000 &); sleep 1000")
@@ -295,6 +297,7 @@ async def test_v2_cgroup_kill_on_the_real_unified_hierarchy(tmp_path: Path) -> N
         assert not (driver.parent / "limited").exists()
     finally:
         driver.close()
+        subtree.rmdir()
     assert not driver.parent.exists()
 
 

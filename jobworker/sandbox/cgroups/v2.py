@@ -209,12 +209,11 @@ def _mkdir(directory: Path) -> None:
 def _take_over(subtree: Path, enable: str) -> None:
     """Move every process out of `subtree` into its leaves, then enable the
     controllers in it; repeat while processes keep joining (EBUSY)."""
-    for leaf in (DAEMON_LEAF, OTHERS_LEAF):
-        _mkdir(subtree / leaf)
     for _ in range(TAKE_OVER_ATTEMPTS):
         for pid in base.read_pids(subtree / "cgroup.procs"):
-            leaf = DAEMON_LEAF if pid == os.getpid() else OTHERS_LEAF
-            _move(pid, subtree / leaf)
+            leaf = subtree / (DAEMON_LEAF if pid == os.getpid() else OTHERS_LEAF)
+            _mkdir(leaf)  # only when a process needs it: an empty subtree gets no leaves
+            _move(pid, leaf)
         if not enable or _try_enable(subtree, enable):
             return
     raise SetupError(
