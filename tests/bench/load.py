@@ -4,7 +4,7 @@
 
 starts        sequential StartJob of `true` with limits; the latency of each, in ms
 start-many    start N `sleep` jobs with limits, C at a time; wall time, job ids
-stop-many     stop the given jobs (grace 0), C at a time
+stop-many     stop the given jobs (grace 0), C at a time; with --all every running one
 follow        F followers of one job's output over C connections; checks every byte
 follow-grpcio the same with grpcio's C-core client (the fan-out row's load generator)
 rpc           GetJobStatus from N clients (one grpcio channel each) for D seconds
@@ -12,7 +12,7 @@ rpc           GetJobStatus from N clients (one grpcio channel each) for D second
 Each prints one JSON object on stdout. jobworker is reached through
 `jobworker.client` (purerpc on trio), the way `jws` reaches it; `rpc` uses grpcio's
 asyncio client for both servers, so the client side costs the same for each.
-User "alex" of TLS_DIR (the gen-certs layout) is the caller.
+User "alex" of TLS_DIR (the gen-certs layout) is the caller unless --user names another.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from jobworker.v1 import jobworker_pb2 as pb
 from tests.bench.peers import CPU_CORES, MEMORY_BYTES, PIDS
 from tests.bench.results import percentile
 
+#: The caller when --user names none.
 USER = "alex"
 
 
@@ -51,7 +52,7 @@ def _addr(text: str) -> tuple[str, int]:
 @contextlib.asynccontextmanager
 async def _client(args: argparse.Namespace) -> Any:
     async with connect(
-        _addr(args.addr), Credentials(Path(args.tls_dir), USER), server_hostname="localhost"
+        _addr(args.addr), Credentials(Path(args.tls_dir), args.user), server_hostname="localhost"
     ) as client:
         yield client
 
@@ -104,7 +105,12 @@ async def start_many(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def stop_many(args: argparse.Namespace) -> dict[str, Any]:
-    job_ids = Path(args.ids_file).read_text().split()
+    """Stop the jobs in --ids-file, or with --all every job of --user that still runs."""
+    if args.all:
+        async with _client(args) as client:
+            job_ids = [job.job_id for job in await client.list() if job.status != "Terminated"]
+    else:
+        job_ids = Path(args.ids_file).read_text().split()
     todo = iter(job_ids)
     outcomes: dict[str, int] = {}
 
@@ -267,7 +273,7 @@ async def rpc(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _grpcio_channel(args: argparse.Namespace) -> Any:
-    """A grpcio (C-core, asyncio) channel to ADDR as user alex: a connection of its own
+    """A grpcio (C-core, asyncio) channel to ADDR as --user: a connection of its own
     (no subchannel sharing), the server named as its certificate says."""
     import grpc
     import grpc.aio
@@ -275,8 +281,8 @@ def _grpcio_channel(args: argparse.Namespace) -> Any:
     tls = Path(args.tls_dir)
     credentials = grpc.ssl_channel_credentials(
         root_certificates=(tls / "server_ca_cert.pem").read_bytes(),
-        private_key=(tls / USER / "client_key.pem").read_bytes(),
-        certificate_chain=(tls / USER / "client_cert.pem").read_bytes(),
+        private_key=(tls / args.user / "client_key.pem").read_bytes(),
+        certificate_chain=(tls / args.user / "client_cert.pem").read_bytes(),
     )
     return grpc.aio.secure_channel(
         args.addr,
@@ -362,6 +368,8 @@ def main() -> None:
         command.add_argument("--until-end", action="store_true")
         command.add_argument("--clients", type=int, default=50)
         command.add_argument("--seconds", type=float, default=3.0)
+        command.add_argument("--user", default=USER)
+        command.add_argument("--all", action="store_true")
     args = parser.parse_args()
     if args.action in ("rpc", "follow-grpcio"):
         result = asyncio.run(rpc(args) if args.action == "rpc" else follow_grpcio(args))

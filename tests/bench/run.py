@@ -14,6 +14,8 @@ load        J concurrent `sleep` jobs with limits: time to start all, jwsd RSS,
             host memory per job, GetJobStatus p99 while they run
 rpc         GetJobStatus from 50 clients: rate and p99, vs the grpcio server
 isolation   a writer's run time with 0 vs S slow followers
+fairness    user B's GetJobStatus p99 and StartJob p50 alone, then while user A runs
+            CPU hogs, output floods and their followers; the ratio (target <= 2x)
 
 Every byte counted is checked against known content. With --profile, py-spy
 samples jwsd during the throughput and fan-out runs (separate runs, so the
@@ -55,7 +57,7 @@ from tests.bench.results import Report, percentile
 from tests.e2e.conftest import Jwsd, start_jwsd
 from tests.support.certs import TestPKI
 
-GROUPS = ("start", "throughput", "fanout", "load", "rpc", "isolation")
+GROUPS = ("start", "throughput", "fanout", "load", "rpc", "isolation", "fairness")
 MiB = 1 << 20
 
 
@@ -75,6 +77,9 @@ class Sizes:
     rpc_seconds: float
     slow_followers: int
     writer_bytes: int
+    hogs: int
+    floods: int
+    flood_followers: int
 
 
 FULL = Sizes(
@@ -92,6 +97,9 @@ FULL = Sizes(
     rpc_seconds=2,
     slow_followers=100,
     writer_bytes=64 * MiB,
+    hogs=16,
+    floods=4,
+    flood_followers=25,
 )
 QUICK = Sizes(
     runs=1,
@@ -106,6 +114,9 @@ QUICK = Sizes(
     rpc_seconds=2,
     slow_followers=20,
     writer_bytes=32 * MiB,
+    hogs=4,
+    floods=2,
+    flood_followers=5,
 )
 
 #: Seconds a follower-test job waits before writing, so every follower is attached
@@ -501,6 +512,92 @@ class Bench:
                 group, f"jobworker, {slow} slow ÷ 0", "slowdown", "×", subject=True
             ).samples.append(times[slow] / times[0])
 
+    # ---- fairness between users ---------------------------------------------------
+
+    def fairness(self) -> None:
+        sizes, group = self.sizes, "fairness (user B's calls while user A loads jwsd)"
+        seconds = max(sizes.rpc_seconds, 2.0)
+        note = (
+            f"B: GetJobStatus from 4 grpcio clients for {seconds:.0f} s, then {sizes.starts} StartJob"
+            f" of `true` one at a time; A: {sizes.hogs} busy loops, {sizes.floods} jobs writing"
+            f" zeros as fast as they can, each with {sizes.flood_followers} followers checking"
+            " every byte; every job with the bench's limits (cpu=1, memory=256M, pids=64)"
+        )
+        addr, tls = self.jwsd.addr, self.tls
+        b_job = load("start-many", addr, tls, "--user", "betty", "--count", "1")["job_ids"]
+        floods: list[subprocess.Popen[bytes]] = []
+
+        def measure_b(path: str, subject: bool) -> tuple[float, float]:
+            status = load(
+                "rpc", addr, tls, "--user", "betty", "--clients", "4",
+                "--seconds", str(seconds), "--jobs", b_job[0],
+            )  # fmt: skip
+            if status["errors"]:
+                raise RuntimeError(f"fairness: B's GetJobStatus failed: {status['errors']}")
+            starts = load(
+                "starts",
+                addr,
+                tls,
+                "--user",
+                "betty",
+                "--count",
+                str(sizes.starts),
+                "--warmup",
+                "1",
+            )["ms"]
+            figures = (status["p99_ms"], percentile(starts, 0.5))
+            for metric, value in zip(("GetJobStatus p99", "StartJob p50"), figures, strict=True):
+                self.report.row(
+                    group, path, metric, "ms", subject=subject, note=note
+                ).samples.append(value)
+            return figures
+
+        try:
+            alone = measure_b("user B alone", False)
+            load(
+                "start-many", addr, tls, "--user", "alex", "--count", str(sizes.hogs),
+                "--concurrency", "4", "--command", "while :; do :; done",
+            )  # fmt: skip
+            flood_bytes = 64 << 30  # more than they can write before the deadline
+            for _ in range(sizes.floods):
+                floods.append(
+                    load_async(
+                        "follow",
+                        addr,
+                        tls,
+                        "--user",
+                        "alex",
+                        "--start",
+                        f"exec head -c {flood_bytes} /dev/zero",
+                        "--followers",
+                        str(sizes.flood_followers),
+                        "--connections",
+                        "5",
+                        "--expect",
+                        f"zeros:{flood_bytes}",
+                        "--deadline",
+                        str(3 * seconds + 30),
+                    )  # fmt: skip
+                )
+            time.sleep(2)  # the floods' followers connect and their bytes flow
+            loaded = measure_b(f"user B while A runs {sizes.hogs + sizes.floods} jobs", True)
+            for metric, before, after in zip(
+                ("GetJobStatus p99", "StartJob p50"), alone, loaded, strict=True
+            ):
+                self.report.row(
+                    group, "B loaded ÷ B alone", metric, "×", subject=True, note="target <= 2x"
+                ).samples.append(after / before)
+        finally:
+            for flood in floods:
+                flood.terminate()
+            for flood in floods:
+                flood.wait(30)
+            ids_file = self.workspace / "fairness-ids"
+            ids_file.write_text("\n".join(b_job))
+            load("stop-many", addr, tls, "--user", "betty", "--ids-file", str(ids_file))
+            # The hogs, and the floods' jobs that their follow processes started.
+            load("stop-many", addr, tls, "--user", "alex", "--all")
+
     # ---- profiles ----------------------------------------------------------------
 
     def profile(self) -> None:
@@ -615,6 +712,10 @@ def check_targets(report: Report) -> None:
     )
     rate = median("RPC", "jobworker", "rate")
     add("GetJobStatus ≥ 3,000 req/s", rate, "req/s", None if rate is None else rate >= 3000)
+    for metric in ("GetJobStatus p99", "StartJob p50"):
+        slowdown = median("fairness", "B loaded", metric)
+        add(f"fairness: B's {metric} loaded ≤ 2× alone", slowdown, "×",
+            None if slowdown is None else slowdown <= 2)  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -701,7 +802,7 @@ def main(argv: list[str] | None = None) -> int:
         workspace = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="jwbench-")))
         workspace.chmod(0o711)  # the job user (nobody) passes through to the bwrap peer's work dir
         pki = TestPKI()
-        tls = pki.write_tls_dir(workspace / "tls", ["alex"])
+        tls = pki.write_tls_dir(workspace / "tls", ["alex", "betty"])
         daemon: Jwsd | None = None
         try:
             daemon = stack.enter_context(running_jwsd(workspace / "jwsd", pki))
