@@ -8,8 +8,13 @@ wire code (`GRPCProtoSocket`, its call helpers, `Service`) and replaces the
 accept loop and the per-request dispatch:
 
 - one listener on exactly `host`, no SO_REUSEPORT: a port in use is an error;
-- the TLS handshake per connection, bounded in time; a rejected one is one
-  WARNING log line, no traceback;
+- the TLS handshake per connection, bounded in time and in how many run at
+  once (accepting waits for a free slot); a rejected one is one WARNING log
+  line, no traceback;
+- at most `max_connections_per_peer` connections per identity (the client
+  certificate's name; its address when it has none): the next one is closed
+  right after its handshake;
+- a connection with no RPC open for `idle_timeout` seconds is closed;
 - `current_peer` set from the verified client certificate before the first
   request of a connection is read, so every RPC task of it inherits it;
 - a nursery per connection and a `trio.CancelScope` per RPC: an RST_STREAM from
@@ -97,25 +102,31 @@ async def wait_writable() -> None:
 
 
 class _Counter:
-    """A count that tasks can wait to see reach zero (no polling)."""
+    """A count that tasks can wait to see reach zero, or leave it (no polling)."""
 
     def __init__(self) -> None:
         self.value = 0
         self._zero = trio.Event()
         self._zero.set()
+        self._nonzero = trio.Event()
 
     def up(self) -> None:
         if self.value == 0:
             self._zero = trio.Event()
+            self._nonzero.set()
         self.value += 1
 
     def down(self) -> None:
         self.value -= 1
         if self.value == 0:
             self._zero.set()
+            self._nonzero = trio.Event()
 
     async def wait_zero(self) -> None:
         await self._zero.wait()
+
+    async def wait_nonzero(self) -> None:
+        await self._nonzero.wait()
 
 
 class _ServerSocket(HookedSocket):
@@ -125,6 +136,7 @@ class _ServerSocket(HookedSocket):
         super().__init__(config, stream)
         self.scopes: dict[int, trio.CancelScope] = {}
         self.reset_ids: set[int] = set()
+        self.open_rpcs = _Counter()
 
     def stream_was_reset(self, stream_id: int, error_code: int) -> None:
         scope = self.scopes.get(stream_id)
@@ -148,7 +160,10 @@ class RpcServer:
     (ValueError if it is not positive or that window would exceed 2**31-1).
     `on_handshake_error(address, exc)` is called after each rejected TLS
     handshake is logged (None: only log). `handshake_timeout` bounds a
-    handshake in seconds.
+    handshake in seconds, and `max_handshakes` how many run at once.
+    `max_connections_per_peer` bounds the connections one identity holds
+    open (None: no bound); `idle_timeout` closes a connection that has had no
+    RPC open for that many seconds (None: never).
 
     Run `serve()` in a nursery (`port = await nursery.start(server.serve)`).
     """
@@ -162,6 +177,9 @@ class RpcServer:
         max_message_length: int = 16 << 20,
         on_handshake_error: HandshakeErrorHook | None = None,
         handshake_timeout: float = 10.0,
+        max_handshakes: int = 256,
+        max_connections_per_peer: int | None = None,
+        idle_timeout: float | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -171,6 +189,10 @@ class RpcServer:
         )
         self._on_handshake_error = on_handshake_error
         self._handshake_timeout = handshake_timeout
+        self._handshakes = trio.Semaphore(max_handshakes)
+        self._max_per_peer = max_connections_per_peer
+        self._idle_timeout = idle_timeout
+        self._per_peer: dict[str, int] = {}
         self._services: dict[str, purerpc.Service] = {}
         self._connections = _Counter()
         self._rpcs = _Counter()
@@ -295,17 +317,25 @@ class RpcServer:
         # create_tcp_listener() makes one SocketListener per bound address.
         assert isinstance(listener, anyio.abc.SocketListener)
         while True:
+            # A free handshake slot first: a flood of connections that never handshake
+            # then waits in the kernel's backlog instead of costing fds and memory here.
+            await self._handshakes.acquire()
             try:
                 stream = await listener.accept()
             except OSError as exc:
                 if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
                     raise
+                self._handshakes.release()
                 log.warning("cannot accept a connection right now (%s); retrying", exc.strerror)
                 await trio.sleep(0.1)
                 continue
+            except BaseException:
+                self._handshakes.release()
+                raise
             connections.start_soon(self._handle_connection, stream)
 
     async def _handle_connection(self, tcp: anyio.abc.SocketStream) -> None:
+        """Handshake (holding the slot `_accept_loop` took), then serve the connection."""
         address = format_address(tcp.extra(anyio.abc.SocketAttribute.remote_address))
         try:
             with trio.fail_after(self._handshake_timeout):
@@ -313,17 +343,34 @@ class RpcServer:
                     tcp, server_side=True, ssl_context=self._ssl_context, standard_compatible=False
                 )
         except (trio.TooSlowError, anyio.EndOfStream, anyio.BrokenResourceError, OSError) as exc:
+            self._handshakes.release()
             with trio.CancelScope(shield=True):
                 await aclose_forcefully(tcp)
             self._handshake_failed(address, exc)
             return
         except BaseException:
+            self._handshakes.release()
             with trio.CancelScope(shield=True):
                 await aclose_forcefully(tcp)
             raise
+        self._handshakes.release()
 
         certificate = tls.extra(TLSAttribute.peer_certificate)
-        current_peer.set(Peer(common_name=common_name_of(certificate), address=address))
+        peer = Peer(common_name=common_name_of(certificate), address=address)
+        current_peer.set(peer)
+        key = peer.common_name if peer.common_name is not None else address.rpartition(":")[0]
+        held = self._per_peer.get(key, 0)
+        if self._max_per_peer is not None and held >= self._max_per_peer:
+            log.warning(
+                "refused a connection from %s: %s holds %d connections already (the most allowed)",
+                address,
+                "its address" if peer.common_name is None else "its user",
+                held,
+            )
+            with trio.CancelScope(shield=True):
+                await aclose_forcefully(tls)
+            return
+        self._per_peer[key] = held + 1
         self._connections.up()
         try:
             await self._serve_connection(tls, address)
@@ -331,6 +378,9 @@ class RpcServer:
             with trio.CancelScope(shield=True):
                 await aclose_forcefully(tls)
             self._connections.down()
+            self._per_peer[key] -= 1
+            if not self._per_peer[key]:
+                del self._per_peer[key]
 
     def _handshake_failed(self, address: str, exc: BaseException) -> None:
         reason = (
@@ -353,10 +403,13 @@ class RpcServer:
         async with sock, trio.open_nursery() as rpcs:
             try:
                 with request_loop:
+                    if self._idle_timeout is not None:
+                        rpcs.start_soon(self._close_when_idle, sock, request_loop, address)
                     async with aclosing(sock.listen()) as requests:
                         async for stream in requests:
                             scope = trio.CancelScope()
                             sock.scopes[stream.stream_id] = scope
+                            sock.open_rpcs.up()
                             rpcs.start_soon(self._run_rpc, sock, stream, scope)
             except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
                 pass  # the connection is gone: end its RPCs below
@@ -367,6 +420,21 @@ class RpcServer:
                 # Whatever ended the connection ends every RPC on it.
                 self._request_loops.discard(request_loop)
                 rpcs.cancel_scope.cancel()
+
+    async def _close_when_idle(
+        self, sock: _ServerSocket, request_loop: trio.CancelScope, address: str
+    ) -> None:
+        """Close the connection (gracefully: what was sent is flushed) once it has had no
+        RPC open for `idle_timeout` seconds. Runs in the connection's RPC nursery."""
+        assert self._idle_timeout is not None
+        while True:
+            await sock.open_rpcs.wait_zero()
+            with trio.move_on_after(self._idle_timeout):
+                await sock.open_rpcs.wait_nonzero()
+                continue
+            log.info("closing connection from %s: no call for %g s", address, self._idle_timeout)
+            request_loop.cancel()
+            return
 
     async def _run_rpc(
         self, sock: _ServerSocket, stream: GRPCProtoStream, scope: trio.CancelScope
@@ -387,6 +455,7 @@ class RpcServer:
                 # purerpc only forgets streams that close normally.
                 sock.reset_ids.discard(stream_id)
                 sock._streams.pop(stream_id, None)
+            sock.open_rpcs.down()
             self._rpcs.down()
 
     async def _dispatch(self, stream: GRPCProtoStream) -> None:
