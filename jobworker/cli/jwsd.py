@@ -108,6 +108,19 @@ def _limits_option(ctx: click.Context, param: click.Parameter, value: str) -> Li
     help="SIGTERM-to-SIGKILL grace when a stop gives none.",
 )
 @click.option(
+    "--idle-timeout",
+    default="5m",
+    show_default=True,
+    help="Close a client connection that has had no call open this long (0: never).",
+)
+@click.option(
+    "--max-connections-per-user",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="Connections one user (client certificate) may hold open at once.",
+)
+@click.option(
     "--cgroup-name",
     envvar="JOBWORKER_CGROUP_NAME",
     default="jobworker",
@@ -138,6 +151,8 @@ async def main(
     max_limits: Limits,
     allow_host_network: bool,
     stop_grace: str,
+    idle_timeout: str,
+    max_connections_per_user: int,
     cgroup_name: str,
     cgroup_parent: str | None,
     log_level: str,
@@ -160,6 +175,7 @@ async def main(
     try:
         host, port = parse_addr(addr, default_port=DEFAULT_PORT)
         grace = parse_duration(stop_grace)
+        idle = parse_duration(idle_timeout)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     if os.geteuid() != 0:
@@ -175,6 +191,8 @@ async def main(
         max_limits=max_limits,
         allow_host_network=allow_host_network,
         stop_grace=grace,
+        idle_timeout=idle or None,
+        max_connections_per_user=max_connections_per_user,
         cgroup_name=cgroup_name,
         cgroup_parent=cgroup_parent,
     )

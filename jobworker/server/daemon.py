@@ -45,6 +45,8 @@ class DaemonConfig:
     tls_dir: holds server_cert.pem, server_key.pem and client_ca_cert.pem.
     users_file: the TOML users file; `None`: every client certificate is a user.
     drain_timeout: seconds running calls get to finish once jobs are stopped at shutdown.
+    idle_timeout: seconds a client connection may stay open with no call (None: forever).
+    max_connections_per_user: connections one user may hold open at once (None: any).
     """
 
     tls_dir: Path
@@ -58,6 +60,8 @@ class DaemonConfig:
     allow_host_network: bool = False
     stop_grace: float = 5.0
     drain_timeout: float = 2.0
+    idle_timeout: float | None = 300.0
+    max_connections_per_user: int | None = 32
     cgroup_name: str = "jobworker"
     cgroup_parent: str | None = None
 
@@ -98,7 +102,14 @@ async def serve(
         cgroup_parent=config.cgroup_parent,
     ) as tracker:
         guard = CallGuard(policy)
-        server = RpcServer(config.host, config.port, ssl_context, max_message_length=MAX_MESSAGE)
+        server = RpcServer(
+            config.host,
+            config.port,
+            ssl_context,
+            max_message_length=MAX_MESSAGE,
+            max_connections_per_peer=config.max_connections_per_user,
+            idle_timeout=config.idle_timeout,
+        )
         server.add_service(guarded(JobWorkerService(tracker).service, guard))
         async with trio.open_nursery() as nursery:
             port = await nursery.start(server.serve)

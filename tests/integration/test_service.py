@@ -434,3 +434,40 @@ async def test_a_stock_grpcio_client_gets_the_same_results_and_codes(daemon: Dae
         "missing": ("NOT_FOUND", "no job with id 'no-such-job'"),
         "other": ("PERMISSION_DENIED", "access denied"),
     }
+
+
+# ---- what one user can hold ----------------------------------------------------------------
+
+
+async def test_a_user_holds_neither_more_connections_than_the_cap_nor_idle_ones_forever(
+    tmp_path: Path, pki: TestPKI
+) -> None:
+    """Any user could hold fds up to jwsd's limit: connections that handshake and then send
+    nothing were never timed out, and one user's count was not bounded."""
+    require_root()
+    tls_dir = pki.write_tls_dir(tmp_path / "tls", ["alex", "betty"])
+    config = DaemonConfig(
+        tls_dir=tls_dir,
+        port=0,
+        data_dir=tmp_path / "data",
+        cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}",
+        idle_timeout=0.5,
+        max_connections_per_user=2,
+    )
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+        daemon = Daemon(
+            await nursery.start(serve, config, shutdown), tls_dir, config, shutdown, pki
+        )
+        with trio.fail_after(20):
+            async with daemon.connect("alex") as first, daemon.connect("alex") as second:
+                assert await first.list() == await second.list() == []
+                async with daemon.connect("alex") as third:
+                    await expect_code(Code.UNAVAILABLE, third.list())
+                async with daemon.connect("betty") as betty:
+                    assert await betty.list() == []
+            async with daemon.connect("alex") as idle:
+                assert await idle.list() == []
+                await trio.sleep(1.5)  # the behaviour under test: idle past the timeout
+                await expect_code(Code.UNAVAILABLE, idle.list())
+        shutdown.set()
