@@ -107,6 +107,12 @@ class ResetAwareConnection(GRPCConnection):  # type: ignore[misc]  # purerpc is 
     on the reading task. It must not block.
     """
 
+    #: The calls a peer may have open at once on one connection, as this side's
+    #: SETTINGS_MAX_CONCURRENT_STREAMS says (purerpc's 65,536 would let one connection
+    #: hold that many handlers; h2's own default, and grpc-go's, is 100). A peer that
+    #: opens more breaks h2's protocol and loses the connection.
+    MAX_CONCURRENT_STREAMS = 100
+
     def __init__(self, config: GRPCConfiguration, on_reset: Any) -> None:
         super().__init__(config)
         self._on_reset = on_reset

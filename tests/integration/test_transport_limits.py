@@ -8,6 +8,7 @@ with real TLS connections against a real `RpcServer`."""
 from __future__ import annotations
 
 import logging
+from contextlib import aclosing
 
 import purerpc
 import pytest
@@ -104,3 +105,32 @@ async def test_a_flood_of_silent_connections_costs_the_server_only_its_handshake
                 assert (await stub(ch, "Echo")(StringValue(value="served"))).value == "served"
             for stream in silent:
                 await stream.aclose()
+
+
+async def test_one_connection_holds_at_most_a_hundred_calls_at_once(pki: Pki) -> None:
+    """purerpc advertises 65,536 concurrent streams; the server says 100, and a client that
+    opens more than that loses the call (its h2 refuses to open it), not the server its
+    memory."""
+    with trio.fail_after(20):
+        async with serving(pki) as served, channel(pki, served, pki.alice) as ch:
+            forever = stub(ch, "Forever")
+            opened = 0
+            failed: list[BaseException] = []
+
+            async def hold(task_status: trio.TaskStatus[None]) -> None:
+                nonlocal opened
+                try:
+                    async with aclosing(forever(StringValue(value="x"))) as replies:
+                        async for _ in replies:
+                            opened += 1
+                            task_status.started()
+                            await trio.sleep_forever()
+                except Exception as exc:
+                    failed.append(exc)
+                    task_status.started()
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(101):
+                    await nursery.start(hold)
+                assert opened == 100 and len(failed) == 1, (opened, failed)
+                nursery.cancel_scope.cancel()
