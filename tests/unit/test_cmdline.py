@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import shlex
+import time
 
 import pytest
 from hypothesis import given
@@ -62,3 +64,44 @@ def test_split_either_succeeds_or_raises_invalid_request(cmd: str) -> None:
         return
     assert argv
     assert all("\0" not in arg for arg in argv)
+
+
+def _shlex_split(cmd: str) -> tuple[str, ...] | str:
+    lexer = shlex.shlex(cmd, posix=True, punctuation_chars=False)
+    lexer.whitespace_split = True
+    lexer.commenters = ""
+    try:
+        return tuple(lexer)
+    except ValueError as exc:
+        return str(exc).lower()
+
+
+@given(st.text(alphabet="ab '\"\\ \t\r\n\x0b#$", max_size=40))
+def test_split_gives_what_shlex_gives(cmd: str) -> None:
+    """The same argv as shlex in POSIX mode (or the same refusal), for the characters
+    that matter to quoting."""
+    expected = _shlex_split(cmd)
+    try:
+        got: tuple[str, ...] | str = split_command(cmd)
+    except InvalidRequestError as exc:
+        got = str(exc)
+        assert isinstance(expected, str) and expected in got or expected == ()
+        return
+    assert got == expected
+
+
+@pytest.mark.parametrize(
+    "cmd",
+    [
+        "x" * (1 << 20),
+        '"' + "\\x" * (1 << 19) + '"',
+        '"' + "\\x" * (1 << 19),
+        "'" + "y" * (1 << 20),
+    ],
+)
+def test_a_1_mib_word_splits_in_linear_time(cmd: str) -> None:
+    """shlex took minutes for one 1 MiB word (it is quadratic); this must not."""
+    started = time.monotonic()
+    with contextlib.suppress(InvalidRequestError):
+        split_command(cmd)
+    assert time.monotonic() - started < 2.0
