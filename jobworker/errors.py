@@ -3,10 +3,17 @@
 Every error a caller can cause or observe is a `JobWorkerError`. The RPC layer
 maps each subclass to one gRPC status code in exactly one place
 (`jobworker.server.status`); nothing below the RPC boundary knows about gRPC.
-Messages are written for a person: lower case, what went wrong and what to do.
+Messages are written for a person: lower case, what went wrong and what to do;
+a value that came from a request appears in them only through
+`jobworker.echo.quoted` (short and escaped).
+
+`sole_exception` is the one way jobworker unwraps the exception groups trio's
+nurseries raise.
 """
 
 from __future__ import annotations
+
+from jobworker.echo import quoted
 
 
 class JobWorkerError(Exception):
@@ -21,7 +28,7 @@ class JobNotFoundError(JobWorkerError):
     """No job has this id (or the id is not a job id at all)."""
 
     def __init__(self, job_id: str) -> None:
-        super().__init__(f"no job with id {job_id!r}")
+        super().__init__(f"no job with id {quoted(job_id)}")
         self.job_id = job_id
 
 
@@ -58,3 +65,29 @@ class ShuttingDownError(BadStateError):
 class SetupError(JobWorkerError):
     """The host cannot run jobs as configured: not root, no cgroups, no bubblewrap,
     a data dir that is not writable. Raised when the tracker starts."""
+
+
+def sole_exception(
+    exc: BaseException, *, ignore: type[BaseException] | tuple[type[BaseException], ...] = ()
+) -> BaseException | None:
+    """The one exception that `exc` stands for, or None when it stands for several.
+
+    exc: an exception, or an exception group (nested to any depth), as a trio
+        nursery raises it.
+    ignore: kinds of leaf not to count next to others (e.g. `trio.Cancelled`, which
+        a nursery's other tasks raise when one of them fails); when they are all
+        there is and there is one of them, it is the answer.
+
+    An exception that is not a group is its own answer.
+    """
+    leaves = list(_leaves(exc))
+    if len(leaves) == 1:
+        return leaves[0]
+    kept = [leaf for leaf in leaves if not isinstance(leaf, ignore)]
+    return kept[0] if len(kept) == 1 else None
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if not isinstance(exc, BaseExceptionGroup):
+        return [exc]
+    return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]

@@ -1,7 +1,12 @@
 """Plain data: what a job is asked to do, and immutable snapshots of how it is doing.
 
 Nothing here performs I/O. `Limits` and `JobSpec` validate themselves when
-built, so a request that passes construction is one the tracker can attempt.
+built, so a request that passes construction is one the tracker can attempt:
+every size and count is bounded (`MAX_ARGS` and the others below, chosen far
+above what a real command line needs and below what the kernel's execve takes),
+and every string is checked for the characters exec cannot carry. A job id is
+checked by `check_job_id`. Values are echoed in errors only through
+`jobworker.echo.quoted`.
 """
 
 from __future__ import annotations
@@ -9,12 +14,14 @@ from __future__ import annotations
 import enum
 import math
 import os
+import re
 import signal
 from collections.abc import Iterable, Mapping
 
 import attrs
 
-from jobworker.errors import InvalidRequestError
+from jobworker.echo import quoted
+from jobworker.errors import InvalidRequestError, JobNotFoundError
 
 #: Upper bound for a byte count (memory, IO rate): 1 EiB is absurd on any host.
 MAX_BYTES = 1 << 60
@@ -22,6 +29,40 @@ MAX_BYTES = 1 << 60
 MAX_PIDS = 4_194_304
 #: The smallest memory limit that leaves room for the sandbox helpers (~3 MiB).
 MIN_MEMORY = 8 << 20
+
+# Request bounds. Sizes are bytes of UTF-8, as execve sees them.
+#: Most arguments in a command (argv[0] included).
+MAX_ARGS = 4096
+#: Largest single argument, and largest "NAME=value" of the environment: Linux's
+#: MAX_ARG_STRLEN (32 pages) less the terminating NUL.
+MAX_ARG_BYTES = (128 << 10) - 1
+#: Most bytes of argv and environment together (each string with its NUL).
+MAX_COMMAND_BYTES = 1 << 20
+#: Most environment variables.
+MAX_ENV = 1024
+#: Longest environment variable name.
+MAX_ENV_NAME_BYTES = 256
+#: Longest working directory: PATH_MAX less its NUL.
+MAX_WORKDIR_BYTES = 4095
+
+#: A job id: a UUID in its canonical lower-case form, as the tracker makes them.
+JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def check_job_id(job_id: str) -> str:
+    """`job_id` when it can be a job's id; raises InvalidRequestError when it is
+    empty and JobNotFoundError (with a short, escaped echo) when it is not a
+    canonical UUID: no job has such an id."""
+    if not job_id:
+        raise InvalidRequestError("job_id is required")
+    if len(job_id) != 36 or not JOB_ID.fullmatch(job_id):
+        raise JobNotFoundError(job_id)
+    return job_id
+
+
+def _size(text: str) -> int:
+    """Bytes of `text` in UTF-8 (a lone surrogate counts as its 3 bytes)."""
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 @attrs.frozen
@@ -97,21 +138,59 @@ def _to_argv(argv: Iterable[str]) -> tuple[str, ...]:
 def _check_argv(argv: tuple[str, ...]) -> tuple[str, ...]:
     if not argv or not argv[0]:
         raise InvalidRequestError("empty command: give a program to run")
-    for arg in argv:
+    if len(argv) > MAX_ARGS:
+        raise InvalidRequestError(
+            f"the command has {len(argv)} arguments; at most {MAX_ARGS} are allowed"
+        )
+    for index, arg in enumerate(argv):
         if "\0" in arg:
             raise InvalidRequestError(
-                "a command argument contains a NUL byte, which no program can receive"
+                f"argument {index} ({quoted(arg)}) contains a NUL byte, which no program can receive"
+            )
+        if len(arg) > MAX_ARG_BYTES or _size(arg) > MAX_ARG_BYTES:
+            raise InvalidRequestError(
+                f"argument {index} ({quoted(arg)}) is longer than {MAX_ARG_BYTES} bytes; "
+                "pass large data in a file or on stdin instead"
             )
     return argv
 
 
 def _check_env(env: Mapping[str, str]) -> Mapping[str, str]:
+    if len(env) > MAX_ENV:
+        raise InvalidRequestError(
+            f"the environment has {len(env)} variables; at most {MAX_ENV} are allowed"
+        )
     for key, value in env.items():
-        if not key or "=" in key or "\0" in key or "\0" in value:
+        if (
+            not key
+            or "=" in key
+            or "\0" in key
+            or len(key) > MAX_ENV_NAME_BYTES
+            or _size(key) > MAX_ENV_NAME_BYTES
+        ):
             raise InvalidRequestError(
-                f"bad environment variable {key!r}: names must be non-empty, without '=' or NUL"
+                f"bad environment variable name {quoted(key)}: names must be 1 to "
+                f"{MAX_ENV_NAME_BYTES} bytes, without '=' or NUL"
+            )
+        if "\0" in value:
+            raise InvalidRequestError(
+                f"environment variable {quoted(key)} has a NUL byte in its value, "
+                "which no program can receive"
+            )
+        if len(value) > MAX_ARG_BYTES or _size(key) + 1 + _size(value) > MAX_ARG_BYTES:
+            raise InvalidRequestError(
+                f"environment variable {quoted(key)} is longer than {MAX_ARG_BYTES} bytes; "
+                "pass large data in a file instead"
             )
     return env
+
+
+def _command_size(argv: tuple[str, ...], env: Mapping[str, str] | None) -> int:
+    """Bytes execve copies for `argv` and `env` (each string with its NUL)."""
+    size = sum(_size(arg) + 1 for arg in argv)
+    if env:
+        size += sum(_size(key) + _size(value) + 2 for key, value in env.items())
+    return size
 
 
 @attrs.frozen
@@ -138,8 +217,21 @@ class JobSpec:
     host_network: bool = False
 
     def __attrs_post_init__(self) -> None:
-        if self.workdir is not None and (not self.workdir.startswith("/") or "\0" in self.workdir):
-            raise InvalidRequestError(f"working dir must be an absolute path, not {self.workdir!r}")
+        if self.workdir is not None:
+            if len(self.workdir) > MAX_WORKDIR_BYTES or _size(self.workdir) > MAX_WORKDIR_BYTES:
+                raise InvalidRequestError(
+                    f"working dir {quoted(self.workdir)} is longer than {MAX_WORKDIR_BYTES} bytes"
+                )
+            if not self.workdir.startswith("/") or "\0" in self.workdir:
+                raise InvalidRequestError(
+                    f"working dir must be an absolute path, not {quoted(self.workdir)}"
+                )
+        size = _command_size(self.argv, self.env)
+        if size > MAX_COMMAND_BYTES:
+            raise InvalidRequestError(
+                f"the command and its environment take {size} bytes; at most "
+                f"{MAX_COMMAND_BYTES} are allowed"
+            )
 
 
 class JobState(enum.Enum):

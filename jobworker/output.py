@@ -60,7 +60,7 @@ from pathlib import Path
 import attrs
 import trio
 
-from jobworker.errors import BadStateError, InvalidRequestError
+from jobworker.errors import BadStateError, InvalidRequestError, sole_exception
 
 log = logging.getLogger(__name__)
 
@@ -540,10 +540,9 @@ def _raise_single(group: BaseExceptionGroup[BaseException]) -> None:
     """Re-raise the one exception in `group` (ignoring `Cancelled` ones next to it), so
     that an error in a subscriber's block comes out as itself; a group with several
     real errors is re-raised as it is."""
-    errors = [exc for exc in group.exceptions if not isinstance(exc, trio.Cancelled)]
-    if len(errors) > 1 or (not errors and len(group.exceptions) > 1):
+    single = sole_exception(group, ignore=trio.Cancelled)
+    if single is None:
         raise group
-    single = errors[0] if errors else group.exceptions[0]
     context = single.__context__
     try:
         raise single

@@ -16,6 +16,7 @@ inside the functions that need it.
 
 from __future__ import annotations
 
+import re
 import ssl
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -23,6 +24,16 @@ from pathlib import Path
 from typing import Any
 
 from jobworker.errors import SetupError
+
+#: A user name: what a client certificate's Common Name must be to name a caller, and
+#: what the users file may list. Letters, digits, '.', '_', '@' and '-', not starting
+#: with '.', '@' or '-', at most 64: no spaces, quotes or control characters, so a
+#: name is safe in a log line, a path component and a terminal.
+USER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._@-]{0,63}")
+#: USER_NAME, in words, for error messages.
+USER_NAME_RULE = (
+    "letters, digits, '.', '_', '@' and '-', at most 64, starting with a letter, digit or '_'"
+)
 
 #: Where to get new certificates, for error messages.
 _REMEDY = "generate new ones with certs/gen-certs.sh"
@@ -107,38 +118,40 @@ def common_name(certificate: Mapping[str, Any] | bytes | None) -> str | None:
         distinguished names, each a tuple of (attribute, value) pairs), or the
         DER bytes of `getpeercert(binary_form=True)`; None when there is none.
 
-    Returns None when there is no certificate, no CN, or more than one
-    different CN (an ambiguous identity is no identity). Does not verify
-    anything: pass only a certificate the TLS handshake has verified.
+    Returns None when there is no certificate, no CN, more than one CN (even
+    twice the same: an ambiguous identity is no identity), or a CN that is not a
+    `USER_NAME` (control characters, spaces, quotes, too long). This is the only
+    place jobworker reads a Common Name. Does not verify anything: pass only a
+    certificate the TLS handshake has verified.
     """
-    if certificate is None:
+    if not certificate:
         return None
     if isinstance(certificate, bytes):
         names = _common_names_from_der(certificate)
     else:
-        names = {
+        names = [
             value
             for rdn in certificate.get("subject", ())
             for attribute, value in rdn
             if attribute == "commonName"
-        }
-    if len(names) != 1:
+        ]
+    if len(names) != 1 or not isinstance(names[0], str) or not USER_NAME.fullmatch(names[0]):
         return None
-    return names.pop() or None
+    return names[0]
 
 
-def _common_names_from_der(der: bytes) -> set[str]:
+def _common_names_from_der(der: bytes) -> list[str]:
     from cryptography import x509
     from cryptography.x509.oid import NameOID
 
     try:
         parsed = x509.load_der_x509_certificate(der)
     except ValueError:
-        return set()
-    return {
+        return []
+    return [
         str(attribute.value)
         for attribute in parsed.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    }
+    ]
 
 
 def _tls13_only(context: ssl.SSLContext) -> None:

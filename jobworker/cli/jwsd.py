@@ -18,7 +18,7 @@ import asyncclick as click
 import trio
 
 from jobworker.cli.units import parse_addr, parse_duration, parse_size
-from jobworker.errors import InvalidRequestError, SetupError
+from jobworker.errors import InvalidRequestError, SetupError, sole_exception
 from jobworker.model import Limits
 from jobworker.server.daemon import DEFAULT_DATA_DIR, DEFAULT_PORT, DaemonConfig, serve
 
@@ -207,11 +207,9 @@ async def main(
 
 
 def _fail_on_setup_error(group: BaseExceptionGroup[BaseException]) -> None:
-    """Exit with the one line of the first SetupError in `group`, if it has one."""
-    found: BaseException | None = group.subgroup(lambda exc: isinstance(exc, SetupError))
-    while isinstance(found, BaseExceptionGroup):
-        found = found.exceptions[0]
-    if found is not None:
+    """Exit with the one line of the SetupError `group` stands for, if it is one."""
+    found = sole_exception(group, ignore=trio.Cancelled)
+    if isinstance(found, SetupError):
         _fail(str(found))
 
 

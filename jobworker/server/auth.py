@@ -1,14 +1,17 @@
-"""The seed's "interceptors": one guard around every method, unary and streaming alike.
+"""The "interceptors": one guard around every method, unary and streaming alike.
 
 purerpc has no interceptors; `jobworker.transport.wrap_methods` runs a wrapper
 around every method, and `CallGuard.wrap` is ours. Before any handler code
 runs it refuses calls during shutdown (UNAVAILABLE) and authenticates the
 caller from the connection's verified client certificate (UNAUTHENTICATED for
 a name the policy does not know); then it sets `current_caller` for the
-handler, maps every error to its status code (`jobworker.server.status`), and
+handler, maps every error to its status code (`jobworker.transport.status`), and
 writes one access-log line per call:
 
     rpc user=alex method=StartJob job=5f0c... code=OK ms=7.1
+
+Every field of that line is short and escaped (`jobworker.echo.log_field`): a
+job id as sent, before the handler has checked it, shows as a quoted prefix.
 
 Nothing the client sends (metadata included) is consulted for identity.
 """
@@ -24,10 +27,16 @@ from collections.abc import AsyncIterator
 import attrs
 import purerpc
 
+from jobworker.echo import log_field
 from jobworker.errors import ShuttingDownError
 from jobworker.server.policy import Caller, UserPolicy
-from jobworker.server.status import code_name, to_rpc_error
-from jobworker.transport import MethodCall, current_identity, wrap_methods
+from jobworker.transport import (
+    MethodCall,
+    code_name,
+    current_identity,
+    to_rpc_error,
+    wrap_methods,
+)
 
 access_log = logging.getLogger("jobworker.access")
 
@@ -83,7 +92,7 @@ class CallGuard:
                 _current_record.reset(record_token)
                 current_caller.reset(token)
         except Exception as exc:
-            error = to_rpc_error(exc)
+            error = to_rpc_error(exc, method)
             raise error from None
         except BaseException as exc:  # cancelled: the client went away, or shutdown
             error = exc
@@ -91,9 +100,9 @@ class CallGuard:
         finally:
             access_log.info(
                 "rpc user=%s method=%s job=%s code=%s ms=%.1f",
-                record.user,
-                record.method,
-                record.job_id,
+                log_field(record.user),
+                log_field(record.method),
+                log_field(record.job_id),
                 code_name(error),
                 (time.monotonic() - started) * 1000,
             )

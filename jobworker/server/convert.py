@@ -1,17 +1,30 @@
 """Between protobuf messages and jobworker's model: requests in, snapshots out.
 
-Validation happens here only as far as the wire format goes (which of `cmd` and
-`args` is set, which optional fields are present); `JobSpec` and `Limits`
-validate the values themselves.
+Every request a handler serves becomes model values here first, before any
+work: this is where requests are validated and bounded. The wire format is
+checked here (which of `cmd` and `args` is set, which optional fields are
+present, the length of `cmd` before it is split); the values are checked by the
+model they become (`JobSpec`, `Limits`, `check_job_id`), with the bounds
+documented there (`jobworker.model.MAX_ARGS` and the others). A request that
+breaks one gets InvalidRequestError (NOT_FOUND for an id that is no job's), and
+nothing of it is echoed but a short escaped prefix.
 """
 
 from __future__ import annotations
 
 from jobworker.cmdline import split_command
 from jobworker.errors import InvalidRequestError
-from jobworker.model import JobSpec, JobStatus, Limits
+from jobworker.model import MAX_COMMAND_BYTES, JobSpec, JobStatus, Limits, check_job_id
 from jobworker.transport import EncodedMessage
 from jobworker.v1 import jobworker_pb2 as pb
+
+
+def job_id_from(
+    request: pb.StopJobRequest | pb.GetJobStatusRequest | pb.GetJobOutputRequest,
+) -> str:
+    """The job id a request names; InvalidRequestError when it names none,
+    JobNotFoundError when it cannot be a job's (see `check_job_id`)."""
+    return check_job_id(request.job_id)
 
 
 def spec_from_request(request: pb.StartJobRequest) -> JobSpec:
@@ -19,6 +32,11 @@ def spec_from_request(request: pb.StartJobRequest) -> JobSpec:
     if request.cmd and request.args:
         raise InvalidRequestError(
             "give either cmd (one command line) or args (an exact argv), not both"
+        )
+    if len(request.cmd) > MAX_COMMAND_BYTES:
+        raise InvalidRequestError(
+            f"the command line is {len(request.cmd)} characters long; "
+            f"at most {MAX_COMMAND_BYTES} bytes are allowed"
         )
     argv: tuple[str, ...] = tuple(request.args) if request.args else split_command(request.cmd)
     return JobSpec(

@@ -7,7 +7,8 @@ The file is TOML:
     betty = "user"
     admin = "admin"
 
-A caller is the Common Name of its verified client certificate. With a users
+A caller is the Common Name of its verified client certificate: exactly one CN,
+a user name (`jobworker.tls.USER_NAME`, which the users file's names obey too). With a users
 file, only the names in it are known (anyone else is UNAUTHENTICATED) and an
 `admin` sees and stops every job. Without one, every certificate the client CA
 signed is a `user`: the CA is then the whole access policy.
@@ -16,17 +17,15 @@ signed is a `user`: the CA is then the whole access policy.
 from __future__ import annotations
 
 import enum
-import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 
 import attrs
 
+from jobworker.echo import quoted
 from jobworker.errors import SetupError, UnauthenticatedError
-
-#: A user name, as certs/gen-certs.sh accepts them.
-USER_NAME = re.compile(r"[a-z_][a-z0-9_.-]{0,63}")
+from jobworker.tls import USER_NAME, USER_NAME_RULE
 
 
 class Role(enum.Enum):
@@ -75,7 +74,10 @@ class UserPolicy:
         users: dict[str, Role] = {}
         for name, role in table.items():
             if not USER_NAME.fullmatch(name):
-                raise SetupError(f"the users file {path} names an invalid user {name!r}")
+                raise SetupError(
+                    f"the users file {path} names an invalid user {quoted(name)}: "
+                    f"a user name is {USER_NAME_RULE}"
+                )
             try:
                 users[name] = Role(role)
             except ValueError:
@@ -85,12 +87,16 @@ class UserPolicy:
         return cls(users)
 
     def authenticate(self, common_name: str | None) -> Caller:
-        """The Caller for a verified certificate's CN; raises UnauthenticatedError."""
-        if not common_name:
-            raise UnauthenticatedError("no identity: the client certificate has no common name")
+        """The Caller for a verified certificate's CN (as `jobworker.tls.common_name`
+        reads it: None when it names nobody); raises UnauthenticatedError."""
+        if not common_name or not USER_NAME.fullmatch(common_name):
+            raise UnauthenticatedError(
+                "no identity: the client certificate needs exactly one common name, "
+                f"a user name ({USER_NAME_RULE})"
+            )
         if self.users is None:
             return Caller(common_name)
         role = self.users.get(common_name)
         if role is None:
-            raise UnauthenticatedError(f"unknown user {common_name!r}")
+            raise UnauthenticatedError(f"unknown user {quoted(common_name)}")
         return Caller(common_name, role)

@@ -1,5 +1,6 @@
-"""The JobWorkerService servicer: thin. Check the input, call the tracker as the
-authenticated caller, convert the answer. Errors are mapped to status codes by
+"""The JobWorkerService servicer: thin. Convert the request (which validates and
+bounds it: `jobworker.server.convert`) before anything else, call the tracker as
+the authenticated caller, convert the answer. Errors are mapped to status codes by
 the method wrapper (`jobworker.server.auth`), not here.
 """
 
@@ -8,7 +9,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
-from jobworker.errors import InvalidRequestError
 from jobworker.server import convert
 from jobworker.server.auth import current_caller, note_job_id
 from jobworker.tracker import JobTracker
@@ -24,12 +24,6 @@ from jobworker.v1 import jobworker_pb2 as pb
 OUTPUT_CHUNK = 256 << 10
 
 
-def _job_id(job_id: str) -> str:
-    if not job_id:
-        raise InvalidRequestError("job_id is required")
-    return job_id
-
-
 class JobWorkerService(jobworker_grpc.JobWorkerServiceServicer):  # type: ignore[misc]
     """Serves the tracker's jobs over gRPC, each caller seeing only its own (admins: all)."""
 
@@ -37,34 +31,36 @@ class JobWorkerService(jobworker_grpc.JobWorkerServiceServicer):  # type: ignore
         self.tracker = tracker
 
     async def StartJob(self, message: pb.StartJobRequest) -> pb.StartJobResponse:
+        spec = convert.spec_from_request(message)
         caller = current_caller.get()
-        status = await self.tracker.start(caller.name, convert.spec_from_request(message))
+        status = await self.tracker.start(caller.name, spec)
         note_job_id(status.job_id)
         return pb.StartJobResponse(job_id=status.job_id, job=convert.status_to_proto(status))
 
     async def StopJob(self, message: pb.StopJobRequest) -> pb.StopJobResponse:
+        job_id = convert.job_id_from(message)
         caller = current_caller.get()
         grace = message.grace_seconds if message.HasField("grace_seconds") else None
-        status = await self.tracker.stop(
-            caller.name, _job_id(message.job_id), grace, admin=caller.is_admin
-        )
+        status = await self.tracker.stop(caller.name, job_id, grace, admin=caller.is_admin)
         return pb.StopJobResponse(job=convert.status_to_proto(status))
 
     async def GetJobStatus(self, message: pb.GetJobStatusRequest) -> pb.GetJobStatusResponse:
+        job_id = convert.job_id_from(message)
         caller = current_caller.get()
-        status = self.tracker.status(caller.name, _job_id(message.job_id), admin=caller.is_admin)
+        status = self.tracker.status(caller.name, job_id, admin=caller.is_admin)
         return convert.status_to_proto(status)
 
     async def GetJobOutput(
         self, message: pb.GetJobOutputRequest
     ) -> AsyncIterator[EncodedMessage]:  # GetJobOutputResponse, in wire form
+        job_id = convert.job_id_from(message)
         caller = current_caller.get()
         # The handler is itself the follower's task, reading from its own cursor:
         # no channel and no nursery, which must not span a `yield` in a generator.
         offset = message.offset
         follow = self.tracker.follow(
             caller.name,
-            _job_id(message.job_id),
+            job_id,
             offset,
             admin=caller.is_admin,
             chunk_size=OUTPUT_CHUNK,

@@ -8,6 +8,8 @@
 - `wrap_methods`: one wrapper around every method of a service (purerpc has no
   interceptors).
 - `current_identity()` / `current_peer`: who is calling, inside a handler.
+- `status_for` / `to_rpc_error` / `code_name`: the one mapping from exceptions to
+  gRPC status codes.
 - `wait_writable()` and `EncodedMessage`: for handlers that stream much data,
   backpressure before a response is built, and responses built in wire form.
 
@@ -18,12 +20,8 @@ from jobworker.transport._wire import EncodedMessage
 from jobworker.transport.client import Channel, open_channel
 from jobworker.transport.identity import Peer, current_identity, current_peer
 from jobworker.transport.methods import MethodCall, MethodWrapper, wrap_methods
-from jobworker.transport.server import (
-    INTERNAL_ERROR_MESSAGE,
-    HandshakeErrorHook,
-    RpcServer,
-    wait_writable,
-)
+from jobworker.transport.server import HandshakeErrorHook, RpcServer, wait_writable
+from jobworker.transport.status import INTERNAL_ERROR_MESSAGE, code_name, status_for, to_rpc_error
 
 __all__ = [
     "INTERNAL_ERROR_MESSAGE",
@@ -34,9 +32,12 @@ __all__ = [
     "MethodWrapper",
     "Peer",
     "RpcServer",
+    "code_name",
     "current_identity",
     "current_peer",
     "open_channel",
+    "status_for",
+    "to_rpc_error",
     "wait_writable",
     "wrap_methods",
 ]

@@ -44,6 +44,7 @@ from purerpc.grpc_proto import GRPCProtoStream
 from purerpc.grpclib.config import GRPCConfiguration
 from purerpc.grpclib.events import MessageReceived, RequestReceived, ResponseEnded, WindowUpdated
 
+from jobworker.errors import sole_exception
 from jobworker.transport._wire import (
     TRANSPORT_ERRORS,
     HookedSocket,
@@ -311,7 +312,7 @@ class Channel(_Channel):  # type: ignore[misc]  # purerpc is untyped
             # purerpc runs the body of the channel inside its task groups, and trio
             # wraps whatever leaves a nursery in an ExceptionGroup. When the only
             # thing in it is the body's own exception, let that one through as is.
-            if exc is not None and _sole_leaf(group) is exc:
+            if exc is not None and sole_exception(group) is exc:
                 return False
             raise
 
@@ -350,16 +351,6 @@ class Channel(_Channel):  # type: ignore[misc]  # purerpc is untyped
             raise purerpc.UnavailableError(
                 f"cannot reach {self.target}: {_connect_reason(exc)}"
             ) from exc
-
-
-def _sole_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
-    """The one exception inside `group` and its nested groups, or None if there are several."""
-    found: BaseException = group
-    while isinstance(found, BaseExceptionGroup):
-        if len(found.exceptions) != 1:
-            return None
-        found = found.exceptions[0]
-    return found
 
 
 def _connect_reason(exc: BaseException) -> str:

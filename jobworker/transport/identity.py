@@ -11,8 +11,6 @@ headers, messages) can change it: only the TLS handshake can.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Mapping
-from typing import Any
 
 import attrs
 
@@ -22,9 +20,11 @@ class Peer:
     """The far end of one accepted connection.
 
     `common_name` is the Common Name of the client certificate the TLS layer
-    verified against the client CA, or None when the connection carried no
-    certificate (only possible with a context that does not require one) or
-    the certificate has no CN. `address` is "host:port" of the remote socket.
+    verified against the client CA, as `jobworker.tls.common_name` reads it
+    (exactly one CN, and a valid user name); None when the connection carried
+    no certificate (only possible with a context that does not require one) or
+    the certificate names nobody unambiguously. `address` is "host:port" of the
+    remote socket.
     """
 
     common_name: str | None
@@ -40,24 +40,6 @@ current_peer: contextvars.ContextVar[Peer | None] = contextvars.ContextVar(
 def current_identity() -> Peer | None:
     """The `Peer` of the RPC being handled by the calling task, or None outside an RPC."""
     return current_peer.get()
-
-
-def common_name_of(certificate: Mapping[str, Any] | None) -> str | None:
-    """The subject's Common Name in a certificate as `ssl.SSLSocket.getpeercert()` decodes it.
-
-    `certificate` is that dict (its "subject" is a tuple of RDNs, each a tuple
-    of (attribute, value) pairs), or None or {} for no certificate; returns None
-    then, and when the subject has no CN. Of several CNs the last one wins, as
-    in most TLS stacks (the most specific RDN is written last).
-    """
-    if not certificate:
-        return None
-    found: str | None = None
-    for rdn in certificate.get("subject", ()):
-        for attribute, value in rdn:
-            if attribute == "commonName":
-                found = value
-    return found
 
 
 def format_address(address: object) -> str:

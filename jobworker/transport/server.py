@@ -19,9 +19,10 @@ accept loop and the per-request dispatch:
   request of a connection is read, so every RPC task of it inherits it;
 - a nursery per connection and a `trio.CancelScope` per RPC: an RST_STREAM from
   the client cancels that RPC, the loss of the connection cancels all of them;
-- a handler's `purerpc.RpcFailedError` goes to the client as is; any other
-  exception is logged here with its traceback and sent as INTERNAL
-  "internal error";
+- whatever a handler (or the decoding of its request) raises becomes a status
+  in one place, `jobworker.transport.status`: a `purerpc.RpcFailedError` keeps
+  its own, an undecodable request is INVALID_ARGUMENT, anything unexpected is
+  logged with its traceback and sent as INTERNAL "internal error";
 - shutdown: `stop_accepting()`, `shutdown(grace)`, or cancelling `serve()`;
   every connection is then cancelled and its socket closed, so clients see
   UNAVAILABLE at once;
@@ -57,7 +58,9 @@ from purerpc.wrappers import (
     call_server_unary_unary,
 )
 
+from jobworker.echo import bounded, quoted
 from jobworker.errors import SetupError
+from jobworker.tls import common_name
 from jobworker.transport._wire import (
     CLOSE_DRAIN_TIMEOUT,
     HookedSocket,
@@ -65,7 +68,8 @@ from jobworker.transport._wire import (
     check_message_length,
     describe_transport_error,
 )
-from jobworker.transport.identity import Peer, common_name_of, current_peer, format_address
+from jobworker.transport.identity import Peer, current_peer, format_address
+from jobworker.transport.status import status_for
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +86,6 @@ _CALLERS = {
 # accept() errors that mean "out of resources right now", not "the listener is broken"
 # (the same list as trio's serve_listeners).
 _ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
-
-INTERNAL_ERROR_MESSAGE = "internal error"
 
 #: The stream of the RPC the current task serves (set per RPC task by `RpcServer`).
 _current_stream: contextvars.ContextVar[PacedStream] = contextvars.ContextVar("rpc_stream")
@@ -356,7 +358,7 @@ class RpcServer:
         self._handshakes.release()
 
         certificate = tls.extra(TLSAttribute.peer_certificate)
-        peer = Peer(common_name=common_name_of(certificate), address=address)
+        peer = Peer(common_name=common_name(certificate), address=address)
         current_peer.set(peer)
         key = peer.common_name if peer.common_name is not None else address.rpartition(":")[0]
         held = self._per_peer.get(key, 0)
@@ -415,7 +417,7 @@ class RpcServer:
                 pass  # the connection is gone: end its RPCs below
             except Exception as exc:
                 # An HTTP/2 or gRPC protocol violation (e.g. a message over the size limit).
-                log.warning("closing connection from %s: %s", address, exc)
+                log.warning("closing connection from %s: %s", address, bounded(str(exc)))
             finally:
                 # Whatever ended the connection ends every RPC on it.
                 self._request_loops.discard(request_loop)
@@ -467,7 +469,7 @@ class RpcServer:
         service = self._services.get(event.service_name)
         method = None if service is None else service.methods.get(event.method_name)
         if method is None:
-            what = f"method {event.service_name}/{event.method_name}"
+            what = f"method {quoted(event.service_name + '/' + event.method_name)}"
             await _close(
                 stream,
                 purerpc.Status(purerpc.StatusCode.UNIMPLEMENTED, f"{what} is not implemented here"),
@@ -478,29 +480,8 @@ class RpcServer:
         try:
             await call(functools.partial(method.method_fn, request=event), stream)
         except Exception as exc:
-            status = _status_for(exc, f"{event.service_name}/{event.method_name}")
+            status = status_for(exc, f"{event.service_name}/{event.method_name}")
             await _close(stream, status)
-
-
-def _status_for(exc: Exception, method: str) -> Any:
-    """The purerpc.Status to send for `exc`, raised by the handler of `method`.
-
-    An RpcFailedError (alone, or the only kind in an exception group from a
-    handler's nursery) keeps its status. Anything else is a bug or an
-    unexpected failure: logged here with its traceback, and the client only
-    learns "internal error" (never the repr, which may hold internals).
-    """
-    if isinstance(exc, purerpc.RpcFailedError):
-        return exc.status
-    if isinstance(exc, ExceptionGroup):
-        failed, rest = exc.split(purerpc.RpcFailedError)
-        if failed is not None and rest is None:
-            first: BaseException = failed
-            while isinstance(first, BaseExceptionGroup):
-                first = first.exceptions[0]
-            return first.status  # type: ignore[attr-defined]
-    log.error("rpc %s failed", method, exc_info=exc)
-    return purerpc.Status(purerpc.StatusCode.INTERNAL, INTERNAL_ERROR_MESSAGE)
 
 
 async def _close(stream: GRPCProtoStream, status: Any) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import trustme
+from cryptography import x509
 
 
 class TestPKI:
@@ -59,3 +60,41 @@ class TestPKI:
         cert.private_key_pem.write_to_path(str(user_dir / "client_key.pem"))
         os.chmod(user_dir / "client_key.pem", 0o600)
         return user_dir
+
+
+def issue_with_subject(ca: trustme.CA, subject: x509.Name, user_dir: Path) -> Path:
+    """Write USER_DIR/client_{cert,key}.pem: a client certificate signed by `ca` whose
+    subject is exactly `subject` (e.g. two Common Names, which trustme cannot make)."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    ca_key = serialization.load_pem_private_key(ca.private_key_pem.bytes(), password=None)
+    ca_cert = x509.load_pem_x509_certificate(ca.cert_pem.bytes())
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    user_dir.mkdir(parents=True, exist_ok=True)
+    (user_dir / "client_cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path = user_dir / "client_key.pem"
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    os.chmod(key_path, 0o600)
+    return user_dir

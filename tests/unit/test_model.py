@@ -7,8 +7,22 @@ import os
 import pytest
 
 from jobworker import states
-from jobworker.errors import BadStateError, InvalidRequestError
-from jobworker.model import MAX_BYTES, JobSpec, JobState, JobStatus, Limits, Outcome
+from jobworker.errors import BadStateError, InvalidRequestError, JobNotFoundError
+from jobworker.model import (
+    MAX_ARG_BYTES,
+    MAX_ARGS,
+    MAX_BYTES,
+    MAX_COMMAND_BYTES,
+    MAX_ENV,
+    MAX_ENV_NAME_BYTES,
+    MAX_WORKDIR_BYTES,
+    JobSpec,
+    JobState,
+    JobStatus,
+    Limits,
+    Outcome,
+    check_job_id,
+)
 
 
 @pytest.mark.parametrize(
@@ -47,7 +61,7 @@ def test_limits_merge_fills_only_unset_fields() -> None:
         ({"argv": ["echo", "a\0b"]}, "NUL"),
         ({"argv": ["env"], "env": {"A=B": "x"}}, "bad environment variable"),
         ({"argv": ["env"], "env": {"": "x"}}, "bad environment variable"),
-        ({"argv": ["env"], "env": {"A": "x\0"}}, "bad environment variable"),
+        ({"argv": ["env"], "env": {"A": "x\0"}}, "NUL byte in its value"),
         ({"argv": ["ls"], "workdir": "relative/dir"}, "absolute path"),
     ],
 )
@@ -84,3 +98,48 @@ def test_status_names_the_signal_and_oom() -> None:
     )
     assert status.signal_name == "SIGKILL"
     assert status.oom_killed
+
+
+MIB = 1 << 20
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"argv": ["true"] * (MAX_ARGS + 1)}, f"at most {MAX_ARGS}"),
+        ({"argv": ["echo", "x" * (MAX_ARG_BYTES + 1)]}, f"longer than {MAX_ARG_BYTES} bytes"),
+        ({"argv": ["echo", "é" * (MAX_ARG_BYTES // 2 + 1)]}, "longer than"),
+        ({"argv": ["echo"] + ["x" * (100 << 10)] * 11}, f"at most {MAX_COMMAND_BYTES}"),
+        ({"argv": ["env"], "env": {f"V{i}": "" for i in range(MAX_ENV + 1)}}, f"at most {MAX_ENV}"),
+        ({"argv": ["env"], "env": {"K" * (MAX_ENV_NAME_BYTES + 1): ""}}, "names must be 1 to"),
+        ({"argv": ["env"], "env": {"K": "v" * MAX_ARG_BYTES}}, "longer than"),
+        (
+            {"argv": ["env"], "env": {f"V{i}": "v" * (100 << 10) for i in range(11)}},
+            "at most",
+        ),
+        ({"argv": ["ls"], "workdir": "/" + "d" * MAX_WORKDIR_BYTES}, "longer than 4095"),
+    ],
+)
+def test_every_size_and_count_is_bounded(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidRequestError, match=message) as caught:
+        JobSpec(**kwargs)  # type: ignore[arg-type]
+    assert len(str(caught.value)) < 300  # the value is echoed short
+
+
+def test_specs_at_the_bounds_are_accepted() -> None:
+    JobSpec(
+        argv=["echo", "x" * MAX_ARG_BYTES, *["a"] * (MAX_ARGS - 2)],
+        env={f"V{i}": "1" for i in range(MAX_ENV)},
+        workdir="/" + "d" * (MAX_WORKDIR_BYTES - 1),
+    )
+
+
+def test_a_job_id_is_a_canonical_uuid() -> None:
+    job_id = "4cca9dfe-5693-4e63-b15d-701d36c7de92"
+    assert check_job_id(job_id) == job_id
+    with pytest.raises(InvalidRequestError, match="job_id is required"):
+        check_job_id("")
+    for bad in [job_id.upper(), job_id + "0", "x" * MIB, "no-such-job", job_id[:-1] + "\n"]:
+        with pytest.raises(JobNotFoundError) as caught:
+            check_job_id(bad)
+        assert len(str(caught.value)) < 100 and "\n" not in str(caught.value)

@@ -18,14 +18,17 @@ from jobworker.errors import (
     UnauthenticatedError,
 )
 from jobworker.server.policy import Caller, Role, UserPolicy
-from jobworker.server.status import code_name, to_rpc_error
+from jobworker.transport.status import code_name, to_rpc_error
 
 
 def test_without_a_users_file_every_certificate_is_a_plain_user() -> None:
     policy = UserPolicy.load(None)
     assert policy.authenticate("anyone") == Caller("anyone", Role.USER)
-    with pytest.raises(UnauthenticatedError, match="no common name"):
+    with pytest.raises(UnauthenticatedError, match="exactly one common name"):
         policy.authenticate(None)
+    for odd in ["alex\nbetty", "alex betty", "x" * 65, "-alex"]:
+        with pytest.raises(UnauthenticatedError, match="no identity"):
+            policy.authenticate(odd)
 
 
 def test_a_users_file_names_who_may_call_and_who_is_admin(tmp_path: Path) -> None:
@@ -45,6 +48,7 @@ def test_a_users_file_names_who_may_call_and_who_is_admin(tmp_path: Path) -> Non
         ('alex = "user"\n', r"needs a \[users\] table"),
         ('[users]\nalex = "root"\n', 'use "user" or "admin"'),
         ('[users]\n"Bad Name" = "user"\n', "invalid user"),
+        ('[users]\n"alex\\nbetty" = "user"\n', r"invalid user 'alex\\nbetty': a user name is"),
     ],
 )
 def test_a_broken_users_file_is_a_setup_error_naming_it(

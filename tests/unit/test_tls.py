@@ -380,11 +380,19 @@ def test_common_name_reads_the_getpeercert_dict() -> None:
         {"subject": ()},
         {"subject": ((("organizationName", "x"),),)},
         {"subject": ((("commonName", "alex"),), (("commonName", "admin"),))},
+        {"subject": ((("commonName", "alex"),), (("commonName", "alex"),))},
+        {"subject": ((("commonName", "alex"), ("commonName", "admin")),)},
         {"subject": ((("commonName", ""),),)},
+        {"subject": ((("commonName", "alex\nbetty"),),)},
+        {"subject": ((("commonName", "alex betty"),),)},
+        {"subject": ((("commonName", "al\x1bex"),),)},
+        {"subject": ((("commonName", "-alex"),),)},
+        {"subject": ((("commonName", "x" * 65),),)},
     ],
 )
 def test_common_name_is_none_without_exactly_one(peer: dict[str, object] | None) -> None:
-    """No certificate, no CN, an empty CN, or two different CNs: no identity."""
+    """No certificate, no CN, two CNs (even equal ones), or a CN that is not a user
+    name (control characters, spaces, too long): no identity."""
     assert tls.common_name(peer) is None
 
 
@@ -397,3 +405,11 @@ def test_common_name_reads_der_bytes() -> None:
     certificate = x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes())
     assert tls.common_name(certificate.public_bytes(Encoding.DER)) == "admin"
     assert tls.common_name(b"not der") is None
+
+
+@pytest.mark.parametrize(
+    "name", ["alex", "a", "Betty.Smith", "ci-runner_2", "ops@example.org", "_x"]
+)
+def test_common_name_takes_every_name_of_the_user_alphabet(name: str) -> None:
+    assert tls.common_name({"subject": ((("commonName", name),),)}) == name
+    assert tls.common_name({"subject": ((("commonName", "x" * 64),),)}) == "x" * 64
