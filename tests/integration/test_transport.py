@@ -50,6 +50,7 @@ pytestmark = pytest.mark.filterwarnings(
     r"ignore:Async generator 'purerpc\.wrappers\.[^']*' was garbage collected:ResourceWarning"
 )
 SERVER_LOGGER = "jobworker.transport.server"
+STATUS_LOGGER = "jobworker.transport.status"
 
 
 # -- certificates ---------------------------------------------------------------------------
@@ -191,7 +192,7 @@ async def test_plain_exception_reaches_client_as_internal_without_its_repr(
             assert "xyzzy" not in str(caught.value)
             # The connection survives a failed call.
             assert (await stub(ch, "Echo")(StringValue(value="ok"))).value == "ok"
-    logged = [r for r in caplog.records if r.name == SERVER_LOGGER and r.levelno >= logging.ERROR]
+    logged = [r for r in caplog.records if r.name == STATUS_LOGGER and r.levelno >= logging.ERROR]
     assert len(logged) == 1
     assert logged[0].exc_info is not None
     assert "xyzzy" in str(logged[0].exc_info[1])
