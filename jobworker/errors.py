@@ -2,7 +2,7 @@
 
 Every error a caller can cause or observe is a `JobWorkerError`. The RPC layer
 maps each subclass to one gRPC status code in exactly one place
-(`jobworker.server.status`); nothing below the RPC boundary knows about gRPC.
+(`jobworker.transport.status`); nothing below the RPC boundary knows about gRPC.
 Messages are written for a person: lower case, what went wrong and what to do;
 a value that came from a request appears in them only through
 `jobworker.echo.quoted` (short and escaped).
