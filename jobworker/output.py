@@ -42,7 +42,15 @@ If the spill file cannot be written (disk full, I/O error) the log keeps every
 byte it already holds, drops what comes after, logs the error once, and readers
 that reach the end of what was kept get a `BadStateError` that says so, rather
 than a stream that silently stops: the writer still never blocks or fails, so
-the job is not disturbed by its log.
+the job is not disturbed by its log. `truncated` then says why output is missing.
+
+A finished log lives on disk: once its job has ended, `release` writes what only
+memory holds to the spill file (in a worker thread) and drops it from memory, so
+a daemon that keeps many finished jobs holds none of their output in memory.
+
+`max_size` caps the output: the log keeps exactly that many bytes, `full` turns
+true, the rest is dropped and `truncated` says so; readers get the kept bytes and
+a normal end (the cap is a policy, not a loss).
 """
 
 from __future__ import annotations
@@ -89,15 +97,19 @@ class OutputLog:
     memory_limit: the most bytes of output kept in memory (the newest chunk is
         always kept, so the bound is `memory_limit` plus one chunk). 0 spills at
         the first byte.
+    max_size: the most bytes of output kept at all (`None`: no cap); see the
+        module docstring.
 
     Who closes what: the job's owner calls `close` when the job's output has ended
     (readers then finish), and `discard` or `aclose` when the log is no longer
     wanted (memory and spill file released; readers still waiting get
-    `BadStateError`). Raises `InvalidRequestError` for a negative `memory_limit`.
+    `BadStateError`). Raises `InvalidRequestError` for a negative `memory_limit`
+    or `max_size`.
     """
 
     spill_path: Path
     memory_limit: int = attrs.field(default=8 << 20, kw_only=True)
+    max_size: int | None = attrs.field(default=None, kw_only=True)
 
     _size: int = attrs.field(default=0, init=False)
     _closed: bool = attrs.field(default=False, init=False)
@@ -118,6 +130,8 @@ class OutputLog:
     # Set when the spill file could not be written; appends after that are dropped.
     _failure: str | None = attrs.field(default=None, init=False)
     _dropped: int = attrs.field(default=0, init=False)
+    # Set once max_size was reached: what came after was dropped by policy.
+    _full: bool = attrs.field(default=False, init=False)
     _lot: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot, init=False)
     # This log's part of the key of its shared spill reads.
     _serial: int = attrs.field(factory=lambda: next(_serials), init=False)
@@ -126,6 +140,10 @@ class OutputLog:
         if self.memory_limit < 0:
             raise InvalidRequestError(
                 f"output memory limit must be zero or more bytes, not {self.memory_limit}"
+            )
+        if self.max_size is not None and self.max_size < 0:
+            raise InvalidRequestError(
+                f"output limit must be zero or more bytes, not {self.max_size}"
             )
 
     # ---- state -------------------------------------------------------------
@@ -150,6 +168,29 @@ class OutputLog:
         """True once the log has written its output to `spill_path`."""
         return self._fd is not None
 
+    @property
+    def disk_size(self) -> int:
+        """Bytes of output written to the spill file so far."""
+        return self._written
+
+    @property
+    def full(self) -> bool:
+        """True once the log holds `max_size` bytes: later appends are dropped."""
+        return self._full
+
+    @property
+    def truncated(self) -> str | None:
+        """Why output is missing from the log (`None`: nothing is): the cap was
+        reached, or the spill file could not be written and bytes were lost."""
+        if self._dropped:
+            return f"{self._dropped} bytes after byte {self._size} were lost: {self._failure}"
+        if self._full:
+            return (
+                f"the output limit of {self.max_size} bytes was reached; "
+                "later output was not kept"
+            )
+        return None
+
     # ---- the writer ----------------------------------------------------------
 
     def append(self, data: bytes) -> None:
@@ -164,8 +205,14 @@ class OutputLog:
                 "cannot append to a closed output log; the job's output has already ended"
             )
         size = len(data)
-        if not size:
+        if not size or self._full:
             return
+        if self.max_size is not None and self._size + size > self.max_size:
+            self._full = True
+            size = self.max_size - self._size
+            data = data[:size]
+            if not size:
+                return
         if self._failure is not None:
             self._dropped += size
             if self._lot:
@@ -193,6 +240,51 @@ class OutputLog:
         read everything. Idempotent."""
         self._closed = True
         self._lot.unpark_all()
+
+    async def release(self) -> None:
+        """Once closed, move the output to disk: write what only memory holds to the
+        spill file (in a worker thread), then drop every chunk from memory; readers
+        read the file from then on. Does nothing before `close`, after `discard`, or
+        once the spill file has failed. If the file cannot be written now, the bytes
+        stay in memory (at most `memory_limit` plus one chunk) and readable, and the
+        failure is logged: nothing is lost. Shielded: it finishes even when the
+        caller is cancelled, so the fd is never closed under the write."""
+        if not self._closed or self._discarded or self._failure is not None or not self._memory:
+            await trio.lowlevel.checkpoint()
+            return
+        if self._fd is None:
+            try:
+                self._fd = os.open(
+                    self.spill_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600
+                )
+            except OSError as exc:
+                self._fail(exc)
+                await trio.lowlevel.checkpoint()
+                return
+        fd, start = self._fd, self._written
+        missing = [
+            memoryview(chunk)[max(0, start - first) :]
+            for chunk, first in zip(
+                self._chunks[self._head :], self._starts[self._head :], strict=True
+            )
+            if first + len(chunk) > start
+        ]
+        self._preads += 1  # the fd stays open until the write is done (see _forget)
+        try:
+            with trio.CancelScope(shield=True):
+                written = await trio.to_thread.run_sync(_write_all, fd, missing, start)
+        except OSError as exc:
+            self._fail(exc)
+            return
+        finally:
+            self._preads -= 1
+            if not self._preads and self._orphan_fd is not None:
+                _release_file(self._orphan_fd, None)
+                self._orphan_fd = None
+        if self._discarded:
+            return
+        self._written = start + written
+        self._chunks, self._starts, self._head, self._memory = [], [], 0, 0
 
     # ---- readers -------------------------------------------------------------
 
@@ -523,6 +615,17 @@ def _pread_if_cached(fd: int, count: int, offset: int) -> bytes | None:
     if got == count:
         return bytes(buffer)
     return bytes(memoryview(buffer)[:got]) if got else None
+
+
+def _write_all(fd: int, views: list[memoryview], offset: int) -> int:
+    """pwrite every byte of `views` to `fd` from `offset` on; the count written."""
+    total = 0
+    for view in views:
+        while view:
+            count = os.pwrite(fd, view, offset + total)
+            total += count
+            view = view[count:]
+    return total
 
 
 def _release_file(fd: int | None, path: Path | None) -> None:

@@ -708,3 +708,86 @@ async def test_any_interleaving_gives_each_subscriber_the_reference_bytes(
         assert path.exists() == (len(reference) > memory_limit)
         await log.aclose()
         assert not os.listdir(directory)
+
+
+# ---- a finished log lives on disk; the output cap ------------------------------------
+
+
+async def test_release_moves_a_closed_log_to_disk_and_frees_its_memory(tmp_path: Path) -> None:
+    """A log that never reached its memory limit holds all of its output in memory;
+    `release` after `close` writes it to the spill file and keeps none of it in memory,
+    and every byte still reads back, from any offset."""
+    path = tmp_path / "out"
+    data = stream(3 * MiB, seed=11)
+    log = OutputLog(path, memory_limit=8 * MiB)
+    for piece in pieces(data):
+        log.append(piece)
+    assert log.memory_size == len(data) and not path.exists()
+    log.close()
+    await log.release()
+    assert log.memory_size == 0
+    assert path.read_bytes() == data and log.disk_size == len(data)
+    assert sha(await drain(log)) == sha(data)
+    assert sha(await drain(log, offset=12345)) == sha(data[12345:])
+    await log.aclose()
+    assert not path.exists()
+
+
+async def test_release_of_a_spilled_log_drops_the_memory_window(tmp_path: Path) -> None:
+    path = tmp_path / "out"
+    data = stream(MiB, seed=12)
+    log = OutputLog(path, memory_limit=100_000)
+    for piece in pieces(data):
+        log.append(piece)
+    assert log.memory_size > 0
+    log.close()
+    await log.release()
+    assert log.memory_size == 0 and path.read_bytes() == data
+    assert sha(await drain(log)) == sha(data)
+    log.discard()
+
+
+async def test_release_that_cannot_write_keeps_the_bytes_readable(tmp_path: Path) -> None:
+    """A full disk at release loses nothing: the bytes stay in memory and readable."""
+    full = tmp_path / "full"
+    full.symlink_to("/dev/full")
+    log = OutputLog(full, memory_limit=1000)
+    log.append(b"x" * 500)
+    log.close()
+    await log.release()
+    assert log.memory_size == 500 and log.truncated is None
+    assert await drain(log) == b"x" * 500
+    log.discard()
+
+
+async def test_output_past_max_size_is_cut_and_says_so(tmp_path: Path) -> None:
+    """The cap keeps exactly max_size bytes, drops the rest, marks the log full and
+    truncated; readers get the kept bytes and a normal end, not an error."""
+    log = OutputLog(tmp_path / "out", memory_limit=100, max_size=250)
+    log.append(b"a" * 200)
+    assert not log.full and log.truncated is None
+    log.append(b"b" * 100)
+    assert log.full and log.size == 250
+    log.append(b"c" * 10)  # a late append changes nothing
+    log.close()
+    assert log.size == 250
+    assert log.truncated is not None and "limit of 250 bytes" in log.truncated
+    assert await drain(log) == b"a" * 200 + b"b" * 50
+    log.discard()
+
+
+async def test_a_full_disk_marks_the_log_truncated(tmp_path: Path) -> None:
+    full = tmp_path / "full"
+    full.symlink_to("/dev/full")
+    log = OutputLog(full, memory_limit=100)
+    log.append(b"a" * 80)
+    log.append(b"b" * 80)  # spill: ENOSPC
+    assert log.truncated is None  # nothing lost yet: every byte is still in memory
+    log.append(b"c" * 80)  # dropped
+    assert log.truncated is not None and "No space left" in log.truncated
+    log.discard()
+
+
+def test_max_size_must_not_be_negative(tmp_path: Path) -> None:
+    with pytest.raises(InvalidRequestError, match="output limit"):
+        OutputLog(tmp_path / "out", max_size=-1)
