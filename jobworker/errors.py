@@ -62,6 +62,10 @@ class ShuttingDownError(BadStateError):
         super().__init__("jobworker is shutting down; try again once it is back")
 
 
+class QuotaExceededError(JobWorkerError):
+    """The caller already uses all of a per-user quota (running jobs); nothing changed."""
+
+
 class SetupError(JobWorkerError):
     """The host cannot run jobs as configured: not root, no cgroups, no bubblewrap,
     a data dir that is not writable. Raised when the tracker starts."""

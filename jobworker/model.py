@@ -75,6 +75,9 @@ class Limits:
         the data dir (direct IO on cgroup v1; buffered writes too on v2).
     pids: number of tasks (processes and threads) the command may have; the two
         sandbox helper processes are added on top by the sandbox, not counted here.
+    output: bytes of output (stdout and stderr together) the daemon keeps; what
+        comes after is not kept, and the job's output pipe is closed (see
+        `jobworker.tracker`). Not a cgroup limit.
     """
 
     cpu: float | None = None
@@ -82,6 +85,7 @@ class Limits:
     io_read_bps: int | None = None
     io_write_bps: int | None = None
     pids: int | None = None
+    output: int | None = None
 
     def __attrs_post_init__(self) -> None:
         if self.cpu is not None:
@@ -101,6 +105,7 @@ class Limits:
         _check_bytes("memory limit", self.memory, minimum=MIN_MEMORY)
         _check_bytes("io read limit", self.io_read_bps, minimum=1)
         _check_bytes("io write limit", self.io_write_bps, minimum=1)
+        _check_bytes("output limit", self.output, minimum=1)
         if self.pids is not None and not 1 <= self.pids <= MAX_PIDS:
             raise InvalidRequestError(
                 f"pids limit must be between 1 and {MAX_PIDS}, not {self.pids}"
@@ -270,6 +275,12 @@ class JobStatus:
         the job has terminated.
     signal: the number of the signal that killed it, else `None`.
     started_at / ended_at: Unix times; `None` while not yet known.
+    output_size: bytes of output kept; output_disk_bytes: how many of them are on
+        disk (all of them once the job has ended, unless the disk was full).
+    output_truncated: why output is missing (its limit was reached, the disk was
+        full), else `None`.
+    workdir_bytes: bytes used in the job's work dir (read live while it runs;
+        the last reading once it has ended).
     """
 
     job_id: str
@@ -285,6 +296,9 @@ class JobStatus:
     stopped_by_user: bool = False
     usage: Usage = attrs.Factory(Usage)
     output_size: int = 0
+    output_disk_bytes: int = 0
+    output_truncated: str | None = None
+    workdir_bytes: int = 0
 
     @property
     def oom_killed(self) -> bool:

@@ -186,8 +186,7 @@ class OutputLog:
             return f"{self._dropped} bytes after byte {self._size} were lost: {self._failure}"
         if self._full:
             return (
-                f"the output limit of {self.max_size} bytes was reached; "
-                "later output was not kept"
+                f"the output limit of {self.max_size} bytes was reached; later output was not kept"
             )
         return None
 

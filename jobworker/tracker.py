@@ -12,11 +12,24 @@ SIGKILL) and leaves no process, cgroup or directory behind.
 Owners: every public method takes the caller's name and an `admin` flag; a
 caller that is not the owner (nor an admin) gets AccessDeniedError, an unknown
 id JobNotFoundError (the seed puts this duty here).
+
+Quotas and retention (bounded memory and disk whatever users do):
+* an owner runs at most `max_running_per_user` jobs at once (QuotaExceededError);
+* a job keeps at most its output limit of output (`max_output`, or less if it
+  asks): past it the log keeps nothing more and the tracker closes its end of the
+  job's output pipe, so the job's next write fails with EPIPE (SIGPIPE), as under
+  `cmd | head -c N`; status says the output was truncated, and why;
+* its work dir is a tmpfs of `workdir_size` bytes charged to its memory cgroup
+  (`jobworker.sandbox.workdir`);
+* once a job has ended its output lives on disk only (`OutputLog.release`), and
+  finished jobs are forgotten by `retention` (age, and count per owner; a task
+  wakes when the oldest expires) or by `remove`: record, output and job dir go.
 """
 
 from __future__ import annotations
 
 import builtins
+import collections
 import contextlib
 import logging
 import os
@@ -26,7 +39,7 @@ import stat
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from pathlib import Path, PurePosixPath
 from types import TracebackType
 
@@ -36,14 +49,17 @@ import trio
 from jobworker import states
 from jobworker.errors import (
     AccessDeniedError,
+    BadStateError,
     InvalidRequestError,
     JobNotFoundError,
+    QuotaExceededError,
     SetupError,
     ShuttingDownError,
 )
 from jobworker.model import JobSpec, JobState, JobStatus, Limits, Outcome, Usage
 from jobworker.output import OutputLog
-from jobworker.sandbox import bwrap, spawn
+from jobworker.retention import Finished, RetentionPolicy
+from jobworker.sandbox import bwrap, spawn, workdir
 from jobworker.sandbox.cgroups import CgroupDriver, JobCgroup, block_device_of, detect
 
 log = logging.getLogger(__name__)
@@ -56,6 +72,10 @@ PUMP_CHUNK = 256 << 10
 FINISH_TIMEOUT = 10.0
 #: The longest grace period a stop may ask for (an hour).
 MAX_GRACE = 3600.0
+#: The defaults of the quotas (jwsd's flags show them).
+DEFAULT_MAX_RUNNING = 32
+DEFAULT_MAX_OUTPUT = 1 << 30
+DEFAULT_WORKDIR_SIZE = 1 << 30
 
 
 @attrs.define(eq=False)
@@ -76,11 +96,15 @@ class _Job:
     exit_code: int | None = None
     signal: int | None = None
     stop_requested: bool = False
+    ended_clock: float | None = None  # trio.current_time() when it ended: retention's clock
+    workdir_mounted: bool = False
+    workdir_bytes: int = 0  # the last reading, once the work dir is gone
     usage: Usage = attrs.Factory(Usage)
     cgroup: JobCgroup | None = None
     launched: spawn.Launched | None = None
     started: trio.Event = attrs.Factory(trio.Event)  # set on Active, or when the start failed
     terminated: trio.Event = attrs.Factory(trio.Event)
+    released: trio.Event = attrs.Factory(trio.Event)  # set once its output is on disk only
 
     @property
     def workdir(self) -> Path:
@@ -94,6 +118,9 @@ class _Job:
         if self.state is JobState.ACTIVE and self.cgroup is not None:
             with contextlib.suppress(Exception):  # a live read is best effort; the final one is not
                 usage = self.cgroup.usage()
+        workdir_bytes = self.workdir_bytes
+        if self.workdir_mounted and self.state is JobState.ACTIVE:
+            workdir_bytes = workdir.used_bytes(self.workdir)
         return JobStatus(
             job_id=self.job_id,
             owner=self.owner,
@@ -108,6 +135,9 @@ class _Job:
             stopped_by_user=self.stop_requested and self.outcome is Outcome.STOPPED,
             usage=usage,
             output_size=self.log.size,
+            output_disk_bytes=self.log.disk_size,
+            output_truncated=self.log.truncated,
+            workdir_bytes=workdir_bytes,
         )
 
 
@@ -127,6 +157,13 @@ class JobTracker:
     cgroup_parent: the cgroup subtree jobs go in (a cgroup path); `None`: the
         daemon's own cgroup (see `sandbox.cgroups.detect`).
     cgroups: a ready driver (tests); `None` detects the host's.
+    max_running_per_user: the most jobs an owner may have not yet Terminated
+        (`None`: no limit).
+    max_output: the most output a job keeps; a request may ask for less (its
+        `Limits.output`), never more (`None`: no cap).
+    workdir_size: the size of each job's tmpfs work dir (`None`: a plain
+        directory on the data dir's file system, unbounded).
+    retention: when finished jobs are forgotten (`jobworker.retention`).
     """
 
     data_dir: Path
@@ -139,8 +176,18 @@ class JobTracker:
     cgroup_name: str = "jobworker"
     cgroup_parent: str | None = None
     cgroups: CgroupDriver | None = None
+    max_running_per_user: int | None = DEFAULT_MAX_RUNNING
+    max_output: int | None = DEFAULT_MAX_OUTPUT
+    workdir_size: int | None = DEFAULT_WORKDIR_SIZE
+    retention: RetentionPolicy = attrs.Factory(RetentionPolicy)
 
     _jobs: dict[str, _Job] = attrs.field(init=False, factory=dict)
+    # Jobs not yet Terminated, per owner (the running quota).
+    _running: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
+    # Finished jobs whose output is on disk, per owner, in the order they were released.
+    _finished: dict[str, dict[str, _Job]] = attrs.field(init=False, factory=dict)
+    _finished_changed: trio.Event = attrs.field(init=False, factory=trio.Event)
+    _collector: trio.CancelScope = attrs.field(init=False, factory=trio.CancelScope)
     _nursery: trio.Nursery | None = attrs.field(init=False, default=None)
     _stack: contextlib.AsyncExitStack | None = attrs.field(init=False, default=None)
     _closing: bool = attrs.field(init=False, default=False)
@@ -156,6 +203,7 @@ class JobTracker:
         async with contextlib.AsyncExitStack() as stack:
             self._nursery = await stack.enter_async_context(trio.open_nursery())
             stack.push_async_callback(self._shielded_shutdown)
+            self._nursery.start_soon(self._collect_expired)
             self._stack = stack.pop_all()
         return self
 
@@ -210,7 +258,10 @@ class JobTracker:
             ) from exc
         assert self._user is not None
         _check_reachable(self.data_dir, self._user)
-        # Left by a crash: runs are not persistent, so their files are garbage now.
+        # Left by a crash: runs are not persistent, so their files are garbage now
+        # (work dirs first: a tmpfs still mounted there would survive the rmtree).
+        for mount_point in workdir.mounted_below(jobs):
+            workdir.unmount(mount_point)
         for leftover in jobs.iterdir():
             shutil.rmtree(leftover, ignore_errors=True)
 
@@ -229,6 +280,7 @@ class JobTracker:
         """Accept no new jobs, stop every running one (SIGTERM, `grace` seconds, SIGKILL)
         and wait until all are Terminated. Bounded: grace plus FINISH_TIMEOUT."""
         self._closing = True
+        self._collector.cancel()
         grace = self.stop_grace if grace is None else grace
         with trio.move_on_after(grace + FINISH_TIMEOUT) as scope:
             async with trio.open_nursery() as nursery:
@@ -243,13 +295,22 @@ class JobTracker:
         """Start `spec` for `owner`; return its status once the command runs.
 
         Raises InvalidRequestError (limits over the maxima, IO limits without a
-        block device, host network not allowed), StartFailedError (program missing
+        block device, host network not allowed), QuotaExceededError (the owner
+        already runs max_running_per_user jobs), StartFailedError (program missing
         or not executable, sandbox refused), ShuttingDownError. A failed or
         cancelled start leaves nothing behind: no process, cgroup, dir or entry.
         """
         if self._closing or self._nursery is None:
             raise ShuttingDownError()
         assert self._user is not None and self._tools is not None and self.cgroups is not None
+        if (
+            self.max_running_per_user is not None
+            and self._running[owner] >= self.max_running_per_user
+        ):
+            raise QuotaExceededError(
+                f"you already run {self._running[owner]} jobs, this server's limit per user; "
+                "start more once some have ended (or stop some)"
+            )
         limits = self._effective_limits(spec.limits)
         if limits.has_io and self._io_device is None:
             raise InvalidRequestError(self._io_device_error or "io limits are not available")
@@ -264,7 +325,11 @@ class JobTracker:
             owner=owner,
             spec=attrs.evolve(spec, limits=limits),
             directory=directory,
-            log=OutputLog(directory / "output.log", memory_limit=self.output_memory_limit),
+            log=OutputLog(
+                directory / "output.log",
+                memory_limit=self.output_memory_limit,
+                max_size=limits.output,
+            ),
             created_at=time.time(),
         )
         cwd = spec.workdir or str(job.workdir)
@@ -278,12 +343,16 @@ class JobTracker:
             visible=(PurePosixPath(job.workdir),),
         )
         self._jobs[job_id] = job
+        self._running[owner] += 1
         try:
             # The job user reaches its work dir by exact path only (0711 above it:
             # traverse, never list); everything else in the data dir stays root's.
             job.directory.mkdir(mode=0o711)
             job.workdir.mkdir(mode=0o700)
             os.chown(job.workdir, self._user.uid, self._user.gid)
+            if self.workdir_size is not None:
+                workdir.mount(job.workdir, self.workdir_size, self._user.uid, self._user.gid)
+                job.workdir_mounted = True
             job.cgroup = self.cgroups.create(job_id, _with_helpers(limits), self._io_device)
             cgroup = job.cgroup
             tools, user = self._tools, self._user
@@ -332,6 +401,17 @@ class JobTracker:
         )
         await job.terminated.wait()
         return job.snapshot()
+
+    async def remove(self, owner: str, job_id: str, *, admin: bool = False) -> None:
+        """Forget a terminated job: its record, output and job dir; asking for it
+        afterwards gets JobNotFoundError. Raises BadStateError while it runs."""
+        job = self._get(owner, job_id, admin)
+        if not job.terminated.is_set():
+            raise BadStateError(
+                "this job is still running; stop it first (jws stop), then remove it"
+            )
+        await job.released.wait()
+        await self._forget(job)
 
     def status(self, owner: str, job_id: str, *, admin: bool = False) -> JobStatus:
         """A snapshot of the job (usage read live while it runs)."""
@@ -390,8 +470,11 @@ class JobTracker:
 
     def _effective_limits(self, asked: Limits) -> Limits:
         limits = asked.merged_over(self.default_limits)
+        ceilings = self.max_limits
+        if ceilings.output is None and self.max_output is not None:
+            ceilings = attrs.evolve(ceilings, output=self.max_output)
         for name in attrs.fields_dict(Limits):
-            value, ceiling = getattr(limits, name), getattr(self.max_limits, name)
+            value, ceiling = getattr(limits, name), getattr(ceilings, name)
             if ceiling is not None and (value is None or value > ceiling):
                 if value is None:
                     limits = attrs.evolve(limits, **{name: ceiling})
@@ -419,11 +502,14 @@ class JobTracker:
                 await job.cgroup.remove()
             except SetupError:
                 log.exception("job %s: cannot remove the cgroup of a failed start", job.job_id)
+        self._unmount_workdir(job)
         await trio.to_thread.run_sync(shutil.rmtree, job.directory, True)
         job.log.discard()
         job.move_to(JobState.TERMINATED)
+        self._running[job.owner] -= 1
         job.started.set()
         job.terminated.set()
+        job.released.set()
         del self._jobs[job.job_id]
 
     async def _supervise(self, job: _Job) -> None:
@@ -445,14 +531,24 @@ class JobTracker:
                     "job %s: clean-up did not finish within %.0f s", job.job_id, FINISH_TIMEOUT
                 )
                 self._mark_terminated(job, reported[0])
+            with trio.CancelScope(shield=True):
+                await job.log.release()
+                job.released.set()
+                await self._retire(job)
 
     async def _pump(self, job: _Job, output: trio.lowlevel.FdStream) -> None:
-        """Move the job's output into its log until every writer has closed the pipe.
-        Never waits on a subscriber: appends are synchronous."""
-        append = job.log.append
+        """Move the job's output into its log until every writer has closed the pipe,
+        or until the log is full: closing our end then makes the job's next write
+        fail with EPIPE (see the module docstring). Never waits on a subscriber:
+        appends are synchronous."""
+        joblog = job.log
+        append = joblog.append
         async with output:
             while data := await output.receive_some(PUMP_CHUNK):
                 append(data)
+                if joblog.full:
+                    log.info("job %s: output limit reached; closing its output", job.job_id)
+                    return
 
     async def _read_status(
         self, status: trio.lowlevel.FdStream, reported: builtins.list[int | None]
@@ -473,6 +569,10 @@ class JobTracker:
         cgroup.kill_all()
         await launched.output.aclose()
         await launched.status.aclose()
+        if job.workdir_mounted:
+            job.workdir_bytes = workdir.used_bytes(job.workdir)
+        # Before the cgroup goes: unmounting frees the work dir's pages charged to it.
+        self._unmount_workdir(job)
         try:
             await cgroup.remove()
         except SetupError:
@@ -499,9 +599,65 @@ class JobTracker:
         else:
             job.outcome = Outcome.EXITED
         job.ended_at = time.time()
+        job.ended_clock = trio.current_time()
         job.log.close()
         job.move_to(JobState.TERMINATED)
+        self._running[job.owner] -= 1
         job.terminated.set()
+
+    def _unmount_workdir(self, job: _Job) -> None:
+        if job.workdir_mounted:
+            try:
+                workdir.unmount(job.workdir)
+            except OSError:
+                log.exception("job %s: cannot unmount its work dir", job.job_id)
+            job.workdir_mounted = False
+
+    # ---- retention ---------------------------------------------------------------
+
+    async def _retire(self, job: _Job) -> None:
+        """A job's output is on disk: count it as finished, and forget its owner's
+        oldest finished jobs beyond the count the retention policy keeps."""
+        if self._jobs.get(job.job_id) is not job:
+            return  # removed meanwhile
+        owned = self._finished.setdefault(job.owner, {})
+        owned[job.job_id] = job
+        self._finished_changed.set()
+        for job_id in self.retention.to_forget(_as_finished(owned.values()), trio.current_time()):
+            await self._forget(owned[job_id])
+
+    async def _collect_expired(self) -> None:
+        """Forget finished jobs once they are older than the retention's max age:
+        sleep until the oldest one expires, or until a job finishes."""
+        with self._collector:
+            while True:
+                self._finished_changed = trio.Event()
+                finished = [
+                    job for owned in self._finished.values() for job in _as_finished(owned.values())
+                ]
+                with trio.move_on_at(self.retention.next_expiry(finished)):
+                    await self._finished_changed.wait()
+                    continue
+                by_id = {job.job_id: job.owner for job in finished}
+                for job_id in self.retention.to_forget(finished, trio.current_time()):
+                    owned = self._finished.get(by_id[job_id], {})
+                    if job_id in owned:
+                        await self._forget(owned[job_id])
+
+    async def _forget(self, job: _Job) -> None:
+        """Drop a finished job: its entry first (from then on it is not found), then
+        its output and its job dir."""
+        if self._jobs.get(job.job_id) is not job:
+            await trio.lowlevel.checkpoint()
+            return
+        del self._jobs[job.job_id]
+        owned = self._finished.get(job.owner, {})
+        owned.pop(job.job_id, None)
+        if not owned:
+            self._finished.pop(job.owner, None)
+        await job.log.aclose()
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(shutil.rmtree, job.directory, True)
 
     async def _stop_and_wait(self, job: _Job, grace: float) -> None:
         """SIGTERM the job's process group, give it `grace` seconds, then SIGKILL
@@ -527,6 +683,14 @@ class JobTracker:
         if launched.command_pid in cgroup.pids():
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(launched.command_pid, signum)
+
+
+def _as_finished(jobs: Iterable[_Job]) -> builtins.list[Finished]:
+    return [
+        Finished(job.job_id, job.owner, job.ended_clock)
+        for job in jobs
+        if job.ended_clock is not None
+    ]
 
 
 def _with_helpers(limits: Limits) -> Limits:

@@ -10,6 +10,7 @@
 | UnauthenticatedError                        | UNAUTHENTICATED     |
 | ShuttingDownError                           | UNAVAILABLE         |
 | BadStateError                               | FAILED_PRECONDITION |
+| QuotaExceededError                          | RESOURCE_EXHAUSTED  |
 | purerpc.RpcFailedError                      | its own             |
 | any other JobWorkerError, or anything else  | INTERNAL "internal error" |
 
@@ -37,6 +38,7 @@ from jobworker.errors import (
     InvalidRequestError,
     JobNotFoundError,
     JobWorkerError,
+    QuotaExceededError,
     ShuttingDownError,
     StartFailedError,
     UnauthenticatedError,
@@ -56,6 +58,7 @@ _CODES: list[tuple[type[JobWorkerError], purerpc.StatusCode]] = [
     (UnauthenticatedError, purerpc.StatusCode.UNAUTHENTICATED),
     (ShuttingDownError, purerpc.StatusCode.UNAVAILABLE),
     (BadStateError, purerpc.StatusCode.FAILED_PRECONDITION),
+    (QuotaExceededError, purerpc.StatusCode.RESOURCE_EXHAUSTED),
 ]
 
 _UNDECODABLE = (

@@ -244,8 +244,11 @@ async def test_pids_limit_contains_a_fork_bomb_which_stays_stoppable(tracker: Jo
     assert job.cgroup.pids() == []
 
 
-async def test_io_read_limit_throttles_direct_reads(tracker: JobTracker) -> None:
-    """20 MiB of direct reads under 10 MB/s take about 2 s (2.5 GB/s unthrottled)."""
+async def test_io_read_limit_throttles_direct_reads(tmp_path: Path) -> None:
+    """20 MiB of direct reads under 10 MB/s take about 2 s (2.5 GB/s unthrottled).
+    The blob is written in a work dir on the data dir's disk (workdir_size=None): a
+    tmpfs work dir (the default) never reaches the disk at all."""
+    require_root()
     script = """
         dd if=/dev/zero of=./blob bs=1M count=20 oflag=direct status=none
         t0=$(date +%s%N)
@@ -253,7 +256,12 @@ async def test_io_read_limit_throttles_direct_reads(tracker: JobTracker) -> None
         t1=$(date +%s%N)
         echo $(( (t1 - t0) / 1000000 ))
     """
-    out, st = await run_to_end(tracker, sh(script, limits=Limits(io_read_bps=10 * 1000 * 1000)))
+    async with JobTracker(
+        tmp_path / "data", cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}", workdir_size=None
+    ) as tracker:
+        out, st = await run_to_end(
+            tracker, sh(script, limits=Limits(io_read_bps=10 * 1000 * 1000))
+        )
     assert st.exit_code == 0, out  # type: ignore[attr-defined]
     millis = int(out.decode().split()[-1])
     assert 1500 <= millis <= 4000, f"20 MiB took {millis} ms under a 10 MB/s limit"
