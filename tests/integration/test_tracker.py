@@ -259,9 +259,7 @@ async def test_io_read_limit_throttles_direct_reads(tmp_path: Path) -> None:
     async with JobTracker(
         tmp_path / "data", cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}", workdir_size=None
     ) as tracker:
-        out, st = await run_to_end(
-            tracker, sh(script, limits=Limits(io_read_bps=10 * 1000 * 1000))
-        )
+        out, st = await run_to_end(tracker, sh(script, limits=Limits(io_read_bps=10 * 1000 * 1000)))
     assert st.exit_code == 0, out  # type: ignore[attr-defined]
     millis = int(out.decode().split()[-1])
     assert 1500 <= millis <= 4000, f"20 MiB took {millis} ms under a 10 MB/s limit"
