@@ -120,6 +120,10 @@ class JobWorkerClient:
         )
         return status
 
+    async def remove(self, job_id: str) -> None:
+        """Forget a terminated job: its record and its output."""
+        await self.stub.RemoveJob(pb.RemoveJobRequest(job_id=job_id))
+
     async def list(self) -> list[pb.GetJobStatusResponse]:
         return list((await self.stub.ListJobs(pb.ListJobsRequest())).jobs)
 

@@ -5,6 +5,7 @@
     jws output -u alex -j ID            the raw output from the first byte, following to the end
     jws stop -u alex -j ID              SIGTERM, grace, SIGKILL; returns once it has ended
     jws list -u alex                    the caller's jobs
+    jws rm -u alex -j ID                forget a finished job: its record and its output
     jws run -u alex -- make test        start, stream, exit with the job's exit code
     jws login alex                      make alex (and --addr / --tls-dir) the default
 
@@ -139,6 +140,7 @@ class JobRequest:
     io_read: str | None
     io_write: str | None
     pids: int | None
+    max_output: str | None
     env: tuple[str, ...]
     workdir: str
     network: str
@@ -158,6 +160,8 @@ class JobRequest:
                 limits.io_write_bps = parse_size(self.io_write)
             if self.pids is not None:
                 limits.pids = self.pids
+            if self.max_output is not None:
+                limits.output_bytes = parse_size(self.max_output)
         except ValueError as exc:
             raise Failure(str(exc), EXIT_USAGE) from None
         return limits
@@ -210,6 +214,11 @@ def job_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             click.option("--io-read", help="Disk read limit per second (10M)."),
             click.option("--io-write", help="Disk write limit per second (10M)."),
             click.option("--pids", type=int, help="Most processes and threads at once."),
+            click.option(
+                "--max-output",
+                help="Most output to keep (10M); past it the job's output pipe is closed. "
+                "Default and most: the server's.",
+            ),
             click.option(
                 "-e",
                 "--env",
@@ -316,6 +325,23 @@ async def status(
     )
 
 
+@jws.command(name="rm")
+@connection_options
+@click.option("-j", "--job", "job_id", required=True, help="The job's id.")
+async def remove(user: str | None, addr: str | None, tls_dir: str | None, job_id: str) -> None:
+    """Forget a job that has ended: its record and its output are deleted.
+
+    A job still running is refused (stop it first). jwsd also forgets finished
+    jobs by itself (see jwsd --retention and --max-finished).
+
+    \b
+    Example:
+      jws rm -j 5f0c1a2b-...
+    """
+    async with _client(user, addr, tls_dir) as client:
+        await client.remove(job_id)
+
+
 @jws.command(name="list")
 @connection_options
 @click.option("--json", "as_json", is_flag=True, help="Print the jobs as JSON, for scripts.")
@@ -388,6 +414,8 @@ async def run(user: str | None, addr: str | None, tls_dir: str | None, job: JobR
         final = await client.status(started.job_id)
     if final.oom_killed:
         click.echo("jws: the job was killed at its memory limit (OOM)", err=True)
+    if final.output_truncated:
+        click.echo(f"jws: output truncated: {final.output_truncated_reason}", err=True)
     code = final.exit_code if final.HasField("exit_code") else 255
     raise SystemExit(code)
 

@@ -20,9 +20,13 @@ import trio
 from jobworker.cli.units import parse_addr, parse_duration, parse_size
 from jobworker.errors import InvalidRequestError, SetupError, sole_exception
 from jobworker.model import Limits
+from jobworker.retention import RetentionPolicy
 from jobworker.server.daemon import DEFAULT_DATA_DIR, DEFAULT_PORT, DaemonConfig, serve
 
 log = logging.getLogger("jobworker.daemon")
+
+#: The smallest work dir that makes sense (a tmpfs rounds to pages anyway).
+MIN_WORKDIR_SIZE = 1 << 20
 
 _LIMIT_KEYS: dict[str, tuple[str, Callable[[str], float | int]]] = {
     "cpu": ("cpu", float),
@@ -136,6 +140,41 @@ def _limits_option(ctx: click.Context, param: click.Parameter, value: str) -> Li
     "Delegate=yes or a container has it.",
 )
 @click.option(
+    "--max-running-per-user",
+    type=click.IntRange(min=0),
+    default=32,
+    show_default=True,
+    help="Most jobs one user may have running at once; more starts get RESOURCE_EXHAUSTED. 0: no limit.",
+)
+@click.option(
+    "--max-output",
+    default="1G",
+    show_default=True,
+    help="Most output kept per job (a job may ask for less); past it the job's output pipe is "
+    "closed and its status says truncated. 0: no cap.",
+)
+@click.option(
+    "--workdir-size",
+    default="1G",
+    show_default=True,
+    help="Size of each job's work dir, a tmpfs charged to the job's memory. 0: a plain "
+    "directory on the data dir's file system, not bounded.",
+)
+@click.option(
+    "--retention",
+    default="24h",
+    show_default=True,
+    help="How long a finished job (record and output) is kept after it ended. 0: until "
+    "--max-finished or `jws rm` removes it.",
+)
+@click.option(
+    "--max-finished",
+    type=click.IntRange(min=0),
+    default=100,
+    show_default=True,
+    help="Most finished jobs kept per user; the oldest are forgotten first. 0: no limit.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -155,6 +194,11 @@ async def main(
     max_connections_per_user: int,
     cgroup_name: str,
     cgroup_parent: str | None,
+    max_running_per_user: int,
+    max_output: str,
+    workdir_size: str,
+    retention: str,
+    max_finished: int,
     log_level: str,
 ) -> None:
     """Run the jobworker daemon: jobs for authenticated users, over gRPC with mutual TLS.
@@ -176,7 +220,16 @@ async def main(
         host, port = parse_addr(addr, default_port=DEFAULT_PORT)
         grace = parse_duration(stop_grace)
         idle = parse_duration(idle_timeout)
-    except ValueError as exc:
+        output_cap = parse_size(max_output) or None
+        workdir_bytes = parse_size(workdir_size) or None
+        policy = RetentionPolicy(
+            max_age=parse_duration(retention) or None, max_per_owner=max_finished or None
+        )
+        if workdir_bytes is not None and workdir_bytes < MIN_WORKDIR_SIZE:
+            raise ValueError(
+                f"--workdir-size {workdir_size} is too small; give at least 1M, or 0 for no tmpfs"
+            )
+    except (ValueError, InvalidRequestError) as exc:
         raise click.BadParameter(str(exc)) from None
     if os.geteuid() != 0:
         _fail("jwsd must run as root: cgroups and namespaces need it (try sudo)")
@@ -195,6 +248,10 @@ async def main(
         max_connections_per_user=max_connections_per_user,
         cgroup_name=cgroup_name,
         cgroup_parent=cgroup_parent,
+        max_running_per_user=max_running_per_user or None,
+        max_output=output_cap,
+        workdir_size=workdir_bytes,
+        retention=policy,
     )
     try:
         await run(config)

@@ -17,7 +17,7 @@ def status_dict(job: Any) -> dict[str, Any]:
 
     limits = {
         name: getattr(job.limits, name) if job.limits.HasField(name) else None
-        for name in ("cpu", "memory_bytes", "io_read_bps", "io_write_bps", "pids")
+        for name in ("cpu", "memory_bytes", "io_read_bps", "io_write_bps", "pids", "output_bytes")
     }
     return {
         "job_id": job.job_id,
@@ -36,6 +36,10 @@ def status_dict(job: Any) -> dict[str, Any]:
         "cpu_time_ns": job.cpu_time_ns,
         "peak_memory_bytes": job.peak_memory_bytes,
         "output_bytes": job.output_bytes,
+        "output_truncated": job.output_truncated,
+        "output_truncated_reason": job.output_truncated_reason or None,
+        "output_disk_bytes": job.output_disk_bytes,
+        "workdir_bytes": job.workdir_bytes,
         "limits": limits,
     }
 
@@ -77,6 +81,14 @@ def status_text(job: Any, *, now: float | None = None) -> str:
             f"output {format_size(job.output_bytes)}",
         )
     )
+    rows.append(
+        (
+            "disk",
+            f"output {format_size(job.output_disk_bytes)}, work dir {format_size(job.workdir_bytes)}",
+        )
+    )
+    if job.output_truncated:
+        rows.append(("truncated", job.output_truncated_reason or "output was not all kept"))
     width = max(len(name) for name, _ in rows)
     return "\n".join([headline(job)] + [f"  {name:<{width}}  {value}" for name, value in rows])
 
@@ -93,6 +105,8 @@ def limits_text(limits: Any) -> str:
         parts.append(f"io write {format_size(limits.io_write_bps)}/s")
     if limits.HasField("pids"):
         parts.append(f"pids {limits.pids}")
+    if limits.HasField("output_bytes"):
+        parts.append(f"output {format_size(limits.output_bytes)}")
     return ", ".join(parts) or "none"
 
 

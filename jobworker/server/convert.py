@@ -58,6 +58,7 @@ def limits_from_proto(limits: pb.Limits) -> Limits:
         io_read_bps=get("io_read_bps"),  # type: ignore[arg-type]
         io_write_bps=get("io_write_bps"),  # type: ignore[arg-type]
         pids=get("pids"),  # type: ignore[arg-type]
+        output=get("output_bytes"),  # type: ignore[arg-type]
     )
 
 
@@ -69,6 +70,7 @@ def limits_to_proto(limits: Limits) -> pb.Limits:
         ("io_read_bps", limits.io_read_bps),
         ("io_write_bps", limits.io_write_bps),
         ("pids", limits.pids),
+        ("output_bytes", limits.output),
     ]:
         if value is not None:
             setattr(message, proto_name, value)
@@ -91,6 +93,10 @@ def status_to_proto(status: JobStatus) -> pb.GetJobStatusResponse:
         peak_memory_bytes=status.usage.peak_memory,
         output_bytes=status.output_size,
         signal_name=status.signal_name or "",
+        output_truncated=status.output_truncated is not None,
+        output_truncated_reason=status.output_truncated or "",
+        output_disk_bytes=status.output_disk_bytes,
+        workdir_bytes=status.workdir_bytes,
     )
     if status.exit_code is not None:
         message.exit_code = status.exit_code

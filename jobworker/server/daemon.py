@@ -23,10 +23,16 @@ import trio
 
 from jobworker import tls
 from jobworker.model import JobState, Limits
+from jobworker.retention import RetentionPolicy
 from jobworker.server.auth import CallGuard, guarded
 from jobworker.server.policy import UserPolicy
 from jobworker.server.service import JobWorkerService
-from jobworker.tracker import JobTracker
+from jobworker.tracker import (
+    DEFAULT_MAX_OUTPUT,
+    DEFAULT_MAX_RUNNING,
+    DEFAULT_WORKDIR_SIZE,
+    JobTracker,
+)
 from jobworker.transport import RpcServer
 
 log = logging.getLogger("jobworker.daemon")
@@ -47,6 +53,8 @@ class DaemonConfig:
     drain_timeout: seconds running calls get to finish once jobs are stopped at shutdown.
     idle_timeout: seconds a client connection may stay open with no call (None: forever).
     max_connections_per_user: connections one user may hold open at once (None: any).
+    max_running_per_user, max_output, workdir_size, retention: the quotas (see
+        `JobTracker`; `None`: unlimited).
     """
 
     tls_dir: Path
@@ -64,6 +72,10 @@ class DaemonConfig:
     max_connections_per_user: int | None = 32
     cgroup_name: str = "jobworker"
     cgroup_parent: str | None = None
+    max_running_per_user: int | None = DEFAULT_MAX_RUNNING
+    max_output: int | None = DEFAULT_MAX_OUTPUT
+    workdir_size: int | None = DEFAULT_WORKDIR_SIZE
+    retention: RetentionPolicy = RetentionPolicy()
 
     @property
     def server_files(self) -> tuple[Path, Path, Path]:
@@ -100,6 +112,10 @@ async def serve(
         stop_grace=config.stop_grace,
         cgroup_name=config.cgroup_name,
         cgroup_parent=config.cgroup_parent,
+        max_running_per_user=config.max_running_per_user,
+        max_output=config.max_output,
+        workdir_size=config.workdir_size,
+        retention=config.retention,
     ) as tracker:
         guard = CallGuard(policy)
         server = RpcServer(

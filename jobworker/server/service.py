@@ -77,6 +77,11 @@ class JobWorkerService(jobworker_grpc.JobWorkerServiceServicer):  # type: ignore
                 yield convert.output_response(chunk, offset)
                 offset += len(chunk)
 
+    async def RemoveJob(self, message: pb.RemoveJobRequest) -> pb.RemoveJobResponse:
+        caller = current_caller.get()
+        await self.tracker.remove(caller.name, _job_id(message.job_id), admin=caller.is_admin)
+        return pb.RemoveJobResponse()
+
     async def ListJobs(self, message: pb.ListJobsRequest) -> pb.ListJobsResponse:
         caller = current_caller.get()
         jobs = self.tracker.list(caller.name, admin=caller.is_admin)

@@ -18,6 +18,9 @@ class JobWorkerServiceServicer(purerpc.Servicer):
     async def ListJobs(self, input_message):
         raise NotImplementedError()
 
+    async def RemoveJob(self, input_message):
+        raise NotImplementedError()
+
     @property
     def service(self) -> purerpc.Service:
         service_obj = purerpc.Service(
@@ -68,6 +71,15 @@ class JobWorkerServiceServicer(purerpc.Servicer):
                 jobworker_dot_v1_dot_jobworker__pb2.ListJobsResponse,
             )
         )
+        service_obj.add_method(
+            "RemoveJob",
+            self.RemoveJob,
+            purerpc.RPCSignature(
+                purerpc.Cardinality.UNARY_UNARY,
+                jobworker_dot_v1_dot_jobworker__pb2.RemoveJobRequest,
+                jobworker_dot_v1_dot_jobworker__pb2.RemoveJobResponse,
+            )
+        )
         return service_obj
 
 
@@ -115,5 +127,13 @@ class JobWorkerServiceStub:
                 purerpc.Cardinality.UNARY_UNARY,
                 jobworker_dot_v1_dot_jobworker__pb2.ListJobsRequest,
                 jobworker_dot_v1_dot_jobworker__pb2.ListJobsResponse,
+            )
+        )
+        self.RemoveJob = self._client.get_method_stub(
+            "RemoveJob",
+            purerpc.RPCSignature(
+                purerpc.Cardinality.UNARY_UNARY,
+                jobworker_dot_v1_dot_jobworker__pb2.RemoveJobRequest,
+                jobworker_dot_v1_dot_jobworker__pb2.RemoveJobResponse,
             )
         )

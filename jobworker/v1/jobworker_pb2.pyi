@@ -7,18 +7,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Limits(_message.Message):
-    __slots__ = ("cpu", "memory_bytes", "io_read_bps", "io_write_bps", "pids")
+    __slots__ = ("cpu", "memory_bytes", "io_read_bps", "io_write_bps", "pids", "output_bytes")
     CPU_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     IO_READ_BPS_FIELD_NUMBER: _ClassVar[int]
     IO_WRITE_BPS_FIELD_NUMBER: _ClassVar[int]
     PIDS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_BYTES_FIELD_NUMBER: _ClassVar[int]
     cpu: float
     memory_bytes: int
     io_read_bps: int
     io_write_bps: int
     pids: int
-    def __init__(self, cpu: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., io_read_bps: _Optional[int] = ..., io_write_bps: _Optional[int] = ..., pids: _Optional[int] = ...) -> None: ...
+    output_bytes: int
+    def __init__(self, cpu: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., io_read_bps: _Optional[int] = ..., io_write_bps: _Optional[int] = ..., pids: _Optional[int] = ..., output_bytes: _Optional[int] = ...) -> None: ...
 
 class StartJobRequest(_message.Message):
     __slots__ = ("cmd", "args", "limits", "env", "workdir", "host_network")
@@ -72,7 +74,7 @@ class GetJobStatusRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class GetJobStatusResponse(_message.Message):
-    __slots__ = ("status", "job_id", "owner", "args", "limits", "outcome", "exit_code", "signal", "oom_killed", "stopped_by_user", "created_at", "started_at", "ended_at", "cpu_time_ns", "peak_memory_bytes", "output_bytes", "signal_name")
+    __slots__ = ("status", "job_id", "owner", "args", "limits", "outcome", "exit_code", "signal", "oom_killed", "stopped_by_user", "created_at", "started_at", "ended_at", "cpu_time_ns", "peak_memory_bytes", "output_bytes", "signal_name", "output_truncated", "output_truncated_reason", "output_disk_bytes", "workdir_bytes")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +92,10 @@ class GetJobStatusResponse(_message.Message):
     PEAK_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_BYTES_FIELD_NUMBER: _ClassVar[int]
     SIGNAL_NAME_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TRUNCATED_REASON_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_DISK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    WORKDIR_BYTES_FIELD_NUMBER: _ClassVar[int]
     status: str
     job_id: str
     owner: str
@@ -107,7 +113,11 @@ class GetJobStatusResponse(_message.Message):
     peak_memory_bytes: int
     output_bytes: int
     signal_name: str
-    def __init__(self, status: _Optional[str] = ..., job_id: _Optional[str] = ..., owner: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., outcome: _Optional[str] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., oom_killed: _Optional[bool] = ..., stopped_by_user: _Optional[bool] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., ended_at: _Optional[float] = ..., cpu_time_ns: _Optional[int] = ..., peak_memory_bytes: _Optional[int] = ..., output_bytes: _Optional[int] = ..., signal_name: _Optional[str] = ...) -> None: ...
+    output_truncated: bool
+    output_truncated_reason: str
+    output_disk_bytes: int
+    workdir_bytes: int
+    def __init__(self, status: _Optional[str] = ..., job_id: _Optional[str] = ..., owner: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., outcome: _Optional[str] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., oom_killed: _Optional[bool] = ..., stopped_by_user: _Optional[bool] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., ended_at: _Optional[float] = ..., cpu_time_ns: _Optional[int] = ..., peak_memory_bytes: _Optional[int] = ..., output_bytes: _Optional[int] = ..., signal_name: _Optional[str] = ..., output_truncated: _Optional[bool] = ..., output_truncated_reason: _Optional[str] = ..., output_disk_bytes: _Optional[int] = ..., workdir_bytes: _Optional[int] = ...) -> None: ...
 
 class GetJobOutputRequest(_message.Message):
     __slots__ = ("job_id", "offset")
@@ -124,6 +134,16 @@ class GetJobOutputResponse(_message.Message):
     output_msg: bytes
     offset: int
     def __init__(self, output_msg: _Optional[bytes] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class RemoveJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class RemoveJobResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class ListJobsRequest(_message.Message):
     __slots__ = ()

@@ -73,3 +73,27 @@ def test_the_list_table_lines_up() -> None:
     assert lines[1].split()[:3] == ["j1", "Active", "-"]
     assert "1 min 0 s ago" in lines[1]
     assert lines[2].split()[:3] == ["j2", "Terminated", "0"]
+
+
+def test_status_shows_disk_usage_and_why_output_was_truncated() -> None:
+    job = _job(
+        status="Terminated",
+        exit_code=141,
+        ended_at=101.0,
+        limits=pb.Limits(output_bytes=1 << 20),
+        output_bytes=1 << 20,
+        output_disk_bytes=1 << 20,
+        workdir_bytes=3 << 20,
+        output_truncated=True,
+        output_truncated_reason="the output limit of 1048576 bytes was reached",
+    )
+    text = render.status_text(job, now=110.0)
+    assert "disk       output 1.0 MiB, work dir 3.0 MiB" in text
+    assert "truncated  the output limit of 1048576 bytes was reached" in text
+    assert "output 1.0 MiB" in render.limits_text(job.limits)
+    data = render.status_dict(job)
+    assert data["output_truncated"] is True
+    assert data["output_truncated_reason"].startswith("the output limit")
+    assert (data["output_disk_bytes"], data["workdir_bytes"]) == (1 << 20, 3 << 20)
+    assert data["limits"]["output_bytes"] == 1 << 20
+    assert "truncated" not in render.status_text(_job(status="Active"))

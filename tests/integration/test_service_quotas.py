@@ -1,0 +1,134 @@
+"""Quotas and RemoveJob through jwsd's real gRPC service (in-process, real mutual TLS),
+called the way a user with a valid certificate would."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import purerpc
+import pytest
+import trio
+
+from jobworker.client import JobWorkerClient
+from jobworker.server.daemon import DaemonConfig, serve
+from jobworker.v1 import jobworker_pb2 as pb
+from tests.conftest import require_root
+from tests.integration.test_service import Daemon, expect_code, read_all
+from tests.support.certs import TestPKI
+
+pytestmark = pytest.mark.root
+
+Code = purerpc.StatusCode
+
+StartDaemon = Callable[..., contextlib.AbstractAsyncContextManager[Daemon]]
+
+
+@pytest.fixture(scope="module")
+def pki() -> TestPKI:
+    return TestPKI()
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path, pki: TestPKI) -> StartDaemon:
+    """A factory: jwsd with the given DaemonConfig fields, for the block's duration."""
+    require_root()
+    tls_dir = pki.write_tls_dir(tmp_path / "tls", ["alex", "betty", "admin"])
+    users = tmp_path / "users.toml"
+    users.write_text('[users]\nalex = "user"\nbetty = "user"\nadmin = "admin"\n')
+
+    @contextlib.asynccontextmanager
+    async def start(**fields: Any) -> AsyncIterator[Daemon]:
+        config = DaemonConfig(
+            tls_dir=tls_dir,
+            port=0,
+            data_dir=tmp_path / "data",
+            users_file=users,
+            stop_grace=1.0,
+            cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}",
+            **fields,
+        )
+        shutdown = trio.Event()
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(serve, config, shutdown)
+            yield Daemon(port, tls_dir, config, shutdown, pki)
+            shutdown.set()
+
+    return start
+
+
+async def wait_terminated(client: JobWorkerClient, job_id: str) -> pb.GetJobStatusResponse:
+    await read_all(client, job_id)
+    with trio.fail_after(10):
+        while (status := await client.status(job_id)).status != "Terminated":
+            await trio.sleep(0.02)
+    return status
+
+
+async def test_remove_is_for_owners_and_admins_of_ended_jobs_and_then_not_found(
+    start_daemon: StartDaemon,
+) -> None:
+    async with (
+        start_daemon() as daemon,
+        daemon.connect("alex") as alex,
+        daemon.connect("betty") as betty,
+        daemon.connect("admin") as admin,
+    ):
+        running = await alex.start(args=["sleep", "60"])
+        await expect_code(Code.FAILED_PRECONDITION, alex.remove(running.job_id), "still running")
+        await alex.stop(running.job_id, 0)
+        await expect_code(Code.PERMISSION_DENIED, betty.remove(running.job_id), "access denied")
+        await alex.remove(running.job_id)
+        await expect_code(Code.NOT_FOUND, alex.status(running.job_id))
+        await expect_code(Code.NOT_FOUND, read_all(alex, running.job_id))
+        await expect_code(Code.NOT_FOUND, alex.remove(running.job_id))
+        await expect_code(Code.INVALID_ARGUMENT, alex.remove(""))
+        assert not (daemon.config.data_dir / "jobs" / running.job_id).exists()
+        # An admin removes anybody's job.
+        done = await betty.start(args=["echo", "hi"])
+        await wait_terminated(betty, done.job_id)
+        await admin.remove(done.job_id)
+        assert [job.job_id for job in await betty.list()] == []
+
+
+async def test_the_running_quota_is_resource_exhausted_and_frees_up_when_a_job_ends(
+    start_daemon: StartDaemon,
+) -> None:
+    async with (
+        start_daemon(max_running_per_user=2) as daemon,
+        daemon.connect("alex") as alex,
+        daemon.connect("betty") as betty,
+    ):
+        first = await alex.start(args=["sleep", "60"])
+        await alex.start(args=["sleep", "60"])
+        message = await expect_code(Code.RESOURCE_EXHAUSTED, alex.start(args=["true"]))
+        assert "limit per user" in message
+        await betty.start(args=["true"])  # betty's quota is her own
+        await alex.stop(first.job_id, 0)
+        await alex.start(args=["true"])
+
+
+async def test_status_says_output_was_cut_at_the_limit_and_how_much_is_on_disk(
+    start_daemon: StartDaemon,
+) -> None:
+    async with start_daemon(max_output=1 << 20) as daemon, daemon.connect("alex") as alex:
+        await expect_code(
+            Code.INVALID_ARGUMENT,
+            alex.start(args=["yes"], limits=pb.Limits(output_bytes=2 << 20)),
+            "above this server's maximum",
+        )
+        job = await alex.start(args=["yes"], limits=pb.Limits(output_bytes=300_000))
+        assert job.limits.output_bytes == 300_000
+        out = await read_all(alex, job.job_id)
+        status = await wait_terminated(alex, job.job_id)
+        assert out == b"y\n" * 150_000
+        assert status.output_truncated and "output limit" in status.output_truncated_reason
+        assert status.output_bytes == status.output_disk_bytes == 300_000
+        assert status.signal_name == "SIGPIPE"
+        # A job that asks for nothing gets the server's cap, and says so.
+        job = await alex.start(args=["sh", "-c", "echo small"])
+        status = await wait_terminated(alex, job.job_id)
+        assert status.limits.output_bytes == 1 << 20 and not status.output_truncated
