@@ -58,7 +58,10 @@ from __future__ import annotations
 import bisect
 import collections
 import contextlib
+import ctypes
+import ctypes.util
 import errno
+import functools
 import itertools
 import logging
 import os
@@ -82,6 +85,9 @@ MERGE_BELOW = 4096
 SPILL_BLOCK = 256 << 10
 #: Bytes of recent spill-file reads kept for other readers to share (all logs together).
 SPILL_CACHE_BYTES = 32 << 20
+#: Releasing at least this many bytes of output hands the freed heap back to the
+#: system (malloc_trim): without it, 40 finished jobs of 8 MB left jwsd ~55 MiB larger.
+TRIM_AFTER = 1 << 20
 #: Evicted slots at the front of the chunk lists are dropped in one go once there are this many
 #: (and they are at least half of the lists), so eviction stays amortised O(1).
 COMPACT_AFTER = 256
@@ -283,7 +289,11 @@ class OutputLog:
         if self._discarded:
             return
         self._written = start + written
+        released = self._memory
         self._chunks, self._starts, self._head, self._memory = [], [], 0, 0
+        if released >= TRIM_AFTER:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(_trim_heap)
 
     # ---- readers -------------------------------------------------------------
 
@@ -614,6 +624,23 @@ def _pread_if_cached(fd: int, count: int, offset: int) -> bytes | None:
     if got == count:
         return bytes(buffer)
     return bytes(memoryview(buffer)[:got]) if got else None
+
+
+def _trim_heap() -> None:
+    """Return the free memory at the top and inside glibc's heap to the system.
+
+    Output chunks of 256 KiB come from the heap once glibc's mmap threshold has
+    grown past them, and a heap with live objects above the freed chunks is not
+    trimmed by `free`: the daemon's resident size would keep the peak of every
+    burst. A no-op where the C library has no malloc_trim (musl)."""
+    trim = getattr(_libc(), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c"))
 
 
 def _write_all(fd: int, views: list[memoryview], offset: int) -> int:
