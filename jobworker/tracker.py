@@ -55,6 +55,7 @@ from jobworker.errors import (
     QuotaExceededError,
     SetupError,
     ShuttingDownError,
+    StartFailedError,
 )
 from jobworker.model import JobSpec, JobState, JobStatus, Limits, Outcome, Usage
 from jobworker.output import OutputLog
@@ -264,6 +265,8 @@ class JobTracker:
             workdir.unmount(mount_point)
         for leftover in jobs.iterdir():
             shutil.rmtree(leftover, ignore_errors=True)
+        if self.workdir_size is not None:
+            _check_workdir_mount(jobs / f".probe-{uuid.uuid4().hex}", self._user)
 
     def _teardown(self) -> None:
         if self.cgroups is not None:
@@ -351,7 +354,12 @@ class JobTracker:
             job.workdir.mkdir(mode=0o700)
             os.chown(job.workdir, self._user.uid, self._user.gid)
             if self.workdir_size is not None:
-                workdir.mount(job.workdir, self.workdir_size, self._user.uid, self._user.gid)
+                try:
+                    workdir.mount(job.workdir, self.workdir_size, self._user.uid, self._user.gid)
+                except OSError as exc:
+                    raise StartFailedError(
+                        f"cannot mount the job's work dir: {exc.strerror}; try again later"
+                    ) from exc
                 job.workdir_mounted = True
             job.cgroup = self.cgroups.create(job_id, _with_helpers(limits), self._io_device)
             cgroup = job.cgroup
@@ -719,6 +727,23 @@ def _check_reachable(data_dir: Path, user: bwrap.JobUser) -> None:
                 f"{stat.S_IMODE(st.st_mode):04o}; pick a data dir below world-traversable dirs (e.g. /var/lib/jobworker) "
                 f"or chmod o+x {directory}"
             )
+
+
+def _check_workdir_mount(probe: Path, user: bwrap.JobUser) -> None:
+    """Mount and unmount one work dir tmpfs, so that a host where jwsd may not mount
+    (a container without CAP_SYS_ADMIN) is a SetupError at start, not a failure of
+    every job."""
+    probe.mkdir()
+    try:
+        workdir.mount(probe, 1 << 20, user.uid, user.gid)
+        workdir.unmount(probe)
+    except OSError as exc:
+        raise SetupError(
+            f"cannot mount a tmpfs work dir in the data dir ({exc.strerror}); give jwsd "
+            "CAP_SYS_ADMIN, or --workdir-size 0 to keep work dirs on the data dir's file system"
+        ) from exc
+    finally:
+        probe.rmdir()
 
 
 def _check_sandbox(tools: bwrap.SandboxTools, user: bwrap.JobUser) -> None:

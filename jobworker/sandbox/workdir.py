@@ -20,8 +20,6 @@ import errno
 import os
 from pathlib import Path
 
-from jobworker.errors import SetupError
-
 _MS_NOSUID = 0x2
 _MS_NODEV = 0x4
 _MNT_DETACH = 0x2
@@ -33,7 +31,7 @@ _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 
 def mount(path: Path, size: int, uid: int, gid: int) -> None:
     """Mount a tmpfs of `size` bytes on the existing directory `path`, owned by
-    uid:gid, mode 0700. Raises SetupError when the kernel refuses."""
+    uid:gid, mode 0700. Raises OSError when the kernel refuses."""
     inodes = max(1024, size // 4096)
     options = f"size={size},nr_inodes={inodes},mode=0700,uid={uid},gid={gid}"
     if _libc.mount(
@@ -44,10 +42,7 @@ def mount(path: Path, size: int, uid: int, gid: int) -> None:
         options.encode(),
     ):
         code = ctypes.get_errno()
-        raise SetupError(
-            f"cannot mount the job's work dir on {path}: {os.strerror(code)} "
-            "(jwsd --workdir-size 0 keeps work dirs on the data dir's file system)"
-        )
+        raise OSError(code, os.strerror(code), str(path))
 
 
 def unmount(path: Path) -> None:

@@ -81,3 +81,47 @@ async def test_forty_jobs_of_8_mb_output_leave_jwsd_memory_bounded(
         assert after[-1] - after[0] < 16 * MiB, (before, after)
     finally:
         assert jwsd.stop() == 0, jwsd.log
+
+
+def test_jws_rm_forgets_an_ended_job_and_refuses_a_running_one(jwsd: Jwsd) -> None:
+    running = jwsd.jws("start", "--", "sleep", "60")
+    job_id = running.stdout.decode().strip()
+    refused = jwsd.jws("rm", "-j", job_id)
+    assert refused.returncode == 1
+    assert "still running; stop it first" in refused.stderr.decode()
+    assert jwsd.jws("rm", "-j", job_id, user="betty").stderr.decode() == "jws: access denied\n"
+    assert jwsd.jws("stop", "-j", job_id).returncode == 0
+    removed = jwsd.jws("rm", "-j", job_id)
+    assert removed.returncode == 0, removed.stderr.decode()
+    gone = jwsd.jws("status", "-j", job_id)
+    assert gone.returncode == 1 and "no job with id" in gone.stderr.decode()
+    assert jwsd.jws("rm", "-j", job_id).returncode == 1
+    assert not (jwsd.data_dir / "jobs" / job_id).exists()
+
+
+def test_jws_shows_a_cut_output_and_the_disk_a_job_used(jwsd: Jwsd) -> None:
+    result = jwsd.jws(
+        "run", "--max-output", "64K", "--", "sh", "-c", "echo hi > f; head -c 1M /dev/zero"
+    )
+    assert len(result.stdout) == 64 << 10
+    assert "jws: output truncated: the output limit of 65536 bytes was reached" in (
+        result.stderr.decode()
+    )
+    job_id = jwsd.jws("list", "--json").stdout.decode().split('"job_id": "')[1].split('"')[0]
+    text = jwsd.jws("status", "-j", job_id).stdout.decode()
+    assert "truncated  the output limit of 65536 bytes was reached" in text
+    assert "disk       output 64.0 KiB, work dir 4.0 KiB" in text
+
+
+def test_a_job_cannot_write_more_than_jwsds_work_dir_size(tmp_path: Path, pki: TestPKI) -> None:
+    require_root()
+    jwsd = start_jwsd(tmp_path, pki, "--workdir-size", "8M")
+    try:
+        result = jwsd.jws(
+            "run", "--", "sh", "-c", "head -c 32M /dev/zero > big; echo $?; stat -c %s big"
+        )
+        lines = result.stdout.decode().splitlines()
+        assert "No space left on device" in lines[0], lines
+        assert lines[1] != "0" and int(lines[2]) <= 8 << 20, lines
+    finally:
+        assert jwsd.stop() == 0, jwsd.log
