@@ -128,6 +128,8 @@ class OutputLog:
     _memory: int = attrs.field(default=0, init=False)
     # The spill file once created; bytes [0, _written) of the output are in it.
     _fd: int | None = attrs.field(default=None, init=False)
+    # True once the spill file exists (its fd is closed again by `release`).
+    _on_disk: bool = attrs.field(default=False, init=False)
     _written: int = attrs.field(default=0, init=False)
     # preads in flight in worker threads: the fd is closed only once none is left,
     # so that its number cannot be reused by another file under a running pread.
@@ -172,7 +174,7 @@ class OutputLog:
     @property
     def spilled(self) -> bool:
         """True once the log has written its output to `spill_path`."""
-        return self._fd is not None
+        return self._on_disk
 
     @property
     def disk_size(self) -> int:
@@ -266,6 +268,7 @@ class OutputLog:
                 self._fail(exc)
                 await trio.lowlevel.checkpoint()
                 return
+            self._on_disk = True
         fd, start = self._fd, self._written
         missing = [
             memoryview(chunk)[max(0, start - first) :]
@@ -291,6 +294,13 @@ class OutputLog:
         self._written = start + written
         released = self._memory
         self._chunks, self._starts, self._head, self._memory = [], [], 0, 0
+        # No fd stays open for a finished job (thousands are kept): readers open the
+        # file for each read from now on (see `_pread`).
+        fd, self._fd = self._fd, None
+        if self._preads:
+            self._orphan_fd = fd
+        else:
+            os.close(fd)
         if released >= TRIM_AFTER:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(_trim_heap)
@@ -426,11 +436,10 @@ class OutputLog:
             _spill_reads().forget(self._serial)
         self._lot.unpark_all()
         fd, self._fd = self._fd, None
-        if fd is None:
-            return None, None
-        if self._preads:
+        path = self.spill_path if self._on_disk else None
+        if fd is not None and self._preads:
             self._orphan_fd, fd = fd, None
-        return fd, self.spill_path
+        return fd, path
 
     # ---- internals -----------------------------------------------------------
 
@@ -456,6 +465,7 @@ class OutputLog:
         except OSError as exc:
             self._fail(exc)
             return
+        self._on_disk = True
         self._write_through()
 
     def _write_through(self) -> None:
@@ -499,7 +509,8 @@ class OutputLog:
 
     async def _pread(self, offset: int, count: int) -> bytes:
         fd = self._fd
-        assert fd is not None  # bytes behind the memory window exist only once spilled
+        if fd is None:  # released: bytes behind the memory window are in the file
+            return await self._pread_released(offset, count)
         try:
             cached = _pread_if_cached(fd, count, offset)
         except OSError as exc:
@@ -522,6 +533,34 @@ class OutputLog:
             if not self._preads and self._orphan_fd is not None:
                 _release_file(self._orphan_fd, None)
                 self._orphan_fd = None
+        self._check_readable()
+        if not data:
+            raise BadStateError(
+                f"the spill file {self.spill_path} ends before byte {offset}; "
+                "something else truncated it"
+            )
+        return data
+
+    async def _pread_released(self, offset: int, count: int) -> bytes:
+        """`_pread` for a released log, which keeps no fd: open the file for this read."""
+        try:
+            fd = os.open(self.spill_path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise BadStateError(
+                f"cannot read the spilled output from {self.spill_path}: {exc.strerror or exc}"
+            ) from exc
+        try:
+            data = _pread_if_cached(fd, count, offset)
+            if not data:
+                data = await trio.to_thread.run_sync(
+                    os.pread, fd, count, offset, limiter=_spill_reads().threads
+                )
+        except OSError as exc:
+            raise BadStateError(
+                f"cannot read the spilled output from {self.spill_path}: {exc.strerror or exc}"
+            ) from exc
+        finally:
+            os.close(fd)
         self._check_readable()
         if not data:
             raise BadStateError(

@@ -724,7 +724,9 @@ async def test_release_moves_a_closed_log_to_disk_and_frees_its_memory(tmp_path:
         log.append(piece)
     assert log.memory_size == len(data) and not path.exists()
     log.close()
+    fds = len(os.listdir("/proc/self/fd"))
     await log.release()
+    assert len(os.listdir("/proc/self/fd")) == fds  # thousands of finished logs: no fd each
     assert log.memory_size == 0
     assert path.read_bytes() == data and log.disk_size == len(data)
     assert sha(await drain(log)) == sha(data)
@@ -741,10 +743,13 @@ async def test_release_of_a_spilled_log_drops_the_memory_window(tmp_path: Path) 
         log.append(piece)
     assert log.memory_size > 0
     log.close()
+    fds = len(os.listdir("/proc/self/fd"))
     await log.release()
+    assert len(os.listdir("/proc/self/fd")) == fds - 1  # the spill file's fd is closed
     assert log.memory_size == 0 and path.read_bytes() == data
     assert sha(await drain(log)) == sha(data)
     log.discard()
+    assert not path.exists()
 
 
 async def test_release_that_cannot_write_keeps_the_bytes_readable(tmp_path: Path) -> None:
