@@ -273,6 +273,7 @@ class JobTracker:
             self.cgroups.close()
         for job in self._jobs.values():
             job.log.discard()
+            self._unmount_workdir(job)  # left mounted only when a clean-up timed out
             shutil.rmtree(job.directory, ignore_errors=True)
 
     async def _shielded_shutdown(self) -> None:

@@ -26,6 +26,7 @@ from jobworker.errors import (
 )
 from jobworker.model import JobSpec, JobState, JobStatus, Limits, Outcome
 from jobworker.retention import RetentionPolicy
+from jobworker.sandbox import workdir
 from jobworker.tracker import JobTracker
 from tests.conftest import require_root
 
@@ -42,6 +43,7 @@ async def tracker_at(data_dir: Path, **kwargs: Any) -> AsyncIterator[JobTracker]
     ) as tracker:
         yield tracker
     assert not list((data_dir / "jobs").iterdir()), "job dirs left behind"
+    assert workdir.mounted_below(data_dir) == [], "work dir mounts left behind"
 
 
 def sh(script: str, **kwargs: Any) -> JobSpec:
@@ -274,3 +276,15 @@ async def test_finished_jobs_older_than_the_retention_are_forgotten(
         mock_clock.jump(1801)
         await trio.sleep(0.05)
         assert tracker.list("alex") == []
+
+
+async def test_work_dir_mounts_left_by_a_crash_are_unmounted_at_start(tmp_path: Path) -> None:
+    require_root()
+    leftover = tmp_path / "data" / "jobs" / "crashed-job" / "work"
+    leftover.mkdir(parents=True)
+    workdir.mount(leftover, 1 * MiB, 0, 0)
+    (leftover / "file").write_bytes(b"x")
+    assert workdir.mounted_below(tmp_path / "data") == [leftover]
+    async with tracker_at(tmp_path / "data"):
+        assert not (tmp_path / "data" / "jobs" / "crashed-job").exists()
+    assert workdir.mounted_below(tmp_path / "data") == []
