@@ -4,7 +4,9 @@ finished jobs had, `jws rm` forgets a job, and a job's work dir has a size."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -113,15 +115,60 @@ def test_jws_shows_a_cut_output_and_the_disk_a_job_used(jwsd: Jwsd) -> None:
     assert "disk       output 64.0 KiB, work dir 4.0 KiB" in text
 
 
-def test_a_job_cannot_write_more_than_jwsds_work_dir_size(tmp_path: Path, pki: TestPKI) -> None:
-    require_root()
-    jwsd = start_jwsd(tmp_path, pki, "--workdir-size", "8M")
+@contextlib.contextmanager
+def small_disk(path: Path, size: str) -> Iterator[None]:
+    """A tmpfs of `size` on `path`: a data dir's disk that is full on demand."""
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
     try:
-        result = jwsd.jws(
-            "run", "--", "sh", "-c", "head -c 32M /dev/zero > big; echo $?; stat -c %s big"
-        )
-        lines = result.stdout.decode().splitlines()
-        assert "No space left on device" in lines[0], lines
-        assert lines[1] != "0" and int(lines[2]) <= 8 << 20, lines
+        yield
     finally:
-        assert jwsd.stop() == 0, jwsd.log
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_a_work_dir_cannot_fill_the_data_disk_and_cut_another_users_output(
+    tmp_path: Path, pki: TestPKI
+) -> None:
+    """Issue 10 item 4, as an attacker: alex fills the work dir to make betty's output be
+    lost. The data dir is a 48 MiB disk; with 16 MiB work dirs alex's job gets ENOSPC
+    at 16 MiB in its own work dir, and betty's 24 MiB of output arrive whole."""
+    require_root()
+    with small_disk(tmp_path / "data", "48m"):
+        jwsd = start_jwsd(tmp_path, pki, "--workdir-size", "16M")
+        try:
+            filler = jwsd.jws(
+                "run", "--", "sh", "-c", "head -c 64M /dev/zero > big; echo $?; stat -c %s big"
+            )
+            lines = filler.stdout.decode().splitlines()
+            assert "No space left on device" in lines[0], lines
+            assert lines[1] != "0" and int(lines[2]) <= 16 << 20, lines
+            victim = jwsd.jws("run", "--", "head", "-c", "24M", "/dev/zero", user="betty")
+            assert victim.returncode == 0, victim.stderr.decode()
+            assert victim.stdout == bytes(24 << 20)
+            assert b"truncated" not in victim.stderr
+        finally:
+            assert jwsd.stop() == 0, jwsd.log
+
+
+def test_a_full_data_disk_shows_in_status_and_the_exit_code_is_kept(
+    tmp_path: Path, pki: TestPKI
+) -> None:
+    """Output that cannot be kept because the disk is full is never silent."""
+    require_root()
+    with small_disk(tmp_path / "data", "4m"):
+        jwsd = start_jwsd(tmp_path, pki)
+        try:
+            job_id = jwsd.jws("start", "--", "sh", "-c", "head -c 12M /dev/zero; exit 0")
+            job_id_text = job_id.stdout.decode().strip()
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                text = jwsd.jws("status", "-j", job_id_text).stdout.decode()
+                if text.startswith("Terminated"):
+                    break
+                time.sleep(0.1)
+            assert text.splitlines()[0] == "Terminated (exit code 0)", text
+            assert "truncated" in text and "No space left on device" in text, text
+            follow = jwsd.jws("output", "-j", job_id_text)
+            assert follow.returncode == 1 and "lost" in follow.stderr.decode()
+        finally:
+            assert jwsd.stop() == 0, jwsd.log
