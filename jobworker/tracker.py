@@ -633,7 +633,9 @@ class JobTracker:
         owned[job.job_id] = job
         self._finished_changed.set()
         for job_id in self.retention.to_forget(_as_finished(owned.values()), trio.current_time()):
-            await self._forget(owned[job_id])
+            victim = owned.get(job_id)  # a remove may have taken it while we awaited
+            if victim is not None:
+                await self._forget(victim)
 
     async def _collect_expired(self) -> None:
         """Forget finished jobs once they are older than the retention's max age:
@@ -649,9 +651,9 @@ class JobTracker:
                     continue
                 by_id = {job.job_id: job.owner for job in finished}
                 for job_id in self.retention.to_forget(finished, trio.current_time()):
-                    owned = self._finished.get(by_id[job_id], {})
-                    if job_id in owned:
-                        await self._forget(owned[job_id])
+                    victim = self._finished.get(by_id[job_id], {}).get(job_id)
+                    if victim is not None:
+                        await self._forget(victim)
 
     async def _forget(self, job: _Job) -> None:
         """Drop a finished job: its entry first (from then on it is not found), then
