@@ -44,9 +44,10 @@ that reach the end of what was kept get a `BadStateError` that says so, rather
 than a stream that silently stops: the writer still never blocks or fails, so
 the job is not disturbed by its log. `truncated` then says why output is missing.
 
-A finished log lives on disk: once its job has ended, `release` writes what only
-memory holds to the spill file (in a worker thread) and drops it from memory, so
-a daemon that keeps many finished jobs holds none of their output in memory.
+A finished log lives on disk: once its writer is done, `release` writes what
+only memory holds to the spill file (in a worker thread), drops it from memory
+and closes the file (readers open it per read), so a daemon that keeps many
+finished jobs holds neither their output nor an fd each.
 
 `max_size` caps the output: the log keeps exactly that many bytes, `full` turns
 true, the rest is dropped and `truncated` says so; readers get the kept bytes and
@@ -140,6 +141,8 @@ class OutputLog:
     _dropped: int = attrs.field(default=0, init=False)
     # Set once max_size was reached: what came after was dropped by policy.
     _full: bool = attrs.field(default=False, init=False)
+    # Set by `release`: the writer is done, appends are refused.
+    _sealed: bool = attrs.field(default=False, init=False)
     _lot: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot, init=False)
     # This log's part of the key of its shared spill reads.
     _serial: int = attrs.field(factory=lambda: next(_serials), init=False)
@@ -207,7 +210,7 @@ class OutputLog:
         writes `data` to the spill file (inline: see the module docstring). Empty
         `data` changes nothing. Raises `BadStateError` after `close`/`discard`.
         """
-        if self._closed:
+        if self._closed or self._sealed:
             raise BadStateError(
                 "cannot append to a closed output log; the job's output has already ended"
             )
@@ -249,14 +252,17 @@ class OutputLog:
         self._lot.unpark_all()
 
     async def release(self) -> None:
-        """Once closed, move the output to disk: write what only memory holds to the
-        spill file (in a worker thread), then drop every chunk from memory; readers
-        read the file from then on. Does nothing before `close`, after `discard`, or
-        once the spill file has failed. If the file cannot be written now, the bytes
-        stay in memory (at most `memory_limit` plus one chunk) and readable, and the
-        failure is logged: nothing is lost. Shielded: it finishes even when the
-        caller is cancelled, so the fd is never closed under the write."""
-        if not self._closed or self._discarded or self._failure is not None or not self._memory:
+        """The writer is done: move the output to disk. Writes what only memory holds
+        to the spill file (in a worker thread), then drops every chunk from memory;
+        readers read the file from then on. Appends are refused from now on (readers
+        still wait for `close` to learn the output is complete). Does nothing more
+        after `discard`, or once the spill file has failed. If the file cannot be
+        written now, the bytes stay in memory (at most `memory_limit` plus one
+        chunk) and readable, and the failure is logged: nothing is lost. Shielded:
+        it finishes even when the caller is cancelled, so the fd is never closed
+        under the write."""
+        self._sealed = True
+        if self._discarded or self._failure is not None or not self._memory:
             await trio.lowlevel.checkpoint()
             return
         if self._fd is None:

@@ -541,7 +541,7 @@ class JobTracker:
                 )
                 self._mark_terminated(job, reported[0])
             with trio.CancelScope(shield=True):
-                await job.log.release()
+                await job.log.release()  # done by `_finish`, unless it timed out
                 job.released.set()
                 await self._retire(job)
 
@@ -578,6 +578,9 @@ class JobTracker:
         cgroup.kill_all()
         await launched.output.aclose()
         await launched.status.aclose()
+        # The pump has ended (no more appends): the output goes to disk before anyone
+        # learns that the job has ended.
+        await job.log.release()
         if job.workdir_mounted:
             job.workdir_bytes = workdir.used_bytes(job.workdir)
         # Before the cgroup goes: unmounting frees the work dir's pages charged to it.

@@ -735,6 +735,32 @@ async def test_release_moves_a_closed_log_to_disk_and_frees_its_memory(tmp_path:
     assert not path.exists()
 
 
+async def test_release_before_close_refuses_appends_and_readers_wait_for_close(
+    tmp_path: Path,
+) -> None:
+    """The job's pump is done before the job is marked ended: `release` then, and
+    readers at the end still wait for `close` to learn the output is complete."""
+    log = OutputLog(tmp_path / "out", memory_limit=1 << 20)
+    log.append(b"abc")
+    await log.release()
+    assert log.memory_size == 0 and log.disk_size == 3
+    with pytest.raises(BadStateError, match="closed"):
+        log.append(b"d")
+    got: list[bytes] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: _collect(log, got))
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == [b"abc"]  # read from the file, then waiting at the end
+        log.close()
+    assert got == [b"abc", b""]
+    log.discard()
+
+
+async def _collect(log: OutputLog, got: list[bytes]) -> None:
+    got.append(await log.read(0, 10))
+    got.append(await log.read(3, 10))
+
+
 async def test_release_of_a_spilled_log_drops_the_memory_window(tmp_path: Path) -> None:
     path = tmp_path / "out"
     data = stream(MiB, seed=12)
