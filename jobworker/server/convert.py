@@ -20,7 +20,10 @@ from jobworker.v1 import jobworker_pb2 as pb
 
 
 def job_id_from(
-    request: pb.StopJobRequest | pb.GetJobStatusRequest | pb.GetJobOutputRequest,
+    request: pb.StopJobRequest
+    | pb.GetJobStatusRequest
+    | pb.GetJobOutputRequest
+    | pb.RemoveJobRequest,
 ) -> str:
     """The job id a request names; InvalidRequestError when it names none,
     JobNotFoundError when it cannot be a job's (see `check_job_id`)."""

@@ -78,8 +78,9 @@ class JobWorkerService(jobworker_grpc.JobWorkerServiceServicer):  # type: ignore
                 offset += len(chunk)
 
     async def RemoveJob(self, message: pb.RemoveJobRequest) -> pb.RemoveJobResponse:
+        job_id = convert.job_id_from(message)
         caller = current_caller.get()
-        await self.tracker.remove(caller.name, _job_id(message.job_id), admin=caller.is_admin)
+        await self.tracker.remove(caller.name, job_id, admin=caller.is_admin)
         return pb.RemoveJobResponse()
 
     async def ListJobs(self, message: pb.ListJobsRequest) -> pb.ListJobsResponse:
