@@ -79,8 +79,10 @@ async def test_forty_jobs_of_8_mb_output_leave_jwsd_memory_bounded(
         )
         assert len(jobs) == 42 and all(job.output_bytes == 8_000_000 for job in jobs)
         assert all(job.output_disk_bytes == 8_000_000 for job in jobs)
-        assert after[-1] - before < 16 * MiB, (before, after)
-        assert after[-1] - after[0] < 16 * MiB, (before, after)
+        # Each batch of 10 used to add ~77 MiB; what is left now is noise of the
+        # allocator and of the calls in flight (seen up to +20 MiB on a loaded host).
+        assert after[-1] - before < 40 * MiB, (before, after)
+        assert after[-1] - after[0] < 40 * MiB, (before, after)
     finally:
         assert jwsd.stop() == 0, jwsd.log
 
