@@ -4,8 +4,10 @@ finished jobs had, `jws rm` forgets a job, and a job's work dir has a size."""
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import trio
 
 from jobworker.client import Credentials, JobWorkerClient, connect
 from tests.conftest import require_root
-from tests.e2e.conftest import Jwsd, start_jwsd
+from tests.e2e.conftest import BIN, Jwsd, start_jwsd
 from tests.support.certs import TestPKI
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
@@ -174,3 +176,23 @@ def test_a_full_data_disk_shows_in_status_and_the_exit_code_is_kept(
             assert follow.returncode == 1 and "lost" in follow.stderr.decode()
         finally:
             assert jwsd.stop() == 0, jwsd.log
+
+
+def test_jwsd_that_may_not_mount_work_dirs_refuses_to_start_with_one_line(
+    tmp_path: Path, pki: TestPKI
+) -> None:
+    """Root without CAP_SYS_ADMIN (a container that lacks it) cannot mount the work
+    dir tmpfs: jwsd says so at start, naming the way out, instead of failing every job."""
+    require_root()
+    tls_dir = pki.write_tls_dir(tmp_path / "tls", [])
+    jwsd = [
+        str(BIN / "jwsd"), "--addr", "127.0.0.1:0", "--tls-dir", str(tls_dir),
+        "--data-dir", str(tmp_path / "data"),
+    ]  # fmt: skip
+    env = dict(os.environ, JOBWORKER_CGROUP_NAME=f"jobworker-test-{uuid.uuid4().hex[:8]}")
+    drop = ["setpriv", "--bounding-set=-sys_admin", "--inh-caps=-sys_admin", "--"]
+    refused = subprocess.run([*drop, *jwsd], capture_output=True, timeout=30, env=env)
+    assert refused.returncode == 1, refused.stderr.decode()
+    assert refused.stderr.decode().startswith("jwsd: cannot mount a tmpfs work dir")
+    assert "--workdir-size 0" in refused.stderr.decode()
+    assert refused.stderr.decode().count("\n") == 1
