@@ -119,10 +119,10 @@ def _limits_option(ctx: click.Context, param: click.Parameter, value: str) -> Li
 )
 @click.option(
     "--max-connections-per-user",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=0),
     default=32,
     show_default=True,
-    help="Connections one user (client certificate) may hold open at once.",
+    help="Connections one user (client certificate) may hold open at once (0: any number).",
 )
 @click.option(
     "--cgroup-name",
@@ -245,7 +245,7 @@ async def main(
         allow_host_network=allow_host_network,
         stop_grace=grace,
         idle_timeout=idle or None,
-        max_connections_per_user=max_connections_per_user,
+        max_connections_per_user=max_connections_per_user or None,
         cgroup_name=cgroup_name,
         cgroup_parent=cgroup_parent,
         max_running_per_user=max_running_per_user or None,

@@ -746,9 +746,13 @@ def grpcio_server(tls_dir: Path, log_path: Path) -> Iterator[str]:
 def running_jwsd(workspace: Path, pki: TestPKI) -> Iterator[Jwsd]:
     """A real jwsd on loopback; stopped (SIGTERM, then SIGKILL) and its cgroups checked on exit.
 
-    Without the running quota and the output cap: the load row runs 1,000 jobs of one
-    user, and the fairness row's floods write more than 1 GiB each."""
-    daemon = start_jwsd(workspace, pki, "--max-running-per-user", "0", "--max-output", "0")
+    Without the running quota, the output cap and the connection cap: the load row runs
+    1,000 jobs of one user, the fairness row's floods write more than 1 GiB each, and the
+    RPC row's 50 clients are one user."""
+    daemon = start_jwsd(
+        workspace, pki, "--max-running-per-user", "0", "--max-output", "0",
+        "--max-connections-per-user", "0",
+    )  # fmt: skip
     try:
         yield daemon
     finally:
