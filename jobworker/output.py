@@ -514,6 +514,9 @@ class OutputLog:
         log.error("output log: %s; dropping the rest of this output", self._failure)
 
     async def _pread(self, offset: int, count: int) -> bytes:
+        # Re-checked here, where the fd is used: a reader that waited for another's
+        # shared read may get here after a discard released the file (fd now None).
+        self._check_readable()
         fd = self._fd
         if fd is None:  # released: bytes behind the memory window are in the file
             return await self._pread_released(offset, count)

@@ -651,6 +651,35 @@ async def test_a_cancelled_shared_read_leaves_its_waiters_to_read_for_themselves
     log.discard()
 
 
+@pytest.mark.usefixtures("uncached")
+async def test_discard_while_a_second_reader_waits_on_a_shared_read_fails_both_cleanly(
+    tmp_path: Path,
+) -> None:
+    """Reader B waits for reader A's spill read; the log is discarded; A's read fails.
+    B then finds nothing cached and nothing in flight and would read for itself: it
+    must get the same BadStateError ("discarded"), not trip over the closed file."""
+    log = OutputLog(tmp_path / "out", memory_limit=10)
+    log.append(b"a" * 100)
+    log.append(b"b" * MERGE_BELOW)
+    outcomes: list[str] = []
+
+    async def reader() -> None:
+        with pytest.raises(BadStateError, match="discarded"):
+            await log.read(0, 1000)
+        outcomes.append("discarded")
+
+    threads = output._spill_reads().threads
+    async with every_token_taken(threads), trio.open_nursery() as nursery:
+        nursery.start_soon(reader)  # A: its pread waits for a thread
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(reader)  # B: waits for A's read
+        await trio.testing.wait_all_tasks_blocked()
+        log.discard()
+        nursery.cancel_scope.deadline = trio.current_time() + 5
+        threads.total_tokens = 2  # A's read runs, and fails: the log is gone
+    assert outcomes == ["discarded", "discarded"]
+
+
 # ---- any interleaving ------------------------------------------------------------
 
 _small = st.tuples(st.just("append"), st.binary(max_size=40))
