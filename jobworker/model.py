@@ -240,7 +240,7 @@ class JobSpec:
 
 
 class JobState(enum.Enum):
-    """The seed's three states; the words are the API's."""
+    """A job's three states; the words are the API's."""
 
     PENDING = "Pending"
     ACTIVE = "Active"
@@ -254,7 +254,8 @@ class Outcome(enum.Enum):
     SIGNALED = "signaled"  # a signal killed it (not sent by a stop); see signal
     OOM_KILLED = "oom-killed"  # the kernel's OOM killer ended it at its memory limit
     STOPPED = "stopped"  # a user (or shutdown) stopped it
-    LOST = "lost"  # the daemon restarted while it ran
+    # ("lost", for a job the daemon lost track of across a restart, comes with durable
+    # job records; until then nothing could set it, so it is not declared.)
 
 
 @attrs.frozen
@@ -293,7 +294,6 @@ class JobStatus:
     outcome: Outcome | None = None
     exit_code: int | None = None
     signal: int | None = None
-    stopped_by_user: bool = False
     usage: Usage = attrs.Factory(Usage)
     output_size: int = 0
     output_disk_bytes: int = 0
@@ -303,6 +303,12 @@ class JobStatus:
     @property
     def oom_killed(self) -> bool:
         return self.outcome is Outcome.OOM_KILLED
+
+    @property
+    def stopped_by_user(self) -> bool:
+        """True when a stop (StopJob, or the daemon's shutdown) ended the job: the
+        outcome `STOPPED`, which only a stop sets (the API's `stopped_by_user` field)."""
+        return self.outcome is Outcome.STOPPED
 
     @property
     def signal_name(self) -> str | None:

@@ -133,7 +133,6 @@ class _Job:
             outcome=self.outcome,
             exit_code=self.exit_code,
             signal=self.signal,
-            stopped_by_user=self.stop_requested and self.outcome is Outcome.STOPPED,
             usage=usage,
             output_size=self.log.size,
             output_disk_bytes=self.log.disk_size,

@@ -143,3 +143,34 @@ def test_a_job_id_is_a_canonical_uuid() -> None:
         with pytest.raises(JobNotFoundError) as caught:
             check_job_id(bad)
         assert len(str(caught.value)) < 100 and "\n" not in str(caught.value)
+
+
+def test_stopped_by_user_is_the_stopped_outcome_in_one_place() -> None:
+    """`stopped_by_user` is derived from `outcome`, never set beside it: the two cannot disagree."""
+
+    def ended(outcome: Outcome) -> JobStatus:
+        return JobStatus(
+            job_id="x",
+            owner="alex",
+            spec=JobSpec(argv=["true"]),
+            state=JobState.TERMINATED,
+            created_at=0.0,
+            outcome=outcome,
+        )
+
+    assert ended(Outcome.STOPPED).stopped_by_user
+    assert not ended(Outcome.SIGNALED).stopped_by_user
+    with pytest.raises(TypeError):
+        JobStatus(  # type: ignore[call-arg]
+            job_id="x",
+            owner="alex",
+            spec=JobSpec(argv=["true"]),
+            state=JobState.TERMINATED,
+            created_at=0.0,
+            stopped_by_user=True,
+        )
+
+
+def test_outcomes_are_only_those_the_tracker_sets() -> None:
+    """No outcome is declared that nothing sets ("lost" waits for durable job records)."""
+    assert {outcome.value for outcome in Outcome} == {"exited", "signaled", "oom-killed", "stopped"}
