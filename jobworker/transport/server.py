@@ -238,20 +238,19 @@ class RpcServer:
         self._started = True
         try:
             listener = await self._listen()
-            try:
-                async with trio.open_nursery() as connections:
+            async with trio.open_nursery() as connections:
+                try:
                     self._connections_scope = connections.cancel_scope
                     task_status.started(self.port)
                     with self._accept_scope:
                         async with trio.open_nursery() as acceptors:
                             for one in listener.listeners:
                                 acceptors.start_soon(self._accept_loop, one, connections)
-                    # Accepting stopped: close the door now, let open connections finish.
+                finally:
+                    # Accepting stopped (or failed): close the door now, before the
+                    # nursery waits for the open connections to finish.
                     with trio.CancelScope(shield=True):
                         await listener.aclose()
-            finally:
-                with trio.CancelScope(shield=True):
-                    await listener.aclose()
         finally:
             self._stopped.set()
 
