@@ -35,7 +35,7 @@ class JobNotFoundError(JobWorkerError):
 class AccessDeniedError(JobWorkerError):
     """The job exists but belongs to somebody else.
 
-    The message is deliberately the seed's bare "access denied": it must not
+    The message is deliberately a bare "access denied": it must not
     say whose job it is or anything else about it.
     """
 
@@ -67,8 +67,11 @@ class QuotaExceededError(JobWorkerError):
 
 
 class SetupError(JobWorkerError):
-    """The host cannot run jobs as configured: not root, no cgroups, no bubblewrap,
-    a data dir that is not writable. Raised when the tracker starts."""
+    """The host or the configuration is not fit to run: not root, no usable cgroups
+    or bubblewrap, a data dir that is not writable, TLS files or a users file that
+    are missing or bad, an address that cannot be listened on. Mostly raised while
+    jwsd (or a client) starts; a cgroup file the kernel refuses to read or write
+    while a job runs is one too. The message names what is wrong and what to do."""
 
 
 def sole_exception(

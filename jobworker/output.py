@@ -25,11 +25,9 @@ for), exactly once and in order, and a slow reader only delays itself:
   pread and one bytes object serve every reader that asks for that block while it
   is recent (`SPILL_CACHE_BYTES` across all logs), so 1,000 lagging followers of
   one job cost one read and one copy per block, not 1,000. The
-  writes happen inline in `append`: a `pwrite` into the page cache costs ~100 us
-  per 256 KiB (appends measured at ~2.3 GiB/s while spilling, see
-  `tests/bench/bench_output.py`) and does not wait for the disk until the kernel's
-  dirty limits are reached (20% of RAM here), so a thread hop would cost more than
-  it saves.
+  writes happen inline in `append`: a `pwrite` into the page cache is a copy that
+  does not wait for the disk until the kernel's dirty limits are reached, so a
+  thread hop would cost more than it saves (figures in docs/performance.md).
 * The hot paths do no per-byte work: `append` is a couple of list appends (and
   one `pwrite` once spilled); a read of an in-memory chunk is one `bisect` over
   the chunks' start offsets and returns the stored `bytes` object itself when
@@ -656,9 +654,8 @@ def _pread_if_cached(fd: int, count: int, offset: int) -> bytes | None:
     (preadv2 with RWF_NOWAIT), or None if that would wait for the disk.
 
     Output read back soon after it was written is nearly always still cached: a
-    thread hop per chunk would cost more than the copy (measured: the hop and the
-    thread's bookkeeping were a quarter of jwsd's time with one follower behind a
-    fast writer). Only reads that would block go to the spill threads.
+    thread hop per chunk would cost more than the copy (docs/performance.md). Only
+    reads that would block go to the spill threads.
     """
     buffer = bytearray(count)
     try:
