@@ -21,9 +21,12 @@ upgrade changes them.
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 import struct
-from collections.abc import Iterable, Iterator
+import weakref
+from collections.abc import Iterable, Iterator, MutableMapping
+from contextlib import AsyncExitStack
 from typing import Any
 
 import anyio
@@ -32,9 +35,10 @@ import h2.events
 import h2.exceptions
 import trio
 from anyio import aclose_forcefully
+from anyio.streams.tls import TLSAttribute
 from h2.connection import ConnectionInputs
 from h2.stream import StreamInputs
-from hyperframe.frame import WindowUpdateFrame
+from purerpc.client import _Channel
 from purerpc.grpc_proto import GRPCProtoSocket, GRPCProtoStream
 from purerpc.grpc_socket import SocketWrapper
 from purerpc.grpclib.config import GRPCConfiguration
@@ -160,7 +164,8 @@ class ResetAwareConnection(GRPCConnection):  # type: ignore[misc]  # purerpc is 
 
     def pending_bytes(self) -> int:
         """Bytes waiting for the writer: DATA frames queued here and h2's own buffer."""
-        return self._outgoing_bytes + len(self.h2_connection._data_to_send)
+        self._take_h2_bytes()
+        return self._outgoing_bytes
 
     def take_outgoing(self) -> list[bytes | bytearray | memoryview]:
         """Everything waiting to be sent, in order, as pieces (large ones uncopied)."""
@@ -170,11 +175,13 @@ class ResetAwareConnection(GRPCConnection):  # type: ignore[misc]  # purerpc is 
         return outgoing
 
     def _take_h2_bytes(self) -> None:
-        h2_connection = self.h2_connection
-        if h2_connection._data_to_send:
-            self._outgoing.append(h2_connection._data_to_send)
-            self._outgoing_bytes += len(h2_connection._data_to_send)
-            h2_connection._data_to_send = bytearray()
+        # h2's public data_to_send() (as purerpc patches it: all of it, as bytes). What
+        # goes through h2's buffer is small (headers, window updates, small requests):
+        # its copy costs next to nothing, unlike the DATA frames queued above.
+        data = self.h2_connection.data_to_send()
+        if data:
+            self._outgoing.append(data)
+            self._outgoing_bytes += len(data)
 
     def forget_read_buffer(self, stream_id: int) -> None:
         """Drop the partial message buffered for a dead stream, giving its bytes back as window."""
@@ -186,8 +193,9 @@ class ResetAwareConnection(GRPCConnection):  # type: ignore[misc]  # purerpc is 
         """Hand `size` received bytes of `stream_id` back to the peer as flow-control window.
 
         h2 forgets closed streams after a while and then refuses to acknowledge
-        their bytes even on the connection; do that part by hand then (what h2
-        3.2 itself does for data on closed streams; purerpc 0.8.0 pins h2 3.2).
+        their bytes even on the connection; open the connection's window by as much
+        instead (h2's public `increment_flow_control_window`: one WINDOW_UPDATE now,
+        where an acknowledgement might have waited to be batched).
         """
         if size <= 0:
             return
@@ -195,11 +203,14 @@ class ResetAwareConnection(GRPCConnection):  # type: ignore[misc]  # purerpc is 
         if stream_id in h2_connection.streams:
             h2_connection.acknowledge_received_data(size, stream_id)
             return
-        increment = h2_connection._inbound_flow_control_window_manager.process_bytes(size)
-        if increment:
-            frame = WindowUpdateFrame(0)
-            frame.window_increment = increment
-            h2_connection._prepare_for_sending([frame])
+        with contextlib.suppress(h2.exceptions.ProtocolError):  # the connection is closing
+            h2_connection.increment_flow_control_window(size)
+
+    def unacknowledged_bytes(self) -> int:
+        """Bytes received on this connection that were never handed back to the peer
+        as window, neither acknowledged nor waiting in h2 to be (a diagnostic)."""
+        manager = self.h2_connection._inbound_flow_control_window_manager
+        return int(manager.max_window_size - manager.current_window_size - manager._bytes_processed)
 
 
 def _coalesced(
@@ -241,6 +252,9 @@ class GuardedSocketWrapper(SocketWrapper):  # type: ignore[misc]  # purerpc is u
 
     def __init__(self, grpc_connection: GRPCConnection, stream: Any, on_broken: Any) -> None:
         super().__init__(grpc_connection, stream)
+        # The TLS object of an anyio TLSStream (public: TLSAttribute.ssl_object), to
+        # encrypt into and decrypt from directly; None on a plain stream.
+        self._tls: ssl.SSLObject | None = stream.extra(TLSAttribute.ssl_object, None)
         self._on_broken = on_broken
         self._drain_scope = trio.CancelScope()
         # Backpressure (`wait_room`): an event replaced each time a batch went out
@@ -300,12 +314,14 @@ class GuardedSocketWrapper(SocketWrapper):  # type: ignore[misc]  # purerpc is u
         would copy every byte once more. Writing them into the TLS object one by one
         and flushing once does neither.
         """
-        ssl_object = getattr(self._stream, "_ssl_object", None)  # anyio's TLSStream
+        ssl_object = self._tls
         if ssl_object is None:
             await self._stream.send(b"".join(pieces))
             return
         for piece in _coalesced(pieces):
             ssl_object.write(piece)  # into a memory BIO: never waits
+        # SEAM (anyio TLSStream._flush_write_bio, private): send what the TLS object
+        # wrote into its memory BIO. anyio's public send() does write + flush per call.
         await self._stream._flush_write_bio()
 
     async def recv(self, buffer_size: int) -> bytes:
@@ -319,7 +335,7 @@ class GuardedSocketWrapper(SocketWrapper):  # type: ignore[misc]  # purerpc is u
         waiting) gives h2 a few large pieces instead.
         """
         data: bytes = await self._stream.receive(buffer_size)
-        ssl_object = getattr(self._stream, "_ssl_object", None)  # anyio's TLSStream
+        ssl_object = self._tls
         if ssl_object is None:
             return data
         parts, size = [data], len(data)
@@ -376,7 +392,58 @@ class EncodedMessage:
         return b"".join(self.parts[1:])
 
 
-class PacedStream(GRPCProtoStream):  # type: ignore[misc]  # purerpc is untyped
+class SeamStream(GRPCProtoStream):  # type: ignore[misc]  # purerpc is untyped
+    """purerpc's stream, with the parts of its internals the transport uses as methods.
+
+    SEAM (purerpc `GRPCStream`'s private attributes): the connection, the socket
+    wrapper and the owning socket (`_grpc_connection`, `_socket`, `_grpc_socket`),
+    the queue its events wait in (`_incoming_events`), its flow-control wake-up
+    (`_flow_control_update_event`, `_wait_flow_control_update`) and its half-close
+    (`_close_remote`). purerpc delivers events, wakes senders and closes streams
+    itself only from its own reader loop, which the client replaces.
+    """
+
+    @property
+    def connection(self) -> ResetAwareConnection:
+        """The connection (h2 and purerpc's gRPC state) the stream belongs to."""
+        return self._grpc_connection  # type: ignore[no-any-return]
+
+    @property
+    def wire(self) -> GuardedSocketWrapper:
+        """The socket wrapper whose writer sends the stream's frames."""
+        return self._socket  # type: ignore[no-any-return]
+
+    @property
+    def owner(self) -> HookedSocket:
+        """The `HookedSocket` that made the stream."""
+        return self._grpc_socket  # type: ignore[no-any-return]
+
+    def deliver(self, event: Any) -> None:
+        """Queue `event` for `receive_event` (the queue is unbounded: never waits)."""
+        self._incoming_events[0].send_nowait(event)
+
+    def wake_senders(self) -> None:
+        """Wake a sender waiting for flow-control window (it re-checks the window)."""
+        self._flow_control_update_event.set()
+
+    def remote_closed(self) -> None:
+        """The peer ended its side of the stream (purerpc forgets a stream closed both ways)."""
+        self._close_remote()
+
+    async def _wait_flow_control_update(self) -> None:
+        # Overrides purerpc's wait for window (used by its own `_send` too) to add a hook.
+        await super()._wait_flow_control_update()
+        self.window_wait_ended()
+
+    async def wait_window(self) -> None:
+        """Wait until the peer may have opened the stream's window (or a sender was woken)."""
+        await self._wait_flow_control_update()
+
+    def window_wait_ended(self) -> None:
+        """Called after every wait for window; may raise to fail the sender."""
+
+
+class PacedStream(SeamStream):
     """A `GRPCProtoStream` whose every outgoing message first waits until the stream
     can take it, and which writes `EncodedMessage`s without copying them first."""
 
@@ -385,7 +452,7 @@ class PacedStream(GRPCProtoStream):  # type: ignore[misc]  # purerpc is untyped
         # would skip an override of _send here: replace the entry point instead.
         if not isinstance(message, EncodedMessage):
             message = EncodedMessage([message.SerializeToString()])
-        limit = self._grpc_connection.config.max_message_length
+        limit = self.connection.config.max_message_length
         if message.size - _MESSAGE_PREFIX.size > limit:
             raise MessageTooLargeError(
                 f"Trying to send message larger than max: {message.size - _MESSAGE_PREFIX.size} > {limit}"
@@ -398,9 +465,9 @@ class PacedStream(GRPCProtoStream):  # type: ignore[misc]  # purerpc is untyped
         (`GuardedSocketWrapper.wait_room`)."""
         while True:
             if not self._window_open():
-                await self._wait_flow_control_update()
+                await self.wait_window()
                 continue
-            await self._socket.wait_room()
+            await self.wire.wait_room()
             if self._window_open():
                 return
 
@@ -409,8 +476,8 @@ class PacedStream(GRPCProtoStream):  # type: ignore[misc]  # purerpc is untyped
         # sent, for the peer to read: ask for 64 KiB, which every HTTP/2 window
         # reaches once the peer has read what it got (the protocol's initial window),
         # or for all of a smaller initial window the peer chose.
-        h2_connection = self._grpc_connection.h2_connection
-        window = h2_connection.local_flow_control_window(self._stream_id)
+        h2_connection = self.connection.h2_connection
+        window = h2_connection.local_flow_control_window(self.stream_id)
         wanted = min(_INITIAL_WINDOW, h2_connection.remote_settings.initial_window_size)
         return bool(window > 0 and window >= wanted)
 
@@ -419,17 +486,17 @@ class PacedStream(GRPCProtoStream):  # type: ignore[misc]  # purerpc is untyped
         # stream resuming after a flow-control wait must not skip the pacing), each
         # frame as large as the window allows.
         while parts:
-            window = self._grpc_connection.flow_control_window(self._stream_id)
+            window = self.connection.flow_control_window(self.stream_id)
             if window <= 0:
-                await self._wait_flow_control_update()
+                await self.wait_window()
                 continue
-            await self._socket.wait_room()
-            window = self._grpc_connection.flow_control_window(self._stream_id)
+            await self.wire.wait_room()
+            window = self.connection.flow_control_window(self.stream_id)
             if window <= 0:
                 continue
             frame, parts = _split(parts, window)
-            self._grpc_connection.send_data_frame(self._stream_id, frame)
-            self._socket.wake_writer()
+            self.connection.send_data_frame(self.stream_id, frame)
+            self.wire.wake_writer()
 
 
 def _split(
@@ -449,14 +516,24 @@ def _split(
 class HookedSocket(GRPCProtoSocket):  # type: ignore[misc]  # purerpc is untyped
     """A `GRPCProtoSocket` on `ResetAwareConnection` and `GuardedSocketWrapper`.
 
-    Subclasses override `stream_was_reset` and `transport_broke`. `stream` is
-    the anyio byte stream (TLS) the socket runs on; the caller closes it.
-    Its streams are `PacedStream`s.
+    Subclasses override the hooks `stream_was_reset`, `transport_broke`,
+    `stream_started` and `read_loop`. `stream` is the anyio byte stream (TLS) the
+    socket runs on; the caller closes it. Its streams are `StreamClass`
+    (`PacedStream` unless a subclass says otherwise, always a `SeamStream`).
+    `weak_streams`: keep the streams in a `weakref.WeakValueDictionary`, so that a
+    stream nobody holds disappears from `streams` (the client's abandoned calls).
+
+    SEAM (purerpc `GRPCSocket`'s private attributes and methods): the connection and
+    wrapper it builds in `__init__` (`_grpc_connection`, `_socket`) are replaced; its
+    stream table (`_streams`), stream factory (`_stream_ctor`, `_allocate_stream`),
+    reader task (`_reader_thread`) and `_receive_buffer_size` are reached here only.
     """
 
     StreamClass = PacedStream
 
-    def __init__(self, config: GRPCConfiguration, stream: anyio.abc.ByteStream) -> None:
+    def __init__(
+        self, config: GRPCConfiguration, stream: anyio.abc.ByteStream, *, weak_streams: bool = False
+    ) -> None:
         super().__init__(config, stream)
         # purerpc builds its own connection and wrapper in __init__; swap in ours
         # before anything has used them (nothing has: __aenter__ has not run).
@@ -464,9 +541,91 @@ class HookedSocket(GRPCProtoSocket):  # type: ignore[misc]  # purerpc is untyped
             config, self.stream_was_reset
         )
         self._socket = GuardedSocketWrapper(self._grpc_connection, stream, self.transport_broke)
+        if weak_streams:
+            self._streams: MutableMapping[int, SeamStream] = weakref.WeakValueDictionary()
+
+    @property
+    def connection(self) -> ResetAwareConnection:
+        """The connection's h2 and gRPC state."""
+        return self._grpc_connection
+
+    @property
+    def wire(self) -> GuardedSocketWrapper:
+        """The socket wrapper: its writer task sends, `recv` reads."""
+        return self._socket
+
+    @property
+    def streams(self) -> MutableMapping[int, SeamStream]:
+        """The open streams by id (purerpc removes one once it is closed both ways)."""
+        return self._streams
+
+    @property
+    def receive_buffer_size(self) -> int:
+        """The most bytes one read of the transport asks for."""
+        return int(self._receive_buffer_size)
+
+    def forget_stream(self, stream_id: int) -> None:
+        """Drop a stream purerpc would keep for ever (one that was reset, not closed)."""
+        self._streams.pop(stream_id, None)
+
+    def _allocate_stream(self, stream_id: int) -> SeamStream:
+        stream: SeamStream = self._stream_ctor(stream_id)
+        self._streams[stream_id] = stream
+        self.stream_started(stream)
+        return stream
+
+    async def _reader_thread(self) -> None:
+        await self.read_loop()
+
+    async def read_loop(self) -> None:
+        """The client's reader task (purerpc's own unless overridden)."""
+        await super()._reader_thread()
+
+    def stream_started(self, stream: SeamStream) -> None:
+        """Called when a stream is made (a call started, or a request arrived)."""
 
     def stream_was_reset(self, stream_id: int, error_code: int) -> None:
         """Called when the peer resets `stream_id` with HTTP/2 `error_code`."""
 
     def transport_broke(self, exc: BaseException) -> None:
         """Called when a write to the transport failed with `exc`."""
+
+
+class ChannelBase(_Channel):  # type: ignore[misc]  # purerpc is untyped
+    """purerpc's client channel, which its `Client` and generated stubs take.
+
+    SEAM (purerpc `_Channel`, private): `purerpc.Client` reads `_grpc_socket`,
+    `_host` and `_port` off the channel it is given; `_ssl_context` is kept there.
+    `_Channel.__aenter__` would connect by itself (no timeout, no host name, its
+    own socket class): it is skipped, and a subclass connects in `open()`.
+    """
+
+    @property
+    def host(self) -> str:
+        return str(self._host)
+
+    @property
+    def port(self) -> int:
+        return int(self._port)
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext:
+        return self._ssl_context  # type: ignore[no-any-return]
+
+    @property
+    def socket(self) -> HookedSocket | None:
+        """The connection's socket once `open()` attached it."""
+        return self._grpc_socket
+
+    def attach(self, socket: HookedSocket) -> None:
+        """Make `socket` the one purerpc's stubs start their calls on."""
+        self._grpc_socket = socket
+
+    async def __aenter__(self) -> Any:
+        await AsyncExitStack.__aenter__(self)
+        await self.open()
+        return self
+
+    async def open(self) -> None:
+        """Connect, and `attach` the socket (a subclass's job)."""
+        raise NotImplementedError

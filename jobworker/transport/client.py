@@ -27,8 +27,8 @@ import logging
 import os
 import ssl
 import weakref
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from collections.abc import AsyncIterator, MutableMapping
+from contextlib import asynccontextmanager, suppress
 from types import TracebackType
 from typing import Any
 
@@ -39,15 +39,15 @@ import h2.exceptions
 import purerpc
 import trio
 from anyio import aclose_forcefully
-from purerpc.client import _Channel
-from purerpc.grpc_proto import GRPCProtoStream
 from purerpc.grpclib.config import GRPCConfiguration
 from purerpc.grpclib.events import MessageReceived, RequestReceived, ResponseEnded, WindowUpdated
 
 from jobworker.errors import sole_exception
 from jobworker.transport._wire import (
     TRANSPORT_ERRORS,
+    ChannelBase,
     HookedSocket,
+    SeamStream,
     check_message_length,
     describe_transport_error,
 )
@@ -77,8 +77,9 @@ class _Call:
         self.unacked = 0
 
 
-class _ClientStream(GRPCProtoStream):  # type: ignore[misc]  # purerpc is untyped
+class _ClientStream(SeamStream):
     call: _Call
+    owner: _ClientSocket
 
     async def receive_event(self) -> Any:
         # (Not _receive: GRPCProtoStream calls GRPCStream._receive directly.)
@@ -87,9 +88,8 @@ class _ClientStream(GRPCProtoStream):  # type: ignore[misc]  # purerpc is untype
             self.call.unacked -= event.flow_controlled_length
         return event
 
-    async def _wait_flow_control_update(self) -> None:
-        await super()._wait_flow_control_update()
-        self._grpc_socket.raise_if_lost()
+    def window_wait_ended(self) -> None:
+        self.owner.raise_if_lost()
 
 
 class _ClientSocket(HookedSocket):
@@ -97,14 +97,13 @@ class _ClientSocket(HookedSocket):
 
     StreamClass = _ClientStream
 
+    streams: MutableMapping[int, _ClientStream]
+
     def __init__(
         self, config: GRPCConfiguration, stream: anyio.abc.ByteStream, target: str
     ) -> None:
-        super().__init__(config, stream)
         # Weak: a stream nobody holds any more is an abandoned call (see _abandoned).
-        self._streams: weakref.WeakValueDictionary[int, _ClientStream] = (
-            weakref.WeakValueDictionary()
-        )
+        super().__init__(config, stream, weak_streams=True)
         self._target = target
         self._lost: str | None = None
         self._token = trio.lowlevel.current_trio_token()
@@ -120,13 +119,11 @@ class _ClientSocket(HookedSocket):
         self.raise_if_lost()
         return await super().start_request(*args, **kwargs)
 
-    def _allocate_stream(self, stream_id: int) -> _ClientStream:
-        stream: _ClientStream = self._stream_ctor(stream_id)
-        stream.call = _Call(stream_id)
-        self._streams[stream_id] = stream
+    def stream_started(self, stream: SeamStream) -> None:
+        assert isinstance(stream, _ClientStream)
+        stream.call = _Call(stream.stream_id)
         finalizer = weakref.finalize(stream, self._abandoned, stream.call)
         finalizer.atexit = False
-        return stream
 
     def _abandoned(self, call: _Call) -> None:
         # A weakref callback may run at any allocation; touch h2 only from the event loop.
@@ -144,7 +141,7 @@ class _ClientSocket(HookedSocket):
     def _release_now(self, call: _Call) -> None:
         if self._lost is not None:
             return
-        connection = self._grpc_connection
+        connection = self.connection
         if not call.ended:
             # H2Error: the stream is already closed on the h2 level.
             with suppress(h2.exceptions.H2Error):
@@ -153,17 +150,17 @@ class _ClientSocket(HookedSocket):
         # connection's window: without this, abandoned calls starve the connection.
         connection.acknowledge(call.unacked, call.stream_id)
         connection.forget_read_buffer(call.stream_id)
-        self._socket.wake_writer()
+        self.wire.wake_writer()
 
     # -- reading ----------------------------------------------------------------------------
 
-    async def _reader_thread(self) -> None:
+    async def read_loop(self) -> None:
         reason = "the server closed the connection"
         heard_from_server = False
         try:
             while True:
                 try:
-                    data = await self._socket.recv(self._receive_buffer_size)
+                    data = await self.wire.recv(self.receive_buffer_size)
                 except anyio.EndOfStream:
                     if not heard_from_server:
                         # A server that accepted us sends its SETTINGS at once. Under
@@ -178,9 +175,9 @@ class _ClientSocket(HookedSocket):
                     reason = _loss_reason(exc)
                     break
                 heard_from_server = True
-                for event in self._grpc_connection.receive_data(data):
+                for event in self.connection.receive_data(data):
                     self._deliver(event)
-                self._socket.wake_writer()
+                self.wire.wake_writer()
         except Exception as exc:
             reason = f"protocol error: {exc}"
         except BaseException:
@@ -192,31 +189,31 @@ class _ClientSocket(HookedSocket):
     def _deliver(self, event: Any) -> None:
         if isinstance(event, WindowUpdated):
             waiting = (
-                self._streams.values()
+                self.streams.values()
                 if event.stream_id == 0
-                else [self._streams.get(event.stream_id)]
+                else [self.streams.get(event.stream_id)]
             )
             for stream in list(waiting):
                 if stream is not None:
-                    stream._flow_control_update_event.set()
+                    stream.wake_senders()
             return
         if isinstance(event, RequestReceived):
             raise purerpc.ProtocolError("the server sent a request")
-        stream = self._streams.get(event.stream_id)
+        stream = self.streams.get(event.stream_id)
         if stream is None:
             if isinstance(event, MessageReceived):
                 # The call was abandoned; its bytes still count against the connection window.
-                self._grpc_connection.acknowledge(event.flow_controlled_length, event.stream_id)
+                self.connection.acknowledge(event.flow_controlled_length, event.stream_id)
             return
         if isinstance(event, MessageReceived):
             stream.call.unacked += event.flow_controlled_length
-        stream._incoming_events[0].send_nowait(event)
+        stream.deliver(event)
         if isinstance(event, ResponseEnded):
             stream.call.ended = True
-            stream._close_remote()
+            stream.remote_closed()
 
     def stream_was_reset(self, stream_id: int, error_code: int) -> None:
-        stream = self._streams.get(stream_id)
+        stream = self.streams.get(stream_id)
         if stream is None or stream.call.ended:
             return
         code = _RESET_STATUS.get(error_code, purerpc.StatusCode.INTERNAL)
@@ -234,16 +231,16 @@ class _ClientSocket(HookedSocket):
     def _fail_all(self, reason: str) -> None:
         if self._lost is None:
             self._lost = f"lost the connection to {self._target}: {reason}"
-        for stream in list(self._streams.values()):
+        for stream in list(self.streams.values()):
             if not stream.call.ended:
                 self._end(stream, purerpc.Status(purerpc.StatusCode.UNAVAILABLE, self._lost))
             # Wake senders waiting for window: they raise UNAVAILABLE.
-            stream._flow_control_update_event.set()
+            stream.wake_senders()
 
     @staticmethod
     def _end(stream: _ClientStream, status: Any) -> None:
         stream.call.ended = True
-        stream._incoming_events[0].send_nowait(ResponseEnded(stream.stream_id, status))
+        stream.deliver(ResponseEnded(stream.stream_id, status))
 
 
 def _loss_reason(exc: BaseException) -> str:
@@ -257,7 +254,7 @@ def _loss_reason(exc: BaseException) -> str:
     return reason
 
 
-class Channel(_Channel):  # type: ignore[misc]  # purerpc is untyped
+class Channel(ChannelBase):
     """A purerpc channel (pass it to generated stubs and `purerpc.Client`) with the fixes above.
 
     Use `open_channel()`, or `async with Channel(...)`. Arguments as for `open_channel`.
@@ -281,10 +278,13 @@ class Channel(_Channel):  # type: ignore[misc]  # purerpc is untyped
     @property
     def target(self) -> str:
         """ "host:port" as given."""
-        return f"{self._host}:{self._port}"
+        return f"{self.host}:{self.port}"
 
     async def __aenter__(self) -> Channel:
-        await AsyncExitStack.__aenter__(self)
+        await super().__aenter__()
+        return self
+
+    async def open(self) -> None:
         stream = await self._connect()
         try:
             # Registered first, so it runs last: after purerpc's tasks have ended.
@@ -292,13 +292,17 @@ class Channel(_Channel):  # type: ignore[misc]  # purerpc is untyped
             config = GRPCConfiguration(
                 client_side=True, max_message_length=self._max_message_length
             )
-            self._grpc_socket = await self.enter_async_context(
-                _ClientSocket(config, stream, self.target)
-            )
+            self.attach(await self.enter_async_context(_ClientSocket(config, stream, self.target)))
         except BaseException:
             await self.aclose()
             raise
-        return self
+
+    def unacknowledged_bytes(self) -> int:
+        """Bytes the server sent on this connection that were never handed back to it
+        as flow-control window (a diagnostic: calls abandoned with unread responses
+        must not leave any behind). 0 before the channel is open."""
+        socket = self.socket
+        return 0 if socket is None else socket.connection.unacknowledged_bytes()
 
     async def __aexit__(
         self,
@@ -317,13 +321,13 @@ class Channel(_Channel):  # type: ignore[misc]  # purerpc is untyped
             raise
 
     async def _connect(self) -> anyio.abc.ByteStream:
-        hostname = self._server_hostname or self._host
+        hostname = self._server_hostname or self.host
         try:
             with trio.fail_after(self._connect_timeout):
                 return await anyio.connect_tcp(
-                    self._host,
-                    self._port,
-                    ssl_context=self._ssl_context,
+                    self.host,
+                    self.port,
+                    ssl_context=self.ssl_context,
                     tls=True,
                     tls_hostname=hostname,
                     tls_standard_compatible=False,

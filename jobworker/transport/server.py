@@ -144,7 +144,7 @@ class _ServerSocket(HookedSocket):
         scope = self.scopes.get(stream_id)
         if scope is None:
             # Its RPC has ended; h2 will send nothing more for the stream: forget it.
-            self._streams.pop(stream_id, None)
+            self.forget_stream(stream_id)
             return
         self.reset_ids.add(stream_id)
         scope.cancel()
@@ -455,7 +455,7 @@ class RpcServer:
             if stream_id in sock.reset_ids:
                 # purerpc only forgets streams that close normally.
                 sock.reset_ids.discard(stream_id)
-                sock._streams.pop(stream_id, None)
+                sock.forget_stream(stream_id)
             sock.open_rpcs.down()
             self._rpcs.down()
 

@@ -331,13 +331,7 @@ async def test_abandoned_streams_give_back_their_flow_control_window(pki: Pki) -
                 await served.server.wait_no_rpcs()
             # The server wrote every DATA frame of those calls before this answer.
             assert (await stub(ch, "Echo")(StringValue(value="x"))).value == "x"
-            window = (
-                ch._grpc_socket._grpc_connection.h2_connection._inbound_flow_control_window_manager
-            )
-            received_but_not_acknowledged = (
-                window.max_window_size - window.current_window_size - window._bytes_processed
-            )
-            assert received_but_not_acknowledged == 0
+            assert ch.unacknowledged_bytes() == 0
 
 
 async def test_killed_client_process_cancels_the_handler(pki: Pki, tmp_path: Path) -> None:
