@@ -1,22 +1,31 @@
-"""The two purerpc 0.8.0 seams both ends of a connection need (see shared notes, purerpc.md).
+"""The seams: the one module of jobworker that touches purerpc's, h2's and anyio's
+internals. Everything else in the transport uses the methods these classes add.
 
-- `ResetAwareConnection`: purerpc turns an incoming RST_STREAM into nothing at
-  all, so a server handler whose client went away lives on and a client call
-  the server reset waits forever. This subclass hands every reset to a hook.
-- `GuardedSocketWrapper`: purerpc's writer task lets a send error escape into
-  the task group that wraps the whole connection (cancelling everything in it
-  and surfacing as an ExceptionGroup), and on close it drains its buffer with
-  no time limit, so a peer that stopped reading hangs the close. This writer
-  reports a broken transport to a hook instead, closes the transport so the
-  reader ends too, and gives the final drain `CLOSE_DRAIN_TIMEOUT` seconds.
-- `PacedStream`: a stream whose every message waits for room in the connection's
-  send buffer, and that sends `EncodedMessage`s (responses built directly in
-  their wire form) without a protobuf object or a copy.
-- `HookedSocket`: a `GRPCProtoSocket` built on all three, with two hooks to override.
+Each class below replaces one behaviour of purerpc 0.8.0 (docs/transport.md has the
+whole story, with the hang and leak cases and their status codes):
 
-Everything here touches purerpc internals that are stable in the pinned 0.8.0
-(its last release); the tests in tests/integration/test_transport.py fail if an
-upgrade changes them.
+- `ResetAwareConnection` (purerpc `GRPCConnection`, h2 `H2Connection`): purerpc turns
+  an incoming RST_STREAM into nothing at all, so a server handler whose client went
+  away lives on and a client call the server reset waits forever; this hands every
+  reset to a hook. It also queues DATA frames without h2's four copies
+  (`send_data_frame`: h2's own checks and state changes, by hand) and acknowledges
+  bytes of streams h2 already forgot.
+- `GuardedSocketWrapper` (purerpc `SocketWrapper`, anyio `TLSStream`): purerpc's
+  writer lets a send error escape into the task group of the whole connection and
+  drains its buffer on close with no time limit (a peer that stopped reading hangs
+  the close); this writer reports a broken transport to a hook, closes the
+  transport so the reader ends too, bounds the drain by `CLOSE_DRAIN_TIMEOUT`, and
+  encrypts a batch piece by piece before one send.
+- `SeamStream` / `PacedStream` (purerpc `GRPCStream`): the stream's internals as
+  methods; every message waits for room in the connection's send buffer, and
+  `EncodedMessage`s (responses built in wire form) go out uncopied.
+- `HookedSocket` (purerpc `GRPCSocket`): a `GRPCProtoSocket` on all of the above,
+  with hooks for resets, a broken transport, new streams and the reader loop.
+- `ChannelBase` (purerpc `_Channel`): what purerpc's stubs read off a channel.
+
+`LIBRARY_INTERNALS` lists every private or undocumented name these rely on;
+tests/unit/test_seams.py fails, naming it, when the installed library lacks one.
+The versions are pinned exactly in pyproject.toml for this reason.
 """
 
 from __future__ import annotations
@@ -44,6 +53,64 @@ from purerpc.grpc_socket import SocketWrapper
 from purerpc.grpclib.config import GRPCConfiguration
 from purerpc.grpclib.connection import GRPCConnection
 from purerpc.grpclib.exceptions import MessageTooLargeError
+
+#: Every private or undocumented name of purerpc 0.8.0, h2 3.2.0 and anyio 4.16.0 the
+#: seams below use, by "module:Class" (methods, class attributes and the instance
+#: attributes its methods set). Keep it in step with the code: a new private access
+#: goes here, in this module, and nowhere else.
+LIBRARY_INTERNALS: dict[str, tuple[str, ...]] = {
+    # purerpc 0.8.0 (its last release)
+    "purerpc.grpclib.connection:GRPCConnection": (
+        "_stream_reset",  # overridden: report an RST_STREAM
+        "message_read_buffers",  # the partial message of a dead stream
+        "h2_connection",
+        "config",
+    ),
+    "purerpc.grpclib.buffers:MessageReadBuffer": (
+        "_buffer",
+        "_flow_controlled_length",
+        "_messages",
+    ),
+    "purerpc.grpclib.buffers:ByteBuffer": ("_deque",),
+    "purerpc.grpc_socket:SocketWrapper": (
+        "_writer_thread",  # overridden: the guarded writer
+        "_stream",
+        "_grpc_connection",
+        "_flush_event",
+        "_running",
+    ),
+    "purerpc.grpc_socket:GRPCStream": (
+        "_grpc_connection",
+        "_socket",
+        "_grpc_socket",
+        "_incoming_events",
+        "_flow_control_update_event",
+        "_wait_flow_control_update",  # overridden: a hook after each wait
+        "_close_remote",
+    ),
+    "purerpc.grpc_socket:GRPCSocket": (
+        "_grpc_connection",  # replaced in __init__
+        "_socket",  # replaced in __init__
+        "_streams",
+        "_stream_ctor",
+        "_allocate_stream",  # overridden: a hook per new stream
+        "_reader_thread",  # overridden: the client's reader
+        "_receive_buffer_size",
+    ),
+    "purerpc.client:_Channel": ("_host", "_port", "_ssl_context", "_grpc_socket"),
+    # h2 3.2.0 (what purerpc 0.8.0 requires)
+    "h2.connection:H2Connection": (
+        "_inbound_flow_control_window_manager",
+        "state_machine",
+        "streams",
+    ),
+    "h2.connection:ConnectionInputs": ("SEND_DATA",),
+    "h2.stream:H2Stream": ("state_machine", "outbound_flow_control_window"),
+    "h2.stream:StreamInputs": ("SEND_DATA",),
+    "h2.windows:WindowManager": ("_bytes_processed", "max_window_size", "current_window_size"),
+    # anyio 4.16.0
+    "anyio.streams.tls:TLSStream": ("_flush_write_bio",),
+}
 
 #: Seconds a closing connection may spend writing what it still has buffered.
 CLOSE_DRAIN_TIMEOUT = 2.0
