@@ -19,7 +19,7 @@ bubblewrap.
 4. Inside, `READY_HELPER` (`sh`) reports that the sandbox is ready, then execs
    the command.
 
-Verified behaviour of bubblewrap 0.8 on these machines: ../shared/notes/platform.md.
+The bubblewrap and kernel behaviour this relies on: docs/platform.md.
 """
 
 from __future__ import annotations

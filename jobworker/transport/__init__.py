@@ -13,7 +13,8 @@
 - `wait_writable()` and `EncodedMessage`: for handlers that stream much data,
   backpressure before a response is built, and responses built in wire form.
 
-See /work/shared/notes/purerpc.md for what purerpc does on its own.
+docs/transport.md says what purerpc does on its own and what the seams in
+`_wire` (the only module that touches library internals) change.
 """
 
 from jobworker.transport._wire import EncodedMessage

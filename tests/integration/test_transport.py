@@ -1,6 +1,6 @@
 """The transport layer over real TLS sockets on 127.0.0.1: purerpc's gaps stay closed.
 
-One test per row of the cancellation table in /work/shared/notes/purerpc.md
+One test per row of the table in docs/transport.md ("what purerpc 0.8.0 does on its own")
 and per promise of `jobworker.transport`. Every test runs under
 `trio.fail_after`, so a hang is a failure, and `serving()` checks that the
 server is back to its idle task count, with no connection and no RPC left,
