@@ -7,7 +7,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 
 from tests.conftest import require_root
 from tests.support.certs import TestPKI
+from tests.support.waiting import eventually_blocking
 
 BIN = Path(sys.executable).parent
 
@@ -97,21 +97,24 @@ def start_jwsd(tmp_path: Path, pki: TestPKI, *extra: str, users: bool = True) ->
     log_path = tmp_path / "jwsd.log"
     with log_path.open("wb") as log_file:  # a file, not a pipe: a full pipe would block jwsd
         process = subprocess.Popen([*args, *extra], stderr=log_file, env=env)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        match = re.search(r"listening on 127\.0\.0\.1:(\d+)", log_path.read_text(errors="replace"))
-        if match:
-            home = tmp_path / "home"
-            home.mkdir()
-            return Jwsd(
-                process, f"127.0.0.1:{match[1]}", tls_dir, tmp_path / "data", name, home, log_path
-            )
+
+    def listening() -> re.Match[str] | None:
         if process.poll() is not None:
-            break
-        time.sleep(0.05)
-    process.kill()
-    process.wait()
-    raise AssertionError("jwsd did not start:\n" + log_path.read_text(errors="replace"))
+            raise AssertionError("jwsd exited:\n" + log_path.read_text(errors="replace"))
+        return re.search(r"listening on 127\.0\.0\.1:(\d+)", log_path.read_text(errors="replace"))
+
+    try:
+        # jwsd's log is a file (see above): its "listening" line is polled for.
+        eventually_blocking(listening, timeout=30, what="jwsd listens")
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    match = listening()
+    assert match is not None
+    home = tmp_path / "home"
+    home.mkdir()
+    return Jwsd(process, f"127.0.0.1:{match[1]}", tls_dir, tmp_path / "data", name, home, log_path)
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,8 @@ import pytest
 from tests.e2e.conftest import BIN, Jwsd, start_jwsd
 from tests.support.certs import TestPKI
 from tests.support.cgroupfs import cgroups_named
+from tests.support.leaks import processes_running
+from tests.support.waiting import eventually_blocking
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
@@ -40,10 +42,12 @@ def test_the_seeds_sample_session(jwsd: Jwsd) -> None:
     assert denied.returncode == 1
     assert denied.stderr.decode() == "jws: access denied\n"
     follower = jwsd.popen("output", "-j", job_id)
-    time.sleep(0.6)
+    assert follower.stdout is not None and follower.stderr is not None
+    first = b"".join(follower.stdout.readline() for _ in range(3))  # it follows: stop now
     ok(jwsd.jws("stop", "-j", job_id))
-    out, err = follower.communicate(timeout=10)
-    assert follower.returncode == 0, err
+    out = first + follower.stdout.read()  # the same buffered reader: nothing is skipped
+    err = follower.stderr.read()
+    assert follower.wait(timeout=10) == 0, err
     lines = out.decode().splitlines()
     assert len(lines) >= 3
     assert lines == [f"ping {i}" for i in range(len(lines))]
@@ -236,13 +240,12 @@ def test_a_killed_daemon_takes_its_jobs_along_and_the_next_one_cleans_up(
         uuid.uuid4().int % 10**9 + 10**9
     )  # a unique sleep duration names the job's process
     ok(daemon.jws("start", "--", "sleep", marker))
-    assert _pids_running(marker)
+    assert processes_running("sleep", marker)
     daemon.process.kill()
     daemon.process.wait()
-    deadline = time.monotonic() + 5
-    while _pids_running(marker) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _pids_running(marker) == []
+    eventually_blocking(
+        lambda: not processes_running("sleep", marker), timeout=5, what="the job dies with jwsd"
+    )
     leftovers = cgroups_named(daemon.cgroup_name)
     # A killed daemon cannot clean up: its job cgroups stay until the next start.
     assert [d for p in leftovers for d in p.iterdir() if d.is_dir()]
@@ -272,19 +275,6 @@ def test_a_killed_daemon_takes_its_jobs_along_and_the_next_one_cleans_up(
     finally:
         again.send_signal(signal.SIGTERM)
         assert again.wait(timeout=20) == 0
-
-
-def _pids_running(marker: str) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if cmdline.split(b"\0")[:2] == [b"sleep", marker.encode()]:
-                found.append(int(entry))
-    return found
 
 
 def test_shell_completion_and_help(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import attrs
 import purerpc
 import trio
+import trio.testing
 from google.protobuf.wrappers_pb2 import BytesValue, Int64Value, StringValue
 
 from jobworker.transport import EncodedMessage, current_identity, open_channel, wait_writable
@@ -64,7 +65,8 @@ def make_service() -> tuple[purerpc.Service, Probe]:
 
     async def who_am_i(message: StringValue, request: Any) -> StringValue:
         before = current_identity()
-        await trio.sleep(0.005)  # let other connections' calls interleave
+        # Every other connection's call runs until it blocks: the calls interleave.
+        await trio.testing.wait_all_tasks_blocked()
         after = current_identity()
         assert before == after
         name = after.common_name if after is not None else None

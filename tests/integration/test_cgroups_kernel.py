@@ -30,6 +30,7 @@ from jobworker.sandbox.cgroups import (
 from jobworker.sandbox.cgroups.detect import read_mounts, read_own_cgroups
 from tests.conftest import require_root
 from tests.support.cgroupfs import CGROUP_ROOT
+from tests.support.waiting import eventually
 
 
 @pytest.fixture
@@ -52,10 +53,12 @@ async def start_in(cgroup: JobCgroup, command: str) -> trio.Process:
     proc = await trio.lowlevel.open_process(
         ["sh", "-c", f"{enter}exec sh -c {shlex.quote(command)}"]
     )
-    with trio.fail_after(5):
-        # A quick command may be gone already; 99 says the trampoline could not enter.
-        while proc.pid not in cgroup.pids() and proc.poll() is None:
-            await trio.sleep(0.005)
+    # A quick command may be gone already; 99 says the trampoline could not enter.
+    await eventually(
+        lambda: proc.pid in cgroup.pids() or proc.poll() is not None,
+        timeout=5,
+        what="the command is in its cgroup",
+    )
     assert proc.returncode != 99, "the trampoline could not enter the cgroup"
     return proc
 
@@ -70,9 +73,7 @@ async def finish(cgroup: JobCgroup, *procs: trio.Process) -> None:
 
 
 async def wait_until_empty(cgroup: JobCgroup) -> None:
-    with trio.fail_after(5):
-        while cgroup.pids():
-            await trio.sleep(0.01)
+    await eventually(lambda: not cgroup.pids(), timeout=5, what="the cgroup is empty")
 
 
 def alive(pid: int) -> bool:
@@ -122,7 +123,7 @@ async def test_cpu_limit_of_a_fifth_core_holds_a_busy_loop_to_about_a_fifth(
     proc = await start_in(cgroup, "while :; do :; done")
     try:
         start_cpu, start = cgroup.usage().cpu_ns, time.monotonic()
-        await trio.sleep(2)
+        await trio.sleep(2)  # the behaviour under test: CPU used over a wall-clock span
         used = (cgroup.usage().cpu_ns - start_cpu) / 1e9
         elapsed = time.monotonic() - start
         print(f"cpu=0.2: {used:.3f} s of CPU in {elapsed:.3f} s")
@@ -144,7 +145,7 @@ async def test_pids_limit_stops_a_fork_loop_at_the_limit(
         with trio.fail_after(10):
             while "fork" not in errors.read_text().lower():  # dash: "Cannot fork"
                 most = max(most, len(cgroup.pids()))
-                await trio.sleep(0.001)
+                await trio.sleep(0.001)  # the behaviour under test: sampling the count as it grows
         # the shell (if the failed fork did not end it) and five sleeps: at the limit, not past it
         assert max(most, len(cgroup.pids())) <= 6
         assert len(cgroup.pids()) >= 5
@@ -193,12 +194,15 @@ async def test_kill_all_kills_a_term_ignoring_process_and_a_double_forked_grandc
     cgroup = driver.create("kill", Limits(), None)
     proc = await start_in(cgroup, "trap '' TERM; (setsid sleep 1000 &); sleep 1000")
     try:
-        with trio.fail_after(5):
-            # sh, its sleep, and the orphaned sleep that leads a session of its own
-            while len(orphan := sessions_of_their_own(cgroup, proc.pid)) != 1:
-                await trio.sleep(0.01)
+        # sh, its sleep, and the orphaned sleep that leads a session of its own
+        await eventually(
+            lambda: len(sessions_of_their_own(cgroup, proc.pid)) == 1,
+            timeout=5,
+            what="the grandchild leads a session",
+        )
+        orphan = sessions_of_their_own(cgroup, proc.pid)
         proc.terminate()  # ignored
-        await trio.sleep(0.1)
+        await trio.sleep(0.1)  # the behaviour under test: SIGTERM does not end it
         assert proc.poll() is None
         cgroup.kill_all()
         with trio.fail_after(5):
@@ -218,9 +222,7 @@ async def test_kill_all_stops_a_fork_storm(driver: CgroupDriver) -> None:
     cgroup = driver.create("storm", Limits(pids=64), None)
     proc = await start_in(cgroup, "while :; do sleep 1000 & done")
     try:
-        with trio.fail_after(5):
-            while len(cgroup.pids()) < 32:
-                await trio.sleep(0.01)
+        await eventually(lambda: len(cgroup.pids()) >= 32, timeout=5, what="the storm grows")
         start = time.monotonic()
         cgroup.kill_all()
         print(f"kill_all of {len(cgroup.pids())} tasks took {time.monotonic() - start:.4f} s")
@@ -281,9 +283,7 @@ async def test_v2_cgroup_kill_on_the_real_unified_hierarchy(tmp_path: Path) -> N
         cgroup = driver.create("job", Limits(), None)
         proc = await start_in(cgroup, "trap '' TERM; (setsid sleep 1000 &); sleep 1000")
         try:
-            with trio.fail_after(5):
-                while len(cgroup.pids()) < 3:
-                    await trio.sleep(0.01)
+            await eventually(lambda: len(cgroup.pids()) >= 3, timeout=5, what="three processes")
             assert (cgroup.directories()[0] / "cgroup.kill").exists()
             cgroup.kill_all()
             with trio.fail_after(5):

@@ -29,8 +29,9 @@ from jobworker.model import JobSpec, JobState, Limits, Outcome
 from jobworker.sandbox.cgroups import detect
 from jobworker.tracker import JobTracker
 from tests.conftest import require_root
-from tests.integration.leaks import LeakCheck, child_pids
-from tests.support.cgroupfs import cgroups_named
+from tests.support.cgroupfs import cgroup_pids, cgroups_named, job_cgroup_dirs
+from tests.support.leaks import LeakCheck, child_pids, processes_running
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.root
 
@@ -146,8 +147,9 @@ async def test_the_job_is_isolated(tracker: JobTracker, tmp_path: Path) -> None:
 
 
 async def test_a_job_cannot_see_other_jobs_files(tracker: JobTracker) -> None:
-    first = await tracker.start("alex", sh("echo secret > ./mine; sleep 30"))
-    await trio.sleep(0.2)
+    first = await tracker.start("alex", sh("echo secret > ./mine; echo written; sleep 30"))
+    async with tracker.subscribe("alex", first.job_id) as chunks:
+        assert await chunks.receive() == b"written\n"
     out, _ = await run_to_end(
         tracker,
         sh(
@@ -224,7 +226,7 @@ async def test_cpu_limit_holds_a_busy_loop_to_a_fifth_of_a_core(tracker: JobTrac
     # long enough on a slow (emulated) machine to push a whole-life ratio past the bound.
     before = tracker.status("alex", status.job_id).usage.cpu_ns
     t0 = time.monotonic()
-    await trio.sleep(2.0)
+    await trio.sleep(2.0)  # the behaviour under test: CPU used over a wall-clock span
     final = await tracker.stop("alex", status.job_id, grace=0)
     wall = time.monotonic() - t0
     used = (final.usage.cpu_ns - before) / 1e9
@@ -234,14 +236,16 @@ async def test_cpu_limit_holds_a_busy_loop_to_a_fifth_of_a_core(tracker: JobTrac
 
 async def test_pids_limit_contains_a_fork_bomb_which_stays_stoppable(tracker: JobTracker) -> None:
     status = await tracker.start("alex", sh("f() { f | f & }; f; sleep 30", limits=Limits(pids=20)))
+    # The behaviour under test: the bomb gets a second against its limit (it hits the
+    # limit and collapses to a few processes; there is no single event to wait for).
     await trio.sleep(1.0)
-    job = tracker._jobs[status.job_id]
-    assert job.cgroup is not None
-    assert len(job.cgroup.pids()) <= 20 + 2  # the two sandbox helpers are on top
+    assert cgroup_pids(tracker.cgroup_name, status.job_id)  # the job's cgroup is found
+    # the two sandbox helpers are on top
+    assert len(cgroup_pids(tracker.cgroup_name, status.job_id)) <= 20 + 2
     with trio.fail_after(10):
         final = await tracker.stop("alex", status.job_id, grace=0.5)
     assert final.state is JobState.TERMINATED
-    assert job.cgroup.pids() == []
+    assert cgroup_pids(tracker.cgroup_name, status.job_id) == []
 
 
 async def test_io_read_limit_throttles_direct_reads(tmp_path: Path) -> None:
@@ -296,18 +300,17 @@ async def test_stop_kills_a_sigterm_ignoring_command_and_a_double_forked_grandch
     status = await tracker.start("alex", sh(script))
     async with tracker.subscribe("alex", status.job_id) as chunks:
         assert await chunks.receive() == b"ready\n"
-    await trio.sleep(0.3)
-    assert _processes_named(marker), "the grandchild should be running"
-    job = tracker._jobs[status.job_id]
-    assert job.cgroup is not None
+    await eventually(
+        lambda: processes_running("sleep", marker), timeout=5, what="the grandchild runs"
+    )
     t0 = time.monotonic()
     final = await tracker.stop("alex", status.job_id, grace=0.5)
     assert time.monotonic() - t0 >= 0.5  # it ignored SIGTERM, so it waited out the grace
     assert final.outcome is Outcome.STOPPED and final.stopped_by_user
     assert final.signal == 9
-    assert _processes_named(marker) == []
-    assert job.cgroup.pids() == []
-    assert not any(p.exists() for p in job.cgroup.procs_files)
+    assert processes_running("sleep", marker) == []
+    assert cgroup_pids(tracker.cgroup_name, status.job_id) == []
+    assert job_cgroup_dirs(tracker.cgroup_name, status.job_id) == []
     # Stopping a terminated job is fine and changes nothing.
     again = await tracker.stop("alex", status.job_id)
     assert again == final
@@ -397,7 +400,11 @@ async def test_a_data_dir_that_is_not_writable_is_a_setup_error(tmp_path: Path) 
 async def test_a_late_subscriber_gets_every_byte_of_a_binary_stream(tracker: JobTracker) -> None:
     script = "for i in $(seq 16); do head -c 262144 /dev/urandom | tee -a ./copy; done; sha256sum ./copy >&2"
     status = await tracker.start("alex", sh(script))
-    await tracker._jobs[status.job_id].terminated.wait()
+    await eventually(
+        lambda: tracker.status("alex", status.job_id).state is JobState.TERMINATED,
+        timeout=10,
+        what="the job terminates",
+    )
     out = bytearray()
     async with tracker.subscribe("alex", status.job_id) as chunks:
         async for chunk in chunks:
@@ -430,8 +437,11 @@ async def test_a_stuck_subscriber_does_not_slow_the_job(tracker: JobTracker) -> 
     status = await tracker.start("alex", sh("head -c 50000000 /dev/zero"))
     async with tracker.subscribe("alex", status.job_id) as stuck:
         assert await stuck.receive()
-        with trio.fail_after(10):
-            await tracker._jobs[status.job_id].terminated.wait()
+        await eventually(
+            lambda: tracker.status("alex", status.job_id).state is JobState.TERMINATED,
+            timeout=10,
+            what="the job terminates while its subscriber is stuck",
+        )
     assert tracker.status("alex", status.job_id).output_size == 50_000_000
 
 
@@ -478,9 +488,7 @@ async def test_leftover_cgroups_of_a_crashed_run_are_killed_and_removed(tmp_path
     proc = await trio.lowlevel.open_process(
         ["sh", "-c", f"echo $$ > {stale.procs_files[0]}; exec sleep 1000"]
     )
-    with trio.fail_after(5):
-        while proc.pid not in stale.pids():
-            await trio.sleep(0.01)
+    await eventually(lambda: proc.pid in stale.pids(), timeout=5, what="the pid is in the cgroup")
     driver.close()  # as the crash would: the parent stays (busy), its lock goes
     async with JobTracker(tmp_path / "data", cgroup_name=name):
         with trio.fail_after(5):
@@ -488,24 +496,11 @@ async def test_leftover_cgroups_of_a_crashed_run_are_killed_and_removed(tmp_path
         assert not any(p.parent.exists() for p in stale.procs_files)
 
 
-def _processes_named(marker: str) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    if marker.encode() in f.read():
-                        found.append(int(entry))
-            except OSError:
-                continue
-    return found
-
-
 async def test_a_job_outlives_trios_idle_worker_threads(tracker: JobTracker) -> None:
     """bubblewrap's --die-with-parent follows the *thread* that forked it. Jobs forked from
     a trio worker thread were SIGKILLed when trio retired that thread, 10 s after it idled."""
     status = await tracker.start("alex", sh("sleep 30"))
-    await trio.sleep(11.5)
+    await trio.sleep(11.5)  # the behaviour under test: trio retires a thread idle for 10 s
     assert tracker.status("alex", status.job_id).state is JobState.ACTIVE
     final = await tracker.stop("alex", status.job_id, grace=5)
     assert final.signal == 15  # our SIGTERM, not a SIGKILL from a dead parent thread
@@ -549,9 +544,7 @@ async def test_a_start_cancelled_at_any_point_leaves_nothing_behind(tracker: Job
     assert all(s.state is JobState.TERMINATED for s in tracker.list("alex"))
     cancelled = 8 - len(tracker.list("alex"))
     assert cancelled >= 1, "no start was cancelled part-way; the delays need to be shorter"
-    with trio.fail_after(5):
-        while child_pids() - children:
-            await trio.sleep(0.01)
+    await eventually(lambda: not child_pids() - children, timeout=5, what="every child is reaped")
     live_jobs = {s.job_id for s in tracker.list("alex")}
     parents = cgroups_named(tracker.cgroup_name)
     assert parents, "the job parent was not found"

@@ -10,7 +10,6 @@ and that no file descriptor outlives the server.
 from __future__ import annotations
 
 import logging
-import os
 import ssl
 import subprocess
 import sys
@@ -39,6 +38,8 @@ from tests.integration._echo_service import (
     make_service,
     stub,
 )
+from tests.support.certs import TestPKI
+from tests.support.leaks import fd_count, task_count
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,8 +59,9 @@ STATUS_LOGGER = "jobworker.transport.status"
 
 @attrs.frozen
 class Pki:
-    ca: trustme.CA
-    server: trustme.LeafCert
+    """The suite's test PKI, with the certificates these tests use."""
+
+    certs: TestPKI
     alice: trustme.LeafCert
     bob: trustme.LeafCert
     rogue_alice: trustme.LeafCert
@@ -67,48 +69,21 @@ class Pki:
 
 @pytest.fixture(scope="module")
 def pki() -> Pki:
-    ca = trustme.CA()
-    rogue = trustme.CA()
+    certs = TestPKI()
     return Pki(
-        ca=ca,
-        server=ca.issue_cert("localhost", "127.0.0.1"),
-        alice=ca.issue_cert("alice.users.test", common_name="alice"),
-        bob=ca.issue_cert("bob.users.test", common_name="bob"),
-        rogue_alice=rogue.issue_cert("alice.users.test", common_name="alice"),
+        certs=certs,
+        alice=certs.client_cert("alice"),
+        bob=certs.client_cert("bob"),
+        rogue_alice=certs.client_cert("alice", rogue=True),
     )
 
 
 def server_context(pki: Pki) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_3
-    context.verify_mode = ssl.CERT_REQUIRED
-    pki.ca.configure_trust(context)
-    pki.server.configure_cert(context)
-    context.set_alpn_protocols(["h2"])
-    return context
+    return pki.certs.server_context()
 
 
 def client_context(pki: Pki, cert: trustme.LeafCert | None) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_3
-    pki.ca.configure_trust(context)
-    if cert is not None:
-        cert.configure_cert(context)
-    return context
-
-
-# -- counting what is left behind -----------------------------------------------------------
-
-
-def task_count() -> int:
-    def walk(task: trio.lowlevel.Task) -> int:
-        return 1 + sum(walk(t) for nursery in task.child_nurseries for t in nursery.child_tasks)
-
-    return walk(trio.lowlevel.current_root_task())
-
-
-def fd_count() -> int:
-    return len(os.listdir("/proc/self/fd"))
+    return pki.certs.client_context(cert)
 
 
 @attrs.define(eq=False)
@@ -324,8 +299,8 @@ async def test_abandoned_streams_give_back_their_flow_control_window(pki: Pki) -
                 responses = stub(ch, "Blob")(Int64Value(value=64))
                 async with aclosing(responses):
                     async for _ in responses:
-                        # Let the server fill the call's window (2 x 16 MiB) before we leave.
-                        await trio.sleep(0.2)
+                        # The server fills the call's window (2 x 16 MiB of the 64) and waits.
+                        await trio.testing.wait_all_tasks_blocked()
                         break
             with trio.fail_after(1):
                 await served.server.wait_no_rpcs()
@@ -335,7 +310,7 @@ async def test_abandoned_streams_give_back_their_flow_control_window(pki: Pki) -
 
 
 async def test_killed_client_process_cancels_the_handler(pki: Pki, tmp_path: Path) -> None:
-    pki.ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    pki.certs.server_ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     pki.alice.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "client.pem"))
     with trio.fail_after(20):
         async with serving(pki) as served:
@@ -715,7 +690,7 @@ class GrpcClient:
 
 def grpc_client(pki: Pki, port: int) -> Iterator[GrpcClient]:
     credentials = grpc.ssl_channel_credentials(
-        root_certificates=pki.ca.cert_pem.bytes(),
+        root_certificates=pki.certs.server_ca.cert_pem.bytes(),
         private_key=pki.alice.private_key_pem.bytes(),
         certificate_chain=pki.alice.cert_chain_pems[0].bytes(),
     )

@@ -4,13 +4,17 @@
     TLSDIR/USER/client_cert.pem  TLSDIR/USER/client_key.pem
 
 Two separate CAs, as in production: the server's certificate is checked
-against one, the clients' against the other.
+against one, the clients' against the other. The one test PKI of the suite: tests
+that want files use `write_tls_dir`, tests that want in-memory contexts use
+`server_context` / `client_context` with certificates from `client_cert`.
 """
 
 from __future__ import annotations
 
 import datetime
+import functools
 import os
+import ssl
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -27,6 +31,33 @@ class TestPKI:
         self.server_ca = trustme.CA()
         self.client_ca = trustme.CA()
         self.server_cert = self.server_ca.issue_cert("localhost", "127.0.0.1")
+        #: A CA nobody trusts, for certificates that must be refused.
+        self.rogue_ca = trustme.CA()
+
+    @functools.cache  # noqa: B019 - one certificate per name for the PKI's life is the point
+    def client_cert(self, user: str, *, rogue: bool = False) -> trustme.LeafCert:
+        """A client certificate with CN `user`, by the client CA (or by `rogue_ca`)."""
+        return (self.rogue_ca if rogue else self.client_ca).issue_cert(common_name=user)
+
+    def server_context(self) -> ssl.SSLContext:
+        """A server context as jwsd builds one: TLS 1.3, client certificates required
+        (by the client CA), ALPN "h2" for grpcio clients."""
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_3
+        context.verify_mode = ssl.CERT_REQUIRED
+        self.client_ca.configure_trust(context)
+        self.server_cert.configure_cert(context)
+        context.set_alpn_protocols(["h2"])
+        return context
+
+    def client_context(self, cert: trustme.LeafCert | None) -> ssl.SSLContext:
+        """A TLS 1.3 client context that trusts the server CA and presents `cert` (or none)."""
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_3
+        self.server_ca.configure_trust(context)
+        if cert is not None:
+            cert.configure_cert(context)
+        return context
 
     def write_tls_dir(
         self, tls_dir: Path, users: Iterable[str] = ("alex", "betty", "admin")

@@ -11,3 +11,20 @@ def cgroups_named(name: str) -> list[Path]:
     """Every cgroup directory called `name`, in every hierarchy mounted under
     /sys/fs/cgroup (v1: one per controller; v2: the unified one)."""
     return sorted(CGROUP_ROOT.rglob(name))
+
+
+def job_cgroup_dirs(cgroup_name: str, job_id: str) -> list[Path]:
+    """The cgroup directories of job `job_id` of the jwsd (or tracker) whose cgroups are
+    named `cgroup_name`, in every hierarchy (v1) or the one (v2)."""
+    return [parent / job_id for parent in cgroups_named(cgroup_name) if (parent / job_id).is_dir()]
+
+
+def cgroup_pids(cgroup_name: str, job_id: str) -> list[int]:
+    """Every pid in job `job_id`'s cgroups, as the kernel lists them (sorted)."""
+    found: set[int] = set()
+    for directory in job_cgroup_dirs(cgroup_name, job_id):
+        try:
+            found.update(int(pid) for pid in (directory / "cgroup.procs").read_text().split())
+        except FileNotFoundError:
+            continue  # removed under us: empty
+    return sorted(found)

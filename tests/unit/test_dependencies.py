@@ -23,7 +23,7 @@ def _name(requirement: str) -> str:
 
 def _imports(directory: Path) -> set[str]:
     """The top-level names of the absolute imports of every module under `directory`."""
-    found = set()
+    found: set[str] = set()
     for path in directory.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):

@@ -13,6 +13,7 @@ import trustme
 
 from jobworker import tls
 from jobworker.errors import SetupError
+from tests.support.certs import TestPKI
 
 
 @dataclass
@@ -30,26 +31,17 @@ class Files:
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> Files:
-    directory = tmp_path_factory.mktemp("tls")
-    server_ca, client_ca = trustme.CA(), trustme.CA()
-    server = server_ca.issue_cert("localhost", "127.0.0.1", common_name="localhost")
-    client = client_ca.issue_cert(common_name="alex")
-    result = Files(
+    pki = TestPKI()
+    directory = pki.write_tls_dir(tmp_path_factory.mktemp("tls"), ["alex"])
+    return Files(
         server_ca=directory / "server_ca_cert.pem",
         server_cert=directory / "server_cert.pem",
         server_key=directory / "server_key.pem",
         client_ca=directory / "client_ca_cert.pem",
-        client_cert=directory / "client_cert.pem",
-        client_key=directory / "client_key.pem",
-        server_authority=server_ca,
+        client_cert=directory / "alex" / "client_cert.pem",
+        client_key=directory / "alex" / "client_key.pem",
+        server_authority=pki.server_ca,
     )
-    server_ca.cert_pem.write_to_path(str(result.server_ca))
-    server.cert_chain_pems[0].write_to_path(str(result.server_cert))
-    server.private_key_pem.write_to_path(str(result.server_key))
-    client_ca.cert_pem.write_to_path(str(result.client_ca))
-    client.cert_chain_pems[0].write_to_path(str(result.client_cert))
-    client.private_key_pem.write_to_path(str(result.client_key))
-    return result
 
 
 def server_of(files: Files) -> ssl.SSLContext:

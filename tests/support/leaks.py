@@ -1,11 +1,16 @@
-"""Counting what a piece of code leaves behind: trio tasks, file descriptors, child processes."""
+"""Counting what a piece of code leaves behind: trio tasks, file descriptors, child
+processes; and finding a process by its command line."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from types import TracebackType
 
 import trio
+import trio.testing
+
+from tests.support.waiting import eventually
 
 
 def task_count() -> int:
@@ -20,7 +25,26 @@ def task_count() -> int:
 
 
 def fd_count() -> int:
+    """File descriptors this process has open."""
     return len(os.listdir("/proc/self/fd"))
+
+
+def processes_running(*argv: str) -> list[int]:
+    """The pids of live processes whose command line starts with `argv` (e.g.
+    ("sleep", "1234567890"): a unique duration names a test's process)."""
+    wanted = [arg.encode() for arg in argv]
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().split(b"\0")
+        except OSError:
+            continue
+        if cmdline[: len(wanted)] == wanted:
+            found.append(int(entry))
+    return found
 
 
 def child_pids() -> set[int]:
@@ -60,9 +84,9 @@ class LeakCheck:
     ) -> None:
         if exc_type is not None:
             return
-        with trio.move_on_after(5):
-            while self.problems():
-                await trio.sleep(0.05)  # let exiting processes and tasks finish
+        # Exiting processes are reaped and their tasks end on their own time.
+        with contextlib.suppress(trio.TooSlowError):
+            await eventually(lambda: not self.problems(), timeout=5, what="leaks settle")
         problems = self.problems()
         assert not problems, "; ".join(problems)
 
