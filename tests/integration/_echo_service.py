@@ -82,7 +82,7 @@ def make_service() -> tuple[purerpc.Service, Probe]:
 
     async def sleep(message: Int64Value) -> Int64Value:
         probe.started.set()
-        await trio.sleep(message.value / 1000)
+        await trio.sleep(message.value / 1000)  # the behaviour under test: a slow handler
         return Int64Value(value=message.value)
 
     async def forever(message: StringValue) -> AsyncIterator[StringValue]:
