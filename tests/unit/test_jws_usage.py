@@ -1,0 +1,46 @@
+"""Usage errors of `jws` (exit code 2, one plain line), in-process through `cli(argv)`.
+
+Each is found before anything is sent: no server is needed (JWS_ADDR points at a
+port where nothing listens, so a test that did connect would fail with exit 3).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from jobworker.cli.jws import cli
+from tests.support.certs import TestPKI
+
+
+@pytest.fixture(autouse=True)
+def no_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    tls_dir = TestPKI().write_tls_dir(tmp_path / "tls", ["alex"])
+    monkeypatch.setenv("JWS_ADDR", "127.0.0.1:1")
+    monkeypatch.setenv("JWS_TLS_DIR", str(tls_dir))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.delenv("JWS_USER", raising=False)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["frobnicate"], "No such command 'frobnicate'"),
+        (["status", "-u", "alex"], "Missing option '-j'"),
+        # (start's "--memory lots" and "-c X -- Y" are checked only once connected, so
+        # they stay in the end-to-end test behind a daemon: tests/e2e/test_cli.py.)
+        (["stop", "-u", "alex", "-j", "x", "--grace", "soon"], "not a duration"),
+        (["list"], "no user"),
+        (["list", "-u", "nobody-here"], "no credentials for user 'nobody-here'"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_plain_line(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli(argv)
+    err = capsys.readouterr().err
+    assert exited.value.code == 2, err
+    assert message in err
+    assert "Traceback" not in err
