@@ -21,7 +21,7 @@ from pathlib import Path
 import attrs
 
 from jobworker.errors import SetupError
-from jobworker.transport import open_channel
+from jobworker.transport import explicit_calls, open_channel
 from jobworker.v1 import jobworker_grpc
 from jobworker.v1 import jobworker_pb2 as pb
 
@@ -74,7 +74,9 @@ async def connect(
     async with open_channel(
         host, port, context, server_hostname=server_hostname, max_message_length=MAX_MESSAGE
     ) as channel:
-        yield JobWorkerClient(jobworker_grpc.JobWorkerServiceStub(channel))
+        # Calls that end explicitly: a followed stream left early is cancelled on the
+        # server at once, not when the garbage collector frees it.
+        yield JobWorkerClient(explicit_calls(jobworker_grpc.JobWorkerServiceStub(channel)))
 
 
 @attrs.define(eq=False)

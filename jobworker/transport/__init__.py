@@ -5,6 +5,8 @@
   handler exceptions never leak; shutdown that never leaves clients hanging.
 - `open_channel` / `Channel`: a client channel whose calls end with
   UNAVAILABLE instead of hanging, and that cancels abandoned calls.
+- `explicit_calls` / `explicit_call`: generated stubs whose calls end (and cancel
+  on the server when abandoned) explicitly, not when the stream is collected.
 - `wrap_methods`: one wrapper around every method of a service (purerpc has no
   interceptors).
 - `current_identity()` / `current_peer`: who is calling, inside a handler.
@@ -18,6 +20,7 @@ docs/transport.md says what purerpc does on its own and what the seams in
 """
 
 from jobworker.transport._wire import EncodedMessage
+from jobworker.transport.calls import explicit_call, explicit_calls
 from jobworker.transport.client import Channel, open_channel
 from jobworker.transport.identity import Peer, current_identity, current_peer
 from jobworker.transport.methods import MethodCall, MethodWrapper, wrap_methods
@@ -36,6 +39,8 @@ __all__ = [
     "code_name",
     "current_identity",
     "current_peer",
+    "explicit_call",
+    "explicit_calls",
     "open_channel",
     "status_for",
     "to_rpc_error",

@@ -22,6 +22,8 @@ whole story, with the hang and leak cases and their status codes):
 - `HookedSocket` (purerpc `GRPCSocket`): a `GRPCProtoSocket` on all of the above,
   with hooks for resets, a broken transport, new streams and the reader loop.
 - `ChannelBase` (purerpc `_Channel`): what purerpc's stubs read off a channel.
+- `stream_fn_of` (purerpc `ClientStub`): how a stub starts its call, for the stubs
+  of `calls` that end their calls explicitly.
 
 `LIBRARY_INTERNALS` lists every private or undocumented name these rely on;
 tests/unit/test_seams.py fails, naming it, when the installed library lacks one.
@@ -34,7 +36,7 @@ import contextlib
 import ssl
 import struct
 import weakref
-from collections.abc import Iterable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -98,6 +100,7 @@ LIBRARY_INTERNALS: dict[str, tuple[str, ...]] = {
         "_receive_buffer_size",
     ),
     "purerpc.client:_Channel": ("_host", "_port", "_ssl_context", "_grpc_socket"),
+    "purerpc.wrappers:ClientStub": ("_stream_fn",),  # a stub's call starter
     # h2 3.2.0 (what purerpc 0.8.0 requires)
     "h2.connection:H2Connection": (
         "_inbound_flow_control_window_manager",
@@ -696,3 +699,12 @@ class ChannelBase(_Channel):  # type: ignore[misc]  # purerpc is untyped
     async def open(self) -> None:
         """Connect, and `attach` the socket (a subclass's job)."""
         raise NotImplementedError
+
+
+def stream_fn_of(stub: Any) -> Callable[..., Awaitable[Any]]:
+    """The function a purerpc stub method starts its call's stream with.
+
+    SEAM (purerpc `ClientStub._stream_fn`, private): `calls.explicit_call` rebuilds
+    a stub around it, so that the call ends explicitly.
+    """
+    return stub._stream_fn  # type: ignore[no-any-return]

@@ -10,10 +10,12 @@ ignores an RST_STREAM from the server. This channel:
   lost or the channel is closed, and fails new calls the same way;
 - turns an RST_STREAM from the server into the matching gRPC status;
 - sends RST_STREAM (CANCEL) for a call that is abandoned: the caller broke out
-  of a response stream or was cancelled. It notices when the call's stream
-  object is garbage collected, which CPython does at once when the stub's
-  generator or coroutine is closed or dropped; use `contextlib.aclosing` on a
-  response stream you may leave early, so that happens right away;
+  of a response stream or was cancelled. Stubs wrapped by
+  `transport.explicit_calls` say so themselves when they end (`abandon()`);
+  for purerpc's own stubs, which never do, the channel notices when the call's
+  stream object is garbage collected (CPython: at once, when the stub's
+  generator or coroutine is closed or dropped). Either way use
+  `contextlib.aclosing` on a response stream you may leave early;
 - closes its socket on exit, after at most `_wire.CLOSE_DRAIN_TIMEOUT` seconds.
 
 Every failure to connect (refused, unreachable, timed out, the TLS handshake
@@ -67,12 +69,14 @@ _RESET_STATUS = {
 class _Call:
     """What the channel must remember about one call after its stream object is gone."""
 
-    __slots__ = ("ended", "stream_id", "unacked")
+    __slots__ = ("ended", "released", "stream_id", "unacked")
 
     def __init__(self, stream_id: int) -> None:
         self.stream_id = stream_id
         #: The call has its final status (trailers, a reset, or the connection's end).
         self.ended = False
+        #: The caller is done with it (`abandon`, or its stream object was collected).
+        self.released = False
         #: Bytes delivered to the stream but not yet handed back to the server as window.
         self.unacked = 0
 
@@ -90,6 +94,12 @@ class _ClientStream(SeamStream):
 
     def window_wait_ended(self) -> None:
         self.owner.raise_if_lost()
+
+    def abandon(self) -> None:
+        """The caller is done with this call: if it has not ended, cancel it on the
+        server (RST_STREAM CANCEL); give back the window its unread bytes hold.
+        Synchronous (safe in a `finally` under cancellation) and idempotent."""
+        self.owner.release(self)
 
 
 class _ClientSocket(HookedSocket):
@@ -125,17 +135,33 @@ class _ClientSocket(HookedSocket):
         finalizer = weakref.finalize(stream, self._abandoned, stream.call)
         finalizer.atexit = False
 
+    def release(self, stream: _ClientStream) -> None:
+        """`_ClientStream.abandon`: release `stream`'s call now, from the event loop."""
+        if stream.call.released:
+            return
+        # Events still arriving for it are the abandoned call's: acknowledged, not queued.
+        self.forget_stream(stream.stream_id)
+        self._release(stream.call)
+
     def _abandoned(self, call: _Call) -> None:
-        # A weakref callback may run at any allocation; touch h2 only from the event loop.
+        # The safety net for calls made through purerpc's own stubs, which never say
+        # when they are done: the stream object was collected. A weakref callback may
+        # run at any allocation; touch h2 only from the event loop.
+        if call.released:
+            return
         with suppress(trio.RunFinishedError):
             self._token.run_sync_soon(self._release, call)
 
     def _release(self, call: _Call) -> None:
         """Give back the window a dead call held and, if it had not ended, cancel it on the server."""
+        if call.released:
+            return
+        call.released = True
         try:
             self._release_now(call)
         except Exception:
-            # This runs as a trio run_sync_soon callback: an escaping error would kill the run.
+            # From a run_sync_soon callback an escaping error would kill the run, and from
+            # a caller's `finally` it would hide the error that ended the call.
             log.exception("could not release abandoned call on stream %d", call.stream_id)
 
     def _release_now(self, call: _Call) -> None:

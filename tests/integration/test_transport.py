@@ -29,7 +29,13 @@ import trustme
 from google.protobuf.wrappers_pb2 import BytesValue, Int64Value, StringValue
 
 from jobworker.errors import SetupError
-from jobworker.transport import RpcServer, current_identity, open_channel, wrap_methods
+from jobworker.transport import (
+    RpcServer,
+    current_identity,
+    explicit_call,
+    open_channel,
+    wrap_methods,
+)
 from tests.integration._echo_service import (
     MIB,
     SERVICE_NAME,
@@ -245,6 +251,35 @@ async def test_client_breaking_out_of_a_stream_cancels_the_handler_within_a_seco
             assert served.probe.ended_at - left_at < 1.0
             with trio.fail_after(1):
                 await served.server.wait_no_rpcs()
+
+
+@pytest.mark.parametrize("how", ["left", "cancelled"])
+async def test_explicit_calls_cancel_the_handler_with_no_help_from_the_garbage_collector(
+    pki: Pki, how: str
+) -> None:
+    """Calls through `explicit_call` end on `aclose()` or cancellation themselves: the
+    handler is cancelled while the test still holds every stream object of the
+    channel (so no finaliser can fire)."""
+    with trio.fail_after(10):
+        async with serving(pki) as served, channel(pki, served, pki.alice) as ch:
+            held = []
+            forever = explicit_call(stub(ch, "Forever"))
+            with trio.CancelScope() as scope:
+                responses = forever(StringValue(value="x"))
+                async with aclosing(responses):
+                    async for _ in responses:
+                        held.extend(ch.socket.streams.values())
+                        if how == "cancelled":
+                            scope.cancel()
+                            await trio.sleep_forever()
+                        break
+            assert held, "the call's stream was not found"
+            with trio.fail_after(2):
+                await served.probe.ended.wait()
+            assert served.probe.ended_by == "Cancelled"
+            with trio.fail_after(1):
+                await served.server.wait_no_rpcs()
+            assert ch.unacknowledged_bytes() == 0
 
 
 async def test_stream_dropped_without_aclosing_still_cancels_the_handler(pki: Pki) -> None:
