@@ -41,13 +41,13 @@ def test_the_seeds_sample_session(jwsd: Jwsd) -> None:
     denied = jwsd.jws("status", "-j", job_id, user="betty")
     assert denied.returncode == 1
     assert denied.stderr.decode() == "jws: access denied\n"
-    follower = jwsd.popen("output", "-j", job_id)
-    assert follower.stdout is not None and follower.stderr is not None
-    first = b"".join(follower.stdout.readline() for _ in range(3))  # it follows: stop now
-    ok(jwsd.jws("stop", "-j", job_id))
-    out = first + follower.stdout.read()  # the same buffered reader: nothing is skipped
-    err = follower.stderr.read()
-    assert follower.wait(timeout=10) == 0, err
+    with jwsd.popen("output", "-j", job_id) as follower:  # closes its pipes on exit
+        assert follower.stdout is not None and follower.stderr is not None
+        first = b"".join(follower.stdout.readline() for _ in range(3))  # it follows: stop now
+        ok(jwsd.jws("stop", "-j", job_id))
+        out = first + follower.stdout.read()  # the same buffered reader: nothing is skipped
+        err = follower.stderr.read()
+        assert follower.wait(timeout=10) == 0, err
     lines = out.decode().splitlines()
     assert len(lines) >= 3
     assert lines == [f"ping {i}" for i in range(len(lines))]
@@ -274,7 +274,8 @@ def test_a_killed_daemon_takes_its_jobs_along_and_the_next_one_cleans_up(
         assert list((daemon.data_dir / "jobs").iterdir()) == []
     finally:
         again.send_signal(signal.SIGTERM)
-        assert again.wait(timeout=20) == 0
+        again.communicate(timeout=20)  # reads the rest of its log and closes the pipe
+        assert again.returncode == 0
 
 
 def test_shell_completion_and_help(tmp_path: Path) -> None:
