@@ -11,7 +11,7 @@ SIGKILL) and leaves no process, cgroup or directory behind.
 
 Owners: every public method takes the caller's name and an `admin` flag; a
 caller that is not the owner (nor an admin) gets AccessDeniedError, an unknown
-id JobNotFoundError (the seed puts this duty here).
+id JobNotFoundError.
 
 Quotas and retention (bounded memory and disk whatever users do):
 * an owner runs at most `max_running_per_user` jobs at once (QuotaExceededError);

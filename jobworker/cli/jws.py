@@ -1,4 +1,4 @@
-"""`jws`: the jobworker client, as the seed sketches it and as docker/kubectl users expect.
+"""`jws`: the jobworker client, as docker/kubectl users expect it.
 
     jws start -u alex -c "ls -l"        prints the job id, and nothing else
     jws status -u alex -j ID            Pending / Active / Terminated, then the details

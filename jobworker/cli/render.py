@@ -45,7 +45,7 @@ def status_dict(job: Any) -> dict[str, Any]:
 
 
 def headline(job: Any) -> str:
-    """The seed's word first, then how it ended: "Terminated (exit code 3)"."""
+    """The state's word first, then how it ended: "Terminated (exit code 3)"."""
     if job.status != "Terminated":
         return str(job.status)
     parts = []

@@ -18,9 +18,8 @@ from jobworker.v1 import jobworker_pb2 as pb
 
 #: Output messages carry at most this many bytes: well below the clients' 1 MiB
 #: message limit (so their 2 MiB windows hold several), large enough that the
-#: per-message overhead is small. Measured: 1 MiB chunks with 8 MiB windows let 20
-#: slow followers slow a writer 12x (the loop busy encrypting their windows); 256 KiB
-#: with 2 MiB windows, 4x.
+#: per-message overhead is small; larger chunks let slow followers slow the writer
+#: (docs/performance.md has the figures).
 OUTPUT_CHUNK = 256 << 10
 
 

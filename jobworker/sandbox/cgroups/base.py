@@ -198,7 +198,8 @@ def read_text(file: Path) -> str:
     """The contents of a control file; raises SetupError when it cannot be read.
 
     Plain os calls, not `Path.read_text`: a live status reads three of these per
-    call, and the buffered text layer cost 3x the read itself (GetJobStatus profile).
+    call, and the buffered text layer costs more than the read itself
+    (docs/performance.md).
     """
     try:
         fd = os.open(file, os.O_RDONLY | os.O_CLOEXEC)
