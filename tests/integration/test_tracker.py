@@ -235,7 +235,11 @@ async def test_cpu_limit_holds_a_busy_loop_to_a_fifth_of_a_core(tracker: JobTrac
 
 
 async def test_pids_limit_contains_a_fork_bomb_which_stays_stoppable(tracker: JobTracker) -> None:
-    status = await tracker.start("alex", sh("f() { f | f & }; f; sleep 30", limits=Limits(pids=20)))
+    # The main shell execs the sleep instead of forking it: once the bomb has used up the
+    # pids, a fork there would fail, and the shell (and so the job) would end on its own.
+    status = await tracker.start(
+        "alex", sh("f() { f | f & }; f; exec sleep 30", limits=Limits(pids=20))
+    )
     # The bomb hits its limit and collapses to a few processes: no one event marks that.
     await trio.sleep(1.0)  # the behaviour under test: the bomb gets a second against its limit
     assert cgroup_pids(tracker.cgroup_name, status.job_id)  # the job's cgroup is found
