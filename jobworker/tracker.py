@@ -153,6 +153,9 @@ class JobTracker:
     allow_host_network: whether a job may share the host's network namespace.
     stop_grace: seconds between SIGTERM and SIGKILL when a stop gives none.
     output_memory_limit: bytes of each job's output kept in memory before it spills.
+    tmpfs_size: bytes each of a job's writable tmpfs (/tmp, /dev/shm) may hold, at
+        most the job's memory limit (its pages are charged to the job's memory
+        cgroup); `None`: only the memory limit bounds them.
     cgroup_name: the name of the parent cgroup of all jobs (in the daemon's subtree).
     cgroup_parent: the cgroup subtree jobs go in (a cgroup path); `None`: the
         daemon's own cgroup (see `sandbox.cgroups.detect`).
@@ -173,6 +176,7 @@ class JobTracker:
     allow_host_network: bool = False
     stop_grace: float = 5.0
     output_memory_limit: int = 8 << 20
+    tmpfs_size: int | None = None
     cgroup_name: str = "jobworker"
     cgroup_parent: str | None = None
     cgroups: CgroupDriver | None = None
@@ -337,6 +341,8 @@ class JobTracker:
         )
         cwd = spec.workdir or str(job.workdir)
         env = dict(spec.env) if spec.env else self._default_env(job.workdir)
+        # What bubblewrap finally execs, with the PWD the shell adds (the slack covers it).
+        spawn.check_exec_size(bwrap.exec_argv(self._tools, spec.argv), env)
         spawn.resolve_program(
             spec.argv[0],
             path=env.get("PATH"),
@@ -364,8 +370,9 @@ class JobTracker:
             job.cgroup = self.cgroups.create(job_id, _with_helpers(limits), self._io_device)
             cgroup = job.cgroup
             tools, user = self._tools, self._user
+            tmpfs_size = _tmpfs_size(self.tmpfs_size, limits.memory)
             job.launched = await spawn.launch(
-                lambda status_fd: bwrap.spawn_argv(
+                lambda status_fd, args_fd: bwrap.spawn_argv(
                     tools,
                     user,
                     procs_files=cgroup.procs_files,
@@ -374,9 +381,13 @@ class JobTracker:
                     cwd=cwd,
                     argv=spec.argv,
                     status_fd=status_fd,
+                    args_fd=args_fd,
                     host_network=spec.host_network,
+                    tmpfs_size=tmpfs_size,
                 ),
-                env=env,
+                # The job's environment goes to bubblewrap through a file descriptor,
+                # for the sandbox only: the root helpers never see it.
+                sandbox_args=bwrap.env_options(env),
                 pipe_owner=(user.uid, user.gid),
             )
         except BaseException:
@@ -477,10 +488,18 @@ class JobTracker:
         return job
 
     def _effective_limits(self, asked: Limits) -> Limits:
-        limits = asked.merged_over(self.default_limits)
         ceilings = self.max_limits
         if ceilings.output is None and self.max_output is not None:
             ceilings = attrs.evolve(ceilings, output=self.max_output)
+        # A default above the maximum gives way to it: only what a request asks
+        # for itself can be refused as too much.
+        defaults = Limits(
+            **{  # type: ignore[arg-type]
+                name: _smaller(getattr(self.default_limits, name), getattr(ceilings, name))
+                for name in attrs.fields_dict(Limits)
+            }
+        )
+        limits = asked.merged_over(defaults)
         for name in attrs.fields_dict(Limits):
             value, ceiling = getattr(limits, name), getattr(ceilings, name)
             if ceiling is not None and (value is None or value > ceiling):
@@ -706,6 +725,20 @@ def _as_finished(jobs: Iterable[_Job]) -> builtins.list[Finished]:
     ]
 
 
+def _smaller(default: float | None, ceiling: float | None) -> float | None:
+    """The default, lowered to the ceiling when both are set."""
+    if default is None or ceiling is None:
+        return default
+    return min(default, ceiling)
+
+
+def _tmpfs_size(configured: int | None, memory: int | None) -> int | None:
+    """The size of each of a job's writable tmpfs: the configured size, at most the
+    job's memory limit (the smaller of those that are set)."""
+    sizes = [size for size in (configured, memory) if size is not None]
+    return min(sizes) if sizes else None
+
+
 def _with_helpers(limits: Limits) -> Limits:
     """The pids limit as the cgroup must see it: the user's count plus bubblewrap's helpers."""
     if limits.pids is None:
@@ -755,19 +788,10 @@ def _check_sandbox(tools: bwrap.SandboxTools, user: bwrap.JobUser) -> None:
     """Build one empty sandbox the way jobs get theirs (as the job user, every namespace),
     so a host where that cannot work (no user namespaces, a broken bwrap) is a SetupError
     at start rather than a failure of every job. Takes ~15 ms, once."""
-    argv = [
-        tools.bwrap,
-        "--unshare-all",
-        "--ro-bind",
-        "/",
-        "/",
-        "--proc",
-        "/proc",
-        "--dev",
-        "/dev",
-        "--",
-        "true",
-    ]
+    argv = [tools.bwrap, "--unshare-all"]
+    if not user.is_root:
+        argv += ["--unshare-user", "--disable-userns"]
+    argv += ["--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "--", "true"]
     if not user.is_root:
         argv = [
             tools.setpriv,
@@ -778,7 +802,9 @@ def _check_sandbox(tools: bwrap.SandboxTools, user: bwrap.JobUser) -> None:
             *argv,
         ]
     try:
-        result = subprocess.run(argv, capture_output=True, timeout=10, check=False)
+        result = subprocess.run(
+            argv, capture_output=True, timeout=10, check=False, env=dict(bwrap.HELPER_ENV)
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise SetupError(f"bubblewrap cannot build a sandbox here: {exc}") from exc
     if result.returncode != 0:
@@ -787,7 +813,8 @@ def _check_sandbox(tools: bwrap.SandboxTools, user: bwrap.JobUser) -> None:
         )
         raise SetupError(
             f"bubblewrap cannot build a sandbox here as {user.name}: {reason} "
-            "(are unprivileged user namespaces enabled? see user.max_user_namespaces)"
+            "(are unprivileged user namespaces enabled? see user.max_user_namespaces; "
+            "--disable-userns needs bubblewrap 0.8 or later)"
         )
 
 

@@ -21,7 +21,14 @@ from jobworker.cli.units import parse_addr, parse_duration, parse_size
 from jobworker.errors import InvalidRequestError, SetupError, sole_exception
 from jobworker.model import Limits
 from jobworker.retention import RetentionPolicy
-from jobworker.server.daemon import DEFAULT_DATA_DIR, DEFAULT_PORT, DaemonConfig, serve
+from jobworker.server.daemon import (
+    DEFAULT_DATA_DIR,
+    DEFAULT_LIMITS,
+    DEFAULT_PORT,
+    DEFAULT_TMPFS_SIZE,
+    DaemonConfig,
+    serve,
+)
 
 log = logging.getLogger("jobworker.daemon")
 
@@ -52,6 +59,47 @@ def parse_limits(text: str) -> Limits:
         return Limits(**values)  # type: ignore[arg-type]
     except InvalidRequestError as exc:
         raise ValueError(str(exc)) from None
+
+
+def format_limits(limits: Limits) -> str:
+    """`limits` in the form parse_limits reads: "cpu=1,memory=512M,pids=256"."""
+    items = []
+    for key, (name, _) in _LIMIT_KEYS.items():
+        value = getattr(limits, name)
+        if value is None:
+            continue
+        if isinstance(value, float):
+            text = f"{value:g}"
+        elif name == "pids":
+            text = str(value)
+        else:
+            text = _format_bytes(value)
+        items.append(f"{key}={text}")
+    return ",".join(items)
+
+
+def _format_bytes(value: int) -> str:
+    for suffix, shift in (("T", 40), ("G", 30), ("M", 20), ("K", 10)):
+        if value >= 1 << shift and value % (1 << shift) == 0:
+            return f"{value >> shift}{suffix}"
+    return str(value)
+
+
+def parse_tmpfs_size(text: str) -> int | None:
+    """A --tmpfs-size: a size ("64M"), or "none" for no bound but the job's memory limit."""
+    if text.strip().lower() == "none":
+        return None
+    size = parse_size(text)
+    if size < 1 << 20:
+        raise ValueError(f"tmpfs size {text!r} is below 1M; give a size of 1M or more, or none")
+    return size
+
+
+def _tmpfs_size_option(ctx: click.Context, param: click.Parameter, value: str) -> int | None:
+    try:
+        return parse_tmpfs_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def _limits_option(ctx: click.Context, param: click.Parameter, value: str) -> Limits:
@@ -89,16 +137,25 @@ def _limits_option(ctx: click.Context, param: click.Parameter, value: str) -> Li
 @click.option("--job-user", default="nobody", show_default=True, help="Host account jobs run as.")
 @click.option(
     "--default-limits",
-    default="pids=1000",
+    default=format_limits(DEFAULT_LIMITS),
     show_default=True,
     callback=_limits_option,
-    help="Limits for jobs that set none: cpu=CORES,memory=SIZE,io-read=RATE,io-write=RATE,pids=N.",
+    help="Limits for jobs that set none: cpu=CORES,memory=SIZE,io-read=RATE,io-write=RATE,pids=N "
+    '(any subset; "" for none).',
 )
 @click.option(
     "--max-limits",
     default="",
     callback=_limits_option,
     help="The most a job may ask for (same form); an unset limit then takes the maximum.",
+)
+@click.option(
+    "--tmpfs-size",
+    default=_format_bytes(DEFAULT_TMPFS_SIZE),
+    show_default=True,
+    callback=_tmpfs_size_option,
+    help="Size of each of a job's writable tmpfs (/tmp, /dev/shm), at most its memory limit; "
+    '"none": the memory limit alone.',
 )
 @click.option(
     "--allow-host-network",
@@ -188,6 +245,7 @@ async def main(
     job_user: str,
     default_limits: Limits,
     max_limits: Limits,
+    tmpfs_size: int | None,
     allow_host_network: bool,
     stop_grace: str,
     idle_timeout: str,
@@ -242,6 +300,7 @@ async def main(
         job_user=job_user,
         default_limits=default_limits,
         max_limits=max_limits,
+        tmpfs_size=tmpfs_size,
         allow_host_network=allow_host_network,
         stop_grace=grace,
         idle_timeout=idle or None,

@@ -1,7 +1,7 @@
 """The command line that starts a job: a cgroup trampoline, a privilege drop, and
 bubblewrap.
 
-    sh -c TRAMPOLINE jobworker-trampoline PROCS... -- setpriv --reuid U ... -- bwrap OPTS -- ARGV
+    sh -c TRAMPOLINE jobworker-trampoline PROCS... -- setpriv --reuid U ... -- bwrap --args FD OPTS -- ARGV
 
 1. The trampoline (`sh`, still root) writes its own pid into every cgroup.procs
    file of the job, then `exec`s the rest: every process the job ever has is born
@@ -10,22 +10,37 @@ bubblewrap.
    bubblewrap builds the sandbox unprivileged, inside a new user namespace: the
    command runs as that user on the host too, with no capabilities at all.
 3. `bwrap` unshares every namespace (pid, mount, net with only `lo` up, uts, ipc,
-   user, cgroup), binds the host root read-only, mounts a fresh /proc, /dev and
-   /tmp, hides the data dir (other jobs' files) behind a tmpfs, binds the job's
-   own work dir writable at the same path, and starts the command as the leader
-   of a new session. `--die-with-parent` takes the job down if the daemon dies;
+   user, cgroup) and forbids further user namespaces inside, binds the host root
+   read-only, mounts a fresh /proc, a read-only /dev, and size-limited /tmp and
+   /dev/shm, hides the data dir (other jobs' files) and /sys/fs/cgroup (every
+   job's cgroup) behind read-only empty tmpfs, binds the job's own work dir
+   writable at the same path, and starts the command as the leader of a new
+   session. `--die-with-parent` takes the job down if the daemon dies;
    `--json-status-fd` reports the host pid of the sandbox's init (leader of
    the command's process group) and the exit code.
 4. Inside, `READY_HELPER` (`sh`) reports that the sandbox is ready, then execs
    the command.
+
+The environment: the three helpers run with `HELPER_ENV`, a fixed environment of
+the daemon's choosing, never the request's: a root program (or its dynamic
+loader) obeys variables such as LD_PRELOAD, so a request's environment there
+would be code of the request's choosing running as root. The job's environment
+exists only inside the sandbox: `env_options` makes bubblewrap's `--clearenv`
+and one `--setenv K V` per variable, which bubblewrap reads from a file
+descriptor (`--args FD`), not from its command line: the host's `ps` shows every
+process's command line to every user, and the environment often holds secrets.
+
+Every option used here exists in bubblewrap 0.8 (Debian bookworm's):
+`--disable-userns`, `--size`, `--args`, `--clearenv`, `--setenv`, `--remount-ro`.
 
 The bubblewrap and kernel behaviour this relies on: docs/platform.md.
 """
 
 from __future__ import annotations
 
+import os
 import pwd
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import attrs
@@ -46,8 +61,15 @@ TRAMPOLINE = (
 #: which ignores it: `start` returns only after it.
 READY_HELPER = 'echo >&0 && exec "$@" </dev/null'
 
+#: The whole environment of the root helpers (trampoline, setpriv) and of the outer
+#: bubblewrap: fixed, whatever the request or the daemon's own environment holds.
+HELPER_ENV: Mapping[str, str] = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+
 #: The hostname a job sees in its own UTS namespace.
 JOB_HOSTNAME = "job"
+
+#: Where the host's cgroup hierarchies are mounted (v1 and v2 alike).
+CGROUP_ROOT = "/sys/fs/cgroup"
 
 #: The processes bubblewrap adds to every job (outer bwrap, and the namespace's init),
 #: which count against the pids limit on top of what the user asked for.
@@ -88,6 +110,17 @@ class SandboxTools:
     bwrap: str
 
 
+def env_options(env: Mapping[str, str]) -> bytes:
+    """Bubblewrap options, NUL-separated for `--args FD`, that give the sandbox
+    exactly `env`: `--clearenv`, then `--setenv K V` for each variable. Bubblewrap
+    applies them as it parses, to the command's environment only (its own loader
+    has long run by then, as the job user)."""
+    options = ["--clearenv"]
+    for key, value in env.items():
+        options += ["--setenv", key, value]
+    return b"".join(os.fsencode(option) + b"\0" for option in options)
+
+
 def spawn_argv(
     tools: SandboxTools,
     user: JobUser,
@@ -98,38 +131,66 @@ def spawn_argv(
     cwd: str,
     argv: Sequence[str],
     status_fd: int,
+    args_fd: int,
     host_network: bool,
+    tmpfs_size: int | None,
 ) -> list[str]:
     """The whole command line for one job (see the module docstring).
 
     procs_files: the job's cgroup.procs files, one per hierarchy.
-    data_dir: hidden from the job behind an empty tmpfs.
+    data_dir: hidden from the job behind an empty read-only tmpfs.
     workdir: the job's writable work dir (host path, bound at the same path).
     cwd: the working directory inside the sandbox.
     status_fd: the fd (inherited by the child) bubblewrap writes JSON status lines to.
+    args_fd: the fd (inherited by the child) bubblewrap reads more options from,
+        `env_options` of the job's environment.
+    tmpfs_size: the size in bytes of the job's writable /tmp and /dev/shm (each);
+        None: the kernel's default, half the host's RAM.
     """
     cmd = [tools.sh, "-c", TRAMPOLINE, "jobworker-trampoline", *map(str, procs_files), "--"]
     if not user.is_root:
         cmd += [tools.setpriv, f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups", "--"]
-    cmd += [tools.bwrap, "--unshare-all"]
+    cmd += [tools.bwrap, "--args", str(args_fd), "--unshare-all"]
     if host_network:
         cmd.append("--share-net")
     if not user.is_root:
-        cmd += ["--unshare-user", "--uid", str(user.uid), "--gid", str(user.gid)]
+        # --disable-userns needs a user namespace of bubblewrap's own making.
+        cmd += [
+            "--unshare-user",
+            "--disable-userns",
+            "--uid",
+            str(user.uid),
+            "--gid",
+            str(user.gid),
+        ]
+    size = [] if tmpfs_size is None else ["--size", str(tmpfs_size)]
     cmd += [
         "--ro-bind", "/", "/",
         "--proc", "/proc",
+        # bubblewrap's /dev is a tmpfs the job user owns, of the kernel's default size:
+        # read-only but for its own size-limited /dev/shm (device nodes stay writable).
         "--dev", "/dev",
-        "--tmpfs", "/tmp",
+        *size, "--tmpfs", "/dev/shm",
+        "--remount-ro", "/dev",
+        *size, "--tmpfs", "/tmp",
+        # The host's cgroup tree names every job; the job's own limits are the
+        # daemon's to report, so it sees none.
+        "--tmpfs", CGROUP_ROOT, "--remount-ro", CGROUP_ROOT,
+        # Other jobs' work dirs and output; only the job's own work dir comes back.
         "--tmpfs", str(data_dir),
         "--bind", str(workdir), str(workdir),
+        "--remount-ro", str(data_dir),
         "--chdir", cwd,
         "--hostname", JOB_HOSTNAME,
         "--die-with-parent",
         "--new-session",
         "--json-status-fd", str(status_fd),
         "--",
-        tools.sh, "-c", READY_HELPER, "jobworker-exec",
-        *argv,
+        *exec_argv(tools, argv),
     ]  # fmt: skip
     return cmd
+
+
+def exec_argv(tools: SandboxTools, argv: Sequence[str]) -> list[str]:
+    """What bubblewrap execs inside the finished sandbox: the ready helper, then the command."""
+    return [tools.sh, "-c", READY_HELPER, "jobworker-exec", *argv]

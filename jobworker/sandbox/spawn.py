@@ -5,18 +5,30 @@ before anything is created, so that a missing or non-executable program is an
 error of the start request rather than a job that exits 127 (bubblewrap's own
 exec failure is indistinguishable from `exit 1` by its code).
 
+The lookup runs as root but judges every step as the job user would meet it
+(search permission on each directory on the way, symbolic links followed), so
+its answer is the one `execvp` inside the sandbox would give, and it tells a
+user nothing about files in directories the job user cannot enter: a file there
+and a missing one are both "permission denied".
+
+`check_exec_size` refuses, as an invalid request, a command line and environment
+the kernel would refuse to exec (E2BIG), before anything is created.
+
 `launch` starts the trampoline with stdout and stderr on one pipe (so the log
-keeps the order a terminal would show) and returns once bubblewrap has reported
-the command's host pid on its JSON status fd, or raises StartFailedError with
-what bubblewrap said when the sandbox could not be built.
+keeps the order a terminal would show), with the helpers' fixed environment
+(`bwrap.HELPER_ENV`, never the request's), and returns once bubblewrap has
+reported the command's host pid on its JSON status fd, or raises
+StartFailedError with what bubblewrap said when the sandbox could not be built.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
+import resource
 import signal
 import stat
 import subprocess
@@ -27,8 +39,8 @@ from typing import Any
 import attrs
 import trio
 
-from jobworker.errors import StartFailedError
-from jobworker.sandbox.bwrap import JobUser
+from jobworker.errors import InvalidRequestError, StartFailedError
+from jobworker.sandbox.bwrap import HELPER_ENV, JobUser
 
 #: The PATH a job gets when its environment has none.
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -43,6 +55,19 @@ SANDBOX_SETUP_TIMEOUT = 10.0
 
 #: How much of bubblewrap's error output a failed start reports.
 MAX_ERROR_OUTPUT = 4096
+
+#: The kernel's bound on one argument or environment string, its NUL included
+#: (MAX_ARG_STRLEN: 32 pages).
+MAX_ARG_STRLEN = 32 * 4096
+#: The kernel's floor for the room all of exec's strings share (ARG_MAX: 32 pages),
+#: and its ceiling (three quarters of _STK_LIM, 8 MiB), whatever the stack limit.
+ARG_SPACE_MIN = 32 * 4096
+ARG_SPACE_MAX = 6 << 20
+#: Room kept free for what is added on the way in: the exec'd file's own path, the
+#: PWD the shell exports, the auxiliary vector's strings.
+ARG_SPACE_SLACK = 4096
+#: How many symbolic links one lookup follows before it is a loop (the kernel's MAXSYMLINKS).
+MAX_SYMLINKS = 40
 
 
 def resolve_program(
@@ -87,30 +112,111 @@ def _unusable(
     candidate: str, user: JobUser, hidden: Sequence[PurePosixPath], visible: Sequence[PurePosixPath]
 ) -> str | None:
     """Why `candidate` cannot be executed by `user` inside the sandbox, or None if it can."""
-    pure = PurePosixPath(candidate)
-    if any(pure.is_relative_to(h) for h in hidden) and not any(
-        pure.is_relative_to(v) for v in visible
-    ):
+    if _hidden(candidate, hidden, visible):
         return "no such file"
-    try:
-        st = os.stat(candidate)
-    except FileNotFoundError:
+    found = _lookup(candidate, user)
+    if isinstance(found, str):
+        return found
+    resolved, st = found
+    if _hidden(resolved, hidden, visible):
         return "no such file"
-    except OSError as exc:
-        return exc.strerror.lower() if exc.strerror else "cannot stat it"
     if stat.S_ISDIR(st.st_mode):
         return "it is a directory"
     if not stat.S_ISREG(st.st_mode):
         return "not a regular file"
-    if user.is_root:
-        executable = bool(st.st_mode & 0o111)
-    elif st.st_uid == user.uid:
-        executable = bool(st.st_mode & stat.S_IXUSR)
-    elif st.st_gid == user.gid:
-        executable = bool(st.st_mode & stat.S_IXGRP)
-    else:
-        executable = bool(st.st_mode & stat.S_IXOTH)
+    executable = bool(st.st_mode & 0o111) if user.is_root else _permits(st, user, 0o1)
     return None if executable else f"permission denied (not executable by the job user {user.name})"
+
+
+def _hidden(path: str, hidden: Sequence[PurePosixPath], visible: Sequence[PurePosixPath]) -> bool:
+    pure = PurePosixPath(path)
+    return any(pure.is_relative_to(h) for h in hidden) and not any(
+        pure.is_relative_to(v) for v in visible
+    )
+
+
+def _lookup(path: str, user: JobUser) -> tuple[str, os.stat_result] | str:
+    """Resolve the absolute `path` as the kernel would for `user`: every directory
+    passed through must let the user search it (its x bit for the user's uid or
+    gid; the job has no supplementary groups), and symbolic links are followed.
+    Returns (the resolved path, its stat), or why the lookup fails ("no such file",
+    "permission denied (...)", ...). Root stats what it likes; only what the job
+    user could learn is reported."""
+    pending = path.split("/")[::-1]  # the next component last
+    resolved, st = "/", os.stat("/")
+    links = 0
+    while pending:
+        part = pending.pop()
+        if part in ("", "."):
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            return "not a directory"
+        if not user.is_root and not _permits(st, user, 0o1):
+            return f"permission denied (the job user {user.name} cannot search {resolved})"
+        if part == "..":
+            resolved = os.path.dirname(resolved)
+            st = os.stat(resolved)
+            continue
+        candidate = os.path.join(resolved, part)
+        try:
+            entry = os.lstat(candidate)
+        except FileNotFoundError:
+            return "no such file"
+        except OSError as exc:
+            return exc.strerror.lower() if exc.strerror else "cannot stat it"
+        if stat.S_ISLNK(entry.st_mode):
+            links += 1
+            if links > MAX_SYMLINKS:
+                return "too many levels of symbolic links"
+            target = os.readlink(candidate)
+            pending.extend(target.split("/")[::-1])
+            if target.startswith("/"):
+                resolved, st = "/", os.stat("/")
+            continue
+        resolved, st = candidate, entry
+    return resolved, st
+
+
+def _permits(st: os.stat_result, user: JobUser, bit: int) -> bool:
+    """Whether the mode bits grant `user` permission `bit` (0o4 read, 0o2 write,
+    0o1 execute/search) on the file: its owner's bits, else its group's, else others'."""
+    if st.st_uid == user.uid:
+        return bool(st.st_mode & (bit << 6))
+    if st.st_gid == user.gid:
+        return bool(st.st_mode & (bit << 3))
+    return bool(st.st_mode & bit)
+
+
+def exec_space() -> int:
+    """The bytes exec's strings and their pointers may take in all, as the kernel
+    computes it for this process's children: a quarter of the stack limit, within
+    ARG_SPACE_MIN..ARG_SPACE_MAX (2 MiB with the usual 8 MiB stack)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_STACK)
+    space = ARG_SPACE_MAX if soft == resource.RLIM_INFINITY else min(ARG_SPACE_MAX, soft // 4)
+    return max(space, ARG_SPACE_MIN)
+
+
+def check_exec_size(argv: Sequence[str], env: Mapping[str, str]) -> None:
+    """Raise InvalidRequestError when the kernel would refuse to exec `argv` with
+    `env` (E2BIG): one string over MAX_ARG_STRLEN, or all of them with their
+    pointers over `exec_space()` less ARG_SPACE_SLACK."""
+    strings = [os.fsencode(arg) for arg in argv]
+    strings += [os.fsencode(f"{key}={value}") for key, value in env.items()]
+    for i, string in enumerate(strings):
+        if len(string) + 1 > MAX_ARG_STRLEN:
+            what = f"argument {i + 1}" if i < len(argv) else "environment variable"
+            shown = string[:40].decode(errors="replace")
+            raise InvalidRequestError(
+                f"{what} ({shown!r}...) is {len(string)} bytes; "
+                f"the kernel passes at most {MAX_ARG_STRLEN - 1} bytes in one: pass large data in a file"
+            )
+    total = sum(len(string) + 1 for string in strings) + 8 * len(strings)
+    space = exec_space() - ARG_SPACE_SLACK
+    if total > space:
+        raise InvalidRequestError(
+            f"the command line and environment take {total} bytes; "
+            f"this server's jobs can take at most {space}: pass large data in a file"
+        )
 
 
 @attrs.define(eq=False)
@@ -187,43 +293,65 @@ class Launched:
 
 
 async def launch(
-    build_cmd: Callable[[int], Sequence[str]],
+    build_cmd: Callable[[int, int], Sequence[str]],
     *,
-    env: Mapping[str, str],
+    sandbox_args: bytes,
     pipe_owner: tuple[int, int] | None = None,
 ) -> Launched:
-    """Start the command line `build_cmd(status_fd)` returns (see `bwrap.spawn_argv`):
-    `status_fd` is the fd number, inherited by the child, for bubblewrap's JSON status.
+    """Start the command line `build_cmd(status_fd, args_fd)` returns (see
+    `bwrap.spawn_argv`), with the environment `bwrap.HELPER_ENV` and nothing else.
+
+    status_fd: the fd number, inherited by the child, for bubblewrap's JSON status.
+    args_fd: the fd number, inherited by the child, of a sealed memfd holding
+        `sandbox_args` (NUL-separated options for bubblewrap's `--args`, such as
+        `bwrap.env_options`): what the job needs but the helpers must not see
+        in their environment, nor `ps` in their command line.
 
     The child's stdin is the write end of a "ready" pipe: `bwrap.READY_HELPER`
     writes one byte to it inside the finished sandbox just before it execs the
     command. Returns once that byte arrived. pipe_owner: (uid, gid) to own the output
-    pipe, so that a job running as that user can reopen /dev/stdout and /dev/stderr. On failure nothing is left running
-    and StartFailedError says what bubblewrap reported. Cancellation kills the process.
+    pipe, so that a job running as that user can reopen /dev/stdout and /dev/stderr.
+    On failure nothing is left running and StartFailedError says what bubblewrap
+    reported; InvalidRequestError if the kernel refuses the command line as too
+    long (E2BIG). Cancellation kills the process.
     """
-    out_r, out_w = os.pipe2(os.O_CLOEXEC)
-    st_r, st_w = os.pipe2(os.O_CLOEXEC)
-    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+    args_fd = _sealed_memfd("jobworker-sandbox-args", sandbox_args)
+    fds = [args_fd]
     try:
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        fds += (out_r, out_w)
+        st_r, st_w = os.pipe2(os.O_CLOEXEC)
+        fds += (st_r, st_w)
+        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+        fds += (ready_r, ready_w)
         with contextlib.suppress(OSError):  # a lower pipe-max-size only costs throughput
             fcntl.fcntl(out_w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         if pipe_owner is not None:
             os.fchown(out_w, *pipe_owner)
-        process = ChildProcess.start(
-            build_cmd(st_w),
-            stdin=ready_w,
-            stdout=out_w,
-            stderr=out_w,
-            pass_fds=(st_w,),
-            env=dict(env),
-            cwd="/",
-            start_new_session=True,  # a Ctrl-C at the daemon's terminal must not hit the jobs
-        )
+        cmd = build_cmd(st_w, args_fd)
+        check_exec_size(cmd, HELPER_ENV)
+        try:
+            process = ChildProcess.start(
+                cmd,
+                stdin=ready_w,
+                stdout=out_w,
+                stderr=out_w,
+                pass_fds=(st_w, args_fd),
+                env=dict(HELPER_ENV),
+                cwd="/",
+                start_new_session=True,  # a Ctrl-C at the daemon's terminal must not hit the jobs
+            )
+        except OSError as exc:
+            if exc.errno != errno.E2BIG:
+                raise
+            raise InvalidRequestError(
+                "the command line is too long for the kernel to start: pass large data in a file"
+            ) from None
     except BaseException:
-        for fd in (out_r, out_w, st_r, st_w, ready_r, ready_w):
+        for fd in fds:
             os.close(fd)
         raise
-    for fd in (out_w, st_w, ready_w):
+    for fd in (out_w, st_w, ready_w, args_fd):
         os.close(fd)
     output = trio.lowlevel.FdStream(out_r)
     status = trio.lowlevel.FdStream(st_r)
@@ -242,6 +370,26 @@ async def launch(
     finally:
         await ready.aclose()
     return Launched(process=process, command_pid=command_pid, output=output, status=status)
+
+
+def _sealed_memfd(name: str, data: bytes) -> int:
+    """A memfd holding `data`, positioned at its start and sealed against any change
+    (close-on-exec: only `pass_fds` hands it on). The caller closes it."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.lseek(fd, 0, os.SEEK_SET)
+        fcntl.fcntl(
+            fd,
+            fcntl.F_ADD_SEALS,
+            fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE,
+        )
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 async def _read_child_pid(status: trio.lowlevel.FdStream) -> int | None:
@@ -310,4 +458,13 @@ def exit_status(returncode: int, reported: int | None) -> tuple[int, int | None]
     return code, None
 
 
-__all__ = ["ChildProcess", "Launched", "exit_status", "launch", "read_exit_code", "resolve_program"]
+__all__ = [
+    "ChildProcess",
+    "Launched",
+    "check_exec_size",
+    "exec_space",
+    "exit_status",
+    "launch",
+    "read_exit_code",
+    "resolve_program",
+]

@@ -39,6 +39,11 @@ log = logging.getLogger("jobworker.daemon")
 
 DEFAULT_PORT = 50051
 DEFAULT_DATA_DIR = Path("/var/lib/jobworker")
+#: Limits for jobs that ask for none (`jwsd --default-limits`): one core, 512 MiB of
+#: memory, 256 tasks (a fork bomb stays a small fraction of the host's pid_max).
+DEFAULT_LIMITS = Limits(cpu=1.0, memory=512 << 20, pids=256)
+#: The size of each of a job's writable tmpfs, /tmp and /dev/shm (`jwsd --tmpfs-size`).
+DEFAULT_TMPFS_SIZE = 64 << 20
 #: Largest gRPC message either way: output chunks (1 MiB) stay well below it, and a
 #: stream's receive window (twice this) always fits one message plus its header.
 MAX_MESSAGE = 4 << 20
@@ -63,7 +68,7 @@ class DaemonConfig:
     data_dir: Path = DEFAULT_DATA_DIR
     users_file: Path | None = None
     job_user: str = "nobody"
-    default_limits: Limits = Limits(pids=1000)
+    default_limits: Limits = DEFAULT_LIMITS
     max_limits: Limits = attrs.Factory(Limits)
     allow_host_network: bool = False
     stop_grace: float = 5.0
@@ -76,6 +81,7 @@ class DaemonConfig:
     max_output: int | None = DEFAULT_MAX_OUTPUT
     workdir_size: int | None = DEFAULT_WORKDIR_SIZE
     retention: RetentionPolicy = RetentionPolicy()
+    tmpfs_size: int | None = DEFAULT_TMPFS_SIZE
 
     @property
     def server_files(self) -> tuple[Path, Path, Path]:
@@ -116,6 +122,7 @@ async def serve(
         max_output=config.max_output,
         workdir_size=config.workdir_size,
         retention=config.retention,
+        tmpfs_size=config.tmpfs_size,
     ) as tracker:
         guard = CallGuard(policy)
         server = RpcServer(

@@ -69,6 +69,7 @@ def bwrap_true(count: int, data_dir: Path) -> list[float]:
     workdir.mkdir(parents=True, exist_ok=True)
     os.chown(workdir, user.uid, user.gid)
     read_end, write_end = os.pipe()
+    args_fd = os.memfd_create("jwbench-args")
     try:
         argv = bwrap.spawn_argv(
             tools,
@@ -79,18 +80,23 @@ def bwrap_true(count: int, data_dir: Path) -> list[float]:
             cwd=str(workdir),
             argv=["/bin/true"],
             status_fd=write_end,
+            args_fd=args_fd,
             host_network=False,
+            tmpfs_size=64 << 20,
         )
+        os.write(args_fd, bwrap.env_options({"PATH": "/usr/bin:/bin"}))
         os.set_blocking(read_end, False)
         samples = []
         for _ in range(count):
-            samples += time_runs(argv, 1, pass_fds=(write_end,))
+            os.lseek(args_fd, 0, os.SEEK_SET)  # bubblewrap reads its options to the end
+            samples += time_runs(argv, 1, pass_fds=(write_end, args_fd), env=dict(bwrap.HELPER_ENV))
             with contextlib.suppress(BlockingIOError):  # drop the JSON status lines
                 os.read(read_end, 1 << 16)
         return samples
     finally:
         os.close(read_end)
         os.close(write_end)
+        os.close(args_fd)
 
 
 @contextlib.contextmanager

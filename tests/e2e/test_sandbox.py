@@ -111,9 +111,7 @@ def test_a_preloaded_library_never_runs_as_root(jwsd: Jwsd, tmp_path: Path) -> N
 
 def test_a_job_under_default_flags_cannot_allocate_3_gib(jwsd: Jwsd) -> None:
     job_id = ok(
-        jwsd.jws(
-            "start", "--", "python3", "-c", "b = b'x' * (3 << 30); print('allocated', len(b))"
-        )
+        jwsd.jws("start", "--", "python3", "-c", "b = b'x' * (3 << 30); print('allocated', len(b))")
     ).strip()
     out, status = finished(jwsd, job_id)
     assert "allocated" not in out
