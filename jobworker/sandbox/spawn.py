@@ -89,11 +89,12 @@ def resolve_program(
     Raises StartFailedError naming the program and the reason.
     """
     if "/" in program:
-        candidate = os.path.normpath(os.path.join(cwd, program))
+        # Walked as given: "link/.." is the link target's parent, as for the kernel.
+        candidate = os.path.join(cwd, program)
         reason = _unusable(candidate, user, hidden, visible)
         if reason:
             raise StartFailedError(f"cannot run {program!r}: {reason}")
-        return candidate
+        return os.path.normpath(candidate)
     search = DEFAULT_PATH if path is None else path
     seen_reason = None
     for directory in search.split(":"):
@@ -112,7 +113,7 @@ def _unusable(
     candidate: str, user: JobUser, hidden: Sequence[PurePosixPath], visible: Sequence[PurePosixPath]
 ) -> str | None:
     """Why `candidate` cannot be executed by `user` inside the sandbox, or None if it can."""
-    if _hidden(candidate, hidden, visible):
+    if _hidden(os.path.normpath(candidate), hidden, visible):
         return "no such file"
     found = _lookup(candidate, user)
     if isinstance(found, str):
@@ -204,7 +205,7 @@ def check_exec_size(argv: Sequence[str], env: Mapping[str, str]) -> None:
     strings += [os.fsencode(f"{key}={value}") for key, value in env.items()]
     for i, string in enumerate(strings):
         if len(string) + 1 > MAX_ARG_STRLEN:
-            what = f"argument {i + 1}" if i < len(argv) else "environment variable"
+            what = "an argument" if i < len(argv) else "an environment variable"
             shown = string[:40].decode(errors="replace")
             raise InvalidRequestError(
                 f"{what} ({shown!r}...) is {len(string)} bytes; "

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path, PurePosixPath
 
 import pytest
 
-from jobworker.errors import StartFailedError
+from jobworker.errors import InvalidRequestError, StartFailedError
 from jobworker.sandbox import bwrap, spawn
 from jobworker.sandbox.bwrap import JobUser
 
@@ -106,7 +107,9 @@ def test_spawn_argv_enters_cgroups_then_drops_privileges_then_sandboxes(tmp_path
         cwd="/var/lib/jobworker/jobs/x/work",
         argv=["echo", "hi"],
         status_fd=7,
+        args_fd=8,
         host_network=False,
+        tmpfs_size=64 << 20,
     )
     assert argv[:3] == ["/bin/sh", "-c", bwrap.TRAMPOLINE]
     dashdash = argv.index("--")
@@ -126,28 +129,91 @@ def test_spawn_argv_enters_cgroups_then_drops_privileges_then_sandboxes(tmp_path
         "echo",
         "hi",
     ]
-    for flag in ["--unshare-all", "--unshare-user", "--die-with-parent", "--new-session"]:
+    flags = [
+        "--unshare-all",
+        "--unshare-user",
+        "--disable-userns",
+        "--die-with-parent",
+        "--new-session",
+    ]
+    for flag in flags:
         assert flag in options
     assert "--share-net" not in options
     assert options[options.index("--json-status-fd") + 1] == "7"
-    # The data dir is hidden before the job's own work dir is bound back inside it.
-    assert options.index("--tmpfs") < options.index("--bind")
+    # The job's environment comes from the args fd, read by bubblewrap alone.
+    assert options[1:3] == ["--args", "8"]
     assert options[options.index("--ro-bind") : options.index("--ro-bind") + 3] == [
         "--ro-bind",
         "/",
         "/",
     ]
+    mounts = _mounts(options)
+    # Writable tmpfs are size-limited; /dev, the cgroup tree and the data dir are
+    # read-only; the data dir is hidden before the job's own work dir is bound back.
+    assert mounts == [
+        ("--proc", "/proc", None),
+        ("--dev", "/dev", None),
+        ("--tmpfs", "/dev/shm", 64 << 20),
+        ("--remount-ro", "/dev", None),
+        ("--tmpfs", "/tmp", 64 << 20),
+        ("--tmpfs", "/sys/fs/cgroup", None),
+        ("--remount-ro", "/sys/fs/cgroup", None),
+        ("--tmpfs", "/var/lib/jobworker", None),
+        ("--bind", "/var/lib/jobworker/jobs/x/work", None),
+        ("--remount-ro", "/var/lib/jobworker", None),
+    ]
+
+
+def _mounts(options: list[str]) -> list[tuple[str, str, int | None]]:
+    """(option, target, --size) of each mount option in a bubblewrap command line."""
+    found = []
+    size = None
+    i = 0
+    while i < len(options) and options[i] != "--":
+        option = options[i]
+        if option == "--size":
+            size = int(options[i + 1])
+            i += 2
+            continue
+        if option in ("--proc", "--dev", "--tmpfs", "--remount-ro"):
+            found.append((option, options[i + 1], size))
+            size = None
+            i += 2
+            continue
+        if option == "--bind":
+            found.append((option, options[i + 2], None))
+            i += 3
+            continue
+        i += 1
+    return found
 
 
 def test_spawn_argv_for_root_and_host_network_skips_the_privilege_drop() -> None:
     tools = bwrap.SandboxTools(sh="/bin/sh", setpriv="/usr/bin/setpriv", bwrap="/usr/bin/bwrap")
     argv = bwrap.spawn_argv(
         tools, ROOT, procs_files=[], data_dir=Path("/d"), workdir=Path("/d/w"), cwd="/",
-        argv=["id"], status_fd=5, host_network=True,
+        argv=["id"], status_fd=5, args_fd=6, host_network=True, tmpfs_size=None,
     )  # fmt: skip
     assert "/usr/bin/setpriv" not in argv
     assert "--unshare-user" not in argv
+    assert "--disable-userns" not in argv  # it needs a user namespace of bubblewrap's own
     assert "--share-net" in argv
+    assert "--size" not in argv
+
+
+def test_env_options_carry_the_job_environment_for_bubblewrap_alone() -> None:
+    """NUL-separated for --args: values with spaces, newlines, '=' or nothing stay whole."""
+    env = {"A": "1", "LD_PRELOAD": "/x.so", "SPACED": "a b\nc", "EQ": "k=v", "EMPTY": ""}
+    options = bwrap.env_options(env).split(b"\0")
+    assert options[-1] == b""  # every option ends with its NUL
+    assert options[:-1] == [
+        b"--clearenv",
+        b"--setenv", b"A", b"1",
+        b"--setenv", b"LD_PRELOAD", b"/x.so",
+        b"--setenv", b"SPACED", b"a b\nc",
+        b"--setenv", b"EQ", b"k=v",
+        b"--setenv", b"EMPTY", b"",
+    ]  # fmt: skip
 
 
 def test_the_trampoline_enters_each_cgroup_then_execs(tmp_path: Path) -> None:
@@ -183,3 +249,152 @@ def test_the_trampoline_enters_each_cgroup_then_execs(tmp_path: Path) -> None:
         == out.read_text().strip()
         == str(pid)
     )
+
+
+# ---- the lookup judges every step as the job user ------------------------------
+
+
+def test_a_dir_the_job_user_cannot_search_hides_what_is_in_it(tmp_path: Path) -> None:
+    """A file in a root-only dir and a missing one get the same answer for nobody:
+    the lookup (run by root) tells the job user nothing it could not learn itself."""
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    _script(private / "run.sh", 0o755)
+    answers = set()
+    for name in ["run.sh", "missing"]:
+        with pytest.raises(StartFailedError) as caught:
+            spawn.resolve_program(str(private / name), path=None, cwd="/", user=NOBODY)
+        answers.add(str(caught.value).replace(name, "NAME"))
+    assert len(answers) == 1
+    assert "permission denied" in answers.pop()
+    # In PATH too; root passes.
+    with pytest.raises(StartFailedError, match="permission denied"):
+        spawn.resolve_program("run.sh", path=str(private), cwd="/", user=NOBODY)
+    assert spawn.resolve_program("run.sh", path=str(private), cwd="/", user=ROOT) == str(
+        private / "run.sh"
+    )
+
+
+def test_search_permission_is_judged_by_owner_then_group_then_others(tmp_path: Path) -> None:
+    """A dir owned by nobody with only the owner's x bit lets nobody through; one
+    owned by root with only the group's x bit does not (nobody is not in group root)."""
+    own = tmp_path / "own"
+    own.mkdir()
+    os.chown(own, NOBODY.uid, NOBODY.gid)
+    own.chmod(0o100)
+    _script(own / "x", 0o755)
+    assert spawn.resolve_program(str(own / "x"), path=None, cwd="/", user=NOBODY) == str(own / "x")
+    group_only = tmp_path / "group-only"
+    group_only.mkdir()
+    group_only.chmod(0o010)
+    _script(group_only / "x", 0o755)
+    with pytest.raises(StartFailedError, match="permission denied"):
+        spawn.resolve_program(str(group_only / "x"), path=None, cwd="/", user=NOBODY)
+
+
+def test_symbolic_links_are_followed_as_the_kernel_would(tmp_path: Path) -> None:
+    target = _script(tmp_path / "real", 0o755)
+    (tmp_path / "link").symlink_to("real")
+    (tmp_path / "abs").symlink_to(target)
+    (tmp_path / "dir-link").symlink_to(tmp_path)
+    # "dir-link/.." is the parent of the link's target, not tmp_path (no lexical "..").
+    for name in ["link", "abs", "dir-link/real", f"dir-link/../{tmp_path.name}/link"]:
+        spawn.resolve_program(str(tmp_path / name), path=None, cwd="/", user=NOBODY)
+    assert target.exists()
+    (tmp_path / "loop").symlink_to("loop")
+    with pytest.raises(StartFailedError, match="too many levels of symbolic links"):
+        spawn.resolve_program(str(tmp_path / "loop"), path=None, cwd="/", user=NOBODY)
+    (tmp_path / "dangling").symlink_to("nowhere")
+    with pytest.raises(StartFailedError, match="no such file"):
+        spawn.resolve_program(str(tmp_path / "dangling"), path=None, cwd="/", user=NOBODY)
+    with pytest.raises(StartFailedError, match="not a directory"):
+        spawn.resolve_program(str(tmp_path / "real" / "x"), path=None, cwd="/", user=NOBODY)
+
+
+def test_a_link_into_a_hidden_dir_is_missing_inside_the_sandbox(tmp_path: Path) -> None:
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    _script(hidden / "x", 0o755)
+    (tmp_path / "link").symlink_to(hidden / "x")
+    with pytest.raises(StartFailedError, match="no such file"):
+        spawn.resolve_program(
+            str(tmp_path / "link"),
+            path=None,
+            cwd="/",
+            user=NOBODY,
+            hidden=(PurePosixPath(hidden),),
+        )
+
+
+# ---- what the kernel will exec ---------------------------------------------------
+
+
+def _env_of_size(total: int) -> dict[str, str]:
+    """An environment whose exec strings and pointers take exactly `total` bytes."""
+    env: dict[str, str] = {}
+    remaining = total
+    i = 0
+    while remaining > 0:
+        # One "Vnnnnn=value\0" string and its 8-byte pointer.
+        key = f"V{i:05d}"
+        room = min(remaining, 100_000) - len(key) - 2 - 8
+        if room < 0:
+            room = 0
+        env[key] = "x" * room
+        remaining -= len(key) + 2 + room + 8
+        i += 1
+    assert remaining == 0, remaining
+    return env
+
+
+def test_exec_size_is_checked_as_the_kernel_does() -> None:
+    """What check_exec_size accepts, execve accepts; past the kernel's room, both refuse."""
+    argv = ["/bin/true"]
+    fixed = len(b"/bin/true") + 1 + 8
+    fits = _env_of_size(spawn.exec_space() - spawn.ARG_SPACE_SLACK - fixed)
+    spawn.check_exec_size(argv, fits)
+    subprocess.run(argv, env=fits, check=True)
+    too_big = _env_of_size(spawn.exec_space() + 1 - fixed + 8)
+    with pytest.raises(InvalidRequestError, match="the command line and environment take"):
+        spawn.check_exec_size(argv, too_big)
+    with pytest.raises(OSError, match="Argument list too long"):
+        subprocess.run(argv, env=too_big, check=True)
+
+
+def test_one_string_over_the_kernel_bound_is_refused() -> None:
+    with pytest.raises(InvalidRequestError, match="an environment variable .* is 131072 bytes"):
+        spawn.check_exec_size(["true"], {"BIG": "x" * (spawn.MAX_ARG_STRLEN - 4)})
+    with pytest.raises(InvalidRequestError, match="an argument"):
+        spawn.check_exec_size(["echo", "x" * spawn.MAX_ARG_STRLEN], {})
+    spawn.check_exec_size(["echo", "x" * (spawn.MAX_ARG_STRLEN - 1)], {})
+
+
+# ---- the environment the helpers get --------------------------------------------
+
+
+async def test_launch_gives_the_child_only_the_helper_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The exact environment the trampoline is exec'd with is bwrap.HELPER_ENV:
+    nothing of the request (that goes through the args fd) nor of the daemon's own."""
+    monkeypatch.setenv("LD_PRELOAD", "/nonexistent/evil.so")
+    monkeypatch.setenv("JOBWORKER_DAEMON_SECRET", "x")
+    sandbox_args = bwrap.env_options({"LD_PRELOAD": "/evil.so", "PATH": "/evil"})
+
+    def build_cmd(status_fd: int, args_fd: int) -> list[str]:
+        script = (
+            f"cat /proc/$$/environ; echo; echo ARGS; cat /dev/fd/{args_fd}; "
+            f'echo "{{\\"child-pid\\": $$}}" > /dev/fd/{status_fd}; echo >&0'
+        )
+        return ["/bin/sh", "-c", script]
+
+    launched = await spawn.launch(build_cmd, sandbox_args=sandbox_args)
+    output = bytearray()
+    async with launched.output, launched.status:
+        while data := await launched.output.receive_some(1 << 16):
+            output += data
+    assert await launched.process.wait() == 0
+    environ, args = bytes(output).split(b"\nARGS\n")
+    expected = {f"{k}={v}".encode() for k, v in bwrap.HELPER_ENV.items()}
+    assert set(environ.rstrip(b"\0").split(b"\0")) == expected
+    assert args == sandbox_args

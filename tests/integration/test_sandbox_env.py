@@ -1,0 +1,123 @@
+"""The tracker's sandbox on the real kernel: the job's environment exactly as asked
+(of any size the kernel can exec, a clear refusal past it), tmpfs sizes bounded by
+the memory limit, and defaults that give way to the operator's maximum.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from jobworker.errors import InvalidRequestError
+from jobworker.model import JobSpec, JobState, JobStatus, Limits
+from jobworker.sandbox import spawn
+from jobworker.tracker import JobTracker
+from tests.conftest import require_root
+
+pytestmark = pytest.mark.root
+
+
+def _tracker(tmp_path: Path, **options: object) -> JobTracker:
+    require_root()
+    return JobTracker(
+        tmp_path / "data",
+        cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}",
+        stop_grace=2.0,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+async def tracker(tmp_path: Path) -> AsyncIterator[JobTracker]:
+    async with _tracker(tmp_path) as tracker:
+        yield tracker
+    assert not list((tmp_path / "data" / "jobs").iterdir()), "job dirs left behind"
+
+
+async def run_to_end(tracker: JobTracker, spec: JobSpec) -> tuple[bytes, JobStatus]:
+    status = await tracker.start("alex", spec)
+    out = bytearray()
+    async with tracker.subscribe("alex", status.job_id) as chunks:
+        async for chunk in chunks:
+            out += chunk
+    final = tracker.status("alex", status.job_id)
+    assert final.state is JobState.TERMINATED
+    return bytes(out), final
+
+
+async def test_the_job_gets_exactly_its_environment(tracker: JobTracker) -> None:
+    """Whatever the values hold (spaces, newlines, '=', nothing), and no variable
+    of the daemon's or the helpers' own, but the PWD its shell exports."""
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "SPACED": "a b  c",
+        "LINES": "one\ntwo",
+        "EQ": "k=v=w",
+        "EMPTY": "",
+        "LD_PRELOAD": "",
+    }
+    spec = JobSpec(argv=("sh", "-c", "cat /proc/$$/environ"), env=env)
+    out, status = await run_to_end(tracker, spec)
+    assert status.exit_code == 0, out
+    seen = dict(item.split("=", 1) for item in out.decode().rstrip("\0").split("\0"))
+    assert seen.pop("PWD") == str(tracker.data_dir / "jobs" / status.job_id / "work")
+    assert seen == env
+
+
+async def test_an_environment_as_large_as_the_kernel_execs_works(tracker: JobTracker) -> None:
+    """Near the kernel's room for exec's strings (2 MiB with an 8 MiB stack), in
+    values up to its bound on one string: the job sees every byte."""
+    room = spawn.exec_space() - spawn.ARG_SPACE_SLACK - (64 << 10)  # room for the argv
+    value_size = spawn.MAX_ARG_STRLEN - 64
+    env = {f"V{i:03d}": str(i % 10) * value_size for i in range(room // (value_size + 16))}
+    env["PATH"] = "/usr/bin:/bin"
+    out, status = await run_to_end(
+        tracker, JobSpec(argv=("sh", "-c", "env | grep '^V' | wc -c"), env=env)
+    )
+    assert status.exit_code == 0, out
+    assert int(out) == sum(len(k) + 1 + len(v) + 1 for k, v in env.items() if k.startswith("V"))
+    assert len(env) > 10
+
+
+async def test_an_environment_past_the_kernel_limit_is_an_invalid_request(
+    tracker: JobTracker,
+) -> None:
+    """Refused before anything is created, with a message saying what to do, not an
+    internal error from E2BIG."""
+    value_size = spawn.MAX_ARG_STRLEN - 64
+    too_many = {f"V{i:03d}": "x" * value_size for i in range(spawn.exec_space() // value_size + 1)}
+    with pytest.raises(InvalidRequestError, match="pass large data in a file"):
+        await tracker.start("alex", JobSpec(argv=("true",), env=too_many))
+    with pytest.raises(InvalidRequestError, match="at most 131071 bytes in one"):
+        await tracker.start("alex", JobSpec(argv=("true",), env={"BIG": "x" * (128 << 10)}))
+    with pytest.raises(InvalidRequestError, match="an argument"):
+        await tracker.start("alex", JobSpec(argv=("echo", "x" * (128 << 10))))
+    assert tracker.list("alex") == []
+
+
+async def test_tmpfs_is_the_configured_size_at_most_the_memory_limit(tmp_path: Path) -> None:
+    script = "df -B1 --output=size /tmp /dev/shm | tail -n +2"
+    async with _tracker(tmp_path, tmpfs_size=16 << 20) as tracker:
+        out, _ = await run_to_end(tracker, JobSpec(argv=("sh", "-c", script)))
+        assert [int(size) for size in out.split()] == [16 << 20, 16 << 20]
+        limited = JobSpec(argv=("sh", "-c", script), limits=Limits(memory=12 << 20))
+        out, _ = await run_to_end(tracker, limited)
+        assert [int(size) for size in out.split()] == [12 << 20, 12 << 20]
+
+
+async def test_a_default_above_the_maximum_gives_way_to_it(tmp_path: Path) -> None:
+    """An operator's --max-limits below a default must not refuse every job that asks
+    for nothing; only what a request asks for itself is refused as too much."""
+    async with _tracker(
+        tmp_path,
+        default_limits=Limits(memory=512 << 20, pids=256),
+        max_limits=Limits(memory=128 << 20, pids=1000),
+    ) as tracker:
+        status = await tracker.start("alex", JobSpec(argv=("true",)))
+        assert status.spec.limits.memory == 128 << 20
+        assert status.spec.limits.pids == 256
+        with pytest.raises(InvalidRequestError, match="above this server's maximum"):
+            await tracker.start("alex", JobSpec(argv=("true",), limits=Limits(memory=256 << 20)))
