@@ -20,9 +20,29 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Jwsd
+from tests.conftest import require_root
+from tests.e2e.conftest import Jwsd, start_jwsd
+from tests.support.certs import TestPKI
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
+
+
+@pytest.fixture(scope="module")
+def jwsd(tmp_path_factory: pytest.TempPathFactory, pki: TestPKI) -> Iterator[Jwsd]:
+    """One jwsd with its default flags for the module (the tests share nothing else):
+    a daemon's start and stop cost more than most of these tests."""
+    require_root()
+    base = tmp_path_factory.mktemp("jwsd")
+    for directory in [base, *base.parents]:  # the job user reaches its work dir by path
+        if str(directory) in ("/", "/tmp"):
+            break
+        directory.chmod(directory.stat().st_mode | 0o011)
+    daemon = start_jwsd(base, pki)
+    try:
+        yield daemon
+    finally:
+        assert daemon.stop() == 0, daemon.log
+
 
 #: glibc's own profiling library (package libc6): its constructor opens the file named
 #: by $PCPROFILE_OUTPUT with O_CREAT, so the new file's owner says which uid ran it.
