@@ -115,7 +115,10 @@ def _unusable(
     """Why `candidate` cannot be executed by `user` inside the sandbox, or None if it can."""
     if _hidden(os.path.normpath(candidate), hidden, visible):
         return "no such file"
-    found = _lookup(candidate, user)
+    try:
+        found = _lookup(candidate, user)
+    except OSError as exc:  # a path changing while we walk it
+        return exc.strerror.lower() if exc.strerror else "cannot look it up"
     if isinstance(found, str):
         return found
     resolved, st = found
