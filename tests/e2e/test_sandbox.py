@@ -26,6 +26,9 @@ from tests.support.certs import TestPKI
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
+#: Seconds one `jws` call may take: generous, for a VM that emulates its CPU.
+JWS_TIMEOUT = 180
+
 
 @pytest.fixture(scope="module")
 def jwsd(tmp_path_factory: pytest.TempPathFactory, pki: TestPKI) -> Iterator[Jwsd]:
@@ -67,13 +70,17 @@ def ok(result: subprocess.CompletedProcess[bytes]) -> str:
     return result.stdout.decode()
 
 
+def jws(jwsd: Jwsd, *args: str, timeout: float = JWS_TIMEOUT) -> subprocess.CompletedProcess[bytes]:
+    return jwsd.jws(*args, timeout=timeout)
+
+
 def start_until(jwsd: Jwsd, script: str, marker: str) -> str:
     """Start `sh -c script` (which prints `marker` then keeps running); return its id once it has."""
-    job_id = ok(jwsd.jws("start", "--", "sh", "-c", f"{script}; echo {marker}; exec sleep 60"))
+    job_id = ok(jws(jwsd, "start", "--", "sh", "-c", f"{script}; echo {marker}; exec sleep 60"))
     job_id = job_id.strip()
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + JWS_TIMEOUT
     while time.monotonic() < deadline:
-        status = json.loads(ok(jwsd.jws("status", "-j", job_id, "--json")))
+        status = json.loads(ok(jws(jwsd, "status", "-j", job_id, "--json")))
         assert status["status"] != "Terminated", status
         if status["output_bytes"] >= len(marker):
             return job_id
@@ -83,8 +90,13 @@ def start_until(jwsd: Jwsd, script: str, marker: str) -> str:
 
 def finished(jwsd: Jwsd, job_id: str) -> tuple[str, dict[str, object]]:
     """Follow the job's output to its end; (output, final status)."""
-    out = jwsd.jws("output", "-j", job_id, timeout=60).stdout.decode(errors="replace")
-    return out, json.loads(ok(jwsd.jws("status", "-j", job_id, "--json")))
+    out = jws(
+        jwsd,
+        "output",
+        "-j",
+        job_id,
+    ).stdout.decode(errors="replace")
+    return out, json.loads(ok(jws(jwsd, "status", "-j", job_id, "--json")))
 
 
 # ---- item 1: the request's environment exists only inside the sandbox ---------
@@ -110,7 +122,7 @@ def test_a_preloaded_library_never_runs_as_root(jwsd: Jwsd, tmp_path: Path) -> N
     library = jwsd.data_dir / "jobs" / job_a / "work" / "evil.so"
     assert library.stat().st_uid != 0  # the job user's own file
 
-    result = jwsd.jws(
+    result = jws(jwsd, 
         "run",
         "-e", f"LD_PRELOAD={library}",
         "-e", f"PCPROFILE_OUTPUT={markers / 'pcprofile'}",
@@ -123,7 +135,7 @@ def test_a_preloaded_library_never_runs_as_root(jwsd: Jwsd, tmp_path: Path) -> N
     assert "65534" in result.stdout.decode().split()
     created = {p.name: p.stat().st_uid for p in markers.iterdir()}
     assert created == {}, f"code of the request's choosing ran outside the sandbox: {created}"
-    ok(jwsd.jws("stop", "-j", job_a, "--grace", "0s"))
+    ok(jws(jwsd, "stop", "-j", job_a, "--grace", "0s"))
 
 
 # ---- item 5: safe defaults ------------------------------------------------------
@@ -131,7 +143,9 @@ def test_a_preloaded_library_never_runs_as_root(jwsd: Jwsd, tmp_path: Path) -> N
 
 def test_a_job_under_default_flags_cannot_allocate_3_gib(jwsd: Jwsd) -> None:
     job_id = ok(
-        jwsd.jws("start", "--", "python3", "-c", "b = b'x' * (3 << 30); print('allocated', len(b))")
+        jws(
+            jwsd, "start", "--", "python3", "-c", "b = b'x' * (3 << 30); print('allocated', len(b))"
+        )
     ).strip()
     out, status = finished(jwsd, job_id)
     assert "allocated" not in out
@@ -142,7 +156,7 @@ def test_a_job_under_default_flags_cannot_allocate_3_gib(jwsd: Jwsd) -> None:
 def test_a_fork_bomb_under_default_flags_is_held_to_the_default_pids_limit(jwsd: Jwsd) -> None:
     """Each `sleep &` is one more process; the shell dies at the first fork refused."""
     job_id = ok(
-        jwsd.jws("start", "--", "sh", "-c", "for i in $(seq 600); do sleep 30 & echo $i; done")
+        jws(jwsd, "start", "--", "sh", "-c", "for i in $(seq 600); do sleep 30 & echo $i; done")
     ).strip()
     out, status = finished(jwsd, job_id)
     started = [int(line) for line in out.split() if line.isdigit()]
@@ -156,7 +170,7 @@ def test_tmp_and_dev_are_size_limited_under_default_flags(jwsd: Jwsd) -> None:
         "for d in /tmp /dev/shm; do head -c 100M /dev/zero > $d/fill; echo $d $(wc -c < $d/fill); done; "
         "echo x > /dev/fill && echo dev writable"
     )
-    out = jwsd.jws("run", "--", "sh", "-c", script).stdout.decode()
+    out = jws(jwsd, "run", "--", "sh", "-c", script).stdout.decode()
     sizes = dict(line.split() for line in out.splitlines() if line.startswith("/"))
     assert int(sizes["/tmp"]) <= 64 << 20, out
     assert int(sizes["/dev/shm"]) <= 64 << 20, out
@@ -168,7 +182,7 @@ def test_tmpfs_pages_are_charged_to_the_job_memory_limit(jwsd: Jwsd) -> None:
     """40 MiB in /tmp and 40 MiB in /dev/shm each fit their tmpfs, but not together
     in a 64 MiB memory limit: the job cannot keep them."""
     job_id = ok(
-        jwsd.jws(
+        jws(jwsd, 
             "start", "--memory", "64M", "--", "sh", "-c",
             "head -c 40M /dev/zero > /tmp/a && head -c 40M /dev/zero > /dev/shm/b && echo kept both",
         )
@@ -200,7 +214,7 @@ def test_program_lookup_does_not_reveal_files_the_job_user_cannot_reach(
         (unreachable_dir / name).chmod(mode)
     answers = set()
     for name in ["script", "notes", "missing"]:
-        result = jwsd.jws("start", "--", str(unreachable_dir / name))
+        result = jws(jwsd, "start", "--", str(unreachable_dir / name))
         assert result.returncode == 1, (name, result.stdout, result.stderr)
         answers.add(result.stderr.decode().replace(name, "NAME"))
     assert len(answers) == 1, answers
@@ -208,13 +222,13 @@ def test_program_lookup_does_not_reveal_files_the_job_user_cannot_reach(
 
 
 def test_nested_user_namespaces_are_refused_inside_a_job(jwsd: Jwsd) -> None:
-    result = jwsd.jws("run", "--", "unshare", "--user", "true")
+    result = jws(jwsd, "run", "--", "unshare", "--user", "true")
     assert result.returncode != 0, result.stdout
     assert b"unshare failed" in result.stdout
 
 
 def test_a_job_does_not_see_other_jobs_cgroups(jwsd: Jwsd) -> None:
     other = start_until(jwsd, "true", "running")
-    seen = ok(jwsd.jws("run", "--", "sh", "-c", "find /sys/fs/cgroup; cat /proc/self/cgroup"))
+    seen = ok(jws(jwsd, "run", "--", "sh", "-c", "find /sys/fs/cgroup; cat /proc/self/cgroup"))
     assert other not in seen
-    ok(jwsd.jws("stop", "-j", other, "--grace", "0s"))
+    ok(jws(jwsd, "stop", "-j", other, "--grace", "0s"))
