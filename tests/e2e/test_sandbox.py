@@ -122,7 +122,7 @@ def test_a_preloaded_library_never_runs_as_root(jwsd: Jwsd, tmp_path: Path) -> N
     library = jwsd.data_dir / "jobs" / job_a / "work" / "evil.so"
     assert library.stat().st_uid != 0  # the job user's own file
 
-    result = jws(jwsd, 
+    result = jws(jwsd,
         "run",
         "-e", f"LD_PRELOAD={library}",
         "-e", f"PCPROFILE_OUTPUT={markers / 'pcprofile'}",
@@ -154,9 +154,12 @@ def test_a_job_under_default_flags_cannot_allocate_3_gib(jwsd: Jwsd) -> None:
 
 
 def test_a_fork_bomb_under_default_flags_is_held_to_the_default_pids_limit(jwsd: Jwsd) -> None:
-    """Each `sleep &` is one more process; the shell dies at the first fork refused."""
+    """Each `sleep &` is one more process; the shell dies at the first fork refused.
+    The sleeps outlast the loop even on an emulated CPU (with a short one, the first
+    ones ended and freed their pids before the loop did), and end with the job's pid
+    namespace when the shell exits."""
     job_id = ok(
-        jws(jwsd, "start", "--", "sh", "-c", "for i in $(seq 600); do sleep 30 & echo $i; done")
+        jws(jwsd, "start", "--", "sh", "-c", "for i in $(seq 600); do sleep 3600 & echo $i; done")
     ).strip()
     out, status = finished(jwsd, job_id)
     started = [int(line) for line in out.split() if line.isdigit()]
@@ -182,7 +185,7 @@ def test_tmpfs_pages_are_charged_to_the_job_memory_limit(jwsd: Jwsd) -> None:
     """40 MiB in /tmp and 40 MiB in /dev/shm each fit their tmpfs, but not together
     in a 64 MiB memory limit: the job cannot keep them."""
     job_id = ok(
-        jws(jwsd, 
+        jws(jwsd,
             "start", "--memory", "64M", "--", "sh", "-c",
             "head -c 40M /dev/zero > /tmp/a && head -c 40M /dev/zero > /dev/shm/b && echo kept both",
         )
