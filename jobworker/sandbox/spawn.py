@@ -39,6 +39,7 @@ from typing import Any
 import attrs
 import trio
 
+from jobworker.echo import quoted
 from jobworker.errors import InvalidRequestError, StartFailedError
 from jobworker.sandbox.bwrap import HELPER_ENV, JobUser
 
@@ -93,7 +94,7 @@ def resolve_program(
         candidate = os.path.join(cwd, program)
         reason = _unusable(candidate, user, hidden, visible)
         if reason:
-            raise StartFailedError(f"cannot run {program!r}: {reason}")
+            raise StartFailedError(f"cannot run {quoted(program)}: {reason}")
         return os.path.normpath(candidate)
     search = DEFAULT_PATH if path is None else path
     seen_reason = None
@@ -103,10 +104,11 @@ def resolve_program(
         if reason is None:
             return candidate
         if reason != "no such file":
-            seen_reason = f"{candidate}: {reason}"
+            seen_reason = f"{quoted(candidate)}: {reason}"
     if seen_reason:
-        raise StartFailedError(f"cannot run {program!r}: {seen_reason}")
-    raise StartFailedError(f"program {program!r} not found in PATH ({search})")
+        raise StartFailedError(f"cannot run {quoted(program)}: {seen_reason}")
+    # The request chose the program and PATH: both are echoed short and escaped.
+    raise StartFailedError(f"program {quoted(program)} not found in PATH ({quoted(search)[1:-1]})")
 
 
 def _unusable(

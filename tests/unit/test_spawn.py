@@ -398,3 +398,14 @@ async def test_launch_gives_the_child_only_the_helper_environment(
     expected = {f"{k}={v}".encode() for k, v in bwrap.HELPER_ENV.items()}
     assert set(environ.rstrip(b"\0").split(b"\0")) == expected
     assert args == sandbox_args
+
+
+def test_a_long_or_odd_program_name_is_echoed_short_and_escaped(tmp_path: Path) -> None:
+    """The program and PATH come from the request: an error must not carry 128 KiB of them,
+    nor a newline that would forge a log line."""
+    with pytest.raises(StartFailedError) as caught:
+        spawn.resolve_program(
+            "x" * 100_000 + "\nforged", path="/nowhere:" + "y" * 100_000, cwd="/", user=NOBODY
+        )
+    message = str(caught.value)
+    assert len(message) < 300 and "\n" not in message, message
