@@ -64,15 +64,25 @@ class Credentials:
 
 @contextlib.asynccontextmanager
 async def connect(
-    addr: tuple[str, int], credentials: Credentials, *, server_hostname: str | None = None
+    addr: tuple[str, int],
+    credentials: Credentials,
+    *,
+    server_hostname: str | None = None,
+    connect_timeout: float = 10,
 ) -> AsyncIterator[JobWorkerClient]:
     """A client connected to jwsd at `addr` as `credentials.user`; the connection closes on exit.
 
-    server_hostname: the name the server's certificate must carry; `None`: the host of `addr`."""
+    server_hostname: the name the server's certificate must carry; `None`: the host of `addr`.
+    connect_timeout: seconds the TCP connection and TLS handshake may take (else UNAVAILABLE)."""
     host, port = addr
     context = credentials.ssl_context()
     async with open_channel(
-        host, port, context, server_hostname=server_hostname, max_message_length=MAX_MESSAGE
+        host,
+        port,
+        context,
+        server_hostname=server_hostname,
+        max_message_length=MAX_MESSAGE,
+        connect_timeout=connect_timeout,
     ) as channel:
         # Calls that end explicitly: a followed stream left early is cancelled on the
         # server at once, not when the garbage collector frees it.

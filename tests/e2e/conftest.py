@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import require_root
 from tests.support.certs import TestPKI
+from tests.support.timing import scaled
 from tests.support.waiting import eventually_blocking
 
 BIN = Path(sys.executable).parent
@@ -58,7 +59,7 @@ class Jwsd:
             else [str(BIN / "jws"), *args[:1], "-u", user, *args[1:]]
         )
         return subprocess.run(
-            argv, env=self.env(**env), capture_output=True, timeout=timeout, input=input
+            argv, env=self.env(**env), capture_output=True, timeout=scaled(timeout), input=input
         )
 
     def popen(self, *args: str, user: str = "alex") -> subprocess.Popen[bytes]:
@@ -71,7 +72,7 @@ class Jwsd:
         if self.process.poll() is None:
             self.process.send_signal(sig)
         try:
-            code = self.process.wait(timeout=timeout)
+            code = self.process.wait(timeout=scaled(timeout))
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
@@ -105,7 +106,7 @@ def start_jwsd(tmp_path: Path, pki: TestPKI, *extra: str, users: bool = True) ->
 
     try:
         # jwsd's log is a file (see above): its "listening" line is polled for.
-        eventually_blocking(listening, timeout=30, what="jwsd listens")
+        eventually_blocking(listening, timeout=scaled(30), what="jwsd listens")
     except BaseException:
         process.kill()
         process.wait()

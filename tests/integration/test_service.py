@@ -27,6 +27,7 @@ from tests.conftest import require_root
 from tests.support.certs import TestPKI
 from tests.support.cgroupfs import cgroups_named
 from tests.support.leaks import LeakCheck, child_pids, task_count
+from tests.support.timing import scaled
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.root
@@ -44,7 +45,10 @@ class Daemon:
 
     def connect(self, user: str) -> contextlib.AbstractAsyncContextManager[JobWorkerClient]:
         return connect(
-            ("127.0.0.1", self.port), Credentials(self.tls_dir, user), server_hostname="localhost"
+            ("127.0.0.1", self.port),
+            Credentials(self.tls_dir, user),
+            server_hostname="localhost",
+            connect_timeout=scaled(10),  # 50 handshakes at once on an emulated CPU take longer
         )
 
 
@@ -276,7 +280,7 @@ async def test_fifty_clients_at_once_get_exact_streams_and_leave_nothing(daemon:
                 stopped = await client.stop(long_job.job_id, 0)
                 assert stopped.status == "Terminated"
 
-        with trio.fail_after(60):
+        with trio.fail_after(scaled(60)):
             async with trio.open_nursery() as nursery:
                 for i in range(50):
                     nursery.start_soon(one_client, i)

@@ -46,6 +46,7 @@ from tests.integration._echo_service import (
 )
 from tests.support.certs import TestPKI
 from tests.support.leaks import fd_count, task_count
+from tests.support.timing import scaled
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -328,7 +329,8 @@ async def test_abandoned_streams_give_back_their_flow_control_window(pki: Pki) -
     Otherwise every abandoned big stream keeps up to 2 x max_message_length of the
     connection's 1 GiB window, and the connection stalls for good after ~32 of them.
     """
-    with trio.fail_after(10):
+    # ~100 MiB through TLS in one Python process: seconds on an emulated CPU.
+    with trio.fail_after(scaled(10)):
         async with serving(pki) as served, channel(pki, served, pki.alice) as ch:
             for _ in range(3):
                 responses = stub(ch, "Blob")(Int64Value(value=64))
@@ -337,7 +339,7 @@ async def test_abandoned_streams_give_back_their_flow_control_window(pki: Pki) -
                         # The server fills the call's window (2 x 16 MiB of the 64) and waits.
                         await trio.testing.wait_all_tasks_blocked()
                         break
-            with trio.fail_after(1):
+            with trio.fail_after(scaled(1)):
                 await served.server.wait_no_rpcs()
             # The server wrote every DATA frame of those calls before this answer.
             assert (await stub(ch, "Echo")(StringValue(value="x"))).value == "x"

@@ -183,6 +183,8 @@ class V2Driver(base.CgroupDriver):
             base.write_value(path / "pids.max", limits.pids, what="pids limit")
 
     def cleanup_stale(self) -> list[str]:
+        if not self.parent.is_dir():  # removed already (close()): nothing is left in it
+            return []
         names = sorted(e.name for e in self.parent.iterdir() if e.is_dir())
         for name in names:
             stale = V2JobCgroup(name, self.parent / name, self.rmdir)
