@@ -21,14 +21,10 @@ from pathlib import Path
 import attrs
 
 from jobworker.errors import SetupError
+from jobworker.model import MAX_CLIENT_MESSAGE
 from jobworker.transport import explicit_calls, open_channel
 from jobworker.v1 import jobworker_grpc
 from jobworker.v1 import jobworker_pb2 as pb
-
-#: Largest message either way. jwsd sends output in chunks of 256 KiB; the receive
-#: window per stream is twice this, which bounds the output in flight to a follower
-#: that reads slowly (and the burst of work a slow follower costs jwsd).
-MAX_MESSAGE = 1 << 20
 
 
 @attrs.frozen
@@ -81,7 +77,7 @@ async def connect(
         port,
         context,
         server_hostname=server_hostname,
-        max_message_length=MAX_MESSAGE,
+        max_message_length=MAX_CLIENT_MESSAGE,
         connect_timeout=connect_timeout,
     ) as channel:
         # Calls that end explicitly: a followed stream left early is cancelled on the

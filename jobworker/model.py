@@ -45,6 +45,20 @@ MAX_ENV_NAME_BYTES = 256
 #: Longest working directory: PATH_MAX less its NUL.
 MAX_WORKDIR_BYTES = 4095
 
+# Message sizes on the wire, for every side in one place.
+#: Most output bytes in one GetJobOutput message. The tracker's pump reads the job's
+#: pipe in chunks of this size, so a follower that keeps up sends the stored chunks as
+#: they are, without slicing copies; small enough that a stream's window holds several.
+OUTPUT_CHUNK = 256 << 10
+#: Largest gRPC message jwsd sends or accepts: a request at every bound above (1 MiB
+#: of argv and environment, or of `cmd`) fits with room; a stream's receive window
+#: (twice this) always holds one message plus its header.
+MAX_SERVER_MESSAGE = 4 << 20
+#: Largest message a client accepts: an output chunk with room. The receive window per
+#: stream is twice it, which bounds the output in flight to a follower that reads
+#: slowly (and the burst of work a slow follower costs jwsd).
+MAX_CLIENT_MESSAGE = 1 << 20
+
 #: A job id: a UUID in its canonical lower-case form, as the tracker makes them.
 JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 

@@ -57,7 +57,7 @@ from jobworker.errors import (
     ShuttingDownError,
     StartFailedError,
 )
-from jobworker.model import JobSpec, JobState, JobStatus, Limits, Outcome, Usage
+from jobworker.model import OUTPUT_CHUNK, JobSpec, JobState, JobStatus, Limits, Outcome, Usage
 from jobworker.output import OutputLog
 from jobworker.retention import Finished, RetentionPolicy
 from jobworker.sandbox import bwrap, spawn, workdir
@@ -65,10 +65,6 @@ from jobworker.sandbox.cgroups import CgroupDriver, JobCgroup, block_device_of, 
 
 log = logging.getLogger(__name__)
 
-#: Output is read from the job's pipe in chunks of up to this many bytes: the size
-#: of one output message (jobworker.server.service.OUTPUT_CHUNK), so that followers
-#: that keep up send the stored chunks themselves, without slicing copies.
-PUMP_CHUNK = 256 << 10
 #: How long a job's final clean-up may take after its processes were killed.
 FINISH_TIMEOUT = 10.0
 #: The longest grace period a stop may ask for (an hour).
@@ -571,7 +567,7 @@ class JobTracker:
         joblog = job.log
         append = joblog.append
         async with output:
-            while data := await output.receive_some(PUMP_CHUNK):
+            while data := await output.receive_some(OUTPUT_CHUNK):
                 append(data)
                 if joblog.full:
                     log.info("job %s: output limit reached; closing its output", job.job_id)

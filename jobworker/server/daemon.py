@@ -22,7 +22,7 @@ import attrs
 import trio
 
 from jobworker import tls
-from jobworker.model import JobState, Limits
+from jobworker.model import MAX_SERVER_MESSAGE, JobState, Limits
 from jobworker.retention import RetentionPolicy
 from jobworker.server.auth import CallGuard, guarded
 from jobworker.server.policy import UserPolicy
@@ -44,9 +44,6 @@ DEFAULT_DATA_DIR = Path("/var/lib/jobworker")
 DEFAULT_LIMITS = Limits(cpu=1.0, memory=512 << 20, pids=256)
 #: The size of each of a job's writable tmpfs, /tmp and /dev/shm (`jwsd --tmpfs-size`).
 DEFAULT_TMPFS_SIZE = 64 << 20
-#: Largest gRPC message either way: output chunks (1 MiB) stay well below it, and a
-#: stream's receive window (twice this) always fits one message plus its header.
-MAX_MESSAGE = 4 << 20
 
 
 @attrs.frozen
@@ -129,7 +126,7 @@ async def serve(
             config.host,
             config.port,
             ssl_context,
-            max_message_length=MAX_MESSAGE,
+            max_message_length=MAX_SERVER_MESSAGE,
             max_connections_per_peer=config.max_connections_per_user,
             idle_timeout=config.idle_timeout,
         )

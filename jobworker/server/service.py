@@ -9,18 +9,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
+from jobworker.model import OUTPUT_CHUNK
 from jobworker.server import convert
 from jobworker.server.auth import current_caller, note_job_id
 from jobworker.tracker import JobTracker
 from jobworker.transport import EncodedMessage, wait_writable
 from jobworker.v1 import jobworker_grpc
 from jobworker.v1 import jobworker_pb2 as pb
-
-#: Output messages carry at most this many bytes: well below the clients' 1 MiB
-#: message limit (so their 2 MiB windows hold several), large enough that the
-#: per-message overhead is small; larger chunks let slow followers slow the writer
-#: (docs/performance.md has the figures).
-OUTPUT_CHUNK = 256 << 10
 
 
 class JobWorkerService(jobworker_grpc.JobWorkerServiceServicer):  # type: ignore[misc]

@@ -24,12 +24,10 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from jobworker.model import OUTPUT_CHUNK
 from jobworker.v1 import jobworker_pb2 as pb
 
 SERVICE = "jobworker.v1.JobWorkerService"
-#: jwsd's output message size (`jobworker.server.service.OUTPUT_CHUNK`, not imported:
-#: that module pulls in the whole daemon).
-OUTPUT_CHUNK = 256 << 10
 
 
 def _status(job_id: str) -> pb.GetJobStatusResponse:
