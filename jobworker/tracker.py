@@ -35,8 +35,6 @@ import logging
 import os
 import shutil
 import signal
-import stat
-import subprocess
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable
@@ -60,7 +58,7 @@ from jobworker.errors import (
 from jobworker.model import OUTPUT_CHUNK, JobSpec, JobState, JobStatus, Limits, Outcome, Usage
 from jobworker.output import OutputLog
 from jobworker.retention import Finished, RetentionPolicy
-from jobworker.sandbox import bwrap, spawn, workdir
+from jobworker.sandbox import bwrap, host, spawn, workdir
 from jobworker.sandbox.cgroups import CgroupDriver, JobCgroup, block_device_of, detect
 
 log = logging.getLogger(__name__)
@@ -221,17 +219,10 @@ class JobTracker:
 
     async def _setup(self) -> None:
         """Check the host can run jobs; raise SetupError saying what is missing."""
-        if os.geteuid() != 0:
-            raise SetupError(
-                "jobworker must run as root: cgroups and namespaces need it (try sudo)"
-            )
-        self._tools = bwrap.SandboxTools(
-            sh=_which("sh", "the POSIX shell"),
-            setpriv=_which("setpriv", "util-linux's setpriv (apt-get install util-linux)"),
-            bwrap=_which("bwrap", "bubblewrap (apt-get install bubblewrap)"),
-        )
+        host.check_root()
+        self._tools = host.find_tools()
         self._user = bwrap.JobUser.lookup(self.job_user)
-        _check_sandbox(self._tools, self._user)
+        host.check_sandbox(self._tools, self._user)
         self._prepare_data_dir()
         if self.cgroups is None:
             self.cgroups = detect(name=self.cgroup_name, subtree=self.cgroup_parent)
@@ -257,7 +248,7 @@ class JobTracker:
                 f"data dir {self.data_dir} is not writable ({exc.strerror}); pick another with --data-dir"
             ) from exc
         assert self._user is not None
-        _check_reachable(self.data_dir, self._user)
+        host.check_reachable(self.data_dir, self._user)
         # Left by a crash: runs are not persistent, so their files are garbage now
         # (work dirs first: a tmpfs still mounted there would survive the rmtree).
         for mount_point in workdir.mounted_below(jobs):
@@ -265,7 +256,7 @@ class JobTracker:
         for leftover in jobs.iterdir():
             shutil.rmtree(leftover, ignore_errors=True)
         if self.workdir_size is not None:
-            _check_workdir_mount(jobs / f".probe-{uuid.uuid4().hex}", self._user)
+            host.check_workdir_mount(jobs / f".probe-{uuid.uuid4().hex}", self._user)
 
     def _teardown(self) -> None:
         if self.cgroups is not None:
@@ -740,85 +731,6 @@ def _with_helpers(limits: Limits) -> Limits:
     if limits.pids is None:
         return limits
     return attrs.evolve(limits, pids=limits.pids + bwrap.HELPER_PROCESSES)
-
-
-def _check_reachable(data_dir: Path, user: bwrap.JobUser) -> None:
-    """Bubblewrap, running as the job user, binds the job's work dir by its path:
-    every directory above it must let that user through (the x bit)."""
-    if user.is_root:
-        return
-    for directory in [data_dir, *data_dir.parents]:
-        st = directory.stat()
-        if st.st_uid == user.uid:
-            allowed = st.st_mode & stat.S_IXUSR
-        elif st.st_gid == user.gid:
-            allowed = st.st_mode & stat.S_IXGRP
-        else:
-            allowed = st.st_mode & stat.S_IXOTH
-        if not allowed:
-            raise SetupError(
-                f"the job user {user.name} cannot reach the data dir {data_dir}: {directory} is mode "
-                f"{stat.S_IMODE(st.st_mode):04o}; pick a data dir below world-traversable dirs (e.g. /var/lib/jobworker) "
-                f"or chmod o+x {directory}"
-            )
-
-
-def _check_workdir_mount(probe: Path, user: bwrap.JobUser) -> None:
-    """Mount and unmount one work dir tmpfs, so that a host where jwsd may not mount
-    (a container without CAP_SYS_ADMIN) is a SetupError at start, not a failure of
-    every job."""
-    probe.mkdir()
-    try:
-        workdir.mount(probe, 1 << 20, user.uid, user.gid)
-        workdir.unmount(probe)
-    except OSError as exc:
-        raise SetupError(
-            f"cannot mount a tmpfs work dir in the data dir ({exc.strerror}); give jwsd "
-            "CAP_SYS_ADMIN, or --workdir-size 0 to keep work dirs on the data dir's file system"
-        ) from exc
-    finally:
-        probe.rmdir()
-
-
-def _check_sandbox(tools: bwrap.SandboxTools, user: bwrap.JobUser) -> None:
-    """Build one empty sandbox the way jobs get theirs (as the job user, every namespace),
-    so a host where that cannot work (no user namespaces, a broken bwrap) is a SetupError
-    at start rather than a failure of every job. Takes ~15 ms, once."""
-    argv = [tools.bwrap, "--unshare-all"]
-    if not user.is_root:
-        argv += ["--unshare-user", "--disable-userns"]
-    argv += ["--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "--", "true"]
-    if not user.is_root:
-        argv = [
-            tools.setpriv,
-            f"--reuid={user.uid}",
-            f"--regid={user.gid}",
-            "--clear-groups",
-            "--",
-            *argv,
-        ]
-    try:
-        result = subprocess.run(
-            argv, capture_output=True, timeout=10, check=False, env=dict(bwrap.HELPER_ENV)
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise SetupError(f"bubblewrap cannot build a sandbox here: {exc}") from exc
-    if result.returncode != 0:
-        reason = (
-            result.stderr.decode(errors="replace").strip() or f"exit status {result.returncode}"
-        )
-        raise SetupError(
-            f"bubblewrap cannot build a sandbox here as {user.name}: {reason} "
-            "(are unprivileged user namespaces enabled? see user.max_user_namespaces; "
-            "--disable-userns needs bubblewrap 0.8 or later)"
-        )
-
-
-def _which(program: str, what: str) -> str:
-    found = shutil.which(program)
-    if found is None:
-        raise SetupError(f"{program} not found: jobworker needs {what}")
-    return found
 
 
 __all__ = ["JobTracker"]

@@ -8,7 +8,6 @@ periods short and kills every job at once.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 from collections.abc import Callable
@@ -289,8 +288,10 @@ async def main(
             )
     except (ValueError, InvalidRequestError) as exc:
         raise click.BadParameter(str(exc)) from None
-    if os.geteuid() != 0:
-        _fail("jwsd must run as root: cgroups and namespaces need it (try sudo)")
+    try:
+        host_checks.check_root()  # before anything else: the rest of the checks need root too
+    except SetupError as exc:
+        _fail(str(exc))
     config = DaemonConfig(
         tls_dir=tls_dir,
         host=host,

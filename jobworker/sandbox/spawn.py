@@ -130,7 +130,7 @@ def _unusable(
         return "it is a directory"
     if not stat.S_ISREG(st.st_mode):
         return "not a regular file"
-    executable = bool(st.st_mode & 0o111) if user.is_root else _permits(st, user, 0o1)
+    executable = bool(st.st_mode & 0o111) if user.is_root else permits(st, user, 0o1)
     return None if executable else f"permission denied (not executable by the job user {user.name})"
 
 
@@ -157,7 +157,7 @@ def _lookup(path: str, user: JobUser) -> tuple[str, os.stat_result] | str:
             continue
         if not stat.S_ISDIR(st.st_mode):
             return "not a directory"
-        if not user.is_root and not _permits(st, user, 0o1):
+        if not user.is_root and not permits(st, user, 0o1):
             return f"permission denied (the job user {user.name} cannot search {resolved})"
         if part == "..":
             resolved = os.path.dirname(resolved)
@@ -183,7 +183,7 @@ def _lookup(path: str, user: JobUser) -> tuple[str, os.stat_result] | str:
     return resolved, st
 
 
-def _permits(st: os.stat_result, user: JobUser, bit: int) -> bool:
+def permits(st: os.stat_result, user: JobUser, bit: int) -> bool:
     """Whether the mode bits grant `user` permission `bit` (0o4 read, 0o2 write,
     0o1 execute/search) on the file: its owner's bits, else its group's, else others'."""
     if st.st_uid == user.uid:

@@ -1,0 +1,109 @@
+"""The host checks jwsd makes once, at start-up: a host that cannot run jobs is a
+`SetupError` saying what is missing, never a failure of every job.
+
+`JobTracker` calls them before it serves anything; docs/hosts.md lists each
+refusal. The cgroup checks live with the drivers (`sandbox.cgroups.detect`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+from jobworker.errors import SetupError
+from jobworker.sandbox import workdir
+from jobworker.sandbox.bwrap import HELPER_ENV, JobUser, SandboxTools
+from jobworker.sandbox.spawn import permits
+
+
+def check_root() -> None:
+    """jwsd writes cgroups and enters them through a trampoline: it must be root."""
+    if os.geteuid() != 0:
+        raise SetupError("jwsd must run as root: cgroups and namespaces need it (try sudo)")
+
+
+def find_tools() -> SandboxTools:
+    """The absolute paths of the programs the spawn command line runs."""
+    return SandboxTools(
+        sh=_which("sh", "the POSIX shell"),
+        setpriv=_which("setpriv", "util-linux's setpriv (apt-get install util-linux)"),
+        bwrap=_which("bwrap", "bubblewrap (apt-get install bubblewrap)"),
+    )
+
+
+def check_sandbox(tools: SandboxTools, user: JobUser) -> None:
+    """Build one empty sandbox with the namespaces and privilege drop jobs get (as the
+    job user, every namespace, nested user namespaces disabled), so a host where that
+    cannot work (no user namespaces, a bubblewrap too old for a flag) is a SetupError
+    at start. Takes ~15 ms, once. (Not `bwrap.spawn_argv`: that one also enters a
+    job's cgroups and binds its work dir, which do not exist yet.)"""
+    argv = [tools.bwrap, "--unshare-all"]
+    if not user.is_root:
+        argv += ["--unshare-user", "--disable-userns"]
+    argv += ["--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "--", "true"]
+    if not user.is_root:
+        argv = [
+            tools.setpriv,
+            f"--reuid={user.uid}",
+            f"--regid={user.gid}",
+            "--clear-groups",
+            "--",
+            *argv,
+        ]
+    try:
+        result = subprocess.run(
+            argv, capture_output=True, timeout=10, check=False, env=dict(HELPER_ENV)
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SetupError(f"bubblewrap cannot build a sandbox here: {exc}") from exc
+    if result.returncode != 0:
+        reason = (
+            result.stderr.decode(errors="replace").strip() or f"exit status {result.returncode}"
+        )
+        raise SetupError(
+            f"bubblewrap cannot build a sandbox here as {user.name}: {reason} "
+            "(are unprivileged user namespaces enabled? see user.max_user_namespaces; "
+            "--disable-userns needs bubblewrap 0.8 or later)"
+        )
+
+
+def check_reachable(data_dir: Path, user: JobUser) -> None:
+    """Bubblewrap, running as the job user, binds the job's work dir by its path:
+    every directory above it must let that user through (search permission)."""
+    if user.is_root:
+        return
+    for directory in [data_dir, *data_dir.parents]:
+        st = directory.stat()
+        if not permits(st, user, 0o1):
+            raise SetupError(
+                f"the job user {user.name} cannot reach the data dir {data_dir}: {directory} is mode "
+                f"{stat.S_IMODE(st.st_mode):04o}; pick a data dir below world-traversable dirs (e.g. /var/lib/jobworker) "
+                f"or chmod o+x {directory}"
+            )
+
+
+def check_workdir_mount(probe: Path, user: JobUser) -> None:
+    """Mount and unmount one work dir tmpfs at `probe` (made and removed here), so that
+    a host where jwsd may not mount (a container without CAP_SYS_ADMIN) is a
+    SetupError at start, not a failure of every job."""
+    probe.mkdir()
+    try:
+        workdir.mount(probe, 1 << 20, user.uid, user.gid)
+        workdir.unmount(probe)
+    except OSError as exc:
+        raise SetupError(
+            f"cannot mount a tmpfs work dir in the data dir ({exc.strerror}); give jwsd "
+            "CAP_SYS_ADMIN, or --workdir-size 0 to keep work dirs on the data dir's file system"
+        ) from exc
+    finally:
+        probe.rmdir()
+
+
+def _which(program: str, what: str) -> str:
+    found = shutil.which(program)
+    if found is None:
+        raise SetupError(f"{program} not found: jobworker needs {what}")
+    return found
