@@ -20,6 +20,7 @@ from jobworker.cli.units import parse_addr, parse_duration, parse_size
 from jobworker.errors import InvalidRequestError, SetupError, sole_exception
 from jobworker.model import Limits
 from jobworker.retention import RetentionPolicy
+from jobworker.sandbox import host as host_checks
 from jobworker.server.daemon import (
     DEFAULT_DATA_DIR,
     DEFAULT_LIMITS,
