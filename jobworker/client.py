@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ssl
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from pathlib import Path
 
 import attrs
@@ -135,7 +135,7 @@ class JobWorkerClient:
     async def list(self) -> list[pb.GetJobStatusResponse]:
         return list((await self.stub.ListJobs(pb.ListJobsRequest())).jobs)
 
-    async def output(self, job_id: str, offset: int = 0) -> AsyncIterator[bytes]:
+    async def output(self, job_id: str, offset: int = 0) -> AsyncGenerator[bytes, None]:
         """The job's output from byte `offset` until it has terminated and every byte
         arrived. Close it with `contextlib.aclosing` to abandon the stream early."""
         responses = self.stub.GetJobOutput(pb.GetJobOutputRequest(job_id=job_id, offset=offset))

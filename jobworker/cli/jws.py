@@ -27,7 +27,7 @@ import stat
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import asyncclick as click
 import attrs
@@ -35,6 +35,10 @@ import attrs
 from jobworker.cli import render
 from jobworker.cli.config import DEFAULT_ADDR, DEFAULT_TLS_DIR, ClientConfig, config_path
 from jobworker.cli.units import parse_addr, parse_duration, parse_size
+
+if TYPE_CHECKING:  # imported lazily at run time: `jws --help` stays quick
+    from jobworker.client import JobWorkerClient
+    from jobworker.v1 import jobworker_pb2 as pb
 
 EXIT_SERVER_ERROR = 1
 EXIT_USAGE = 2
@@ -75,7 +79,9 @@ def connection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @contextlib.asynccontextmanager
-async def _client(user: str | None, addr: str | None, tls_dir: str | None) -> AsyncIterator[Any]:
+async def _client(
+    user: str | None, addr: str | None, tls_dir: str | None
+) -> AsyncIterator[JobWorkerClient]:
     """Connect as the chosen user, translating every failure to a Failure."""
     import purerpc
 
@@ -145,7 +151,7 @@ class JobRequest:
     workdir: str
     network: str
 
-    def limits(self) -> Any:
+    def limits(self) -> pb.Limits:
         from jobworker.v1 import jobworker_pb2 as pb
 
         limits = pb.Limits()
@@ -175,7 +181,7 @@ class JobRequest:
             environment[key] = value
         return environment
 
-    async def start(self, client: Any) -> Any:
+    async def start(self, client: JobWorkerClient) -> pb.GetJobStatusResponse:
         """Start the job through `client`; its status once running."""
         if bool(self.command_line) == bool(self.argv):
             raise Failure(
@@ -361,7 +367,7 @@ async def list_jobs(user: str | None, addr: str | None, tls_dir: str | None, as_
         click.echo(render.table(jobs))
 
 
-async def _copy_output(client: Any, job_id: str, offset: int) -> None:
+async def _copy_output(client: JobWorkerClient, job_id: str, offset: int) -> None:
     out = sys.stdout.buffer
     _widen_pipe(out.fileno())
     async with contextlib.aclosing(client.output(job_id, offset)) as chunks:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import shlex
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobworker.cli.units import format_size
 
+if TYPE_CHECKING:  # imported lazily at run time: `jws --help` stays quick
+    from jobworker.v1.jobworker_pb2 import GetJobStatusResponse, Limits
 
-def status_dict(job: Any) -> dict[str, Any]:
+
+def status_dict(job: GetJobStatusResponse) -> dict[str, Any]:
     """A GetJobStatusResponse as plain JSON-able data (absent optional fields are null)."""
 
     def optional(name: str) -> Any:
@@ -44,7 +47,7 @@ def status_dict(job: Any) -> dict[str, Any]:
     }
 
 
-def headline(job: Any) -> str:
+def headline(job: GetJobStatusResponse) -> str:
     """The state's word first, then how it ended: "Terminated (exit code 3)"."""
     if job.status != "Terminated":
         return str(job.status)
@@ -60,7 +63,7 @@ def headline(job: Any) -> str:
     return f"Terminated ({', '.join(parts)})" if parts else "Terminated"
 
 
-def status_text(job: Any, *, now: float | None = None) -> str:
+def status_text(job: GetJobStatusResponse, *, now: float | None = None) -> str:
     now = time.time() if now is None else now
     rows = [
         ("job", job.job_id),
@@ -93,7 +96,7 @@ def status_text(job: Any, *, now: float | None = None) -> str:
     return "\n".join([headline(job)] + [f"  {name:<{width}}  {value}" for name, value in rows])
 
 
-def limits_text(limits: Any) -> str:
+def limits_text(limits: Limits) -> str:
     parts = []
     if limits.HasField("cpu"):
         parts.append(f"cpu {limits.cpu:g}")
@@ -110,7 +113,7 @@ def limits_text(limits: Any) -> str:
     return ", ".join(parts) or "none"
 
 
-def table(jobs: list[Any], *, now: float | None = None) -> str:
+def table(jobs: list[GetJobStatusResponse], *, now: float | None = None) -> str:
     """The `jws list` table: one job a line, oldest first."""
     now = time.time() if now is None else now
     rows = [("JOB ID", "STATUS", "EXIT", "STARTED", "COMMAND")]
