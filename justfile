@@ -38,7 +38,7 @@ typecheck:
 
 # regenerate the committed gRPC code from protos/
 protos:
-    python -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. --purerpc_out=. protos/jobworker/v1/jobworker.proto
+    python -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. --purerpc_out=. protos/jobworker/v1/jobworker.proto protos/jobworker/v1/health.proto
 
 # generate dev certificates: just certs [OUTDIR] [USER...]
 certs outdir=tls_dir *USERS:

@@ -11,11 +11,15 @@ import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor import FieldDescriptor
 
-from jobworker.v1 import jobworker_grpc, jobworker_pb2
+from jobworker.v1 import health_pb2, jobworker_grpc, jobworker_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
-PROTO = "jobworker/v1/jobworker.proto"
-GENERATED = ["jobworker_pb2.py", "jobworker_pb2.pyi", "jobworker_grpc.py"]
+PROTOS = ["jobworker/v1/jobworker.proto", "jobworker/v1/health.proto"]
+GENERATED = [
+    f"{name}{suffix}"
+    for name in ("jobworker", "health")
+    for suffix in ("_pb2.py", "_pb2.pyi", "_grpc.py")
+]
 
 # The seed's messages, verbatim (seeds/000_*.txt, "Proto Specifications").
 SEED_PROTO = """
@@ -52,7 +56,7 @@ def test_committed_generated_code_is_what_protoc_generates_now(tmp_path: Path) -
         f"--python_out={tmp_path}",
         f"--pyi_out={tmp_path}",
         f"--purerpc_out={tmp_path}",
-        str(ROOT / "protos" / PROTO),
+        *(str(ROOT / "protos" / proto) for proto in PROTOS),
         cwd=ROOT,
     )
     stale = [
@@ -151,3 +155,13 @@ def test_seed_messages_and_ours_parse_each_other(tmp_path: Path) -> None:
     # A seed peer keeps the fields it does not know and passes them on unchanged.
     wire = jobworker_pb2.StopJobResponse(job=ours).SerializeToString()
     assert seed("StopJobResponse").FromString(wire).SerializeToString() == wire
+
+
+def test_health_service_has_the_standard_wire_names() -> None:
+    """Load balancers call /grpc.health.v1.Health/Check and /Watch with the standard messages."""
+    service = health_pb2.DESCRIPTOR.services_by_name["Health"]
+    assert service.full_name == "grpc.health.v1.Health"
+    assert {m.name for m in service.methods} == {"Check", "Watch"}
+    assert service.methods_by_name["Watch"].server_streaming
+    status = health_pb2.HealthCheckResponse.ServingStatus
+    assert (status.SERVING, status.NOT_SERVING, status.SERVICE_UNKNOWN) == (1, 2, 3)
