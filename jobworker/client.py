@@ -23,7 +23,7 @@ import attrs
 from jobworker.errors import SetupError
 from jobworker.model import MAX_CLIENT_MESSAGE
 from jobworker.transport import explicit_calls, open_channel
-from jobworker.v1 import jobworker_grpc
+from jobworker.v1 import health_grpc, health_pb2, jobworker_grpc
 from jobworker.v1 import jobworker_pb2 as pb
 
 
@@ -82,7 +82,10 @@ async def connect(
     ) as channel:
         # Calls that end explicitly: a followed stream left early is cancelled on the
         # server at once, not when the garbage collector frees it.
-        yield JobWorkerClient(explicit_calls(jobworker_grpc.JobWorkerServiceStub(channel)))
+        yield JobWorkerClient(
+            explicit_calls(jobworker_grpc.JobWorkerServiceStub(channel)),
+            explicit_calls(health_grpc.HealthStub(channel)),
+        )
 
 
 @attrs.define(eq=False)
@@ -90,6 +93,15 @@ class JobWorkerClient:
     """The API's calls with Python arguments. Every method raises purerpc.RpcFailedError."""
 
     stub: jobworker_grpc.JobWorkerServiceStub
+    health_stub: health_grpc.HealthStub
+
+    async def health(self, service: str = "") -> str:
+        """The server's `grpc.health.v1` status of `service` ("": the server as a whole):
+        "SERVING", "NOT_SERVING"...; NOT_FOUND for a service the server does not know."""
+        response: health_pb2.HealthCheckResponse = await self.health_stub.Check(
+            health_pb2.HealthCheckRequest(service=service)
+        )
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
     async def start(
         self,

@@ -14,6 +14,12 @@ Every field of that line is short and escaped (`jobworker.echo.log_field`): a
 job id as sent, before the handler has checked it, shows as a quoted prefix.
 
 Nothing the client sends (metadata included) is consulted for identity.
+
+One exemption, decided here and nowhere else: the services in
+`OPEN_SERVICES` (the standard health service) answer any client whose
+certificate passed the mTLS handshake, with no users file check, and keep
+answering during shutdown (to report NOT_SERVING); their calls are logged
+at DEBUG, since probes call them every few seconds.
 """
 
 from __future__ import annotations
@@ -39,6 +45,9 @@ from jobworker.transport import (
 )
 
 access_log = logging.getLogger("jobworker.access")
+
+#: Services any certificate the client CA signed may call, also during shutdown.
+OPEN_SERVICES = frozenset({"grpc.health.v1.Health"})
 
 #: The authenticated caller of the RPC being handled.
 current_caller: contextvars.ContextVar[Caller] = contextvars.ContextVar("jobworker_current_caller")
@@ -78,6 +87,20 @@ class CallGuard:
         record = _CallRecord(method, job_id=getattr(call.message, "job_id", "") or "-")
         started = time.monotonic()
         error: BaseException | None = None
+        if call.service_name in OPEN_SERVICES:
+            # The TLS handshake already required a certificate of the client CA.
+            peer = current_identity()
+            record.user = (peer.common_name if peer else None) or "-"
+            try:
+                yield record
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                access_log.debug(
+                    "rpc user=%s method=%s code=%s", record.user, method, code_name(error)
+                )
+            return
         try:
             if not self._accepting:
                 raise ShuttingDownError()

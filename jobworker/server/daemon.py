@@ -6,9 +6,13 @@
                      ├─ RpcServer.serve (a task group per connection, a cancel scope per RPC)
                      └─ waits for `shutdown` (set by the signal task of `jwsd`)
 
-Shutdown, in order and bounded: refuse new calls (UNAVAILABLE) and stop
-accepting connections; stop every job (SIGTERM, the grace period, SIGKILL),
-which ends each output stream after its last byte; give running calls
+The standard health service (`jobworker.server.health`) runs beside the API on
+the same port: SERVING once listening, NOT_SERVING as soon as shutdown begins.
+
+Shutdown, in order and bounded: report NOT_SERVING; refuse new API calls
+(UNAVAILABLE) and stop accepting connections; stop every job (SIGTERM, the grace period, SIGKILL),
+which ends each output stream after its last byte; end every health Watch;
+give running calls
 `drain_timeout` seconds to finish; cancel what is left; the tracker removes
 every cgroup and job dir on the way out.
 """
@@ -25,6 +29,7 @@ from jobworker import tls
 from jobworker.model import MAX_SERVER_MESSAGE, JobState, Limits
 from jobworker.retention import RetentionPolicy
 from jobworker.server.auth import CallGuard, guarded
+from jobworker.server.health import HealthService
 from jobworker.server.policy import UserPolicy
 from jobworker.server.service import JobWorkerService
 from jobworker.tracker import (
@@ -97,7 +102,8 @@ async def serve(
 ) -> None:
     """Run jwsd until `shutdown` is set, then shut down cleanly (see the module docstring).
 
-    Reports the bound port through `task_status` (port 0 picks a free one).
+    Reports the bound port through `task_status` (port 0 picks a free one) once it
+    serves: listening, TLS loaded, the tracker ready, health SERVING.
     Raises SetupError before anything starts when the host or the configuration
     cannot work (not root, no cgroups or bubblewrap, bad certificates or users file).
     """
@@ -131,6 +137,8 @@ async def serve(
             idle_timeout=config.idle_timeout,
         )
         server.add_service(guarded(JobWorkerService(tracker).service, guard))
+        health = HealthService()
+        server.add_service(guarded(health.service, guard))
         async with trio.open_nursery() as nursery:
             port = await nursery.start(server.serve)
             log.info(
@@ -142,8 +150,10 @@ async def serve(
                 if config.users_file
                 else "every client certificate is a user",
             )
+            health.set_serving(True)
             task_status.started(port)
             await shutdown.wait()
+            health.set_serving(False)
             running = sum(
                 1 for job in tracker.list("", admin=True) if job.state is not JobState.TERMINATED
             )
@@ -151,6 +161,7 @@ async def serve(
             guard.refuse_new_calls()
             server.stop_accepting()
             await tracker.shutdown(config.stop_grace)
+            health.close()  # a watcher must not hold up the drain below
             # Every job has ended, so every output stream is sending its last bytes.
             await server.shutdown(config.drain_timeout)
             nursery.cancel_scope.cancel()
