@@ -101,7 +101,7 @@ class JobWorkerClient:
         response: health_pb2.HealthCheckResponse = await self.health_stub.Check(
             health_pb2.HealthCheckRequest(service=service)
         )
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 
     async def start(
         self,
