@@ -3,6 +3,10 @@
 SIGTERM or SIGINT starts a clean shutdown (stop accepting, stop every job,
 end every stream, remove cgroups, exit 0); a second signal cuts the grace
 periods short and kills every job at once.
+
+Under a service manager that sets `$NOTIFY_SOCKET` (systemd's `Type=notify`),
+jwsd sends READY=1 once it serves and STOPPING=1 when its shutdown begins
+(`jobworker.server.notify`).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from jobworker.server.daemon import (
     DaemonConfig,
     serve,
 )
+from jobworker.server.notify import Notifier
 
 log = logging.getLogger("jobworker.daemon")
 
@@ -333,8 +338,10 @@ def _fail_on_setup_error(group: BaseExceptionGroup[BaseException]) -> None:
 
 async def run(config: DaemonConfig) -> None:
     """serve() with signal handling: the first SIGTERM/SIGINT shuts down cleanly,
-    a second one forces it (every job is killed at once)."""
+    a second one forces it (every job is killed at once); and the service manager
+    told READY=1 once it serves, STOPPING=1 when the shutdown begins."""
     shutdown = trio.Event()
+    notifier = Notifier.from_environment()
     async with trio.open_nursery() as nursery:
 
         async def watch_signals() -> None:
@@ -345,6 +352,7 @@ async def run(config: DaemonConfig) -> None:
                             "got %s: shutting down (send it again to kill every job now)",
                             signal.Signals(signum).name,
                         )
+                        notifier.stopping("stopping every job")
                         shutdown.set()
                     else:
                         log.warning(
@@ -356,7 +364,10 @@ async def run(config: DaemonConfig) -> None:
         serve_scope = trio.CancelScope()
         nursery.start_soon(watch_signals)
         with serve_scope:
-            await serve(config, shutdown)
+            async with trio.open_nursery() as serving:
+                port = await serving.start(serve, config, shutdown)
+                if not shutdown.is_set():
+                    notifier.ready(f"serving on {config.host}:{port}")
         nursery.cancel_scope.cancel()
 
 
