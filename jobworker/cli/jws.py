@@ -8,6 +8,7 @@
     jws rm -u alex -j ID                forget a finished job: its record and its output
     jws run -u alex -- make test        start, stream, exit with the job's exit code
     jws login alex                      make alex (and --addr / --tls-dir) the default
+    jws health                          SERVING (exit 0) or not: a probe for supervisors
 
 Exit codes: 0 success; 1 the server refused (access denied, no such job, bad
 request...); 2 a usage or local set-up error (bad flag, no user, no
@@ -424,6 +425,31 @@ async def run(user: str | None, addr: str | None, tls_dir: str | None, job: JobR
         click.echo(f"jws: output truncated: {final.output_truncated_reason}", err=True)
     code = final.exit_code if final.HasField("exit_code") else 255
     raise SystemExit(code)
+
+
+@jws.command()
+@connection_options
+@click.option(
+    "--service",
+    default="",
+    help='The service to ask about: "" (the server, the default) or jobworker.v1.JobWorkerService.',
+)
+async def health(user: str | None, addr: str | None, tls_dir: str | None, service: str) -> int:
+    """Ask jwsd's standard gRPC health service; print its status.
+
+    Exits 0 when it is SERVING, 1 when it answers anything else (NOT_SERVING
+    while it shuts down), 3 when it cannot be reached. Any user whose
+    certificate the client CA signed may ask, listed in jwsd's users file or
+    not: fit for a container HEALTHCHECK or a load balancer's probe.
+
+    \b
+    Example:
+      jws health -u alex --addr 127.0.0.1:50051
+    """
+    async with _client(user, addr, tls_dir) as client:
+        status = await client.health(service)
+    click.echo(status)
+    return 0 if status == "SERVING" else EXIT_SERVER_ERROR
 
 
 @jws.command()
