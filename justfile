@@ -15,6 +15,10 @@ default:
 run *ARGS: _dev-certs
     jwsd --addr {{addr}} --tls-dir {{tls_dir}} {{ARGS}}
 
+# the system tests (systemd unit, container) as root on a throwaway machine with systemd and podman
+system-test *ARGS:
+    pytest -m system tests/system {{ARGS}}
+
 # lint, type-check and run every test (the README's test command; CI runs it as root)
 test *ARGS: lint typecheck
     pytest {{ARGS}}

@@ -1,0 +1,139 @@
+"""packaging/jwsd.service as shipped (ExecStart pointed at this checkout's jwsd by a
+drop-in), under the machine's systemd: start returns once jwsd serves, jobs hold their
+limits under the unit's hardening, stop and restart leave no job behind."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.certs import TestPKI
+from tests.system.conftest import BIN, ROOT, processes_with, require_systemd, run
+
+pytestmark = pytest.mark.system
+
+UNIT = Path("/etc/systemd/system/jwsd.service")
+DROP_IN = Path("/run/systemd/system/jwsd.service.d/test.conf")
+CONFIG = Path("/etc/jobworker")
+ADDR = "127.0.0.1:50151"
+STOP_GRACE = 2
+
+
+def jws(*args: str, user: str = "alex", check: bool = True, timeout: float = 120) -> str:
+    argv = [str(BIN / "jws"), args[0], "-u", user, "--addr", ADDR, "--tls-dir", str(CONFIG / "tls")]
+    return run([*argv, *args[1:]], check=check, timeout=timeout).stdout
+
+
+def show(*properties: str) -> dict[str, str]:
+    out = run(["systemctl", "show", "jwsd", *(f"-p{name}" for name in properties)]).stdout
+    return dict(line.split("=", 1) for line in out.splitlines())
+
+
+def service_cgroup() -> Path:
+    return Path("/sys/fs/cgroup") / show("ControlGroup")["ControlGroup"].lstrip("/")
+
+
+@pytest.fixture(scope="module")
+def unit() -> Iterator[None]:
+    """The shipped unit installed, certificates and a users file in /etc/jobworker."""
+    require_systemd()
+    if UNIT.exists():
+        pytest.fail(f"{UNIT} exists: not a throwaway machine, or a test before left it")
+    pki = TestPKI()
+    pki.write_tls_dir(CONFIG / "tls", ["alex", "admin"])
+    (CONFIG / "users.toml").write_text('[users]\nalex = "user"\nadmin = "admin"\n')
+    shutil.copy(ROOT / "packaging/jwsd.service", UNIT)
+    shipped = re.search(
+        r"^ExecStart=/usr/local/bin/jwsd (.*?)$", UNIT.read_text().replace("\\\n", ""), re.M
+    )
+    assert shipped, "the unit's ExecStart runs /usr/local/bin/jwsd"
+    flags = (
+        shipped[1]
+        .replace("0.0.0.0:50051", ADDR)
+        .replace("--stop-grace 5s", f"--stop-grace {STOP_GRACE}s")
+    )
+    DROP_IN.parent.mkdir(parents=True, exist_ok=True)
+    DROP_IN.write_text(f"[Service]\nExecStart=\nExecStart={BIN / 'jwsd'} {flags}\n")
+    run(["systemctl", "daemon-reload"])
+    try:
+        yield
+    finally:
+        run(["systemctl", "stop", "jwsd"], check=False)
+        print(run(["journalctl", "-u", "jwsd", "--no-pager", "-n", "60"], check=False).stdout)
+        UNIT.unlink()
+        shutil.rmtree(DROP_IN.parent)
+        shutil.rmtree(CONFIG)
+        run(["systemctl", "daemon-reload"])
+
+
+def test_start_returns_once_serving_and_jobs_hold_their_limits(unit: None) -> None:
+    run(["systemctl", "start", "jwsd"], timeout=120)
+    # No retry: `systemctl start` returned, so jwsd answers now.
+    assert jws("health").strip() == "SERVING"
+    assert show("StatusText")["StatusText"] == f"serving on {ADDR}"
+    job_id = jws(
+        "start", "--memory", "64M", "--cpu", "0.5", "--pids", "20", "-c", "sleep 600"
+    ).strip()
+    job_cgroup = service_cgroup() / "jobworker" / job_id
+    assert (job_cgroup / "memory.max").read_text() == f"{64 << 20}\n"
+    assert (job_cgroup / "cpu.max").read_text() == "50000 100000\n"
+    assert (job_cgroup / "pids.max").read_text() == "20\n"
+    jws("stop", "-j", job_id)
+    # A memory hog is OOM-killed at its limit, and reported so.
+    hog = run(
+        [str(BIN / "jws"), "run", "-u", "alex", "--addr", ADDR, "--tls-dir", str(CONFIG / "tls"),
+         "--memory", "64M", "--", "python3", "-c", "bytearray(200 << 20)"],
+        check=False, timeout=120,
+    )  # fmt: skip
+    assert hog.returncode == 137, hog
+    assert "OOM" in hog.stderr
+    # The README's example works under the unit's hardening.
+    assert "3 packets transmitted, 3 received" in jws(
+        "run", "--", "ping", "-c", "3", "-i", "0.2", "127.0.0.1"
+    )
+
+
+def test_stop_stops_every_job_and_leaves_no_cgroup(unit: None) -> None:
+    run(["systemctl", "start", "jwsd"], timeout=120)
+    marker = f"31{uuid.uuid4().int % 10**6:06d}"
+    jws("start", "-c", f"sleep {marker}")
+    jws("start", "-c", f"sh -c 'trap \"\" TERM; sleep {marker}; sleep {marker}'")
+    assert len(processes_with(f"sleep {marker}")) == 2
+    cgroup = service_cgroup()
+    pid = show("MainPID")["MainPID"]
+    started = time.monotonic()
+    run(["systemctl", "stop", "jwsd"], timeout=120)
+    elapsed = time.monotonic() - started
+    assert processes_with(f"sleep {marker}") == []
+    assert not (cgroup / "jobworker").exists()
+    assert not cgroup.exists(), list(cgroup.rglob("cgroup.procs"))
+    state = show("Result", "ExecMainStatus", "ExecMainCode")
+    # jwsd itself ended it all within the grace (not systemd's SIGKILL at TimeoutStopSec).
+    assert state == {"Result": "success", "ExecMainStatus": "0", "ExecMainCode": "1"}, state
+    assert elapsed < 30, elapsed
+    journal = run(["journalctl", "-u", "jwsd", "--no-pager", f"_PID={pid}"]).stdout
+    assert "shutting down: stopping 2 running jobs" in journal
+
+
+def test_restart_stops_the_jobs_and_serves_again(unit: None) -> None:
+    run(["systemctl", "start", "jwsd"], timeout=120)
+    before = show("MainPID")["MainPID"]
+    marker = f"32{uuid.uuid4().int % 10**6:06d}"
+    job_id = jws("start", "-c", f"sleep {marker}").strip()
+    run(["systemctl", "restart", "jwsd"], timeout=120)
+    assert show("MainPID")["MainPID"] != before
+    assert jws("health").strip() == "SERVING"
+    # Jobs do not outlive the jwsd that ran them (docs/operations.md).
+    assert processes_with(f"sleep {marker}") == []
+    gone = run(
+        [str(BIN / "jws"), "status", "-u", "alex", "--addr", ADDR, "--tls-dir", str(CONFIG / "tls"), "-j", job_id],
+        check=False,
+    )  # fmt: skip
+    assert gone.returncode == 1 and "no job" in gone.stderr, gone
+    run(["systemctl", "stop", "jwsd"], timeout=120)
