@@ -9,35 +9,23 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import attrs
 import purerpc
 import pytest
 import trio
 
-from jobworker.client import Credentials, JobWorkerClient, connect
+from jobworker.client import Credentials, connect
 from jobworker.server.daemon import DaemonConfig, serve
 from jobworker.transport import open_channel
 from jobworker.v1 import health_grpc
 from jobworker.v1 import health_pb2 as hpb
 from tests.conftest import require_root
 from tests.support.certs import TestPKI
+from tests.support.daemon import Daemon, DaemonFiles
 
 pytestmark = pytest.mark.root
 
 Code = purerpc.StatusCode
 Status = hpb.HealthCheckResponse.ServingStatus
-
-
-@attrs.define
-class Daemon:
-    port: int
-    tls_dir: Path
-    shutdown: trio.Event
-
-    def connect(self, user: str) -> contextlib.AbstractAsyncContextManager[JobWorkerClient]:
-        return connect(
-            ("127.0.0.1", self.port), Credentials(self.tls_dir, user), server_hostname="localhost"
-        )
 
 
 @pytest.fixture(scope="module")
@@ -48,23 +36,9 @@ def pki() -> TestPKI:
 @pytest.fixture
 async def daemon(tmp_path: Path, pki: TestPKI) -> AsyncIterator[Daemon]:
     """jwsd with a users file that knows alex only; mallory's certificate is from the same CA."""
-    require_root()
-    tls_dir = pki.write_tls_dir(tmp_path / "tls", ["alex", "mallory"])
-    users = tmp_path / "users.toml"
-    users.write_text('[users]\nalex = "user"\n')
-    config = DaemonConfig(
-        tls_dir=tls_dir,
-        port=0,
-        data_dir=tmp_path / "data",
-        users_file=users,
-        stop_grace=1.0,
-        cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}",
-    )
-    shutdown = trio.Event()
-    async with trio.open_nursery() as nursery:
-        port = await nursery.start(serve, config, shutdown)
-        yield Daemon(port, tls_dir, shutdown)
-        shutdown.set()
+    files = DaemonFiles.write(tmp_path, pki, users={"alex": "user"}, certs=["alex", "mallory"])
+    async with files.serving() as daemon:
+        yield daemon
 
 
 async def test_check_reports_serving_for_the_server_and_the_api(daemon: Daemon) -> None:

@@ -11,24 +11,21 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import attrs
 import purerpc
 import pytest
 import trio
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from jobworker.client import Credentials, JobWorkerClient, connect
-from jobworker.server.daemon import DaemonConfig, serve
+from jobworker.client import JobWorkerClient
 from jobworker.transport import open_channel
 from jobworker.v1 import jobworker_pb2 as pb
-from tests.conftest import require_root
 from tests.support.certs import TestPKI, issue_with_subject
+from tests.support.daemon import Daemon, DaemonFiles
 
 pytestmark = pytest.mark.root
 
@@ -39,58 +36,22 @@ SERVICE = "jobworker.v1.JobWorkerService"
 SHORT = 512
 
 
-@attrs.define
-class Daemon:
-    port: int
-    tls_dir: Path
-
-    def credentials(self, user: str) -> Credentials:
-        return Credentials(self.tls_dir, user)
-
-    def connect(self, user: str) -> Any:
-        return connect(
-            ("127.0.0.1", self.port), self.credentials(user), server_hostname="localhost"
-        )
-
-
 @pytest.fixture(scope="module")
 def pki() -> TestPKI:
     return TestPKI()
 
 
-async def _daemon(tmp_path: Path, pki: TestPKI, *, users_file: bool) -> AsyncIterator[Daemon]:
-    require_root()
-    tls_dir = pki.write_tls_dir(tmp_path / "tls", ["alex", "betty", "admin"])
-    users = None
-    if users_file:
-        users = tmp_path / "users.toml"
-        users.write_text('[users]\nalex = "user"\nbetty = "user"\nadmin = "admin"\n')
-    config = DaemonConfig(
-        tls_dir=tls_dir,
-        port=0,
-        data_dir=tmp_path / "data",
-        users_file=users,
-        stop_grace=1.0,
-        cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}",
-    )
-    shutdown = trio.Event()
-    async with trio.open_nursery() as nursery:
-        port = await nursery.start(serve, config, shutdown)
-        yield Daemon(port, tls_dir)
-        shutdown.set()
-
-
 @pytest.fixture
 async def daemon(tmp_path: Path, pki: TestPKI) -> AsyncIterator[Daemon]:
-    async for one in _daemon(tmp_path, pki, users_file=True):
-        yield one
+    async with DaemonFiles.write(tmp_path, pki).serving() as daemon:
+        yield daemon
 
 
 @pytest.fixture
 async def open_daemon(tmp_path: Path, pki: TestPKI) -> AsyncIterator[Daemon]:
     """A jwsd without a users file: every certificate the client CA signed is a user."""
-    async for one in _daemon(tmp_path, pki, users_file=False):
-        yield one
+    async with DaemonFiles.write(tmp_path, pki, users=None).serving() as daemon:
+        yield daemon
 
 
 class RawRequest:

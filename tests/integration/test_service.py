@@ -12,7 +12,6 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import attrs
 import purerpc
 import pytest
 import trio
@@ -26,6 +25,7 @@ from jobworker.v1 import jobworker_pb2 as pb
 from tests.conftest import require_root
 from tests.support.certs import TestPKI
 from tests.support.cgroupfs import cgroups_named
+from tests.support.daemon import Daemon, DaemonFiles
 from tests.support.leaks import LeakCheck, child_pids, task_count
 from tests.support.timing import scaled
 from tests.support.waiting import eventually
@@ -35,23 +35,6 @@ pytestmark = pytest.mark.root
 Code = purerpc.StatusCode
 
 
-@attrs.define
-class Daemon:
-    port: int
-    tls_dir: Path
-    config: DaemonConfig
-    shutdown: trio.Event
-    pki: TestPKI
-
-    def connect(self, user: str) -> contextlib.AbstractAsyncContextManager[JobWorkerClient]:
-        return connect(
-            ("127.0.0.1", self.port),
-            Credentials(self.tls_dir, user),
-            server_hostname="localhost",
-            connect_timeout=scaled(10),  # 50 handshakes at once on an emulated CPU take longer
-        )
-
-
 @pytest.fixture(scope="module")
 def pki() -> TestPKI:
     return TestPKI()
@@ -59,23 +42,8 @@ def pki() -> TestPKI:
 
 @pytest.fixture
 async def daemon(tmp_path: Path, pki: TestPKI) -> AsyncIterator[Daemon]:
-    require_root()
-    tls_dir = pki.write_tls_dir(tmp_path / "tls", ["alex", "betty", "admin", "mallory"])
-    users = tmp_path / "users.toml"
-    users.write_text('[users]\nalex = "user"\nbetty = "user"\nadmin = "admin"\n')
-    config = DaemonConfig(
-        tls_dir=tls_dir,
-        port=0,
-        data_dir=tmp_path / "data",
-        users_file=users,
-        stop_grace=1.0,
-        cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}",
-    )
-    shutdown = trio.Event()
-    async with trio.open_nursery() as nursery:
-        port = await nursery.start(serve, config, shutdown)
-        yield Daemon(port, tls_dir, config, shutdown, pki)
-        shutdown.set()
+    async with DaemonFiles.write(tmp_path, pki).serving() as daemon:
+        yield daemon
 
 
 async def expect_code(code: purerpc.StatusCode, call: object, match: str = "") -> str:
@@ -451,21 +419,8 @@ async def test_a_user_holds_neither_more_connections_than_the_cap_nor_idle_ones_
 ) -> None:
     """Any user could hold fds up to jwsd's limit: connections that handshake and then send
     nothing were never timed out, and one user's count was not bounded."""
-    require_root()
-    tls_dir = pki.write_tls_dir(tmp_path / "tls", ["alex", "betty"])
-    config = DaemonConfig(
-        tls_dir=tls_dir,
-        port=0,
-        data_dir=tmp_path / "data",
-        cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}",
-        idle_timeout=0.5,
-        max_connections_per_user=2,
-    )
-    shutdown = trio.Event()
-    async with trio.open_nursery() as nursery:
-        daemon = Daemon(
-            await nursery.start(serve, config, shutdown), tls_dir, config, shutdown, pki
-        )
+    files = DaemonFiles.write(tmp_path, pki, users=None, certs=["alex", "betty"])
+    async with files.serving(idle_timeout=0.5, max_connections_per_user=2) as daemon:
         with trio.fail_after(20):
             async with daemon.connect("alex") as first, daemon.connect("alex") as second:
                 assert await first.list() == await second.list() == []
@@ -477,4 +432,3 @@ async def test_a_user_holds_neither_more_connections_than_the_cap_nor_idle_ones_
                 assert await idle.list() == []
                 await trio.sleep(1.5)  # the behaviour under test: idle past the timeout
                 await expect_code(Code.UNAVAILABLE, idle.list())
-        shutdown.set()

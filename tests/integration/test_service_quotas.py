@@ -4,21 +4,18 @@ called the way a user with a valid certificate would."""
 from __future__ import annotations
 
 import contextlib
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import purerpc
 import pytest
 import trio
 
 from jobworker.client import JobWorkerClient
-from jobworker.server.daemon import DaemonConfig, serve
 from jobworker.v1 import jobworker_pb2 as pb
-from tests.conftest import require_root
-from tests.integration.test_service import Daemon, expect_code, read_all
+from tests.integration.test_service import expect_code, read_all
 from tests.support.certs import TestPKI
+from tests.support.daemon import Daemon, DaemonFiles
 
 pytestmark = pytest.mark.root
 
@@ -35,29 +32,7 @@ def pki() -> TestPKI:
 @pytest.fixture
 def start_daemon(tmp_path: Path, pki: TestPKI) -> StartDaemon:
     """A factory: jwsd with the given DaemonConfig fields, for the block's duration."""
-    require_root()
-    tls_dir = pki.write_tls_dir(tmp_path / "tls", ["alex", "betty", "admin"])
-    users = tmp_path / "users.toml"
-    users.write_text('[users]\nalex = "user"\nbetty = "user"\nadmin = "admin"\n')
-
-    @contextlib.asynccontextmanager
-    async def start(**fields: Any) -> AsyncIterator[Daemon]:
-        config = DaemonConfig(
-            tls_dir=tls_dir,
-            port=0,
-            data_dir=tmp_path / "data",
-            users_file=users,
-            stop_grace=1.0,
-            cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}",
-            **fields,
-        )
-        shutdown = trio.Event()
-        async with trio.open_nursery() as nursery:
-            port = await nursery.start(serve, config, shutdown)
-            yield Daemon(port, tls_dir, config, shutdown, pki)
-            shutdown.set()
-
-    return start
+    return DaemonFiles.write(tmp_path, pki).serving
 
 
 async def wait_terminated(client: JobWorkerClient, job_id: str) -> pb.GetJobStatusResponse:
