@@ -17,7 +17,7 @@ run *ARGS: _dev-certs
 
 # the system tests (systemd unit, container) as root on a throwaway machine with systemd and podman
 system-test *ARGS:
-    pytest -m system tests/system {{ARGS}}
+    pytest -m system tests/system --timeout 3600 -o faulthandler_timeout=3600 {{ARGS}}
 
 # lint, type-check and run every test (the README's test command; CI runs it as root)
 test *ARGS: lint typecheck
