@@ -51,8 +51,10 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: /proc/sys/fs/pipe-max-size, 1 MiB by default).
 PIPE_SIZE = 1 << 20
 
-#: How long bubblewrap may take to build a sandbox before the start is abandoned.
-SANDBOX_SETUP_TIMEOUT = 10.0
+#: How long bubblewrap may take to build a sandbox before the start is abandoned: a
+#: bound for a start that hangs, far above the ~15 ms a build takes, so that a host
+#: busy with many starts at once (or a slow, emulated CPU) does not fail them.
+SANDBOX_SETUP_TIMEOUT = 30.0
 
 #: How much of bubblewrap's error output a failed start reports.
 MAX_ERROR_OUTPUT = 4096

@@ -10,6 +10,7 @@ from types import TracebackType
 import trio
 import trio.testing
 
+from tests.support.timing import scaled
 from tests.support.waiting import eventually
 
 
@@ -86,7 +87,8 @@ class LeakCheck:
             return
         # Exiting processes are reaped and their tasks end on their own time.
         with contextlib.suppress(trio.TooSlowError):
-            await eventually(lambda: not self.problems(), timeout=5, what="leaks settle")
+            # Clean-up after many jobs (cgroups, mounts, dirs) is CPU work: scaled.
+            await eventually(lambda: not self.problems(), timeout=scaled(5), what="leaks settle")
         problems = self.problems()
         assert not problems, "; ".join(problems)
 
