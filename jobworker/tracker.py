@@ -65,8 +65,6 @@ log = logging.getLogger(__name__)
 
 #: How long a job's final clean-up may take after its processes were killed.
 FINISH_TIMEOUT = 10.0
-#: How long a work dir's unmount waits for the sandboxes being built to be done.
-UNMOUNT_WAIT = 5.0
 #: The longest grace period a stop may ask for (an hour).
 MAX_GRACE = 3600.0
 #: The defaults of the quotas (jwsd's flags show them).
@@ -188,10 +186,6 @@ class JobTracker:
     _finished: dict[str, dict[str, _Job]] = attrs.field(init=False, factory=dict)
     _finished_changed: trio.Event = attrs.field(init=False, factory=trio.Event)
     _collector: trio.CancelScope = attrs.field(init=False, factory=trio.CancelScope)
-    # Sandboxes being built right now, and an event set while there are none: see
-    # `_unmount_workdir` for why a work dir is not unmounted meanwhile.
-    _building: int = attrs.field(init=False, default=0)
-    _none_building: trio.Event = attrs.field(init=False, factory=trio.Event)
     _nursery: trio.Nursery | None = attrs.field(init=False, default=None)
     _stack: contextlib.AsyncExitStack | None = attrs.field(init=False, default=None)
     _closing: bool = attrs.field(init=False, default=False)
@@ -364,29 +358,25 @@ class JobTracker:
             cgroup = job.cgroup
             tools, user = self._tools, self._user
             tmpfs_size = _tmpfs_size(self.tmpfs_size, limits.memory)
-            self._building_started()
-            try:
-                job.launched = await spawn.launch(
-                    lambda status_fd, args_fd: bwrap.spawn_argv(
-                        tools,
-                        user,
-                        procs_files=cgroup.procs_files,
-                        data_dir=self.data_dir,
-                        workdir=job.workdir,
-                        cwd=cwd,
-                        argv=spec.argv,
-                        status_fd=status_fd,
-                        args_fd=args_fd,
-                        host_network=spec.host_network,
-                        tmpfs_size=tmpfs_size,
-                    ),
-                    # The job's environment goes to bubblewrap through a file descriptor,
-                    # for the sandbox only: the root helpers never see it.
-                    sandbox_args=bwrap.env_options(env),
-                    pipe_owner=(user.uid, user.gid),
-                )
-            finally:
-                self._building_ended()
+            job.launched = await spawn.launch(
+                lambda status_fd, args_fd: bwrap.spawn_argv(
+                    tools,
+                    user,
+                    procs_files=cgroup.procs_files,
+                    data_dir=self.data_dir,
+                    workdir=job.workdir,
+                    cwd=cwd,
+                    argv=spec.argv,
+                    status_fd=status_fd,
+                    args_fd=args_fd,
+                    host_network=spec.host_network,
+                    tmpfs_size=tmpfs_size,
+                ),
+                # The job's environment goes to bubblewrap through a file descriptor,
+                # for the sandbox only: the root helpers never see it.
+                sandbox_args=bwrap.env_options(env),
+                pipe_owner=(user.uid, user.gid),
+            )
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self._discard_failed_start(job)
@@ -526,7 +516,7 @@ class JobTracker:
                 await job.cgroup.remove()
             except SetupError:
                 log.exception("job %s: cannot remove the cgroup of a failed start", job.job_id)
-        await self._unmount_workdir_safely(job)
+        self._unmount_workdir(job)
         await trio.to_thread.run_sync(shutil.rmtree, job.directory, True)
         job.log.discard()
         job.move_to(JobState.TERMINATED)
@@ -599,7 +589,7 @@ class JobTracker:
         if job.workdir_mounted:
             job.workdir_bytes = workdir.used_bytes(job.workdir)
         # Before the cgroup goes: unmounting frees the work dir's pages charged to it.
-        await self._unmount_workdir_safely(job)
+        self._unmount_workdir(job)
         try:
             await cgroup.remove()
         except SetupError:
@@ -631,27 +621,6 @@ class JobTracker:
         job.move_to(JobState.TERMINATED)
         self._running[job.owner] -= 1
         job.terminated.set()
-
-    def _building_started(self) -> None:
-        self._building += 1
-        if self._building == 1:
-            self._none_building = trio.Event()
-
-    def _building_ended(self) -> None:
-        self._building -= 1
-        if self._building == 0:
-            self._none_building.set()
-
-    async def _unmount_workdir_safely(self, job: _Job) -> None:
-        """Unmount the job's work dir once no sandbox is being built (for at most
-        UNMOUNT_WAIT seconds). bubblewrap binds the host's root with every mount below
-        it, then remounts each one read-only; a work dir unmounted between the two
-        fails that other job's start ("Unable to apply mount flags ... Invalid
-        argument"), which many jobs starting and ending at once made happen."""
-        if job.workdir_mounted and self._building:
-            with trio.move_on_after(UNMOUNT_WAIT):
-                await self._none_building.wait()
-        self._unmount_workdir(job)
 
     def _unmount_workdir(self, job: _Job) -> None:
         if job.workdir_mounted:
