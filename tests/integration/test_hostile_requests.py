@@ -36,17 +36,6 @@ SERVICE = "jobworker.v1.JobWorkerService"
 SHORT = 512
 
 
-@pytest.fixture(scope="module")
-def pki() -> TestPKI:
-    return TestPKI()
-
-
-@pytest.fixture
-async def daemon(tmp_path: Path, pki: TestPKI) -> AsyncIterator[Daemon]:
-    async with DaemonFiles.write(tmp_path, pki).serving() as daemon:
-        yield daemon
-
-
 @pytest.fixture
 async def open_daemon(tmp_path: Path, pki: TestPKI) -> AsyncIterator[Daemon]:
     """A jwsd without a users file: every certificate the client CA signed is a user."""

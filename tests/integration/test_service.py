@@ -9,7 +9,6 @@ import hashlib
 import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import purerpc
@@ -33,17 +32,6 @@ from tests.support.waiting import eventually
 pytestmark = pytest.mark.root
 
 Code = purerpc.StatusCode
-
-
-@pytest.fixture(scope="module")
-def pki() -> TestPKI:
-    return TestPKI()
-
-
-@pytest.fixture
-async def daemon(tmp_path: Path, pki: TestPKI) -> AsyncIterator[Daemon]:
-    async with DaemonFiles.write(tmp_path, pki).serving() as daemon:
-        yield daemon
 
 
 async def expect_code(code: purerpc.StatusCode, call: object, match: str = "") -> str:
