@@ -38,6 +38,7 @@ import signal
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from functools import partial
 from pathlib import Path, PurePosixPath
 from types import TracebackType
 
@@ -92,7 +93,9 @@ class _Job:
     signal: int | None = None
     stop_requested: bool = False
     ended_clock: float | None = None  # trio.current_time() when it ended: retention's clock
-    workdir_mounted: bool = False
+    # The work dir's tmpfs, opened in the sandbox before the command ran (see
+    # `sandbox.workdir`); closed once the last reading is taken.
+    workdir_fd: int | None = None
     workdir_bytes: int = 0  # the last reading, once the work dir is gone
     usage: Usage = attrs.Factory(Usage)
     cgroup: JobCgroup | None = None
@@ -114,8 +117,8 @@ class _Job:
             with contextlib.suppress(Exception):  # a live read is best effort; the final one is not
                 usage = self.cgroup.usage()
         workdir_bytes = self.workdir_bytes
-        if self.workdir_mounted and self.state is JobState.ACTIVE:
-            workdir_bytes = workdir.used_bytes(self.workdir)
+        if self.workdir_fd is not None and self.state is JobState.ACTIVE:
+            workdir_bytes = workdir.used_bytes(self.workdir_fd)
         return JobStatus(
             job_id=self.job_id,
             owner=self.owner,
@@ -249,21 +252,16 @@ class JobTracker:
             ) from exc
         assert self._user is not None
         host.check_reachable(self.data_dir, self._user)
-        # Left by a crash: runs are not persistent, so their files are garbage now
-        # (work dirs first: a tmpfs still mounted there would survive the rmtree).
-        for mount_point in workdir.mounted_below(jobs):
-            workdir.unmount(mount_point)
+        # Left by a crash: runs are not persistent, so their files are garbage now.
         for leftover in jobs.iterdir():
             shutil.rmtree(leftover, ignore_errors=True)
-        if self.workdir_size is not None:
-            host.check_workdir_mount(jobs / f".probe-{uuid.uuid4().hex}", self._user)
 
     def _teardown(self) -> None:
         if self.cgroups is not None:
             self.cgroups.close()
         for job in self._jobs.values():
             job.log.discard()
-            self._unmount_workdir(job)  # left mounted only when a clean-up timed out
+            self._close_workdir(job)  # left open only when a clean-up timed out
             shutil.rmtree(job.directory, ignore_errors=True)
 
     async def _shielded_shutdown(self) -> None:
@@ -344,16 +342,9 @@ class JobTracker:
             # The job user reaches its work dir by exact path only (0711 above it:
             # traverse, never list); everything else in the data dir stays root's.
             job.directory.mkdir(mode=0o711)
-            job.workdir.mkdir(mode=0o700)
-            os.chown(job.workdir, self._user.uid, self._user.gid)
-            if self.workdir_size is not None:
-                try:
-                    workdir.mount(job.workdir, self.workdir_size, self._user.uid, self._user.gid)
-                except OSError as exc:
-                    raise StartFailedError(
-                        f"cannot mount the job's work dir: {exc.strerror}; try again later"
-                    ) from exc
-                job.workdir_mounted = True
+            if self.workdir_size is None:  # else a tmpfs in the sandbox only
+                job.workdir.mkdir(mode=0o700)
+                os.chown(job.workdir, self._user.uid, self._user.gid)
             job.cgroup = self.cgroups.create(job_id, _with_helpers(limits), self._io_device)
             cgroup = job.cgroup
             tools, user = self._tools, self._user
@@ -371,11 +362,13 @@ class JobTracker:
                     args_fd=args_fd,
                     host_network=spec.host_network,
                     tmpfs_size=tmpfs_size,
+                    workdir_size=self.workdir_size,
                 ),
                 # The job's environment goes to bubblewrap through a file descriptor,
                 # for the sandbox only: the root helpers never see it.
                 sandbox_args=bwrap.env_options(env),
                 pipe_owner=(user.uid, user.gid),
+                on_ready=None if self.workdir_size is None else partial(_open_workdir, job),
             )
         except BaseException:
             with trio.CancelScope(shield=True):
@@ -516,7 +509,7 @@ class JobTracker:
                 await job.cgroup.remove()
             except SetupError:
                 log.exception("job %s: cannot remove the cgroup of a failed start", job.job_id)
-        self._unmount_workdir(job)
+        self._close_workdir(job)
         await trio.to_thread.run_sync(shutil.rmtree, job.directory, True)
         job.log.discard()
         job.move_to(JobState.TERMINATED)
@@ -586,10 +579,10 @@ class JobTracker:
         # The pump has ended (no more appends): the output goes to disk before anyone
         # learns that the job has ended.
         await job.log.release()
-        if job.workdir_mounted:
-            job.workdir_bytes = workdir.used_bytes(job.workdir)
-        # Before the cgroup goes: unmounting frees the work dir's pages charged to it.
-        self._unmount_workdir(job)
+        if job.workdir_fd is not None:
+            job.workdir_bytes = workdir.used_bytes(job.workdir_fd)
+        # Before the cgroup goes: closing frees the work dir's pages charged to it.
+        self._close_workdir(job)
         try:
             await cgroup.remove()
         except SetupError:
@@ -622,13 +615,11 @@ class JobTracker:
         self._running[job.owner] -= 1
         job.terminated.set()
 
-    def _unmount_workdir(self, job: _Job) -> None:
-        if job.workdir_mounted:
-            try:
-                workdir.unmount(job.workdir)
-            except OSError:
-                log.exception("job %s: cannot unmount its work dir", job.job_id)
-            job.workdir_mounted = False
+    @staticmethod
+    def _close_workdir(job: _Job) -> None:
+        if job.workdir_fd is not None:
+            os.close(job.workdir_fd)
+            job.workdir_fd = None
 
     # ---- retention ---------------------------------------------------------------
 
@@ -702,6 +693,14 @@ class JobTracker:
         if launched.command_pid in cgroup.pids():
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(launched.command_pid, signum)
+
+
+def _open_workdir(job: _Job, init_pid: int) -> None:
+    """Open the job's work dir tmpfs in its sandbox, before its command runs."""
+    try:
+        job.workdir_fd = workdir.open_in_sandbox(init_pid, job.workdir)
+    except OSError as exc:
+        raise StartFailedError(f"cannot open the job's work dir: {exc.strerror}") from exc
 
 
 def _as_finished(jobs: Iterable[_Job]) -> builtins.list[Finished]:

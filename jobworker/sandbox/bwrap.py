@@ -13,13 +13,13 @@ bubblewrap.
    user, cgroup) and forbids further user namespaces inside, binds the host root
    read-only, mounts a fresh /proc, a read-only /dev, and size-limited /tmp and
    /dev/shm, hides the data dir (other jobs' files) and /sys/fs/cgroup (every
-   job's cgroup) behind read-only empty tmpfs, binds the job's own work dir
-   writable at the same path, and starts the command as the leader of a new
-   session. `--die-with-parent` takes the job down if the daemon dies;
+   job's cgroup) behind read-only empty tmpfs, mounts the job's own work dir (a
+   size-limited tmpfs, see `workdir`) at its path, and starts the command as the
+   leader of a new session. `--die-with-parent` takes the job down if the daemon dies;
    `--json-status-fd` reports the host pid of the sandbox's init (leader of
    the command's process group) and the exit code.
-4. Inside, `READY_HELPER` (`sh`) reports that the sandbox is ready, then execs
-   the command.
+4. Inside, `READY_HELPER` (`sh`) reports that the sandbox is ready, waits for
+   the daemon's answer, then execs the command.
 
 The environment: the three helpers run with `HELPER_ENV`, a fixed environment of
 the daemon's choosing, never the request's: a root program (or its dynamic
@@ -55,11 +55,14 @@ TRAMPOLINE = (
 )
 
 #: Runs inside the sandbox as the last step before the command: tells the daemon the
-#: sandbox is ready (one byte on fd 0, a pipe only the daemon reads), then execs the
-#: command with stdin from /dev/null. Until this byte arrives the command does not
-#: exist yet, and a SIGTERM to its process group would only reach bubblewrap's init,
-#: which ignores it: `start` returns only after it.
-READY_HELPER = 'echo >&0 && exec "$@" </dev/null'
+#: sandbox is ready (one line on fd 0, a socket only the daemon holds the other end
+#: of), waits for the daemon's answer line, then execs the command with stdin from
+#: /dev/null. Until then the command does not exist: a SIGTERM to its process group
+#: would only reach bubblewrap's init, which ignores it (`start` returns only after
+#: the ready line), and the daemon opens the work dir in the sandbox meanwhile
+#: (`workdir.open_in_sandbox`), before the command can come and go. If the daemon's
+#: end closes instead of answering, the command never runs.
+READY_HELPER = 'echo >&0 && read -r _ <&0 && exec "$@" </dev/null'
 
 #: The whole environment of the root helpers (trampoline, setpriv) and of the outer
 #: bubblewrap: fixed, whatever the request or the daemon's own environment holds.
@@ -134,12 +137,15 @@ def spawn_argv(
     args_fd: int,
     host_network: bool,
     tmpfs_size: int | None,
+    workdir_size: int | None,
 ) -> list[str]:
     """The whole command line for one job (see the module docstring).
 
     procs_files: the job's cgroup.procs files, one per hierarchy.
     data_dir: hidden from the job behind an empty read-only tmpfs.
-    workdir: the job's writable work dir (host path, bound at the same path).
+    workdir: the job's writable work dir: a tmpfs of `workdir_size` bytes mounted
+        there in the sandbox (see `workdir`), or with `workdir_size` None the host
+        directory of that path, bound at the same path.
     cwd: the working directory inside the sandbox.
     status_fd: the fd (inherited by the child) bubblewrap writes JSON status lines to.
     args_fd: the fd (inherited by the child) bubblewrap reads more options from,
@@ -178,7 +184,7 @@ def spawn_argv(
         "--tmpfs", CGROUP_ROOT, "--remount-ro", CGROUP_ROOT,
         # Other jobs' work dirs and output; only the job's own work dir comes back.
         "--tmpfs", str(data_dir),
-        "--bind", str(workdir), str(workdir),
+        *_workdir_options(workdir, workdir_size),
         "--remount-ro", str(data_dir),
         "--chdir", cwd,
         "--hostname", JOB_HOSTNAME,
@@ -189,6 +195,13 @@ def spawn_argv(
         *exec_argv(tools, argv),
     ]  # fmt: skip
     return cmd
+
+
+def _workdir_options(workdir: Path, size: int | None) -> list[str]:
+    if size is None:
+        return ["--bind", str(workdir), str(workdir)]
+    # bubblewrap mounts it nosuid and nodev, owned by the job user.
+    return ["--perms", "0700", "--size", str(size), "--tmpfs", str(workdir)]
 
 
 def exec_argv(tools: SandboxTools, argv: Sequence[str]) -> list[str]:

@@ -14,7 +14,6 @@ import subprocess
 from pathlib import Path
 
 from jobworker.errors import SetupError
-from jobworker.sandbox import workdir
 from jobworker.sandbox.bwrap import HELPER_ENV, JobUser, SandboxTools
 from jobworker.sandbox.spawn import permits
 
@@ -39,11 +38,13 @@ def check_sandbox(tools: SandboxTools, user: JobUser) -> None:
     job user, every namespace, nested user namespaces disabled), so a host where that
     cannot work (no user namespaces, a bubblewrap too old for a flag) is a SetupError
     at start. Takes ~15 ms, once. (Not `bwrap.spawn_argv`: that one also enters a
-    job's cgroups and binds its work dir, which do not exist yet.)"""
+    job's cgroups, which do not exist yet.) The size-limited tmpfs is the kind a
+    job's work dir is."""
     argv = [tools.bwrap, "--unshare-all"]
     if not user.is_root:
         argv += ["--unshare-user", "--disable-userns"]
-    argv += ["--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "--", "true"]
+    argv += ["--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev"]
+    argv += ["--perms", "0700", "--size", str(1 << 20), "--tmpfs", "/tmp", "--", "true"]
     if not user.is_root:
         argv = [
             tools.setpriv,
@@ -83,23 +84,6 @@ def check_reachable(data_dir: Path, user: JobUser) -> None:
                 f"{stat.S_IMODE(st.st_mode):04o}; pick a data dir below world-traversable dirs (e.g. /var/lib/jobworker) "
                 f"or chmod o+x {directory}"
             )
-
-
-def check_workdir_mount(probe: Path, user: JobUser) -> None:
-    """Mount and unmount one work dir tmpfs at `probe` (made and removed here), so that
-    a host where jwsd may not mount (a container without CAP_SYS_ADMIN) is a
-    SetupError at start, not a failure of every job."""
-    probe.mkdir()
-    try:
-        workdir.mount(probe, 1 << 20, user.uid, user.gid)
-        workdir.unmount(probe)
-    except OSError as exc:
-        raise SetupError(
-            f"cannot mount a tmpfs work dir in the data dir ({exc.strerror}); give jwsd "
-            "CAP_SYS_ADMIN, or --workdir-size 0 to keep work dirs on the data dir's file system"
-        ) from exc
-    finally:
-        probe.rmdir()
 
 
 def _which(program: str, what: str) -> str:

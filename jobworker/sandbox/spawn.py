@@ -30,6 +30,7 @@ import json
 import os
 import resource
 import signal
+import socket
 import stat
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
@@ -305,6 +306,7 @@ async def launch(
     *,
     sandbox_args: bytes,
     pipe_owner: tuple[int, int] | None = None,
+    on_ready: Callable[[int], None] | None = None,
 ) -> Launched:
     """Start the command line `build_cmd(status_fd, args_fd)` returns (see
     `bwrap.spawn_argv`), with the environment `bwrap.HELPER_ENV` and nothing else.
@@ -315,9 +317,10 @@ async def launch(
         `bwrap.env_options`): what the job needs but the helpers must not see
         in their environment, nor `ps` in their command line.
 
-    The child's stdin is the write end of a "ready" pipe: `bwrap.READY_HELPER`
-    writes one byte to it inside the finished sandbox just before it execs the
-    command. Returns once that byte arrived. pipe_owner: (uid, gid) to own the output
+    The child's stdin is one end of a "ready" socket pair: `bwrap.READY_HELPER`
+    writes a line to it inside the finished sandbox, and execs the command once
+    it reads the daemon's answer. In between, `on_ready(command_pid)` runs (before
+    the command exists); the answer follows, and launch returns. pipe_owner: (uid, gid) to own the output
     pipe, so that a job running as that user can reopen /dev/stdout and /dev/stderr.
     On failure nothing is left running and StartFailedError says what bubblewrap
     reported; InvalidRequestError if the kernel refuses the command line as too
@@ -330,8 +333,9 @@ async def launch(
         fds += (out_r, out_w)
         st_r, st_w = os.pipe2(os.O_CLOEXEC)
         fds += (st_r, st_w)
-        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
-        fds += (ready_r, ready_w)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)  # close-on-exec
+        ready_ours, ready_theirs = ours.detach(), theirs.detach()
+        fds += (ready_ours, ready_theirs)
         with contextlib.suppress(OSError):  # a lower pipe-max-size only costs throughput
             fcntl.fcntl(out_w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         if pipe_owner is not None:
@@ -341,7 +345,7 @@ async def launch(
         try:
             process = ChildProcess.start(
                 cmd,
-                stdin=ready_w,
+                stdin=ready_theirs,
                 stdout=out_w,
                 stderr=out_w,
                 pass_fds=(st_w, args_fd),
@@ -359,11 +363,11 @@ async def launch(
         for fd in fds:
             os.close(fd)
         raise
-    for fd in (out_w, st_w, ready_w, args_fd):
+    for fd in (out_w, st_w, ready_theirs, args_fd):
         os.close(fd)
     output = trio.lowlevel.FdStream(out_r)
     status = trio.lowlevel.FdStream(st_r)
-    ready = trio.lowlevel.FdStream(ready_r)
+    ready = trio.lowlevel.FdStream(ready_ours)
     try:
         with trio.fail_after(SANDBOX_SETUP_TIMEOUT):
             command_pid = await _read_child_pid(status)
@@ -371,6 +375,12 @@ async def launch(
         if not started:
             raise StartFailedError(await _failure_message(process, output))
         assert command_pid is not None
+        if on_ready is not None:
+            on_ready(command_pid)
+        try:
+            await ready.send_all(b"\n")
+        except trio.BrokenResourceError:  # the sandbox went before its command ran
+            raise StartFailedError(await _failure_message(process, output)) from None
     except BaseException:
         with trio.CancelScope(shield=True):
             await _kill_and_close(process, output, status)

@@ -26,6 +26,7 @@ from pathlib import Path
 import attrs
 
 from jobworker.sandbox import bwrap
+from jobworker.tracker import DEFAULT_WORKDIR_SIZE
 from tests.bench.machine import which
 
 #: Limits every start benchmark applies (jobworker's request and runc's config alike).
@@ -40,7 +41,8 @@ def time_runs(argv: list[str], count: int, **kwargs: object) -> list[float]:
     samples = []
     for _ in range(count):
         started = time.perf_counter()
-        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, **kwargs)  # type: ignore[call-overload]
+        kwargs.setdefault("stdin", subprocess.DEVNULL)
+        done = subprocess.run(argv, capture_output=True, **kwargs)  # type: ignore[call-overload]
         samples.append((time.perf_counter() - started) * 1000)
         if done.returncode != 0:
             raise RuntimeError(
@@ -83,13 +85,24 @@ def bwrap_true(count: int, data_dir: Path) -> list[float]:
             args_fd=args_fd,
             host_network=False,
             tmpfs_size=64 << 20,
+            workdir_size=DEFAULT_WORKDIR_SIZE,
         )
         os.write(args_fd, bwrap.env_options({"PATH": "/usr/bin:/bin"}))
         os.set_blocking(read_end, False)
         samples = []
         for _ in range(count):
             os.lseek(args_fd, 0, os.SEEK_SET)  # bubblewrap reads its options to the end
-            samples += time_runs(argv, 1, pass_fds=(write_end, args_fd), env=dict(bwrap.HELPER_ENV))
+            # The ready helper's socket, with the daemon's answer already in it.
+            ours, theirs = socket.socketpair()
+            with ours, theirs:
+                ours.send(b"\n")
+                samples += time_runs(
+                    argv,
+                    1,
+                    stdin=theirs.fileno(),
+                    pass_fds=(write_end, args_fd),
+                    env=dict(bwrap.HELPER_ENV),
+                )
             with contextlib.suppress(BlockingIOError):  # drop the JSON status lines
                 os.read(read_end, 1 << 16)
         return samples

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import attrs
@@ -80,7 +80,11 @@ class Jwsd:
         return code
 
 
-def start_jwsd(tmp_path: Path, pki: TestPKI, *extra: str, users: bool = True) -> Jwsd:
+def start_jwsd(
+    tmp_path: Path, pki: TestPKI, *extra: str, users: bool = True, wrapper: Sequence[str] = ()
+) -> Jwsd:
+    """A jwsd on a free loopback port with alex, betty and admin; `wrapper` is a
+    command line that runs it (e.g. setpriv dropping a capability)."""
     tls_dir = pki.write_tls_dir(tmp_path / "tls", ["alex", "betty", "admin", "mallory"])
     args = [
         str(BIN / "jwsd"),
@@ -97,7 +101,7 @@ def start_jwsd(tmp_path: Path, pki: TestPKI, *extra: str, users: bool = True) ->
     env = dict(os.environ, JOBWORKER_CGROUP_NAME=name)
     log_path = tmp_path / "jwsd.log"
     with log_path.open("wb") as log_file:  # a file, not a pipe: a full pipe would block jwsd
-        process = subprocess.Popen([*args, *extra], stderr=log_file, env=env)
+        process = subprocess.Popen([*wrapper, *args, *extra], stderr=log_file, env=env)
 
     def listening() -> re.Match[str] | None:
         if process.poll() is not None:

@@ -6,6 +6,7 @@ the memory limit, and defaults that give way to the operator's maximum.
 from __future__ import annotations
 
 import resource
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 
 from jobworker.errors import InvalidRequestError
 from jobworker.model import JobSpec, JobState, JobStatus, Limits
-from jobworker.sandbox import spawn
+from jobworker.sandbox import bwrap, spawn
 from jobworker.tracker import JobTracker
 from tests.conftest import require_root
 
@@ -104,7 +105,10 @@ async def test_an_environment_as_large_as_the_kernel_execs_works(
     """Up to the kernel's room for exec's strings (less the slack kept for what the
     shell adds), in values of 64 KiB: the job sees every byte."""
     argv = ("sh", "-c", "env | grep '^V' | wc -c")
-    prefix = sum(len(a) + 1 + 8 for a in ["/bin/sh", "-c", "x" * 40, "jobworker-exec", *argv])
+    prefix = sum(
+        len(a) + 1 + 8
+        for a in [shutil.which("sh") or "", "-c", bwrap.READY_HELPER, "jobworker-exec", *argv]
+    )
     env = _env_filling(small_stack - spawn.ARG_SPACE_SLACK - prefix)
     assert len(env) > 3
     out, status = await run_to_end(tracker, JobSpec(argv=argv, env=env))

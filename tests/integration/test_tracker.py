@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -162,6 +163,15 @@ async def test_a_job_cannot_see_other_jobs_files(tracker: JobTracker) -> None:
     await tracker.stop("alex", first.job_id, grace=0)
 
 
+def as_job_user(script: str, stdin: str = "") -> None:
+    subprocess.run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "sh", "-c", script],
+        input=stdin.encode(),
+        check=True,
+        timeout=10,
+    )
+
+
 async def test_a_job_can_neither_change_its_cgroup_nor_leave_it(tracker: JobTracker) -> None:
     """The limits hold only if the job cannot write them: its own control files, the job
     parent's, and every cgroup.procs it could move itself to are out of its reach."""
@@ -183,9 +193,17 @@ async def test_a_job_can_neither_change_its_cgroup_nor_leave_it(tracker: JobTrac
     script += f"mkdir {job_dir}/escape 2>/dev/null && echo made\ncat /proc/self/cgroup\n"
     script += "echo END; while [ ! -e ./done ]; do sleep 0.02; done\n"  # until we looked
     before = {t: t.read_text() for t in targets if t.name != "cgroup.procs"}
-    workdir = tracker.data_dir / "jobs" / status.job_id / "work"
-    (workdir / "attack.tmp").write_text(script)
-    (workdir / "attack.tmp").rename(workdir / "attack")
+    # The work dir is a tmpfs in the sandbox's mount namespace: reach it through a
+    # process in the sandbox (not the outer bubblewrap, in the host's), as the job
+    # user (the tmpfs belongs to the sandbox's user namespace, where root is nobody).
+    inside = (tracker.data_dir / "jobs" / status.job_id / "work").relative_to("/")
+    pids = (job_dir / "cgroup.procs").read_text().split()
+    workdir = next(
+        Path(f"/proc/{pid}/root") / inside
+        for pid in pids
+        if (Path(f"/proc/{pid}/root") / inside).is_dir()
+    )
+    as_job_user(f"cat > {workdir}/attack.tmp && mv {workdir}/attack.tmp {workdir}/attack", script)
     out = bytearray()
     async with tracker.subscribe("alex", status.job_id) as chunks:
         async for chunk in chunks:
@@ -194,7 +212,7 @@ async def test_a_job_can_neither_change_its_cgroup_nor_leave_it(tracker: JobTrac
                 break
     assert {t: t.read_text() for t in before} == before
     assert not (job_dir / "escape").exists()
-    (workdir / "done").touch()
+    as_job_user(f"touch {workdir}/done")
     lines = out.decode().splitlines()[:-1]
     assert not [line for line in lines if line.startswith(("wrote", "made"))], out
     # Its own cgroup namespace: the job sees its cgroup as the root.

@@ -110,6 +110,7 @@ def test_spawn_argv_enters_cgroups_then_drops_privileges_then_sandboxes(tmp_path
         args_fd=8,
         host_network=False,
         tmpfs_size=64 << 20,
+        workdir_size=16 << 20,
     )
     assert argv[:3] == ["/bin/sh", "-c", bwrap.TRAMPOLINE]
     dashdash = argv.index("--")
@@ -149,7 +150,8 @@ def test_spawn_argv_enters_cgroups_then_drops_privileges_then_sandboxes(tmp_path
     ]
     mounts = _mounts(options)
     # Writable tmpfs are size-limited; /dev, the cgroup tree and the data dir are
-    # read-only; the data dir is hidden before the job's own work dir is bound back.
+    # read-only; the data dir is hidden before the job's own work dir, a tmpfs of
+    # its own, is mounted in it.
     assert mounts == [
         ("--proc", "/proc", None),
         ("--dev", "/dev", None),
@@ -159,9 +161,11 @@ def test_spawn_argv_enters_cgroups_then_drops_privileges_then_sandboxes(tmp_path
         ("--tmpfs", "/sys/fs/cgroup", None),
         ("--remount-ro", "/sys/fs/cgroup", None),
         ("--tmpfs", "/var/lib/jobworker", None),
-        ("--bind", "/var/lib/jobworker/jobs/x/work", None),
+        ("--tmpfs", "/var/lib/jobworker/jobs/x/work", 16 << 20),
         ("--remount-ro", "/var/lib/jobworker", None),
     ]
+    work = options.index("/var/lib/jobworker/jobs/x/work")
+    assert options[work - 5 : work] == ["--perms", "0700", "--size", str(16 << 20), "--tmpfs"]
 
 
 def _mounts(options: list[str]) -> list[tuple[str, str, int | None]]:
@@ -193,12 +197,14 @@ def test_spawn_argv_for_root_and_host_network_skips_the_privilege_drop() -> None
     argv = bwrap.spawn_argv(
         tools, ROOT, procs_files=[], data_dir=Path("/d"), workdir=Path("/d/w"), cwd="/",
         argv=["id"], status_fd=5, args_fd=6, host_network=True, tmpfs_size=None,
+        workdir_size=None,
     )  # fmt: skip
     assert "/usr/bin/setpriv" not in argv
     assert "--unshare-user" not in argv
     assert "--disable-userns" not in argv  # it needs a user namespace of bubblewrap's own
     assert "--share-net" in argv
     assert "--size" not in argv
+    assert argv[argv.index("--bind") : argv.index("--bind") + 3] == ["--bind", "/d/w", "/d/w"]
 
 
 def test_env_options_carry_the_job_environment_for_bubblewrap_alone() -> None:
@@ -384,7 +390,7 @@ async def test_launch_gives_the_child_only_the_helper_environment(
     def build_cmd(status_fd: int, args_fd: int) -> list[str]:
         script = (
             f"cat /proc/$$/environ; echo; echo ARGS; cat /dev/fd/{args_fd}; "
-            f'echo "{{\\"child-pid\\": $$}}" > /dev/fd/{status_fd}; echo >&0'
+            f'echo "{{\\"child-pid\\": $$}}" > /dev/fd/{status_fd}; echo >&0; read -r _ <&0'
         )
         return ["/bin/sh", "-c", script]
 
