@@ -345,7 +345,9 @@ class JobTracker:
             if self.workdir_size is None:  # else a tmpfs in the sandbox only
                 job.workdir.mkdir(mode=0o700)
                 os.chown(job.workdir, self._user.uid, self._user.gid)
-            job.cgroup = self.cgroups.create(job_id, _with_helpers(limits), self._io_device)
+            job.cgroup = self.cgroups.create(
+                job_id, _with_helpers(limits), self._io_device, owner=owner
+            )
             cgroup = job.cgroup
             tools, user = self._tools, self._user
             tmpfs_size = _tmpfs_size(self.tmpfs_size, limits.memory)

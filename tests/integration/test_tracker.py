@@ -252,6 +252,29 @@ async def test_cpu_limit_holds_a_busy_loop_to_a_fifth_of_a_core(tracker: JobTrac
     assert final.outcome is Outcome.STOPPED and final.stopped_by_user
 
 
+async def test_owners_share_the_cpu_evenly_whatever_their_job_counts(tracker: JobTracker) -> None:
+    """Four busy loops of alex's and one of betty's, all on one CPU: betty's one job
+    gets about as much CPU as alex's four together (the kernel shares among owner
+    groups, not among jobs), not a fifth of it."""
+    loop = "exec taskset -c 0 sh -c 'while :; do :; done'"
+    alex = [await tracker.start("alex", sh(loop)) for _ in range(4)]
+    betty = await tracker.start("betty", sh(loop))
+
+    def cpu_ns() -> tuple[int, int]:
+        return (
+            sum(tracker.status("alex", job.job_id).usage.cpu_ns for job in alex),
+            tracker.status("betty", betty.job_id).usage.cpu_ns,
+        )
+
+    alex_before, betty_before = cpu_ns()
+    await trio.sleep(2.0)  # the behaviour under test: CPU shared over a wall-clock span
+    alex_after, betty_after = cpu_ns()
+    for job in [*alex, betty]:
+        await tracker.stop(job.owner, job.job_id, grace=0)
+    ratio = (betty_after - betty_before) / (alex_after - alex_before)
+    assert ratio > 0.6, f"betty's one job got {ratio:.2f} of alex's four jobs' CPU"
+
+
 async def test_pids_limit_contains_a_fork_bomb_which_stays_stoppable(tracker: JobTracker) -> None:
     # The main shell execs the sleep instead of forking it: once the bomb has used up the
     # pids, a fork there would fail, and the shell (and so the job) would end on its own.
@@ -506,15 +529,26 @@ async def test_leftover_cgroups_of_a_crashed_run_are_killed_and_removed(tmp_path
     name = f"jobworker-test-{uuid.uuid4().hex[:8]}"
     driver = detect(name=name)
     stale = driver.create("stale-job", Limits(), None)
-    proc = await trio.lowlevel.open_process(
-        ["sh", "-c", f"echo $$ > {stale.procs_files[0]}; exec sleep 1000"]
-    )
-    await eventually(lambda: proc.pid in stale.pids(), timeout=5, what="the pid is in the cgroup")
+    grouped = driver.create("stale-grouped-job", Limits(), None, owner="alex")
+    procs = [
+        await trio.lowlevel.open_process(
+            ["sh", "-c", f"echo $$ > {cgroup.procs_files[0]}; exec sleep 1000"]
+        )
+        for cgroup in (stale, grouped)
+    ]
+    for proc, cgroup in zip(procs, (stale, grouped), strict=True):
+        await eventually(
+            lambda: proc.pid in cgroup.pids(),  # noqa: B023 (awaited in this iteration)
+            timeout=5,
+            what="the pid is in the cgroup",
+        )
     driver.close()  # as the crash would: the parent stays (busy), its lock goes
     async with JobTracker(tmp_path / "data", cgroup_name=name):
         with trio.fail_after(5):
-            await proc.wait()
+            for proc in procs:
+                await proc.wait()
         assert not any(p.parent.exists() for p in stale.procs_files)
+        assert not any(p.parent.parent.exists() for p in grouped.procs_files)  # alex's group
 
 
 async def test_a_job_outlives_trios_idle_worker_threads(tracker: JobTracker) -> None:

@@ -15,8 +15,14 @@ def cgroups_named(name: str) -> list[Path]:
 
 def job_cgroup_dirs(cgroup_name: str, job_id: str) -> list[Path]:
     """The cgroup directories of job `job_id` of the jwsd (or tracker) whose cgroups are
-    named `cgroup_name`, in every hierarchy (v1) or the one (v2)."""
-    return [parent / job_id for parent in cgroups_named(cgroup_name) if (parent / job_id).is_dir()]
+    named `cgroup_name`, in every hierarchy (v1) or the one (v2): in its owner's group,
+    or (drivers used without an owner) right under the parent."""
+    return [
+        directory
+        for parent in cgroups_named(cgroup_name)
+        for directory in [parent / job_id, *parent.glob(f"user-*/{job_id}")]
+        if directory.is_dir()
+    ]
 
 
 def cgroup_pids(cgroup_name: str, job_id: str) -> list[int]:

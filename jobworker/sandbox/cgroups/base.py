@@ -16,7 +16,9 @@ import abc
 import contextlib
 import errno
 import fcntl
+import hashlib
 import os
+import re
 import select
 import signal
 import time
@@ -54,10 +56,18 @@ class CgroupDriver(abc.ABC):
     parent: Path
 
     @abc.abstractmethod
-    def create(self, job_id: str, limits: Limits, io_device: tuple[int, int] | None) -> JobCgroup:
+    def create(
+        self,
+        job_id: str,
+        limits: Limits,
+        io_device: tuple[int, int] | None,
+        owner: str | None = None,
+    ) -> JobCgroup:
         """Make the job's cgroup(s) under the parent and write `limits` (None fields:
         no limit). `io_device` is the (major, minor) of the disk the IO limits apply
         to; it is required when `limits` has an IO limit and ignored otherwise.
+        `owner`: the job goes in its owner's group (`owner_group`), made when
+        missing; None: directly under the parent.
 
         Raises InvalidRequestError for a bad job id, a missing io_device or a value
         the kernel rejects; SetupError when the host refuses (permissions, a missing
@@ -67,8 +77,9 @@ class CgroupDriver(abc.ABC):
 
     @abc.abstractmethod
     def cleanup_stale(self) -> list[str]:
-        """Kill every process in, and remove, every job cgroup under the parent
-        (left by an earlier run that crashed). Returns the names removed.
+        """Kill every process in, and remove, every job cgroup under the parent and
+        in its owner groups (left by an earlier run that crashed), and the groups.
+        Returns the job names removed.
 
         Blocks for at most a few seconds waiting for the killed processes to exit;
         it runs once, at start-up, before anything else is served. Raises
@@ -143,6 +154,7 @@ class JobCgroup(abc.ABC):
                     )
                 await trio.sleep(delay)
                 delay = min(delay * 2, 0.1)
+        self._remove_owner_groups()
 
     def remove_blocking(self, timeout: float = 5.0) -> None:
         """`remove` for synchronous start-up code: waits on the exit of each process
@@ -158,12 +170,40 @@ class JobCgroup(abc.ABC):
                     )
                 self.kill_all()
                 wait_for_exit(read_pids(directory / "cgroup.procs"), min(left, 0.1))
+        self._remove_owner_groups()
 
     def _try_rmdir(self, directory: Path) -> bool:
         return try_rmdir(directory, self.rmdir)
 
+    def _remove_owner_groups(self) -> None:
+        # The owner's last job takes its group along; one with other jobs is busy
+        # and stays. (Sync, on the daemon's one thread: no create runs in between.)
+        for directory in self.directories():
+            if directory.parent.name.startswith(OWNER_GROUP_PREFIX):
+                self._try_rmdir(directory.parent)
+
 
 # ---- helpers shared by v1 and v2 -------------------------------------------------------------
+
+#: Every owner group's name starts with this (job ids never do: they are UUIDs).
+OWNER_GROUP_PREFIX = "user-"
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
+
+
+def owner_group(owner: str) -> str:
+    """The directory, under the job parent, that holds one owner's jobs.
+
+    Why a level per owner: the kernel shares CPU among sibling cgroups by weight, so
+    with every job a sibling, an owner running 30 busy jobs got 30 shares to another
+    owner's one, and even that one's sandbox was slow to build. Per owner, each
+    owner's jobs together get one share (as systemd's user slices do), whatever their
+    count; limits stay per job. A name that is not plain becomes "_" and its hash
+    (no plain name starts with "_").
+    """
+    if _PLAIN_NAME.fullmatch(owner):
+        return OWNER_GROUP_PREFIX + owner
+    return OWNER_GROUP_PREFIX + "_" + hashlib.sha256(owner.encode()).hexdigest()[:32]
 
 
 def write_value(file: Path, value: str | int, *, what: str | None = None) -> None:

@@ -96,22 +96,27 @@ class V1Driver(base.CgroupDriver):
         """
         parents = {c: own[c] / name for c in CONTROLLERS}
         for directory in dict.fromkeys(parents.values()):
-            try:
-                directory.mkdir(exist_ok=True)
-            except OSError as exc:
-                raise SetupError(
-                    f"cannot create cgroup {directory}: {exc.strerror}; jwsd must run as root"
-                ) from exc
-            _inherit_cpuset(directory)
+            _mkdir(directory)
         return cls(parents, rmdir)
 
     def _distinct_parents(self) -> tuple[Path, ...]:
         return tuple(dict.fromkeys(self.parents[c] for c in CONTROLLERS))
 
-    def create(self, job_id: str, limits: Limits, io_device: tuple[int, int] | None) -> V1JobCgroup:
+    def create(
+        self,
+        job_id: str,
+        limits: Limits,
+        io_device: tuple[int, int] | None,
+        owner: str | None = None,
+    ) -> V1JobCgroup:
         base.check_job_id(job_id)
         base.check_io_device(limits, io_device)
-        cgroup = V1JobCgroup(job_id, {c: p / job_id for c, p in self.parents.items()}, self.rmdir)
+        parents = dict(self.parents)
+        if owner is not None:
+            parents = {c: p / base.owner_group(owner) for c, p in parents.items()}
+            for directory in dict.fromkeys(parents.values()):
+                _mkdir(directory)
+        cgroup = V1JobCgroup(job_id, {c: p / job_id for c, p in parents.items()}, self.rmdir)
         made: list[Path] = []
         try:
             for directory in cgroup.directories():
@@ -158,14 +163,34 @@ class V1Driver(base.CgroupDriver):
             base.write_value(dirs["pids"] / "pids.max", limits.pids, what="pids limit")
 
     def cleanup_stale(self) -> list[str]:
-        names = sorted(
-            {entry.name for p in self._distinct_parents() if p.is_dir() for entry in _subdirs(p)}
-        )
-        for name in names:
-            stale = V1JobCgroup(name, {c: p / name for c, p in self.parents.items()}, self.rmdir)
-            stale.kill_all()
-            stale.remove_blocking()
+        names = []
+        for group in self._stale_groups():
+            parents = {c: p / group for c, p in self.parents.items()} if group else self.parents
+            jobs = sorted(
+                {e.name for p in dict.fromkeys(parents.values()) if p.is_dir() for e in _subdirs(p)}
+            )
+            for name in jobs:
+                if not group and name.startswith(base.OWNER_GROUP_PREFIX):
+                    continue
+                stale = V1JobCgroup(name, {c: p / name for c, p in parents.items()}, self.rmdir)
+                stale.kill_all()
+                stale.remove_blocking()  # and the owner group it empties
+                names.append(name)
+            if group:  # an owner group with no job left
+                for directory in dict.fromkeys(parents.values()):
+                    base.try_rmdir(directory, self.rmdir)
         return names
+
+    def _stale_groups(self) -> list[str]:
+        """ "" (jobs right under the parents), then each owner group's name."""
+        groups = {
+            entry.name
+            for p in self._distinct_parents()
+            if p.is_dir()
+            for entry in _subdirs(p)
+            if entry.name.startswith(base.OWNER_GROUP_PREFIX)
+        }
+        return ["", *sorted(groups)]
 
     def close(self) -> None:
         for directory in self._distinct_parents():
@@ -173,6 +198,17 @@ class V1Driver(base.CgroupDriver):
                 self.rmdir(directory)
         base.unlock(self.lock_fd)
         self.lock_fd = None
+
+
+def _mkdir(directory: Path) -> None:
+    """mkdir one cgroup unless it exists, ready for tasks (cpuset)."""
+    try:
+        directory.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise SetupError(
+            f"cannot create cgroup {directory}: {exc.strerror}; jwsd must run as root"
+        ) from exc
+    _inherit_cpuset(directory)
 
 
 def _subdirs(directory: Path) -> list[Path]:

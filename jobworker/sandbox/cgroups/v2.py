@@ -7,8 +7,10 @@ delegation document ("Control Group APIs and Delegation") ask:
     <subtree>/jwsd/              jwsd itself
     <subtree>/init/              every other process that was in <subtree> (a
                                  container's init, a wrapper script, a test runner)
-    <subtree>/<name>/            the job parent, controllers enabled again
-    <subtree>/<name>/<job_id>/   one leaf per job
+    <subtree>/<name>/                       the job parent, controllers enabled again
+    <subtree>/<name>/user-<owner>/          one group per owner (`base.owner_group`),
+                                            controllers enabled again
+    <subtree>/<name>/user-<owner>/<job_id>/ one leaf per job
 
 The "no internal processes" rule (a non-root cgroup that holds processes cannot
 hand controllers to its children) is why every process leaves `<subtree>` first,
@@ -99,6 +101,7 @@ class V2Driver(base.CgroupDriver):
 
     parent: Path
     rmdir: base.Rmdir = os.rmdir
+    enable: str = ""  # "+cpu +memory ...": what each owner group hands down
     version: int = attrs.field(default=2, init=False)
     lock_fd: int | None = attrs.field(init=False)
 
@@ -145,12 +148,24 @@ class V2Driver(base.CgroupDriver):
         _mkdir(parent)
         if enable:
             _enable(parent, enable)
-        return cls(parent, rmdir)
+        return cls(parent, rmdir, enable)
 
-    def create(self, job_id: str, limits: Limits, io_device: tuple[int, int] | None) -> V2JobCgroup:
+    def create(
+        self,
+        job_id: str,
+        limits: Limits,
+        io_device: tuple[int, int] | None,
+        owner: str | None = None,
+    ) -> V2JobCgroup:
         base.check_job_id(job_id)
         base.check_io_device(limits, io_device)
-        cgroup = V2JobCgroup(job_id, self.parent / job_id, self.rmdir)
+        parent = self.parent
+        if owner is not None:
+            parent = self.parent / base.owner_group(owner)
+            _mkdir(parent)
+            if self.enable:  # again each time: a crash may have left it without
+                _enable(parent, self.enable)
+        cgroup = V2JobCgroup(job_id, parent / job_id, self.rmdir)
         base.make_dir(cgroup.path)
         try:
             self._write_limits(cgroup.path, limits, io_device)
@@ -185,11 +200,18 @@ class V2Driver(base.CgroupDriver):
     def cleanup_stale(self) -> list[str]:
         if not self.parent.is_dir():  # removed already (close()): nothing is left in it
             return []
-        names = sorted(e.name for e in self.parent.iterdir() if e.is_dir())
-        for name in names:
-            stale = V2JobCgroup(name, self.parent / name, self.rmdir)
-            stale.kill_all()
-            stale.remove_blocking()
+        names = []
+        for entry in sorted(e for e in self.parent.iterdir() if e.is_dir()):
+            if not entry.name.startswith(base.OWNER_GROUP_PREFIX):
+                entries = [entry]  # a job directly under the parent
+            else:
+                entries = sorted(e for e in entry.iterdir() if e.is_dir())
+            for directory in entries:
+                stale = V2JobCgroup(directory.name, directory, self.rmdir)
+                stale.kill_all()
+                stale.remove_blocking()  # and an owner group it empties
+                names.append(directory.name)
+            base.try_rmdir(entry, self.rmdir)  # an owner group with no job left
         return names
 
     def close(self) -> None:
