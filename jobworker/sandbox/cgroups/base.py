@@ -384,6 +384,16 @@ def make_dir(directory: Path) -> None:
         ) from exc
 
 
+def ensure_dir(directory: Path) -> None:
+    """mkdir one cgroup unless it exists; SetupError when the kernel refuses."""
+    try:
+        directory.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise SetupError(
+            f"cannot create cgroup {directory}: {exc.strerror}; jwsd must run as root"
+        ) from exc
+
+
 def lock_parent(parent: Path) -> int:
     """Claim the job parent `parent` for this daemon alone: an exclusive flock(2) on
     the directory, held until `unlock` (or the process's death, which a crashed

@@ -202,12 +202,7 @@ class V1Driver(base.CgroupDriver):
 
 def _mkdir(directory: Path) -> None:
     """mkdir one cgroup unless it exists, ready for tasks (cpuset)."""
-    try:
-        directory.mkdir(exist_ok=True)
-    except OSError as exc:
-        raise SetupError(
-            f"cannot create cgroup {directory}: {exc.strerror}; jwsd must run as root"
-        ) from exc
+    base.ensure_dir(directory)
     _inherit_cpuset(directory)
 
 

@@ -145,7 +145,7 @@ class V2Driver(base.CgroupDriver):
         elif enable:
             _enable(subtree, enable)
         parent = subtree / name
-        _mkdir(parent)
+        base.ensure_dir(parent)
         if enable:
             _enable(parent, enable)
         return cls(parent, rmdir, enable)
@@ -162,7 +162,7 @@ class V2Driver(base.CgroupDriver):
         parent = self.parent
         if owner is not None:
             parent = self.parent / base.owner_group(owner)
-            _mkdir(parent)
+            base.ensure_dir(parent)
             if self.enable:  # again each time: a crash may have left it without
                 _enable(parent, self.enable)
         cgroup = V2JobCgroup(job_id, parent / job_id, self.rmdir)
@@ -221,22 +221,13 @@ class V2Driver(base.CgroupDriver):
         self.lock_fd = None
 
 
-def _mkdir(directory: Path) -> None:
-    try:
-        directory.mkdir(exist_ok=True)
-    except OSError as exc:
-        raise SetupError(
-            f"cannot create cgroup {directory}: {exc.strerror}; jwsd must run as root"
-        ) from exc
-
-
 def _take_over(subtree: Path, enable: str) -> None:
     """Move every process out of `subtree` into its leaves, then enable the
     controllers in it; repeat while processes keep joining (EBUSY)."""
     for _ in range(TAKE_OVER_ATTEMPTS):
         for pid in base.read_pids(subtree / "cgroup.procs"):
             leaf = subtree / (DAEMON_LEAF if pid == os.getpid() else OTHERS_LEAF)
-            _mkdir(leaf)  # only when a process needs it: an empty subtree gets no leaves
+            base.ensure_dir(leaf)  # only when a process needs it: an empty subtree gets no leaves
             _move(pid, leaf)
         if not enable or _try_enable(subtree, enable):
             return
