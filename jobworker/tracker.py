@@ -59,7 +59,7 @@ from jobworker.errors import (
 from jobworker.model import OUTPUT_CHUNK, JobSpec, JobState, JobStatus, Limits, Outcome, Usage
 from jobworker.output import OutputLog
 from jobworker.retention import Finished, RetentionPolicy
-from jobworker.sandbox import bwrap, host, spawn, workdir
+from jobworker.sandbox import bwrap, host, seccomp, spawn, workdir
 from jobworker.sandbox.cgroups import CgroupDriver, JobCgroup, block_device_of, detect
 
 log = logging.getLogger(__name__)
@@ -194,6 +194,7 @@ class JobTracker:
     _closing: bool = attrs.field(init=False, default=False)
     _user: bwrap.JobUser | None = attrs.field(init=False, default=None)
     _tools: bwrap.SandboxTools | None = attrs.field(init=False, default=None)
+    _seccomp: bytes | None = attrs.field(init=False, default=None)
     _io_device: tuple[int, int] | None = attrs.field(init=False, default=None)
     _io_device_error: str | None = attrs.field(init=False, default=None)
 
@@ -225,7 +226,8 @@ class JobTracker:
         host.check_root()
         self._tools = host.find_tools()
         self._user = bwrap.JobUser.lookup(self.job_user)
-        host.check_sandbox(self._tools, self._user)
+        self._seccomp = seccomp.program()
+        host.check_sandbox(self._tools, self._user, self._seccomp)
         self._prepare_data_dir()
         if self.cgroups is None:
             self.cgroups = detect(name=self.cgroup_name, subtree=self.cgroup_parent)
@@ -371,6 +373,7 @@ class JobTracker:
                 sandbox_args=bwrap.env_options(env),
                 pipe_owner=(user.uid, user.gid),
                 on_ready=None if self.workdir_size is None else partial(_open_workdir, job),
+                seccomp=self._seccomp,
             )
         except BaseException:
             with trio.CancelScope(shield=True):

@@ -7,7 +7,10 @@ refusal. The cgroup checks live with the drivers (`sandbox.cgroups.detect`).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import platform
 import shutil
 import stat
 import subprocess
@@ -16,6 +19,8 @@ from pathlib import Path
 from jobworker.errors import SetupError
 from jobworker.sandbox.bwrap import HELPER_ENV, JobUser, SandboxTools
 from jobworker.sandbox.spawn import permits
+
+log = logging.getLogger(__name__)
 
 
 def check_root() -> None:
@@ -33,18 +38,39 @@ def find_tools() -> SandboxTools:
     )
 
 
-def check_sandbox(tools: SandboxTools, user: JobUser) -> None:
+def check_sandbox(tools: SandboxTools, user: JobUser, seccomp: bytes | None) -> None:
     """Build one empty sandbox with the namespaces and privilege drop jobs get (as the
     job user, every namespace, nested user namespaces disabled), so a host where that
     cannot work (no user namespaces, a bubblewrap too old for a flag) is a SetupError
     at start. Takes ~15 ms, once. (Not `bwrap.spawn_argv`: that one also enters a
     job's cgroups, which do not exist yet.) The size-limited tmpfs is the kind a
-    job's work dir is."""
+    job's work dir is; `seccomp` is the jobs' filter program (None: there is none
+    for this architecture, which is logged)."""
     argv = [tools.bwrap, "--unshare-all"]
     if not user.is_root:
         argv += ["--unshare-user", "--disable-userns"]
     argv += ["--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev"]
-    argv += ["--perms", "0700", "--size", str(1 << 20), "--tmpfs", "/tmp", "--", "true"]
+    argv += ["--perms", "0700", "--size", str(1 << 20), "--tmpfs", "/tmp"]
+    with contextlib.ExitStack() as closing:
+        pass_fds: tuple[int, ...] = ()
+        if seccomp is None:
+            log.warning(
+                "no seccomp filter for %s: jobs run without one (see jobworker.sandbox.seccomp)",
+                platform.machine(),
+            )
+        else:
+            read_end, write_end = os.pipe()
+            closing.callback(os.close, read_end)
+            with open(write_end, "wb") as writer:  # a few hundred bytes: the pipe holds them
+                writer.write(seccomp)
+            argv += ["--seccomp", str(read_end)]
+            pass_fds = (read_end,)
+        _run_trial_sandbox(tools, user, [*argv, "--", "true"], pass_fds)
+
+
+def _run_trial_sandbox(
+    tools: SandboxTools, user: JobUser, argv: list[str], pass_fds: tuple[int, ...]
+) -> None:
     if not user.is_root:
         argv = [
             tools.setpriv,
@@ -56,7 +82,12 @@ def check_sandbox(tools: SandboxTools, user: JobUser) -> None:
         ]
     try:
         result = subprocess.run(
-            argv, capture_output=True, timeout=10, check=False, env=dict(HELPER_ENV)
+            argv,
+            capture_output=True,
+            timeout=10,
+            check=False,
+            env=dict(HELPER_ENV),
+            pass_fds=pass_fds,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise SetupError(f"bubblewrap cannot build a sandbox here: {exc}") from exc

@@ -307,6 +307,7 @@ async def launch(
     sandbox_args: bytes,
     pipe_owner: tuple[int, int] | None = None,
     on_ready: Callable[[int], None] | None = None,
+    seccomp: bytes | None = None,
 ) -> Launched:
     """Start the command line `build_cmd(status_fd, args_fd)` returns (see
     `bwrap.spawn_argv`), with the environment `bwrap.HELPER_ENV` and nothing else.
@@ -316,19 +317,29 @@ async def launch(
         `sandbox_args` (NUL-separated options for bubblewrap's `--args`, such as
         `bwrap.env_options`): what the job needs but the helpers must not see
         in their environment, nor `ps` in their command line.
+    seccomp: a filter program (`seccomp.program()`) bubblewrap installs; it goes
+        in its own sealed memfd, named by a `--seccomp FD` added to the args.
 
     The child's stdin is one end of a "ready" socket pair: `bwrap.READY_HELPER`
     writes a line to it inside the finished sandbox, and execs the command once
     it reads the daemon's answer. In between, `on_ready(command_pid)` runs (before
-    the command exists); the answer follows, and launch returns. pipe_owner: (uid, gid) to own the output
-    pipe, so that a job running as that user can reopen /dev/stdout and /dev/stderr.
+    the command exists); the answer follows, and launch returns. pipe_owner:
+    (uid, gid) to own the output pipe, so that a job running as that user can reopen /dev/stdout and /dev/stderr.
     On failure nothing is left running and StartFailedError says what bubblewrap
     reported; InvalidRequestError if the kernel refuses the command line as too
     long (E2BIG). Cancellation kills the process.
     """
-    args_fd = _sealed_memfd("jobworker-sandbox-args", sandbox_args)
-    fds = [args_fd]
+    fds: list[int] = []
     try:
+        inherited = []
+        if seccomp is not None:
+            # Each sandbox reads its own copy: a shared one's file offset would be shared too.
+            seccomp_fd = _sealed_memfd("jobworker-seccomp", seccomp)
+            fds.append(seccomp_fd)
+            inherited.append(seccomp_fd)
+            sandbox_args += b"--seccomp\0%d\0" % seccomp_fd
+        args_fd = _sealed_memfd("jobworker-sandbox-args", sandbox_args)
+        fds.append(args_fd)
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         fds += (out_r, out_w)
         st_r, st_w = os.pipe2(os.O_CLOEXEC)
@@ -348,7 +359,7 @@ async def launch(
                 stdin=ready_theirs,
                 stdout=out_w,
                 stderr=out_w,
-                pass_fds=(st_w, args_fd),
+                pass_fds=(st_w, args_fd, *inherited),
                 env=dict(HELPER_ENV),
                 cwd="/",
                 start_new_session=True,  # a Ctrl-C at the daemon's terminal must not hit the jobs
@@ -363,7 +374,7 @@ async def launch(
         for fd in fds:
             os.close(fd)
         raise
-    for fd in (out_w, st_w, ready_theirs, args_fd):
+    for fd in (out_w, st_w, ready_theirs, args_fd, *inherited):
         os.close(fd)
     output = trio.lowlevel.FdStream(out_r)
     status = trio.lowlevel.FdStream(st_r)

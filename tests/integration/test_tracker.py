@@ -6,8 +6,10 @@ Every test here needs root (cgroups, bubblewrap as a privilege-dropping root).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import time
@@ -27,6 +29,7 @@ from jobworker.errors import (
     StartFailedError,
 )
 from jobworker.model import JobSpec, JobState, Limits, Outcome
+from jobworker.sandbox import seccomp
 from jobworker.sandbox.cgroups import detect
 from jobworker.tracker import JobTracker
 from tests.conftest import require_root
@@ -145,6 +148,26 @@ async def test_the_job_is_isolated(tracker: JobTracker, tmp_path: Path) -> None:
     assert lines[6] == "workdir writable"
     assert lines[7] == "fresh /tmp"
     assert st.exit_code == 0  # type: ignore[attr-defined]
+
+
+async def test_the_system_calls_no_job_needs_are_refused(tracker: JobTracker) -> None:
+    """The kernel keyring (shared by every job: they all run as one user), bpf,
+    perf_event_open, userfaultfd, io_uring and syslog: each refused with EPERM by
+    the jobs' seccomp filter, before the kernel looks at the arguments."""
+    names = ["keyctl", "bpf", "perf_event_open", "userfaultfd", "io_uring_setup", "syslog"]
+    numbers = {
+        name: seccomp.REFUSED[name][0 if platform.machine() == "x86_64" else 1] for name in names
+    }
+    script = (
+        "import ctypes\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        f"for name, number in {numbers!r}.items():\n"
+        "    result = libc.syscall(number, 0, 0, 0, 0, 0)\n"
+        "    print(name, result, ctypes.get_errno())\n"
+    )
+    out, status = await run_to_end(tracker, JobSpec(argv=("python3", "-c", script)))
+    assert status.exit_code == 0, out
+    assert out.decode().splitlines() == [f"{name} -1 {errno.EPERM}" for name in names]
 
 
 async def test_a_job_cannot_see_other_jobs_files(tracker: JobTracker) -> None:
