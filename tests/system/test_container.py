@@ -20,6 +20,7 @@ import attrs
 import pytest
 
 from jobworker.sandbox.bwrap import HELPER_PROCESSES
+from tests.support.timing import scaled
 from tests.system.conftest import BIN, ROOT, processes_with, require_podman, run
 
 # Under CPU emulation an image build alone takes minutes: past the suite-wide 300 s.
@@ -69,12 +70,14 @@ def container(image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     run(
         ["podman", "run", "-d", "--name", name,
          "--privileged", "--cgroupns=host", "--init", "--network=host", "--stop-timeout", "20",
+         # The image's 10 s for one `jws health` (a Python start-up) is for real CPUs.
+         "--health-timeout", f"{scaled(10):.0f}s",
          "-e", "JOBWORKER_USERS=alex betty admin",
          "-v", f"{volumes[0]}:/certs", "-v", f"{volumes[1]}:/var/lib/jobworker", image],
     )  # fmt: skip
     box = Container(name, volumes, tmp_path_factory.mktemp("host") / "certs")
     try:
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + scaled(60)
         while run(["podman", "healthcheck", "run", name], check=False).returncode != 0:
             assert box.inspect("{{.State.Running}}") == "true", _logs(name)
             assert time.monotonic() < deadline, "never healthy\n" + _logs(name)
