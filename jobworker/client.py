@@ -6,6 +6,8 @@
             async for chunk in chunks:
                 ...
 
+Jobs come back as `jobworker.model.JobStatus` and limits go out as
+`jobworker.model.Limits`: the protobuf messages stay inside this module.
 Errors come back as `purerpc.RpcFailedError` with the server's status code and
 message; a server that cannot be reached, goes away or refuses our
 certificate ends every call with UNAVAILABLE (see `jobworker.transport`).
@@ -21,7 +23,8 @@ from pathlib import Path
 import attrs
 
 from jobworker.errors import SetupError
-from jobworker.model import MAX_CLIENT_MESSAGE
+from jobworker.messages import limits_to_proto, status_from_proto
+from jobworker.model import MAX_CLIENT_MESSAGE, JobStatus, Limits
 from jobworker.transport import explicit_calls, open_channel
 from jobworker.v1 import health_grpc, health_pb2, jobworker_grpc
 from jobworker.v1 import jobworker_pb2 as pb
@@ -108,44 +111,48 @@ class JobWorkerClient:
         *,
         cmd: str = "",
         args: Sequence[str] = (),
-        limits: pb.Limits | None = None,
+        limits: Limits | None = None,
         env: Mapping[str, str] | None = None,
         workdir: str = "",
         host_network: bool = False,
-    ) -> pb.GetJobStatusResponse:
-        """Start a job from a command line (`cmd`) or an exact argv (`args`); its status once running."""
+    ) -> JobStatus:
+        """Start a job from a command line (`cmd`) or an exact argv (`args`) within
+        `limits` (unset ones: the server's defaults); its status once running."""
         response: pb.StartJobResponse = await self.stub.StartJob(
             pb.StartJobRequest(
                 cmd=cmd,
                 args=list(args),
-                limits=limits,
+                limits=limits_to_proto(limits or Limits()),
                 env=dict(env or {}),
                 workdir=workdir,
                 host_network=host_network,
             )
         )
-        return response.job
+        return status_from_proto(response.job)
 
-    async def stop(self, job_id: str, grace: float | None = None) -> pb.GetJobStatusResponse:
+    async def stop(self, job_id: str, grace: float | None = None) -> JobStatus:
         """Stop a job (None: the server's grace period); its status once terminated."""
         request = pb.StopJobRequest(job_id=job_id)
         if grace is not None:
             request.grace_seconds = grace
         response: pb.StopJobResponse = await self.stub.StopJob(request)
-        return response.job
+        return status_from_proto(response.job)
 
-    async def status(self, job_id: str) -> pb.GetJobStatusResponse:
+    async def status(self, job_id: str) -> JobStatus:
+        """The job's current status."""
         status: pb.GetJobStatusResponse = await self.stub.GetJobStatus(
             pb.GetJobStatusRequest(job_id=job_id)
         )
-        return status
+        return status_from_proto(status)
 
     async def remove(self, job_id: str) -> None:
         """Forget a terminated job: its record and its output."""
         await self.stub.RemoveJob(pb.RemoveJobRequest(job_id=job_id))
 
-    async def list(self) -> list[pb.GetJobStatusResponse]:
-        return list((await self.stub.ListJobs(pb.ListJobsRequest())).jobs)
+    async def list(self) -> list[JobStatus]:
+        """The caller's jobs (every job, for an admin), oldest first."""
+        response: pb.ListJobsResponse = await self.stub.ListJobs(pb.ListJobsRequest())
+        return [status_from_proto(job) for job in response.jobs]
 
     async def output(self, job_id: str, offset: int = 0) -> AsyncGenerator[bytes, None]:
         """The job's output from byte `offset` until it has terminated and every byte

@@ -1,6 +1,7 @@
 """Plain data: what a job is asked to do, and immutable snapshots of how it is doing.
 
-Nothing here performs I/O. `Limits` and `JobSpec` validate themselves when
+Nothing here performs I/O. `Limits` (defined with the limits vocabulary in
+`jobworker.limits`) and `JobSpec` validate themselves when
 built, so a request that passes construction is one the tracker can attempt:
 every size and count is bounded (`MAX_ARGS` and the others below, chosen far
 above what a real command line needs and below what the kernel's execve takes),
@@ -12,8 +13,6 @@ checked by `check_job_id`. Values are echoed in errors only through
 from __future__ import annotations
 
 import enum
-import math
-import os
 import re
 import signal
 from collections.abc import Iterable, Mapping
@@ -23,12 +22,8 @@ import attrs
 from jobworker.echo import quoted
 from jobworker.errors import InvalidRequestError, JobNotFoundError
 
-#: Upper bound for a byte count (memory, IO rate): 1 EiB is absurd on any host.
-MAX_BYTES = 1 << 60
-#: Linux's PID_MAX_LIMIT: no pids limit can be larger.
-MAX_PIDS = 4_194_304
-#: The smallest memory limit that leaves room for the sandbox helpers (~3 MiB).
-MIN_MEMORY = 8 << 20
+# Limits live with their vocabulary (jobworker.limits); they are model values too.
+from jobworker.limits import Limits as Limits
 
 # Request bounds. Sizes are bytes of UTF-8, as execve sees them.
 #: Most arguments in a command (argv[0] included).
@@ -77,77 +72,6 @@ def check_job_id(job_id: str) -> str:
 def _size(text: str) -> int:
     """Bytes of `text` in UTF-8 (a lone surrogate counts as its 3 bytes)."""
     return len(text.encode("utf-8", "surrogatepass"))
-
-
-@attrs.frozen
-class Limits:
-    """Per-job resource limits; `None` means "no limit".
-
-    cpu: CPU time in cores per wall second (0.5 = half a core; fractions allowed).
-    memory: bytes of RAM (and swap, where the host accounts it).
-    io_read_bps / io_write_bps: bytes per second on the block device that holds
-        the data dir (direct IO on cgroup v1; buffered writes too on v2).
-    pids: number of tasks (processes and threads) the command may have; the two
-        sandbox helper processes are added on top by the sandbox, not counted here.
-    output: bytes of output (stdout and stderr together) the daemon keeps; what
-        comes after is not kept, and the job's output pipe is closed (see
-        `jobworker.tracker`). Not a cgroup limit.
-    """
-
-    cpu: float | None = None
-    memory: int | None = None
-    io_read_bps: int | None = None
-    io_write_bps: int | None = None
-    pids: int | None = None
-    output: int | None = None
-
-    def __attrs_post_init__(self) -> None:
-        if self.cpu is not None:
-            ncpu = os.cpu_count() or 1
-            if not math.isfinite(self.cpu) or self.cpu <= 0:
-                raise InvalidRequestError(
-                    f"cpu limit must be a positive number of cores, not {self.cpu}"
-                )
-            if self.cpu < 0.01:
-                raise InvalidRequestError(
-                    f"cpu limit {self.cpu} is below the minimum of 0.01 cores"
-                )
-            if self.cpu > ncpu:
-                raise InvalidRequestError(
-                    f"cpu limit {self.cpu} is more than this host's {ncpu} cores"
-                )
-        _check_bytes("memory limit", self.memory, minimum=MIN_MEMORY)
-        _check_bytes("io read limit", self.io_read_bps, minimum=1)
-        _check_bytes("io write limit", self.io_write_bps, minimum=1)
-        _check_bytes("output limit", self.output, minimum=1)
-        if self.pids is not None and not 1 <= self.pids <= MAX_PIDS:
-            raise InvalidRequestError(
-                f"pids limit must be between 1 and {MAX_PIDS}, not {self.pids}"
-            )
-
-    @property
-    def has_io(self) -> bool:
-        return self.io_read_bps is not None or self.io_write_bps is not None
-
-    def merged_over(self, defaults: Limits) -> Limits:
-        """These limits, with each `None` filled from `defaults`."""
-        return Limits(
-            **{
-                name: getattr(self, name)
-                if getattr(self, name) is not None
-                else getattr(defaults, name)
-                for name in attrs.fields_dict(Limits)
-            }
-        )
-
-
-def _check_bytes(what: str, value: int | None, *, minimum: int) -> None:
-    if value is None:
-        return
-    if value < minimum:
-        raise InvalidRequestError(f"{what} must be at least {minimum} bytes, not {value}")
-    if value > MAX_BYTES:
-        raise InvalidRequestError(f"{what} of {value} bytes is absurd; the maximum is {MAX_BYTES}")
 
 
 def _to_argv(argv: Iterable[str]) -> tuple[str, ...]:

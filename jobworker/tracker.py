@@ -45,6 +45,7 @@ from types import TracebackType
 import attrs
 import trio
 
+from jobworker import limits as limits_table
 from jobworker import states
 from jobworker.errors import (
     AccessDeniedError,
@@ -478,22 +479,23 @@ class JobTracker:
             ceilings = attrs.evolve(ceilings, output=self.max_output)
         # A default above the maximum gives way to it: only what a request asks
         # for itself can be refused as too much.
-        defaults = Limits(
-            **{  # type: ignore[arg-type]
-                name: _smaller(getattr(self.default_limits, name), getattr(ceilings, name))
-                for name in attrs.fields_dict(Limits)
+        defaults = Limits.of(
+            {
+                kind: _smaller(self.default_limits.value(kind), ceilings.value(kind))
+                for kind in limits_table.KINDS
             }
         )
         limits = asked.merged_over(defaults)
-        for name in attrs.fields_dict(Limits):
-            value, ceiling = getattr(limits, name), getattr(ceilings, name)
+        for kind in limits_table.KINDS:
+            value, ceiling = limits.value(kind), ceilings.value(kind)
             if ceiling is not None and (value is None or value > ceiling):
                 if value is None:
-                    limits = attrs.evolve(limits, **{name: ceiling})
+                    limits = limits.replace(kind, ceiling)
                 else:
                     raise InvalidRequestError(
-                        f"{name.replace('_', ' ')} limit {value} is above this server's maximum of {ceiling}"
+                        f"{kind.label} limit {value} is above this server's maximum of {ceiling}"
                     )
+        limits_table.check_host(limits)
         return limits
 
     def _default_env(self, workdir: Path) -> dict[str, str]:

@@ -33,13 +33,16 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import asyncclick as click
 import attrs
 
+from jobworker import limits as limits_table
 from jobworker.cli import render
 from jobworker.cli.config import DEFAULT_ADDR, DEFAULT_TLS_DIR, ClientConfig, config_path
-from jobworker.cli.units import parse_addr, parse_duration, parse_size
+from jobworker.errors import InvalidRequestError
+from jobworker.limits import Limits
+from jobworker.model import JobStatus
+from jobworker.units import parse_addr, parse_duration
 
 if TYPE_CHECKING:  # imported lazily at run time: `jws --help` stays quick
     from jobworker.client import JobWorkerClient
-    from jobworker.v1 import jobworker_pb2 as pb
 
 EXIT_SERVER_ERROR = 1
 EXIT_USAGE = 2
@@ -138,74 +141,94 @@ def jws() -> None:
 
 @attrs.frozen
 class JobRequest:
-    """What `start` and `run` were asked to run, as typed on the command line."""
+    """What `start` and `run` were asked to run, read and checked from the command
+    line before anything is sent (see `from_options`)."""
 
-    command_line: str | None
+    command_line: str
     argv: tuple[str, ...]
-    cpu: float | None
-    memory: str | None
-    io_read: str | None
-    io_write: str | None
-    pids: int | None
-    max_output: str | None
-    env: tuple[str, ...]
+    limits: Limits
+    env: dict[str, str]
     workdir: str
-    network: str
+    host_network: bool
 
-    def limits(self) -> pb.Limits:
-        from jobworker.v1 import jobworker_pb2 as pb
-
-        limits = pb.Limits()
-        try:
-            if self.cpu is not None:
-                limits.cpu = self.cpu
-            if self.memory is not None:
-                limits.memory_bytes = parse_size(self.memory)
-            if self.io_read is not None:
-                limits.io_read_bps = parse_size(self.io_read)
-            if self.io_write is not None:
-                limits.io_write_bps = parse_size(self.io_write)
-            if self.pids is not None:
-                limits.pids = self.pids
-            if self.max_output is not None:
-                limits.output_bytes = parse_size(self.max_output)
-        except ValueError as exc:
-            raise Failure(str(exc), EXIT_USAGE) from None
-        return limits
-
-    def environment(self) -> dict[str, str]:
-        environment = {}
-        for item in self.env:
-            key, sep, value = item.partition("=")
-            if not sep or not key:
-                raise Failure(f"--env wants K=V, not {item!r}", EXIT_USAGE)
-            environment[key] = value
-        return environment
-
-    async def start(self, client: JobWorkerClient) -> pb.GetJobStatusResponse:
-        """Start the job through `client`; its status once running."""
-        if bool(self.command_line) == bool(self.argv):
+    @classmethod
+    def from_options(
+        cls,
+        *,
+        command_line: str | None,
+        argv: tuple[str, ...],
+        limit_texts: dict[str, str | None],
+        env: tuple[str, ...],
+        workdir: str,
+        network: str,
+    ) -> JobRequest:
+        """The request the options give. limit_texts: each limit's text by its field
+        (None: not given). Raises Failure (usage) for what no server would accept."""
+        if bool(command_line) == bool(argv):
             raise Failure(
                 'give the command either with -c "COMMAND LINE" or after --, not both', EXIT_USAGE
             )
-        return await client.start(
-            cmd=self.command_line or "",
-            args=self.argv,
-            limits=self.limits(),
-            env=self.environment(),
-            workdir=self.workdir,
-            host_network=self.network == "host",
+        return cls(
+            command_line=command_line or "",
+            argv=argv,
+            limits=_limits_from(limit_texts),
+            env=_environment_from(env),
+            workdir=workdir,
+            host_network=network == "host",
         )
+
+    async def start(self, client: JobWorkerClient) -> JobStatus:
+        """Start the job through `client`; its status once running."""
+        return await client.start(
+            cmd=self.command_line,
+            args=self.argv,
+            limits=self.limits,
+            env=self.env,
+            workdir=self.workdir,
+            host_network=self.host_network,
+        )
+
+
+def _limits_from(texts: dict[str, str | None]) -> Limits:
+    """The limits given by their texts ("256M" by field; None: the server's default)."""
+    try:
+        return Limits.of(
+            {
+                kind: kind.unit.parse(text)
+                for kind in limits_table.KINDS
+                if (text := texts.get(kind.field)) is not None
+            }
+        )
+    except (ValueError, InvalidRequestError) as exc:
+        raise Failure(str(exc), EXIT_USAGE) from None
+
+
+def _environment_from(items: tuple[str, ...]) -> dict[str, str]:
+    environment = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise Failure(f"--env wants K=V, not {item!r}", EXIT_USAGE)
+        environment[key] = value
+    return environment
+
+
+def _limit_option(kind: limits_table.LimitKind) -> Callable[..., Any]:
+    """`--KEY TEXT` for one limit of the table, passed on as the argument `kind.field`."""
+    return click.option(f"--{kind.key}", kind.field, metavar=kind.unit.metavar, help=kind.help)
 
 
 def job_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """The options of `start` and `run` (what to run and within which limits), handed
-    to the command as one `job: JobRequest` argument."""
-    names = [field.name for field in attrs.fields(JobRequest)]
+    to the command as one `job: JobRequest` argument, checked before it runs."""
+    names = ["command_line", "argv", "env", "workdir", "network"]
 
     @functools.wraps(fn)
     async def command(**kwargs: Any) -> Any:
-        job = JobRequest(**{name: kwargs.pop(name) for name in names})
+        limit_texts = {kind.field: kwargs.pop(kind.field) for kind in limits_table.KINDS}
+        job = JobRequest.from_options(
+            limit_texts=limit_texts, **{name: kwargs.pop(name) for name in names}
+        )
         return await fn(job=job, **kwargs)
 
     for decorator in reversed(
@@ -216,16 +239,7 @@ def job_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                 "command_line",
                 help='The command line, split like a shell would (no shell runs it): -c "ls -l".',
             ),
-            click.option("--cpu", type=float, help="CPU limit in cores (0.5 = half a core)."),
-            click.option("--memory", help="Memory limit (256M, 1G)."),
-            click.option("--io-read", help="Disk read limit per second (10M)."),
-            click.option("--io-write", help="Disk write limit per second (10M)."),
-            click.option("--pids", type=int, help="Most processes and threads at once."),
-            click.option(
-                "--max-output",
-                help="Most output to keep (10M); past it the job's output pipe is closed. "
-                "Default and most: the server's.",
-            ),
+            *[_limit_option(kind) for kind in limits_table.KINDS],
             click.option(
                 "-e",
                 "--env",
@@ -421,9 +435,9 @@ async def run(user: str | None, addr: str | None, tls_dir: str | None, job: JobR
         final = await client.status(started.job_id)
     if final.oom_killed:
         click.echo("jws: the job was killed at its memory limit (OOM)", err=True)
-    if final.output_truncated:
-        click.echo(f"jws: output truncated: {final.output_truncated_reason}", err=True)
-    code = final.exit_code if final.HasField("exit_code") else 255
+    if final.output_truncated is not None:
+        click.echo(f"jws: output truncated: {final.output_truncated}", err=True)
+    code = final.exit_code if final.exit_code is not None else 255
     raise SystemExit(code)
 
 

@@ -14,15 +14,13 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import asyncclick as click
 import trio
 
-from jobworker.cli.units import parse_addr, parse_duration, parse_size
 from jobworker.errors import InvalidRequestError, SetupError, sole_exception
-from jobworker.model import Limits
+from jobworker.limits import Limits, Unit, check_host, format_limits, parse_limits
 from jobworker.retention import RetentionPolicy
 from jobworker.sandbox import host as host_checks
 from jobworker.server.daemon import (
@@ -34,60 +32,12 @@ from jobworker.server.daemon import (
     serve,
 )
 from jobworker.server.notify import Notifier
+from jobworker.units import parse_addr, parse_duration, parse_size
 
 log = logging.getLogger("jobworker.daemon")
 
 #: The smallest work dir that makes sense (a tmpfs rounds to pages anyway).
 MIN_WORKDIR_SIZE = 1 << 20
-
-_LIMIT_KEYS: dict[str, tuple[str, Callable[[str], float | int]]] = {
-    "cpu": ("cpu", float),
-    "memory": ("memory", parse_size),
-    "io-read": ("io_read_bps", parse_size),
-    "io-write": ("io_write_bps", parse_size),
-    "pids": ("pids", int),
-}
-
-
-def parse_limits(text: str) -> Limits:
-    """Limits from "cpu=1,memory=512M,io-read=10M,io-write=10M,pids=100" (any subset; "" for none)."""
-    values: dict[str, float | int] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or key not in _LIMIT_KEYS:
-            raise ValueError(
-                f"{item!r} is not a limit; use {', '.join(k + '=...' for k in _LIMIT_KEYS)}"
-            )
-        name, parse = _LIMIT_KEYS[key]
-        values[name] = parse(value)
-    try:
-        return Limits(**values)  # type: ignore[arg-type]
-    except InvalidRequestError as exc:
-        raise ValueError(str(exc)) from None
-
-
-def format_limits(limits: Limits) -> str:
-    """`limits` in the form parse_limits reads: "cpu=1,memory=512M,pids=256"."""
-    items = []
-    for key, (name, _) in _LIMIT_KEYS.items():
-        value = getattr(limits, name)
-        if value is None:
-            continue
-        if isinstance(value, float):
-            text = f"{value:g}"
-        elif name == "pids":
-            text = str(value)
-        else:
-            text = _format_bytes(value)
-        items.append(f"{key}={text}")
-    return ",".join(items)
-
-
-def _format_bytes(value: int) -> str:
-    for suffix, shift in (("T", 40), ("G", 30), ("M", 20), ("K", 10)):
-        if value >= 1 << shift and value % (1 << shift) == 0:
-            return f"{value >> shift}{suffix}"
-    return str(value)
 
 
 def parse_tmpfs_size(text: str) -> int | None:
@@ -109,8 +59,10 @@ def _tmpfs_size_option(ctx: click.Context, param: click.Parameter, value: str) -
 
 def _limits_option(ctx: click.Context, param: click.Parameter, value: str) -> Limits:
     try:
-        return parse_limits(value)
-    except ValueError as exc:
+        limits = parse_limits(value)
+        check_host(limits)
+        return limits
+    except (ValueError, InvalidRequestError) as exc:
         raise click.BadParameter(str(exc)) from None
 
 
@@ -156,7 +108,7 @@ def _limits_option(ctx: click.Context, param: click.Parameter, value: str) -> Li
 )
 @click.option(
     "--tmpfs-size",
-    default=_format_bytes(DEFAULT_TMPFS_SIZE),
+    default=Unit.BYTES.spell(DEFAULT_TMPFS_SIZE),
     show_default=True,
     callback=_tmpfs_size_option,
     help="Size of each of a job's writable tmpfs (/tmp, /dev/shm), at most its memory limit; "

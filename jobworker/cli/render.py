@@ -1,87 +1,78 @@
-"""How `jws` shows jobs to people (text) and to scripts (JSON)."""
+"""How `jws` shows jobs to people (text) and to scripts (JSON), from `model.JobStatus`."""
 
 from __future__ import annotations
 
 import shlex
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from jobworker.cli.units import format_size
+from jobworker.limits import KINDS, limits_text
+from jobworker.model import JobState, JobStatus
+from jobworker.units import format_size
 
-if TYPE_CHECKING:  # imported lazily at run time: `jws --help` stays quick
-    from jobworker.v1.jobworker_pb2 import GetJobStatusResponse, Limits
 
-
-def status_dict(job: GetJobStatusResponse) -> dict[str, Any]:
-    """A GetJobStatusResponse as plain JSON-able data (absent optional fields are null)."""
-
-    def optional(name: str) -> Any:
-        return getattr(job, name) if job.HasField(name) else None
-
-    limits = {
-        name: getattr(job.limits, name) if job.limits.HasField(name) else None
-        for name in ("cpu", "memory_bytes", "io_read_bps", "io_write_bps", "pids", "output_bytes")
-    }
+def status_dict(job: JobStatus) -> dict[str, Any]:
+    """A job's status as plain JSON-able data, under the API's field names (absent
+    optional fields are null)."""
     return {
         "job_id": job.job_id,
-        "status": job.status,
+        "status": job.state.value,
         "owner": job.owner,
-        "args": list(job.args),
-        "outcome": job.outcome or None,
-        "exit_code": optional("exit_code"),
-        "signal": optional("signal"),
-        "signal_name": job.signal_name or None,
+        "args": list(job.spec.argv),
+        "outcome": job.outcome.value if job.outcome else None,
+        "exit_code": job.exit_code,
+        "signal": job.signal,
+        "signal_name": job.signal_name,
         "oom_killed": job.oom_killed,
         "stopped_by_user": job.stopped_by_user,
         "created_at": job.created_at,
-        "started_at": optional("started_at"),
-        "ended_at": optional("ended_at"),
-        "cpu_time_ns": job.cpu_time_ns,
-        "peak_memory_bytes": job.peak_memory_bytes,
-        "output_bytes": job.output_bytes,
-        "output_truncated": job.output_truncated,
-        "output_truncated_reason": job.output_truncated_reason or None,
+        "started_at": job.started_at,
+        "ended_at": job.ended_at,
+        "cpu_time_ns": job.usage.cpu_ns,
+        "peak_memory_bytes": job.usage.peak_memory,
+        "output_bytes": job.output_size,
+        "output_truncated": job.output_truncated is not None,
+        "output_truncated_reason": job.output_truncated,
         "output_disk_bytes": job.output_disk_bytes,
         "workdir_bytes": job.workdir_bytes,
-        "limits": limits,
+        "limits": {kind.proto: job.spec.limits.value(kind) for kind in KINDS},
     }
 
 
-def headline(job: GetJobStatusResponse) -> str:
+def headline(job: JobStatus) -> str:
     """The state's word first, then how it ended: "Terminated (exit code 3)"."""
-    if job.status != "Terminated":
-        return str(job.status)
+    if job.state is not JobState.TERMINATED:
+        return str(job.state.value)
     parts = []
     if job.oom_killed:
         parts.append("OOM-killed at its memory limit")
     elif job.stopped_by_user:
         parts.append("stopped")
-    if job.HasField("signal"):
-        parts.append(f"killed by {job.signal_name or job.signal}")
-    if job.HasField("exit_code"):
+    if job.signal is not None:
+        parts.append(f"killed by {job.signal_name}")
+    if job.exit_code is not None:
         parts.append(f"exit code {job.exit_code}")
     return f"Terminated ({', '.join(parts)})" if parts else "Terminated"
 
 
-def status_text(job: GetJobStatusResponse, *, now: float | None = None) -> str:
+def status_text(job: JobStatus, *, now: float | None = None) -> str:
     now = time.time() if now is None else now
     rows = [
         ("job", job.job_id),
         ("owner", job.owner),
-        ("command", shlex.join(job.args)),
+        ("command", shlex.join(job.spec.argv)),
     ]
-    if job.HasField("started_at"):
+    if job.started_at is not None:
         rows.append(("started", _when(job.started_at, now)))
-    if job.HasField("ended_at"):
-        rows.append(
-            ("ended", f"{_when(job.ended_at, now)}, ran {_duration(job.ended_at - job.started_at)}")
-        )
-    rows.append(("limits", limits_text(job.limits)))
+    if job.ended_at is not None:
+        ran = job.ended_at - (job.started_at if job.started_at is not None else job.ended_at)
+        rows.append(("ended", f"{_when(job.ended_at, now)}, ran {_duration(ran)}"))
+    rows.append(("limits", limits_text(job.spec.limits)))
     rows.append(
         (
             "usage",
-            f"cpu {job.cpu_time_ns / 1e9:.2f} s, peak memory {format_size(job.peak_memory_bytes)}, "
-            f"output {format_size(job.output_bytes)}",
+            f"cpu {job.usage.cpu_ns / 1e9:.2f} s, peak memory {format_size(job.usage.peak_memory)}, "
+            f"output {format_size(job.output_size)}",
         )
     )
     rows.append(
@@ -90,41 +81,24 @@ def status_text(job: GetJobStatusResponse, *, now: float | None = None) -> str:
             f"output {format_size(job.output_disk_bytes)}, work dir {format_size(job.workdir_bytes)}",
         )
     )
-    if job.output_truncated:
-        rows.append(("truncated", job.output_truncated_reason or "output was not all kept"))
+    if job.output_truncated is not None:
+        rows.append(("truncated", job.output_truncated))
     width = max(len(name) for name, _ in rows)
     return "\n".join([headline(job)] + [f"  {name:<{width}}  {value}" for name, value in rows])
 
 
-def limits_text(limits: Limits) -> str:
-    parts = []
-    if limits.HasField("cpu"):
-        parts.append(f"cpu {limits.cpu:g}")
-    if limits.HasField("memory_bytes"):
-        parts.append(f"memory {format_size(limits.memory_bytes)}")
-    if limits.HasField("io_read_bps"):
-        parts.append(f"io read {format_size(limits.io_read_bps)}/s")
-    if limits.HasField("io_write_bps"):
-        parts.append(f"io write {format_size(limits.io_write_bps)}/s")
-    if limits.HasField("pids"):
-        parts.append(f"pids {limits.pids}")
-    if limits.HasField("output_bytes"):
-        parts.append(f"output {format_size(limits.output_bytes)}")
-    return ", ".join(parts) or "none"
-
-
-def table(jobs: list[GetJobStatusResponse], *, now: float | None = None) -> str:
+def table(jobs: list[JobStatus], *, now: float | None = None) -> str:
     """The `jws list` table: one job a line, oldest first."""
     now = time.time() if now is None else now
     rows = [("JOB ID", "STATUS", "EXIT", "STARTED", "COMMAND")]
     for job in jobs:
-        exit_text = str(job.exit_code) if job.HasField("exit_code") else "-"
-        started = _ago(now - job.started_at) if job.HasField("started_at") else "-"
-        command = shlex.join(job.args)
+        exit_text = str(job.exit_code) if job.exit_code is not None else "-"
+        started = _ago(now - job.started_at) if job.started_at is not None else "-"
+        command = shlex.join(job.spec.argv)
         rows.append(
             (
                 job.job_id,
-                job.status,
+                job.state.value,
                 exit_text,
                 started,
                 command if len(command) <= 60 else command[:57] + "...",

@@ -1,4 +1,4 @@
-"""Between protobuf messages and jobworker's model: requests in, snapshots out.
+"""Requests in: the server's side of the API's messages, validated into model values.
 
 Every request a handler serves becomes model values here first, before any
 work: this is where requests are validated and bounded. The wire format is
@@ -7,14 +7,16 @@ present, the length of `cmd` before it is split); the values are checked by the
 model they become (`JobSpec`, `Limits`, `check_job_id`), with the bounds
 documented there (`jobworker.model.MAX_ARGS` and the others). A request that
 breaks one gets InvalidRequestError (NOT_FOUND for an id that is no job's), and
-nothing of it is echoed but a short escaped prefix.
+nothing of it is echoed but a short escaped prefix. Snapshots go out through
+`jobworker.messages` (shared with the client); output through `output_response`.
 """
 
 from __future__ import annotations
 
 from jobworker.cmdline import split_command
 from jobworker.errors import InvalidRequestError
-from jobworker.model import MAX_COMMAND_BYTES, JobSpec, JobStatus, Limits, check_job_id
+from jobworker.messages import limits_from_proto
+from jobworker.model import MAX_COMMAND_BYTES, JobSpec, check_job_id
 from jobworker.transport import EncodedMessage
 from jobworker.v1 import jobworker_pb2 as pb
 
@@ -49,67 +51,6 @@ def spec_from_request(request: pb.StartJobRequest) -> JobSpec:
         limits=limits_from_proto(request.limits),
         host_network=request.host_network,
     )
-
-
-def limits_from_proto(limits: pb.Limits) -> Limits:
-    def get(name: str) -> float | int | None:
-        return getattr(limits, name) if limits.HasField(name) else None
-
-    return Limits(
-        cpu=get("cpu"),
-        memory=get("memory_bytes"),  # type: ignore[arg-type]
-        io_read_bps=get("io_read_bps"),  # type: ignore[arg-type]
-        io_write_bps=get("io_write_bps"),  # type: ignore[arg-type]
-        pids=get("pids"),  # type: ignore[arg-type]
-        output=get("output_bytes"),  # type: ignore[arg-type]
-    )
-
-
-def limits_to_proto(limits: Limits) -> pb.Limits:
-    message = pb.Limits()
-    for proto_name, value in [
-        ("cpu", limits.cpu),
-        ("memory_bytes", limits.memory),
-        ("io_read_bps", limits.io_read_bps),
-        ("io_write_bps", limits.io_write_bps),
-        ("pids", limits.pids),
-        ("output_bytes", limits.output),
-    ]:
-        if value is not None:
-            setattr(message, proto_name, value)
-    return message
-
-
-def status_to_proto(status: JobStatus) -> pb.GetJobStatusResponse:
-    """A job snapshot as the API reports it."""
-    message = pb.GetJobStatusResponse(
-        status=status.state.value,
-        job_id=status.job_id,
-        owner=status.owner,
-        args=status.spec.argv,
-        limits=limits_to_proto(status.spec.limits),
-        outcome=status.outcome.value if status.outcome else "",
-        oom_killed=status.oom_killed,
-        stopped_by_user=status.stopped_by_user,
-        created_at=status.created_at,
-        cpu_time_ns=status.usage.cpu_ns,
-        peak_memory_bytes=status.usage.peak_memory,
-        output_bytes=status.output_size,
-        signal_name=status.signal_name or "",
-        output_truncated=status.output_truncated is not None,
-        output_truncated_reason=status.output_truncated or "",
-        output_disk_bytes=status.output_disk_bytes,
-        workdir_bytes=status.workdir_bytes,
-    )
-    if status.exit_code is not None:
-        message.exit_code = status.exit_code
-    if status.signal is not None:
-        message.signal = status.signal
-    if status.started_at is not None:
-        message.started_at = status.started_at
-    if status.ended_at is not None:
-        message.ended_at = status.ended_at
-    return message
 
 
 def output_response(chunk: bytes, offset: int) -> EncodedMessage:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
+from jobworker import messages
 from jobworker.model import OUTPUT_CHUNK
 from jobworker.server import convert
 from jobworker.server.auth import current_caller, note_job_id
@@ -29,20 +30,20 @@ class JobWorkerService(jobworker_grpc.JobWorkerServiceServicer):  # type: ignore
         caller = current_caller.get()
         status = await self.tracker.start(caller.name, spec)
         note_job_id(status.job_id)
-        return pb.StartJobResponse(job_id=status.job_id, job=convert.status_to_proto(status))
+        return pb.StartJobResponse(job_id=status.job_id, job=messages.status_to_proto(status))
 
     async def StopJob(self, message: pb.StopJobRequest) -> pb.StopJobResponse:
         job_id = convert.job_id_from(message)
         caller = current_caller.get()
         grace = message.grace_seconds if message.HasField("grace_seconds") else None
         status = await self.tracker.stop(caller.name, job_id, grace, admin=caller.is_admin)
-        return pb.StopJobResponse(job=convert.status_to_proto(status))
+        return pb.StopJobResponse(job=messages.status_to_proto(status))
 
     async def GetJobStatus(self, message: pb.GetJobStatusRequest) -> pb.GetJobStatusResponse:
         job_id = convert.job_id_from(message)
         caller = current_caller.get()
         status = self.tracker.status(caller.name, job_id, admin=caller.is_admin)
-        return convert.status_to_proto(status)
+        return messages.status_to_proto(status)
 
     async def GetJobOutput(
         self, message: pb.GetJobOutputRequest
@@ -80,4 +81,4 @@ class JobWorkerService(jobworker_grpc.JobWorkerServiceServicer):  # type: ignore
     async def ListJobs(self, message: pb.ListJobsRequest) -> pb.ListJobsResponse:
         caller = current_caller.get()
         jobs = self.tracker.list(caller.name, admin=caller.is_admin)
-        return pb.ListJobsResponse(jobs=[convert.status_to_proto(s) for s in jobs])
+        return pb.ListJobsResponse(jobs=[messages.status_to_proto(s) for s in jobs])

@@ -31,6 +31,7 @@ import purerpc
 import trio
 
 from jobworker.client import Credentials, JobWorkerClient, connect
+from jobworker.model import JobState, Limits
 from jobworker.v1 import jobworker_pb2 as pb
 from tests.bench.peers import CPU_CORES, MEMORY_BYTES, PIDS
 from tests.bench.results import percentile
@@ -39,9 +40,9 @@ from tests.bench.results import percentile
 USER = "alex"
 
 
-def limits() -> pb.Limits:
+def limits() -> Limits:
     """The limits every benchmark job runs with (the same as runc's in peers.py)."""
-    return pb.Limits(cpu=CPU_CORES, memory_bytes=MEMORY_BYTES, pids=PIDS)
+    return Limits(cpu=CPU_CORES, memory=MEMORY_BYTES, pids=PIDS)
 
 
 def _addr(text: str) -> tuple[str, int]:
@@ -85,8 +86,8 @@ async def start_many(args: argparse.Namespace) -> dict[str, Any]:
             started = time.perf_counter()
             job = await client.start(args=argv, limits=limits())
             latencies.append((time.perf_counter() - started) * 1000)
-            if job.status != "Active":
-                raise RuntimeError(f"job is {job.status}, not Active: {job.outcome}")
+            if job.state is not JobState.ACTIVE:
+                raise RuntimeError(f"job is {job.state.value}, not Active: {job.outcome}")
             job_ids.append(job.job_id)
 
     async with contextlib.AsyncExitStack() as stack:
@@ -108,7 +109,9 @@ async def stop_many(args: argparse.Namespace) -> dict[str, Any]:
     """Stop the jobs in --ids-file, or with --all every job of --user that still runs."""
     if args.all:
         async with _client(args) as client:
-            job_ids = [job.job_id for job in await client.list() if job.status != "Terminated"]
+            job_ids = [
+                job.job_id for job in await client.list() if job.state is not JobState.TERMINATED
+            ]
     else:
         job_ids = Path(args.ids_file).read_text().split()
     todo = iter(job_ids)
@@ -117,7 +120,7 @@ async def stop_many(args: argparse.Namespace) -> dict[str, Any]:
     async def worker(client: JobWorkerClient) -> None:
         for job_id in todo:
             job = await client.stop(job_id, grace=0)
-            outcomes[job.status] = outcomes.get(job.status, 0) + 1
+            outcomes[job.state.value] = outcomes.get(job.state.value, 0) + 1
 
     started = time.perf_counter()
     async with _client(args) as client, trio.open_nursery() as nursery:
@@ -164,10 +167,11 @@ async def follow(args: argparse.Namespace) -> dict[str, Any]:
             results.append((offset, ok, error))
 
     async def watch_end(client: JobWorkerClient, job_id: str, scope: trio.CancelScope) -> None:
-        while (job := await client.status(job_id)).status != "Terminated":
+        while (job := await client.status(job_id)).state is not JobState.TERMINATED:
             await trio.sleep(0.02)
+        assert job.ended_at is not None and job.started_at is not None
         job_times["job_seconds"] = job.ended_at - job.started_at
-        job_times["exit_code"] = job.exit_code
+        job_times["exit_code"] = -1 if job.exit_code is None else job.exit_code
         scope.cancel()
 
     started = time.perf_counter()

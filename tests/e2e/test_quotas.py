@@ -16,6 +16,7 @@ from jobworker.client import Credentials, JobWorkerClient, connect
 from tests.conftest import require_root
 from tests.e2e.conftest import Jwsd, start_jwsd
 from tests.support.certs import TestPKI
+from tests.support.waiting import terminated
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
@@ -41,9 +42,7 @@ async def client_of(jwsd: Jwsd, user: str = "alex") -> AsyncIterator[JobWorkerCl
 
 async def run_to_end(client: JobWorkerClient, args: list[str]) -> str:
     job = await client.start(args=args)
-    with trio.fail_after(60):
-        while (await client.status(job.job_id)).status != "Terminated":
-            await trio.sleep(0.05)
+    await terminated(client, job.job_id, timeout=60)
     return job.job_id
 
 
@@ -77,7 +76,7 @@ async def test_forty_jobs_of_8_mb_output_leave_jwsd_memory_bounded(
             + ", ".join(f"{size / MiB:.1f}" for size in after)
             + " MiB"
         )
-        assert len(jobs) == 42 and all(job.output_bytes == 8_000_000 for job in jobs)
+        assert len(jobs) == 42 and all(job.output_size == 8_000_000 for job in jobs)
         assert all(job.output_disk_bytes == 8_000_000 for job in jobs)
         # Each batch of 10 used to add ~77 MiB; what is left now is noise of the
         # allocator and of the calls in flight (seen up to +20 MiB on a loaded host).

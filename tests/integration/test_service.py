@@ -17,6 +17,7 @@ import trio
 import trustme
 
 from jobworker.client import Credentials, JobWorkerClient, connect
+from jobworker.model import JobState, Limits, Outcome
 from jobworker.server.daemon import DaemonConfig, serve
 from jobworker.transport import open_channel
 from jobworker.v1 import jobworker_grpc
@@ -131,7 +132,7 @@ async def test_only_owners_and_admins_reach_a_job(daemon: Daemon) -> None:
         daemon.connect("admin") as admin,
     ):
         job = await alex.start(cmd="sh -c 'echo hello; sleep 30'")
-        assert job.status == "Active"
+        assert job.state is JobState.ACTIVE
         assert job.owner == "alex"
         message = await expect_code(Code.PERMISSION_DENIED, betty.status(job.job_id))
         assert message == "access denied"
@@ -143,7 +144,7 @@ async def test_only_owners_and_admins_reach_a_job(daemon: Daemon) -> None:
         assert {j.job_id for j in await admin.list()} == {job.job_id, betty_job.job_id}
         assert (await admin.status(job.job_id)).owner == "alex"
         stopped = await admin.stop(job.job_id, 0)
-        assert stopped.status == "Terminated"
+        assert stopped.state is JobState.TERMINATED
         assert stopped.stopped_by_user
         assert await read_all(alex, job.job_id) == b"hello\n"
 
@@ -162,17 +163,15 @@ async def test_bad_requests_get_their_documented_code(daemon: Daemon) -> None:
             Code.INVALID_ARGUMENT, client.start(cmd="echo", args=["echo"]), "not both"
         )
         await expect_code(Code.INVALID_ARGUMENT, client.start(args=["a\0b"]), "NUL")
-        await expect_code(
-            Code.INVALID_ARGUMENT,
-            client.start(cmd="true", limits=pb.Limits(memory_bytes=-1)),
-            "memory limit",
-        )
-        await expect_code(
-            Code.INVALID_ARGUMENT, client.start(cmd="true", limits=pb.Limits(cpu=0)), "cpu limit"
-        )
-        await expect_code(
-            Code.INVALID_ARGUMENT, client.start(cmd="true", limits=pb.Limits(pids=0)), "pids limit"
-        )
+        # Limits no `model.Limits` can hold (the client refuses them before sending):
+        # the server refuses them too, whoever sends them.
+        for limits, what in [
+            (pb.Limits(memory_bytes=-1), "memory limit"),
+            (pb.Limits(cpu=0), "cpu limit"),
+            (pb.Limits(pids=0), "pids limit"),
+        ]:
+            request = pb.StartJobRequest(cmd="true", limits=limits)
+            await expect_code(Code.INVALID_ARGUMENT, stub.StartJob(request), what)
         await expect_code(
             Code.INVALID_ARGUMENT, client.start(cmd="true", host_network=True), "host network"
         )
@@ -200,18 +199,19 @@ async def test_bad_requests_get_their_documented_code(daemon: Daemon) -> None:
 async def test_status_reports_how_a_job_ended(daemon: Daemon) -> None:
     async with daemon.connect("alex") as client:
         job = await client.start(
-            args=["sh", "-c", "exit 3"], limits=pb.Limits(memory_bytes=64 << 20, cpu=0.5)
+            args=["sh", "-c", "exit 3"], limits=Limits(memory=64 << 20, cpu=0.5)
         )
         await read_all(client, job.job_id)
         status = await client.status(job.job_id)
-        assert status.status == "Terminated"
-        assert status.outcome == "exited"
+        assert status.state is JobState.TERMINATED
+        assert status.outcome is Outcome.EXITED
         assert status.exit_code == 3
-        assert not status.HasField("signal")
-        assert status.limits.memory_bytes == 64 << 20
-        assert status.limits.cpu == 0.5
+        assert status.signal is None
+        assert status.spec.limits.memory == 64 << 20
+        assert status.spec.limits.cpu == 0.5
+        assert status.ended_at is not None and status.started_at is not None
         assert status.ended_at >= status.started_at >= status.created_at
-        assert list(status.args) == ["sh", "-c", "exit 3"]
+        assert status.spec.argv == ("sh", "-c", "exit 3")
         killed = await client.start(args=["sh", "-c", "kill -9 $$"])
         await read_all(client, killed.job_id)
         status = await client.status(killed.job_id)
@@ -234,7 +234,7 @@ async def test_fifty_clients_at_once_get_exact_streams_and_leave_nothing(daemon:
                 results.append(hashlib.sha256(payload).hexdigest() == digest.split()[0].decode())
                 long_job = await client.start(args=["sleep", "30"])
                 stopped = await client.stop(long_job.job_id, 0)
-                assert stopped.status == "Terminated"
+                assert stopped.state is JobState.TERMINATED
 
         with trio.fail_after(scaled(60)):
             async with trio.open_nursery() as nursery:

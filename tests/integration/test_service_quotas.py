@@ -9,13 +9,14 @@ from pathlib import Path
 
 import purerpc
 import pytest
-import trio
 
 from jobworker.client import JobWorkerClient
-from jobworker.v1 import jobworker_pb2 as pb
+from jobworker.model import JobStatus, Limits
 from tests.integration.test_service import expect_code, read_all
 from tests.support.certs import TestPKI
 from tests.support.daemon import Daemon, DaemonFiles
+from tests.support.timing import scaled
+from tests.support.waiting import terminated
 
 pytestmark = pytest.mark.root
 
@@ -35,12 +36,9 @@ def start_daemon(tmp_path: Path, pki: TestPKI) -> StartDaemon:
     return DaemonFiles.write(tmp_path, pki).serving
 
 
-async def wait_terminated(client: JobWorkerClient, job_id: str) -> pb.GetJobStatusResponse:
+async def wait_terminated(client: JobWorkerClient, job_id: str) -> JobStatus:
     await read_all(client, job_id)
-    with trio.fail_after(10):
-        while (status := await client.status(job_id)).status != "Terminated":
-            await trio.sleep(0.02)
-    return status
+    return await terminated(client, job_id, timeout=scaled(10))
 
 
 async def test_remove_is_for_owners_and_admins_of_ended_jobs_and_then_not_found(
@@ -92,18 +90,18 @@ async def test_status_says_output_was_cut_at_the_limit_and_how_much_is_on_disk(
     async with start_daemon(max_output=1 << 20) as daemon, daemon.connect("alex") as alex:
         await expect_code(
             Code.INVALID_ARGUMENT,
-            alex.start(args=["yes"], limits=pb.Limits(output_bytes=2 << 20)),
+            alex.start(args=["yes"], limits=Limits(output=2 << 20)),
             "above this server's maximum",
         )
-        job = await alex.start(args=["yes"], limits=pb.Limits(output_bytes=300_000))
-        assert job.limits.output_bytes == 300_000
+        job = await alex.start(args=["yes"], limits=Limits(output=300_000))
+        assert job.spec.limits.output == 300_000
         out = await read_all(alex, job.job_id)
         status = await wait_terminated(alex, job.job_id)
         assert out == b"y\n" * 150_000
-        assert status.output_truncated and "output limit" in status.output_truncated_reason
-        assert status.output_bytes == status.output_disk_bytes == 300_000
+        assert status.output_truncated is not None and "output limit" in status.output_truncated
+        assert status.output_size == status.output_disk_bytes == 300_000
         assert status.signal_name == "SIGPIPE"
         # A job that asks for nothing gets the server's cap, and says so.
         job = await alex.start(args=["sh", "-c", "echo small"])
         status = await wait_terminated(alex, job.job_id)
-        assert status.limits.output_bytes == 1 << 20 and not status.output_truncated
+        assert status.spec.limits.output == 1 << 20 and status.output_truncated is None

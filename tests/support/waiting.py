@@ -11,8 +11,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import trio
+
+from jobworker.model import JobState, JobStatus
+
+if TYPE_CHECKING:
+    from jobworker.client import JobWorkerClient
 
 #: Seconds between two looks at an outside condition.
 POLL_INTERVAL = 0.01
@@ -42,3 +48,22 @@ def eventually_blocking(condition: Callable[[], object], *, timeout: float, what
             raise TimeoutError(f"not within {timeout:g} s: {what}")
         # Polling an outside state (processes, the kernel): there is no event to await.
         time.sleep(POLL_INTERVAL)
+
+
+async def terminated(
+    client: JobWorkerClient,
+    job_id: str,
+    *,
+    timeout: float,  # noqa: ASYNC109 - the deadline is part of the check, named in its failure
+) -> JobStatus:
+    """The job's status once it is Terminated. Its output ends a moment before (the
+    daemon still cleans up), and the API offers no event for the end: it is polled."""
+    status = await client.status(job_id)
+    try:
+        with trio.fail_after(timeout):
+            while status.state is not JobState.TERMINATED:
+                await trio.sleep(POLL_INTERVAL)
+                status = await client.status(job_id)
+    except trio.TooSlowError:
+        raise trio.TooSlowError(f"not within {timeout:g} s: job {job_id} terminated") from None
+    return status

@@ -28,8 +28,14 @@ def no_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     [
         (["frobnicate"], "No such command 'frobnicate'"),
         (["status", "-u", "alex"], "Missing option '-j'"),
-        # (start's "--memory lots" and "-c X -- Y" are checked only once connected, so
-        # they stay in the end-to-end test behind a daemon: tests/e2e/test_cli.py.)
+        # What to run is checked before connecting: no server hears of it.
+        (["start", "-u", "alex", "--memory", "lots", "--", "true"], "'lots' is not a size"),
+        (["start", "-u", "alex", "--cpu", "half", "--", "true"], "'half' is not a number of cores"),
+        (["start", "-u", "alex", "--pids", "0", "--", "true"], "pids limit must be between 1"),
+        (["run", "-u", "alex", "--memory", "1K", "--", "true"], "memory limit must be at least"),
+        (["start", "-u", "alex", "-c", "true", "--", "true"], "not both"),
+        (["start", "-u", "alex"], "not both"),
+        (["start", "-u", "alex", "-e", "NOEQUALS", "--", "true"], "--env wants K=V"),
         (["stop", "-u", "alex", "-j", "x", "--grace", "soon"], "not a duration"),
         (["list"], "no user"),
         (["list", "-u", "nobody-here"], "no credentials for user 'nobody-here'"),

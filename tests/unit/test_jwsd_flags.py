@@ -6,7 +6,8 @@ import subprocess
 
 import pytest
 
-from jobworker.cli.jwsd import format_limits, parse_limits, parse_tmpfs_size
+from jobworker.cli.jwsd import parse_tmpfs_size
+from jobworker.limits import format_limits, parse_limits
 from jobworker.model import Limits
 from jobworker.server.daemon import DEFAULT_LIMITS, DEFAULT_TMPFS_SIZE, DaemonConfig
 from tests.e2e.conftest import BIN

@@ -8,10 +8,10 @@ import pytest
 
 from jobworker import states
 from jobworker.errors import BadStateError, InvalidRequestError, JobNotFoundError
+from jobworker.limits import MAX_BYTES, check_host
 from jobworker.model import (
     MAX_ARG_BYTES,
     MAX_ARGS,
-    MAX_BYTES,
     MAX_COMMAND_BYTES,
     MAX_ENV,
     MAX_ENV_NAME_BYTES,
@@ -33,7 +33,6 @@ from jobworker.model import (
         ({"cpu": float("nan")}, "positive number of cores"),
         ({"cpu": float("inf")}, "positive number of cores"),
         ({"cpu": 0.001}, "below the minimum"),
-        ({"cpu": (os.cpu_count() or 1) + 1}, "more than this host"),
         ({"memory": -5}, "at least"),
         ({"memory": 1024}, "at least"),
         ({"memory": MAX_BYTES + 1}, "absurd"),
@@ -46,6 +45,15 @@ from jobworker.model import (
 def test_absurd_limits_are_refused(kwargs: dict[str, float], message: str) -> None:
     with pytest.raises(InvalidRequestError, match=message):
         Limits(**kwargs)  # type: ignore[arg-type]
+
+
+def test_more_cores_than_the_host_has_are_a_valid_limit_the_server_refuses() -> None:
+    """A client reads a status of a host with more cores than its own; the server,
+    which runs the job, refuses what its own host cannot give."""
+    more = Limits(cpu=(os.cpu_count() or 1) + 1)
+    with pytest.raises(InvalidRequestError, match="more than this host"):
+        check_host(more)
+    check_host(Limits(cpu=1))
 
 
 def test_limits_merge_fills_only_unset_fields() -> None:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from jobworker.cli import render
+from jobworker.limits import limits_text
+from jobworker.messages import status_from_proto
+from jobworker.model import JobStatus
 from jobworker.v1 import jobworker_pb2 as pb
 
 
-def _job(**fields: object) -> pb.GetJobStatusResponse:
+def _job(**fields: object) -> JobStatus:
+    """A status as the client reads it from the wire."""
     base: dict[str, object] = {
         "job_id": "j1",
         "owner": "alex",
@@ -15,7 +19,7 @@ def _job(**fields: object) -> pb.GetJobStatusResponse:
         "started_at": 100.0,
     }
     base.update(fields)
-    return pb.GetJobStatusResponse(**base)  # type: ignore[arg-type]
+    return status_from_proto(pb.GetJobStatusResponse(**base))  # type: ignore[arg-type]
 
 
 def test_the_headline_says_how_a_job_ended() -> None:
@@ -24,7 +28,12 @@ def test_the_headline_says_how_a_job_ended() -> None:
     assert (
         render.headline(
             _job(
-                status="Terminated", exit_code=137, signal=9, signal_name="SIGKILL", oom_killed=True
+                status="Terminated",
+                outcome="oom-killed",
+                exit_code=137,
+                signal=9,
+                signal_name="SIGKILL",
+                oom_killed=True,
             )
         )
         == "Terminated (OOM-killed at its memory limit, killed by SIGKILL, exit code 137)"
@@ -36,6 +45,7 @@ def test_the_headline_says_how_a_job_ended() -> None:
                 exit_code=143,
                 signal=15,
                 signal_name="SIGTERM",
+                outcome="stopped",
                 stopped_by_user=True,
             )
         )
@@ -90,7 +100,7 @@ def test_status_shows_disk_usage_and_why_output_was_truncated() -> None:
     text = render.status_text(job, now=110.0)
     assert "disk       output 1.0 MiB, work dir 3.0 MiB" in text
     assert "truncated  the output limit of 1048576 bytes was reached" in text
-    assert "output 1.0 MiB" in render.limits_text(job.limits)
+    assert "output 1.0 MiB" in limits_text(job.spec.limits)
     data = render.status_dict(job)
     assert data["output_truncated"] is True
     assert data["output_truncated_reason"].startswith("the output limit")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from jobworker.cli.units import format_size, parse_addr, parse_duration, parse_size
+from jobworker.units import format_size, parse_addr, parse_duration, parse_size
 
 
 @pytest.mark.parametrize(
