@@ -29,7 +29,7 @@ from jobworker.sandbox.cgroups import (
 )
 from jobworker.sandbox.cgroups.detect import read_mounts, read_own_cgroups
 from tests.conftest import require_root
-from tests.support.cgroupfs import CGROUP_ROOT
+from tests.support.cgroupfs import cgroups_named
 from tests.support.waiting import eventually
 
 
@@ -43,7 +43,7 @@ def driver() -> Iterator[CgroupDriver]:
     finally:
         driver.cleanup_stale()
         driver.close()
-        assert not list(CGROUP_ROOT.rglob(driver.parent.name)), "parent left behind"
+        assert not cgroups_named(driver.parent.name), "parent left behind"
 
 
 async def start_in(cgroup: JobCgroup, command: str) -> trio.Process:
@@ -181,7 +181,7 @@ async def test_a_value_the_kernel_rejects_is_an_invalid_request_and_leaves_nothi
     require_root()
     with pytest.raises(InvalidRequestError, match="io read limit|io limit"):
         driver.create("bad-io", Limits(cpu=0.5, io_read_bps=1000), (0, 1234))
-    assert not list(CGROUP_ROOT.rglob("bad-io"))
+    assert not cgroups_named("bad-io")
 
 
 # ---- kill_all, remove, cleanup_stale -------------------------------------------------------

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
-def cgroups_named(name: str) -> list[Path]:
-    """Every cgroup directory called `name`, in every hierarchy mounted under
-    /sys/fs/cgroup (v1: one per controller; v2: the unified one)."""
-    return sorted(CGROUP_ROOT.rglob(name))
+def cgroups_named(name: str, *, root: Path = CGROUP_ROOT) -> list[Path]:
+    """Every cgroup directory called `name`, in every hierarchy mounted under `root`
+    (v1: one per controller; v2: the unified one).
+
+    The walk skips what vanishes under it: other daemons, jobs and test runs on the
+    host make and remove cgroups meanwhile (`Path.rglob` raised FileNotFoundError
+    for one removed between its listing and its descent)."""
+    found = []
+    for directory, subdirs, _ in os.walk(root):  # os.walk ignores scandir errors
+        if name in subdirs:
+            found.append(Path(directory) / name)
+            subdirs.remove(name)  # a cgroup's name is not used again below it
+    return sorted(found)
 
 
 def job_cgroup_dirs(cgroup_name: str, job_id: str) -> list[Path]:
