@@ -397,7 +397,10 @@ async def launch(
             await _kill_and_close(process, output, status)
         raise
     finally:
-        await ready.aclose()
+        # Closed without a checkpoint: a cancellation delivered here, after the
+        # sandbox reported ready, would leave a running process that no one kills
+        # or reaps (the caller never learns of it).
+        ready.close()
     return Launched(process=process, command_pid=command_pid, output=output, status=status)
 
 

@@ -7,6 +7,7 @@ Every test here needs root (cgroups, bubblewrap as a privilege-dropping root).
 from __future__ import annotations
 
 import errno
+import gc
 import hashlib
 import os
 import platform
@@ -35,6 +36,7 @@ from jobworker.tracker import JobTracker
 from tests.conftest import require_root
 from tests.support.cgroupfs import cgroup_pids, cgroups_named, job_cgroup_dirs
 from tests.support.leaks import LeakCheck, child_pids, processes_running
+from tests.support.timing import scaled
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.root
@@ -610,19 +612,51 @@ async def test_a_host_where_bubblewrap_is_missing_or_cannot_sandbox_is_a_setup_e
             pass
 
 
+class CancelAtStep(trio.abc.Instrument):
+    """Cancels `scope` just before `task` runs its `step`th step: wherever the task
+    stopped to let others run (a checkpoint, a wait that has already ended), the
+    cancellation is what it finds next. Deterministic, unlike a timer."""
+
+    def __init__(self, task: trio.lowlevel.Task, scope: trio.CancelScope, step: int) -> None:
+        self.task, self.scope, self.step, self.steps = task, scope, step, 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self.task:
+            self.steps += 1
+            if self.steps == self.step:
+                self.scope.cancel()
+
+
 async def test_a_start_cancelled_at_any_point_leaves_nothing_behind(tracker: JobTracker) -> None:
     """A client that hangs up during StartJob: whatever step the start was at (cgroup made,
-    process forked, sandbox half-built), no process, cgroup, dir or entry is left."""
+    process forked, sandbox half-built, sandbox ready), no process, cgroup, dir or entry
+    is left, and every process it forked is reaped. The start is cancelled before its
+    1st, 2nd, 3rd... step in turn, until one runs to its end uncancelled."""
     children = child_pids()
-    for delay_ms in [0, 1, 2, 3, 5, 8, 12, 20]:
-        with trio.move_on_after(delay_ms / 1000):
-            await tracker.start("alex", sh("sleep 1000"))
-        for status in tracker.list("alex"):  # a start that finished before the cancel
-            await tracker.stop("alex", status.job_id, grace=0)
-    assert all(s.state is JobState.TERMINATED for s in tracker.list("alex"))
-    cancelled = 8 - len(tracker.list("alex"))
-    assert cancelled >= 1, "no start was cancelled part-way; the delays need to be shorter"
-    await eventually(lambda: not child_pids() - children, timeout=5, what="every child is reaped")
+    task = trio.lowlevel.current_task()
+    step, cancelled = 0, 0
+    while True:
+        step += 1
+        with trio.CancelScope() as scope:
+            instrument = CancelAtStep(task, scope, step)
+            trio.lowlevel.add_instrument(instrument)
+            try:
+                status = await tracker.start("alex", sh("sleep 1000"))
+            finally:
+                trio.lowlevel.remove_instrument(instrument)
+        if not scope.cancelled_caught:
+            break
+        cancelled += 1
+        assert tracker.list("alex") == [], f"cancelled before step {step}: an entry is left"
+        await eventually(
+            lambda: not child_pids() - children,
+            timeout=scaled(5),
+            what=f"every child of a start cancelled before step {step} is reaped",
+        )
+        gc.collect()  # a Popen dropped unreaped warns here ("subprocess N is still running")
+    await tracker.stop("alex", status.job_id, grace=0)
+    assert cancelled >= 3, f"the start took only {step} steps; is it still asynchronous?"
+    await eventually(lambda: not child_pids() - children, timeout=scaled(5), what="children reaped")
     live_jobs = {s.job_id for s in tracker.list("alex")}
     parents = cgroups_named(tracker.cgroup_name)
     assert parents, "the job parent was not found"
