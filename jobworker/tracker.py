@@ -407,6 +407,13 @@ class JobTracker:
         await job.terminated.wait()
         return job.snapshot()
 
+    async def wait(self, owner: str, job_id: str, *, admin: bool = False) -> JobStatus:
+        """Wait until the job has ended and its output is on disk (or known lost); its
+        final status. Raises as `status`."""
+        job = self._get(owner, job_id, admin)
+        await job.released.wait()
+        return job.snapshot()
+
     async def remove(self, owner: str, job_id: str, *, admin: bool = False) -> None:
         """Forget a terminated job: its record, output and job dir; asking for it
         afterwards gets JobNotFoundError. Raises BadStateError while it runs."""

@@ -62,10 +62,9 @@ async def finish(tracker: JobTracker, owner: str, job_id: str) -> tuple[bytes, J
     async with contextlib.aclosing(tracker.follow(owner, job_id)) as chunks:
         async for chunk in chunks:
             out += chunk
-    status = tracker.status(owner, job_id)
+    status = await tracker.wait(owner, job_id)
     assert status.state is JobState.TERMINATED
-    await tracker._jobs[job_id].released.wait()
-    return bytes(out), tracker.status(owner, job_id)
+    return bytes(out), status
 
 
 async def run(tracker: JobTracker, spec: JobSpec, owner: str = "alex") -> tuple[bytes, JobStatus]:
@@ -156,8 +155,7 @@ async def test_a_full_disk_while_spilling_shows_in_status_and_keeps_the_exit_cod
     with small_tmpfs(tmp_path / "small", "4m") as data:
         async with tracker_at(data / "data", output_memory_limit=1 * MiB) as tracker:
             started = await tracker.start("alex", sh("head -c 12582912 /dev/zero; exit 0"))
-            await tracker._jobs[started.job_id].released.wait()
-            status = tracker.status("alex", started.job_id)
+            status = await tracker.wait("alex", started.job_id)
             assert (status.outcome, status.exit_code) == (Outcome.EXITED, 0)
             assert status.output_truncated is not None
             assert "No space left on device" in status.output_truncated
@@ -226,10 +224,9 @@ async def test_no_job_holds_another_jobs_work_dir_in_its_sandbox(tmp_path: Path)
 async def test_a_finished_jobs_output_is_on_disk_and_not_in_memory(tmp_path: Path) -> None:
     async with tracker_at(tmp_path / "data") as tracker:
         out, status = await run(tracker, sh("head -c 3000000 /dev/urandom"))
-        job = tracker._jobs[status.job_id]
-        assert job.log.memory_size == 0
         assert status.output_disk_bytes == status.output_size == 3_000_000
-        assert (job.directory / "output.log").read_bytes() == out
+        log = tracker.data_dir / "jobs" / status.job_id / "output.log"
+        assert log.read_bytes() == out
 
 
 async def test_remove_refuses_a_running_job_then_forgets_it_once_ended(tmp_path: Path) -> None:
@@ -238,7 +235,7 @@ async def test_remove_refuses_a_running_job_then_forgets_it_once_ended(tmp_path:
         with pytest.raises(BadStateError, match="still running"):
             await tracker.remove("alex", status.job_id)
         await tracker.stop("alex", status.job_id, grace=0)
-        directory = tracker._jobs[status.job_id].directory
+        directory = tracker.data_dir / "jobs" / status.job_id
         assert directory.exists()
         await tracker.remove("alex", status.job_id)
         assert not directory.exists()
