@@ -26,7 +26,7 @@ import json
 import os
 import stat
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -283,8 +283,9 @@ async def start(user: str | None, addr: str | None, tls_dir: str | None, job: Jo
     click.echo(started.job_id)
 
 
-#: How much output a pipe on stdout can hold while its reader catches up: writes into
-#: a full pipe block jws, and with them its receiving (Linux's default is 64 KiB).
+#: How much output a pipe on stdout holds while its reader catches up: jws keeps
+#: receiving (and jwsd sending) while the reader works through it (Linux's default is
+#: 64 KiB, a quarter of one output message).
 STDOUT_PIPE_SIZE = 1 << 20
 
 
@@ -297,6 +298,50 @@ def _widen_pipe(fd: int) -> None:
             and fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) < STDOUT_PIPE_SIZE
         ):
             fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, STDOUT_PIPE_SIZE)
+
+
+@contextlib.asynccontextmanager
+async def _async_writer(fd: int) -> AsyncIterator[Callable[[bytes], Awaitable[None]]]:
+    """A function that writes all of a chunk to `fd` (a dup of it: the caller keeps
+    `fd`) and, while `fd` cannot take more, waits without stopping the event loop.
+
+    A pipe or a socket becomes a trio stream: writes go straight from the event loop,
+    in non-blocking mode (restored on exit). Anything else (a terminal, a file,
+    /dev/null) is written in a worker thread: a terminal shares its open file with
+    the shell, whose reads must never find it non-blocking, not even after a crash.
+    """
+    import trio
+
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+        _widen_pipe(fd)
+        async with trio.lowlevel.FdStream(os.dup(fd)) as stream:
+            yield stream.send_all
+        return
+    async with trio.wrap_file(os.fdopen(os.dup(fd), "wb", buffering=0)) as file:
+
+        async def write(chunk: bytes) -> None:
+            view = memoryview(chunk)
+            while view:
+                view = view[await file.write(view) :]
+
+        yield write
+
+
+async def copy_output(client: JobWorkerClient, job_id: str, offset: int, fd: int) -> None:
+    """Write the job's output from `offset` to `fd` until the job has ended. Raises
+    BrokenPipeError when the reader of `fd` has gone."""
+    import trio
+
+    try:
+        async with (
+            _async_writer(fd) as write,
+            contextlib.aclosing(client.output(job_id, offset)) as chunks,
+        ):
+            async for chunk in chunks:
+                await write(chunk)
+    except trio.BrokenResourceError as exc:  # the stream's word for EPIPE
+        raise BrokenPipeError(str(exc.__cause__ or exc)) from exc
 
 
 @jws.command()
@@ -382,15 +427,6 @@ async def list_jobs(user: str | None, addr: str | None, tls_dir: str | None, as_
         click.echo(render.table(jobs))
 
 
-async def _copy_output(client: JobWorkerClient, job_id: str, offset: int) -> None:
-    out = sys.stdout.buffer
-    _widen_pipe(out.fileno())
-    async with contextlib.aclosing(client.output(job_id, offset)) as chunks:
-        async for chunk in chunks:
-            out.write(chunk)
-            out.flush()
-
-
 @jws.command()
 @connection_options
 @click.option("-j", "--job", "job_id", required=True, help="The job's id.")
@@ -413,7 +449,7 @@ async def output(
       jws output -j 5f0c1a2b-... > build.log
     """
     async with _client(user, addr, tls_dir) as client:
-        await _copy_output(client, job_id, offset)
+        await copy_output(client, job_id, offset, sys.stdout.fileno())
 
 
 @jws.command()
@@ -431,7 +467,7 @@ async def run(user: str | None, addr: str | None, tls_dir: str | None, job: JobR
     """
     async with _client(user, addr, tls_dir) as client:
         started = await job.start(client)
-        await _copy_output(client, started.job_id, 0)
+        await copy_output(client, started.job_id, 0, sys.stdout.fileno())
         final = await client.status(started.job_id)
     if final.oom_killed:
         click.echo("jws: the job was killed at its memory limit (OOM)", err=True)
