@@ -20,10 +20,10 @@ from tests.integration._echo_service import stub
 from tests.integration.test_transport import (  # noqa: F401 (pki is a fixture)
     Pki,
     channel,
-    fd_count,
     pki,
     serving,
 )
+from tests.support.leaks import fd_count
 
 SERVER_LOGGER = "jobworker.transport.server"
 
