@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from jobworker.client import Credentials, JobWorkerClient, connect
 from tests.conftest import require_root
 from tests.e2e.conftest import Jwsd, start_jwsd
 from tests.support.certs import TestPKI
-from tests.support.waiting import terminated
+from tests.support.waiting import eventually_blocking, terminated
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
@@ -161,12 +160,14 @@ def test_a_full_data_disk_shows_in_status_and_the_exit_code_is_kept(
         try:
             job_id = jwsd.jws("start", "--", "sh", "-c", "head -c 12M /dev/zero; exit 0")
             job_id_text = job_id.stdout.decode().strip()
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                text = jwsd.jws("status", "-j", job_id_text).stdout.decode()
-                if text.startswith("Terminated"):
-                    break
-                time.sleep(0.1)
+
+            def status_text() -> str:
+                return str(jwsd.jws("status", "-j", job_id_text).stdout.decode())
+
+            eventually_blocking(
+                lambda: status_text().startswith("Terminated"), timeout=20, what="job terminated"
+            )
+            text = status_text()
             assert text.splitlines()[0] == "Terminated (exit code 0)", text
             assert "truncated" in text and "No space left on device" in text, text
             follow = jwsd.jws("output", "-j", job_id_text)

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ import pytest
 from tests.conftest import require_root
 from tests.e2e.conftest import Jwsd, start_jwsd
 from tests.support.certs import TestPKI
+from tests.support.waiting import eventually_blocking
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
@@ -78,14 +78,14 @@ def start_until(jwsd: Jwsd, script: str, marker: str) -> str:
     """Start `sh -c script` (which prints `marker` then keeps running); return its id once it has."""
     job_id = ok(jws(jwsd, "start", "--", "sh", "-c", f"{script}; echo {marker}; exec sleep 60"))
     job_id = job_id.strip()
-    deadline = time.monotonic() + JWS_TIMEOUT
-    while time.monotonic() < deadline:
+
+    def printed() -> bool:
         status = json.loads(ok(jws(jwsd, "status", "-j", job_id, "--json")))
         assert status["status"] != "Terminated", status
-        if status["output_bytes"] >= len(marker):
-            return job_id
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} never printed {marker!r}")
+        return bool(status["output_bytes"] >= len(marker))
+
+    eventually_blocking(printed, timeout=JWS_TIMEOUT, what=f"job {job_id} printed {marker!r}")
+    return job_id
 
 
 def finished(jwsd: Jwsd, job_id: str) -> tuple[str, dict[str, object]]:

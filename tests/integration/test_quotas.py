@@ -28,6 +28,7 @@ from jobworker.model import JobSpec, JobState, JobStatus, Limits, Outcome
 from jobworker.retention import RetentionPolicy
 from jobworker.tracker import JobTracker
 from tests.conftest import require_root
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.root
 
@@ -284,15 +285,22 @@ async def test_finished_jobs_older_than_the_retention_are_forgotten(
         _, old = await run(tracker, sh("echo old"))
         mock_clock.jump(1800)
         _, new = await run(tracker, sh("echo new"))
+        jobs_dir = tmp_path / "data" / "jobs"
         mock_clock.jump(1799)
-        await trio.sleep(0.05)
+        await trio.testing.wait_all_tasks_blocked()  # the collector ran, had anything expired
         assert tracker.status("alex", old.job_id).exit_code == 0
         mock_clock.jump(2)
-        await trio.sleep(0.05)
-        with pytest.raises(JobNotFoundError):
-            tracker.status("alex", old.job_id)
-        assert tracker.status("alex", new.job_id).exit_code == 0
-        assert [p.name for p in (tmp_path / "data" / "jobs").iterdir()] == [new.job_id]
+        await eventually(
+            lambda: [j.job_id for j in tracker.list("alex")] == [new.job_id],
+            timeout=5,
+            what="the old job forgotten",
+        )
+        await eventually(
+            lambda: [p.name for p in jobs_dir.iterdir()] == [new.job_id],
+            timeout=5,
+            what="its job dir deleted (in a worker thread)",
+        )
         mock_clock.jump(1801)
-        await trio.sleep(0.05)
-        assert tracker.list("alex") == []
+        await eventually(
+            lambda: tracker.list("alex") == [], timeout=5, what="the new one forgotten"
+        )
