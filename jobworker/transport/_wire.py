@@ -142,6 +142,12 @@ _FRAME_HEADER = struct.Struct(">HBBBL")
 _SEND_ALONE = 16 << 10
 
 
+#: The bound on one message each way when a caller gives none (the transport's own
+#: default, for any service; jwsd and jobworker's client pass theirs:
+#: `jobworker.model.MAX_SERVER_MESSAGE`, `MAX_CLIENT_MESSAGE`).
+DEFAULT_MAX_MESSAGE = 16 << 20
+
+
 def check_message_length(max_message_length: int) -> int:
     """Return `max_message_length` if purerpc can use it, else raise ValueError.
 

@@ -46,6 +46,7 @@ from purerpc.grpclib.events import MessageReceived, RequestReceived, ResponseEnd
 
 from jobworker.errors import sole_exception
 from jobworker.transport._wire import (
+    DEFAULT_MAX_MESSAGE,
     TRANSPORT_ERRORS,
     ChannelBase,
     HookedSocket,
@@ -293,7 +294,7 @@ class Channel(ChannelBase):
         ssl_context: ssl.SSLContext,
         *,
         server_hostname: str | None = None,
-        max_message_length: int = 16 << 20,
+        max_message_length: int = DEFAULT_MAX_MESSAGE,
         connect_timeout: float = 10,
     ) -> None:
         super().__init__(host, port, ssl_context)
@@ -403,7 +404,7 @@ async def open_channel(
     ssl_context: ssl.SSLContext,
     *,
     server_hostname: str | None = None,
-    max_message_length: int = 16 << 20,
+    max_message_length: int = DEFAULT_MAX_MESSAGE,
     connect_timeout: float = 10,
 ) -> AsyncIterator[Channel]:
     """Connect to a purerpc or grpcio server over TLS; close the connection on exit.

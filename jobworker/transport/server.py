@@ -63,6 +63,7 @@ from jobworker.errors import SetupError
 from jobworker.tls import common_name
 from jobworker.transport._wire import (
     CLOSE_DRAIN_TIMEOUT,
+    DEFAULT_MAX_MESSAGE,
     HookedSocket,
     PacedStream,
     check_message_length,
@@ -176,7 +177,7 @@ class RpcServer:
         port: int,
         ssl_context: ssl.SSLContext,
         *,
-        max_message_length: int = 16 << 20,
+        max_message_length: int = DEFAULT_MAX_MESSAGE,
         on_handshake_error: HandshakeErrorHook | None = None,
         handshake_timeout: float = 10.0,
         max_handshakes: int = 256,
