@@ -6,7 +6,8 @@ so that neither `jws` nor a library user handles protobuf messages.
 
 The API reports a job's argv and limits but not its environment, working
 directory or network: a `JobStatus` read from the wire has those at their
-defaults (`None`, `None`, `False`).
+defaults (`None`, `None`, `False`); and it says whether the OOM killer struck,
+not how often (`usage.oom_kills` is 1 or 0).
 """
 
 from __future__ import annotations
