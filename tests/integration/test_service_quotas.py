@@ -11,12 +11,10 @@ import purerpc
 import pytest
 
 from jobworker.client import JobWorkerClient
-from jobworker.model import JobStatus, Limits
+from jobworker.model import JobState, JobStatus, Limits
 from tests.integration.test_service import expect_code, read_all
 from tests.support.certs import TestPKI
 from tests.support.daemon import Daemon, DaemonFiles
-from tests.support.timing import scaled
-from tests.support.waiting import terminated
 
 pytestmark = pytest.mark.root
 
@@ -37,8 +35,11 @@ def start_daemon(tmp_path: Path, pki: TestPKI) -> StartDaemon:
 
 
 async def wait_terminated(client: JobWorkerClient, job_id: str) -> JobStatus:
+    """The job's status once its output has ended: then it is Terminated."""
     await read_all(client, job_id)
-    return await terminated(client, job_id, timeout=scaled(10))
+    status = await client.status(job_id)
+    assert status.state is JobState.TERMINATED
+    return status
 
 
 async def test_remove_is_for_owners_and_admins_of_ended_jobs_and_then_not_found(

@@ -56,8 +56,9 @@ async def terminated(
     *,
     timeout: float,  # noqa: ASYNC109 - the deadline is part of the check, named in its failure
 ) -> JobStatus:
-    """The job's status once it is Terminated. Its output ends a moment before (the
-    daemon still cleans up), and the API offers no event for the end: it is polled."""
+    """The job's status once it is Terminated, for a test that does not follow the
+    job's output (the end of the output is the API's event for it: the job is
+    Terminated once its stream has ended). Polled."""
     status = await client.status(job_id)
     try:
         with trio.fail_after(timeout):
