@@ -117,11 +117,16 @@ class LimitKind:
     cgroup: bool
     help: str
 
+    @property
+    def what(self) -> str:
+        """How errors name this limit: "io read limit"."""
+        return f"{self.label} limit"
+
     def check(self, value: float | None) -> None:
         """Raise InvalidRequestError when `value` (None: no limit) is out of bounds."""
         if value is None:
             return
-        what = f"{self.label} limit"
+        what = self.what
         if self.unit is Unit.CORES:
             if not math.isfinite(value) or value <= 0:
                 raise InvalidRequestError(f"{what} must be a positive number of cores, not {value}")

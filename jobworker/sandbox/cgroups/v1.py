@@ -17,6 +17,7 @@ from pathlib import Path
 import attrs
 
 from jobworker.errors import SetupError
+from jobworker.limits import CPU, IO_READ, IO_WRITE, MEMORY, PIDS
 from jobworker.model import Limits, Usage
 from jobworker.sandbox.cgroups import base
 
@@ -139,28 +140,28 @@ class V1Driver(base.CgroupDriver):
         if limits.cpu is not None:
             base.write_value(dirs["cpu"] / "cpu.cfs_period_us", CPU_PERIOD_US)
             quota = round(limits.cpu * CPU_PERIOD_US)
-            base.write_value(dirs["cpu"] / "cpu.cfs_quota_us", quota, what="cpu limit")
+            base.write_value(dirs["cpu"] / "cpu.cfs_quota_us", quota, what=CPU.what)
         if limits.memory is not None:
             memory = dirs["memory"]
-            base.write_value(memory / "memory.limit_in_bytes", limits.memory, what="memory limit")
+            base.write_value(memory / "memory.limit_in_bytes", limits.memory, what=MEMORY.what)
             # memsw is memory + swap: the same value means no swap at all. It only
             # exists with swap accounting on; its presence in the parent says so (a
             # fresh cgroup has the same files).
             if (self.parents["memory"] / "memory.memsw.limit_in_bytes").exists():
                 base.write_value(
-                    memory / "memory.memsw.limit_in_bytes", limits.memory, what="memory limit"
+                    memory / "memory.memsw.limit_in_bytes", limits.memory, what=MEMORY.what
                 )
         if io_device is not None:
             major, minor = io_device
-            for bps, kind in [(limits.io_read_bps, "read"), (limits.io_write_bps, "write")]:
-                if bps is not None:
+            for limit, direction in [(IO_READ, "read"), (IO_WRITE, "write")]:
+                if (bps := limits.value(limit)) is not None:
                     base.write_value(
-                        dirs["blkio"] / f"blkio.throttle.{kind}_bps_device",
+                        dirs["blkio"] / f"blkio.throttle.{direction}_bps_device",
                         f"{major}:{minor} {bps}",
-                        what=f"io {kind} limit",
+                        what=limit.what,
                     )
         if limits.pids is not None:
-            base.write_value(dirs["pids"] / "pids.max", limits.pids, what="pids limit")
+            base.write_value(dirs["pids"] / "pids.max", limits.pids, what=PIDS.what)
 
     def cleanup_stale(self) -> list[str]:
         names = []

@@ -32,6 +32,7 @@ from pathlib import Path
 import attrs
 
 from jobworker.errors import SetupError
+from jobworker.limits import CPU, MEMORY, PIDS
 from jobworker.model import Limits, Usage
 from jobworker.sandbox.cgroups import base
 
@@ -179,13 +180,13 @@ class V2Driver(base.CgroupDriver):
     def _write_limits(self, path: Path, limits: Limits, io_device: tuple[int, int] | None) -> None:
         if limits.cpu is not None:
             quota = round(limits.cpu * CPU_PERIOD_US)
-            base.write_value(path / "cpu.max", f"{quota} {CPU_PERIOD_US}", what="cpu limit")
+            base.write_value(path / "cpu.max", f"{quota} {CPU_PERIOD_US}", what=CPU.what)
         if limits.memory is not None:
-            base.write_value(path / "memory.max", limits.memory, what="memory limit")
+            base.write_value(path / "memory.max", limits.memory, what=MEMORY.what)
             # Present only with swap accounting; the parent has the same files a fresh
             # cgroup gets, so its presence there says so.
             if (self.parent / "memory.swap.max").exists():
-                base.write_value(path / "memory.swap.max", 0, what="memory limit (no swap)")
+                base.write_value(path / "memory.swap.max", 0, what=f"{MEMORY.what} (no swap)")
         if io_device is not None and limits.has_io:
             major, minor = io_device
             rates = [
@@ -195,7 +196,7 @@ class V2Driver(base.CgroupDriver):
             ]
             base.write_value(path / "io.max", f"{major}:{minor} {' '.join(rates)}", what="io limit")
         if limits.pids is not None:
-            base.write_value(path / "pids.max", limits.pids, what="pids limit")
+            base.write_value(path / "pids.max", limits.pids, what=PIDS.what)
 
     def cleanup_stale(self) -> list[str]:
         if not self.parent.is_dir():  # removed already (close()): nothing is left in it
