@@ -164,6 +164,8 @@ class JobTracker:
         `Limits.output`), never more (`None`: no cap).
     workdir_size: the size of each job's tmpfs work dir (`None`: a plain
         directory on the data dir's file system, unbounded).
+    sandbox_timeout: how long a job's sandbox may take to build before its start
+        fails (StartFailedError).
     retention: when finished jobs are forgotten (`jobworker.retention`).
     """
 
@@ -181,6 +183,7 @@ class JobTracker:
     max_running_per_user: int | None = DEFAULT_MAX_RUNNING
     max_output: int | None = DEFAULT_MAX_OUTPUT
     workdir_size: int | None = DEFAULT_WORKDIR_SIZE
+    sandbox_timeout: float = spawn.SANDBOX_SETUP_TIMEOUT
     retention: RetentionPolicy = attrs.Factory(RetentionPolicy)
 
     _jobs: dict[str, _Job] = attrs.field(init=False, factory=dict)
@@ -375,6 +378,7 @@ class JobTracker:
                 pipe_owner=(user.uid, user.gid),
                 on_ready=None if self.workdir_size is None else partial(_open_workdir, job),
                 seccomp=self._seccomp,
+                setup_timeout=self.sandbox_timeout,
             )
         except BaseException:
             with trio.CancelScope(shield=True):

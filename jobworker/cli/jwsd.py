@@ -126,6 +126,12 @@ def _limits_option(ctx: click.Context, param: click.Parameter, value: str) -> Li
     help="SIGTERM-to-SIGKILL grace when a stop gives none.",
 )
 @click.option(
+    "--sandbox-timeout",
+    default="30s",
+    show_default=True,
+    help="How long a job's sandbox may take to build before its start fails (a busy or slow host).",
+)
+@click.option(
     "--idle-timeout",
     default="5m",
     show_default=True,
@@ -205,6 +211,7 @@ async def main(
     tmpfs_size: int | None,
     allow_host_network: bool,
     stop_grace: str,
+    sandbox_timeout: str,
     idle_timeout: str,
     max_connections_per_user: int,
     cgroup_name: str,
@@ -234,6 +241,9 @@ async def main(
     try:
         host, port = parse_addr(addr, default_port=DEFAULT_PORT)
         grace = parse_duration(stop_grace)
+        sandbox_seconds = parse_duration(sandbox_timeout)
+        if sandbox_seconds <= 0:
+            raise ValueError(f"--sandbox-timeout {sandbox_timeout} must be more than 0")
         idle = parse_duration(idle_timeout)
         output_cap = parse_size(max_output) or None
         workdir_bytes = parse_size(workdir_size) or None
@@ -262,6 +272,7 @@ async def main(
         tmpfs_size=tmpfs_size,
         allow_host_network=allow_host_network,
         stop_grace=grace,
+        sandbox_timeout=sandbox_seconds,
         idle_timeout=idle or None,
         max_connections_per_user=max_connections_per_user or None,
         cgroup_name=cgroup_name,

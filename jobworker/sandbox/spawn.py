@@ -308,6 +308,7 @@ async def launch(
     pipe_owner: tuple[int, int] | None = None,
     on_ready: Callable[[int], None] | None = None,
     seccomp: bytes | None = None,
+    setup_timeout: float = SANDBOX_SETUP_TIMEOUT,
 ) -> Launched:
     """Start the command line `build_cmd(status_fd, args_fd)` returns (see
     `bwrap.spawn_argv`), with the environment `bwrap.HELPER_ENV` and nothing else.
@@ -319,6 +320,8 @@ async def launch(
         in their environment, nor `ps` in their command line.
     seccomp: a filter program (`seccomp.program()`) bubblewrap installs; it goes
         in its own sealed memfd, named by a `--seccomp FD` added to the args.
+    setup_timeout: how long the sandbox may take to be ready; past it the start
+        fails with StartFailedError (a host too busy to build it in time).
 
     The child's stdin is one end of a "ready" socket pair: `bwrap.READY_HELPER`
     writes a line to it inside the finished sandbox, and execs the command once
@@ -380,9 +383,14 @@ async def launch(
     status = trio.lowlevel.FdStream(st_r)
     ready = trio.lowlevel.FdStream(ready_ours)
     try:
-        with trio.fail_after(SANDBOX_SETUP_TIMEOUT):
+        with trio.move_on_after(setup_timeout) as waiting:
             command_pid = await _read_child_pid(status)
             started = command_pid is not None and await ready.receive_some(1) != b""
+        if waiting.cancelled_caught:
+            raise StartFailedError(
+                f"the sandbox was not ready within {setup_timeout:g} s (is the host overloaded?); "
+                "try again"
+            )
         if not started:
             raise StartFailedError(await _failure_message(process, output))
         assert command_pid is not None

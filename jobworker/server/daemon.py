@@ -28,6 +28,7 @@ import trio
 from jobworker import tls
 from jobworker.model import MAX_SERVER_MESSAGE, JobState, Limits
 from jobworker.retention import RetentionPolicy
+from jobworker.sandbox.spawn import SANDBOX_SETUP_TIMEOUT
 from jobworker.server.auth import CallGuard, guarded
 from jobworker.server.health import HealthService
 from jobworker.server.policy import UserPolicy
@@ -62,6 +63,7 @@ class DaemonConfig:
     max_connections_per_user: connections one user may hold open at once (None: any).
     max_running_per_user, max_output, workdir_size, retention: the quotas (see
         `JobTracker`; `None`: unlimited).
+    sandbox_timeout: seconds a job's sandbox may take to build before its start fails.
     """
 
     tls_dir: Path
@@ -82,6 +84,7 @@ class DaemonConfig:
     max_running_per_user: int | None = DEFAULT_MAX_RUNNING
     max_output: int | None = DEFAULT_MAX_OUTPUT
     workdir_size: int | None = DEFAULT_WORKDIR_SIZE
+    sandbox_timeout: float = SANDBOX_SETUP_TIMEOUT
     retention: RetentionPolicy = RetentionPolicy()
     tmpfs_size: int | None = DEFAULT_TMPFS_SIZE
 
@@ -124,6 +127,7 @@ async def serve(
         max_running_per_user=config.max_running_per_user,
         max_output=config.max_output,
         workdir_size=config.workdir_size,
+        sandbox_timeout=config.sandbox_timeout,
         retention=config.retention,
         tmpfs_size=config.tmpfs_size,
     ) as tracker:

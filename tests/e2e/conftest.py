@@ -14,6 +14,7 @@ from pathlib import Path
 import attrs
 import pytest
 
+from jobworker.sandbox.spawn import SANDBOX_SETUP_TIMEOUT
 from tests.conftest import require_root
 from tests.support.certs import TestPKI
 from tests.support.timing import scaled
@@ -92,6 +93,7 @@ def start_jwsd(
         "--tls-dir", str(tls_dir),
         "--data-dir", str(tmp_path / "data"),
         "--stop-grace", "1s",
+        "--sandbox-timeout", f"{scaled(SANDBOX_SETUP_TIMEOUT):.0f}s",
     ]  # fmt: skip
     if users:
         users_file = tmp_path / "users.toml"

@@ -84,6 +84,22 @@ async def test_exit_codes_are_reported_exactly(tracker: JobTracker) -> None:
     assert st.ended_at >= st.started_at  # type: ignore[attr-defined]
 
 
+async def test_a_sandbox_not_ready_in_time_fails_the_start_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    """A host too busy to build a sandbox within the daemon's bound: the start is a
+    StartFailedError that says so (not an internal error), and nothing is left."""
+    require_root()
+    name = f"jobworker-test-{uuid.uuid4().hex[:8]}"
+    async with JobTracker(tmp_path / "data", cgroup_name=name, sandbox_timeout=0.001) as tracker:
+        async with LeakCheck():
+            with pytest.raises(StartFailedError, match="not ready within 0.001 s"):
+                await tracker.start("alex", sh("echo never"))
+        assert tracker.list("alex") == []
+        # No job cgroup, and no owner group either.
+        assert [c for p in cgroups_named(name) for c in p.iterdir() if c.is_dir()] == []
+
+
 async def test_a_missing_program_fails_the_start_and_leaves_nothing(tracker: JobTracker) -> None:
     with pytest.raises(StartFailedError, match="not found in PATH"):
         await tracker.start("alex", JobSpec(argv=["no-such-program-xyz"]))

@@ -13,6 +13,7 @@ import attrs
 import trio
 
 from jobworker.client import Credentials, JobWorkerClient, connect
+from jobworker.sandbox.spawn import SANDBOX_SETUP_TIMEOUT
 from jobworker.server.daemon import DaemonConfig, serve
 from tests.conftest import require_root
 from tests.support.certs import TestPKI
@@ -83,7 +84,7 @@ class DaemonFiles:
             users_file=self.users_file,
             stop_grace=1.0,
             cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}",
-            **fields,
+            **{"sandbox_timeout": scaled(SANDBOX_SETUP_TIMEOUT), **fields},
         )
         shutdown = trio.Event()
         async with trio.open_nursery() as nursery:
