@@ -41,7 +41,8 @@ class Daemon:
             ("127.0.0.1", self.port),
             self.credentials(user),
             server_hostname="localhost",
-            connect_timeout=scaled(10),  # 50 handshakes at once on an emulated CPU take longer
+            # 50 handshakes at once on an emulated or busy CPU take seconds each.
+            connect_timeout=scaled(30),
         )
 
 
