@@ -80,7 +80,7 @@ def container(image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         deadline = time.monotonic() + scaled(60)
         while run(["podman", "healthcheck", "run", name], check=False).returncode != 0:
             assert box.inspect("{{.State.Running}}") == "true", _logs(name)
-            assert time.monotonic() < deadline, "never healthy\n" + _logs(name)
+            assert time.monotonic() < deadline, _never_healthy(name)
             time.sleep(2)
         run(["podman", "cp", f"{name}:/certs", str(box.host_tls)])
         yield box
@@ -88,6 +88,26 @@ def container(image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         print(_logs(name))
         run(["podman", "rm", "-f", "-t", "0", name], check=False)
         run(["podman", "volume", "rm", *volumes], check=False)
+
+
+def _never_healthy(name: str) -> str:
+    """What the health check says, run by hand: why the container never became healthy."""
+    probe = run(
+        [
+            "podman",
+            "exec",
+            name,
+            "sh",
+            "-c",
+            'jws health -u "${JOBWORKER_USERS%% *}" --addr 127.0.0.1:50051',
+        ],
+        check=False,
+        timeout=300,
+    )
+    return (
+        f"never healthy; the check by hand exited {probe.returncode}: "
+        f"{probe.stdout!r} {probe.stderr!r}\n{_logs(name)}"
+    )
 
 
 def _logs(name: str) -> str:

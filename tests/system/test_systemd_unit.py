@@ -82,7 +82,8 @@ def test_start_returns_once_serving_and_jobs_hold_their_limits(unit: None) -> No
     job_id = jws(
         "start", "--memory", "64M", "--cpu", "0.5", "--pids", "20", "-c", "sleep 600"
     ).strip()
-    job_cgroup = service_cgroup() / "jobworker" / job_id
+    # Each user's jobs are in a group of that user's (jobworker/user-alex/<id>).
+    job_cgroup = service_cgroup() / "jobworker" / "user-alex" / job_id
     assert (job_cgroup / "memory.max").read_text() == f"{64 << 20}\n"
     assert (job_cgroup / "cpu.max").read_text() == "50000 100000\n"
     # jwsd adds bubblewrap's own processes to the job's pids limit.
@@ -122,7 +123,7 @@ def test_stop_stops_every_job_and_leaves_no_cgroup(unit: None) -> None:
     assert state == {"Result": "success", "ExecMainStatus": "0"}, state
     assert elapsed < 30, elapsed
     journal = run(["journalctl", "-u", "jwsd", "--no-pager", f"_PID={pid}"]).stdout
-    assert "shutting down: stopping 2 running jobs" in journal
+    assert "shutting down: stopping 2 running jobs" in journal, journal.splitlines()
 
 
 def test_restart_stops_the_jobs_and_serves_again(unit: None) -> None:
