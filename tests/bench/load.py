@@ -31,7 +31,7 @@ import purerpc
 import trio
 
 from jobworker.client import Credentials, JobWorkerClient, connect
-from jobworker.model import JobState, Limits
+from jobworker.model import JobState, Limits, Outcome
 from jobworker.v1 import jobworker_pb2 as pb
 from tests.bench.peers import CPU_CORES, MEMORY_BYTES, PIDS
 from tests.bench.results import percentile
@@ -66,7 +66,8 @@ async def starts(args: argparse.Namespace) -> dict[str, Any]:
             started = time.perf_counter()
             job = await client.start(args=["true"], limits=limits())
             elapsed = (time.perf_counter() - started) * 1000
-            if job.status not in ("Active", "Terminated") or job.outcome not in ("", "exited"):
+            ended_badly = job.outcome not in (None, Outcome.EXITED)
+            if job.state not in (JobState.ACTIVE, JobState.TERMINATED) or ended_badly:
                 raise RuntimeError(f"job did not start: {job}")
             if index >= args.warmup:
                 samples.append(elapsed)
