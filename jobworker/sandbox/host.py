@@ -103,8 +103,9 @@ def _run_trial_sandbox(
 
 
 def check_reachable(data_dir: Path, user: JobUser) -> None:
-    """Bubblewrap, running as the job user, binds the job's work dir by its path:
-    every directory above it must let that user through (search permission)."""
+    """Bubblewrap, running as the job user, mounts over the data dir (and with
+    `--workdir-size 0` binds the job's work dir) by path: every directory above it
+    must let that user through (search permission)."""
     if user.is_root:
         return
     for directory in [data_dir, *data_dir.parents]:
