@@ -56,6 +56,7 @@ def status_to_proto(status: JobStatus) -> pb.GetJobStatusResponse:
         output_truncated_reason=status.output_truncated or "",
         output_disk_bytes=status.output_disk_bytes,
         workdir_bytes=status.workdir_bytes,
+        outcome_reason=status.outcome_reason or "",
     )
     if status.exit_code is not None:
         message.exit_code = status.exit_code
@@ -99,4 +100,5 @@ def status_from_proto(message: pb.GetJobStatusResponse) -> JobStatus:
         if message.output_truncated
         else None,
         workdir_bytes=message.workdir_bytes,
+        outcome_reason=message.outcome_reason or None,
     )

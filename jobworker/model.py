@@ -192,8 +192,7 @@ class Outcome(enum.Enum):
     SIGNALED = "signaled"  # a signal killed it (not sent by a stop); see signal
     OOM_KILLED = "oom-killed"  # the kernel's OOM killer ended it at its memory limit
     STOPPED = "stopped"  # a user (or shutdown) stopped it
-    # ("lost", for a job the daemon lost track of across a restart, comes with durable
-    # job records; until then nothing could set it, so it is not declared.)
+    LOST = "lost"  # the daemon lost track of it across a restart; see outcome_reason
 
 
 @attrs.frozen
@@ -220,6 +219,8 @@ class JobStatus:
         full), else `None`.
     workdir_bytes: bytes used in the job's work dir (read live while it runs;
         the last reading once it has ended).
+    outcome_reason: why the job ended as it did, when the outcome alone does not
+        say (a job `LOST` across a restart), else `None`.
     """
 
     job_id: str
@@ -237,6 +238,7 @@ class JobStatus:
     output_disk_bytes: int = 0
     output_truncated: str | None = None
     workdir_bytes: int = 0
+    outcome_reason: str | None = None
 
     @property
     def oom_killed(self) -> bool:

@@ -2,12 +2,20 @@
 and streams them. Knows nothing of RPC.
 
 Structured concurrency: the tracker is an async context manager that owns one
-nursery. Each job gets a supervisor task in it, which owns a nursery of its own
-(the output pump and the exit-status reader) and, whatever happens, finishes the
-job in a shielded, time-bounded scope: kill what is left in its cgroup, read its
-usage, remove the cgroup and the work dir, close its output log, mark it
-Terminated. Leaving the tracker stops every job (SIGTERM, a grace period,
-SIGKILL) and leaves no process, cgroup or directory behind.
+nursery. Each job gets a supervisor task in it, which waits for the job's
+bubblewrap (a pidfd) and, whatever happens, finishes the job in a shielded,
+time-bounded scope: kill what is left in its cgroup, read its usage, wait for its
+output copier, remove the cgroup and the work dir, write its terminal record,
+close its output log, mark it Terminated. Leaving the tracker stops every job
+(SIGTERM, a grace period, SIGKILL) and leaves no process, cgroup or work dir
+behind; after `leave_running` it leaves every running job running instead.
+
+Durability (docs/architecture.md, "State on disk"): every job has a record in
+`jobworker.store` (written before `start` returns, and its end before anyone
+learns of it); its output is a file its copier writes (`jobworker.filelog`); its
+exit code is in bubblewrap's status file. Nothing of a running job depends on
+the tracker: a new tracker on the same data dir takes running jobs over and
+reconciles the rest (`_restore`).
 
 Owners: every public method takes the caller's name and an `admin` flag; a
 caller that is not the owner (nor an admin) gets AccessDeniedError, an unknown
@@ -16,12 +24,12 @@ id JobNotFoundError.
 Quotas and retention (bounded memory and disk whatever users do):
 * an owner runs at most `max_running_per_user` jobs at once (QuotaExceededError);
 * a job keeps at most its output limit of output (`max_output`, or less if it
-  asks): past it the log keeps nothing more and the tracker closes its end of the
-  job's output pipe, so the job's next write fails with EPIPE (SIGPIPE), as under
-  `cmd | head -c N`; status says the output was truncated, and why;
+  asks): its copier (`cat` under RLIMIT_FSIZE) dies there, so the job's next write fails
+  with EPIPE (SIGPIPE), as under `cmd | head -c N`; status says the output was
+  truncated, and why;
 * its work dir is a tmpfs of `workdir_size` bytes charged to its memory cgroup
   (`jobworker.sandbox.workdir`);
-* once a job has ended its output lives on disk only (`OutputLog.release`), and
+* output lives on disk only (the daemon keeps no output in memory), and
   finished jobs are forgotten by `retention` (age, and count per owner; a task
   wakes when the oldest expires) or by `remove`: record, output and job dir go.
 """
@@ -31,10 +39,12 @@ from __future__ import annotations
 import builtins
 import collections
 import contextlib
+import functools
 import logging
 import os
 import shutil
 import signal
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable
@@ -56,12 +66,14 @@ from jobworker.errors import (
     SetupError,
     ShuttingDownError,
     StartFailedError,
+    sole_exception,
 )
-from jobworker.model import OUTPUT_CHUNK, JobSpec, JobState, JobStatus, Limits, Outcome, Usage
-from jobworker.output import OutputLog
+from jobworker.filelog import FileLog, OutputWatcher
+from jobworker.model import JobSpec, JobState, JobStatus, Limits, Outcome, Usage
 from jobworker.retention import Finished, RetentionPolicy
 from jobworker.sandbox import bwrap, host, seccomp, spawn, workdir
 from jobworker.sandbox.cgroups import CgroupDriver, JobCgroup, block_device_of, detect
+from jobworker.store import JobRecord, JobStore
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +85,10 @@ MAX_GRACE = 3600.0
 DEFAULT_MAX_RUNNING = 32
 DEFAULT_MAX_OUTPUT = 1 << 30
 DEFAULT_WORKDIR_SIZE = 1 << 30
+#: The job records' file in the data dir, and each job's output file in its job dir.
+STORE_NAME = "jobs.db"
+OUTPUT_NAME = "output.log"
+STATUS_NAME = "status.json"
 
 
 @attrs.define(eq=False)
@@ -84,12 +100,13 @@ class _Job:
     owner: str
     spec: JobSpec
     directory: Path
-    log: OutputLog
+    log: FileLog
     created_at: float
     state: JobState = JobState.PENDING
     started_at: float | None = None
     ended_at: float | None = None
     outcome: Outcome | None = None
+    outcome_reason: str | None = None
     exit_code: int | None = None
     signal: int | None = None
     stop_requested: bool = False
@@ -97,6 +114,9 @@ class _Job:
     # The work dir's tmpfs, opened in the sandbox before the command ran (see
     # `sandbox.workdir`); closed once the last reading is taken.
     workdir_fd: int | None = None
+    record_stale: bool = False  # its terminal record could not be written (disk full)
+    watch: int | None = None  # its output file's inotify watch
+    copier_errors: int | None = None  # a memfd: the output copier's stderr
     workdir_bytes: int = 0  # the last reading, once the work dir is gone
     usage: Usage = attrs.Factory(Usage)
     cgroup: JobCgroup | None = None
@@ -113,6 +133,8 @@ class _Job:
         self.state = states.transition(self.state, state)
 
     def snapshot(self) -> JobStatus:
+        if self.state is JobState.ACTIVE:
+            self.log.refresh()  # an fstat: exact, whatever inotify has said so far
         usage = self.usage
         if self.state is JobState.ACTIVE and self.cgroup is not None:
             with contextlib.suppress(Exception):  # a live read is best effort; the final one is not
@@ -136,6 +158,42 @@ class _Job:
             output_disk_bytes=self.log.disk_size,
             output_truncated=self.log.truncated,
             workdir_bytes=workdir_bytes,
+            outcome_reason=self.outcome_reason,
+        )
+
+    def record(self) -> JobRecord:
+        """The job as the store keeps it (no environment values: names only)."""
+        spec, usage = self.spec, self.usage
+        launched, cgroup = self.launched, self.cgroup
+        return JobRecord(
+            job_id=self.job_id,
+            owner=self.owner,
+            argv=spec.argv,
+            state=self.state.value,
+            created_at=self.created_at,
+            env_keys=tuple(spec.env or ()),
+            workdir=spec.workdir,
+            host_network=spec.host_network,
+            limits=attrs.asdict(spec.limits),
+            started_at=self.started_at,
+            ended_at=self.ended_at,
+            outcome=self.outcome.value if self.outcome else None,
+            outcome_reason=self.outcome_reason,
+            exit_code=self.exit_code,
+            signal=self.signal,
+            stop_requested=self.stop_requested,
+            cpu_ns=usage.cpu_ns,
+            peak_memory=usage.peak_memory,
+            oom_kills=usage.oom_kills,
+            output_size=self.log.size,
+            output_truncated=self.log.truncated,
+            workdir_bytes=self.workdir_bytes,
+            supervisor_pid=launched.process.pid if launched else None,
+            supervisor_start=launched.process_start if launched else None,
+            command_pid=launched.command_pid if launched else None,
+            copier_pid=launched.copier.pid if launched and launched.copier else None,
+            copier_start=launched.copier_start if launched else None,
+            cgroups=tuple(map(str, cgroup.directories())) if cgroup else (),
         )
 
 
@@ -193,6 +251,7 @@ class JobTracker:
     _finished: dict[str, dict[str, _Job]] = attrs.field(init=False, factory=dict)
     _finished_changed: trio.Event = attrs.field(init=False, factory=trio.Event)
     _collector: trio.CancelScope = attrs.field(init=False, factory=trio.CancelScope)
+    _watching: trio.CancelScope = attrs.field(init=False, factory=trio.CancelScope)
     _nursery: trio.Nursery | None = attrs.field(init=False, default=None)
     _stack: contextlib.AsyncExitStack | None = attrs.field(init=False, default=None)
     _closing: bool = attrs.field(init=False, default=False)
@@ -201,6 +260,10 @@ class JobTracker:
     _seccomp: bytes | None = attrs.field(init=False, default=None)
     _io_device: tuple[int, int] | None = attrs.field(init=False, default=None)
     _io_device_error: str | None = attrs.field(init=False, default=None)
+    _store: JobStore | None = attrs.field(init=False, default=None)
+    _watcher: OutputWatcher | None = attrs.field(init=False, default=None)
+    # Set when the tracker leaves its jobs running as it exits (`detach`).
+    _detaching: bool = attrs.field(init=False, default=False)
 
     # ---- life cycle -------------------------------------------------------
 
@@ -210,6 +273,10 @@ class JobTracker:
             self._nursery = await stack.enter_async_context(trio.open_nursery())
             stack.push_async_callback(self._shielded_shutdown)
             self._nursery.start_soon(self._collect_expired)
+            self._nursery.start_soon(self._watch_output)
+            for job in self._jobs.values():
+                if job.state is JobState.ACTIVE:  # taken over from an earlier run
+                    self._nursery.start_soon(self._supervise, job)
             self._stack = stack.pop_all()
         return self
 
@@ -233,11 +300,18 @@ class JobTracker:
         self._seccomp = seccomp.program()
         host.check_sandbox(self._tools, self._user, self._seccomp)
         self._prepare_data_dir()
-        if self.cgroups is None:
-            self.cgroups = detect(name=self.cgroup_name, subtree=self.cgroup_parent)
-        stale = self.cgroups.cleanup_stale()
-        if stale:
-            log.warning("removed %d job cgroups left by an earlier run", len(stale))
+        self._store = JobStore.open(self.data_dir / STORE_NAME)
+        try:
+            self._watcher = OutputWatcher()
+            records = self._store.load()
+            if self.cgroups is None:
+                self.cgroups = detect(name=self.cgroup_name, subtree=self.cgroup_parent)
+            self._restore(records)
+        except BaseException:
+            self._store.close()
+            if self._watcher is not None:
+                self._watcher.close()
+            raise
         try:
             self._io_device = block_device_of(self.data_dir)
         except InvalidRequestError as exc:
@@ -258,17 +332,176 @@ class JobTracker:
             ) from exc
         assert self._user is not None
         host.check_reachable(self.data_dir, self._user)
-        # Left by a crash: runs are not persistent, so their files are garbage now.
+
+    def _clean_leftovers(self, recorded: set[str], running: set[str]) -> None:
+        """Delete what an earlier run left that no record claims: a job dir without a
+        record (a start that never returned), and the work dir of every job that is
+        not `running` any more."""
+        jobs = self.data_dir / "jobs"
         for leftover in jobs.iterdir():
-            shutil.rmtree(leftover, ignore_errors=True)
+            if leftover.name in running:
+                continue
+            if leftover.name in recorded:
+                shutil.rmtree(leftover / "work", ignore_errors=True)
+            else:
+                shutil.rmtree(leftover, ignore_errors=True)
+
+    def _restore(self, records: builtins.list[JobRecord]) -> None:
+        """Take over the jobs of the records an earlier run left; the reconcile table
+        of docs/architecture.md ("State on disk"):
+
+        * Terminated: shown as it was, its output read from its file;
+        * its supervisor (bubblewrap, same pid and start time) still runs: re-attached,
+          Active, as if jwsd had never left (`_reattach`);
+        * it ended while no daemon ran: its exit code from its status file, OOM kills
+          from its cgroup, Terminated as it would have been;
+        * gone without an exit code: Terminated, outcome LOST, with the reason.
+
+        Then every cgroup no running job claims is killed and removed, and every job
+        dir no record claims deleted: a job is never run twice, and nothing runs
+        that no record names."""
+        assert self._store is not None and self.cgroups is not None
+        now, clock = time.time(), trio.current_time()
+        running: set[str] = set()
+        for record in records:
+            job = _job_from_record(record, self.data_dir / "jobs" / record.job_id)
+            if job.state is not JobState.TERMINATED:
+                if self._reattach(job, record):
+                    running.add(job.job_id)
+                    self._jobs[job.job_id] = job
+                    self._running[job.owner] += 1
+                    continue
+                self._ended_while_away(job, record)
+                self._store.put_blocking(job.record())
+            assert job.ended_at is not None
+            job.ended_clock = clock - max(0.0, now - job.ended_at)
+            job.started.set()
+            job.terminated.set()
+            job.released.set()
+            self._jobs[job.job_id] = job
+            self._finished.setdefault(job.owner, {})[job.job_id] = job
+        self._clean_leftovers({record.job_id for record in records}, running)
+        stale = self.cgroups.cleanup_stale(keep=running)
+        if stale:
+            log.warning("removed %d job cgroups that no running job claims", len(stale))
+        if records:
+            log.info(
+                "restored %d job records; took over %d running jobs", len(records), len(running)
+            )
+
+    def _reattach(self, job: _Job, record: JobRecord) -> bool:
+        """Take over the running job of `record` if its supervisor still runs; False
+        when it does not (it ended, or never started)."""
+        assert self.cgroups is not None and self._watcher is not None
+        supervisor_pid, supervisor_start = record.supervisor_pid, record.supervisor_start
+        command_pid = record.command_pid
+        status = job.directory / STATUS_NAME
+        if supervisor_pid is None:
+            # Pending: jwsd died between the start's response and the record that names
+            # the supervisor. Bubblewrap's status file names the sandbox's init; its
+            # parent is bubblewrap, if it is still in the job's cgroup.
+            command_pid = _child_pid(status)
+            supervisor_pid = _parent_of(command_pid) if command_pid else None
+            supervisor_start = spawn.start_time(supervisor_pid) if supervisor_pid else None
+        if supervisor_pid is None or command_pid is None:
+            return False
+        process = spawn.AttachedProcess.attach(supervisor_pid, supervisor_start)
+        if process is None:
+            return False
+        cgroup = self.cgroups.attach(job.job_id, job.owner)
+        if cgroup is None or supervisor_pid not in cgroup.pids():
+            process.close()
+            return False
+        copier = None
+        if record.copier_pid is not None:
+            copier = spawn.AttachedProcess.attach(record.copier_pid, record.copier_start)
+            if copier is not None:
+                with contextlib.suppress(OSError):  # its stderr, a memfd only it holds now
+                    job.copier_errors = os.open(
+                        f"/proc/{record.copier_pid}/fd/2", os.O_RDONLY | os.O_CLOEXEC
+                    )
+        job.cgroup = cgroup
+        job.launched = spawn.Launched(
+            process=process,
+            copier=copier,
+            command_pid=command_pid,
+            process_start=supervisor_start,
+            copier_start=record.copier_start if copier else None,
+        )
+        job.log = FileLog.open(job.directory / OUTPUT_NAME, job.spec.limits.output)
+        job.watch = self._watcher.watch(job.log.path, job.log.refresh)
+        if self.workdir_size is not None:
+            with contextlib.suppress(OSError, StartFailedError):
+                _open_workdir(job, command_pid)
+        job.state = JobState.ACTIVE
+        job.started.set()
+        log.info("job %s: taken over (supervisor pid %d)", job.job_id, supervisor_pid)
+        return True
+
+    def _ended_while_away(self, job: _Job, record: JobRecord) -> None:
+        """Terminate `job`, which ended (or never started) while no daemon ran: exactly
+        as it would have been from its status file and cgroup, else LOST."""
+        status = job.directory / STATUS_NAME
+        path = job.directory / OUTPUT_NAME
+        job.log = FileLog.restored(path, _file_size(path), truncated=record.output_truncated)
+        reported = None
+        with contextlib.suppress(OSError):
+            fd = os.open(status, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                reported = spawn.read_exit_code(fd)
+            finally:
+                os.close(fd)
+        cgroup = self.cgroups.attach(job.job_id, job.owner) if self.cgroups is not None else None
+        if cgroup is not None:
+            with contextlib.suppress(Exception):
+                job.usage = cgroup.usage()
+        job.state = JobState.TERMINATED
+        if reported is None:
+            job.outcome = Outcome.LOST
+            job.ended_at = time.time()
+            job.outcome_reason = (
+                "jwsd stopped while the job was starting"
+                if record.state == JobState.PENDING.value and not _child_pid(status)
+                else "the job's supervisor (bubblewrap) was gone, without an exit status, "
+                "when jwsd started again"
+            ) + "; its output until then is kept"
+            return
+        exit_code, signum = spawn.exit_status(-signal.SIGKILL, reported)
+        job.exit_code, job.signal = exit_code, signum
+        job.outcome = _outcome(job.usage, exit_code, signum, record.stop_requested)
+        job.ended_at = status.stat().st_mtime  # when bubblewrap wrote the exit code
+        job.outcome_reason = None
+
+    def leave_running(self) -> None:
+        """On exit, leave every running job running (and recorded), for the next jwsd
+        on this data dir to take over, instead of stopping them; see `shutdown`."""
+        self._detaching = True
 
     def _teardown(self) -> None:
         if self.cgroups is not None:
             self.cgroups.close()
+        # Records and output stay for the next start; work dirs are left only when a
+        # clean-up timed out.
         for job in self._jobs.values():
-            job.log.discard()
             self._close_workdir(job)  # left open only when a clean-up timed out
-            shutil.rmtree(job.directory, ignore_errors=True)
+            if job.state is JobState.TERMINATED:
+                shutil.rmtree(job.workdir, ignore_errors=True)
+        if self._watcher is not None:
+            self._watcher.close()
+        if self._store is not None:
+            for job in self._jobs.values():
+                if job.record_stale:
+                    try:
+                        self._store.put_blocking(attrs.evolve(job.record(), outcome_reason=None))
+                    except sqlite3.Error as exc:
+                        log.error("job %s: its record is still not written: %s", job.job_id, exc)
+            self._store.close()
+
+    async def _watch_output(self) -> None:
+        """Dispatch inotify events to the running jobs' logs until shutdown."""
+        assert self._watcher is not None
+        with self._watching:
+            await self._watcher.run()
 
     async def _shielded_shutdown(self) -> None:
         with trio.CancelScope(shield=True):
@@ -279,6 +512,12 @@ class JobTracker:
         and wait until all are Terminated. Bounded: grace plus FINISH_TIMEOUT."""
         self._closing = True
         self._collector.cancel()
+        if self._detaching:
+            # Every supervisor lets go of its job (`_let_go`); the jobs run on.
+            assert self._nursery is not None
+            self._nursery.cancel_scope.cancel()
+            await trio.lowlevel.checkpoint()
+            return
         grace = self.stop_grace if grace is None else grace
         with trio.move_on_after(grace + FINISH_TIMEOUT) as scope:
             async with trio.open_nursery() as nursery:
@@ -286,6 +525,7 @@ class JobTracker:
                     nursery.start_soon(self._stop_and_wait, job, grace)
         if scope.cancelled_caught:
             log.error("shutdown: some jobs did not finish within %.1f s", grace + FINISH_TIMEOUT)
+        self._watching.cancel()
 
     # ---- the public operations -------------------------------------------
 
@@ -323,11 +563,7 @@ class JobTracker:
             owner=owner,
             spec=attrs.evolve(spec, limits=limits),
             directory=directory,
-            log=OutputLog(
-                directory / "output.log",
-                memory_limit=self.output_memory_limit,
-                max_size=limits.output,
-            ),
+            log=FileLog(directory / OUTPUT_NAME, limits.output),
             created_at=time.time(),
         )
         cwd = spec.workdir or str(job.workdir)
@@ -345,47 +581,57 @@ class JobTracker:
         self._jobs[job_id] = job
         self._running[owner] += 1
         try:
-            # The job user reaches its work dir by exact path only (0711 above it:
-            # traverse, never list); everything else in the data dir stays root's.
-            job.directory.mkdir(mode=0o711)
-            if self.workdir_size is None:  # else a tmpfs in the sandbox only
-                job.workdir.mkdir(mode=0o700)
-                os.chown(job.workdir, self._user.uid, self._user.gid)
-            job.cgroup = self.cgroups.create(
-                job_id, _with_helpers(limits), self._io_device, owner=owner
-            )
+            self._prepare_job(job)
             cgroup = job.cgroup
+            assert cgroup is not None
             tools, user = self._tools, self._user
             tmpfs_size = _tmpfs_size(self.tmpfs_size, limits.memory)
-            job.launched = await spawn.launch(
-                lambda status_fd, args_fd: bwrap.spawn_argv(
-                    tools,
-                    user,
-                    procs_files=cgroup.procs_files,
-                    data_dir=self.data_dir,
-                    workdir=job.workdir,
-                    cwd=cwd,
-                    argv=spec.argv,
-                    status_fd=status_fd,
-                    args_fd=args_fd,
-                    host_network=spec.host_network,
-                    tmpfs_size=tmpfs_size,
-                    workdir_size=self.workdir_size,
-                ),
-                # The job's environment goes to bubblewrap through a file descriptor,
-                # for the sandbox only: the root helpers never see it.
-                sandbox_args=bwrap.env_options(env),
-                pipe_owner=(user.uid, user.gid),
-                on_ready=None if self.workdir_size is None else partial(_open_workdir, job),
-                seccomp=self._seccomp,
-                setup_timeout=self.sandbox_timeout,
+            build_cmd = functools.partial(
+                bwrap.spawn_argv,
+                tools,
+                user,
+                procs_files=cgroup.procs_files,
+                data_dir=self.data_dir,
+                workdir=job.workdir,
+                cwd=cwd,
+                argv=spec.argv,
+                host_network=spec.host_network,
+                tmpfs_size=tmpfs_size,
+                workdir_size=self.workdir_size,
             )
+            # The record is on disk before the caller learns the job's id; its write (a
+            # worker thread) overlaps the sandbox's build, so it costs the start nothing.
+            # A crash before it lands leaves a cgroup and a dir no record claims, which
+            # the next start removes: nobody was told of that job.
+            output_fd, status_fd = self._open_job_files(job)
+            try:
+                async with _first_error(), trio.open_nursery() as nursery:
+                    nursery.start_soon(self._save, job.record(), "start the job")
+                    job.launched = await spawn.launch(
+                        lambda status_fd, args_fd: build_cmd(status_fd=status_fd, args_fd=args_fd),
+                        # The job's environment goes to bubblewrap through a file
+                        # descriptor, for the sandbox only: the root helpers never see it.
+                        sandbox_args=bwrap.env_options(env),
+                        output_file=output_fd,
+                        status_file=status_fd,
+                        output_limit=limits.output,
+                        copier_errors=job.copier_errors,
+                        pipe_owner=(user.uid, user.gid),
+                        on_ready=None if self.workdir_size is None else partial(_open_workdir, job),
+                        seccomp=self._seccomp,
+                        kill_sandbox=cgroup.kill_all,
+                        setup_timeout=self.sandbox_timeout,
+                    )
+            finally:
+                os.close(output_fd)
+                os.close(status_fd)
+            started_at = time.time()
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self._discard_failed_start(job)
             raise
         job.move_to(JobState.ACTIVE)
-        job.started_at = time.time()
+        job.started_at = started_at
         job.started.set()
         self._nursery.start_soon(self._supervise, job)
         return job.snapshot()
@@ -519,17 +765,92 @@ class JobTracker:
             "LOGNAME": self._user.name,
         }
 
+    def _prepare_job(self, job: _Job) -> None:
+        """Make the job's dir, its work dir (unless it is a tmpfs in the sandbox only)
+        and its cgroup. Raises InvalidRequestError or SetupError (see `start`)."""
+        assert self._user is not None and self.cgroups is not None
+        # The job user reaches its work dir by exact path only (0711 above it:
+        # traverse, never list); everything else in the data dir stays root's.
+        job.directory.mkdir(mode=0o711)
+        if self.workdir_size is None:  # else a tmpfs in the sandbox only
+            job.workdir.mkdir(mode=0o700)
+            os.chown(job.workdir, self._user.uid, self._user.gid)
+        job.cgroup = self.cgroups.create(
+            job.job_id, _with_helpers(job.spec.limits), self._io_device, owner=job.owner
+        )
+
+    def _open_job_files(self, job: _Job) -> tuple[int, int]:
+        """Create the job's output and status files (root's, 0600) and open them for
+        appending, for the copier and bubblewrap; follow the output. Returns the two
+        fds, which the caller closes once they are handed on."""
+        assert self._watcher is not None
+        # Read-write: the start reads them back (the sandbox init's pid, an error message).
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
+        output_fd = os.open(job.directory / OUTPUT_NAME, flags, 0o600)
+        try:
+            status_fd = os.open(job.directory / STATUS_NAME, flags, 0o600)
+        except BaseException:
+            os.close(output_fd)
+            raise
+        try:
+            job.copier_errors = os.memfd_create("jobworker-copier-errors", os.MFD_CLOEXEC)
+            job.log = FileLog.open(job.directory / OUTPUT_NAME, job.spec.limits.output)
+            job.watch = self._watcher.watch(job.log.path, job.log.refresh)
+        except BaseException:
+            os.close(output_fd)
+            os.close(status_fd)
+            raise
+        return output_fd, status_fd
+
+    async def _save(self, record: JobRecord, doing: str) -> None:
+        """Write `record`; raise StartFailedError saying why when the store cannot
+        (`doing`: what then cannot be done, e.g. "start the job")."""
+        assert self._store is not None
+        try:
+            await self._store.put(record)
+        except sqlite3.Error as exc:
+            log.error("job %s: cannot write its record: %s", record.job_id, exc)
+            raise StartFailedError(
+                f"cannot {doing}: its record cannot be written ({exc}); "
+                "free space in the server's data dir and try again"
+            ) from exc
+
+    async def _save_quietly(self, job: _Job) -> None:
+        """Write the job's record as it is now; a failure is logged, and the record
+        marked stale (written again when the tracker exits)."""
+        assert self._store is not None
+        try:
+            await self._store.put(job.record())
+        except sqlite3.Error as exc:
+            log.error("job %s: cannot write its record: %s", job.job_id, exc)
+            job.record_stale = True
+
     async def _discard_failed_start(self, job: _Job) -> None:
         """Undo a start that failed or was cancelled half-way (called shielded)."""
         if job.cgroup is not None:
             job.cgroup.kill_all()
+            if job.launched is not None:  # it started, but its record could not be written
+                launched = job.launched
+                await launched.process.wait()
+                if launched.copier is not None:
+                    await launched.copier.wait()
             try:
                 await job.cgroup.remove()
             except SetupError:
                 log.exception("job %s: cannot remove the cgroup of a failed start", job.job_id)
         self._close_workdir(job)
-        await trio.to_thread.run_sync(shutil.rmtree, job.directory, True)
+        if job.watch is not None and self._watcher is not None:
+            self._watcher.unwatch(job.watch)
+        if job.copier_errors is not None:
+            os.close(job.copier_errors)
+            job.copier_errors = None
         job.log.discard()
+        await trio.to_thread.run_sync(shutil.rmtree, job.directory, True)
+        assert self._store is not None
+        try:
+            await self._store.delete(job.job_id)
+        except sqlite3.Error as exc:  # the next start finds it Pending: lost, and says so
+            log.error("job %s: cannot delete the record of a failed start: %s", job.job_id, exc)
         job.move_to(JobState.TERMINATED)
         self._running[job.owner] -= 1
         job.started.set()
@@ -538,65 +859,89 @@ class JobTracker:
         del self._jobs[job.job_id]
 
     async def _supervise(self, job: _Job) -> None:
-        """Own a running job until it is Terminated: pump its output, wait for its end,
-        then finish it (shielded and bounded), whatever cancels us."""
+        """Own a running job until it is Terminated: wait for its end, then finish it
+        (shielded and bounded), whatever cancels us; unless the tracker is leaving
+        its jobs running (`detach`): then only stop watching."""
         launched = job.launched
         assert launched is not None
-        reported: builtins.list[int | None] = [None]
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._pump, job, launched.output)
-                nursery.start_soon(self._read_status, launched.status, reported)
-                await launched.process.wait()
+            # What re-attaching needs (the supervisor's pid and start time), off the
+            # start's critical path: a start that returned is on disk already.
+            await self._save_quietly(job)
+            await launched.process.wait()
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(FINISH_TIMEOUT) as scope:
-                await self._finish(job, reported[0])
-            if scope.cancelled_caught:
-                log.error(
-                    "job %s: clean-up did not finish within %.0f s", job.job_id, FINISH_TIMEOUT
-                )
-                self._mark_terminated(job, reported[0])
-            with trio.CancelScope(shield=True):
-                await job.log.release()  # done by `_finish`, unless it timed out
-                job.released.set()
-                await self._retire(job)
+            if self._detaching:
+                self._let_go(job)
+            else:
+                await self._wind_up(job)
 
-    async def _pump(self, job: _Job, output: trio.lowlevel.FdStream) -> None:
-        """Move the job's output into its log until every writer has closed the pipe,
-        or until the log is full: closing our end then makes the job's next write
-        fail with EPIPE (see the module docstring). Never waits on a subscriber:
-        appends are synchronous."""
-        joblog = job.log
-        append = joblog.append
-        async with output:
-            while data := await output.receive_some(OUTPUT_CHUNK):
-                append(data)
-                if joblog.full:
-                    log.info("job %s: output limit reached; closing its output", job.job_id)
-                    return
+    async def _wind_up(self, job: _Job) -> None:
+        """Finish a job whose supervisor has exited (or who is being stopped): shielded
+        and bounded by FINISH_TIMEOUT."""
+        with trio.CancelScope(shield=True), trio.move_on_after(FINISH_TIMEOUT) as scope:
+            await self._finish(job)
+        if scope.cancelled_caught:
+            log.error("job %s: clean-up did not finish within %.0f s", job.job_id, FINISH_TIMEOUT)
+        with trio.CancelScope(shield=True):
+            await self._mark_terminated(job, self._reported(job))  # unless `_finish` did
+            job.released.set()
+            await self._retire(job)
 
-    async def _read_status(
-        self, status: trio.lowlevel.FdStream, reported: builtins.list[int | None]
-    ) -> None:
-        async with status:
-            reported[0] = await spawn.read_exit_code(status)
+    def _let_go(self, job: _Job) -> None:
+        """Stop watching a running job, leaving it (and its record) for the next jwsd."""
+        if job.watch is not None and self._watcher is not None:
+            self._watcher.unwatch(job.watch)
+            job.watch = None
+        launched = job.launched
+        if launched is not None:
+            for process in (launched.process, launched.copier):
+                if isinstance(process, spawn.AttachedProcess):
+                    process.close()
+                elif process is not None:
+                    # Not ours to wait for any more: the next jwsd watches it (and init
+                    # reaps it once this process has exited).
+                    process.popen.returncode = 0
+                    process._close_pidfd()
+        job.log.detach()
+        self._close_workdir(job)
+        if job.copier_errors is not None:
+            os.close(job.copier_errors)
+            job.copier_errors = None
 
-    async def _finish(self, job: _Job, reported: int | None) -> None:
+    def _reported(self, job: _Job) -> int | None:
+        """The exit code bubblewrap wrote to the job's status file, if it did."""
+        try:
+            fd = os.open(job.directory / STATUS_NAME, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            return spawn.read_exit_code(fd)
+        finally:
+            os.close(fd)
+
+    async def _finish(self, job: _Job) -> None:
         launched = job.launched
         cgroup = job.cgroup
         assert launched is not None and cgroup is not None
-        if launched.process.returncode is None:
+        if not _exited(launched.process):
             cgroup.kill_all()
             await launched.process.wait()
         with contextlib.suppress(Exception):
             job.usage = cgroup.usage()
         # The pid namespace dies with its init, but a process could still be leaving.
         cgroup.kill_all()
-        await launched.output.aclose()
-        await launched.status.aclose()
-        # The pump has ended (no more appends): the output goes to disk before anyone
-        # learns that the job has ended.
-        await job.log.release()
+        # The copier ends once the last writer of the pipe has gone: the file is complete.
+        if launched.copier is not None:
+            with trio.move_on_after(FINISH_TIMEOUT / 2):
+                await launched.copier.wait()
+            launched.copier.kill()
+        if job.watch is not None and self._watcher is not None:
+            self._watcher.unwatch(job.watch)
+            job.watch = None
+        job.log.refresh()
+        failure = self._copier_failure(job)
+        if failure is not None:
+            job.log.lost(failure)
         if job.workdir_fd is not None:
             job.workdir_bytes = workdir.used_bytes(job.workdir_fd)
         # Before the cgroup goes: closing frees the work dir's pages charged to it.
@@ -606,10 +951,33 @@ class JobTracker:
         except SetupError:
             log.exception("job %s: cannot remove its cgroup", job.job_id)
         await trio.to_thread.run_sync(shutil.rmtree, job.workdir, True)
-        self._mark_terminated(job, reported)
+        await self._mark_terminated(job, self._reported(job))
 
-    def _mark_terminated(self, job: _Job, reported: int | None) -> None:
+    def _copier_failure(self, job: _Job) -> str | None:
+        """Why the copier could not write all of the output (its error message), or
+        None when it wrote everything (or the cap stopped it: that is no loss)."""
+        launched = job.launched
+        copier = launched.copier if launched else None
+        text = ""
+        if job.copier_errors is not None:
+            text = os.pread(job.copier_errors, 4096, 0).decode(errors="replace").strip()
+            os.close(job.copier_errors)
+            job.copier_errors = None
+        # SIGXFSZ: the copier reached the output cap (`spawn.limit_copier`), no loss.
+        failed = isinstance(copier, spawn.ChildProcess) and copier.returncode not in (
+            0,
+            None,
+            -signal.SIGXFSZ,
+        )
+        if not text and not failed:
+            return None
+        return text.splitlines()[-1] if text else "the output copier failed"
+
+    async def _mark_terminated(self, job: _Job, reported: int | None) -> None:
+        """Record how the job ended, then tell everyone: its record is on disk before
+        its state, status and followers say it has ended."""
         if job.state is JobState.TERMINATED:
+            await trio.lowlevel.checkpoint()
             return
         returncode = job.launched.process.returncode if job.launched else None
         if returncode is None:
@@ -617,16 +985,31 @@ class JobTracker:
             # SIGKILLed everything in the job's cgroup, so that is how it ended.
             returncode = -signal.SIGKILL
         exit_code, signum = spawn.exit_status(returncode, reported)
-        job.exit_code, job.signal = exit_code, signum
-        if job.usage.oom_kills and exit_code != 0:
-            job.outcome = Outcome.OOM_KILLED
-        elif job.stop_requested:
-            job.outcome = Outcome.STOPPED
-        elif signum is not None:
-            job.outcome = Outcome.SIGNALED
-        else:
-            job.outcome = Outcome.EXITED
-        job.ended_at = time.time()
+        outcome = _outcome(job.usage, exit_code, signum, job.stop_requested)
+        ended_at = time.time()
+        record = attrs.evolve(
+            job.record(),
+            state=JobState.TERMINATED.value,
+            outcome=outcome.value,
+            exit_code=exit_code,
+            signal=signum,
+            ended_at=ended_at,
+        )
+        assert self._store is not None
+        try:
+            await self._store.put(record)
+        except sqlite3.Error as exc:
+            # The job has ended all the same. The write is tried again when the tracker
+            # exits; if it fails then too, the next start finds the job gone and
+            # reports it lost.
+            log.error("job %s: cannot write how it ended: %s", job.job_id, exc)
+            job.record_stale = True
+            job.outcome_reason = (
+                f"how it ended could not be written to disk ({exc}); "
+                "if jwsd restarts before space is freed, this job will be reported lost"
+            )
+        job.exit_code, job.signal, job.outcome = exit_code, signum, outcome
+        job.ended_at = ended_at
         job.ended_clock = trio.current_time()
         job.log.close()
         job.move_to(JobState.TERMINATED)
@@ -683,8 +1066,15 @@ class JobTracker:
         owned.pop(job.job_id, None)
         if not owned:
             self._finished.pop(job.owner, None)
-        await job.log.aclose()
+        assert self._store is not None
         with trio.CancelScope(shield=True):
+            # The record before the files: a crash in between leaves a record whose
+            # output is gone (a clear status), never files that no record claims.
+            try:
+                await self._store.delete(job.job_id)
+            except sqlite3.Error as exc:
+                log.error("job %s: cannot delete its record: %s", job.job_id, exc)
+            await job.log.aclose()
             await trio.to_thread.run_sync(shutil.rmtree, job.directory, True)
 
     async def _stop_and_wait(self, job: _Job, grace: float) -> None:
@@ -693,7 +1083,13 @@ class JobTracker:
         await job.started.wait()
         if job.terminated.is_set():
             return
-        job.stop_requested = True
+        if not job.stop_requested:
+            job.stop_requested = True
+            # On disk before the signal: a job that dies of it while no jwsd runs is
+            # reconciled as stopped, not as killed by a signal.
+            await self._save_quietly(job)
+            if job.terminated.is_set():
+                return
         self._signal_group(job, signal.SIGTERM)
         with trio.move_on_after(grace):
             await job.terminated.wait()
@@ -719,6 +1115,95 @@ def _open_workdir(job: _Job, init_pid: int) -> None:
         job.workdir_fd = workdir.open_in_sandbox(init_pid, job.workdir)
     except OSError as exc:
         raise StartFailedError(f"cannot open the job's work dir: {exc.strerror}") from exc
+
+
+@contextlib.asynccontextmanager
+async def _first_error() -> AsyncIterator[None]:
+    """Unwrap the exception group of a nursery inside the block when it stands for one
+    error (others were cancelled because of it), so that callers see that error."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        single = sole_exception(group, ignore=trio.Cancelled)
+        if single is None:
+            raise
+        raise single from None
+
+
+def _outcome(usage: Usage, exit_code: int, signum: int | None, stop_requested: bool) -> Outcome:
+    if usage.oom_kills and exit_code != 0:
+        return Outcome.OOM_KILLED
+    if stop_requested:
+        return Outcome.STOPPED
+    if signum is not None:
+        return Outcome.SIGNALED
+    return Outcome.EXITED
+
+
+def _child_pid(status: Path) -> int | None:
+    """The sandbox init's pid from bubblewrap's status file (None: none yet)."""
+    try:
+        fd = os.open(status, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return spawn.read_child_pid(fd)
+    finally:
+        os.close(fd)
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat_file:
+            return int(stat_file.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _exited(process: spawn.Supervisor) -> bool:
+    if isinstance(process, spawn.AttachedProcess):
+        return process.exited
+    return process.returncode is not None
+
+
+def _job_from_record(record: JobRecord, directory: Path) -> _Job:
+    """The job a record describes, with its output log restored from `directory`.
+    A missing job dir makes a status that says the output is gone."""
+    spec = JobSpec(
+        argv=record.argv,
+        workdir=record.workdir,
+        limits=Limits(**record.limits),
+        host_network=record.host_network,
+    )
+    output = directory / OUTPUT_NAME
+    truncated = record.output_truncated
+    if not directory.exists():
+        truncated = "its job dir was gone when jwsd started: the output is lost"
+    return _Job(
+        job_id=record.job_id,
+        owner=record.owner,
+        spec=spec,
+        directory=directory,
+        log=FileLog.restored(output, record.output_size, truncated=truncated),
+        created_at=record.created_at,
+        state=JobState(record.state),
+        started_at=record.started_at,
+        ended_at=record.ended_at,
+        outcome=Outcome(record.outcome) if record.outcome else None,
+        outcome_reason=record.outcome_reason,
+        exit_code=record.exit_code,
+        signal=record.signal,
+        stop_requested=record.stop_requested,
+        workdir_bytes=record.workdir_bytes,
+        usage=Usage(record.cpu_ns, record.peak_memory, record.oom_kills),
+    )
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _as_finished(jobs: Iterable[_Job]) -> builtins.list[Finished]:

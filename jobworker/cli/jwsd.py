@@ -2,7 +2,9 @@
 
 SIGTERM or SIGINT starts a clean shutdown (stop accepting, stop every job,
 end every stream, remove cgroups, exit 0); a second signal cuts the grace
-periods short and kills every job at once.
+periods short and kills every job at once. SIGUSR1 exits leaving every running
+job running (the upgrade path): the next jwsd on the same data dir takes them
+over, as it does after a crash.
 
 Under a service manager that sets `$NOTIFY_SOCKET` (systemd's `Type=notify`),
 jwsd sends READY=1 once it serves and STOPPING=1 when its shutdown begins
@@ -11,6 +13,7 @@ jwsd sends READY=1 once it serves and STOPPING=1 when its shutdown begins
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import sys
@@ -304,12 +307,22 @@ async def run(config: DaemonConfig) -> None:
     a second one forces it (every job is killed at once); and the service manager
     told READY=1 once it serves, STOPPING=1 when the shutdown begins."""
     shutdown = trio.Event()
+    keep_jobs = trio.Event()
     notifier = Notifier.from_environment()
     async with trio.open_nursery() as nursery:
 
         async def watch_signals() -> None:
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            with trio.open_signal_receiver(
+                signal.SIGTERM, signal.SIGINT, signal.SIGUSR1
+            ) as signals:
                 async for signum in signals:
+                    if signum == signal.SIGUSR1:
+                        if not shutdown.is_set():
+                            log.info("got SIGUSR1: exiting, leaving every running job running")
+                            notifier.stopping("leaving jobs running")
+                            keep_jobs.set()
+                            shutdown.set()
+                        continue
                     if not shutdown.is_set():
                         log.info(
                             "got %s: shutting down (send it again to kill every job now)",
@@ -328,7 +341,9 @@ async def run(config: DaemonConfig) -> None:
         nursery.start_soon(watch_signals)
         with serve_scope:
             async with trio.open_nursery() as serving:
-                port = await serving.start(serve, config, shutdown)
+                port = await serving.start(
+                    functools.partial(serve, keep_jobs=keep_jobs), config, shutdown
+                )
                 if not shutdown.is_set():
                     notifier.ready(f"serving on {config.host}:{port}")
         nursery.cancel_scope.cancel()

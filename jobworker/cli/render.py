@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from jobworker.limits import KINDS, limits_text
-from jobworker.model import JobState, JobStatus
+from jobworker.model import JobState, JobStatus, Outcome
 from jobworker.units import format_size
 
 
@@ -35,6 +35,7 @@ def status_dict(job: JobStatus) -> dict[str, Any]:
         "output_truncated_reason": job.output_truncated,
         "output_disk_bytes": job.output_disk_bytes,
         "workdir_bytes": job.workdir_bytes,
+        "outcome_reason": job.outcome_reason,
         "limits": {kind.proto: job.spec.limits.value(kind) for kind in KINDS},
     }
 
@@ -48,6 +49,8 @@ def headline(job: JobStatus) -> str:
         parts.append("OOM-killed at its memory limit")
     elif job.stopped_by_user:
         parts.append("stopped")
+    elif job.outcome is Outcome.LOST:
+        parts.append("lost")
     if job.signal is not None:
         parts.append(f"killed by {job.signal_name}")
     if job.exit_code is not None:
@@ -64,9 +67,13 @@ def status_text(job: JobStatus, *, now: float | None = None) -> str:
     ]
     if job.started_at is not None:
         rows.append(("started", _when(job.started_at, now)))
-    if job.ended_at is not None:
-        ran = job.ended_at - (job.started_at if job.started_at is not None else job.ended_at)
+    if job.ended_at is not None and job.started_at is not None:
+        ran = job.ended_at - job.started_at
         rows.append(("ended", f"{_when(job.ended_at, now)}, ran {_duration(ran)}"))
+    elif job.ended_at is not None:
+        rows.append(("ended", f"{_when(job.ended_at, now)}, never started"))
+    if job.outcome_reason:
+        rows.append(("reason", job.outcome_reason))
     rows.append(("limits", limits_text(job.spec.limits)))
     rows.append(
         (

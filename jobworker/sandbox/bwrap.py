@@ -15,7 +15,7 @@ bubblewrap.
    /dev/shm, hides the data dir (other jobs' files) and /sys/fs/cgroup (every
    job's cgroup) behind read-only empty tmpfs, mounts the job's own work dir (a
    size-limited tmpfs, see `workdir`) at its path, and starts the command as the
-   leader of a new session. `--die-with-parent` takes the job down if the daemon dies;
+   leader of a new session. No `--die-with-parent`: the job outlives the daemon;
    `--json-status-fd` reports the host pid of the sandbox's init (leader of
    the command's process group) and the exit code.
    Bubblewrap also installs the jobs' seccomp filter (`seccomp`, through
@@ -190,7 +190,6 @@ def spawn_argv(
         "--remount-ro", str(data_dir),
         "--chdir", cwd,
         "--hostname", JOB_HOSTNAME,
-        "--die-with-parent",
         "--new-session",
         "--json-status-fd", str(status_fd),
         "--",

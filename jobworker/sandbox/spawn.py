@@ -26,9 +26,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import json
 import os
 import resource
+import shutil
 import signal
 import socket
 import stat
@@ -47,8 +49,8 @@ from jobworker.sandbox.bwrap import HELPER_ENV, JobUser
 #: The PATH a job gets when its environment has none.
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-#: A pipe this large lets the command write in big bursts while the pump is busy
-#: elsewhere; Linux's default is 64 KiB (F_SETPIPE_SZ is capped by
+#: A pipe this large lets the command write in big bursts while the copier is busy
+#: writing; Linux's default is 64 KiB (F_SETPIPE_SZ is capped by
 #: /proc/sys/fs/pipe-max-size, 1 MiB by default).
 PIPE_SIZE = 1 << 20
 
@@ -56,6 +58,9 @@ PIPE_SIZE = 1 << 20
 #: bound for a start that hangs, far above the ~15 ms a build takes, so that a host
 #: busy with many starts at once (or a slow, emulated CPU) does not fail them.
 SANDBOX_SETUP_TIMEOUT = 30.0
+
+#: How long a failed start waits for bubblewrap to exit and its error to be written.
+FAILURE_WAIT = 5.0
 
 #: How much of bubblewrap's error output a failed start reports.
 MAX_ERROR_OUTPUT = 4096
@@ -233,11 +238,11 @@ class ChildProcess:
     """A child process started on the trio thread, waited for through a pidfd.
 
     Why not `trio.lowlevel.open_process`: it forks from a worker thread, and
-    bubblewrap's `--die-with-parent` (PR_SET_PDEATHSIG) fires when the *thread*
-    that forked it exits — trio retires idle worker threads after 10 s, which
-    SIGKILLed every job 10 s after it started. Forking from the thread that runs
-    trio ties the jobs to the daemon's life, as intended. The fork itself
-    (`vfork` + exec of `sh`) blocks the event loop for about a millisecond.
+    bubblewrap's `--die-with-parent` (PR_SET_PDEATHSIG) fired when the *thread*
+    that forked it exited (trio retires idle worker threads after 10 s). Jobs no
+    longer use that option (they outlive the daemon), but a fork on the trio
+    thread stays simple and cheap: `vfork` + exec of `sh` blocks the event loop
+    for about a millisecond.
 
     Only one task may wait for it at a time (the job's supervisor).
     """
@@ -285,35 +290,134 @@ class ChildProcess:
             self._pidfd = -1
 
 
+class AttachedProcess:
+    """A process this daemon did not start (a job's supervisor after a restart of
+    jwsd), waited for through a pidfd: its parent (init, or a subreaper) reaps it,
+    so its exit status is not ours to read (`returncode` stays None).
+
+    Made by `attach`, which rules out a reused pid by its start time."""
+
+    def __init__(self, pid: int, pidfd: int) -> None:
+        self.pid = pid
+        self._pidfd = pidfd
+        self._exited = False
+
+    @classmethod
+    def attach(cls, pid: int, started: int | None) -> AttachedProcess | None:
+        """The process `pid` if it still runs and started at `started` (`start_time`),
+        else None (it has exited, or its pid now names another process)."""
+        if started is None:
+            return None
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return None
+        # Checked after the pidfd is open: from now on the pid cannot be reused.
+        if start_time(pid) != started:
+            os.close(pidfd)
+            return None
+        return cls(pid, pidfd)
+
+    @property
+    def returncode(self) -> int | None:
+        return None
+
+    @property
+    def exited(self) -> bool:
+        return self._exited
+
+    async def wait(self) -> None:
+        """Wait until the process has exited."""
+        if self._pidfd >= 0:
+            await trio.lowlevel.wait_readable(self._pidfd)
+            self._exited = True
+            trio.lowlevel.notify_closing(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = -1
+
+    def kill(self) -> None:
+        """SIGKILL the process unless it has exited (the pidfd names it, never a reused pid)."""
+        if self._pidfd >= 0:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+
+    def close(self) -> None:
+        """Stop watching (a daemon leaving its jobs running)."""
+        if self._pidfd >= 0:
+            trio.lowlevel.notify_closing(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = -1
+
+
+#: The outer bubblewrap or the output copier: started here, or found again after a restart.
+Supervisor = ChildProcess | AttachedProcess
+
+
 @attrs.define(eq=False)
 class Launched:
-    """A started job. The caller owns and must close `output` and `status`, and wait for `process`.
+    """A started job: two processes that do not depend on the daemon.
 
-    process: the trampoline (then setpriv, then the outer bubblewrap: one pid, exec'd in turn).
-    command_pid: the host pid of the sandbox's init, leader of the command's session and process group.
-    output: the read end of the command's stdout+stderr pipe.
-    status: the rest of bubblewrap's JSON status stream (the exit code comes last).
+    process: the trampoline (then setpriv, then the outer bubblewrap: one pid, exec'd
+        in turn). Bubblewrap waits for the sandbox's init and writes its exit code to
+        the job's status file (`--json-status-fd`).
+    copier: copies the job's output pipe into its output file (`copier_argv`),
+        and exits once every writer of the pipe has gone: then the file is complete.
+    command_pid: the host pid of the sandbox's init, leader of the command's session
+        and process group.
+    process_start / copier_start: their start times (`start_time`), which tell them
+        apart from later processes that reuse their pids.
     """
 
-    process: ChildProcess
+    process: Supervisor
+    copier: Supervisor | None
     command_pid: int
-    output: trio.lowlevel.FdStream
-    status: trio.lowlevel.FdStream
+    process_start: int | None = None
+    copier_start: int | None = None
+
+
+def copier_argv() -> list[str]:
+    """The command that copies a job's output pipe (its stdin) to its output file (its
+    stdout): `cat`, which writes what each read returned at once (`head -c` would
+    buffer, GNU dd's byte count stops at its first short read from a pipe). The
+    output cap is the copier's RLIMIT_FSIZE (`limit_copier`)."""
+    return [_tool("cat")]
+
+
+def limit_copier(pid: int, limit: int) -> None:
+    """Cap the copier's output at `limit` bytes: RLIMIT_FSIZE, so that its write past
+    the limit is cut there, and the next one kills it (SIGXFSZ); the job's next
+    write then fails with EPIPE (SIGPIPE), as under `cmd | head -c N`. Set before
+    the job exists: nothing can have been written yet."""
+    resource.prlimit(pid, resource.RLIMIT_FSIZE, (limit, limit))
+
+
+@functools.cache
+def _tool(name: str) -> str:
+    found = shutil.which(name, path=HELPER_ENV["PATH"])
+    if found is None:
+        raise StartFailedError(f"{name} is not installed on this host (coreutils); install it")
+    return found
 
 
 async def launch(
     build_cmd: Callable[[int, int], Sequence[str]],
     *,
     sandbox_args: bytes,
+    output_file: int,
+    status_file: int,
+    output_limit: int | None = None,
+    copier_errors: int | None = None,
     pipe_owner: tuple[int, int] | None = None,
     on_ready: Callable[[int], None] | None = None,
     seccomp: bytes | None = None,
     setup_timeout: float = SANDBOX_SETUP_TIMEOUT,
+    kill_sandbox: Callable[[], None] | None = None,
 ) -> Launched:
     """Start the command line `build_cmd(status_fd, args_fd)` returns (see
     `bwrap.spawn_argv`), with the environment `bwrap.HELPER_ENV` and nothing else.
 
-    status_fd: the fd number, inherited by the child, for bubblewrap's JSON status.
+    status_fd: the fd number, inherited by the child, for bubblewrap's JSON status:
+        `status_file`, a file the caller opened for appending.
     args_fd: the fd number, inherited by the child, of a sealed memfd holding
         `sandbox_args` (NUL-separated options for bubblewrap's `--args`, such as
         `bwrap.env_options`): what the job needs but the helpers must not see
@@ -322,17 +426,26 @@ async def launch(
         in its own sealed memfd, named by a `--seccomp FD` added to the args.
     setup_timeout: how long the sandbox may take to be ready; past it the start
         fails with StartFailedError (a host too busy to build it in time).
+    output_file: a file the caller opened for appending: the copier (`copier_argv`,
+        capped at `output_limit` bytes by `limit_copier`) appends the job's stdout and stderr to it (its own
+        errors, such as ENOSPC, to `copier_errors` when given). The job
+        writes to a pipe, not to the file: a program that reopens /dev/stdout by name
+        (with O_TRUNC, as `> /dev/stdout` does) would otherwise rewrite the file.
 
     The child's stdin is one end of a "ready" socket pair: `bwrap.READY_HELPER`
     writes a line to it inside the finished sandbox, and execs the command once
     it reads the daemon's answer. In between, `on_ready(command_pid)` runs (before
-    the command exists); the answer follows, and launch returns. pipe_owner:
-    (uid, gid) to own the output pipe, so that a job running as that user can reopen /dev/stdout and /dev/stderr.
-    On failure nothing is left running and StartFailedError says what bubblewrap
-    reported; InvalidRequestError if the kernel refuses the command line as too
-    long (E2BIG). Cancellation kills the process.
+    the command exists); the answer follows, and launch returns. pipe_owner: (uid,
+    gid) to own the output pipe, so that a job running as that user can reopen
+    /dev/stdout and /dev/stderr. Neither process depends on the daemon once started
+    (no pipe to it, no parent-death signal). On failure nothing is left running and
+    StartFailedError says what bubblewrap reported; InvalidRequestError if the
+    kernel refuses the command line as too long (E2BIG). Cancellation kills both.
+    kill_sandbox: kills whatever bubblewrap started (the job's cgroup), called when
+    the start fails after the fork: nothing else would (no parent-death signal).
     """
     fds: list[int] = []
+    copier: ChildProcess | None = None
     try:
         inherited = []
         if seccomp is not None:
@@ -345,8 +458,6 @@ async def launch(
         fds.append(args_fd)
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         fds += (out_r, out_w)
-        st_r, st_w = os.pipe2(os.O_CLOEXEC)
-        fds += (st_r, st_w)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)  # close-on-exec
         ready_ours, ready_theirs = ours.detach(), theirs.detach()
         fds += (ready_ours, ready_theirs)
@@ -354,15 +465,26 @@ async def launch(
             fcntl.fcntl(out_w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         if pipe_owner is not None:
             os.fchown(out_w, *pipe_owner)
-        cmd = build_cmd(st_w, args_fd)
+        cmd = build_cmd(status_file, args_fd)
         check_exec_size(cmd, HELPER_ENV)
+        copier = ChildProcess.start(
+            copier_argv(),
+            stdin=out_r,
+            stdout=output_file,
+            stderr=subprocess.DEVNULL if copier_errors is None else copier_errors,
+            env=dict(HELPER_ENV),
+            cwd="/",
+            start_new_session=True,
+        )
+        if output_limit is not None:
+            limit_copier(copier.pid, output_limit)
         try:
             process = ChildProcess.start(
                 cmd,
                 stdin=ready_theirs,
                 stdout=out_w,
                 stderr=out_w,
-                pass_fds=(st_w, args_fd, *inherited),
+                pass_fds=(status_file, args_fd, *inherited),
                 env=dict(HELPER_ENV),
                 cwd="/",
                 start_new_session=True,  # a Ctrl-C at the daemon's terminal must not hit the jobs
@@ -376,40 +498,59 @@ async def launch(
     except BaseException:
         for fd in fds:
             os.close(fd)
+        if copier is not None:  # it ends at EOF, now that no one holds the pipe
+            with trio.CancelScope(shield=True):
+                await copier.wait()
         raise
-    for fd in (out_w, st_w, ready_theirs, args_fd, *inherited):
+    for fd in (out_r, out_w, ready_theirs, args_fd, *inherited):
         os.close(fd)
-    output = trio.lowlevel.FdStream(out_r)
-    status = trio.lowlevel.FdStream(st_r)
     ready = trio.lowlevel.FdStream(ready_ours)
     try:
         with trio.move_on_after(setup_timeout) as waiting:
-            command_pid = await _read_child_pid(status)
-            started = command_pid is not None and await ready.receive_some(1) != b""
+            started = await ready.receive_some(1) != b""
         if waiting.cancelled_caught:
             raise StartFailedError(
                 f"the sandbox was not ready within {setup_timeout:g} s (is the host overloaded?); "
                 "try again"
             )
-        if not started:
-            raise StartFailedError(await _failure_message(process, output))
-        assert command_pid is not None
+        command_pid = read_child_pid(status_file) if started else None
+        if command_pid is None:
+            raise StartFailedError(await _failure_message(process, copier, output_file))
         if on_ready is not None:
             on_ready(command_pid)
         try:
             await ready.send_all(b"\n")
         except trio.BrokenResourceError:  # the sandbox went before its command ran
-            raise StartFailedError(await _failure_message(process, output)) from None
+            raise StartFailedError(await _failure_message(process, copier, output_file)) from None
     except BaseException:
         with trio.CancelScope(shield=True):
-            await _kill_and_close(process, output, status)
+            await _kill(process, copier, kill_sandbox)
         raise
     finally:
         # Closed without a checkpoint: a cancellation delivered here, after the
         # sandbox reported ready, would leave a running process that no one kills
         # or reaps (the caller never learns of it).
         ready.close()
-    return Launched(process=process, command_pid=command_pid, output=output, status=status)
+    return Launched(
+        process=process,
+        copier=copier,
+        command_pid=command_pid,
+        process_start=start_time(process.pid),
+        copier_start=start_time(copier.pid),
+    )
+
+
+def start_time(pid: int) -> int | None:
+    """When process `pid` started, in clock ticks after boot (field 22 of
+    /proc/PID/stat); None when there is no such process. A pid and its start time
+    name one process for the life of the host: a reused pid starts later."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat_file:
+            data = stat_file.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after its last ")".
+    return int(data.rsplit(b")", 1)[1].split()[19])
 
 
 def _sealed_memfd(name: str, data: bytes) -> int:
@@ -432,58 +573,64 @@ def _sealed_memfd(name: str, data: bytes) -> int:
     return fd
 
 
-async def _read_child_pid(status: trio.lowlevel.FdStream) -> int | None:
-    """Read bubblewrap's first status line: {"child-pid": N, ...}. None on EOF (it failed)."""
-    buffer = b""
-    while b"\n" not in buffer:
-        data = await status.receive_some(4096)
-        if not data:
-            return None
-        buffer += data
-    line = buffer.split(b"\n", 1)[0]
-    try:
-        pid = json.loads(line)["child-pid"]
-    except (ValueError, KeyError, TypeError):
-        return None
-    return int(pid)
+def _status_lines(status_file: int) -> list[object]:
+    """Every whole JSON line of bubblewrap's status file (read with pread: the fd's
+    offset is bubblewrap's too)."""
+    data = b""
+    while chunk := os.pread(status_file, 65536, len(data)):
+        data += chunk
+    lines: list[object] = []
+    for line in data.split(b"\n")[:-1]:  # the last one is not whole yet (or empty)
+        with contextlib.suppress(ValueError):
+            lines.append(json.loads(line))
+    return lines
 
 
-async def read_exit_code(status: trio.lowlevel.FdStream) -> int | None:
-    """Read the rest of bubblewrap's status stream; its {"exit-code": N} line, or None
-    when bubblewrap died before writing it (killed)."""
-    buffer = b""
-    while data := await status.receive_some(4096):
-        buffer += data
-    for line in buffer.splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
+def read_child_pid(status_file: int) -> int | None:
+    """The sandbox init's host pid from bubblewrap's first status line,
+    {"child-pid": N, ...}: written before the sandbox is set up, so it is there once
+    the ready line came. None when it is not (bubblewrap failed)."""
+    for record in _status_lines(status_file):
+        if isinstance(record, dict) and "child-pid" in record:
+            return int(record["child-pid"])
+    return None
+
+
+def read_exit_code(status_file: int) -> int | None:
+    """The {"exit-code": N} of bubblewrap's status file, or None when bubblewrap
+    died before writing it (killed)."""
+    for record in _status_lines(status_file):
         if isinstance(record, dict) and "exit-code" in record:
             return int(record["exit-code"])
     return None
 
 
-async def _failure_message(process: ChildProcess, output: trio.lowlevel.FdStream) -> str:
-    chunks: list[bytes] = []
-    size = 0
-    with trio.move_on_after(SANDBOX_SETUP_TIMEOUT):
-        while size < MAX_ERROR_OUTPUT and (data := await output.receive_some(MAX_ERROR_OUTPUT)):
-            chunks.append(data)
-            size += len(data)
-    text = b"".join(chunks)[:MAX_ERROR_OUTPUT].decode(errors="replace").strip()
+async def _failure_message(process: ChildProcess, copier: ChildProcess, output_file: int) -> str:
+    """What bubblewrap said (its stderr went to the output file) once it has exited
+    and the copier has written all of it."""
+    with trio.move_on_after(FAILURE_WAIT):
+        await process.wait()
+        await copier.wait()
+    data = os.pread(output_file, MAX_ERROR_OUTPUT, 0)
+    text = data.decode(errors="replace").strip()
     return f"the sandbox could not start the command: {text or 'no reason given'}"
 
 
-async def _kill_and_close(
-    process: ChildProcess, output: trio.lowlevel.FdStream, status: trio.lowlevel.FdStream
+async def _kill(
+    process: ChildProcess, copier: ChildProcess, kill_sandbox: Callable[[], None] | None
 ) -> None:
-    """SIGKILL the outer process (bwrap's --die-with-parent takes the sandbox with it), reap it, close the pipes."""
+    """SIGKILL bubblewrap and what it started (`kill_sandbox`), reap it, and reap the
+    copier, which ends once the last writer of the output pipe has gone."""
     process.kill()
+    if kill_sandbox is not None:
+        kill_sandbox()
     with trio.move_on_after(5):
         await process.wait()
-    await output.aclose()
-    await status.aclose()
+    with trio.move_on_after(5):
+        await copier.wait()
+    if copier.returncode is None:
+        copier.kill()
+        await copier.wait()
 
 
 def exit_status(returncode: int, reported: int | None) -> tuple[int, int | None]:
@@ -499,7 +646,12 @@ def exit_status(returncode: int, reported: int | None) -> tuple[int, int | None]
 
 
 __all__ = [
+    "AttachedProcess",
     "ChildProcess",
+    "Supervisor",
+    "copier_argv",
+    "limit_copier",
+    "read_child_pid",
     "Launched",
     "check_exec_size",
     "exec_space",
@@ -507,4 +659,5 @@ __all__ = [
     "launch",
     "read_exit_code",
     "resolve_program",
+    "start_time",
 ]

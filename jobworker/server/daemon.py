@@ -101,9 +101,12 @@ async def serve(
     config: DaemonConfig,
     shutdown: trio.Event,
     *,
+    keep_jobs: trio.Event | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run jwsd until `shutdown` is set, then shut down cleanly (see the module docstring).
+    When `keep_jobs` is set by then, running jobs are left running (and recorded) for
+    the next jwsd on the same data dir to take over, instead of being stopped.
 
     Reports the bound port through `task_status` (port 0 picks a free one) once it
     serves: listening, TLS loaded, the tracker ready, health SERVING.
@@ -161,7 +164,12 @@ async def serve(
             running = sum(
                 1 for job in tracker.list("", admin=True) if job.state is not JobState.TERMINATED
             )
-            log.info("shutting down: stopping %d running jobs", running)
+            leave = keep_jobs is not None and keep_jobs.is_set()
+            if leave:
+                log.info("shutting down: leaving %d running jobs running", running)
+                tracker.leave_running()
+            else:
+                log.info("shutting down: stopping %d running jobs", running)
             guard.refuse_new_calls()
             server.stop_accepting()
             await tracker.shutdown(config.stop_grace)

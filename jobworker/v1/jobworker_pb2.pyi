@@ -74,7 +74,7 @@ class GetJobStatusRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class GetJobStatusResponse(_message.Message):
-    __slots__ = ("status", "job_id", "owner", "args", "limits", "outcome", "exit_code", "signal", "oom_killed", "stopped_by_user", "created_at", "started_at", "ended_at", "cpu_time_ns", "peak_memory_bytes", "output_bytes", "signal_name", "output_truncated", "output_truncated_reason", "output_disk_bytes", "workdir_bytes")
+    __slots__ = ("status", "job_id", "owner", "args", "limits", "outcome", "exit_code", "signal", "oom_killed", "stopped_by_user", "created_at", "started_at", "ended_at", "cpu_time_ns", "peak_memory_bytes", "output_bytes", "signal_name", "output_truncated", "output_truncated_reason", "output_disk_bytes", "workdir_bytes", "outcome_reason")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +96,7 @@ class GetJobStatusResponse(_message.Message):
     OUTPUT_TRUNCATED_REASON_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_DISK_BYTES_FIELD_NUMBER: _ClassVar[int]
     WORKDIR_BYTES_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_REASON_FIELD_NUMBER: _ClassVar[int]
     status: str
     job_id: str
     owner: str
@@ -117,7 +118,8 @@ class GetJobStatusResponse(_message.Message):
     output_truncated_reason: str
     output_disk_bytes: int
     workdir_bytes: int
-    def __init__(self, status: _Optional[str] = ..., job_id: _Optional[str] = ..., owner: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., outcome: _Optional[str] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., oom_killed: _Optional[bool] = ..., stopped_by_user: _Optional[bool] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., ended_at: _Optional[float] = ..., cpu_time_ns: _Optional[int] = ..., peak_memory_bytes: _Optional[int] = ..., output_bytes: _Optional[int] = ..., signal_name: _Optional[str] = ..., output_truncated: _Optional[bool] = ..., output_truncated_reason: _Optional[str] = ..., output_disk_bytes: _Optional[int] = ..., workdir_bytes: _Optional[int] = ...) -> None: ...
+    outcome_reason: str
+    def __init__(self, status: _Optional[str] = ..., job_id: _Optional[str] = ..., owner: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., outcome: _Optional[str] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., oom_killed: _Optional[bool] = ..., stopped_by_user: _Optional[bool] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., ended_at: _Optional[float] = ..., cpu_time_ns: _Optional[int] = ..., peak_memory_bytes: _Optional[int] = ..., output_bytes: _Optional[int] = ..., signal_name: _Optional[str] = ..., output_truncated: _Optional[bool] = ..., output_truncated_reason: _Optional[str] = ..., output_disk_bytes: _Optional[int] = ..., workdir_bytes: _Optional[int] = ..., outcome_reason: _Optional[str] = ...) -> None: ...
 
 class GetJobOutputRequest(_message.Message):
     __slots__ = ("job_id", "offset")

@@ -51,9 +51,6 @@ def _timed(samples: dict[str, list[float]], label: str, fn: Callable[..., Any]) 
 async def tracker_steps(count: int) -> dict[str, float]:
     samples: dict[str, list[float]] = {}
     spawn.launch = _timed(samples, "launch: fork to the ready byte", spawn.launch)  # type: ignore[method-assign]
-    spawn._read_child_pid = _timed(  # type: ignore[method-assign]
-        samples, "  of it: fork to bubblewrap's child-pid line", spawn._read_child_pid
-    )
     with tempfile.TemporaryDirectory(dir="/var/tmp") as workspace:
         Path(workspace).chmod(0o711)
         async with JobTracker(
@@ -72,6 +69,9 @@ async def tracker_steps(count: int) -> dict[str, float]:
                     )
 
             tracker.cgroups.create = timed_create  # type: ignore[method-assign]
+            store = tracker._store
+            assert store is not None
+            store.put = _timed(samples, "job record write", store.put)  # type: ignore[method-assign]
             spec = JobSpec(argv=("true",), limits=Limits(cpu=1.0, memory=256 << 20, pids=64))
             for _ in range(count):
                 began = time.perf_counter()

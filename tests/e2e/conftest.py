@@ -82,11 +82,20 @@ class Jwsd:
 
 
 def start_jwsd(
-    tmp_path: Path, pki: TestPKI, *extra: str, users: bool = True, wrapper: Sequence[str] = ()
+    tmp_path: Path,
+    pki: TestPKI,
+    *extra: str,
+    users: bool = True,
+    wrapper: Sequence[str] = (),
+    cgroup_name: str | None = None,
 ) -> Jwsd:
     """A jwsd on a free loopback port with alex, betty and admin; `wrapper` is a
-    command line that runs it (e.g. setpriv dropping a capability)."""
-    tls_dir = pki.write_tls_dir(tmp_path / "tls", ["alex", "betty", "admin", "mallory"])
+    command line that runs it (e.g. setpriv dropping a capability). Called again on
+    the same tmp_path (and the first run's `cgroup_name`) it is a restart: same data
+    dir, certificates and home."""
+    tls_dir = tmp_path / "tls"
+    if not tls_dir.exists():
+        pki.write_tls_dir(tls_dir, ["alex", "betty", "admin", "mallory"])
     args = [
         str(BIN / "jwsd"),
         "--addr", "127.0.0.1:0",
@@ -99,16 +108,19 @@ def start_jwsd(
         users_file = tmp_path / "users.toml"
         users_file.write_text('[users]\nalex = "user"\nbetty = "user"\nadmin = "admin"\n')
         args += ["--users", str(users_file)]
-    name = f"jobworker-test-{uuid.uuid4().hex[:8]}"
+    name = cgroup_name or f"jobworker-test-{uuid.uuid4().hex[:8]}"
     env = dict(os.environ, JOBWORKER_CGROUP_NAME=name)
     log_path = tmp_path / "jwsd.log"
-    with log_path.open("wb") as log_file:  # a file, not a pipe: a full pipe would block jwsd
+    start = log_path.stat().st_size if log_path.exists() else 0  # a restart appends
+    with log_path.open("ab") as log_file:  # a file, not a pipe: a full pipe would block jwsd
         process = subprocess.Popen([*wrapper, *args, *extra], stderr=log_file, env=env)
 
     def listening() -> re.Match[str] | None:
         if process.poll() is not None:
             raise AssertionError("jwsd exited:\n" + log_path.read_text(errors="replace"))
-        return re.search(r"listening on 127\.0\.0\.1:(\d+)", log_path.read_text(errors="replace"))
+        return re.search(
+            r"listening on 127\.0\.0\.1:(\d+)", log_path.read_text(errors="replace")[start:]
+        )
 
     try:
         # jwsd's log is a file (see above): its "listening" line is polled for.
@@ -120,7 +132,7 @@ def start_jwsd(
     match = listening()
     assert match is not None
     home = tmp_path / "home"
-    home.mkdir()
+    home.mkdir(exist_ok=True)
     return Jwsd(process, f"127.0.0.1:{match[1]}", tls_dir, tmp_path / "data", name, home, log_path)
 
 
@@ -138,3 +150,9 @@ def jwsd(tmp_path: Path, pki: TestPKI) -> Iterator[Jwsd]:
     finally:
         code = daemon.stop()
         assert code == 0, daemon.log
+
+
+def restart_jwsd(old: Jwsd, pki: TestPKI, *extra: str) -> Jwsd:
+    """A new jwsd on `old`'s data dir, certificates and cgroup name (`old` has exited)."""
+    assert old.process.poll() is not None, "the old jwsd still runs"
+    return start_jwsd(old.data_dir.parent, pki, *extra, cgroup_name=old.cgroup_name)

@@ -28,6 +28,7 @@ from jobworker.model import JobSpec, JobState, JobStatus, Limits, Outcome
 from jobworker.retention import RetentionPolicy
 from jobworker.tracker import JobTracker
 from tests.conftest import require_root
+from tests.support.records import assert_only_records_left
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.root
@@ -36,13 +37,16 @@ MiB = 1 << 20
 
 
 @contextlib.asynccontextmanager
-async def tracker_at(data_dir: Path, **kwargs: Any) -> AsyncIterator[JobTracker]:
+async def tracker_at(
+    data_dir: Path, *, check_records: bool = True, **kwargs: Any
+) -> AsyncIterator[JobTracker]:
     require_root()
     async with JobTracker(
         data_dir, cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}", stop_grace=1.0, **kwargs
     ) as tracker:
         yield tracker
-    assert not list((data_dir / "jobs").iterdir()), "job dirs left behind"
+    if check_records:
+        assert_only_records_left(data_dir)
     assert mounts_below(data_dir) == [], "mounts left behind on the host"
 
 
@@ -152,14 +156,19 @@ async def test_a_full_disk_while_spilling_shows_in_status_and_keeps_the_exit_cod
     tmp_path: Path,
 ) -> None:
     """The data dir on a 4 MiB tmpfs; a job writes 12 MiB of output and exits 0:
-    its status keeps exit code 0 and says output was lost, and why."""
+    its status keeps exit code 0 and says output was lost, and why; the record of its
+    end does not fit either, and its status says that too."""
     with small_tmpfs(tmp_path / "small", "4m") as data:
-        async with tracker_at(data / "data", output_memory_limit=1 * MiB) as tracker:
+        async with tracker_at(
+            data / "data", output_memory_limit=1 * MiB, check_records=False
+        ) as tracker:
             started = await tracker.start("alex", sh("head -c 12582912 /dev/zero; exit 0"))
             status = await tracker.wait("alex", started.job_id)
             assert (status.outcome, status.exit_code) == (Outcome.EXITED, 0)
             assert status.output_truncated is not None
             assert "No space left on device" in status.output_truncated
+            assert status.outcome_reason is not None
+            assert "could not be written to disk" in status.outcome_reason
             with pytest.raises(BadStateError, match="lost"):
                 await finish(tracker, "alex", status.job_id)
 

@@ -18,6 +18,7 @@ from jobworker.model import JobSpec, JobState, JobStatus, Limits
 from jobworker.sandbox import bwrap, spawn
 from jobworker.tracker import JobTracker
 from tests.conftest import require_root
+from tests.support.records import assert_only_records_left
 
 pytestmark = pytest.mark.root
 
@@ -36,7 +37,7 @@ def _tracker(tmp_path: Path, **options: object) -> JobTracker:
 async def tracker(tmp_path: Path) -> AsyncIterator[JobTracker]:
     async with _tracker(tmp_path) as tracker:
         yield tracker
-    assert not list((tmp_path / "data" / "jobs").iterdir()), "job dirs left behind"
+    assert_only_records_left(tmp_path / "data")
 
 
 async def run_to_end(tracker: JobTracker, spec: JobSpec) -> tuple[bytes, JobStatus]:

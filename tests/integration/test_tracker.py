@@ -36,6 +36,7 @@ from jobworker.tracker import JobTracker
 from tests.conftest import require_root
 from tests.support.cgroupfs import cgroup_pids, cgroups_named, job_cgroup_dirs
 from tests.support.leaks import LeakCheck, child_pids, processes_running
+from tests.support.records import assert_only_records_left
 from tests.support.timing import scaled
 from tests.support.waiting import eventually
 
@@ -49,7 +50,7 @@ async def tracker(tmp_path: Path) -> AsyncIterator[JobTracker]:
         tmp_path / "data", cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}", stop_grace=2.0
     ) as tracker:
         yield tracker
-    assert not list((tmp_path / "data" / "jobs").iterdir()), "job dirs left behind"
+    assert_only_records_left(tmp_path / "data")
 
 
 def sh(script: str, **kwargs: object) -> JobSpec:
@@ -559,7 +560,7 @@ async def test_cancelling_the_tracker_stops_every_job_and_leaves_nothing(tmp_pat
                 await trio.sleep_forever()
     assert child_pids() == before_children
     assert not cgroups_named(name)
-    assert not list((tmp_path / "data" / "jobs").iterdir())
+    assert_only_records_left(tmp_path / "data")
     with pytest.raises(ShuttingDownError):
         await tracker.start("alex", sh("true"))
 

@@ -180,5 +180,11 @@ def test_stopped_by_user_is_the_stopped_outcome_in_one_place() -> None:
 
 
 def test_outcomes_are_only_those_the_tracker_sets() -> None:
-    """No outcome is declared that nothing sets ("lost" waits for durable job records)."""
-    assert {outcome.value for outcome in Outcome} == {"exited", "signaled", "oom-killed", "stopped"}
+    """No outcome is declared that nothing sets ("lost": the tracker's restore)."""
+    assert {outcome.value for outcome in Outcome} == {
+        "exited",
+        "signaled",
+        "oom-killed",
+        "stopped",
+        "lost",
+    }

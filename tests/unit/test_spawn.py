@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -134,12 +135,13 @@ def test_spawn_argv_enters_cgroups_then_drops_privileges_then_sandboxes(tmp_path
         "--unshare-all",
         "--unshare-user",
         "--disable-userns",
-        "--die-with-parent",
         "--new-session",
     ]
     for flag in flags:
         assert flag in options
     assert "--share-net" not in options
+    # A job outlives jwsd (a restart takes it over): nothing ties it to jwsd's life.
+    assert "--die-with-parent" not in options
     assert options[options.index("--json-status-fd") + 1] == "7"
     # The job's environment comes from the args fd, read by bubblewrap alone.
     assert options[1:3] == ["--args", "8"]
@@ -394,13 +396,26 @@ async def test_launch_gives_the_child_only_the_helper_environment(
         )
         return ["/bin/sh", "-c", script]
 
-    launched = await spawn.launch(build_cmd, sandbox_args=sandbox_args)
-    output = bytearray()
-    async with launched.output, launched.status:
-        while data := await launched.output.receive_some(1 << 16):
-            output += data
-    assert await launched.process.wait() == 0
-    environ, args = bytes(output).split(b"\nARGS\n")
+    with tempfile.TemporaryDirectory() as files:
+        flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+        output_file = os.open(Path(files) / "output", flags, 0o600)
+        status_file = os.open(Path(files) / "status", flags, 0o600)
+        try:
+            launched = await spawn.launch(
+                build_cmd,
+                sandbox_args=sandbox_args,
+                output_file=output_file,
+                status_file=status_file,
+            )
+            assert isinstance(launched.process, spawn.ChildProcess)
+            assert await launched.process.wait() == 0
+            assert launched.copier is not None
+            await launched.copier.wait()
+            output = (Path(files) / "output").read_bytes()
+        finally:
+            os.close(output_file)
+            os.close(status_file)
+    environ, args = output.split(b"\nARGS\n")
     expected = {f"{k}={v}".encode() for k, v in bwrap.HELPER_ENV.items()}
     assert set(environ.rstrip(b"\0").split(b"\0")) == expected
     assert args == sandbox_args

@@ -22,7 +22,7 @@ import re
 import select
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 
 import trio
@@ -76,10 +76,16 @@ class CgroupDriver(abc.ABC):
         """
 
     @abc.abstractmethod
-    def cleanup_stale(self) -> list[str]:
+    def attach(self, job_id: str, owner: str | None = None) -> JobCgroup | None:
+        """The existing cgroup(s) of a job an earlier daemon started in `owner`'s group
+        (its limits as they were written), or None when they are gone. Raises
+        InvalidRequestError for a bad job id."""
+
+    @abc.abstractmethod
+    def cleanup_stale(self, keep: Collection[str] = ()) -> list[str]:
         """Kill every process in, and remove, every job cgroup under the parent and
-        in its owner groups (left by an earlier run that crashed), and the groups.
-        Returns the job names removed.
+        in its owner groups (left by an earlier run), but those named in `keep` (jobs
+        being taken over), and the groups left empty. Returns the job names removed.
 
         Blocks for at most a few seconds waiting for the killed processes to exit;
         it runs once, at start-up, before anything else is served. Raises

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import attrs
@@ -163,7 +163,15 @@ class V1Driver(base.CgroupDriver):
         if limits.pids is not None:
             base.write_value(dirs["pids"] / "pids.max", limits.pids, what=PIDS.what)
 
-    def cleanup_stale(self) -> list[str]:
+    def attach(self, job_id: str, owner: str | None = None) -> V1JobCgroup | None:
+        base.check_job_id(job_id)
+        parents = dict(self.parents)
+        if owner is not None:
+            parents = {c: p / base.owner_group(owner) for c, p in parents.items()}
+        cgroup = V1JobCgroup(job_id, {c: p / job_id for c, p in parents.items()}, self.rmdir)
+        return cgroup if all(d.is_dir() for d in cgroup.directories()) else None
+
+    def cleanup_stale(self, keep: Collection[str] = ()) -> list[str]:
         names = []
         for group in self._stale_groups():
             parents = {c: p / group for c, p in self.parents.items()} if group else self.parents
@@ -171,15 +179,16 @@ class V1Driver(base.CgroupDriver):
                 {e.name for p in dict.fromkeys(parents.values()) if p.is_dir() for e in _subdirs(p)}
             )
             for name in jobs:
-                if not group and name.startswith(base.OWNER_GROUP_PREFIX):
+                if not group and name.startswith(base.OWNER_GROUP_PREFIX) or name in keep:
                     continue
                 stale = V1JobCgroup(name, {c: p / name for c, p in parents.items()}, self.rmdir)
                 stale.kill_all()
                 stale.remove_blocking()  # and the owner group it empties
                 names.append(name)
-            if group:  # an owner group with no job left
+            if group:  # an owner group with no job left (busy: it has one)
                 for directory in dict.fromkeys(parents.values()):
-                    base.try_rmdir(directory, self.rmdir)
+                    with contextlib.suppress(SetupError):
+                        base.try_rmdir(directory, self.rmdir)
         return names
 
     def _stale_groups(self) -> list[str]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+from collections.abc import Collection
 from pathlib import Path
 
 import attrs
@@ -198,7 +199,13 @@ class V2Driver(base.CgroupDriver):
         if limits.pids is not None:
             base.write_value(path / "pids.max", limits.pids, what=PIDS.what)
 
-    def cleanup_stale(self) -> list[str]:
+    def attach(self, job_id: str, owner: str | None = None) -> V2JobCgroup | None:
+        base.check_job_id(job_id)
+        parent = self.parent if owner is None else self.parent / base.owner_group(owner)
+        cgroup = V2JobCgroup(job_id, parent / job_id, self.rmdir)
+        return cgroup if cgroup.path.is_dir() else None
+
+    def cleanup_stale(self, keep: Collection[str] = ()) -> list[str]:
         if not self.parent.is_dir():  # removed already (close()): nothing is left in it
             return []
         names = []
@@ -208,11 +215,14 @@ class V2Driver(base.CgroupDriver):
             else:
                 entries = sorted(e for e in entry.iterdir() if e.is_dir())
             for directory in entries:
+                if directory.name in keep:
+                    continue
                 stale = V2JobCgroup(directory.name, directory, self.rmdir)
                 stale.kill_all()
                 stale.remove_blocking()  # and an owner group it empties
                 names.append(directory.name)
-            base.try_rmdir(entry, self.rmdir)  # an owner group with no job left
+            with contextlib.suppress(SetupError):  # busy: it has a job taken over
+                base.try_rmdir(entry, self.rmdir)  # an owner group with no job left
         return names
 
     def close(self) -> None:

@@ -1,0 +1,285 @@
+"""`JobStore`: every job's record in one SQLite file in the data dir, so that
+jwsd's jobs outlive jwsd.
+
+One connection per daemon. Every call runs in a worker thread
+(`trio.to_thread.run_sync`) through a `CapacityLimiter(1)` (one statement at a
+time on the one connection) and is never abandoned on cancel: a transaction
+is always done or not done, never half done, and the event loop never waits for
+the disk.
+
+The file: `DATA/jobs.db`, mode 0600 (records name users and commands), in WAL
+mode with `synchronous=NORMAL`: a commit is in the WAL file before the call
+returns, so it survives jwsd being killed at any moment (the kernel has the
+bytes); only a power cut may lose the last commits, which costs an fsync per
+job start otherwise (docs/architecture.md, "State on disk"). `busy_timeout`
+makes a second opener (an operator's `sqlite3` shell) wait rather than fail.
+
+Schema: `PRAGMA user_version` is the schema's version; `MIGRATIONS[n]` takes a
+file from version n to n + 1, in one transaction each. A file from a newer
+jobworker (a version above `SCHEMA_VERSION`) is refused: this jwsd cannot know
+what it would lose by writing it.
+
+A record is a `JobRecord`: what status and list show, and what re-attaching to a
+running job needs. Environment values are never stored (they often hold
+secrets): only the names of the variables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+import trio
+
+from jobworker.errors import SetupError
+
+#: The schema version this jobworker writes.
+SCHEMA_VERSION = 1
+
+#: Each entry takes the schema from its index to the next version.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        state TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        record TEXT NOT NULL
+    );
+    CREATE INDEX jobs_by_owner ON jobs (owner);
+    """,
+)
+
+#: How long a statement waits for a lock another connection holds.
+BUSY_TIMEOUT_MS = 5000
+
+_T = TypeVar("_T")
+
+
+@attrs.frozen
+class JobRecord:
+    """One job as it is kept on disk.
+
+    The fields mirror `JobStatus` (spec flattened: argv, env_keys, workdir,
+    host_network, limits as a dict of `Limits`' fields) plus:
+    outcome_reason: why a job ended the way it did when its outcome alone does not
+        say (a job lost across a restart).
+    stop_requested: a stop was asked for (its outcome is then "stopped").
+    supervisor_pid / supervisor_start: the process that holds the job (bubblewrap)
+        and its start time in clock ticks since boot (/proc/PID/stat field 22),
+        which tells it apart from a later process that reused the pid.
+    command_pid: the host pid of the sandbox's init (the command's process group).
+    copier_pid / copier_start: the process that copies the job's output into its file.
+    cgroups: the job's cgroup directories, one per hierarchy.
+    """
+
+    job_id: str
+    owner: str
+    argv: tuple[str, ...]
+    state: str
+    created_at: float
+    env_keys: tuple[str, ...] = ()
+    workdir: str | None = None
+    host_network: bool = False
+    limits: Mapping[str, Any] = attrs.Factory(dict)
+    started_at: float | None = None
+    ended_at: float | None = None
+    outcome: str | None = None
+    outcome_reason: str | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    stop_requested: bool = False
+    cpu_ns: int = 0
+    peak_memory: int = 0
+    oom_kills: int = 0
+    output_size: int = 0
+    output_truncated: str | None = None
+    workdir_bytes: int = 0
+    supervisor_pid: int | None = None
+    supervisor_start: int | None = None
+    command_pid: int | None = None
+    copier_pid: int | None = None
+    copier_start: int | None = None
+    cgroups: tuple[str, ...] = ()
+
+    def to_json(self) -> str:
+        return json.dumps(attrs.asdict(self, recurse=False), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> JobRecord:
+        """Raises ValueError (or TypeError) for a record that is not one."""
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("a job record must be a JSON object")
+        known = attrs.fields_dict(cls)
+        # Fields a newer minor version added are ignored; a missing one takes its default.
+        values = {key: value for key, value in data.items() if key in known}
+        for name in ("argv", "env_keys", "cgroups"):
+            if name in values:
+                values[name] = tuple(values[name])
+        return cls(**values)
+
+
+class JobStore:
+    """The job records of one data dir; see the module docstring.
+
+    Open with `JobStore.open(path)` (synchronous: start-up only), close with `close()`.
+    """
+
+    def __init__(self, path: Path, connection: sqlite3.Connection) -> None:
+        self.path = path
+        self._db = connection
+        self._limiter = trio.CapacityLimiter(1)
+
+    @classmethod
+    def open(cls, path: Path) -> JobStore:
+        """Open (or create) the store at `path` and bring its schema up to date.
+
+        Raises SetupError, in one line saying why and what to do, when the file
+        cannot be opened, is not a SQLite database or is damaged, or was written by
+        a newer jobworker.
+        """
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            os.fchmod(fd, 0o600)
+            os.close(fd)
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except OSError as exc:
+            raise SetupError(
+                f"cannot open the job database {path}: {exc.strerror or exc}; "
+                "check the data dir's permissions"
+            ) from exc
+        except sqlite3.Error as exc:
+            raise SetupError(f"cannot open the job database {path}: {exc}") from exc
+        try:
+            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            _check_integrity(db, path)
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+            _migrate(db, path)
+        except sqlite3.Error as exc:
+            db.close()
+            raise SetupError(
+                f"the job database {path} is unreadable ({exc}); move it away to start with "
+                "no job records, or restore it from a backup"
+            ) from exc
+        except BaseException:
+            db.close()
+            raise
+        # The WAL and shared-memory files hold the same data: same mode.
+        for suffix in ("-wal", "-shm"):
+            side = path.with_name(path.name + suffix)
+            if side.exists():
+                os.chmod(side, 0o600)
+        return cls(path, db)
+
+    def close(self) -> None:
+        """Close the connection (a checkpoint folds the WAL into the file). Idempotent."""
+        self._db.close()
+
+    def load(self) -> list[JobRecord]:
+        """Every record, oldest first. Synchronous: for start-up, before serving.
+        Raises SetupError when the file cannot be read or a record is not one."""
+        try:
+            rows = self._db.execute(
+                "SELECT id, record FROM jobs ORDER BY created_at, id"
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise SetupError(
+                f"the job database {self.path} is unreadable ({exc}); move it away to start "
+                "with no job records, or restore it from a backup"
+            ) from exc
+        records = []
+        for job_id, text in rows:
+            try:
+                records.append(JobRecord.from_json(text))
+            except (ValueError, TypeError) as exc:
+                raise SetupError(
+                    f"the job database {self.path} has a damaged record for job {job_id} "
+                    f"({exc}); delete that row, or move the file away to start afresh"
+                ) from exc
+        return records
+
+    async def put(self, record: JobRecord) -> None:
+        """Write `record` (insert, or replace the job's earlier one); it is on disk
+        when this returns. Raises sqlite3.Error (a full disk: OperationalError)."""
+        await self._run(self._put, record)
+
+    async def delete(self, job_id: str) -> None:
+        """Delete the job's record (none: nothing happens). Raises sqlite3.Error."""
+        await self._run(self._delete, job_id)
+
+    def put_blocking(self, record: JobRecord) -> None:
+        """`put` for synchronous start-up code."""
+        self._put(record)
+
+    def delete_blocking(self, job_id: str) -> None:
+        """`delete` for synchronous start-up code."""
+        self._delete(job_id)
+
+    # ---- internals ---------------------------------------------------------
+
+    async def _run(self, function: Callable[..., _T], *args: Any) -> _T:
+        return await trio.to_thread.run_sync(
+            function, *args, limiter=self._limiter, abandon_on_cancel=False
+        )
+
+    def _put(self, record: JobRecord) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO jobs (id, owner, state, created_at, record) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (record.job_id, record.owner, record.state, record.created_at, record.to_json()),
+        )
+
+    def _delete(self, job_id: str) -> None:
+        self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+
+class _transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on an error (autocommit connection)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+
+
+def _check_integrity(db: sqlite3.Connection, path: Path) -> None:
+    """Raise SetupError unless SQLite finds the file sound (a quick check: it reads
+    every page once, milliseconds for thousands of records)."""
+    problems = [row[0] for row in db.execute("PRAGMA quick_check").fetchall()]
+    if problems != ["ok"]:
+        raise SetupError(
+            f"the job database {path} is damaged ({problems[0]}); move it away to start with "
+            "no job records, or restore it from a backup"
+        )
+
+
+def _migrate(db: sqlite3.Connection, path: Path) -> None:
+    """Bring the schema to SCHEMA_VERSION, one migration per transaction."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise SetupError(
+            f"the job database {path} has schema version {version}, newer than this jwsd's "
+            f"{SCHEMA_VERSION}: it was written by a newer jobworker; run that version (or "
+            "newer), or move the file away to start with no job records"
+        )
+    while version < SCHEMA_VERSION:
+        with _transaction(db):
+            for statement in MIGRATIONS[version].split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            version += 1
+            db.execute(f"PRAGMA user_version = {version}")
+
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "JobRecord", "JobStore"]

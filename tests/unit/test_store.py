@@ -1,0 +1,109 @@
+"""`JobStore`: records on disk, the schema's version and migrations, and the faults
+that make jwsd refuse to start."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from jobworker import store
+from jobworker.errors import SetupError
+from jobworker.store import JobRecord, JobStore
+
+
+def record(job_id: str = "a", **fields: object) -> JobRecord:
+    values: dict[str, object] = {
+        "job_id": job_id,
+        "owner": "alex",
+        "argv": ("sh", "-c", "echo hi"),
+        "state": "Active",
+        "created_at": 1.0,
+    }
+    values.update(fields)
+    return JobRecord(**values)  # type: ignore[arg-type]
+
+
+async def test_records_outlive_the_connection_and_the_file_is_private(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    db = JobStore.open(path)
+    first = record("a", limits={"memory": 1 << 20}, cgroups=("/sys/fs/cgroup/x",), env_keys=("K",))
+    await db.put(first)
+    await db.put(record("b", created_at=2.0))
+    await db.put(record("b", created_at=2.0, state="Terminated", exit_code=3))
+    await db.put(record("c", created_at=3.0))
+    await db.delete("c")
+    db.close()
+    assert path.stat().st_mode & 0o777 == 0o600
+    again = JobStore.open(path)
+    try:
+        loaded = again.load()
+    finally:
+        again.close()
+    assert loaded == [first, record("b", created_at=2.0, state="Terminated", exit_code=3)]
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 1
+
+
+def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    path.write_bytes(b"garbage " * 1000)
+    with pytest.raises(SetupError, match=r"job database .* (unreadable|damaged).*move it away"):
+        JobStore.open(path)
+
+
+def test_a_database_of_a_newer_schema_is_refused_and_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    JobStore.open(path).close()
+    raw = sqlite3.connect(path)
+    raw.execute("PRAGMA user_version = 7")
+    raw.close()
+    before = path.read_bytes()
+    with pytest.raises(SetupError, match="schema version 7, newer than this jwsd's 1"):
+        JobStore.open(path)
+    assert path.read_bytes() == before
+
+
+def test_a_damaged_record_is_refused_naming_the_job(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    JobStore.open(path).close()
+    raw = sqlite3.connect(path)
+    raw.execute("INSERT INTO jobs VALUES ('bad-id', 'alex', 'Active', 1.0, '[1, 2]')")
+    raw.commit()
+    raw.close()
+    db = JobStore.open(path)
+    try:
+        with pytest.raises(SetupError, match="damaged record for job bad-id"):
+            db.load()
+    finally:
+        db.close()
+
+
+async def test_an_older_schema_is_migrated_forward_keeping_its_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file of version 1 opened by a jobworker of version 2: the migration runs once,
+    records are kept, and the version is 2."""
+    path = tmp_path / "jobs.db"
+    db = JobStore.open(path)
+    await db.put(record("a"))
+    db.close()
+    monkeypatch.setattr(store, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(
+        store, "MIGRATIONS", (*store.MIGRATIONS, "ALTER TABLE jobs ADD COLUMN note TEXT")
+    )
+    db = JobStore.open(path)
+    try:
+        assert db.load() == [record("a")]
+    finally:
+        db.close()
+    raw = sqlite3.connect(path)
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert "note" in [row[1] for row in raw.execute("PRAGMA table_info(jobs)")]
+    raw.close()
+    JobStore.open(path).close()  # a second open has nothing to migrate
+
+
+def test_fields_a_newer_minor_version_added_are_ignored() -> None:
+    text = record("a").to_json()[:-1] + ',"future":1}'
+    assert JobRecord.from_json(text) == record("a")
