@@ -115,6 +115,7 @@ class _Job:
     # `sandbox.workdir`); closed once the last reading is taken.
     workdir_fd: int | None = None
     record_stale: bool = False  # its terminal record could not be written (disk full)
+    ending: bool = False  # its terminal record is being written: no other write after it
     watch: int | None = None  # its output file's inotify watch
     copier_errors: int | None = None  # a memfd: the output copier's stderr
     workdir_bytes: int = 0  # the last reading, once the work dir is gone
@@ -456,6 +457,10 @@ class JobTracker:
             with contextlib.suppress(Exception):
                 job.usage = cgroup.usage()
         job.state = JobState.TERMINATED
+        if reported is None and (record.stop_requested or job.usage.oom_kills):
+            # A stop (or the OOM killer) SIGKILLs bubblewrap with the rest of the cgroup,
+            # before it can write an exit code: that is how the job ended.
+            reported = -signal.SIGKILL
         if reported is None:
             job.outcome = Outcome.LOST
             job.ended_at = time.time()
@@ -817,8 +822,12 @@ class JobTracker:
 
     async def _save_quietly(self, job: _Job) -> None:
         """Write the job's record as it is now; a failure is logged, and the record
-        marked stale (written again when the tracker exits)."""
+        marked stale (written again when the tracker exits). Nothing once its
+        terminal record is being written: this one would land after it."""
         assert self._store is not None
+        if job.ending:
+            await trio.lowlevel.checkpoint()
+            return
         try:
             await self._store.put(job.record())
         except sqlite3.Error as exc:
@@ -987,6 +996,7 @@ class JobTracker:
         exit_code, signum = spawn.exit_status(returncode, reported)
         outcome = _outcome(job.usage, exit_code, signum, job.stop_requested)
         ended_at = time.time()
+        job.ending = True  # no other write of this job's record may follow this one
         record = attrs.evolve(
             job.record(),
             state=JobState.TERMINATED.value,
