@@ -27,6 +27,7 @@ import os
 import stat
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -42,7 +43,8 @@ from jobworker.model import JobStatus
 from jobworker.units import parse_addr, parse_duration
 
 if TYPE_CHECKING:  # imported lazily at run time: `jws --help` stays quick
-    from jobworker.client import JobWorkerClient
+    from jobworker.client import Credentials, JobWorkerClient
+    from jobworker.reconnect import Reconnector
 
 EXIT_SERVER_ERROR = 1
 EXIT_USAGE = 2
@@ -82,33 +84,52 @@ def connection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+@attrs.frozen
+class Target:
+    """Which jwsd to talk to, and as whom, from the flags, the environment and `jws login`."""
+
+    host: str
+    port: int
+    credentials: Credentials
+
+    @classmethod
+    def chosen(cls, user: str | None, addr: str | None, tls_dir: str | None) -> Target:
+        """Raises Failure (usage) for a bad config file or address, or no user."""
+        from jobworker.client import Credentials
+
+        try:
+            stored = ClientConfig.load()
+        except ValueError as exc:
+            raise Failure(str(exc), EXIT_USAGE) from None
+        user = user or stored.user
+        if not user:
+            raise Failure(
+                "no user: pass -u USER, or make one the default with `jws login USER`", EXIT_USAGE
+            )
+        addr_text = addr or stored.addr or DEFAULT_ADDR
+        try:
+            host, port = parse_addr(addr_text, default_port=DEFAULT_PORT)
+        except ValueError as exc:
+            raise Failure(str(exc), EXIT_USAGE) from None
+        credentials = Credentials(Path(tls_dir or stored.tls_dir or DEFAULT_TLS_DIR), user)
+        return cls(host, port, credentials)
+
+    def connect(self, connect_timeout: float = 10) -> AbstractAsyncContextManager[JobWorkerClient]:
+        """A new connection (see `jobworker.client.connect`)."""
+        from jobworker.client import connect
+
+        return connect((self.host, self.port), self.credentials, connect_timeout=connect_timeout)
+
+
 @contextlib.asynccontextmanager
-async def _client(
-    user: str | None, addr: str | None, tls_dir: str | None
-) -> AsyncIterator[JobWorkerClient]:
-    """Connect as the chosen user, translating every failure to a Failure."""
+async def _client(target: Target) -> AsyncIterator[JobWorkerClient]:
+    """Connect to `target`, translating every failure (of the body too) to a Failure."""
     import purerpc
 
-    from jobworker.client import Credentials, connect
     from jobworker.errors import SetupError
 
     try:
-        stored = ClientConfig.load()
-    except ValueError as exc:
-        raise Failure(str(exc), EXIT_USAGE) from None
-    user = user or stored.user
-    if not user:
-        raise Failure(
-            "no user: pass -u USER, or make one the default with `jws login USER`", EXIT_USAGE
-        )
-    addr_text = addr or stored.addr or DEFAULT_ADDR
-    try:
-        host, port = parse_addr(addr_text, default_port=DEFAULT_PORT)
-    except ValueError as exc:
-        raise Failure(str(exc), EXIT_USAGE) from None
-    credentials = Credentials(Path(tls_dir or stored.tls_dir or DEFAULT_TLS_DIR), user)
-    try:
-        async with connect((host, port), credentials) as client:
+        async with target.connect() as client:
             yield client
     except SetupError as exc:
         raise Failure(str(exc), EXIT_USAGE) from None
@@ -116,10 +137,36 @@ async def _client(
         status = exc.status
         message = status.status_message or status.status_code.name.lower()
         if status.status_code is purerpc.StatusCode.UNAVAILABLE:
-            if not message.startswith("cannot reach"):
-                message = f"lost jwsd at {host}:{port}: {message}"
+            if not message.startswith(("cannot reach", "gave up")):
+                message = f"lost jwsd at {target.host}:{target.port}: {message}"
             raise Failure(message, EXIT_UNREACHABLE) from None
         raise Failure(message, EXIT_SERVER_ERROR) from None
+
+
+def reconnect_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--reconnect-timeout",
+        envvar="JWS_RECONNECT_TIMEOUT",
+        default="5m",
+        show_default=True,
+        help="When jwsd goes away (a restart), connect again for up to this long "
+        "and resume at the byte reached (0: fail at once).",
+    )(fn)
+
+
+def _reconnector(target: Target, timeout: str) -> Reconnector:
+    """A Reconnector to `target` that gives up after `timeout` (a duration as typed)."""
+    from jobworker.reconnect import Backoff, Reconnector
+
+    try:
+        total = parse_duration(timeout)
+    except ValueError as exc:
+        raise Failure(f"--reconnect-timeout: {exc}", EXIT_USAGE) from None
+
+    def announce(line: str) -> None:
+        click.echo(f"jws: {line}", err=True)
+
+    return Reconnector(target.connect, Backoff(total=total), announce)
 
 
 # ---- the commands --------------------------------------------------------------
@@ -278,7 +325,7 @@ async def start(user: str | None, addr: str | None, tls_dir: str | None, job: Jo
       jws start -c "make -C /src test"
       jws start --memory 256M --pids 50 -- sh -c 'make -j4'
     """
-    async with _client(user, addr, tls_dir) as client:
+    async with _client(Target.chosen(user, addr, tls_dir)) as client:
         started = await job.start(client)
     click.echo(started.job_id)
 
@@ -328,18 +375,27 @@ async def _async_writer(fd: int) -> AsyncIterator[Callable[[bytes], Awaitable[No
         yield write
 
 
-async def copy_output(client: JobWorkerClient, job_id: str, offset: int, fd: int) -> None:
-    """Write the job's output from `offset` to `fd` until the job has ended. Raises
-    BrokenPipeError when the reader of `fd` has gone."""
+async def copy_output(
+    client: JobWorkerClient,
+    job_id: str,
+    offset: int,
+    fd: int,
+    reconnector: Reconnector | None = None,
+) -> int:
+    """Write the job's output from `offset` to `fd` until the job has ended; with a
+    `reconnector`, across restarts of jwsd (`client` is the connection used first).
+    Returns the offset reached. Raises BrokenPipeError when the reader of `fd` has gone."""
     import trio
 
+    from jobworker.reconnect import Backoff, Reconnector, follow_output
+
+    if reconnector is None:  # one that never reconnects: a loss fails at once
+        reconnector = Reconnector(
+            lambda _: contextlib.nullcontext(client), Backoff(total=0), lambda _: None
+        )
     try:
-        async with (
-            _async_writer(fd) as write,
-            contextlib.aclosing(client.output(job_id, offset)) as chunks,
-        ):
-            async for chunk in chunks:
-                await write(chunk)
+        async with _async_writer(fd) as write:
+            return await follow_output(reconnector, job_id, offset, write, client)
     except trio.BrokenResourceError as exc:  # the stream's word for EPIPE
         raise BrokenPipeError(str(exc.__cause__ or exc)) from exc
 
@@ -366,7 +422,7 @@ async def stop(
         seconds = parse_duration(grace) if grace is not None else None
     except ValueError as exc:
         raise Failure(str(exc), EXIT_USAGE) from None
-    async with _client(user, addr, tls_dir) as client:
+    async with _client(Target.chosen(user, addr, tls_dir)) as client:
         await client.stop(job_id, seconds)
 
 
@@ -384,7 +440,7 @@ async def status(
       jws status -j 5f0c1a2b-...
       jws status -j 5f0c1a2b-... --json | jq .exit_code
     """
-    async with _client(user, addr, tls_dir) as client:
+    async with _client(Target.chosen(user, addr, tls_dir)) as client:
         job = await client.status(job_id)
     click.echo(
         json.dumps(render.status_dict(job), indent=2) if as_json else render.status_text(job)
@@ -404,7 +460,7 @@ async def remove(user: str | None, addr: str | None, tls_dir: str | None, job_id
     Example:
       jws rm -j 5f0c1a2b-...
     """
-    async with _client(user, addr, tls_dir) as client:
+    async with _client(Target.chosen(user, addr, tls_dir)) as client:
         await client.remove(job_id)
 
 
@@ -419,7 +475,7 @@ async def list_jobs(user: str | None, addr: str | None, tls_dir: str | None, as_
       jws list
       jws list --json | jq -r '.[] | select(.status == "Active") | .job_id'
     """
-    async with _client(user, addr, tls_dir) as client:
+    async with _client(Target.chosen(user, addr, tls_dir)) as client:
         jobs = await client.list()
     if as_json:
         click.echo(json.dumps([render.status_dict(job) for job in jobs], indent=2))
@@ -436,39 +492,64 @@ async def list_jobs(user: str | None, addr: str | None, tls_dir: str | None, as_
     default=0,
     help="Start from this byte (resume an earlier read).",
 )
+@reconnect_option
 async def output(
-    user: str | None, addr: str | None, tls_dir: str | None, job_id: str, offset: int
+    user: str | None,
+    addr: str | None,
+    tls_dir: str | None,
+    job_id: str,
+    offset: int,
+    reconnect_timeout: str,
 ) -> None:
     """Write a job's output (stdout and stderr, as one stream) to stdout, byte for byte.
 
     Starts at the first byte (or --offset) and follows the job until it ends.
-    Ctrl-C stops following; the job keeps running.
+    Ctrl-C stops following; the job keeps running. When jwsd goes away (a
+    restart), connects again and goes on from the byte it reached.
 
     \b
     Example:
       jws output -j 5f0c1a2b-... > build.log
     """
-    async with _client(user, addr, tls_dir) as client:
-        await copy_output(client, job_id, offset, sys.stdout.fileno())
+    target = Target.chosen(user, addr, tls_dir)
+    reconnector = _reconnector(target, reconnect_timeout)
+    async with _client(target) as client:
+        await copy_output(client, job_id, offset, sys.stdout.fileno(), reconnector)
 
 
 @jws.command()
 @connection_options
 @job_options
-async def run(user: str | None, addr: str | None, tls_dir: str | None, job: JobRequest) -> None:
+@reconnect_option
+async def run(
+    user: str | None,
+    addr: str | None,
+    tls_dir: str | None,
+    job: JobRequest,
+    reconnect_timeout: str,
+) -> None:
     """Start a job, stream its output, and exit with its exit code (like `docker run`).
 
     A job killed by signal n exits 128+n. Ctrl-C stops following (the job keeps running;
-    stop it with `jws stop`).
+    stop it with `jws stop`). When jwsd goes away after the job started (a restart),
+    connects again and goes on from the byte it reached; the start itself is never
+    repeated.
 
     \b
     Example:
       jws run --cpu 1 --memory 1G -- make -j2 test
     """
-    async with _client(user, addr, tls_dir) as client:
+    target = Target.chosen(user, addr, tls_dir)
+    reconnector = _reconnector(target, reconnect_timeout)
+    async with _client(target) as client:
         started = await job.start(client)
-        await copy_output(client, started.job_id, 0, sys.stdout.fileno())
-        final = await client.status(started.job_id)
+        await copy_output(client, started.job_id, 0, sys.stdout.fileno(), reconnector)
+
+        async def status(connection: JobWorkerClient) -> JobStatus:
+            return await connection.status(started.job_id)
+
+        # After a reconnection the first connection is dead: the status call opens one.
+        final = await reconnector.call(status, None if reconnector.reconnected else client)
     if final.oom_killed:
         click.echo("jws: the job was killed at its memory limit (OOM)", err=True)
     if final.output_truncated is not None:
@@ -496,7 +577,7 @@ async def health(user: str | None, addr: str | None, tls_dir: str | None, servic
     Example:
       jws health -u alex --addr 127.0.0.1:50051
     """
-    async with _client(user, addr, tls_dir) as client:
+    async with _client(Target.chosen(user, addr, tls_dir)) as client:
         status = await client.health(service)
     click.echo(status)
     return 0 if status == "SERVING" else EXIT_SERVER_ERROR

@@ -1,0 +1,197 @@
+"""`jws output` and `jws run` ride over a restart of jwsd, against the real binaries.
+
+jwsd is SIGKILLed while a `jws` follows a job, then started again on the same data
+dir and port: the follower reconnects and asks again from the byte it reached, so
+it sees every byte exactly once. Without a new jwsd it gives up after its bound;
+with `--reconnect-timeout 0` it fails at once, as every other command does.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import require_root
+from tests.e2e.conftest import Jwsd, restart_jwsd, start_jwsd
+from tests.support.certs import TestPKI
+from tests.support.timing import scaled
+from tests.support.waiting import eventually_blocking
+
+pytestmark = [pytest.mark.root, pytest.mark.e2e]
+
+#: A counter for about 10 s: still running when jwsd is killed a few lines in.
+COUNTER = "i=0; while [ $i -lt 200 ]; do echo line $i; i=$((i+1)); sleep 0.05; done"
+
+
+@pytest.fixture
+def daemons(tmp_path: Path, pki: TestPKI) -> Iterator[list[Jwsd]]:
+    """Every jwsd a test starts on tmp_path (those still running are stopped at the end)."""
+    require_root()
+    started: list[Jwsd] = []
+    try:
+        yield started
+    finally:
+        for daemon in started:
+            if daemon.process.poll() is None:
+                daemon.stop()
+
+
+@pytest.fixture
+def clients() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Every `jws` a test runs in the background: killed if still running at the end,
+    their pipes closed."""
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        yield started
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.kill()
+            process.communicate()
+
+
+def start(jwsd: Jwsd, *args: str) -> str:
+    result = jwsd.jws("start", *args)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.decode().strip()
+
+
+def restart_on_the_same_port(old: Jwsd, pki: TestPKI) -> Jwsd:
+    """SIGKILL `old` (a crash) and start a jwsd on its data dir and address."""
+    old.stop(signal.SIGKILL)
+    return restart_jwsd(old, pki, "--addr", old.addr)
+
+
+def follow_until(
+    clients: list[subprocess.Popen[bytes]], jwsd: Jwsd, job_id: str, line: bytes, *args: str
+) -> tuple[subprocess.Popen[bytes], bytes]:
+    """A `jws output` following `job_id`, and what it wrote up to and with `line`."""
+    follower = jwsd.popen("output", "-j", job_id, *args)
+    clients.append(follower)
+    assert follower.stdout is not None
+    seen = b""
+    while not seen.endswith(line):
+        read = follower.stdout.readline()
+        assert read, f"the follower ended before {line!r}"
+        seen += read
+    return follower, seen
+
+
+def test_a_follower_sees_every_line_once_across_a_jwsd_crash_and_restart(
+    tmp_path: Path,
+    pki: TestPKI,
+    daemons: list[Jwsd],
+    clients: list[subprocess.Popen[bytes]],
+) -> None:
+    """The follower asks the next jwsd from the byte it reached: whatever the job
+    wrote (until it ends, or until it was lost with the jwsd that ran it), the
+    follower has each line once, in order, and all of them if the job went on."""
+    first = start_jwsd(tmp_path, pki)
+    daemons.append(first)
+    job_id = start(first, "--", "sh", "-c", COUNTER)
+    follower, seen = follow_until(clients, first, job_id, b"line 5\n")
+    again = restart_on_the_same_port(first, pki)
+    daemons.append(again)
+    rest, err = follower.communicate(timeout=scaled(60))
+    assert follower.returncode == 0, err
+    output = seen + rest
+    lines = output.decode().splitlines()
+    assert len(lines) >= 6
+    assert lines == [f"line {i}" for i in range(len(lines))]  # each once, in order
+    status = again.jws("status", "-j", job_id, "--json")
+    assert status.returncode == 0, status.stderr
+    if json.loads(status.stdout)["outcome"] != "lost":  # the job outlived jwsd: all of it
+        assert len(lines) == 200
+    assert err.count(b"reconnecting") == 1, err  # once, not once per attempt
+
+
+def test_jws_run_exits_with_the_jobs_code_across_a_jwsd_crash_and_restart(
+    tmp_path: Path,
+    pki: TestPKI,
+    daemons: list[Jwsd],
+    clients: list[subprocess.Popen[bytes]],
+) -> None:
+    """The job ends while `jws run` is far behind (its stdout is not read, so jwsd
+    cannot send it the rest); jwsd dies; the rest and the exit code come from the
+    next jwsd."""
+    first = start_jwsd(tmp_path, pki)
+    daemons.append(first)
+    count = 4_000_000  # ~30 MB: more than a pipe, a call's window and the sockets hold
+    run = first.popen("run", "--", "sh", "-c", f"seq 1 {count}; exit 7")
+    clients.append(run)
+
+    def ended() -> bool:
+        listed = first.jws("list", "--json")
+        assert listed.returncode == 0, listed.stderr
+        jobs = json.loads(listed.stdout)
+        return bool(jobs) and jobs[0]["status"] == "Terminated"
+
+    eventually_blocking(ended, timeout=scaled(60), what="the job ends")
+    assert run.poll() is None  # still behind: what it lacks must come from the next jwsd
+    again = restart_on_the_same_port(first, pki)
+    daemons.append(again)
+    out, err = run.communicate(timeout=scaled(120))
+    assert run.returncode == 7, err
+    assert out == b"".join(b"%d\n" % i for i in range(1, count + 1))
+    assert err.count(b"reconnecting") == 1, err
+
+
+@pytest.mark.parametrize("bound", ["2s", "0"])
+def test_a_follower_gives_up_after_its_bound_with_one_line(
+    tmp_path: Path,
+    pki: TestPKI,
+    daemons: list[Jwsd],
+    clients: list[subprocess.Popen[bytes]],
+    bound: str,
+) -> None:
+    """No jwsd comes back: `--reconnect-timeout 2s` gives up after 2 s, `0` at once;
+    exit 3 and one line saying why."""
+    first = start_jwsd(tmp_path, pki)
+    daemons.append(first)
+    job_id = start(first, "--", "sh", "-c", COUNTER)
+    follower, _ = follow_until(clients, first, job_id, b"line 1\n", "--reconnect-timeout", bound)
+    lost = time.monotonic()
+    first.stop(signal.SIGKILL)
+    _, err = follower.communicate(timeout=scaled(30))
+    waited = time.monotonic() - lost
+    assert follower.returncode == 3, err
+    lines = err.decode().splitlines()
+    if bound == "0":
+        assert len(lines) == 1 and lines[0].startswith("jws: lost jwsd at "), err
+        assert waited < scaled(2)
+    else:
+        assert len(lines) == 2 and "reconnecting" in lines[0], err
+        assert lines[1].startswith("jws: gave up reconnecting to jwsd after 2 s: "), err
+        assert "connection refused" in lines[1]
+        assert 2 <= waited < scaled(2 + 3)
+
+
+def test_a_job_the_restarted_jwsd_does_not_know_is_a_clear_error(
+    tmp_path: Path,
+    pki: TestPKI,
+    daemons: list[Jwsd],
+    clients: list[subprocess.Popen[bytes]],
+) -> None:
+    """jwsd comes back without the job's record (its database was moved away):
+    the follower says the job is gone, exit 1."""
+    first = start_jwsd(tmp_path, pki)
+    daemons.append(first)
+    job_id = start(first, "--", "sh", "-c", COUNTER)
+    follower, _ = follow_until(clients, first, job_id, b"line 1\n")
+    first.stop(signal.SIGKILL)
+    for path in first.data_dir.glob("jobs.db*"):
+        path.unlink()
+    again = restart_jwsd(first, pki, "--addr", first.addr)
+    daemons.append(again)
+    _, err = follower.communicate(timeout=scaled(60))
+    assert follower.returncode == 1, err
+    last = err.decode().splitlines()[-1]
+    assert last == (
+        f"jws: job {job_id} is gone: jwsd came back without it (its record was lost or removed)"
+    ), err
