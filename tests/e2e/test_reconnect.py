@@ -170,6 +170,10 @@ def test_a_follower_gives_up_after_its_bound_with_one_line(
         assert lines[1].startswith("jws: gave up reconnecting to jwsd after 2 s: "), err
         assert "connection refused" in lines[1]
         assert 2 <= waited < scaled(2 + 3)
+    # Every other command fails at once, as before.
+    status = first.jws("status", "-j", job_id)
+    assert status.returncode == 3
+    assert status.stderr.decode().startswith("jws: cannot reach 127.0.0.1:"), status.stderr
 
 
 def test_a_job_the_restarted_jwsd_does_not_know_is_a_clear_error(

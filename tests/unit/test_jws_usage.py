@@ -37,6 +37,8 @@ def no_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         (["start", "-u", "alex"], "not both"),
         (["start", "-u", "alex", "-e", "NOEQUALS", "--", "true"], "--env wants K=V"),
         (["stop", "-u", "alex", "-j", "x", "--grace", "soon"], "not a duration"),
+        (["output", "-u", "alex", "-j", "x", "--reconnect-timeout", "soon"], "not a duration"),
+        (["run", "-u", "alex", "--reconnect-timeout", "-1s", "--", "true"], "not a duration"),
         (["list"], "no user"),
         (["list", "-u", "nobody-here"], "no credentials for user 'nobody-here'"),
     ],
