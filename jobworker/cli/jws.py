@@ -39,7 +39,7 @@ from jobworker.cli import render
 from jobworker.cli.config import DEFAULT_ADDR, DEFAULT_TLS_DIR, ClientConfig, config_path
 from jobworker.errors import InvalidRequestError
 from jobworker.limits import Limits
-from jobworker.model import JobStatus
+from jobworker.model import JobStatus, Outcome
 from jobworker.units import parse_addr, parse_duration
 
 if TYPE_CHECKING:  # imported lazily at run time: `jws --help` stays quick
@@ -483,6 +483,31 @@ async def list_jobs(user: str | None, addr: str | None, tls_dir: str | None, as_
         click.echo(render.table(jobs))
 
 
+async def _final_status(
+    reconnector: Reconnector, job_id: str, client: JobWorkerClient
+) -> JobStatus:
+    """The job's status after following it, across restarts of jwsd."""
+
+    async def status(connection: JobWorkerClient) -> JobStatus:
+        return await connection.status(job_id)
+
+    # After a reconnection the first connection is dead: the call opens a new one.
+    return await reconnector.call(status, None if reconnector.reconnected else client)
+
+
+def _say_what_a_restart_cost(final: JobStatus, reached: int) -> None:
+    """On stderr: the job was lost with a jwsd that stopped, or the follower wrote
+    bytes that the jwsd it reconnected to no longer has."""
+    if final.outcome is Outcome.LOST:
+        click.echo(f"jws: the job was lost: {final.outcome_reason}", err=True)
+    if final.output_size < reached:
+        click.echo(
+            f"jws: jwsd kept {final.output_size} bytes of the job's output, fewer than the "
+            f"{reached} written here: the rest was lost with the jwsd that stopped",
+            err=True,
+        )
+
+
 @jws.command()
 @connection_options
 @click.option("-j", "--job", "job_id", required=True, help="The job's id.")
@@ -514,7 +539,10 @@ async def output(
     target = Target.chosen(user, addr, tls_dir)
     reconnector = _reconnector(target, reconnect_timeout)
     async with _client(target) as client:
-        await copy_output(client, job_id, offset, sys.stdout.fileno(), reconnector)
+        fd = sys.stdout.fileno()
+        reached = await copy_output(client, job_id, offset, fd, reconnector)
+        if reconnector.reconnected:  # jwsd restarted: what did that cost the job?
+            _say_what_a_restart_cost(await _final_status(reconnector, job_id, client), reached)
 
 
 @jws.command()
@@ -543,13 +571,10 @@ async def run(
     reconnector = _reconnector(target, reconnect_timeout)
     async with _client(target) as client:
         started = await job.start(client)
-        await copy_output(client, started.job_id, 0, sys.stdout.fileno(), reconnector)
-
-        async def status(connection: JobWorkerClient) -> JobStatus:
-            return await connection.status(started.job_id)
-
-        # After a reconnection the first connection is dead: the status call opens one.
-        final = await reconnector.call(status, None if reconnector.reconnected else client)
+        fd = sys.stdout.fileno()
+        reached = await copy_output(client, started.job_id, 0, fd, reconnector)
+        final = await _final_status(reconnector, started.job_id, client)
+    _say_what_a_restart_cost(final, reached)
     if final.oom_killed:
         click.echo("jws: the job was killed at its memory limit (OOM)", err=True)
     if final.output_truncated is not None:

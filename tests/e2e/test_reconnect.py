@@ -68,6 +68,15 @@ def restart_on_the_same_port(old: Jwsd, pki: TestPKI) -> Jwsd:
     return restart_jwsd(old, pki, "--addr", old.addr)
 
 
+def finish(process: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:
+    """The rest of a background `jws`'s stdout (through the same buffered reader an
+    earlier readline used: nothing is skipped) and its stderr, once it has exited."""
+    assert process.stdout is not None and process.stderr is not None
+    out, err = process.stdout.read(), process.stderr.read()
+    process.wait(timeout=scaled(10))
+    return out, err
+
+
 def follow_until(
     clients: list[subprocess.Popen[bytes]], jwsd: Jwsd, job_id: str, line: bytes, *args: str
 ) -> tuple[subprocess.Popen[bytes], bytes]:
@@ -98,7 +107,7 @@ def test_a_follower_sees_every_line_once_across_a_jwsd_crash_and_restart(
     follower, seen = follow_until(clients, first, job_id, b"line 5\n")
     again = restart_on_the_same_port(first, pki)
     daemons.append(again)
-    rest, err = follower.communicate(timeout=scaled(60))
+    rest, err = finish(follower)
     assert follower.returncode == 0, err
     output = seen + rest
     lines = output.decode().splitlines()
@@ -108,6 +117,14 @@ def test_a_follower_sees_every_line_once_across_a_jwsd_crash_and_restart(
     assert status.returncode == 0, status.stderr
     if json.loads(status.stdout)["outcome"] != "lost":  # the job outlived jwsd: all of it
         assert len(lines) == 200
+    else:  # the job died with jwsd: the follower says so, and what jwsd kept of it
+        assert b"jws: the job was lost: jwsd did not record how the job ended" in err, err
+        kept = json.loads(status.stdout)["output_bytes"]
+        if kept < len(output):
+            assert (
+                f"jws: jwsd kept {kept} bytes of the job's output, fewer than the "
+                f"{len(output)} written here: the rest was lost with the jwsd that stopped"
+            ).encode() in err, err
     assert err.count(b"reconnecting") == 1, err  # once, not once per attempt
 
 
@@ -142,6 +159,34 @@ def test_jws_run_exits_with_the_jobs_code_across_a_jwsd_crash_and_restart(
     assert err.count(b"reconnecting") == 1, err
 
 
+def test_jws_run_of_a_running_job_across_a_jwsd_crash_exits_with_its_code_or_says_it_was_lost(
+    tmp_path: Path,
+    pki: TestPKI,
+    daemons: list[Jwsd],
+    clients: list[subprocess.Popen[bytes]],
+) -> None:
+    """jwsd is killed while the job runs: `jws run` exits with the job's code when the
+    job outlived jwsd, else 255 with one line saying how it was lost."""
+    first = start_jwsd(tmp_path, pki)
+    daemons.append(first)
+    run = first.popen("run", "--", "sh", "-c", COUNTER + "; exit 7")
+    clients.append(run)
+    assert run.stdout is not None
+    assert run.stdout.readline() == b"line 0\n"  # it follows
+    again = restart_on_the_same_port(first, pki)
+    daemons.append(again)
+    rest, err = finish(run)
+    listed = again.jws("list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    (job,) = json.loads(listed.stdout)
+    if job["outcome"] == "lost":
+        assert run.returncode == 255, err
+        assert f"jws: the job was lost: {job['outcome_reason']}\n".encode() in err, err
+    else:
+        assert run.returncode == 7, err
+        assert b"line 0\n" + rest == b"".join(b"line %d\n" % i for i in range(200))
+
+
 @pytest.mark.parametrize("bound", ["2s", "0"])
 def test_a_follower_gives_up_after_its_bound_with_one_line(
     tmp_path: Path,
@@ -158,7 +203,7 @@ def test_a_follower_gives_up_after_its_bound_with_one_line(
     follower, _ = follow_until(clients, first, job_id, b"line 1\n", "--reconnect-timeout", bound)
     lost = time.monotonic()
     first.stop(signal.SIGKILL)
-    _, err = follower.communicate(timeout=scaled(30))
+    _, err = finish(follower)
     waited = time.monotonic() - lost
     assert follower.returncode == 3, err
     lines = err.decode().splitlines()
@@ -193,7 +238,7 @@ def test_a_job_the_restarted_jwsd_does_not_know_is_a_clear_error(
         path.unlink()
     again = restart_jwsd(first, pki, "--addr", first.addr)
     daemons.append(again)
-    _, err = follower.communicate(timeout=scaled(60))
+    _, err = finish(follower)
     assert follower.returncode == 1, err
     last = err.decode().splitlines()[-1]
     assert last == (
