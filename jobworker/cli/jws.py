@@ -15,6 +15,11 @@ request...); 2 a usage or local set-up error (bad flag, no user, no
 credentials); 3 jwsd could not be reached or went away; 130 interrupted
 (Ctrl-C). `jws run` exits with the job's own exit code (128+n when signal n
 killed it) once the job has ended.
+
+`output` and `run` ride over a restart of jwsd: once connected, they connect
+again with backoff when jwsd goes away and resume at the byte they reached
+(`--reconnect-timeout`, see `jobworker.reconnect`); every other command fails
+at once with exit code 3.
 """
 
 from __future__ import annotations
