@@ -149,6 +149,7 @@ async def _client(target: Target) -> AsyncIterator[JobWorkerClient]:
 
 
 def reconnect_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`--reconnect-timeout` of the commands that follow a job (`output`, `run`)."""
     return click.option(
         "--reconnect-timeout",
         envvar="JWS_RECONNECT_TIMEOUT",
