@@ -90,9 +90,10 @@ def start(jwsd: Jwsd, *args: str) -> str:
     return result.stdout.decode().strip()
 
 
-def restart_on_the_same_port(old: Jwsd, pki: TestPKI) -> Jwsd:
-    """SIGKILL `old` (a crash) and start a jwsd on its data dir and address."""
-    old.stop(signal.SIGKILL)
+def restart_on_the_same_port(old: Jwsd, pki: TestPKI, how: int = signal.SIGKILL) -> Jwsd:
+    """SIGKILL `old` (a crash), or SIGUSR1 (an upgrade: it exits leaving its jobs
+    running), and start a jwsd on its data dir and address."""
+    old.stop(how)
     return restart_jwsd(old, pki, "--addr", old.addr)
 
 
@@ -166,20 +167,23 @@ def said_once_that_it_reconnects(err: bytes) -> None:
     assert len(lines) == 1 and "; reconnecting (for up to 300 s" in lines[0], err
 
 
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGUSR1])
 def test_a_follower_sees_every_line_once_across_a_jwsd_crash_and_restart(
     tmp_path: Path,
     pki: TestPKI,
     daemons: list[Jwsd],
     clients: list[subprocess.Popen[bytes]],
+    how: signal.Signals,
 ) -> None:
-    """The job runs on while no jwsd runs and the next jwsd takes it over; the
-    follower asks it from the byte it reached: every line once, in order, all of
-    them, and one line on stderr (once, not once per attempt)."""
+    """jwsd crashes (SIGKILL) or exits for an upgrade (SIGUSR1); the job runs on while
+    no jwsd runs and the next jwsd takes it over; the follower asks it from the byte
+    it reached: every line once, in order, all of them, and one line on stderr (once,
+    not once per attempt)."""
     first = start_jwsd(tmp_path, pki)
     daemons.append(first)
     job_id = start(first, "--", "sh", "-c", counter())
     follower, seen = follow_until(clients, first, job_id, b"line 5\n")
-    again = restart_on_the_same_port(first, pki)
+    again = restart_on_the_same_port(first, pki, how)
     daemons.append(again)
     taken_over(again, job_id)
     rest, err = finish(follower)
