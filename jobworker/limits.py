@@ -24,7 +24,7 @@ from collections.abc import Mapping
 import attrs
 
 from jobworker.errors import InvalidRequestError
-from jobworker.units import format_size, parse_size
+from jobworker.units import format_duration, format_size, parse_duration, parse_size
 
 #: Upper bound for a byte count (memory, IO rate): 1 EiB is absurd on any host.
 MAX_BYTES = 1 << 60
@@ -34,6 +34,10 @@ MAX_PIDS = 4_194_304
 MIN_MEMORY = 8 << 20
 #: The smallest cpu limit: a 100 ms CFS period gets 1 ms of quota.
 MIN_CPU = 0.01
+#: The longest time limit: a year (more is no limit at all, and says so plainly).
+MAX_SECONDS = 366 * 86400.0
+#: The shortest time limit: under it the job could not even have been started.
+MIN_SECONDS = 0.1
 
 
 class Unit(enum.Enum):
@@ -43,23 +47,31 @@ class Unit(enum.Enum):
     BYTES = "bytes"
     BYTES_PER_SECOND = "bytes per second"
     COUNT = "count"
+    SECONDS = "seconds"
 
     @property
     def metavar(self) -> str:
         """How an option's help names a value of this unit."""
-        return {"CORES": "CORES", "BYTES": "SIZE", "BYTES_PER_SECOND": "RATE", "COUNT": "N"}[
-            self.name
-        ]
+        return {
+            "CORES": "CORES",
+            "BYTES": "SIZE",
+            "BYTES_PER_SECOND": "RATE",
+            "COUNT": "N",
+            "SECONDS": "DURATION",
+        }[self.name]
 
     def typed(self, value: float | None) -> float | int | None:
-        """`value` as the type a limit of this unit holds: a float of cores, else an int."""
-        if value is None or self is Unit.CORES:
+        """`value` as the type a limit of this unit holds: a float of cores or seconds,
+        else an int."""
+        if value is None or self in (Unit.CORES, Unit.SECONDS):
             return value
         return int(value)
 
     def parse(self, text: str) -> float | int:
-        """The value `text` gives ("0.5", "256M", "10M/s", "100"); raises ValueError
-        with a hint."""
+        """The value `text` gives ("0.5", "256M", "10M/s", "100", "2h"); raises
+        ValueError with a hint."""
+        if self is Unit.SECONDS:
+            return parse_duration(text)
         if self is Unit.CORES:
             try:
                 return float(text)
@@ -73,7 +85,9 @@ class Unit(enum.Enum):
         return parse_size(text)
 
     def show(self, value: float) -> str:
-        """`value` for people: "0.5", "256.0 MiB", "10.0 MiB/s", "100"."""
+        """`value` for people: "0.5", "256.0 MiB", "10.0 MiB/s", "100", "2h"."""
+        if self is Unit.SECONDS:
+            return format_duration(value)
         if self is Unit.CORES:
             return f"{value:g}"
         if self is Unit.COUNT:
@@ -82,7 +96,9 @@ class Unit(enum.Enum):
         return f"{size}/s" if self is Unit.BYTES_PER_SECOND else size
 
     def spell(self, value: float) -> str:
-        """`value` in the form `parse` reads back exactly: "0.5", "512M", "100"."""
+        """`value` in the form `parse` reads back exactly: "0.5", "512M", "100", "2h"."""
+        if self is Unit.SECONDS:
+            return format_duration(value)
         if self is Unit.CORES:
             return f"{value:g}"
         if self is Unit.COUNT:
@@ -103,7 +119,8 @@ class LimitKind:
     label: how messages and `jws status` name it ("io read").
     unit: what it counts.
     minimum / maximum: the bounds of a value (`None`: the host's, see `check_host`).
-    cgroup: whether a cgroup enforces it (the output limit is the daemon's own).
+    cgroup: whether a cgroup enforces it (the output and time limits are the daemon's
+        own).
     help: the option's help text for `jws start`.
     """
 
@@ -127,7 +144,14 @@ class LimitKind:
         if value is None:
             return
         what = self.what
-        if self.unit is Unit.CORES:
+        if self.unit is Unit.SECONDS:
+            assert self.maximum is not None
+            if not math.isfinite(value) or not self.minimum <= value <= self.maximum:
+                raise InvalidRequestError(
+                    f"{what} must be between {format_duration(self.minimum)} and "
+                    f"{format_duration(self.maximum)}, not {value} seconds"
+                )
+        elif self.unit is Unit.CORES:
             if not math.isfinite(value) or value <= 0:
                 raise InvalidRequestError(f"{what} must be a positive number of cores, not {value}")
             if value < self.minimum:
@@ -177,10 +201,18 @@ OUTPUT = LimitKind(
     "Default and most: the server's.",
 )  # fmt: skip
 
+TIMEOUT = LimitKind(
+    "timeout", "timeout", "timeout_seconds", "time", Unit.SECONDS, MIN_SECONDS, MAX_SECONDS, False,
+    "Stop the job once it has run this long (30s, 10m, 2h, 1d); its outcome is then timed-out.",
+)  # fmt: skip
+
 #: Every limit, in the order they are shown.
-KINDS: tuple[LimitKind, ...] = (CPU, MEMORY, IO_READ, IO_WRITE, PIDS, OUTPUT)
-#: The limits a cgroup enforces: what `jwsd --default-limits` and `--max-limits` take.
+KINDS: tuple[LimitKind, ...] = (CPU, MEMORY, IO_READ, IO_WRITE, PIDS, OUTPUT, TIMEOUT)
+#: The limits a cgroup enforces.
 CGROUP_KINDS: tuple[LimitKind, ...] = tuple(kind for kind in KINDS if kind.cgroup)
+#: What `jwsd --default-limits` and `--max-limits` take: every limit but output's,
+#: which has flags of its own (`--max-output`).
+DAEMON_KINDS: tuple[LimitKind, ...] = tuple(kind for kind in KINDS if kind is not OUTPUT)
 
 
 @attrs.frozen
@@ -196,6 +228,9 @@ class Limits:
     output: bytes of output (stdout and stderr together) the daemon keeps; what
         comes after is not kept, and the job's output pipe is closed (see
         `jobworker.tracker`). Not a cgroup limit.
+    timeout: seconds the job may run (from its start); then the daemon stops it as
+        `jws stop` would, and its outcome is "timed-out". Not a cgroup limit: the
+        daemon keeps the clock, across its own restarts too (from the job's start time).
 
     Raises InvalidRequestError when a value is out of its kind's bounds.
     """
@@ -206,6 +241,7 @@ class Limits:
     io_write_bps: int | None = None
     pids: int | None = None
     output: int | None = None
+    timeout: float | None = None
 
     def __attrs_post_init__(self) -> None:
         for kind in KINDS:
@@ -250,9 +286,9 @@ def check_host(limits: Limits) -> None:
         raise InvalidRequestError(f"cpu limit {limits.cpu} is more than this host's {ncpu} cores")
 
 
-def parse_limits(text: str, kinds: tuple[LimitKind, ...] = CGROUP_KINDS) -> Limits:
-    """Limits from "cpu=1,memory=512M,io-read=10M,io-write=10M,pids=100" (any subset
-    of `kinds`' keys; "" for none). Raises ValueError saying what is wrong."""
+def parse_limits(text: str, kinds: tuple[LimitKind, ...] = DAEMON_KINDS) -> Limits:
+    """Limits from "cpu=1,memory=512M,io-read=10M,io-write=10M,pids=100,timeout=1h"
+    (any subset of `kinds`' keys; "" for none). Raises ValueError saying what is wrong."""
     by_key = {kind.key: kind for kind in kinds}
     values: dict[LimitKind, float | int] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
@@ -268,7 +304,7 @@ def parse_limits(text: str, kinds: tuple[LimitKind, ...] = CGROUP_KINDS) -> Limi
         raise ValueError(str(exc)) from None
 
 
-def format_limits(limits: Limits, kinds: tuple[LimitKind, ...] = CGROUP_KINDS) -> str:
+def format_limits(limits: Limits, kinds: tuple[LimitKind, ...] = DAEMON_KINDS) -> str:
     """`limits` in the form `parse_limits` reads: "cpu=1,memory=512M,pids=256"."""
     return ",".join(
         f"{kind.key}={kind.unit.spell(value)}"

@@ -192,6 +192,7 @@ class Outcome(enum.Enum):
     SIGNALED = "signaled"  # a signal killed it (not sent by a stop); see signal
     OOM_KILLED = "oom-killed"  # the kernel's OOM killer ended it at its memory limit
     STOPPED = "stopped"  # a user (or shutdown) stopped it
+    TIMED_OUT = "timed-out"  # the daemon stopped it when it ran past its time limit
     LOST = "lost"  # the daemon lost track of it across a restart; see outcome_reason
 
 

@@ -70,6 +70,7 @@ class JobRecord:
     outcome_reason: why a job ended the way it did when its outcome alone does not
         say (a job lost across a restart).
     stop_requested: a stop was asked for (its outcome is then "stopped").
+    timed_out: that stop was the job's time limit's (its outcome is then "timed-out").
     supervisor_pid / supervisor_start: the process that holds the job (bubblewrap)
         and its start time in clock ticks since boot (/proc/PID/stat field 22),
         which tells it apart from a later process that reused the pid.
@@ -94,6 +95,7 @@ class JobRecord:
     exit_code: int | None = None
     signal: int | None = None
     stop_requested: bool = False
+    timed_out: bool = False
     cpu_ns: int = 0
     peak_memory: int = 0
     oom_kills: int = 0

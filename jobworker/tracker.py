@@ -110,6 +110,7 @@ class _Job:
     exit_code: int | None = None
     signal: int | None = None
     stop_requested: bool = False
+    timed_out: bool = False  # the stop was its time limit's (outcome timed-out)
     ended_clock: float | None = None  # trio.current_time() when it ended: retention's clock
     # The work dir's tmpfs, opened in the sandbox before the command ran (see
     # `sandbox.workdir`); closed once the last reading is taken.
@@ -183,6 +184,7 @@ class _Job:
             exit_code=self.exit_code,
             signal=self.signal,
             stop_requested=self.stop_requested,
+            timed_out=self.timed_out,
             cpu_ns=usage.cpu_ns,
             peak_memory=usage.peak_memory,
             oom_kills=usage.oom_kills,
@@ -434,6 +436,12 @@ class JobTracker:
         if self.workdir_size is not None:
             with contextlib.suppress(OSError, StartFailedError):
                 _open_workdir(job, command_pid)
+        if job.started_at is None:
+            # jwsd died before the record that names its start time: bubblewrap wrote the
+            # status file (the sandbox init's pid) as the job started. Its time limit
+            # counts from then.
+            with contextlib.suppress(OSError):
+                job.started_at = status.stat().st_mtime
         job.state = JobState.ACTIVE
         job.started.set()
         log.info("job %s: taken over (supervisor pid %d)", job.job_id, supervisor_pid)
@@ -473,7 +481,9 @@ class JobTracker:
             return
         exit_code, signum = spawn.exit_status(-signal.SIGKILL, reported)
         job.exit_code, job.signal = exit_code, signum
-        job.outcome = _outcome(job.usage, exit_code, signum, record.stop_requested)
+        job.outcome = _outcome(
+            job.usage, exit_code, signum, record.stop_requested, record.timed_out
+        )
         job.ended_at = status.stat().st_mtime  # when bubblewrap wrote the exit code
         job.outcome_reason = None
 
@@ -755,7 +765,8 @@ class JobTracker:
                     limits = limits.replace(kind, ceiling)
                 else:
                     raise InvalidRequestError(
-                        f"{kind.label} limit {value} is above this server's maximum of {ceiling}"
+                        f"{kind.label} limit {kind.unit.show(value)} is above this server's "
+                        f"maximum of {kind.unit.show(ceiling)}"
                     )
         limits_table.check_host(limits)
         return limits
@@ -877,7 +888,10 @@ class JobTracker:
             # What re-attaching needs (the supervisor's pid and start time), off the
             # start's critical path: a start that returned is on disk already.
             await self._save_quietly(job)
-            await launched.process.wait()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._enforce_timeout, job)
+                await launched.process.wait()
+                nursery.cancel_scope.cancel()
         finally:
             if self._detaching:
                 self._let_go(job)
@@ -895,6 +909,21 @@ class JobTracker:
             await self._mark_terminated(job, self._reported(job))  # unless `_finish` did
             job.released.set()
             await self._retire(job)
+
+    async def _enforce_timeout(self, job: _Job) -> None:
+        """Stop the job once it has run for its time limit, counted from its start
+        (wall clock, so that a job taken over after a restart keeps its deadline; one
+        whose deadline passed while no jwsd ran is stopped at once)."""
+        timeout, started_at = job.spec.limits.timeout, job.started_at
+        if timeout is None or started_at is None:
+            return
+        await trio.sleep(max(0.0, started_at + timeout - time.time()))
+        assert self._nursery is not None
+        # The stop belongs to the tracker (as a `jws stop`'s does), not to this timer,
+        # which the job's end cancels.
+        self._nursery.start_soon(
+            functools.partial(self._stop_and_wait, job, self.stop_grace, timing_out=True)
+        )
 
     def _let_go(self, job: _Job) -> None:
         """Stop watching a running job, leaving it (and its record) for the next jwsd."""
@@ -994,7 +1023,7 @@ class JobTracker:
             # SIGKILLed everything in the job's cgroup, so that is how it ended.
             returncode = -signal.SIGKILL
         exit_code, signum = spawn.exit_status(returncode, reported)
-        outcome = _outcome(job.usage, exit_code, signum, job.stop_requested)
+        outcome = _outcome(job.usage, exit_code, signum, job.stop_requested, job.timed_out)
         ended_at = time.time()
         job.ending = True  # no other write of this job's record may follow this one
         record = attrs.evolve(
@@ -1087,14 +1116,16 @@ class JobTracker:
             await job.log.aclose()
             await trio.to_thread.run_sync(shutil.rmtree, job.directory, True)
 
-    async def _stop_and_wait(self, job: _Job, grace: float) -> None:
+    async def _stop_and_wait(self, job: _Job, grace: float, *, timing_out: bool = False) -> None:
         """SIGTERM the job's process group, give it `grace` seconds, then SIGKILL
-        everything in its cgroup; return once it is Terminated."""
+        everything in its cgroup; return once it is Terminated. `timing_out`: the
+        job's time limit is stopping it (unless a stop came first)."""
         await job.started.wait()
         if job.terminated.is_set():
             return
         if not job.stop_requested:
             job.stop_requested = True
+            job.timed_out = timing_out
             # On disk before the signal: a job that dies of it while no jwsd runs is
             # reconciled as stopped, not as killed by a signal.
             await self._save_quietly(job)
@@ -1140,11 +1171,13 @@ async def _first_error() -> AsyncIterator[None]:
         raise single from None
 
 
-def _outcome(usage: Usage, exit_code: int, signum: int | None, stop_requested: bool) -> Outcome:
+def _outcome(
+    usage: Usage, exit_code: int, signum: int | None, stop_requested: bool, timed_out: bool
+) -> Outcome:
     if usage.oom_kills and exit_code != 0:
         return Outcome.OOM_KILLED
     if stop_requested:
-        return Outcome.STOPPED
+        return Outcome.TIMED_OUT if timed_out else Outcome.STOPPED
     if signum is not None:
         return Outcome.SIGNALED
     return Outcome.EXITED
@@ -1204,6 +1237,7 @@ def _job_from_record(record: JobRecord, directory: Path) -> _Job:
         exit_code=record.exit_code,
         signal=record.signal,
         stop_requested=record.stop_requested,
+        timed_out=record.timed_out,
         workdir_bytes=record.workdir_bytes,
         usage=Usage(record.cpu_ns, record.peak_memory, record.oom_kills),
     )

@@ -1,4 +1,4 @@
-"""Parsing the sizes, rates and durations people type: `256M`, `1.5G`, `10MB`, `5s`, `500ms`.
+"""Parsing the sizes, rates and durations people type: `256M`, `1.5G`, `10MB`, `5s`, `500ms`, `2h`.
 
 Sizes use binary multiples (K = 1024), as `docker run --memory` does; a trailing
 `B`, `iB` or `/s` is accepted and ignored.
@@ -10,8 +10,8 @@ import re
 
 _SIZE = re.compile(r"(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>[kmgt]?)(?:i?b)?(?:/s)?", re.IGNORECASE)
 _MULTIPLIER = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-_DURATION = re.compile(r"(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|m|h)?", re.IGNORECASE)
-_SECONDS = {"ms": 0.001, "s": 1.0, "": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|m|h|d)?", re.IGNORECASE)
+_SECONDS = {"ms": 0.001, "s": 1.0, "": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 def parse_size(text: str) -> int:
@@ -25,11 +25,24 @@ def parse_size(text: str) -> int:
 
 
 def parse_duration(text: str) -> float:
-    """Seconds in `text` ("5s", "500ms", "2m", "1.5"); raises ValueError with a hint."""
+    """Seconds in `text` ("5s", "500ms", "2m", "1h", "1d", "1.5"); raises ValueError
+    with a hint."""
     match = _DURATION.fullmatch(text.strip())
     if not match:
-        raise ValueError(f"{text!r} is not a duration; use e.g. 5s, 500ms or 2m")
+        raise ValueError(f"{text!r} is not a duration; use e.g. 5s, 500ms, 2m or 1h")
     return float(match["number"]) * _SECONDS[(match["unit"] or "").lower()]
+
+
+def format_duration(seconds: float) -> str:
+    """`seconds` in the form `parse_duration` reads back exactly: the largest unit
+    that divides it ("2h", "90s", "1.5s", "250ms")."""
+    for suffix in ("d", "h", "m", "s"):
+        size = _SECONDS[suffix]
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:.0f}{suffix}"
+    if seconds >= 1:
+        return f"{seconds:g}s"
+    return f"{seconds * 1000:g}ms"
 
 
 def format_size(size: int) -> str:

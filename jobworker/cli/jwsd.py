@@ -100,8 +100,8 @@ def _limits_option(ctx: click.Context, param: click.Parameter, value: str) -> Li
     default=format_limits(DEFAULT_LIMITS),
     show_default=True,
     callback=_limits_option,
-    help="Limits for jobs that set none: cpu=CORES,memory=SIZE,io-read=RATE,io-write=RATE,pids=N "
-    '(any subset; "" for none).',
+    help="Limits for jobs that set none: cpu=CORES,memory=SIZE,io-read=RATE,io-write=RATE,pids=N,"
+    'timeout=DURATION (any subset; "" for none).',
 )
 @click.option(
     "--max-limits",

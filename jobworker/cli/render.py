@@ -8,7 +8,7 @@ from typing import Any
 
 from jobworker.limits import KINDS, limits_text
 from jobworker.model import JobState, JobStatus, Outcome
-from jobworker.units import format_size
+from jobworker.units import format_duration, format_size
 
 
 def status_dict(job: JobStatus) -> dict[str, Any]:
@@ -49,6 +49,9 @@ def headline(job: JobStatus) -> str:
         parts.append("OOM-killed at its memory limit")
     elif job.stopped_by_user:
         parts.append("stopped")
+    elif job.outcome is Outcome.TIMED_OUT:
+        timeout = job.spec.limits.timeout
+        parts.append(f"timed out after {format_duration(timeout)}" if timeout else "timed out")
     elif job.outcome is Outcome.LOST:
         parts.append("lost")
     if job.signal is not None:

@@ -7,20 +7,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Limits(_message.Message):
-    __slots__ = ("cpu", "memory_bytes", "io_read_bps", "io_write_bps", "pids", "output_bytes")
+    __slots__ = ("cpu", "memory_bytes", "io_read_bps", "io_write_bps", "pids", "output_bytes", "timeout_seconds")
     CPU_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     IO_READ_BPS_FIELD_NUMBER: _ClassVar[int]
     IO_WRITE_BPS_FIELD_NUMBER: _ClassVar[int]
     PIDS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     cpu: float
     memory_bytes: int
     io_read_bps: int
     io_write_bps: int
     pids: int
     output_bytes: int
-    def __init__(self, cpu: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., io_read_bps: _Optional[int] = ..., io_write_bps: _Optional[int] = ..., pids: _Optional[int] = ..., output_bytes: _Optional[int] = ...) -> None: ...
+    timeout_seconds: float
+    def __init__(self, cpu: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., io_read_bps: _Optional[int] = ..., io_write_bps: _Optional[int] = ..., pids: _Optional[int] = ..., output_bytes: _Optional[int] = ..., timeout_seconds: _Optional[float] = ...) -> None: ...
 
 class StartJobRequest(_message.Message):
     __slots__ = ("cmd", "args", "limits", "env", "workdir", "host_network")

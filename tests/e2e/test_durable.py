@@ -8,6 +8,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -203,6 +204,44 @@ def test_a_job_that_ended_while_no_jwsd_ran_has_its_exact_exit_code(
     )
     assert status["outcome"] == "signaled"
     assert again.jws("output", "-j", job_id).stdout == b"bye\n"
+
+
+def test_a_jobs_time_limit_counts_from_its_start_across_a_restart(
+    tmp_path: Path, pki: TestPKI, daemons: list[Jwsd]
+) -> None:
+    """The deadline is the job's, not the daemon's: a job whose time limit passed while
+    no jwsd ran is stopped as soon as the next jwsd takes it over, and one whose
+    limit is still ahead is stopped when it comes. A clock restarted by the takeover
+    would end either a whole limit after the restart: past the bounds below (the
+    restart takes well under `early`)."""
+    early, late = scaled(6), scaled(10)
+    first = start_jwsd(tmp_path, pki)
+    daemons.append(first)
+    early_id = start(first, "--timeout", f"{early:g}s", "--", "sleep", "600")
+    late_id = start(first, "--timeout", f"{late:g}s", "--", "sleep", "600")
+    started = status_of(first, early_id)["started_at"]
+    assert isinstance(started, float)
+    first.stop(signal.SIGKILL)
+    time.sleep(max(0.0, started + early + 0.5 - time.time()))  # past it, with no jwsd
+    again = restart_jwsd(first, pki)
+    daemons.append(again)
+    up = time.time()
+    ended = {}
+    for job_id in (early_id, late_id):
+        status = wait_terminated(again, job_id)
+        assert (status["outcome"], status["exit_code"], status["signal_name"]) == (
+            "timed-out",
+            143,
+            "SIGTERM",
+        ), status
+        assert isinstance(status["started_at"], float) and isinstance(status["ended_at"], float)
+        ended[job_id] = status["ended_at"] - status["started_at"]
+    assert ended[early_id] <= up - started + scaled(2), (ended, up - started)
+    assert late - 0.1 <= ended[late_id] <= max(late, up - started) + scaled(2), ended
+    shown = again.jws("status", "-j", early_id)
+    assert shown.stdout.decode().startswith(
+        f"Terminated (timed out after {early:g}s, killed by SIGTERM, exit code 143)"
+    ), shown.stdout
 
 
 def test_sigterm_stops_every_job_and_keeps_its_record_and_output(

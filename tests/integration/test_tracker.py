@@ -421,6 +421,60 @@ async def test_a_cancelled_stop_still_stops_the_job(tracker: JobTracker) -> None
     assert tracker.status("alex", status.job_id).state is JobState.TERMINATED
 
 
+# ---- time limit ----------------------------------------------------------------------
+
+
+async def test_a_job_past_its_time_limit_is_stopped_and_its_outcome_is_timed_out(
+    tracker: JobTracker,
+) -> None:
+    """The limit's stop is a real stop: SIGTERM, the grace (2 s here), then SIGKILL to
+    the whole cgroup; this command ignores SIGTERM, so it takes all three."""
+    script = "trap '' TERM; echo ready; while :; do sleep 1; done"
+    status = await tracker.start("alex", sh(script, limits=Limits(timeout=1.0)))
+    assert status.spec.limits.timeout == 1.0
+    with trio.fail_after(scaled(15)):
+        final = await tracker.wait("alex", status.job_id)
+    assert final.outcome is Outcome.TIMED_OUT and not final.stopped_by_user
+    assert (final.signal, final.exit_code) == (9, 137)
+    assert final.started_at is not None and final.ended_at is not None
+    ran = final.ended_at - final.started_at
+    assert 1.0 + 2.0 - 0.1 <= ran <= 1.0 + 2.0 + scaled(3), ran
+    assert cgroup_pids(tracker.cgroup_name, status.job_id) == []
+
+
+async def test_a_job_within_its_time_limit_or_stopped_first_is_not_timed_out(
+    tracker: JobTracker,
+) -> None:
+    quick = await tracker.start("alex", sh("sleep 0.2; exit 4", limits=Limits(timeout=30.0)))
+    with trio.fail_after(scaled(10)):
+        final = await tracker.wait("alex", quick.job_id)
+    assert (final.outcome, final.exit_code) == (Outcome.EXITED, 4)
+    stopped = await tracker.start("alex", sh("sleep 600", limits=Limits(timeout=1.0)))
+    final = await tracker.stop("alex", stopped.job_id, grace=5)
+    assert final.outcome is Outcome.STOPPED
+    await trio.sleep(1.5)  # past the limit: it changes nothing now
+    assert tracker.status("alex", stopped.job_id) == final
+
+
+async def test_the_servers_time_limits_are_a_default_and_a_maximum(tmp_path: Path) -> None:
+    require_root()
+    async with JobTracker(
+        tmp_path / "d",
+        cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}",
+        default_limits=Limits(timeout=600.0),
+        max_limits=Limits(timeout=3600.0),
+    ) as tracker:
+        with pytest.raises(
+            InvalidRequestError, match="time limit 2h is above this server's maximum of 1h"
+        ):
+            await tracker.start("alex", sh("true", limits=Limits(timeout=7200.0)))
+        status = await tracker.start("alex", sh("sleep 5"))
+        assert status.spec.limits.timeout == 600.0
+        await tracker.stop("alex", status.job_id, grace=0)
+    with pytest.raises(InvalidRequestError, match="time limit must be between 100ms and 366d"):
+        Limits(timeout=0.0)
+
+
 # ---- owners and bad input --------------------------------------------------------------
 
 

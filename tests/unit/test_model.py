@@ -180,11 +180,13 @@ def test_stopped_by_user_is_the_stopped_outcome_in_one_place() -> None:
 
 
 def test_outcomes_are_only_those_the_tracker_sets() -> None:
-    """No outcome is declared that nothing sets ("lost": the tracker's restore)."""
+    """No outcome is declared that nothing sets ("lost": the tracker's restore;
+    "timed-out": a job's time limit)."""
     assert {outcome.value for outcome in Outcome} == {
         "exited",
         "signaled",
         "oom-killed",
         "stopped",
+        "timed-out",
         "lost",
     }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from jobworker.units import format_size, parse_addr, parse_duration, parse_size
+from jobworker.units import format_duration, format_size, parse_addr, parse_duration, parse_size
 
 
 @pytest.mark.parametrize(
@@ -24,9 +24,35 @@ def test_bad_sizes_raise_with_a_hint(text: str) -> None:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("5", 5.0), ("5s", 5.0), ("500ms", 0.5), ("2m", 120.0), ("0", 0.0), ("1h", 3600.0)],
+    [
+        ("5", 5.0),
+        ("5s", 5.0),
+        ("500ms", 0.5),
+        ("2m", 120.0),
+        ("0", 0.0),
+        ("1h", 3600.0),
+        ("2d", 172800.0),
+    ],
 )
 def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (86400.0, "1d"),
+        (7200.0, "2h"),
+        (90.0, "90s"),
+        (600.0, "10m"),
+        (1.5, "1.5s"),
+        (0.25, "250ms"),
+    ],
+)
+def test_durations_are_spelled_in_the_largest_unit_that_divides_them(
+    seconds: float, text: str
+) -> None:
+    assert format_duration(seconds) == text
     assert parse_duration(text) == seconds
 
 
