@@ -55,8 +55,8 @@ from types import TracebackType
 import attrs
 import trio
 
+from jobworker import faults, states
 from jobworker import limits as limits_table
-from jobworker import states
 from jobworker.errors import (
     AccessDeniedError,
     BadStateError,
@@ -280,6 +280,17 @@ class JobTracker:
             for job in self._jobs.values():
                 if job.state is JobState.ACTIVE:  # taken over from an earlier run
                     self._nursery.start_soon(self._supervise, job)
+                    if job.stop_requested:
+                        # The earlier run recorded a stop and died before it landed:
+                        # the stop was asked for, so it is carried out.
+                        self._nursery.start_soon(
+                            functools.partial(
+                                self._stop_and_wait,
+                                job,
+                                self.stop_grace,
+                                timing_out=job.timed_out,
+                            )
+                        )
             self._stack = stack.pop_all()
         return self
 
@@ -597,6 +608,7 @@ class JobTracker:
         self._running[owner] += 1
         try:
             self._prepare_job(job)
+            faults.reach("start.cgroup-made")
             cgroup = job.cgroup
             assert cgroup is not None
             tools, user = self._tools, self._user
@@ -640,6 +652,7 @@ class JobTracker:
             finally:
                 os.close(output_fd)
                 os.close(status_fd)
+            faults.reach("start.launched")
             started_at = time.time()
         except BaseException:
             with trio.CancelScope(shield=True):
@@ -892,6 +905,7 @@ class JobTracker:
                 nursery.start_soon(self._enforce_timeout, job)
                 await launched.process.wait()
                 nursery.cancel_scope.cancel()
+            faults.reach("job.exited")
         finally:
             if self._detaching:
                 self._let_go(job)
@@ -989,6 +1003,7 @@ class JobTracker:
         except SetupError:
             log.exception("job %s: cannot remove its cgroup", job.job_id)
         await trio.to_thread.run_sync(shutil.rmtree, job.workdir, True)
+        faults.reach("finish.cleaned")
         await self._mark_terminated(job, self._reported(job))
 
     def _copier_failure(self, job: _Job) -> str | None:
@@ -1047,6 +1062,7 @@ class JobTracker:
                 f"how it ended could not be written to disk ({exc}); "
                 "if jwsd restarts before space is freed, this job will be reported lost"
             )
+        faults.reach("finish.recorded")
         job.exit_code, job.signal, job.outcome = exit_code, signum, outcome
         job.ended_at = ended_at
         job.ended_clock = trio.current_time()
@@ -1113,6 +1129,7 @@ class JobTracker:
                 await self._store.delete(job.job_id)
             except sqlite3.Error as exc:
                 log.error("job %s: cannot delete its record: %s", job.job_id, exc)
+            faults.reach("forget.unrecorded")
             await job.log.aclose()
             await trio.to_thread.run_sync(shutil.rmtree, job.directory, True)
 
@@ -1129,6 +1146,7 @@ class JobTracker:
             # On disk before the signal: a job that dies of it while no jwsd runs is
             # reconciled as stopped, not as killed by a signal.
             await self._save_quietly(job)
+            faults.reach("stop.recorded")
             if job.terminated.is_set():
                 return
         self._signal_group(job, signal.SIGTERM)

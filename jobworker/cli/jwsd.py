@@ -22,6 +22,7 @@ from pathlib import Path
 import asyncclick as click
 import trio
 
+from jobworker import faults
 from jobworker.errors import InvalidRequestError, SetupError, sole_exception
 from jobworker.limits import Limits, Unit, check_host, format_limits, parse_limits
 from jobworker.retention import RetentionPolicy
@@ -259,6 +260,10 @@ async def main(
             )
     except (ValueError, InvalidRequestError) as exc:
         raise click.BadParameter(str(exc)) from None
+    try:
+        faults.check_environment()
+    except ValueError as exc:
+        _fail(str(exc))
     try:
         host_checks.check_root()  # before anything else: the rest of the checks need root too
     except SetupError as exc:

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import attrs
@@ -88,11 +88,12 @@ def start_jwsd(
     users: bool = True,
     wrapper: Sequence[str] = (),
     cgroup_name: str | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Jwsd:
     """A jwsd on a free loopback port with alex, betty and admin; `wrapper` is a
     command line that runs it (e.g. setpriv dropping a capability). Called again on
     the same tmp_path (and the first run's `cgroup_name`) it is a restart: same data
-    dir, certificates and home."""
+    dir, certificates and home. `env`: more of jwsd's environment."""
     tls_dir = tmp_path / "tls"
     if not tls_dir.exists():
         pki.write_tls_dir(tls_dir, ["alex", "betty", "admin", "mallory"])
@@ -109,11 +110,11 @@ def start_jwsd(
         users_file.write_text('[users]\nalex = "user"\nbetty = "user"\nadmin = "admin"\n')
         args += ["--users", str(users_file)]
     name = cgroup_name or f"jobworker-test-{uuid.uuid4().hex[:8]}"
-    env = dict(os.environ, JOBWORKER_CGROUP_NAME=name)
+    environment = dict(os.environ, JOBWORKER_CGROUP_NAME=name, **(env or {}))
     log_path = tmp_path / "jwsd.log"
     start = log_path.stat().st_size if log_path.exists() else 0  # a restart appends
     with log_path.open("ab") as log_file:  # a file, not a pipe: a full pipe would block jwsd
-        process = subprocess.Popen([*wrapper, *args, *extra], stderr=log_file, env=env)
+        process = subprocess.Popen([*wrapper, *args, *extra], stderr=log_file, env=environment)
 
     def listening() -> re.Match[str] | None:
         if process.poll() is not None:
@@ -152,7 +153,9 @@ def jwsd(tmp_path: Path, pki: TestPKI) -> Iterator[Jwsd]:
         assert code == 0, daemon.log
 
 
-def restart_jwsd(old: Jwsd, pki: TestPKI, *extra: str) -> Jwsd:
+def restart_jwsd(
+    old: Jwsd, pki: TestPKI, *extra: str, env: Mapping[str, str] | None = None
+) -> Jwsd:
     """A new jwsd on `old`'s data dir, certificates and cgroup name (`old` has exited)."""
     assert old.process.poll() is not None, "the old jwsd still runs"
-    return start_jwsd(old.data_dir.parent, pki, *extra, cgroup_name=old.cgroup_name)
+    return start_jwsd(old.data_dir.parent, pki, *extra, cgroup_name=old.cgroup_name, env=env)

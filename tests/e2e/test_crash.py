@@ -1,10 +1,12 @@
 """An operator's worst day: jwsd SIGKILLed at random moments while jobs start, stream,
-stop and finish; after each restart on the same data dir, every invariant of durable
-jobs holds (docs/architecture.md, "State on disk")."""
+stop and finish, and at each named fault point (`jobworker.faults`); after each
+restart on the same data dir, every invariant of durable jobs holds
+(docs/architecture.md, "State on disk")."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 import re
@@ -16,6 +18,7 @@ import attrs
 import pytest
 import trio
 
+from jobworker import faults
 from jobworker.client import Credentials, JobWorkerClient, connect
 from jobworker.model import JobState, Outcome
 from tests.conftest import require_root
@@ -39,6 +42,7 @@ class Counter:
     lines: int
     code: int
     stopped: bool = False
+    removed: bool = False  # `jws rm` was asked for: it may or may not have landed
 
     def script(self) -> str:
         return (
@@ -62,8 +66,9 @@ def client(jwsd: Jwsd, user: str) -> connect:  # type: ignore[valid-type]
     return connect((host, int(port)), Credentials(jwsd.tls_dir, user), server_hostname="localhost")
 
 
-async def busy(jwsd: Jwsd, world: World, rng: random.Random) -> None:
-    """Start counters and stop some, until jwsd goes away."""
+async def busy(jwsd: Jwsd, world: World, rng: random.Random, *, remove: bool = False) -> None:
+    """Start counters and stop some (and remove some that ended, if `remove`), until
+    jwsd goes away."""
     try:
         async with client(jwsd, "alex") as alex:
             while True:
@@ -71,6 +76,11 @@ async def busy(jwsd: Jwsd, world: World, rng: random.Random) -> None:
                     job_id = rng.choice(list(world.jobs))
                     world.jobs[job_id].stopped = True  # asked for: it may or may not land
                     await alex.stop(job_id, grace=0)
+                elif remove and world.jobs and rng.random() < 0.2:
+                    job_id = rng.choice(list(world.jobs))
+                    if (await alex.status(job_id)).state is JobState.TERMINATED:
+                        world.jobs[job_id].removed = True
+                        await alex.remove(job_id)
                 else:
                     counter = Counter(lines=rng.randint(0, 40), code=rng.randint(0, 9))
                     status = await alex.start(args=["sh", "-c", counter.script()])
@@ -110,7 +120,9 @@ async def check(jwsd: Jwsd, world: World, *, final: bool = False) -> None:
         listed = await admin.list()
         ids = [status.job_id for status in listed]
         assert len(ids) == len(set(ids)), "a job is listed twice"
-        missing = set(world.jobs) - set(ids)
+        missing = {
+            job_id for job_id in set(world.jobs) - set(ids) if not world.jobs[job_id].removed
+        }
         assert not missing, f"jobs whose start returned are gone: {missing}: " + str(
             [records(jwsd.data_dir).get(job_id) for job_id in missing]
         )
@@ -145,6 +157,8 @@ async def check(jwsd: Jwsd, world: World, *, final: bool = False) -> None:
     # No cgroup without a record (and so no process outside a recorded job's cgroup);
     # once every job has ended, no cgroup at all.
     assert cgroups <= set(ids), f"cgroups without a record: {cgroups - set(ids)}"
+    dirs = {d.name for d in (jwsd.data_dir / "jobs").iterdir()}
+    assert dirs <= set(ids), f"job dirs without a record: {dirs - set(ids)}"
     assert not final or job_cgroups(jwsd) == set()
 
 
@@ -187,3 +201,50 @@ def test_jwsd_killed_at_random_moments_keeps_every_invariant(tmp_path: Path, pki
         jwsd.stop()
     print(f"{KILLS} kill points, {len(world.jobs)} jobs, {time.monotonic() - began:.1f} s")
     assert len(world.jobs) >= KILLS, "too few jobs started to mean anything"
+
+
+async def busy_until_killed(jwsd: Jwsd, world: World, rng: random.Random) -> None:
+    """Start, stop, finish and remove jobs until jwsd kills itself at its fault point."""
+    with trio.fail_after(scaled(60)):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(functools.partial(busy, jwsd, world, rng, remove=True))
+            await trio.to_thread.run_sync(jwsd.process.wait)
+            nursery.cancel_scope.cancel()
+
+
+def test_jwsd_killed_at_each_named_fault_point_keeps_every_invariant(
+    tmp_path: Path, pki: TestPKI
+) -> None:
+    """jwsd dies at each of `faults.POINTS` in turn (the next jwsd is armed with the
+    next point), then a last one runs every job to its end."""
+    require_root()
+    seed = int(os.environ.get("JOBWORKER_CRASH_SEED", str(time.time_ns() % 10**6)))
+    print(f"seed {seed}")
+    rng = random.Random(seed)
+    world = World()
+    keep_all = ("--max-finished", "0")
+    points = list(faults.POINTS)
+    began = time.monotonic()
+    jwsd = start_jwsd(tmp_path, pki, *keep_all, env={"JOBWORKER_FAULT_POINT": points[0]})
+    try:
+        for index, point in enumerate(points):
+            trio.run(busy_until_killed, jwsd, world, rng)
+            assert jwsd.process.returncode == -signal.SIGKILL
+            assert f"fault point {point}: killing myself" in jwsd.log
+            following = points[index + 1 : index + 2]
+            armed = {"JOBWORKER_FAULT_POINT": following[0]} if following else None
+            jwsd = restart_jwsd(jwsd, pki, *keep_all, env=armed)
+            trio.run(check, jwsd, world)
+        deadline = time.monotonic() + scaled(30)
+
+        async def all_ended() -> bool:
+            async with client(jwsd, "admin") as admin:
+                return all(s.state is JobState.TERMINATED for s in await admin.list())
+
+        while not trio.run(all_ended):
+            assert time.monotonic() < deadline, "jobs still running"
+            time.sleep(0.2)
+        trio.run(lambda: check(jwsd, world, final=True))
+    finally:
+        jwsd.stop()
+    print(f"{len(points)} fault points, {len(world.jobs)} jobs, {time.monotonic() - began:.1f} s")

@@ -244,6 +244,22 @@ def test_a_jobs_time_limit_counts_from_its_start_across_a_restart(
     ), shown.stdout
 
 
+def test_a_stop_recorded_by_a_jwsd_that_died_before_signalling_is_carried_out_by_the_next(
+    tmp_path: Path, pki: TestPKI, daemons: list[Jwsd]
+) -> None:
+    """The stop was asked for and written down: the next jwsd finishes it rather than
+    leave the job running (and report it "stopped" whenever it ends by itself)."""
+    first = start_jwsd(tmp_path, pki, env={"JOBWORKER_FAULT_POINT": "stop.recorded"})
+    daemons.append(first)
+    job_id = start(first, "--", "sleep", "600")
+    assert first.jws("stop", "-j", job_id).returncode == 3  # jwsd died under the call
+    assert first.process.wait(timeout=scaled(10)) == -signal.SIGKILL
+    again = restart_jwsd(first, pki)
+    daemons.append(again)
+    status = wait_terminated(again, job_id)
+    assert (status["outcome"], status["signal_name"]) == ("stopped", "SIGTERM"), status
+
+
 def test_sigterm_stops_every_job_and_keeps_its_record_and_output(
     tmp_path: Path, pki: TestPKI, daemons: list[Jwsd]
 ) -> None:
