@@ -14,7 +14,9 @@ test and is not.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import threading
@@ -28,6 +30,7 @@ import pytest
 from tests.conftest import require_root
 from tests.e2e.conftest import Jwsd, restart_jwsd, start_jwsd
 from tests.support.certs import TestPKI
+from tests.support.cgroupfs import cgroup_pids
 from tests.support.timing import scaled
 from tests.support.waiting import eventually_blocking
 
@@ -322,4 +325,38 @@ def test_a_job_the_restarted_jwsd_does_not_know_is_a_clear_error(
     last = err.decode().splitlines()[-1]
     assert last == (
         f"jws: job {job_id} is gone: jwsd came back without it (its record was lost or removed)"
+    ), err
+
+
+def test_a_follower_of_a_job_lost_with_jwsd_says_so_in_one_line(
+    tmp_path: Path,
+    pki: TestPKI,
+    daemons: list[Jwsd],
+    clients: list[subprocess.Popen[bytes]],
+) -> None:
+    """The job dies with jwsd, killed as a whole (a host's OOM killer or an operator
+    killing the service's cgroup): bubblewrap never wrote an exit code, so the next jwsd
+    reports it lost, and the follower ends with the output it had and says why."""
+    first = start_jwsd(tmp_path, pki)
+    daemons.append(first)
+    job_id = start(first, "--", "sh", "-c", "echo first; sleep 600")
+    follower, seen = follow_until(clients, first, job_id, b"first\n")
+    first.stop(signal.SIGKILL)
+    for pid in cgroup_pids(first.cgroup_name, job_id):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    eventually_blocking(
+        lambda: cgroup_pids(first.cgroup_name, job_id) == [], timeout=scaled(10), what="job gone"
+    )
+    again = restart_jwsd(first, pki, "--addr", first.addr)
+    daemons.append(again)
+    out, err = finish(follower)
+    assert seen + out == b"first\n"
+    assert follower.returncode == 0, err  # all the output there is, delivered
+    lines = err.decode().splitlines()
+    assert lines[0].startswith("jws: lost the connection to "), err
+    assert len(lines) == 2, err
+    assert lines[-1] == (
+        "jws: the job was lost: the job's supervisor (bubblewrap) was gone, without an exit "
+        "status, when jwsd started again; its output until then is kept"
     ), err
