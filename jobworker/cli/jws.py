@@ -45,7 +45,7 @@ from jobworker.cli.config import DEFAULT_ADDR, DEFAULT_TLS_DIR, ClientConfig, co
 from jobworker.errors import InvalidRequestError
 from jobworker.limits import Limits
 from jobworker.model import JobStatus, Outcome
-from jobworker.units import parse_addr, parse_duration
+from jobworker.units import format_duration, parse_addr, parse_duration
 
 if TYPE_CHECKING:  # imported lazily at run time: `jws --help` stays quick
     from jobworker.client import Credentials, JobWorkerClient
@@ -583,6 +583,10 @@ async def run(
     _say_what_a_restart_cost(final, reached)
     if final.oom_killed:
         click.echo("jws: the job was killed at its memory limit (OOM)", err=True)
+    if final.outcome is Outcome.TIMED_OUT:
+        timeout = final.spec.limits.timeout
+        limit = f" ({format_duration(timeout)})" if timeout else ""
+        click.echo(f"jws: the job ran past its time limit{limit} and was stopped", err=True)
     if final.output_truncated is not None:
         click.echo(f"jws: output truncated: {final.output_truncated}", err=True)
     code = final.exit_code if final.exit_code is not None else 255

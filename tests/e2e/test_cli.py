@@ -64,6 +64,13 @@ def test_run_exits_with_the_jobs_exit_code(jwsd: Jwsd) -> None:
     assert jwsd.jws("run", "-c", "true").returncode == 0
 
 
+def test_run_of_a_job_past_its_time_limit_says_so_and_exits_as_stopped(jwsd: Jwsd) -> None:
+    result = jwsd.jws("run", "--timeout", "1s", "--", "sh", "-c", "echo started; sleep 60")
+    assert result.returncode == 143, result.stderr
+    assert result.stdout == b"started\n"
+    assert result.stderr == b"jws: the job ran past its time limit (1s) and was stopped\n"
+
+
 def test_binary_output_is_byte_identical_for_concurrent_followers(jwsd: Jwsd) -> None:
     script = "head -c 3000000 /dev/urandom | tee ./data; sleep 0.5; sha256sum < ./data >&2"
     job_id = ok(jwsd.jws("start", "--", "sh", "-c", script)).strip()
