@@ -102,6 +102,7 @@ def test_status_json_and_list(jwsd: Jwsd) -> None:
         "io_write_bps": None,
         "pids": 20,
         "output_bytes": 1 << 30,  # jwsd's --max-output applies when a job asks for none
+        "timeout_seconds": None,
     }
     listed = ok(jwsd.jws("list"))
     assert job_id in listed
