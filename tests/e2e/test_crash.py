@@ -26,12 +26,14 @@ from tests.e2e.conftest import Jwsd, restart_jwsd, start_jwsd
 from tests.support.certs import TestPKI
 from tests.support.cgroupfs import cgroups_named
 from tests.support.records import records
-from tests.support.timing import scaled
+from tests.support.timing import TIME_SCALE, scaled
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
-#: How many times jwsd is killed (each at a random moment of a busy stretch).
-KILLS = int(os.environ.get("JOBWORKER_CRASH_KILLS", "10"))
+#: How many times jwsd is killed (each at a random moment of a busy stretch): 10 on
+#: a development machine, 3 on one ten times slower (CI's emulated VM, where a jwsd
+#: start alone takes 10-20 s; the host's run covers the 10).
+KILLS = int(os.environ.get("JOBWORKER_CRASH_KILLS", "10" if TIME_SCALE < 5 else "3"))
 JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -171,6 +173,7 @@ async def kill_while_busy(jwsd: Jwsd, world: World, rng: random.Random) -> None:
         await trio.to_thread.run_sync(jwsd.process.wait)
 
 
+@pytest.mark.timeout(scaled(120))
 def test_jwsd_killed_at_random_moments_keeps_every_invariant(tmp_path: Path, pki: TestPKI) -> None:
     require_root()
     seed = int(os.environ.get("JOBWORKER_CRASH_SEED", str(time.time_ns() % 10**6)))
@@ -220,6 +223,7 @@ async def expect_stopped(jwsd: Jwsd, world: World) -> None:
                 world.jobs[status.job_id].stopped = True
 
 
+@pytest.mark.timeout(scaled(150))
 def test_jwsd_killed_at_each_named_fault_point_keeps_every_invariant(
     tmp_path: Path, pki: TestPKI
 ) -> None:
