@@ -5,6 +5,7 @@
 starts        sequential StartJob of `true` with limits; the latency of each, in ms
 start-many    start N `sleep` jobs with limits, C at a time; wall time, job ids
 stop-many     stop the given jobs (grace 0), C at a time; with --all every running one
+states        how many of the user's jobs are in each state (ListJobs)
 follow        F followers of one job's output over C connections; checks every byte
 follow-grpcio the same with grpcio's C-core client (the fan-out row's load generator)
 rpc           GetJobStatus from N clients (one grpcio channel each) for D seconds
@@ -130,6 +131,17 @@ async def stop_many(args: argparse.Namespace) -> dict[str, Any]:
     return {"seconds": time.perf_counter() - started, "states": outcomes}
 
 
+async def states(args: argparse.Namespace) -> dict[str, Any]:
+    """How many of the caller's jobs are in each state, and the ids of those Active."""
+    async with _client(args) as client:
+        jobs = await client.list()
+    counts: dict[str, int] = {}
+    for job in jobs:
+        counts[job.state.value] = counts.get(job.state.value, 0) + 1
+    active = [job.job_id for job in jobs if job.state is JobState.ACTIVE]
+    return {"states": counts, "active": active}
+
+
 async def follow(args: argparse.Namespace) -> dict[str, Any]:
     """`followers` streams of one job's output over `connections` connections.
 
@@ -190,6 +202,7 @@ async def follow(args: argparse.Namespace) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     return {
         **_follow_result(results, expected, seconds, first_bytes, first_cpu),
+        "job_id": job_id,
         "timed_out": scope.cancelled_caught,
         **job_times,
     }
@@ -353,7 +366,7 @@ async def follow_grpcio(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.load")
     commands = parser.add_subparsers(dest="action", required=True)
-    for name in ("starts", "start-many", "stop-many", "follow", "follow-grpcio", "rpc"):
+    for name in ("starts", "start-many", "stop-many", "states", "follow", "follow-grpcio", "rpc"):
         command = commands.add_parser(name)
         command.add_argument("addr")
         command.add_argument("tls_dir")
@@ -383,6 +396,7 @@ def main() -> None:
             "starts": starts,
             "start-many": start_many,
             "stop-many": stop_many,
+            "states": states,
             "follow": follow,
         }[args.action]
         result = trio.run(handler, args)

@@ -16,6 +16,10 @@ rpc         GetJobStatus from 50 clients: rate and p99, vs the grpcio server
 isolation   a writer's run time with 0 vs S slow followers
 fairness    user B's GetJobStatus p99 and StartJob p50 alone, then while user A runs
             CPU hogs, output floods and their followers; the ratio (target <= 2x)
+durable     a jwsd of its own SIGKILLed with N jobs running: the time from the new
+            jwsd's exec to serving with every job taken over (vs a restart with no
+            jobs); PSS per job of bubblewrap's processes + the output copier; a
+            finished job's output replayed after a restart (vs following one live)
 
 Every byte counted is checked against known content. With --profile, py-spy
 samples jwsd during the throughput and fan-out runs (separate runs, so the
@@ -44,6 +48,7 @@ from typing import Any
 import attrs
 
 from tests.bench import peers
+from tests.bench.durable import JWSD_FLAGS, RestartableJwsd, job_processes, remove_cgroups
 from tests.bench.machine import (
     CpuSampler,
     ensure_peer_programs,
@@ -57,7 +62,7 @@ from tests.bench.results import Report, percentile
 from tests.e2e.conftest import Jwsd, start_jwsd
 from tests.support.certs import TestPKI
 
-GROUPS = ("start", "throughput", "fanout", "load", "rpc", "isolation", "fairness")
+GROUPS = ("start", "throughput", "fanout", "load", "rpc", "isolation", "fairness", "durable")
 MiB = 1 << 20
 
 
@@ -80,6 +85,9 @@ class Sizes:
     hogs: int
     floods: int
     flood_followers: int
+    durable_jobs: int
+    durable_runs: int
+    replay: int
 
 
 FULL = Sizes(
@@ -100,6 +108,9 @@ FULL = Sizes(
     hogs=16,
     floods=4,
     flood_followers=25,
+    durable_jobs=1000,
+    durable_runs=3,
+    replay=1 << 30,
 )
 QUICK = Sizes(
     runs=1,
@@ -117,6 +128,9 @@ QUICK = Sizes(
     hogs=4,
     floods=2,
     flood_followers=5,
+    durable_jobs=50,
+    durable_runs=1,
+    replay=64 * MiB,
 )
 
 #: Seconds a follower-test job waits before writing, so every follower is attached
@@ -164,6 +178,7 @@ class Bench:
     workspace: Path
     sshd: peers.Sshd | None
     profile_dir: Path | None
+    pki: TestPKI
 
     @property
     def jwsd(self) -> Jwsd:
@@ -598,6 +613,131 @@ class Bench:
             # The hogs, and the floods' jobs that their follow processes started.
             load("stop-many", addr, tls, "--user", "alex", "--all")
 
+    # ---- durable jobs ------------------------------------------------------------
+
+    def durable(self) -> None:
+        """Take over N running jobs after jwsd is SIGKILLed, the PSS that holds each job
+        outside jwsd, and the replay of a finished output after a restart: jwsds of
+        their own (one with the jobs, one with none), every job stopped at the end,
+        and nothing of them left (checked)."""
+        daemons = [
+            RestartableJwsd(self.workspace / "durable", self.pki),
+            RestartableJwsd(self.workspace / "durable-empty", self.pki),
+        ]
+        try:
+            for daemon in daemons:
+                daemon.start()
+            self._take_over(*daemons)
+            self._replay(daemons[0])
+        finally:
+            for daemon in daemons:
+                for left in daemon.close():
+                    self.report.errors.append(f"durable: {left}")
+
+    def _take_over(self, daemon: RestartableJwsd, empty: RestartableJwsd) -> None:
+        sizes = self.sizes
+        count, group = sizes.durable_jobs, "take over running jobs after jwsd is SIGKILLed"
+        path = f"jobworker, {count:,} running `sleep` jobs"
+        note = (
+            f"{count:,} `sleep 3600` jobs with cpu=1, memory=256M, pids=64 (started 50 at a time);"
+            " jwsd SIGKILLed, a new jwsd started on the same data dir: time from its exec to its"
+            " 'listening' line (logged once every record is reconciled and every running job"
+            " taken over); then every job checked Active (ListJobs); the restart with no jobs"
+            " (its own jwsd) interleaved; PSS per job: bubblewrap's 2 processes + the copier"
+        )
+        tls = daemon.jwsd.tls_dir
+        started = load(
+            "start-many", daemon.jwsd.addr, tls, "--count", str(count), "--concurrency", "50",
+            "--connections", "4",
+        )  # fmt: skip
+        job_ids = set(started["job_ids"])
+        if len(job_ids) != count:
+            raise RuntimeError(f"durable: {len(job_ids)} of {count} jobs started")
+        try:
+            for _ in range(sizes.durable_runs):
+                empty.kill()
+                floor = empty.start()
+                self.report.row(
+                    group, "jwsd with no jobs", "exec → serving", "s", note=note
+                ).samples.append(floor)
+                daemon.kill()
+                took = daemon.start()
+                states = load("states", daemon.jwsd.addr, tls)
+                active = set(states["active"])
+                if active != job_ids:
+                    raise RuntimeError(
+                        f"durable: after the restart {len(active & job_ids)} of {count} jobs"
+                        f" Active: {states['states']}"
+                    )
+                for metric, unit, value in (
+                    ("exec → serving", "s", took),
+                    (
+                        "per job, beyond the restart with no jobs",
+                        "ms",
+                        (took - floor) / count * 1000,
+                    ),
+                    ("jobs Active after the restart", "count", float(len(active))),
+                ):
+                    self.report.row(
+                        group, path, metric, unit, subject=True, note=note,
+                        higher_is_better=unit == "count",
+                    ).samples.append(value)  # fmt: skip
+            processes = job_processes(daemon.jwsd)
+            held = [processes[job_id] for job_id in job_ids if job_id in processes]
+            whole = [job for job in held if len(job.bwrap) == 2 and len(job.copier) == 1]
+            if len(whole) != count:
+                raise RuntimeError(
+                    f"durable: {len(whole)} of {count} jobs have 2 bwrap processes and a copier"
+                )
+            copier = sum(pss_kib(job.copier[0]) for job in whole) / count
+            held_kib = sum(job.pss_kib() for job in whole) / count
+            for metric, unit, value in (
+                ("copier PSS per job", "KiB", copier),
+                ("bwrap ×2 + copier PSS per job", "MiB", held_kib / 1024),
+                ("bwrap ×2 + copier + command PSS per job", "MiB",
+                 sum(job.pss_kib(command=True) for job in whole) / count / 1024),
+            ):  # fmt: skip
+                self.report.row(group, path, metric, unit, subject=True, note=note).samples.append(
+                    value
+                )
+        finally:
+            stopped = load("stop-many", daemon.jwsd.addr, tls, "--all")
+            if stopped["states"] != {"Terminated": count}:
+                self.report.errors.append(f"durable: stopping the jobs: {stopped['states']}")
+
+    def _replay(self, daemon: RestartableJwsd) -> None:
+        size, group = self.sizes.replay, "output replay after a restart (one follower)"
+        note = (
+            f"{size // MiB:,} MiB of zeros, every byte checked; the Python client (start + follow,"
+            " the throughput group's row) following the job live, then jwsd SIGKILLed and"
+            " started again and the same client reading the finished job's output from byte 0"
+            " (GetJobOutput; the file is in the page cache); connection set-up included"
+        )
+        for _ in range(self.sizes.durable_runs):
+            jwsd = daemon.jwsd
+            live = load(
+                "follow", jwsd.addr, jwsd.tls_dir,
+                "--start", f"exec head -c {size} /dev/zero", "--expect", f"zeros:{size}",
+            )  # fmt: skip
+            self.report.row(
+                group, "jobworker: Python client, live (start + follow)", "throughput", "MiB/s",
+                higher_is_better=True, note=note,
+            ).samples.append(self._checked_rate(live, size, 1))  # fmt: skip
+            daemon.kill()
+            daemon.start()
+            jwsd = daemon.jwsd
+            replay = load(
+                "follow", jwsd.addr, jwsd.tls_dir,
+                "--job", live["job_id"], "--expect", f"zeros:{size}",
+            )  # fmt: skip
+            self.report.row(
+                group, "jobworker: Python client, replay after a restart", "throughput", "MiB/s",
+                higher_is_better=True, subject=True, note=note,
+            ).samples.append(self._checked_rate(replay, size, 1))  # fmt: skip
+            removed = jwsd.jws("rm", "-j", live["job_id"])  # its output is 1 GiB of disk
+            if removed.returncode != 0:
+                raise RuntimeError(f"jws rm failed: {removed.stderr.decode(errors='replace')}")
+
     # ---- profiles ----------------------------------------------------------------
 
     def profile(self) -> None:
@@ -716,6 +856,14 @@ def check_targets(report: Report) -> None:
         slowdown = median("fairness", "B loaded", metric)
         add(f"fairness: B's {metric} loaded ≤ 2× alone", slowdown, "×",
             None if slowdown is None else slowdown <= 2)  # fmt: skip
+    for row in report.rows:
+        if row.group.startswith("take over") and row.metric == "jobs Active after the restart":
+            jobs = int(row.path.split()[1].replace(",", ""))
+            add(f"durable: all {jobs:,} jobs Active after each restart", row.low, "jobs",
+                row.low == jobs)  # fmt: skip
+    held = median("take over", "jobworker", "bwrap ×2 + copier PSS per job")
+    add("durable: ≤ 4 MiB PSS per job (bwrap ×2 + copier)", held, "MiB",
+        None if held is None else held <= 4)  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -749,26 +897,13 @@ def running_jwsd(workspace: Path, pki: TestPKI) -> Iterator[Jwsd]:
     Without the running quota, the output cap and the connection cap: the load row runs
     1,000 jobs of one user, the fairness row's floods write more than 1 GiB each, and the
     RPC row's 50 clients are one user."""
-    daemon = start_jwsd(
-        workspace, pki, "--max-running-per-user", "0", "--max-output", "0",
-        "--max-connections-per-user", "0",
-    )  # fmt: skip
+    daemon = start_jwsd(workspace, pki, *JWSD_FLAGS)
     try:
         yield daemon
     finally:
         with contextlib.suppress(subprocess.TimeoutExpired):
             daemon.stop(timeout=60)
-        leftovers = [
-            path
-            for path in Path("/sys/fs/cgroup").glob(f"*/**/{daemon.cgroup_name}")
-            if path.is_dir()
-        ]
-        for path in leftovers:  # jwsd removes them; this only runs if it crashed
-            for child in sorted(path.glob("*/"), reverse=True):
-                with contextlib.suppress(OSError):
-                    child.rmdir()
-            with contextlib.suppress(OSError):
-                path.rmdir()
+        remove_cgroups(daemon.cgroup_name)  # jwsd removes them; this only acts if it crashed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -819,7 +954,7 @@ def main(argv: list[str] | None = None) -> int:
         sshd = stack.enter_context(peers.running_sshd()) if which("sshd") and which("ssh") else None
         if args.profile:
             args.profile.mkdir(parents=True, exist_ok=True)
-        bench = Bench(sizes, report, daemon, tls, grpcio_addr, workspace, sshd, args.profile)
+        bench = Bench(sizes, report, daemon, tls, grpcio_addr, workspace, sshd, args.profile, pki)
         for group in args.only:
             group_began = time.monotonic()
             try:
