@@ -467,17 +467,6 @@ async def launch(
             os.fchown(out_w, *pipe_owner)
         cmd = build_cmd(status_file, args_fd)
         check_exec_size(cmd, HELPER_ENV)
-        copier = ChildProcess.start(
-            copier_argv(),
-            stdin=out_r,
-            stdout=output_file,
-            stderr=subprocess.DEVNULL if copier_errors is None else copier_errors,
-            env=dict(HELPER_ENV),
-            cwd="/",
-            start_new_session=True,
-        )
-        if output_limit is not None:
-            limit_copier(copier.pid, output_limit)
         try:
             process = ChildProcess.start(
                 cmd,
@@ -495,6 +484,31 @@ async def launch(
             raise InvalidRequestError(
                 "the command line is too long for the kernel to start: pass large data in a file"
             ) from None
+        # The copier is forked while bubblewrap builds the sandbox, so its fork and
+        # exec are off the start's critical path (they were 2-4 ms of it). Its cap is
+        # still set before the command exists: the command runs only once this
+        # function answers the ready line, and until then only bubblewrap's own error
+        # (a failed start, whose files go) can be in the pipe. RLIMIT_FSIZE caps the
+        # file's size, whatever was written before it was set.
+        try:
+            copier = ChildProcess.start(
+                copier_argv(),
+                stdin=out_r,
+                stdout=output_file,
+                stderr=subprocess.DEVNULL if copier_errors is None else copier_errors,
+                env=dict(HELPER_ENV),
+                cwd="/",
+                start_new_session=True,
+            )
+            if output_limit is not None:
+                limit_copier(copier.pid, output_limit)
+        except BaseException:
+            process.kill()
+            if kill_sandbox is not None:
+                kill_sandbox()
+            with trio.CancelScope(shield=True):
+                await process.wait()
+            raise
     except BaseException:
         for fd in fds:
             os.close(fd)
