@@ -47,6 +47,7 @@ from typing import Any
 
 import attrs
 
+from jobworker.sandbox.cgroups.base import owner_group
 from tests.bench import peers
 from tests.bench.durable import JWSD_FLAGS, RestartableJwsd, job_processes, remove_cgroups
 from tests.bench.machine import (
@@ -400,7 +401,8 @@ class Bench:
             if len(job_ids) != count:
                 raise RuntimeError(f"load: {len(job_ids)} of {count} jobs started")
             rss, cgroup_bytes, procs = [], [], []
-            parent = memory_cgroup_of(pid) / self.jwsd.cgroup_name
+            # the jobs' cgroups are in their owner's group (`owner_group`)
+            parent = memory_cgroup_of(pid) / self.jwsd.cgroup_name / owner_group("alex")
             pss_total = 0
             for job_id in job_ids:
                 directory = parent / job_id
