@@ -146,7 +146,10 @@ async def test_the_server_output_limit_applies_when_a_job_asks_none_and_bounds_w
         out, status = await run(tracker, sh("head -c 10000 /dev/zero"))
         assert len(out) == 4096 and status.output_truncated is not None
         assert status.spec.limits.output == 4096
-        with pytest.raises(InvalidRequestError, match="output limit 8.0 KiB is above this server.s maximum of 4.0 KiB"):
+        with pytest.raises(
+            InvalidRequestError,
+            match="output limit 8.0 KiB is above this server.s maximum of 4.0 KiB",
+        ):
             await tracker.start("alex", sh("true", limits=Limits(output=8192)))
         out, status = await run(tracker, sh("echo fits", limits=Limits(output=100)))
         assert out == b"fits\n" and status.output_truncated is None
