@@ -143,7 +143,8 @@ def test_a_job_is_held_to_its_memory_limit(container: Container) -> None:
     job_id = container.exec(
         "jws", "start", "-u", "alex", "--memory", "64M", "--pids", "20", "-c", "sleep 600"
     ).strip()
-    job_cgroup = container.subtree() / "jobworker" / job_id
+    # Each user's jobs are in a group of that user's (jobworker/user-alex/<id>).
+    job_cgroup = container.subtree() / "jobworker" / "user-alex" / job_id
     assert (job_cgroup / "memory.max").read_text() == f"{64 << 20}\n"
     # jwsd adds bubblewrap's own processes to the job's pids limit.
     assert (job_cgroup / "pids.max").read_text() == f"{20 + HELPER_PROCESSES}\n"
