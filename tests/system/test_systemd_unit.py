@@ -182,7 +182,8 @@ def test_the_upgrade_signal_under_the_shipped_unit_ends_the_jobs(unit: None) -> 
     assert processes_with(f"sleep {marker}") == []
     run(["systemctl", "start", "jwsd"], timeout=120)
     assert show("MainPID")["MainPID"] != pid
+    # Killed with its supervisor, it left no exit status: lost, with a reason, output kept.
     status = json.loads(jws("status", "-j", job_id, "--json"))
-    assert status["status"] == "Terminated", status
-    print("the killed job after the next start:", status)
+    assert (status["status"], status["outcome"]) == ("Terminated", "lost"), status
+    assert "supervisor" in status["outcome_reason"], status
     assert jws("output", "-j", job_id) == "started\n"
