@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from jobworker.units import format_duration
 from tests.conftest import require_root
 from tests.e2e.conftest import BIN, Jwsd, restart_jwsd, start_jwsd
 from tests.support.certs import TestPKI
@@ -240,7 +241,7 @@ def test_a_jobs_time_limit_counts_from_its_start_across_a_restart(
     assert late - 0.1 <= ended[late_id] <= max(late, up - started) + scaled(2), ended
     shown = again.jws("status", "-j", early_id)
     assert shown.stdout.decode().startswith(
-        f"Terminated (timed out after {early:g}s, killed by SIGTERM, exit code 143)"
+        f"Terminated (timed out after {format_duration(early)}, killed by SIGTERM, exit code 143)"
     ), shown.stdout
 
 
