@@ -15,6 +15,7 @@ from jobworker.client import Credentials, JobWorkerClient, connect
 from tests.conftest import require_root
 from tests.e2e.conftest import Jwsd, start_jwsd
 from tests.support.certs import TestPKI
+from tests.support.timing import scaled
 from tests.support.waiting import eventually_blocking, terminated
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
@@ -41,7 +42,7 @@ async def client_of(jwsd: Jwsd, user: str = "alex") -> AsyncIterator[JobWorkerCl
 
 async def run_to_end(client: JobWorkerClient, args: list[str]) -> str:
     job = await client.start(args=args)
-    await terminated(client, job.job_id, timeout=60)
+    await terminated(client, job.job_id, timeout=scaled(60))
     return job.job_id
 
 
@@ -165,7 +166,9 @@ def test_a_full_data_disk_shows_in_status_and_the_exit_code_is_kept(
                 return str(jwsd.jws("status", "-j", job_id_text).stdout.decode())
 
             eventually_blocking(
-                lambda: status_text().startswith("Terminated"), timeout=20, what="job terminated"
+                lambda: status_text().startswith("Terminated"),
+                timeout=scaled(20),
+                what="job terminated",
             )
             text = status_text()
             assert text.splitlines()[0] == "Terminated (exit code 0)", text
