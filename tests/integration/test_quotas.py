@@ -29,6 +29,7 @@ from jobworker.retention import RetentionPolicy
 from jobworker.tracker import JobTracker
 from tests.conftest import require_root
 from tests.support.records import assert_only_records_left
+from tests.support.timing import scaled
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.root
@@ -295,24 +296,29 @@ async def test_finished_jobs_older_than_the_retention_are_forgotten(
     policy = RetentionPolicy(max_age=3600, max_per_owner=None)
     async with tracker_at(tmp_path / "data", retention=policy) as tracker:
         _, old = await run(tracker, sh("echo old"))
+        old_end = trio.current_time()  # at or after the tracker's clock of its end
         mock_clock.jump(1800)
         _, new = await run(tracker, sh("echo new"))
         jobs_dir = tmp_path / "data" / "jobs"
-        mock_clock.jump(1799)
+        # The clock runs in real time too: the new job's run and the checks below take
+        # real seconds (tens of them on an emulated CPU), so the jumps are measured
+        # from the old job's end, with a margin for the checks.
+        margin = scaled(10)
+        mock_clock.jump(max(0.0, old_end + 3600 - margin - trio.current_time()))
         await trio.testing.wait_all_tasks_blocked()  # the collector ran, had anything expired
         assert tracker.status("alex", old.job_id).exit_code == 0
-        mock_clock.jump(2)
+        mock_clock.jump(margin + 1)
         await eventually(
             lambda: [j.job_id for j in tracker.list("alex")] == [new.job_id],
-            timeout=5,
+            timeout=scaled(5),
             what="the old job forgotten",
         )
         await eventually(
             lambda: [p.name for p in jobs_dir.iterdir()] == [new.job_id],
-            timeout=5,
+            timeout=scaled(5),
             what="its job dir deleted (in a worker thread)",
         )
-        mock_clock.jump(1801)
+        mock_clock.jump(3600)  # past the new job's end + retention, however long it ran
         await eventually(
-            lambda: tracker.list("alex") == [], timeout=5, what="the new one forgotten"
+            lambda: tracker.list("alex") == [], timeout=scaled(5), what="the new one forgotten"
         )
