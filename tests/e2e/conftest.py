@@ -153,6 +153,19 @@ def jwsd(tmp_path: Path, pki: TestPKI) -> Iterator[Jwsd]:
         assert code == 0, daemon.log
 
 
+@pytest.fixture
+def daemons(tmp_path: Path, pki: TestPKI) -> Iterator[list[Jwsd]]:
+    """Every jwsd a test starts on tmp_path (those still running are stopped at the end)."""
+    require_root()
+    started: list[Jwsd] = []
+    try:
+        yield started
+    finally:
+        for daemon in started:
+            if daemon.process.poll() is None:
+                daemon.stop()
+
+
 def restart_jwsd(
     old: Jwsd, pki: TestPKI, *extra: str, env: Mapping[str, str] | None = None
 ) -> Jwsd:

@@ -164,6 +164,21 @@ async def check(jwsd: Jwsd, world: World, *, final: bool = False) -> None:
     assert not final or job_cgroups(jwsd) == set()
 
 
+def finish_and_check(jwsd: Jwsd, world: World) -> None:
+    """Every job runs to its end under `jwsd`, with its exact exit code, and then no
+    cgroup is left."""
+
+    async def all_ended() -> bool:
+        async with client(jwsd, "admin") as admin:
+            return all(s.state is JobState.TERMINATED for s in await admin.list())
+
+    deadline = time.monotonic() + scaled(30)
+    while not trio.run(all_ended):
+        assert time.monotonic() < deadline, "jobs still running"
+        time.sleep(0.2)
+    trio.run(lambda: check(jwsd, world, final=True))
+
+
 async def kill_while_busy(jwsd: Jwsd, world: World, rng: random.Random) -> None:
     """SIGKILL jwsd at a random moment while jobs start and stop."""
     async with trio.open_nursery() as nursery:
@@ -189,17 +204,7 @@ def test_jwsd_killed_at_random_moments_keeps_every_invariant(tmp_path: Path, pki
             trio.run(kill_while_busy, jwsd, world, rng)
             jwsd = restart_jwsd(jwsd, pki, *keep_all)
             trio.run(check, jwsd, world)
-        # Every job runs to its end under the last jwsd, with its exact exit code.
-        deadline = time.monotonic() + scaled(30)
-
-        async def all_ended() -> bool:
-            async with client(jwsd, "admin") as admin:
-                return all(s.state is JobState.TERMINATED for s in await admin.list())
-
-        while not trio.run(all_ended):
-            assert time.monotonic() < deadline, "jobs still running"
-            time.sleep(0.2)
-        trio.run(lambda: check(jwsd, world, final=True))
+        finish_and_check(jwsd, world)
     finally:
         jwsd.stop()
     print(f"{KILLS} kill points, {len(world.jobs)} jobs, {time.monotonic() - began:.1f} s")
@@ -252,16 +257,7 @@ def test_jwsd_killed_at_each_named_fault_point_keeps_every_invariant(
                 assert jwsd.stop(signal.SIGTERM) == 0, jwsd.log
                 armed = {"JOBWORKER_FAULT_POINT": points[index + 1]}
                 jwsd = restart_jwsd(jwsd, pki, *keep_all, env=armed)
-        deadline = time.monotonic() + scaled(30)
-
-        async def all_ended() -> bool:
-            async with client(jwsd, "admin") as admin:
-                return all(s.state is JobState.TERMINATED for s in await admin.list())
-
-        while not trio.run(all_ended):
-            assert time.monotonic() < deadline, "jobs still running"
-            time.sleep(0.2)
-        trio.run(lambda: check(jwsd, world, final=True))
+        finish_and_check(jwsd, world)
     finally:
         jwsd.stop()
     print(f"{len(points)} fault points, {len(world.jobs)} jobs, {time.monotonic() - began:.1f} s")

@@ -9,13 +9,11 @@ import signal
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from jobworker.units import format_duration
-from tests.conftest import require_root
 from tests.e2e.conftest import BIN, Jwsd, restart_jwsd, start_jwsd
 from tests.support.certs import TestPKI
 from tests.support.records import records
@@ -32,19 +30,6 @@ SCRIPT = (
 
 def expected_output() -> bytes:
     return b"".join(b"line %d\n" % i for i in range(3000)) + b"\x01\xffend"
-
-
-@pytest.fixture
-def daemons(tmp_path: Path, pki: TestPKI) -> Iterator[list[Jwsd]]:
-    """Every jwsd a test starts on tmp_path (the last one is stopped at the end)."""
-    require_root()
-    started: list[Jwsd] = []
-    try:
-        yield started
-    finally:
-        for daemon in started:
-            if daemon.process.poll() is None:
-                daemon.stop()
 
 
 def status_of(jwsd: Jwsd, job_id: str, user: str = "admin") -> dict[str, object]:

@@ -27,7 +27,6 @@ from typing import TypeVar
 
 import pytest
 
-from tests.conftest import require_root
 from tests.e2e.conftest import Jwsd, restart_jwsd, start_jwsd
 from tests.support.certs import TestPKI
 from tests.support.cgroupfs import cgroup_pids
@@ -58,19 +57,6 @@ def counter(exit_code: int = 0) -> str:
 
 def counter_output() -> bytes:
     return b"".join(b"line %d\n" % i for i in range(COUNTER_LINES))
-
-
-@pytest.fixture
-def daemons(tmp_path: Path, pki: TestPKI) -> Iterator[list[Jwsd]]:
-    """Every jwsd a test starts on tmp_path (those still running are stopped at the end)."""
-    require_root()
-    started: list[Jwsd] = []
-    try:
-        yield started
-    finally:
-        for daemon in started:
-            if daemon.process.poll() is None:
-                daemon.stop()
 
 
 @pytest.fixture
