@@ -7,7 +7,7 @@ The library's parts, from the bottom up:
 - `jobworker.errors`: `JobWorkerError` and its kinds;
 - `jobworker.output`: `OutputLog`, every byte of a job's output for any number of subscribers;
 - `jobworker.sandbox`: cgroups (v1 and v2), the bubblewrap command line, the spawn trampoline;
-- `jobworker.tracker`: `JobTracker`, which starts, stops, reports and streams jobs for their owners;
+- `jobworker.jobs.tracker`: `JobTracker`, which starts, stops, reports and streams jobs for their owners;
 - `jobworker.server` and `jobworker.cli`: the gRPC daemon `jwsd` and the client `jws`.
 """
 

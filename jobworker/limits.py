@@ -227,7 +227,7 @@ class Limits:
         sandbox helper processes are added on top by the sandbox, not counted here.
     output: bytes of output (stdout and stderr together) the daemon keeps; what
         comes after is not kept, and the job's output pipe is closed (see
-        `jobworker.tracker`). Not a cgroup limit.
+        `jobworker.jobs.tracker`). Not a cgroup limit.
     timeout: seconds the job may run (from its start); then the daemon stops it as
         `jws stop` would, and its outcome is "timed-out". Not a cgroup limit: the
         daemon keeps the clock, across its own restarts too (from the job's start time).

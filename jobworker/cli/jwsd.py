@@ -24,8 +24,8 @@ import trio
 
 from jobworker import faults
 from jobworker.errors import InvalidRequestError, SetupError, sole_exception
+from jobworker.jobs.retention import RetentionPolicy
 from jobworker.limits import Limits, Unit, check_host, format_limits, parse_limits
-from jobworker.retention import RetentionPolicy
 from jobworker.sandbox import host as host_checks
 from jobworker.server.daemon import (
     DEFAULT_DATA_DIR,

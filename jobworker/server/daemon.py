@@ -26,19 +26,19 @@ import attrs
 import trio
 
 from jobworker import tls
-from jobworker.model import MAX_SERVER_MESSAGE, JobState, Limits
-from jobworker.retention import RetentionPolicy
-from jobworker.sandbox.spawn import SANDBOX_SETUP_TIMEOUT
-from jobworker.server.auth import CallGuard, guarded
-from jobworker.server.health import HealthService
-from jobworker.server.policy import UserPolicy
-from jobworker.server.service import JobWorkerService
-from jobworker.tracker import (
+from jobworker.jobs.retention import RetentionPolicy
+from jobworker.jobs.tracker import (
     DEFAULT_MAX_OUTPUT,
     DEFAULT_MAX_RUNNING,
     DEFAULT_WORKDIR_SIZE,
     JobTracker,
 )
+from jobworker.model import MAX_SERVER_MESSAGE, JobState, Limits
+from jobworker.sandbox.spawn import SANDBOX_SETUP_TIMEOUT
+from jobworker.server.auth import CallGuard, guarded
+from jobworker.server.health import HealthService
+from jobworker.server.policy import UserPolicy
+from jobworker.server.service import JobWorkerService
 from jobworker.transport import RpcServer
 
 log = logging.getLogger("jobworker.daemon")

@@ -10,10 +10,10 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from jobworker import messages
+from jobworker.jobs.tracker import JobTracker
 from jobworker.model import OUTPUT_CHUNK
 from jobworker.server import convert
 from jobworker.server.auth import current_caller, note_job_id
-from jobworker.tracker import JobTracker
 from jobworker.transport import EncodedMessage, wait_writable
 from jobworker.v1 import jobworker_grpc
 from jobworker.v1 import jobworker_pb2 as pb

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import attrs
 
+from jobworker.jobs.tracker import DEFAULT_WORKDIR_SIZE
 from jobworker.sandbox import bwrap
-from jobworker.tracker import DEFAULT_WORKDIR_SIZE
 from tests.bench.machine import which
 
 #: Limits every start benchmark applies (jobworker's request and runc's config alike).

@@ -31,9 +31,9 @@ from typing import Any
 
 import trio
 
+from jobworker.jobs.tracker import JobTracker
 from jobworker.model import JobSpec, Limits
 from jobworker.sandbox import spawn
-from jobworker.tracker import JobTracker
 
 
 def _timed(samples: dict[str, list[float]], label: str, fn: Callable[..., Any]) -> Any:

@@ -24,9 +24,9 @@ from jobworker.errors import (
     JobNotFoundError,
     QuotaExceededError,
 )
+from jobworker.jobs.retention import RetentionPolicy
+from jobworker.jobs.tracker import JobTracker
 from jobworker.model import JobSpec, JobState, JobStatus, Limits, Outcome
-from jobworker.retention import RetentionPolicy
-from jobworker.tracker import JobTracker
 from tests.conftest import require_root
 from tests.support.records import assert_only_records_left
 from tests.support.timing import scaled

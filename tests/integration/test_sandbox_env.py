@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from jobworker.errors import InvalidRequestError
+from jobworker.jobs.tracker import JobTracker
 from jobworker.model import JobSpec, JobState, JobStatus, Limits
 from jobworker.sandbox import bwrap, spawn
-from jobworker.tracker import JobTracker
 from tests.conftest import require_root
 from tests.support.records import assert_only_records_left
 

@@ -29,10 +29,10 @@ from jobworker.errors import (
     ShuttingDownError,
     StartFailedError,
 )
+from jobworker.jobs.tracker import JobTracker
 from jobworker.model import JobSpec, JobState, Limits, Outcome
 from jobworker.sandbox import seccomp
 from jobworker.sandbox.cgroups import detect
-from jobworker.tracker import JobTracker
 from tests.conftest import require_root
 from tests.support.cgroupfs import cgroup_pids, cgroups_named, job_cgroup_dirs
 from tests.support.leaks import LeakCheck, child_pids, processes_running

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from jobworker.errors import InvalidRequestError
-from jobworker.retention import Finished, RetentionPolicy
+from jobworker.jobs.retention import Finished, RetentionPolicy
 
 
 def jobs(*spec: tuple[str, str, float]) -> list[Finished]:

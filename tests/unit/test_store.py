@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from jobworker import store
 from jobworker.errors import SetupError
-from jobworker.store import JobRecord, JobStore
+from jobworker.jobs import store
+from jobworker.jobs.store import JobRecord, JobStore
 
 
 def record(job_id: str = "a", **fields: object) -> JobRecord:

@@ -11,8 +11,8 @@ close its output log, mark it Terminated. Leaving the tracker stops every job
 behind; after `leave_running` it leaves every running job running instead.
 
 Durability (docs/architecture.md, "State on disk"): every job has a record in
-`jobworker.store` (written before `start` returns, and its end before anyone
-learns of it); its output is a file its copier writes (`jobworker.filelog`); its
+`jobworker.jobs.store` (written before `start` returns, and its end before anyone
+learns of it); its output is a file its copier writes (`jobworker.jobs.output_log`); its
 exit code is in bubblewrap's status file. Nothing of a running job depends on
 the tracker: a new tracker on the same data dir takes running jobs over and
 reconciles the rest (`_restore`).
@@ -68,12 +68,12 @@ from jobworker.errors import (
     StartFailedError,
     sole_exception,
 )
-from jobworker.filelog import FileLog, OutputWatcher
+from jobworker.jobs.output_log import FileLog, OutputWatcher
+from jobworker.jobs.retention import Finished, RetentionPolicy
+from jobworker.jobs.store import JobRecord, JobStore
 from jobworker.model import JobSpec, JobState, JobStatus, Limits, Outcome, Usage
-from jobworker.retention import Finished, RetentionPolicy
 from jobworker.sandbox import bwrap, host, seccomp, spawn, workdir
 from jobworker.sandbox.cgroups import CgroupDriver, JobCgroup, block_device_of, detect
-from jobworker.store import JobRecord, JobStore
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ class JobTracker:
         directory on the data dir's file system, unbounded).
     sandbox_timeout: how long a job's sandbox may take to build before its start
         fails (StartFailedError).
-    retention: when finished jobs are forgotten (`jobworker.retention`).
+    retention: when finished jobs are forgotten (`jobworker.jobs.retention`).
     """
 
     data_dir: Path
