@@ -17,31 +17,30 @@ import functools
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import asyncclick as click
 import trio
 
 from jobworker import faults
 from jobworker.errors import InvalidRequestError, SetupError, sole_exception
+from jobworker.jobs.config import TrackerConfig
 from jobworker.jobs.retention import RetentionPolicy
-from jobworker.limits import Limits, Unit, check_host, format_limits, parse_limits
+from jobworker.limits import Limits, check_host, format_limits, parse_limits
 from jobworker.sandbox import host as host_checks
-from jobworker.server.daemon import (
-    DEFAULT_DATA_DIR,
-    DEFAULT_LIMITS,
-    DEFAULT_PORT,
-    DEFAULT_TMPFS_SIZE,
-    DaemonConfig,
-    serve,
-)
+from jobworker.server.daemon import DEFAULT_PORT, DaemonConfig, serve
 from jobworker.server.notify import Notifier
-from jobworker.units import parse_addr, parse_duration, parse_size
+from jobworker.units import format_duration, parse_addr, parse_duration, parse_size
 
 log = logging.getLogger("jobworker.daemon")
 
 #: The smallest work dir that makes sense (a tmpfs rounds to pages anyway).
 MIN_WORKDIR_SIZE = 1 << 20
+#: The defaults every flag shows: the configs' own.
+_JOBS = TrackerConfig()
+_DAEMON = DaemonConfig(tls_dir=Path("certs/dev"))
 
 
 def parse_tmpfs_size(text: str) -> int | None:
@@ -54,20 +53,62 @@ def parse_tmpfs_size(text: str) -> int | None:
     return size
 
 
-def _tmpfs_size_option(ctx: click.Context, param: click.Parameter, value: str) -> int | None:
-    try:
-        return parse_tmpfs_size(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+class _Parsed(click.ParamType[Any]):
+    """A flag's text turned into a config value by `parse` (a ValueError or
+    InvalidRequestError is a usage error naming the flag)."""
+
+    def __init__(self, name: str, parse: Callable[[str], Any]) -> None:
+        self.name = name
+        self._parse = parse
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value  # a default, already a config value
+        try:
+            return self._parse(value)
+        except (ValueError, InvalidRequestError) as exc:
+            self.fail(str(exc), param, ctx)
 
 
-def _limits_option(ctx: click.Context, param: click.Parameter, value: str) -> Limits:
-    try:
-        limits = parse_limits(value)
-        check_host(limits)
-        return limits
-    except (ValueError, InvalidRequestError) as exc:
-        raise click.BadParameter(str(exc)) from None
+def _duration(text: str, *, positive: bool = False) -> float:
+    seconds = parse_duration(text)
+    if positive and seconds <= 0:
+        raise ValueError(f"{text} must be more than 0")
+    return seconds
+
+
+def _limits(text: str) -> Limits:
+    limits = parse_limits(text)
+    check_host(limits)
+    return limits
+
+
+def _workdir_size(text: str) -> int | None:
+    size = parse_size(text) or None
+    if size is not None and size < MIN_WORKDIR_SIZE:
+        raise ValueError(f"{text} is too small; give at least 1M, or 0 for no tmpfs")
+    return size
+
+
+def _show_size(size: int | None) -> str:
+    """A size as the flags read it: "1G", "64M", "0" for none."""
+    if not size:
+        return "0"
+    for suffix, scale in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if size % scale == 0:
+            return f"{size // scale}{suffix}"
+    return str(size)
+
+
+_DURATION = _Parsed("duration", _duration)
+_POSITIVE_DURATION = _Parsed("duration", functools.partial(_duration, positive=True))
+_DURATION_OR_NONE = _Parsed("duration", lambda text: parse_duration(text) or None)
+_SIZE_OR_NONE = _Parsed("size", lambda text: parse_size(text) or None)
+_LIMITS = _Parsed("limits", _limits)
+
+
+def _count_or_none(ctx: click.Context, param: click.Parameter, value: int) -> int | None:
+    return value or None
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -77,16 +118,16 @@ def _limits_option(ctx: click.Context, param: click.Parameter, value: str) -> Li
 @click.option(
     "--tls-dir",
     type=click.Path(path_type=Path, file_okay=False, readable=False),
-    default=Path("certs/dev"),
+    default=_DAEMON.tls_dir,
     show_default=True,
     help="Directory with server_cert.pem, server_key.pem and client_ca_cert.pem (certs/gen-certs.sh makes them).",
 )
 @click.option(
     "--data-dir",
     type=click.Path(path_type=Path, file_okay=False, resolve_path=True, readable=False),
-    default=DEFAULT_DATA_DIR,
+    default=_JOBS.data_dir,
     show_default=True,
-    help="Job work dirs and spilled output; IO limits apply to its block device.",
+    help="Job records, output files and work dirs; IO limits apply to its block device.",
 )
 @click.option(
     "--users",
@@ -95,70 +136,77 @@ def _limits_option(ctx: click.Context, param: click.Parameter, value: str) -> Li
     default=None,
     help='TOML users file ([users] alex = "user", root = "admin"). Without it every certificate from the client CA is a user.',
 )
-@click.option("--job-user", default="nobody", show_default=True, help="Host account jobs run as.")
+@click.option(
+    "--job-user", default=_JOBS.job_user, show_default=True, help="Host account jobs run as."
+)
 @click.option(
     "--default-limits",
-    default=format_limits(DEFAULT_LIMITS),
+    type=_LIMITS,
+    default=format_limits(_JOBS.default_limits),
     show_default=True,
-    callback=_limits_option,
     help="Limits for jobs that set none: cpu=CORES,memory=SIZE,io-read=RATE,io-write=RATE,pids=N,"
     'timeout=DURATION (any subset; "" for none).',
 )
 @click.option(
     "--max-limits",
-    default="",
-    callback=_limits_option,
+    type=_LIMITS,
+    default=format_limits(_JOBS.max_limits),
     help="The most a job may ask for (same form); an unset limit then takes the maximum.",
 )
 @click.option(
     "--tmpfs-size",
-    default=Unit.BYTES.spell(DEFAULT_TMPFS_SIZE),
+    type=_Parsed("size", parse_tmpfs_size),
+    default=_show_size(_JOBS.tmpfs_size) if _JOBS.tmpfs_size else "none",
     show_default=True,
-    callback=_tmpfs_size_option,
     help="Size of each of a job's writable tmpfs (/tmp, /dev/shm), at most its memory limit; "
     '"none": the memory limit alone.',
 )
 @click.option(
     "--allow-host-network",
     is_flag=True,
+    default=_JOBS.allow_host_network,
     help="Let jobs ask for the host's network instead of loopback only.",
 )
 @click.option(
     "--stop-grace",
-    default="5s",
+    type=_DURATION,
+    default=format_duration(_JOBS.stop_grace),
     show_default=True,
     help="SIGTERM-to-SIGKILL grace when a stop gives none.",
 )
 @click.option(
     "--sandbox-timeout",
-    default="30s",
+    type=_POSITIVE_DURATION,
+    default=format_duration(_JOBS.sandbox_timeout),
     show_default=True,
     help="How long a job's sandbox may take to build before its start fails (a busy or slow host).",
 )
 @click.option(
     "--idle-timeout",
-    default="5m",
+    type=_DURATION_OR_NONE,
+    default=format_duration(_DAEMON.idle_timeout or 0),
     show_default=True,
     help="Close a client connection that has had no call open this long (0: never).",
 )
 @click.option(
     "--max-connections-per-user",
     type=click.IntRange(min=0),
-    default=32,
+    default=_DAEMON.max_connections_per_user or 0,
     show_default=True,
+    callback=_count_or_none,
     help="Connections one user (client certificate) may hold open at once (0: any number).",
 )
 @click.option(
     "--cgroup-name",
     envvar="JOBWORKER_CGROUP_NAME",
-    default="jobworker",
+    default=_JOBS.cgroup_name,
     show_default=True,
     help="Name of the parent cgroup of all jobs, in jwsd's cgroup subtree.",
 )
 @click.option(
     "--cgroup-parent",
     envvar="JOBWORKER_CGROUP_PARENT",
-    default=None,
+    default=_JOBS.cgroup_parent,
     help="The cgroup jwsd may divide, as a path in the hierarchy (e.g. /jobworker.slice; "
     "created when missing). Default: jwsd's own cgroup, as a systemd service with "
     "Delegate=yes or a container has it.",
@@ -166,27 +214,31 @@ def _limits_option(ctx: click.Context, param: click.Parameter, value: str) -> Li
 @click.option(
     "--max-running-per-user",
     type=click.IntRange(min=0),
-    default=32,
+    default=_JOBS.max_running_per_user or 0,
     show_default=True,
+    callback=_count_or_none,
     help="Most jobs one user may have running at once; more starts get RESOURCE_EXHAUSTED. 0: no limit.",
 )
 @click.option(
     "--max-output",
-    default="1G",
+    type=_SIZE_OR_NONE,
+    default=_show_size(_JOBS.max_output),
     show_default=True,
     help="Most output kept per job (a job may ask for less); past it the job's output pipe is "
     "closed and its status says truncated. 0: no cap.",
 )
 @click.option(
     "--workdir-size",
-    default="1G",
+    type=_Parsed("size", _workdir_size),
+    default=_show_size(_JOBS.workdir_size),
     show_default=True,
     help="Size of each job's work dir, a tmpfs charged to the job's memory. 0: a plain "
     "directory on the data dir's file system, not bounded.",
 )
 @click.option(
     "--retention",
-    default="24h",
+    type=_DURATION_OR_NONE,
+    default=format_duration(_JOBS.retention.max_age or 0),
     show_default=True,
     help="How long a finished job (record and output) is kept after it ended. 0: until "
     "--max-finished or `jws rm` removes it.",
@@ -194,8 +246,9 @@ def _limits_option(ctx: click.Context, param: click.Parameter, value: str) -> Li
 @click.option(
     "--max-finished",
     type=click.IntRange(min=0),
-    default=100,
+    default=_JOBS.retention.max_per_owner or 0,
     show_default=True,
+    callback=_count_or_none,
     help="Most finished jobs kept per user; the oldest are forgotten first. 0: no limit.",
 )
 @click.option(
@@ -205,27 +258,7 @@ def _limits_option(ctx: click.Context, param: click.Parameter, value: str) -> Li
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
 async def main(
-    addr: str,
-    tls_dir: Path,
-    data_dir: Path,
-    users_file: Path | None,
-    job_user: str,
-    default_limits: Limits,
-    max_limits: Limits,
-    tmpfs_size: int | None,
-    allow_host_network: bool,
-    stop_grace: str,
-    sandbox_timeout: str,
-    idle_timeout: str,
-    max_connections_per_user: int,
-    cgroup_name: str,
-    cgroup_parent: str | None,
-    max_running_per_user: int,
-    max_output: str,
-    workdir_size: str,
-    retention: str,
-    max_finished: int,
-    log_level: str,
+    addr: str, retention: float | None, max_finished: int | None, log_level: str, **settings: Any
 ) -> None:
     """Run the jobworker daemon: jobs for authenticated users, over gRPC with mutual TLS.
 
@@ -244,20 +277,7 @@ async def main(
     )  # its cancellation noise is not ours to report
     try:
         host, port = parse_addr(addr, default_port=DEFAULT_PORT)
-        grace = parse_duration(stop_grace)
-        sandbox_seconds = parse_duration(sandbox_timeout)
-        if sandbox_seconds <= 0:
-            raise ValueError(f"--sandbox-timeout {sandbox_timeout} must be more than 0")
-        idle = parse_duration(idle_timeout)
-        output_cap = parse_size(max_output) or None
-        workdir_bytes = parse_size(workdir_size) or None
-        policy = RetentionPolicy(
-            max_age=parse_duration(retention) or None, max_per_owner=max_finished or None
-        )
-        if workdir_bytes is not None and workdir_bytes < MIN_WORKDIR_SIZE:
-            raise ValueError(
-                f"--workdir-size {workdir_size} is too small; give at least 1M, or 0 for no tmpfs"
-            )
+        policy = RetentionPolicy(max_age=retention, max_per_owner=max_finished)
     except (ValueError, InvalidRequestError) as exc:
         raise click.BadParameter(str(exc)) from None
     try:
@@ -268,28 +288,7 @@ async def main(
         host_checks.check_root()  # before anything else: the rest of the checks need root too
     except SetupError as exc:
         _fail(str(exc))
-    config = DaemonConfig(
-        tls_dir=tls_dir,
-        host=host,
-        port=port,
-        data_dir=data_dir,
-        users_file=users_file,
-        job_user=job_user,
-        default_limits=default_limits,
-        max_limits=max_limits,
-        tmpfs_size=tmpfs_size,
-        allow_host_network=allow_host_network,
-        stop_grace=grace,
-        sandbox_timeout=sandbox_seconds,
-        idle_timeout=idle or None,
-        max_connections_per_user=max_connections_per_user or None,
-        cgroup_name=cgroup_name,
-        cgroup_parent=cgroup_parent,
-        max_running_per_user=max_running_per_user or None,
-        max_output=output_cap,
-        workdir_size=workdir_bytes,
-        retention=policy,
-    )
+    config = DaemonConfig.of(host=host, port=port, retention=policy, **settings)
     try:
         await run(config)
     except BaseExceptionGroup as group:

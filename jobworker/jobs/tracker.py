@@ -68,8 +68,9 @@ from jobworker.errors import (
     StartFailedError,
     sole_exception,
 )
+from jobworker.jobs.config import TrackerConfig
 from jobworker.jobs.output_log import FileLog, OutputWatcher
-from jobworker.jobs.retention import Finished, RetentionPolicy
+from jobworker.jobs.retention import Finished
 from jobworker.jobs.store import JobRecord, JobStore
 from jobworker.model import JobSpec, JobState, JobStatus, Limits, Outcome, Usage
 from jobworker.sandbox import bwrap, host, seccomp, spawn, workdir
@@ -81,10 +82,6 @@ log = logging.getLogger(__name__)
 FINISH_TIMEOUT = 10.0
 #: The longest grace period a stop may ask for (an hour).
 MAX_GRACE = 3600.0
-#: The defaults of the quotas (jwsd's flags show them).
-DEFAULT_MAX_RUNNING = 32
-DEFAULT_MAX_OUTPUT = 1 << 30
-DEFAULT_WORKDIR_SIZE = 1 << 30
 #: The job records' file in the data dir, and each job's output file in its job dir.
 STORE_NAME = "jobs.db"
 OUTPUT_NAME = "output.log"
@@ -204,48 +201,13 @@ class _Job:
 class JobTracker:
     """Runs jobs under cgroup limits and bubblewrap isolation; use as `async with`.
 
-    data_dir: where job work dirs and spilled output live (created if missing;
-        must be writable). Its block device is the one IO limits apply to.
-    job_user: the host account jobs run as; "root" is an explicit opt-in.
-    default_limits: limits applied where a request sets none.
-    max_limits: the most a request may ask for; `None` fields are unbounded.
-    allow_host_network: whether a job may share the host's network namespace.
-    stop_grace: seconds between SIGTERM and SIGKILL when a stop gives none.
-    output_memory_limit: bytes of each job's output kept in memory before it spills.
-    tmpfs_size: bytes each of a job's writable tmpfs (/tmp, /dev/shm) may hold, at
-        most the job's memory limit (its pages are charged to the job's memory
-        cgroup); `None`: only the memory limit bounds them.
-    cgroup_name: the name of the parent cgroup of all jobs (in the daemon's subtree).
-    cgroup_parent: the cgroup subtree jobs go in (a cgroup path); `None`: the
-        daemon's own cgroup (see `sandbox.cgroups.detect`).
-    cgroups: a ready driver (tests); `None` detects the host's.
-    max_running_per_user: the most jobs an owner may have not yet Terminated
-        (`None`: no limit).
-    max_output: the most output a job keeps; a request may ask for less (its
-        `Limits.output`), never more (`None`: no cap).
-    workdir_size: the size of each job's tmpfs work dir (`None`: a plain
-        directory on the data dir's file system, unbounded).
-    sandbox_timeout: how long a job's sandbox may take to build before its start
-        fails (StartFailedError).
-    retention: when finished jobs are forgotten (`jobworker.jobs.retention`).
+    config: the settings (`TrackerConfig`: data dir, job user, limits, quotas,
+        retention), each with the default jwsd shows.
+    cgroups: a ready cgroup driver (tests); `None` detects the host's.
     """
 
-    data_dir: Path
-    job_user: str = "nobody"
-    default_limits: Limits = attrs.Factory(Limits)
-    max_limits: Limits = attrs.Factory(Limits)
-    allow_host_network: bool = False
-    stop_grace: float = 5.0
-    output_memory_limit: int = 8 << 20
-    tmpfs_size: int | None = None
-    cgroup_name: str = "jobworker"
-    cgroup_parent: str | None = None
+    config: TrackerConfig = attrs.Factory(TrackerConfig)
     cgroups: CgroupDriver | None = None
-    max_running_per_user: int | None = DEFAULT_MAX_RUNNING
-    max_output: int | None = DEFAULT_MAX_OUTPUT
-    workdir_size: int | None = DEFAULT_WORKDIR_SIZE
-    sandbox_timeout: float = spawn.SANDBOX_SETUP_TIMEOUT
-    retention: RetentionPolicy = attrs.Factory(RetentionPolicy)
 
     _jobs: dict[str, _Job] = attrs.field(init=False, factory=dict)
     # Jobs not yet Terminated, per owner (the running quota).
@@ -287,7 +249,7 @@ class JobTracker:
                             functools.partial(
                                 self._stop_and_wait,
                                 job,
-                                self.stop_grace,
+                                self.config.stop_grace,
                                 timing_out=job.timed_out,
                             )
                         )
@@ -310,16 +272,18 @@ class JobTracker:
         """Check the host can run jobs; raise SetupError saying what is missing."""
         host.check_root()
         self._tools = host.find_tools()
-        self._user = bwrap.JobUser.lookup(self.job_user)
+        self._user = bwrap.JobUser.lookup(self.config.job_user)
         self._seccomp = seccomp.program()
         host.check_sandbox(self._tools, self._user, self._seccomp)
         self._prepare_data_dir()
-        self._store = JobStore.open(self.data_dir / STORE_NAME)
+        self._store = JobStore.open(self.config.data_dir / STORE_NAME)
         try:
             self._watcher = OutputWatcher()
             records = self._store.load()
             if self.cgroups is None:
-                self.cgroups = detect(name=self.cgroup_name, subtree=self.cgroup_parent)
+                self.cgroups = detect(
+                    name=self.config.cgroup_name, subtree=self.config.cgroup_parent
+                )
             self._restore(records)
         except BaseException:
             self._store.close()
@@ -327,31 +291,31 @@ class JobTracker:
                 self._watcher.close()
             raise
         try:
-            self._io_device = block_device_of(self.data_dir)
+            self._io_device = block_device_of(self.config.data_dir)
         except InvalidRequestError as exc:
             self._io_device_error = str(exc)
 
     def _prepare_data_dir(self) -> None:
-        jobs = self.data_dir / "jobs"
+        jobs = self.config.data_dir / "jobs"
         try:
             jobs.mkdir(parents=True, exist_ok=True)
-            for directory in (self.data_dir, jobs):
+            for directory in (self.config.data_dir, jobs):
                 os.chmod(directory, 0o711)
             probe = jobs / f".probe-{uuid.uuid4().hex}"
             probe.touch()
             probe.unlink()
         except OSError as exc:
             raise SetupError(
-                f"data dir {self.data_dir} is not writable ({exc.strerror}); pick another with --data-dir"
+                f"data dir {self.config.data_dir} is not writable ({exc.strerror}); pick another with --data-dir"
             ) from exc
         assert self._user is not None
-        host.check_reachable(self.data_dir, self._user)
+        host.check_reachable(self.config.data_dir, self._user)
 
     def _clean_leftovers(self, recorded: set[str], running: set[str]) -> None:
         """Delete what an earlier run left that no record claims: a job dir without a
         record (a start that never returned), and the work dir of every job that is
         not `running` any more."""
-        jobs = self.data_dir / "jobs"
+        jobs = self.config.data_dir / "jobs"
         for leftover in jobs.iterdir():
             if leftover.name in running:
                 continue
@@ -378,7 +342,7 @@ class JobTracker:
         now, clock = time.time(), trio.current_time()
         running: set[str] = set()
         for record in records:
-            job = _job_from_record(record, self.data_dir / "jobs" / record.job_id)
+            job = _job_from_record(record, self.config.data_dir / "jobs" / record.job_id)
             if job.state is not JobState.TERMINATED:
                 if self._reattach(job, record):
                     running.add(job.job_id)
@@ -444,7 +408,7 @@ class JobTracker:
         )
         job.log = FileLog.open(job.directory / OUTPUT_NAME, job.spec.limits.output)
         job.watch = self._watcher.watch(job.log.path, job.log.refresh)
-        if self.workdir_size is not None:
+        if self.config.workdir_size is not None:
             with contextlib.suppress(OSError, StartFailedError):
                 _open_workdir(job, command_pid)
         if job.started_at is None:
@@ -531,7 +495,7 @@ class JobTracker:
 
     async def _shielded_shutdown(self) -> None:
         with trio.CancelScope(shield=True):
-            await self.shutdown(self.stop_grace)
+            await self.shutdown(self.config.stop_grace)
 
     async def shutdown(self, grace: float | None = None) -> None:
         """Accept no new jobs, stop every running one (SIGTERM, `grace` seconds, SIGKILL)
@@ -544,7 +508,7 @@ class JobTracker:
             self._nursery.cancel_scope.cancel()
             await trio.lowlevel.checkpoint()
             return
-        grace = self.stop_grace if grace is None else grace
+        grace = self.config.stop_grace if grace is None else grace
         with trio.move_on_after(grace + FINISH_TIMEOUT) as scope:
             async with trio.open_nursery() as nursery:
                 for job in list(self._jobs.values()):
@@ -568,8 +532,8 @@ class JobTracker:
             raise ShuttingDownError()
         assert self._user is not None and self._tools is not None and self.cgroups is not None
         if (
-            self.max_running_per_user is not None
-            and self._running[owner] >= self.max_running_per_user
+            self.config.max_running_per_user is not None
+            and self._running[owner] >= self.config.max_running_per_user
         ):
             raise QuotaExceededError(
                 f"you already run {self._running[owner]} jobs, this server's limit per user; "
@@ -578,12 +542,12 @@ class JobTracker:
         limits = self._effective_limits(spec.limits)
         if limits.has_io and self._io_device is None:
             raise InvalidRequestError(self._io_device_error or "io limits are not available")
-        if spec.host_network and not self.allow_host_network:
+        if spec.host_network and not self.config.allow_host_network:
             raise InvalidRequestError(
                 "this server does not allow jobs on the host network (jwsd --allow-host-network)"
             )
         job_id = str(uuid.uuid4())
-        directory = self.data_dir / "jobs" / job_id
+        directory = self.config.data_dir / "jobs" / job_id
         job = _Job(
             job_id=job_id,
             owner=owner,
@@ -601,7 +565,7 @@ class JobTracker:
             path=env.get("PATH"),
             cwd=cwd,
             user=self._user,
-            hidden=(PurePosixPath("/tmp"), PurePosixPath(self.data_dir)),
+            hidden=(PurePosixPath("/tmp"), PurePosixPath(self.config.data_dir)),
             visible=(PurePosixPath(job.workdir),),
         )
         self._jobs[job_id] = job
@@ -612,19 +576,19 @@ class JobTracker:
             cgroup = job.cgroup
             assert cgroup is not None
             tools, user = self._tools, self._user
-            tmpfs_size = _tmpfs_size(self.tmpfs_size, limits.memory)
+            tmpfs_size = _tmpfs_size(self.config.tmpfs_size, limits.memory)
             build_cmd = functools.partial(
                 bwrap.spawn_argv,
                 tools,
                 user,
                 procs_files=cgroup.procs_files,
-                data_dir=self.data_dir,
+                data_dir=self.config.data_dir,
                 workdir=job.workdir,
                 cwd=cwd,
                 argv=spec.argv,
                 host_network=spec.host_network,
                 tmpfs_size=tmpfs_size,
-                workdir_size=self.workdir_size,
+                workdir_size=self.config.workdir_size,
             )
             # The record is on disk before the caller learns the job's id; its write (a
             # worker thread) overlaps the sandbox's build, so it costs the start nothing.
@@ -644,10 +608,12 @@ class JobTracker:
                         output_limit=limits.output,
                         copier_errors=job.copier_errors,
                         pipe_owner=(user.uid, user.gid),
-                        on_ready=None if self.workdir_size is None else partial(_open_workdir, job),
+                        on_ready=None
+                        if self.config.workdir_size is None
+                        else partial(_open_workdir, job),
                         seccomp=self._seccomp,
                         kill_sandbox=cgroup.kill_all,
-                        setup_timeout=self.sandbox_timeout,
+                        setup_timeout=self.config.sandbox_timeout,
                     )
             finally:
                 os.close(output_fd)
@@ -680,7 +646,7 @@ class JobTracker:
             return job.snapshot()
         assert self._nursery is not None
         self._nursery.start_soon(
-            self._stop_and_wait, job, self.stop_grace if grace is None else grace
+            self._stop_and_wait, job, self.config.stop_grace if grace is None else grace
         )
         await job.terminated.wait()
         return job.snapshot()
@@ -759,14 +725,14 @@ class JobTracker:
         return job
 
     def _effective_limits(self, asked: Limits) -> Limits:
-        ceilings = self.max_limits
-        if ceilings.output is None and self.max_output is not None:
-            ceilings = attrs.evolve(ceilings, output=self.max_output)
+        ceilings = self.config.max_limits
+        if ceilings.output is None and self.config.max_output is not None:
+            ceilings = attrs.evolve(ceilings, output=self.config.max_output)
         # A default above the maximum gives way to it: only what a request asks
         # for itself can be refused as too much.
         defaults = Limits.of(
             {
-                kind: _smaller(self.default_limits.value(kind), ceilings.value(kind))
+                kind: _smaller(self.config.default_limits.value(kind), ceilings.value(kind))
                 for kind in limits_table.KINDS
             }
         )
@@ -801,7 +767,7 @@ class JobTracker:
         # The job user reaches its work dir by exact path only (0711 above it:
         # traverse, never list); everything else in the data dir stays root's.
         job.directory.mkdir(mode=0o711)
-        if self.workdir_size is None:  # else a tmpfs in the sandbox only
+        if self.config.workdir_size is None:  # else a tmpfs in the sandbox only
             job.workdir.mkdir(mode=0o700)
             os.chown(job.workdir, self._user.uid, self._user.gid)
         job.cgroup = self.cgroups.create(
@@ -936,7 +902,7 @@ class JobTracker:
         # The stop belongs to the tracker (as a `jws stop`'s does), not to this timer,
         # which the job's end cancels.
         self._nursery.start_soon(
-            functools.partial(self._stop_and_wait, job, self.stop_grace, timing_out=True)
+            functools.partial(self._stop_and_wait, job, self.config.stop_grace, timing_out=True)
         )
 
     def _let_go(self, job: _Job) -> None:
@@ -1087,7 +1053,9 @@ class JobTracker:
         owned = self._finished.setdefault(job.owner, {})
         owned[job.job_id] = job
         self._finished_changed.set()
-        for job_id in self.retention.to_forget(_as_finished(owned.values()), trio.current_time()):
+        for job_id in self.config.retention.to_forget(
+            _as_finished(owned.values()), trio.current_time()
+        ):
             victim = owned.get(job_id)  # a remove may have taken it while we awaited
             if victim is not None:
                 await self._forget(victim)
@@ -1101,11 +1069,11 @@ class JobTracker:
                 finished = [
                     job for owned in self._finished.values() for job in _as_finished(owned.values())
                 ]
-                with trio.move_on_at(self.retention.next_expiry(finished)):
+                with trio.move_on_at(self.config.retention.next_expiry(finished)):
                     await self._finished_changed.wait()
                     continue
                 by_id = {job.job_id: job.owner for job in finished}
-                for job_id in self.retention.to_forget(finished, trio.current_time()):
+                for job_id in self.config.retention.to_forget(finished, trio.current_time()):
                     victim = self._finished.get(by_id[job_id], {}).get(job_id)
                     if victim is not None:
                         await self._forget(victim)

@@ -14,27 +14,22 @@ Shutdown, in order and bounded: report NOT_SERVING; refuse new API calls
 which ends each output stream after its last byte; end every health Watch;
 give running calls
 `drain_timeout` seconds to finish; cancel what is left; the tracker removes
-every cgroup and job dir on the way out.
+every cgroup on the way out (records, output and job dirs stay for the next jwsd).
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import attrs
 import trio
 
 from jobworker import tls
-from jobworker.jobs.retention import RetentionPolicy
-from jobworker.jobs.tracker import (
-    DEFAULT_MAX_OUTPUT,
-    DEFAULT_MAX_RUNNING,
-    DEFAULT_WORKDIR_SIZE,
-    JobTracker,
-)
-from jobworker.model import MAX_SERVER_MESSAGE, JobState, Limits
-from jobworker.sandbox.spawn import SANDBOX_SETUP_TIMEOUT
+from jobworker.jobs.config import TrackerConfig, field_names
+from jobworker.jobs.tracker import JobTracker
+from jobworker.model import MAX_SERVER_MESSAGE, JobState
 from jobworker.server.auth import CallGuard, guarded
 from jobworker.server.health import HealthService
 from jobworker.server.policy import UserPolicy
@@ -44,12 +39,6 @@ from jobworker.transport import RpcServer
 log = logging.getLogger("jobworker.daemon")
 
 DEFAULT_PORT = 50051
-DEFAULT_DATA_DIR = Path("/var/lib/jobworker")
-#: Limits for jobs that ask for none (`jwsd --default-limits`): one core, 512 MiB of
-#: memory, 256 tasks (a fork bomb stays a small fraction of the host's pid_max).
-DEFAULT_LIMITS = Limits(cpu=1.0, memory=512 << 20, pids=256)
-#: The size of each of a job's writable tmpfs, /tmp and /dev/shm (`jwsd --tmpfs-size`).
-DEFAULT_TMPFS_SIZE = 64 << 20
 
 
 @attrs.frozen
@@ -61,32 +50,27 @@ class DaemonConfig:
     drain_timeout: seconds running calls get to finish once jobs are stopped at shutdown.
     idle_timeout: seconds a client connection may stay open with no call (None: forever).
     max_connections_per_user: connections one user may hold open at once (None: any).
-    max_running_per_user, max_output, workdir_size, retention: the quotas (see
-        `JobTracker`; `None`: unlimited).
-    sandbox_timeout: seconds a job's sandbox may take to build before its start fails.
+    jobs: the job tracker's section (data dir, job user, limits, quotas, retention).
     """
 
     tls_dir: Path
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
-    data_dir: Path = DEFAULT_DATA_DIR
     users_file: Path | None = None
-    job_user: str = "nobody"
-    default_limits: Limits = DEFAULT_LIMITS
-    max_limits: Limits = attrs.Factory(Limits)
-    allow_host_network: bool = False
-    stop_grace: float = 5.0
     drain_timeout: float = 2.0
     idle_timeout: float | None = 300.0
     max_connections_per_user: int | None = 32
-    cgroup_name: str = "jobworker"
-    cgroup_parent: str | None = None
-    max_running_per_user: int | None = DEFAULT_MAX_RUNNING
-    max_output: int | None = DEFAULT_MAX_OUTPUT
-    workdir_size: int | None = DEFAULT_WORKDIR_SIZE
-    sandbox_timeout: float = SANDBOX_SETUP_TIMEOUT
-    retention: RetentionPolicy = RetentionPolicy()
-    tmpfs_size: int | None = DEFAULT_TMPFS_SIZE
+    jobs: TrackerConfig = attrs.Factory(TrackerConfig)
+
+    @classmethod
+    def of(cls, **settings: Any) -> DaemonConfig:
+        """A config from settings named as the fields of either section (as jwsd's flags
+        are): each goes to the section that has a field of its name. Raises TypeError
+        for a name neither has."""
+        tracker_fields = field_names(TrackerConfig)
+        jobs = {name: value for name, value in settings.items() if name in tracker_fields}
+        daemon = {name: value for name, value in settings.items() if name not in tracker_fields}
+        return cls(**daemon, jobs=TrackerConfig(**jobs))
 
     @property
     def server_files(self) -> tuple[Path, Path, Path]:
@@ -118,22 +102,7 @@ async def serve(
         tls.check_certificate_file(path)
     ssl_context = tls.server_context(cert, key, client_ca)
     policy = UserPolicy.load(config.users_file)
-    async with JobTracker(
-        config.data_dir,
-        job_user=config.job_user,
-        default_limits=config.default_limits,
-        max_limits=config.max_limits,
-        allow_host_network=config.allow_host_network,
-        stop_grace=config.stop_grace,
-        cgroup_name=config.cgroup_name,
-        cgroup_parent=config.cgroup_parent,
-        max_running_per_user=config.max_running_per_user,
-        max_output=config.max_output,
-        workdir_size=config.workdir_size,
-        sandbox_timeout=config.sandbox_timeout,
-        retention=config.retention,
-        tmpfs_size=config.tmpfs_size,
-    ) as tracker:
+    async with JobTracker(config.jobs) as tracker:
         guard = CallGuard(policy)
         server = RpcServer(
             config.host,
@@ -172,7 +141,7 @@ async def serve(
                 log.info("shutting down: stopping %d running jobs", running)
             guard.refuse_new_calls()
             server.stop_accepting()
-            await tracker.shutdown(config.stop_grace)
+            await tracker.shutdown(config.jobs.stop_grace)
             health.close()  # a watcher must not hold up the drain below
             # Every job has ended, so every output stream is sending its last bytes.
             await server.shutdown(config.drain_timeout)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import attrs
 
-from jobworker.jobs.tracker import DEFAULT_WORKDIR_SIZE
+from jobworker.jobs.config import DEFAULT_WORKDIR_SIZE
 from jobworker.sandbox import bwrap
 from tests.bench.machine import which
 

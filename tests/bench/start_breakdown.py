@@ -31,6 +31,7 @@ from typing import Any
 
 import trio
 
+from jobworker.jobs.config import TrackerConfig
 from jobworker.jobs.tracker import JobTracker
 from jobworker.model import JobSpec, Limits
 from jobworker.sandbox import spawn
@@ -54,7 +55,10 @@ async def tracker_steps(count: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory(dir="/var/tmp") as workspace:
         Path(workspace).chmod(0o711)
         async with JobTracker(
-            Path(workspace) / "data", cgroup_name=f"jobworker-breakdown-{uuid.uuid4().hex[:8]}"
+            TrackerConfig(
+                data_dir=Path(workspace) / "data",
+                cgroup_name=f"jobworker-breakdown-{uuid.uuid4().hex[:8]}",
+            )
         ) as tracker:
             assert tracker.cgroups is not None
             create = tracker.cgroups.create

@@ -89,7 +89,7 @@ async def test_watch_sees_not_serving_when_shutdown_starts_and_then_ends(
 ) -> None:
     require_root()
     tls_dir = pki.write_tls_dir(tmp_path / "tls", ["alex"])
-    config = DaemonConfig(
+    config = DaemonConfig.of(
         tls_dir=tls_dir,
         port=0,
         data_dir=tmp_path / "data",

@@ -24,6 +24,7 @@ from jobworker.errors import (
     JobNotFoundError,
     QuotaExceededError,
 )
+from jobworker.jobs.config import TrackerConfig
 from jobworker.jobs.retention import RetentionPolicy
 from jobworker.jobs.tracker import JobTracker
 from jobworker.model import JobSpec, JobState, JobStatus, Limits, Outcome
@@ -43,7 +44,12 @@ async def tracker_at(
 ) -> AsyncIterator[JobTracker]:
     require_root()
     async with JobTracker(
-        data_dir, cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}", stop_grace=1.0, **kwargs
+        TrackerConfig(
+            data_dir=data_dir,
+            cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}",
+            stop_grace=1.0,
+            **kwargs,
+        )
     ) as tracker:
         yield tracker
     if check_records:
@@ -163,9 +169,7 @@ async def test_a_full_disk_while_spilling_shows_in_status_and_keeps_the_exit_cod
     its status keeps exit code 0 and says output was lost, and why; the record of its
     end does not fit either, and its status says that too."""
     with small_tmpfs(tmp_path / "small", "4m") as data:
-        async with tracker_at(
-            data / "data", output_memory_limit=1 * MiB, check_records=False
-        ) as tracker:
+        async with tracker_at(data / "data", check_records=False) as tracker:
             started = await tracker.start("alex", sh("head -c 12582912 /dev/zero; exit 0"))
             status = await tracker.wait("alex", started.job_id)
             assert (status.outcome, status.exit_code) == (Outcome.EXITED, 0)
@@ -188,9 +192,7 @@ async def test_a_job_cannot_write_more_than_its_work_dir_size_and_others_keep_th
     to the data dir (a 48 MiB disk here, which the work dir would otherwise fill),
     keeps every byte of its 24 MiB output."""
     with small_tmpfs(tmp_path / "small", "48m") as data:
-        async with tracker_at(
-            data / "data", workdir_size=16 * MiB, output_memory_limit=1 * MiB
-        ) as tracker:
+        async with tracker_at(data / "data", workdir_size=16 * MiB) as tracker:
             filler = await tracker.start(
                 "alex",
                 sh(
@@ -239,7 +241,7 @@ async def test_a_finished_jobs_output_is_on_disk_and_not_in_memory(tmp_path: Pat
     async with tracker_at(tmp_path / "data") as tracker:
         out, status = await run(tracker, sh("head -c 3000000 /dev/urandom"))
         assert status.output_disk_bytes == status.output_size == 3_000_000
-        log = tracker.data_dir / "jobs" / status.job_id / "output.log"
+        log = tracker.config.data_dir / "jobs" / status.job_id / "output.log"
         assert log.read_bytes() == out
 
 
@@ -249,7 +251,7 @@ async def test_remove_refuses_a_running_job_then_forgets_it_once_ended(tmp_path:
         with pytest.raises(BadStateError, match="still running"):
             await tracker.remove("alex", status.job_id)
         await tracker.stop("alex", status.job_id, grace=0)
-        directory = tracker.data_dir / "jobs" / status.job_id
+        directory = tracker.config.data_dir / "jobs" / status.job_id
         assert directory.exists()
         await tracker.remove("alex", status.job_id)
         assert not directory.exists()

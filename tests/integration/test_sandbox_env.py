@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from jobworker.errors import InvalidRequestError
+from jobworker.jobs.config import TrackerConfig
 from jobworker.jobs.tracker import JobTracker
 from jobworker.model import JobSpec, JobState, JobStatus, Limits
 from jobworker.sandbox import bwrap, spawn
@@ -26,10 +27,12 @@ pytestmark = pytest.mark.root
 def _tracker(tmp_path: Path, **options: object) -> JobTracker:
     require_root()
     return JobTracker(
-        tmp_path / "data",
-        cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}",
-        stop_grace=2.0,
-        **options,  # type: ignore[arg-type]
+        TrackerConfig(
+            data_dir=tmp_path / "data",
+            cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}",
+            stop_grace=2.0,
+            **options,
+        )
     )
 
 
@@ -66,7 +69,7 @@ async def test_the_job_gets_exactly_its_environment(tracker: JobTracker) -> None
     out, status = await run_to_end(tracker, spec)
     assert status.exit_code == 0, out
     seen = dict(item.split("=", 1) for item in out.decode().rstrip("\0").split("\0"))
-    assert seen.pop("PWD") == str(tracker.data_dir / "jobs" / status.job_id / "work")
+    assert seen.pop("PWD") == str(tracker.config.data_dir / "jobs" / status.job_id / "work")
     assert seen == env
 
 

@@ -265,7 +265,7 @@ async def test_shutdown_ends_every_stream_and_job(tmp_path: Path, pki: TestPKI) 
     require_root()
     tls_dir = pki.write_tls_dir(tmp_path / "tls", ["alex"])
     name = f"jobworker-test-{uuid.uuid4().hex[:8]}"
-    config = DaemonConfig(
+    config = DaemonConfig.of(
         tls_dir=tls_dir, port=0, data_dir=tmp_path / "data", stop_grace=0.5, cgroup_name=name
     )
     shutdown = trio.Event()
@@ -318,7 +318,7 @@ async def test_the_daemon_refuses_to_start_with_expired_or_missing_certificates(
     from jobworker.errors import SetupError
 
     tls_dir = pki.write_tls_dir(tmp_path / "tls", [])
-    config = DaemonConfig(
+    config = DaemonConfig.of(
         tls_dir=tls_dir, port=0, data_dir=tmp_path / "data", cgroup_name="jobworker-test-unused"
     )
     expired = pki.server_ca.issue_cert(

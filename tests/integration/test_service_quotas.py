@@ -60,7 +60,7 @@ async def test_remove_is_for_owners_and_admins_of_ended_jobs_and_then_not_found(
         await expect_code(Code.NOT_FOUND, read_all(alex, running.job_id))
         await expect_code(Code.NOT_FOUND, alex.remove(running.job_id))
         await expect_code(Code.INVALID_ARGUMENT, alex.remove(""))
-        assert not (daemon.config.data_dir / "jobs" / running.job_id).exists()
+        assert not (daemon.config.jobs.data_dir / "jobs" / running.job_id).exists()
         # An admin removes anybody's job.
         done = await betty.start(args=["echo", "hi"])
         await wait_terminated(betty, done.job_id)

@@ -29,6 +29,7 @@ from jobworker.errors import (
     ShuttingDownError,
     StartFailedError,
 )
+from jobworker.jobs.config import TrackerConfig
 from jobworker.jobs.tracker import JobTracker
 from jobworker.model import JobSpec, JobState, Limits, Outcome
 from jobworker.sandbox import seccomp
@@ -47,7 +48,11 @@ pytestmark = pytest.mark.root
 async def tracker(tmp_path: Path) -> AsyncIterator[JobTracker]:
     require_root()
     async with JobTracker(
-        tmp_path / "data", cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}", stop_grace=2.0
+        TrackerConfig(
+            data_dir=tmp_path / "data",
+            cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}",
+            stop_grace=2.0,
+        )
     ) as tracker:
         yield tracker
     assert_only_records_left(tmp_path / "data")
@@ -92,7 +97,9 @@ async def test_a_sandbox_not_ready_in_time_fails_the_start_and_leaves_nothing(
     StartFailedError that says so (not an internal error), and nothing is left."""
     require_root()
     name = f"jobworker-test-{uuid.uuid4().hex[:8]}"
-    async with JobTracker(tmp_path / "data", cgroup_name=name, sandbox_timeout=0.001) as tracker:
+    async with JobTracker(
+        TrackerConfig(data_dir=tmp_path / "data", cgroup_name=name, sandbox_timeout=0.001)
+    ) as tracker:
         async with LeakCheck():
             with pytest.raises(StartFailedError, match="not ready within 0.001 s"):
                 await tracker.start("alex", sh("echo never"))
@@ -196,7 +203,7 @@ async def test_a_job_cannot_see_other_jobs_files(tracker: JobTracker) -> None:
     out, _ = await run_to_end(
         tracker,
         sh(
-            f"ls {tracker.data_dir}/jobs/ | wc -l; cat {tracker.data_dir}/jobs/{first.job_id}/work/mine 2>&1 || true",
+            f"ls {tracker.config.data_dir}/jobs/ | wc -l; cat {tracker.config.data_dir}/jobs/{first.job_id}/work/mine 2>&1 || true",
         ),
     )
     # Only its own job dir is visible in the data dir; the other job's file is not there.
@@ -238,7 +245,7 @@ async def test_a_job_can_neither_change_its_cgroup_nor_leave_it(tracker: JobTrac
     # The work dir is a tmpfs in the sandbox's mount namespace: reach it through a
     # process in the sandbox (not the outer bubblewrap, in the host's), as the job
     # user (the tmpfs belongs to the sandbox's user namespace, where root is nobody).
-    inside = (tracker.data_dir / "jobs" / status.job_id / "work").relative_to("/")
+    inside = (tracker.config.data_dir / "jobs" / status.job_id / "work").relative_to("/")
     pids = (job_dir / "cgroup.procs").read_text().split()
     workdir = next(
         Path(f"/proc/{pid}/root") / inside
@@ -325,13 +332,13 @@ async def test_pids_limit_contains_a_fork_bomb_which_stays_stoppable(tracker: Jo
     )
     # The bomb hits its limit and collapses to a few processes: no one event marks that.
     await trio.sleep(1.0)  # the behaviour under test: the bomb gets a second against its limit
-    assert cgroup_pids(tracker.cgroup_name, status.job_id)  # the job's cgroup is found
+    assert cgroup_pids(tracker.config.cgroup_name, status.job_id)  # the job's cgroup is found
     # the two sandbox helpers are on top
-    assert len(cgroup_pids(tracker.cgroup_name, status.job_id)) <= 20 + 2
+    assert len(cgroup_pids(tracker.config.cgroup_name, status.job_id)) <= 20 + 2
     with trio.fail_after(10):
         final = await tracker.stop("alex", status.job_id, grace=0.5)
     assert final.state is JobState.TERMINATED
-    assert cgroup_pids(tracker.cgroup_name, status.job_id) == []
+    assert cgroup_pids(tracker.config.cgroup_name, status.job_id) == []
 
 
 async def test_io_read_limit_throttles_direct_reads(tmp_path: Path) -> None:
@@ -347,7 +354,11 @@ async def test_io_read_limit_throttles_direct_reads(tmp_path: Path) -> None:
         echo $(( (t1 - t0) / 1000000 ))
     """
     async with JobTracker(
-        tmp_path / "data", cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}", workdir_size=None
+        TrackerConfig(
+            data_dir=tmp_path / "data",
+            cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}",
+            workdir_size=None,
+        )
     ) as tracker:
         out, st = await run_to_end(tracker, sh(script, limits=Limits(io_read_bps=10 * 1000 * 1000)))
     assert st.exit_code == 0, out  # type: ignore[attr-defined]
@@ -358,9 +369,11 @@ async def test_io_read_limit_throttles_direct_reads(tmp_path: Path) -> None:
 async def test_limits_over_the_server_maximum_are_refused(tmp_path: Path) -> None:
     require_root()
     async with JobTracker(
-        tmp_path / "d",
-        cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}",
-        max_limits=Limits(memory=64 << 20),
+        TrackerConfig(
+            data_dir=tmp_path / "d",
+            cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}",
+            max_limits=Limits(memory=64 << 20),
+        )
     ) as tracker:
         with pytest.raises(InvalidRequestError, match="above this server's maximum"):
             await tracker.start("alex", sh("true", limits=Limits(memory=128 << 20)))
@@ -395,8 +408,8 @@ async def test_stop_kills_a_sigterm_ignoring_command_and_a_double_forked_grandch
     assert final.outcome is Outcome.STOPPED and final.stopped_by_user
     assert final.signal == 9
     assert processes_running("sleep", marker) == []
-    assert cgroup_pids(tracker.cgroup_name, status.job_id) == []
-    assert job_cgroup_dirs(tracker.cgroup_name, status.job_id) == []
+    assert cgroup_pids(tracker.config.cgroup_name, status.job_id) == []
+    assert job_cgroup_dirs(tracker.config.cgroup_name, status.job_id) == []
     # Stopping a terminated job is fine and changes nothing.
     again = await tracker.stop("alex", status.job_id)
     assert again == final
@@ -439,7 +452,7 @@ async def test_a_job_past_its_time_limit_is_stopped_and_its_outcome_is_timed_out
     assert final.started_at is not None and final.ended_at is not None
     ran = final.ended_at - final.started_at
     assert 1.0 + 2.0 - 0.1 <= ran <= 1.0 + 2.0 + scaled(3), ran
-    assert cgroup_pids(tracker.cgroup_name, status.job_id) == []
+    assert cgroup_pids(tracker.config.cgroup_name, status.job_id) == []
 
 
 async def test_a_job_within_its_time_limit_or_stopped_first_is_not_timed_out(
@@ -459,10 +472,12 @@ async def test_a_job_within_its_time_limit_or_stopped_first_is_not_timed_out(
 async def test_the_servers_time_limits_are_a_default_and_a_maximum(tmp_path: Path) -> None:
     require_root()
     async with JobTracker(
-        tmp_path / "d",
-        cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}",
-        default_limits=Limits(timeout=600.0),
-        max_limits=Limits(timeout=3600.0),
+        TrackerConfig(
+            data_dir=tmp_path / "d",
+            cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}",
+            default_limits=Limits(timeout=600.0),
+            max_limits=Limits(timeout=3600.0),
+        )
     ) as tracker:
         with pytest.raises(
             InvalidRequestError, match="time limit 2h is above this server's maximum of 1h"
@@ -516,7 +531,7 @@ async def test_io_limits_need_a_block_device(tmp_path: Path) -> None:
     data = Path("/dev/shm") / f"jobworker-test-{uuid.uuid4().hex[:8]}"
     try:
         async with JobTracker(
-            data, cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}"
+            TrackerConfig(data_dir=data, cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}")
         ) as tracker:
             with pytest.raises(InvalidRequestError, match="block device"):
                 await tracker.start("alex", sh("true", limits=Limits(io_read_bps=1 << 20)))
@@ -530,7 +545,9 @@ async def test_a_data_dir_that_is_not_writable_is_a_setup_error(tmp_path: Path) 
     blocker = tmp_path / "file"
     blocker.write_text("not a dir")
     with pytest.raises(SetupError, match="not writable"):
-        async with JobTracker(blocker / "data", cgroup_name="jobworker-test-unused"):
+        async with JobTracker(
+            TrackerConfig(data_dir=blocker / "data", cgroup_name="jobworker-test-unused")
+        ):
             pass
 
 
@@ -604,7 +621,9 @@ async def test_cancelling_the_tracker_stops_every_job_and_leaves_nothing(tmp_pat
     before_children = child_pids()
     async with LeakCheck():
         with trio.move_on_after(1.0):
-            async with JobTracker(tmp_path / "data", cgroup_name=name, stop_grace=0.5) as tracker:
+            async with JobTracker(
+                TrackerConfig(data_dir=tmp_path / "data", cgroup_name=name, stop_grace=0.5)
+            ) as tracker:
                 for script in [
                     "sleep 1000",
                     "trap '' TERM; while :; do sleep 1; done",
@@ -639,7 +658,7 @@ async def test_leftover_cgroups_of_a_crashed_run_are_killed_and_removed(tmp_path
             what="the pid is in the cgroup",
         )
     driver.close()  # as the crash would: the parent stays (busy), its lock goes
-    async with JobTracker(tmp_path / "data", cgroup_name=name):
+    async with JobTracker(TrackerConfig(data_dir=tmp_path / "data", cgroup_name=name)):
         with trio.fail_after(5):
             for proc in procs:
                 await proc.wait()
@@ -671,7 +690,9 @@ async def test_a_host_where_bubblewrap_is_missing_or_cannot_sandbox_is_a_setup_e
         SetupError,
         match=r"bwrap not found: jobworker needs bubblewrap \(apt-get install bubblewrap\)",
     ):
-        async with JobTracker(tmp_path / "data", cgroup_name="jobworker-test-unused"):
+        async with JobTracker(
+            TrackerConfig(data_dir=tmp_path / "data", cgroup_name="jobworker-test-unused")
+        ):
             pass
     fake = bin_dir / "bwrap"
     fake.write_text("#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n")
@@ -679,7 +700,9 @@ async def test_a_host_where_bubblewrap_is_missing_or_cannot_sandbox_is_a_setup_e
     with pytest.raises(
         SetupError, match="cannot build a sandbox here as nobody: bwrap: No permissions"
     ):
-        async with JobTracker(tmp_path / "data", cgroup_name="jobworker-test-unused"):
+        async with JobTracker(
+            TrackerConfig(data_dir=tmp_path / "data", cgroup_name="jobworker-test-unused")
+        ):
             pass
 
 
@@ -729,8 +752,8 @@ async def test_a_start_cancelled_at_any_point_leaves_nothing_behind(tracker: Job
     assert cancelled >= 3, f"the start took only {step} steps; is it still asynchronous?"
     await eventually(lambda: not child_pids() - children, timeout=scaled(5), what="children reaped")
     live_jobs = {s.job_id for s in tracker.list("alex")}
-    parents = cgroups_named(tracker.cgroup_name)
+    parents = cgroups_named(tracker.config.cgroup_name)
     assert parents, "the job parent was not found"
     for parent in parents:
         assert [d.name for d in parent.iterdir() if d.is_dir()] == []
-    assert {d.name for d in (tracker.data_dir / "jobs").iterdir()} <= live_jobs
+    assert {d.name for d in (tracker.config.data_dir / "jobs").iterdir()} <= live_jobs

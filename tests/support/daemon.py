@@ -78,7 +78,7 @@ class DaemonFiles:
     async def serving(self, **fields: Any) -> AsyncIterator[Daemon]:
         """jwsd with these files, a data dir under tmp_path, a cgroup name of its own and
         the DaemonConfig `fields` given, for the block's duration."""
-        config = DaemonConfig(
+        config = DaemonConfig.of(
             tls_dir=self.tls_dir,
             port=0,
             data_dir=self.tmp_path / "data",

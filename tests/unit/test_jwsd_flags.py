@@ -7,16 +7,17 @@ import subprocess
 import pytest
 
 from jobworker.cli.jwsd import parse_tmpfs_size
+from jobworker.jobs.config import DEFAULT_LIMITS, DEFAULT_TMPFS_SIZE
 from jobworker.limits import format_limits, parse_limits
 from jobworker.model import Limits
-from jobworker.server.daemon import DEFAULT_LIMITS, DEFAULT_TMPFS_SIZE, DaemonConfig
+from jobworker.server.daemon import DaemonConfig
 from tests.e2e.conftest import BIN
 
 
 def test_jobs_that_ask_for_nothing_get_memory_pids_and_cpu_limits() -> None:
     assert Limits(cpu=1.0, memory=512 << 20, pids=256) == DEFAULT_LIMITS
-    assert DaemonConfig(tls_dir=BIN).default_limits == DEFAULT_LIMITS
-    assert DaemonConfig(tls_dir=BIN).tmpfs_size == DEFAULT_TMPFS_SIZE == 64 << 20
+    assert DaemonConfig(tls_dir=BIN).jobs.default_limits == DEFAULT_LIMITS
+    assert DaemonConfig(tls_dir=BIN).jobs.tmpfs_size == DEFAULT_TMPFS_SIZE == 64 << 20
 
 
 @pytest.mark.parametrize(
