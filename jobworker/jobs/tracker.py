@@ -47,7 +47,7 @@ import signal
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator
 from functools import partial
 from pathlib import Path, PurePosixPath
 from types import TracebackType
@@ -69,8 +69,8 @@ from jobworker.errors import (
     sole_exception,
 )
 from jobworker.jobs.config import TrackerConfig
+from jobworker.jobs.finished import FinishedJobs
 from jobworker.jobs.output_log import FileLog, OutputWatcher
-from jobworker.jobs.retention import Finished
 from jobworker.jobs.store import JobRecord, JobStore
 from jobworker.model import JobSpec, JobState, JobStatus, Limits, Outcome, Usage
 from jobworker.sandbox import bwrap, host, seccomp, spawn, workdir
@@ -212,9 +212,8 @@ class JobTracker:
     _jobs: dict[str, _Job] = attrs.field(init=False, factory=dict)
     # Jobs not yet Terminated, per owner (the running quota).
     _running: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
-    # Finished jobs whose output is on disk, per owner, in the order they were released.
-    _finished: dict[str, dict[str, _Job]] = attrs.field(init=False, factory=dict)
-    _finished_changed: trio.Event = attrs.field(init=False, factory=trio.Event)
+    # Finished jobs whose output is on disk, and the retention that forgets them.
+    _finished: FinishedJobs = attrs.field(init=False)
     _collector: trio.CancelScope = attrs.field(init=False, factory=trio.CancelScope)
     _watching: trio.CancelScope = attrs.field(init=False, factory=trio.CancelScope)
     _nursery: trio.Nursery | None = attrs.field(init=False, default=None)
@@ -229,6 +228,10 @@ class JobTracker:
     _watcher: OutputWatcher | None = attrs.field(init=False, default=None)
     # Set when the tracker leaves its jobs running as it exits (`detach`).
     _detaching: bool = attrs.field(init=False, default=False)
+
+    @_finished.default
+    def _finished_default(self) -> FinishedJobs:
+        return FinishedJobs(self.config.retention, self._forget_by_id)
 
     # ---- life cycle -------------------------------------------------------
 
@@ -357,7 +360,7 @@ class JobTracker:
             job.terminated.set()
             job.released.set()
             self._jobs[job.job_id] = job
-            self._finished.setdefault(job.owner, {})[job.job_id] = job
+            self._finished.restored(job.job_id, job.owner, job.ended_clock)
         self._clean_leftovers({record.job_id for record in records}, running)
         stale = self.cgroups.cleanup_stale(keep=running)
         if stale:
@@ -1046,37 +1049,21 @@ class JobTracker:
     # ---- retention ---------------------------------------------------------------
 
     async def _retire(self, job: _Job) -> None:
-        """A job's output is on disk: count it as finished, and forget its owner's
-        oldest finished jobs beyond the count the retention policy keeps."""
-        if self._jobs.get(job.job_id) is not job:
+        """A job's output is on disk: count it as finished (which may forget its
+        owner's oldest finished jobs beyond the count the retention policy keeps)."""
+        if self._jobs.get(job.job_id) is not job or job.ended_clock is None:
             return  # removed meanwhile
-        owned = self._finished.setdefault(job.owner, {})
-        owned[job.job_id] = job
-        self._finished_changed.set()
-        for job_id in self.config.retention.to_forget(
-            _as_finished(owned.values()), trio.current_time()
-        ):
-            victim = owned.get(job_id)  # a remove may have taken it while we awaited
-            if victim is not None:
-                await self._forget(victim)
+        await self._finished.finished(job.job_id, job.owner, job.ended_clock)
 
     async def _collect_expired(self) -> None:
-        """Forget finished jobs once they are older than the retention's max age:
-        sleep until the oldest one expires, or until a job finishes."""
+        """Forget finished jobs as the retention policy says, until shutdown."""
         with self._collector:
-            while True:
-                self._finished_changed = trio.Event()
-                finished = [
-                    job for owned in self._finished.values() for job in _as_finished(owned.values())
-                ]
-                with trio.move_on_at(self.config.retention.next_expiry(finished)):
-                    await self._finished_changed.wait()
-                    continue
-                by_id = {job.job_id: job.owner for job in finished}
-                for job_id in self.config.retention.to_forget(finished, trio.current_time()):
-                    victim = self._finished.get(by_id[job_id], {}).get(job_id)
-                    if victim is not None:
-                        await self._forget(victim)
+            await self._finished.run()
+
+    async def _forget_by_id(self, job_id: str) -> None:
+        job = self._jobs.get(job_id)
+        if job is not None:
+            await self._forget(job)
 
     async def _forget(self, job: _Job) -> None:
         """Drop a finished job: its entry first (from then on it is not found), then
@@ -1085,10 +1072,7 @@ class JobTracker:
             await trio.lowlevel.checkpoint()
             return
         del self._jobs[job.job_id]
-        owned = self._finished.get(job.owner, {})
-        owned.pop(job.job_id, None)
-        if not owned:
-            self._finished.pop(job.owner, None)
+        self._finished.discard(job.job_id, job.owner)
         assert self._store is not None
         with trio.CancelScope(shield=True):
             # The record before the files: a crash in between leaves a record whose
@@ -1234,14 +1218,6 @@ def _file_size(path: Path) -> int:
         return path.stat().st_size
     except FileNotFoundError:
         return 0
-
-
-def _as_finished(jobs: Iterable[_Job]) -> builtins.list[Finished]:
-    return [
-        Finished(job.job_id, job.owner, job.ended_clock)
-        for job in jobs
-        if job.ended_clock is not None
-    ]
 
 
 def _smaller(default: float | None, ceiling: float | None) -> float | None:

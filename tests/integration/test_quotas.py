@@ -261,6 +261,24 @@ async def test_remove_refuses_a_running_job_then_forgets_it_once_ended(tmp_path:
             await tracker.remove("alex", status.job_id)
 
 
+async def test_the_count_per_user_holds_for_jobs_restored_at_start_up(tmp_path: Path) -> None:
+    """A tracker started on records of more finished jobs than --max-finished keeps
+    (an earlier run with a higher limit, or a crash loop) forgets the oldest at once."""
+    data = tmp_path / "data"
+    async with tracker_at(
+        data, retention=RetentionPolicy(max_age=None, max_per_owner=10)
+    ) as tracker:
+        ids = [(await run(tracker, sh(f"echo {i}")))[1].job_id for i in range(4)]
+    policy = RetentionPolicy(max_age=None, max_per_owner=2)
+    async with tracker_at(data, retention=policy) as tracker:
+        await eventually(
+            lambda: [job.job_id for job in tracker.list("alex")] == ids[2:],
+            timeout=scaled(10),
+            what="the oldest restored jobs forgotten",
+        )
+        assert sorted(d.name for d in (data / "jobs").iterdir()) == sorted(ids[2:])
+
+
 async def test_finished_jobs_beyond_the_count_per_user_are_forgotten_oldest_first(
     tmp_path: Path,
 ) -> None:
