@@ -27,6 +27,7 @@ from jobworker.errors import InvalidRequestError, SetupError, sole_exception
 from jobworker.jobs.retention import RetentionPolicy
 from jobworker.limits import Limits, Unit, check_host, format_limits, parse_limits
 from jobworker.sandbox import host as host_checks
+from jobworker.sandbox.hostview import JobBind
 from jobworker.server.daemon import (
     DEFAULT_DATA_DIR,
     DEFAULT_LIMITS,
@@ -124,6 +125,14 @@ def _limits_option(ctx: click.Context, param: click.Parameter, value: str) -> Li
     help="Let jobs ask for the host's network instead of loopback only.",
 )
 @click.option(
+    "--job-bind",
+    "job_binds",
+    multiple=True,
+    metavar="SRC[:DST][:ro|rw]",
+    help="Show every job the host's SRC at DST (default: SRC), read-only unless rw; "
+    "repeatable. Jobs otherwise see only /usr, /etc, /opt and the /bin, /lib links.",
+)
+@click.option(
     "--stop-grace",
     default="5s",
     show_default=True,
@@ -214,6 +223,7 @@ async def main(
     max_limits: Limits,
     tmpfs_size: int | None,
     allow_host_network: bool,
+    job_binds: tuple[str, ...],
     stop_grace: str,
     sandbox_timeout: str,
     idle_timeout: str,
@@ -266,6 +276,7 @@ async def main(
         _fail(str(exc))
     try:
         host_checks.check_root()  # before anything else: the rest of the checks need root too
+        binds = tuple(JobBind.parse(text) for text in job_binds)
     except SetupError as exc:
         _fail(str(exc))
     config = DaemonConfig(
@@ -279,6 +290,7 @@ async def main(
         max_limits=max_limits,
         tmpfs_size=tmpfs_size,
         allow_host_network=allow_host_network,
+        job_binds=binds,
         stop_grace=grace,
         sandbox_timeout=sandbox_seconds,
         idle_timeout=idle or None,

@@ -72,7 +72,7 @@ from jobworker.jobs.output_log import FileLog, OutputWatcher
 from jobworker.jobs.retention import Finished, RetentionPolicy
 from jobworker.jobs.store import JobRecord, JobStore
 from jobworker.model import JobSpec, JobState, JobStatus, Limits, Outcome, Usage
-from jobworker.sandbox import bwrap, host, seccomp, spawn, workdir
+from jobworker.sandbox import bwrap, host, hostview, seccomp, spawn, workdir
 from jobworker.sandbox.cgroups import CgroupDriver, JobCgroup, block_device_of, detect
 
 log = logging.getLogger(__name__)
@@ -228,6 +228,7 @@ class JobTracker:
     sandbox_timeout: how long a job's sandbox may take to build before its start
         fails (StartFailedError).
     retention: when finished jobs are forgotten (`jobworker.jobs.retention`).
+    job_binds: host paths the operator shows every job (`jwsd --job-bind`).
     """
 
     data_dir: Path
@@ -246,6 +247,7 @@ class JobTracker:
     workdir_size: int | None = DEFAULT_WORKDIR_SIZE
     sandbox_timeout: float = spawn.SANDBOX_SETUP_TIMEOUT
     retention: RetentionPolicy = attrs.Factory(RetentionPolicy)
+    job_binds: tuple[hostview.JobBind, ...] = ()
 
     _jobs: dict[str, _Job] = attrs.field(init=False, factory=dict)
     # Jobs not yet Terminated, per owner (the running quota).
@@ -261,6 +263,7 @@ class JobTracker:
     _user: bwrap.JobUser | None = attrs.field(init=False, default=None)
     _tools: bwrap.SandboxTools | None = attrs.field(init=False, default=None)
     _seccomp: bytes | None = attrs.field(init=False, default=None)
+    _view: hostview.HostView | None = attrs.field(init=False, default=None)
     _io_device: tuple[int, int] | None = attrs.field(init=False, default=None)
     _io_device_error: str | None = attrs.field(init=False, default=None)
     _store: JobStore | None = attrs.field(init=False, default=None)
@@ -312,7 +315,10 @@ class JobTracker:
         self._tools = host.find_tools()
         self._user = bwrap.JobUser.lookup(self.job_user)
         self._seccomp = seccomp.program()
-        host.check_sandbox(self._tools, self._user, self._seccomp)
+        self._view = hostview.HostView.build(
+            can_read=hostview.readable_by(self._user), data_dir=self.data_dir, binds=self.job_binds
+        )
+        host.check_sandbox(self._tools, self._user, self._seccomp, self._view.options)
         self._prepare_data_dir()
         self._store = JobStore.open(self.data_dir / STORE_NAME)
         try:
@@ -567,6 +573,7 @@ class JobTracker:
         if self._closing or self._nursery is None:
             raise ShuttingDownError()
         assert self._user is not None and self._tools is not None and self.cgroups is not None
+        assert self._view is not None
         if (
             self.max_running_per_user is not None
             and self._running[owner] >= self.max_running_per_user
@@ -601,8 +608,8 @@ class JobTracker:
             path=env.get("PATH"),
             cwd=cwd,
             user=self._user,
-            hidden=(PurePosixPath("/tmp"), PurePosixPath(self.data_dir)),
-            visible=(PurePosixPath(job.workdir),),
+            hidden=(*self._view.hidden, PurePosixPath(self.data_dir)),
+            visible=(*self._view.visible, PurePosixPath(job.workdir)),
         )
         self._jobs[job_id] = job
         self._running[owner] += 1
@@ -625,6 +632,7 @@ class JobTracker:
                 host_network=spec.host_network,
                 tmpfs_size=tmpfs_size,
                 workdir_size=self.workdir_size,
+                view=self._view.options,
             )
             # The record is on disk before the caller learns the job's id; its write (a
             # worker thread) overlaps the sandbox's build, so it costs the start nothing.

@@ -34,6 +34,7 @@ from jobworker.jobs.tracker import (
     JobTracker,
 )
 from jobworker.model import MAX_SERVER_MESSAGE, JobState, Limits
+from jobworker.sandbox.hostview import JobBind
 from jobworker.sandbox.spawn import SANDBOX_SETUP_TIMEOUT
 from jobworker.server.auth import CallGuard, guarded
 from jobworker.server.health import HealthService
@@ -64,6 +65,7 @@ class DaemonConfig:
     max_running_per_user, max_output, workdir_size, retention: the quotas (see
         `JobTracker`; `None`: unlimited).
     sandbox_timeout: seconds a job's sandbox may take to build before its start fails.
+    job_binds: host paths every job sees besides the allow-list (`jwsd --job-bind`).
     """
 
     tls_dir: Path
@@ -87,6 +89,7 @@ class DaemonConfig:
     sandbox_timeout: float = SANDBOX_SETUP_TIMEOUT
     retention: RetentionPolicy = RetentionPolicy()
     tmpfs_size: int | None = DEFAULT_TMPFS_SIZE
+    job_binds: tuple[JobBind, ...] = ()
 
     @property
     def server_files(self) -> tuple[Path, Path, Path]:
@@ -133,6 +136,7 @@ async def serve(
         sandbox_timeout=config.sandbox_timeout,
         retention=config.retention,
         tmpfs_size=config.tmpfs_size,
+        job_binds=config.job_binds,
     ) as tracker:
         guard = CallGuard(policy)
         server = RpcServer(
