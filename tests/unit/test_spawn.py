@@ -432,3 +432,22 @@ def test_a_long_or_odd_program_name_is_echoed_short_and_escaped(tmp_path: Path) 
         )
     message = str(caught.value)
     assert len(message) < 300 and "\n" not in message, message
+
+
+def test_outside_the_allow_list_a_program_is_missing_and_the_deepest_rule_wins(
+    tmp_path: Path,
+) -> None:
+    """Under "/" hidden, only the visible dirs show; a hidden dir inside one hides again."""
+    (tmp_path / "shown" / "covered").mkdir(parents=True)
+    for name in ["shown/x", "shown/covered/x", "other"]:
+        (tmp_path / name).write_text("#!/bin/sh\n")
+        (tmp_path / name).chmod(0o755)
+    rule = {
+        "hidden": (PurePosixPath("/"), PurePosixPath(tmp_path / "shown" / "covered")),
+        "visible": (PurePosixPath(tmp_path / "shown"),),
+    }
+    found = spawn.resolve_program(str(tmp_path / "shown/x"), path=None, cwd="/", user=ROOT, **rule)
+    assert found == str(tmp_path / "shown/x")
+    for name in ["shown/covered/x", "other"]:
+        with pytest.raises(StartFailedError, match="no such file"):
+            spawn.resolve_program(str(tmp_path / name), path=None, cwd="/", user=ROOT, **rule)
