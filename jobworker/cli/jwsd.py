@@ -30,6 +30,7 @@ from jobworker.jobs.config import TrackerConfig
 from jobworker.jobs.retention import RetentionPolicy
 from jobworker.limits import Limits, check_host, format_limits, parse_limits
 from jobworker.sandbox import host as host_checks
+from jobworker.sandbox.hostview import JobBind
 from jobworker.server.daemon import DEFAULT_PORT, DaemonConfig, serve
 from jobworker.server.notify import Notifier
 from jobworker.units import format_duration, parse_addr, parse_duration, parse_size
@@ -168,6 +169,14 @@ def _count_or_none(ctx: click.Context, param: click.Parameter, value: int) -> in
     help="Let jobs ask for the host's network instead of loopback only.",
 )
 @click.option(
+    "--job-bind",
+    "job_binds",
+    multiple=True,
+    metavar="SRC[:DST][:ro|rw]",
+    help="Show every job the host's SRC at DST (default: SRC), read-only unless rw; "
+    "repeatable. Jobs otherwise see only /usr, /etc, /opt and the /bin, /lib links.",
+)
+@click.option(
     "--stop-grace",
     type=_DURATION,
     default=format_duration(_JOBS.stop_grace),
@@ -258,7 +267,12 @@ def _count_or_none(ctx: click.Context, param: click.Parameter, value: int) -> in
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
 async def main(
-    addr: str, retention: float | None, max_finished: int | None, log_level: str, **settings: Any
+    addr: str,
+    job_binds: tuple[str, ...],
+    retention: float | None,
+    max_finished: int | None,
+    log_level: str,
+    **settings: Any,
 ) -> None:
     """Run the jobworker daemon: jobs for authenticated users, over gRPC with mutual TLS.
 
@@ -286,9 +300,10 @@ async def main(
         _fail(str(exc))
     try:
         host_checks.check_root()  # before anything else: the rest of the checks need root too
+        binds = tuple(JobBind.parse(text) for text in job_binds)
     except SetupError as exc:
         _fail(str(exc))
-    config = DaemonConfig.of(host=host, port=port, retention=policy, **settings)
+    config = DaemonConfig.of(host=host, port=port, retention=policy, job_binds=binds, **settings)
     try:
         await run(config)
     except BaseExceptionGroup as group:

@@ -14,6 +14,7 @@ import attrs
 
 from jobworker.jobs.retention import RetentionPolicy
 from jobworker.model import Limits
+from jobworker.sandbox.hostview import JobBind
 
 #: Where jwsd keeps its job records, output and work dirs (`jwsd --data-dir`).
 DEFAULT_DATA_DIR = Path("/var/lib/jobworker")
@@ -55,6 +56,7 @@ class TrackerConfig:
         on the data dir's file system, unbounded).
     sandbox_timeout: seconds a job's sandbox may take to build before its start fails.
     retention: when finished jobs are forgotten (`jobworker.jobs.retention`).
+    job_binds: host paths every job sees besides the allow-list (`jwsd --job-bind`).
     """
 
     data_dir: Path = DEFAULT_DATA_DIR
@@ -71,6 +73,7 @@ class TrackerConfig:
     workdir_size: int | None = DEFAULT_WORKDIR_SIZE
     sandbox_timeout: float = DEFAULT_SANDBOX_TIMEOUT
     retention: RetentionPolicy = attrs.Factory(RetentionPolicy)
+    job_binds: tuple[JobBind, ...] = ()
 
 
 def field_names(cls: type) -> frozenset[str]:

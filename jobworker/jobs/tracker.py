@@ -73,7 +73,7 @@ from jobworker.jobs.finished import FinishedJobs
 from jobworker.jobs.output_log import FileLog, OutputWatcher
 from jobworker.jobs.store import JobRecord, JobStore
 from jobworker.model import JobSpec, JobState, JobStatus, Limits, Outcome, Usage
-from jobworker.sandbox import bwrap, host, seccomp, spawn, workdir
+from jobworker.sandbox import bwrap, host, hostview, seccomp, spawn, workdir
 from jobworker.sandbox.cgroups import CgroupDriver, JobCgroup, block_device_of, detect
 
 log = logging.getLogger(__name__)
@@ -222,6 +222,7 @@ class JobTracker:
     _user: bwrap.JobUser | None = attrs.field(init=False, default=None)
     _tools: bwrap.SandboxTools | None = attrs.field(init=False, default=None)
     _seccomp: bytes | None = attrs.field(init=False, default=None)
+    _view: hostview.HostView | None = attrs.field(init=False, default=None)
     _io_device: tuple[int, int] | None = attrs.field(init=False, default=None)
     _io_device_error: str | None = attrs.field(init=False, default=None)
     _store: JobStore | None = attrs.field(init=False, default=None)
@@ -277,7 +278,12 @@ class JobTracker:
         self._tools = host.find_tools()
         self._user = bwrap.JobUser.lookup(self.config.job_user)
         self._seccomp = seccomp.program()
-        host.check_sandbox(self._tools, self._user, self._seccomp)
+        self._view = hostview.HostView.build(
+            can_read=hostview.readable_by(self._user),
+            data_dir=self.config.data_dir,
+            binds=self.config.job_binds,
+        )
+        host.check_sandbox(self._tools, self._user, self._seccomp, self._view.options)
         self._prepare_data_dir()
         self._store = JobStore.open(self.config.data_dir / STORE_NAME)
         try:
@@ -534,6 +540,7 @@ class JobTracker:
         if self._closing or self._nursery is None:
             raise ShuttingDownError()
         assert self._user is not None and self._tools is not None and self.cgroups is not None
+        assert self._view is not None
         if (
             self.config.max_running_per_user is not None
             and self._running[owner] >= self.config.max_running_per_user
@@ -568,8 +575,8 @@ class JobTracker:
             path=env.get("PATH"),
             cwd=cwd,
             user=self._user,
-            hidden=(PurePosixPath("/tmp"), PurePosixPath(self.config.data_dir)),
-            visible=(PurePosixPath(job.workdir),),
+            hidden=(*self._view.hidden, PurePosixPath(self.config.data_dir)),
+            visible=(*self._view.visible, PurePosixPath(job.workdir)),
         )
         self._jobs[job_id] = job
         self._running[owner] += 1
@@ -592,6 +599,7 @@ class JobTracker:
                 host_network=spec.host_network,
                 tmpfs_size=tmpfs_size,
                 workdir_size=self.config.workdir_size,
+                view=self._view.options,
             )
             # The record is on disk before the caller learns the job's id; its write (a
             # worker thread) overlaps the sandbox's build, so it costs the start nothing.

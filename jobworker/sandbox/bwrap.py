@@ -10,12 +10,14 @@ bubblewrap.
    bubblewrap builds the sandbox unprivileged, inside a new user namespace: the
    command runs as that user on the host too, with no capabilities at all.
 3. `bwrap` unshares every namespace (pid, mount, net with only `lo` up, uts, ipc,
-   user, cgroup) and forbids further user namespaces inside, binds the host root
-   read-only, mounts a fresh /proc, a read-only /dev, and size-limited /tmp and
-   /dev/shm, hides the data dir (other jobs' files) and /sys/fs/cgroup (every
-   job's cgroup) behind read-only empty tmpfs, mounts the job's own work dir (a
-   size-limited tmpfs, see `workdir`) at its path, and starts the command as the
-   leader of a new session. No `--die-with-parent`: the job outlives the daemon;
+   user, cgroup) and forbids further user namespaces inside, builds the job's
+   view of the host on an empty root (an allow-list of read-only directories,
+   `hostview`; no /sys, nor any host procfs or sysfs), mounts a fresh /proc, a
+   read-only /dev, and size-limited /tmp and /dev/shm, hides the data dir (other
+   jobs' files, when the view shows it) behind a read-only empty tmpfs, mounts
+   the job's own work dir (a size-limited tmpfs, see `workdir`) at its path,
+   makes the root read-only, and starts the command as the leader of a new
+   session. No `--die-with-parent`: the job outlives the daemon;
    `--json-status-fd` reports the host pid of the sandbox's init (leader of
    the command's process group) and the exit code.
    Bubblewrap also installs the jobs' seccomp filter (`seccomp`, through
@@ -72,9 +74,6 @@ HELPER_ENV: Mapping[str, str] = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG"
 
 #: The hostname a job sees in its own UTS namespace.
 JOB_HOSTNAME = "job"
-
-#: Where the host's cgroup hierarchies are mounted (v1 and v2 alike).
-CGROUP_ROOT = "/sys/fs/cgroup"
 
 #: The processes bubblewrap adds to every job (outer bwrap, and the namespace's init),
 #: which count against the pids limit on top of what the user asked for.
@@ -140,6 +139,7 @@ def spawn_argv(
     host_network: bool,
     tmpfs_size: int | None,
     workdir_size: int | None,
+    view: Sequence[str],
 ) -> list[str]:
     """The whole command line for one job (see the module docstring).
 
@@ -154,6 +154,7 @@ def spawn_argv(
         `env_options` of the job's environment.
     tmpfs_size: the size in bytes of the job's writable /tmp and /dev/shm (each);
         None: the kernel's default, half the host's RAM.
+    view: the options that show the job its view of the host (`hostview.HostView.options`).
     """
     cmd = [tools.sh, "-c", TRAMPOLINE, "jobworker-trampoline", *map(str, procs_files), "--"]
     if not user.is_root:
@@ -173,7 +174,7 @@ def spawn_argv(
         ]
     size = [] if tmpfs_size is None else ["--size", str(tmpfs_size)]
     cmd += [
-        "--ro-bind", "/", "/",
+        *view,
         "--proc", "/proc",
         # bubblewrap's /dev is a tmpfs the job user owns, of the kernel's default size:
         # read-only but for its own size-limited /dev/shm (device nodes stay writable).
@@ -181,13 +182,13 @@ def spawn_argv(
         *size, "--tmpfs", "/dev/shm",
         "--remount-ro", "/dev",
         *size, "--tmpfs", "/tmp",
-        # The host's cgroup tree names every job; the job's own limits are the
-        # daemon's to report, so it sees none.
-        "--tmpfs", CGROUP_ROOT, "--remount-ro", CGROUP_ROOT,
         # Other jobs' work dirs and output; only the job's own work dir comes back.
         "--tmpfs", str(data_dir),
         *_workdir_options(workdir, workdir_size),
         "--remount-ro", str(data_dir),
+        # bubblewrap's root is a tmpfs the job user owns, of half the host's RAM;
+        # non-recursive: /tmp, /dev/shm and the work dir stay writable.
+        "--remount-ro", "/",
         "--chdir", cwd,
         "--hostname", JOB_HOSTNAME,
         "--new-session",

@@ -14,6 +14,7 @@ import platform
 import shutil
 import stat
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 from jobworker.errors import SetupError
@@ -38,19 +39,23 @@ def find_tools() -> SandboxTools:
     )
 
 
-def check_sandbox(tools: SandboxTools, user: JobUser, seccomp: bytes | None) -> None:
+def check_sandbox(
+    tools: SandboxTools, user: JobUser, seccomp: bytes | None, view: Sequence[str]
+) -> None:
     """Build one empty sandbox with the namespaces and privilege drop jobs get (as the
     job user, every namespace, nested user namespaces disabled), so a host where that
     cannot work (no user namespaces, a bubblewrap too old for a flag) is a SetupError
     at start. Takes ~15 ms, once. (Not `bwrap.spawn_argv`: that one also enters a
     job's cgroups, which do not exist yet.) The size-limited tmpfs is the kind a
     job's work dir is; `seccomp` is the jobs' filter program (None: there is none
-    for this architecture, which is logged)."""
+    for this architecture, which is logged). `view` is the jobs' view of the host
+    (`hostview.HostView.options`): an operator's `--job-bind` the job user cannot
+    reach fails here, once, not at every start."""
     argv = [tools.bwrap, "--unshare-all"]
     if not user.is_root:
         argv += ["--unshare-user", "--disable-userns"]
-    argv += ["--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev"]
-    argv += ["--perms", "0700", "--size", str(1 << 20), "--tmpfs", "/tmp"]
+    argv += [*view, "--proc", "/proc", "--dev", "/dev"]
+    argv += ["--perms", "0700", "--size", str(1 << 20), "--tmpfs", "/tmp", "--remount-ro", "/"]
     with contextlib.ExitStack() as closing:
         pass_fds: tuple[int, ...] = ()
         if seccomp is None:

@@ -92,8 +92,11 @@ def resolve_program(
 
     path: the job's PATH (`None`: DEFAULT_PATH). cwd: the job's working directory
     (the sandbox binds host paths at the same place, so a host lookup answers for
-    the sandbox). hidden: directories the sandbox covers with an empty tmpfs (its
-    fresh /tmp, the data dir), except for the `visible` ones bound back inside them.
+    the sandbox). hidden: what the sandbox does not show of the host ("/" for an
+    allow-list, the data dir, covered mounts); visible: what it shows inside
+    those (the allow-list's directories, the job's work dir). A hidden path is
+    "no such file", exactly as a missing one: a start request learns nothing of
+    what the job could not see itself.
 
     Raises StartFailedError naming the program and the reason.
     """
@@ -143,10 +146,13 @@ def _unusable(
 
 
 def _hidden(path: str, hidden: Sequence[PurePosixPath], visible: Sequence[PurePosixPath]) -> bool:
+    """Whether the sandbox hides `path`: the deepest of `hidden` and `visible` that
+    contains it is a hidden one (a tie is visible: what shows it is mounted later,
+    as an operator's bind is over the empty tmpfs that covers a host mount)."""
     pure = PurePosixPath(path)
-    return any(pure.is_relative_to(h) for h in hidden) and not any(
-        pure.is_relative_to(v) for v in visible
-    )
+    deepest_hidden = max((len(h.parts) for h in hidden if pure.is_relative_to(h)), default=-1)
+    deepest_visible = max((len(v.parts) for v in visible if pure.is_relative_to(v)), default=-1)
+    return deepest_hidden > deepest_visible
 
 
 def _lookup(path: str, user: JobUser) -> tuple[str, os.stat_result] | str:

@@ -26,7 +26,7 @@ from pathlib import Path
 import attrs
 
 from jobworker.jobs.config import DEFAULT_WORKDIR_SIZE
-from jobworker.sandbox import bwrap
+from jobworker.sandbox import bwrap, hostview
 from tests.bench.machine import which
 
 #: Limits every start benchmark applies (jobworker's request and runc's config alike).
@@ -86,6 +86,9 @@ def bwrap_true(count: int, data_dir: Path) -> list[float]:
             host_network=False,
             tmpfs_size=64 << 20,
             workdir_size=DEFAULT_WORKDIR_SIZE,
+            view=hostview.HostView.build(
+                can_read=hostview.readable_by(user), data_dir=data_dir
+            ).options,
         )
         os.write(args_fd, bwrap.env_options({"PATH": "/usr/bin:/bin"}))
         os.set_blocking(read_end, False)

@@ -198,8 +198,8 @@ def test_tmpfs_pages_are_charged_to_the_job_memory_limit(jwsd: Jwsd) -> None:
 
 @pytest.fixture
 def unreachable_dir() -> Iterator[Path]:
-    """A root-only (0700) directory outside /tmp and the data dir, which the sandbox shows."""
-    directory = Path("/var/tmp") / f"jobworker-test-{uuid.uuid4().hex[:8]}"
+    """A root-only (0700) directory in /opt, which the sandbox shows (its allow-list)."""
+    directory = Path("/opt") / f"jobworker-test-{uuid.uuid4().hex[:8]}"
     directory.mkdir(mode=0o700)
     try:
         yield directory

@@ -112,6 +112,7 @@ def test_spawn_argv_enters_cgroups_then_drops_privileges_then_sandboxes(tmp_path
         host_network=False,
         tmpfs_size=64 << 20,
         workdir_size=16 << 20,
+        view=("--ro-bind", "/usr", "/usr"),
     )
     assert argv[:3] == ["/bin/sh", "-c", bwrap.TRAMPOLINE]
     dashdash = argv.index("--")
@@ -145,26 +146,27 @@ def test_spawn_argv_enters_cgroups_then_drops_privileges_then_sandboxes(tmp_path
     assert options[options.index("--json-status-fd") + 1] == "7"
     # The job's environment comes from the args fd, read by bubblewrap alone.
     assert options[1:3] == ["--args", "8"]
-    assert options[options.index("--ro-bind") : options.index("--ro-bind") + 3] == [
+    # The job's view of the host (hostview) comes first, on bubblewrap's empty root.
+    assert options[options.index("--ro-bind") : options.index("--ro-bind") + 4] == [
         "--ro-bind",
-        "/",
-        "/",
+        "/usr",
+        "/usr",
+        "--proc",
     ]
     mounts = _mounts(options)
-    # Writable tmpfs are size-limited; /dev, the cgroup tree and the data dir are
-    # read-only; the data dir is hidden before the job's own work dir, a tmpfs of
-    # its own, is mounted in it.
+    # Writable tmpfs are size-limited; /dev and the data dir are read-only; the
+    # data dir is hidden before the job's own work dir, a tmpfs of its own, is
+    # mounted in it; the root is made read-only last (non-recursive).
     assert mounts == [
         ("--proc", "/proc", None),
         ("--dev", "/dev", None),
         ("--tmpfs", "/dev/shm", 64 << 20),
         ("--remount-ro", "/dev", None),
         ("--tmpfs", "/tmp", 64 << 20),
-        ("--tmpfs", "/sys/fs/cgroup", None),
-        ("--remount-ro", "/sys/fs/cgroup", None),
         ("--tmpfs", "/var/lib/jobworker", None),
         ("--tmpfs", "/var/lib/jobworker/jobs/x/work", 16 << 20),
         ("--remount-ro", "/var/lib/jobworker", None),
+        ("--remount-ro", "/", None),
     ]
     work = options.index("/var/lib/jobworker/jobs/x/work")
     assert options[work - 5 : work] == ["--perms", "0700", "--size", str(16 << 20), "--tmpfs"]
@@ -199,7 +201,7 @@ def test_spawn_argv_for_root_and_host_network_skips_the_privilege_drop() -> None
     argv = bwrap.spawn_argv(
         tools, ROOT, procs_files=[], data_dir=Path("/d"), workdir=Path("/d/w"), cwd="/",
         argv=["id"], status_fd=5, args_fd=6, host_network=True, tmpfs_size=None,
-        workdir_size=None,
+        workdir_size=None, view=(),
     )  # fmt: skip
     assert "/usr/bin/setpriv" not in argv
     assert "--unshare-user" not in argv
@@ -430,3 +432,22 @@ def test_a_long_or_odd_program_name_is_echoed_short_and_escaped(tmp_path: Path) 
         )
     message = str(caught.value)
     assert len(message) < 300 and "\n" not in message, message
+
+
+def test_outside_the_allow_list_a_program_is_missing_and_the_deepest_rule_wins(
+    tmp_path: Path,
+) -> None:
+    """Under "/" hidden, only the visible dirs show; a hidden dir inside one hides again."""
+    (tmp_path / "shown" / "covered").mkdir(parents=True)
+    for name in ["shown/x", "shown/covered/x", "other"]:
+        (tmp_path / name).write_text("#!/bin/sh\n")
+        (tmp_path / name).chmod(0o755)
+    rule = {
+        "hidden": (PurePosixPath("/"), PurePosixPath(tmp_path / "shown" / "covered")),
+        "visible": (PurePosixPath(tmp_path / "shown"),),
+    }
+    found = spawn.resolve_program(str(tmp_path / "shown/x"), path=None, cwd="/", user=ROOT, **rule)
+    assert found == str(tmp_path / "shown/x")
+    for name in ["shown/covered/x", "other"]:
+        with pytest.raises(StartFailedError, match="no such file"):
+            spawn.resolve_program(str(tmp_path / name), path=None, cwd="/", user=ROOT, **rule)
