@@ -177,16 +177,16 @@ class JobSpec:
             )
 
 
-class JobState(enum.Enum):
-    """A job's three states; the words are the API's."""
+class JobState(enum.StrEnum):
+    """A job's three states; the words are the API's (and the job records')."""
 
     PENDING = "Pending"
     ACTIVE = "Active"
     TERMINATED = "Terminated"
 
 
-class Outcome(enum.Enum):
-    """How a terminated job ended."""
+class Outcome(enum.StrEnum):
+    """How a terminated job ended (the words are the API's and the job records')."""
 
     EXITED = "exited"  # the command exited by itself; see exit_code
     SIGNALED = "signaled"  # a signal killed it (not sent by a stop); see signal

@@ -19,24 +19,21 @@ file from version n to n + 1, in one transaction each. A file from a newer
 jobworker (a version above `SCHEMA_VERSION`) is refused: this jwsd cannot know
 what it would lose by writing it.
 
-A record is a `JobRecord`: what status and list show, and what re-attaching to a
-running job needs. Environment values are never stored (they often hold
-secrets): only the names of the variables.
+A record is a `JobRecord` (`jobworker.jobs.record`), stored as its JSON.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import attrs
 import trio
 
 from jobworker.errors import SetupError
+from jobworker.jobs.record import JobRecord
 
 #: The schema version this jobworker writes.
 SCHEMA_VERSION = 1
@@ -59,72 +56,6 @@ MIGRATIONS: tuple[str, ...] = (
 BUSY_TIMEOUT_MS = 5000
 
 _T = TypeVar("_T")
-
-
-@attrs.frozen
-class JobRecord:
-    """One job as it is kept on disk.
-
-    The fields mirror `JobStatus` (spec flattened: argv, env_keys, workdir,
-    host_network, limits as a dict of `Limits`' fields) plus:
-    outcome_reason: why a job ended the way it did when its outcome alone does not
-        say (a job lost across a restart).
-    stop_requested: a stop was asked for (its outcome is then "stopped").
-    timed_out: that stop was the job's time limit's (its outcome is then "timed-out").
-    supervisor_pid / supervisor_start: the process that holds the job (bubblewrap)
-        and its start time in clock ticks since boot (/proc/PID/stat field 22),
-        which tells it apart from a later process that reused the pid.
-    command_pid: the host pid of the sandbox's init (the command's process group).
-    copier_pid / copier_start: the process that copies the job's output into its file.
-    cgroups: the job's cgroup directories, one per hierarchy.
-    """
-
-    job_id: str
-    owner: str
-    argv: tuple[str, ...]
-    state: str
-    created_at: float
-    env_keys: tuple[str, ...] = ()
-    workdir: str | None = None
-    host_network: bool = False
-    limits: Mapping[str, Any] = attrs.Factory(dict)
-    started_at: float | None = None
-    ended_at: float | None = None
-    outcome: str | None = None
-    outcome_reason: str | None = None
-    exit_code: int | None = None
-    signal: int | None = None
-    stop_requested: bool = False
-    timed_out: bool = False
-    cpu_ns: int = 0
-    peak_memory: int = 0
-    oom_kills: int = 0
-    output_size: int = 0
-    output_truncated: str | None = None
-    workdir_bytes: int = 0
-    supervisor_pid: int | None = None
-    supervisor_start: int | None = None
-    command_pid: int | None = None
-    copier_pid: int | None = None
-    copier_start: int | None = None
-    cgroups: tuple[str, ...] = ()
-
-    def to_json(self) -> str:
-        return json.dumps(attrs.asdict(self, recurse=False), separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, text: str) -> JobRecord:
-        """Raises ValueError (or TypeError) for a record that is not one."""
-        data = json.loads(text)
-        if not isinstance(data, dict):
-            raise ValueError("a job record must be a JSON object")
-        known = attrs.fields_dict(cls)
-        # Fields a newer minor version added are ignored; a missing one takes its default.
-        values = {key: value for key, value in data.items() if key in known}
-        for name in ("argv", "env_keys", "cgroups"):
-            if name in values:
-                values[name] = tuple(values[name])
-        return cls(**values)
 
 
 class JobStore:
@@ -284,4 +215,4 @@ def _migrate(db: sqlite3.Connection, path: Path) -> None:
             db.execute(f"PRAGMA user_version = {version}")
 
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "JobRecord", "JobStore"]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "JobStore"]

@@ -71,7 +71,8 @@ from jobworker.errors import (
 from jobworker.jobs.config import TrackerConfig
 from jobworker.jobs.finished import FinishedJobs
 from jobworker.jobs.output_log import FileLog, OutputWatcher
-from jobworker.jobs.store import JobRecord, JobStore
+from jobworker.jobs.record import JobRecord
+from jobworker.jobs.store import JobStore
 from jobworker.model import JobSpec, JobState, JobStatus, Limits, Outcome, Usage
 from jobworker.sandbox import bwrap, host, hostview, seccomp, spawn, workdir
 from jobworker.sandbox.cgroups import CgroupDriver, JobCgroup, block_device_of, detect
@@ -1193,7 +1194,7 @@ def _job_from_record(record: JobRecord, directory: Path) -> _Job:
     spec = JobSpec(
         argv=record.argv,
         workdir=record.workdir,
-        limits=Limits(**record.limits),
+        limits=record.limits,
         host_network=record.host_network,
     )
     output = directory / OUTPUT_NAME

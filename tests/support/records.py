@@ -6,7 +6,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from jobworker.jobs.store import JobRecord
+from jobworker.jobs.record import JobRecord
 
 
 def records(data_dir: Path) -> dict[str, JobRecord]:

@@ -10,7 +10,8 @@ import pytest
 
 from jobworker.errors import SetupError
 from jobworker.jobs import store
-from jobworker.jobs.store import JobRecord, JobStore
+from jobworker.jobs.record import JobRecord
+from jobworker.jobs.store import JobStore
 
 
 def record(job_id: str = "a", **fields: object) -> JobRecord:
@@ -28,7 +29,7 @@ def record(job_id: str = "a", **fields: object) -> JobRecord:
 async def test_records_outlive_the_connection_and_the_file_is_private(tmp_path: Path) -> None:
     path = tmp_path / "jobs.db"
     db = JobStore.open(path)
-    first = record("a", limits={"memory": 1 << 20}, cgroups=("/sys/fs/cgroup/x",), env_keys=("K",))
+    first = record("a", limits={"memory": 16 << 20}, cgroups=("/sys/fs/cgroup/x",), env_keys=("K",))
     await db.put(first)
     await db.put(record("b", created_at=2.0))
     await db.put(record("b", created_at=2.0, state="Terminated", exit_code=3))
