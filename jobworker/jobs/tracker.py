@@ -68,9 +68,10 @@ from jobworker.errors import (
     StartFailedError,
     sole_exception,
 )
-from jobworker.jobs.output_log import FileLog, OutputWatcher
+from jobworker.jobs.output_log import FileLog
 from jobworker.jobs.retention import Finished, RetentionPolicy
 from jobworker.jobs.store import JobRecord, JobStore
+from jobworker.jobs.watcher import OutputWatcher
 from jobworker.model import JobSpec, JobState, JobStatus, Limits, Outcome, Usage
 from jobworker.sandbox import bwrap, host, seccomp, spawn, workdir
 from jobworker.sandbox.cgroups import CgroupDriver, JobCgroup, block_device_of, detect
