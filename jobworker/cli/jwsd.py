@@ -86,7 +86,7 @@ def _limits_option(ctx: click.Context, param: click.Parameter, value: str) -> Li
     type=click.Path(path_type=Path, file_okay=False, resolve_path=True, readable=False),
     default=DEFAULT_DATA_DIR,
     show_default=True,
-    help="Job work dirs and spilled output; IO limits apply to its block device.",
+    help="Job work dirs and output files; IO limits apply to its block device.",
 )
 @click.option(
     "--users",

@@ -205,14 +205,13 @@ class _Job:
 class JobTracker:
     """Runs jobs under cgroup limits and bubblewrap isolation; use as `async with`.
 
-    data_dir: where job work dirs and spilled output live (created if missing;
+    data_dir: where job work dirs and output files live (created if missing;
         must be writable). Its block device is the one IO limits apply to.
     job_user: the host account jobs run as; "root" is an explicit opt-in.
     default_limits: limits applied where a request sets none.
     max_limits: the most a request may ask for; `None` fields are unbounded.
     allow_host_network: whether a job may share the host's network namespace.
     stop_grace: seconds between SIGTERM and SIGKILL when a stop gives none.
-    output_memory_limit: bytes of each job's output kept in memory before it spills.
     tmpfs_size: bytes each of a job's writable tmpfs (/tmp, /dev/shm) may hold, at
         most the job's memory limit (its pages are charged to the job's memory
         cgroup); `None`: only the memory limit bounds them.
@@ -237,7 +236,6 @@ class JobTracker:
     max_limits: Limits = attrs.Factory(Limits)
     allow_host_network: bool = False
     stop_grace: float = 5.0
-    output_memory_limit: int = 8 << 20
     tmpfs_size: int | None = None
     cgroup_name: str = "jobworker"
     cgroup_parent: str | None = None
