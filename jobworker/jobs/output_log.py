@@ -165,7 +165,21 @@ class FileLog:
         self._lot.unpark_all()
 
     def discard(self) -> None:
-        """Close the log and delete the file; readers still waiting get BadStateError."""
+        """Close the log and delete the file inline; readers still waiting get
+        BadStateError. Idempotent; a file that cannot be deleted is logged."""
+        self._forget()
+        _delete(self.path)
+
+    async def aclose(self) -> None:
+        """`discard`, the unlink in a worker thread (a large file takes a while).
+        Shielded: it finishes even when the caller is cancelled."""
+        self._forget()
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(_delete, self.path)
+
+    def _forget(self) -> None:
+        """Everything of `discard` but the unlink. In the trio thread: it wakes the
+        readers, and their shared reads are this run's."""
         self._discarded = self._closed = True
         if self._fd is not None:
             os.close(self._fd)
@@ -173,15 +187,6 @@ class FileLog:
         with contextlib.suppress(RuntimeError):  # outside trio: nothing was read
             shared_reads().forget(self._serial)
         self._lot.unpark_all()
-        try:
-            self.path.unlink(missing_ok=True)
-        except OSError as exc:
-            log.error("cannot delete the output file %s: %s", self.path, exc.strerror or exc)
-
-    async def aclose(self) -> None:
-        """`discard`, the unlink in a worker thread (a large file takes a while)."""
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(self.discard)
 
     # ---- readers ---------------------------------------------------------------------
 
@@ -272,6 +277,9 @@ class FileLog:
             )
 
     async def _pread(self, offset: int, count: int) -> bytes:
+        # Re-checked here: a reader that waited for another's shared read, which the
+        # log's discard ended, reads for itself, after `discard` deleted the file.
+        self._check_readable()
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError as exc:
@@ -297,6 +305,14 @@ class FileLog:
                 f"the output file ends before byte {offset}; something truncated it"
             )
         return data
+
+
+def _delete(path: Path) -> None:
+    """Delete a log's file (gone already is fine), logging what fails."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        log.error("cannot delete the output file %s: %s", path, exc.strerror or exc)
 
 
 def _raise_single(group: BaseExceptionGroup[BaseException]) -> None:
