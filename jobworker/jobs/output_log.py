@@ -7,12 +7,14 @@ runs, and byte N of the output is byte N of the file for ever: offsets are stabl
 across restarts, and a finished job's output is read the same before and after one.
 
 The daemon holds no output in memory: it learns that the file grew from inotify
-(`OutputWatcher`, one inotify fd for every job, no polling) and then `refresh`es
-the log's size, waking the readers parked on it. Readers read the file from
-their own cursors through the shared, block-aligned reads of `jobworker.output`
-(inline while the page cache has the bytes, else in worker threads), so 1,000
-followers of one job cost one read per block, a slow follower only delays
-itself, and the job never waits for anyone: the copier writes to the page cache.
+(`jobworker.jobs.watcher.OutputWatcher`, one inotify fd for every job, no
+polling) and then `refresh`es the log's size, waking the readers parked on it
+(one `ParkingLot.unpark_all`). Readers read the file from their own cursors
+through the block-aligned reads of `jobworker.jobs.shared_reads` (inline while the
+page cache has the bytes, else in worker threads of their own), so 1,000
+followers of one job at the same place cost one read per block, a slow follower
+only delays itself, and the job never waits for anyone: the copier writes to the
+page cache, whoever reads.
 
 Limits and losses:
 * the output cap is the copier's (its RLIMIT_FSIZE stops it at N bytes, and the job's
@@ -28,26 +30,22 @@ Limits and losses:
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
-import errno
 import itertools
 import logging
 import os
-import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import attrs
 import trio
 
-from jobworker.errors import BadStateError, InvalidRequestError, SetupError
-from jobworker.output import SPILL_BLOCK, _pread_if_cached, _raise_single, _spill_reads
+from jobworker.errors import BadStateError, InvalidRequestError, sole_exception
+from jobworker.jobs.shared_reads import BLOCK, pread, shared_reads
 
 log = logging.getLogger(__name__)
 
-#: File logs are numbered after the in-memory logs' serials, for the shared read keys.
-_serials = itertools.count(1 << 40)
+#: Numbers each log, for the keys of its shared reads.
+_serials = itertools.count()
 
 
 @attrs.define(eq=False)
@@ -56,7 +54,9 @@ class FileLog:
 
     max_size: the job's output cap (`None`: none); only reported here (`full`,
     `truncated`), the copier enforces it. Open a running job's log with `open`, a
-    finished job's with `restored`.
+    finished job's with `restored`. Its owner (the tracker) ends it: `close` once
+    the copier has exited, `detach` when it leaves the job running, `discard` or
+    `aclose` when the job is forgotten; an open log holds one fd until then.
     """
 
     path: Path
@@ -102,15 +102,12 @@ class FileLog:
 
     @property
     def closed(self) -> bool:
+        """True once the output is complete (`close`, or a restored log) or discarded."""
         return self._closed
 
     @property
-    def memory_size(self) -> int:
-        """Bytes of output the daemon holds in memory: none, ever."""
-        return 0
-
-    @property
     def disk_size(self) -> int:
+        """Bytes of output the file holds on disk (0 when a restored log's file is gone)."""
         return self._size if self._on_disk else 0
 
     @property
@@ -159,10 +156,6 @@ class FileLog:
             self._fd = None
         self._lot.unpark_all()
 
-    async def release(self) -> None:
-        """Nothing to move to disk: the output is there (kept for the tracker's sake)."""
-        await trio.lowlevel.checkpoint()
-
     def detach(self) -> None:
         """Stop following the file without ending it (the daemon leaves the job running)."""
         if self._fd is not None:
@@ -172,23 +165,28 @@ class FileLog:
         self._lot.unpark_all()
 
     def discard(self) -> None:
-        """Close the log and delete the file; readers still waiting get BadStateError."""
+        """Close the log and delete the file inline; readers still waiting get
+        BadStateError. Idempotent; a file that cannot be deleted is logged."""
+        self._forget()
+        _delete(self.path)
+
+    async def aclose(self) -> None:
+        """`discard`, the unlink in a worker thread (a large file takes a while).
+        Shielded: it finishes even when the caller is cancelled."""
+        self._forget()
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(_delete, self.path)
+
+    def _forget(self) -> None:
+        """Everything of `discard` but the unlink. In the trio thread: it wakes the
+        readers, and their shared reads are this run's."""
         self._discarded = self._closed = True
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
         with contextlib.suppress(RuntimeError):  # outside trio: nothing was read
-            _spill_reads().forget(self._serial)
+            shared_reads().forget(self._serial)
         self._lot.unpark_all()
-        try:
-            self.path.unlink(missing_ok=True)
-        except OSError as exc:
-            log.error("cannot delete the output file %s: %s", self.path, exc.strerror or exc)
-
-    async def aclose(self) -> None:
-        """`discard`, the unlink in a worker thread (a large file takes a while)."""
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(self.discard)
 
     # ---- readers ---------------------------------------------------------------------
 
@@ -219,8 +217,8 @@ class FileLog:
                     return b""
                 await self._lot.park()
         self._check_readable()
-        count = min(max_bytes, self._size - offset, SPILL_BLOCK - offset % SPILL_BLOCK)
-        return await _spill_reads().read(
+        count = min(max_bytes, self._size - offset, BLOCK - offset % BLOCK)
+        return await shared_reads().read(
             (self._serial, offset, count), lambda: self._pread(offset, count)
         )
 
@@ -228,8 +226,20 @@ class FileLog:
     async def subscribe(
         self, offset: int = 0, *, chunk_size: int = 1 << 20
     ) -> AsyncIterator[trio.MemoryReceiveChannel[bytes]]:
-        """The output from byte `offset` on, as a memory channel of the caller's own
-        (as `OutputLog.subscribe`)."""
+        """The output from byte `offset` on, as a memory channel of the caller's own.
+
+        A task of its own (in a nursery this context manager owns) reads the log from
+        its own cursor and sends chunks of at most `chunk_size` bytes into the channel;
+        the channel ends (`EndOfChannel`) after the last byte once the log is closed.
+        The channel is unbuffered: the feeder holds at most one chunk, and a
+        subscriber that does not read only stops its own feeder.
+
+        Leaving the block (normally, by an exception or by cancellation) cancels the
+        feeder at once: no task is left behind. An exception raised in the block
+        comes out as itself, not wrapped in an exception group. Raises
+        `InvalidRequestError` for a negative `offset` or a `chunk_size` below 1 (before
+        anything starts), and `BadStateError` as `read` does.
+        """
         if offset < 0:
             raise InvalidRequestError(f"output offset must be zero or more, not {offset}")
         if chunk_size < 1:
@@ -254,7 +264,7 @@ class FileLog:
                 try:
                     await send.send(chunk)
                 except trio.BrokenResourceError:
-                    return
+                    return  # the subscriber closed its channel: nobody to feed
                 offset += len(chunk)
 
     # ---- internals -------------------------------------------------------------------
@@ -267,6 +277,9 @@ class FileLog:
             )
 
     async def _pread(self, offset: int, count: int) -> bytes:
+        # Re-checked here: a reader that waited for another's shared read, which the
+        # log's discard ended, reads for itself, after `discard` deleted the file.
+        self._check_readable()
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError as exc:
@@ -279,11 +292,7 @@ class FileLog:
                 f"cannot read the job's output file: {exc.strerror or exc}"
             ) from exc
         try:
-            data = _pread_if_cached(fd, count, offset)
-            if not data:
-                data = await trio.to_thread.run_sync(
-                    os.pread, fd, count, offset, limiter=_spill_reads().threads
-                )
+            data = await pread(fd, count, offset)
         except OSError as exc:
             raise BadStateError(
                 f"cannot read the job's output file: {exc.strerror or exc}"
@@ -298,80 +307,28 @@ class FileLog:
         return data
 
 
-# ---- inotify ---------------------------------------------------------------------------------
-
-_IN_MODIFY = 0x00000002
-_IN_NONBLOCK = os.O_NONBLOCK
-_IN_CLOEXEC = os.O_CLOEXEC
-_EVENT = struct.Struct("iIII")  # wd, mask, cookie, len (then len bytes of name)
-
-
-class OutputWatcher:
-    """One inotify instance for the daemon: calls a job's callback when its output
-    file is written (IN_MODIFY; the kernel merges repeated events a reader has not
-    taken yet, so a busy job costs one wake-up per batch, not one per write).
-
-    Use `run()` as a task; `watch(path, callback)` returns a handle for `unwatch`.
-    Raises SetupError when inotify is not available.
-    """
-
-    def __init__(self) -> None:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        self._add = libc.inotify_add_watch
-        self._add.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
-        self._rm = libc.inotify_rm_watch
-        self._rm.argtypes = [ctypes.c_int, ctypes.c_int]
-        fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
-        if fd < 0:
-            raise SetupError(
-                f"cannot watch job output (inotify_init1: {os.strerror(ctypes.get_errno())}); "
-                "raise fs.inotify.max_user_instances"
-            )
-        self._fd = fd
-        self._callbacks: dict[int, Callable[[], None]] = {}
-
-    def watch(self, path: Path, callback: Callable[[], None]) -> int:
-        """Call `callback` whenever `path` is written. Raises OSError."""
-        wd = self._add(self._fd, os.fsencode(path), _IN_MODIFY)
-        if wd < 0:
-            code = ctypes.get_errno()
-            raise OSError(code, os.strerror(code), str(path))
-        self._callbacks[wd] = callback
-        return int(wd)
-
-    def unwatch(self, wd: int) -> None:
-        if self._callbacks.pop(wd, None) is not None:
-            self._rm(self._fd, wd)  # fails harmlessly for a deleted file's watch
-
-    async def run(self) -> None:
-        """Dispatch events until cancelled."""
-        while True:
-            await trio.lowlevel.wait_readable(self._fd)
-            try:
-                data = os.read(self._fd, 64 * 1024)
-            except BlockingIOError:
-                continue
-            except OSError as exc:
-                if exc.errno == errno.EINTR:
-                    continue
-                raise
-            woken: set[int] = set()
-            position = 0
-            while position + _EVENT.size <= len(data):
-                wd, _mask, _cookie, length = _EVENT.unpack_from(data, position)
-                position += _EVENT.size + length
-                woken.add(wd)
-            for wd in woken:
-                callback = self._callbacks.get(wd)
-                if callback is not None:
-                    callback()
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            with contextlib.suppress(RuntimeError):  # outside trio: nobody waits on it
-                trio.lowlevel.notify_closing(self._fd)
-            os.close(self._fd)
-            self._fd = -1
+def _delete(path: Path) -> None:
+    """Delete a log's file (gone already is fine), logging what fails."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        log.error("cannot delete the output file %s: %s", path, exc.strerror or exc)
 
 
-__all__ = ["FileLog", "OutputWatcher"]
+def _raise_single(group: BaseExceptionGroup[BaseException]) -> None:
+    """Re-raise the one exception in `group` (ignoring `Cancelled` ones next to it), so
+    that an error in a subscriber's block comes out as itself; a group with several
+    real errors is re-raised as it is."""
+    single = sole_exception(group, ignore=trio.Cancelled)
+    if single is None:
+        raise group
+    context = single.__context__
+    try:
+        raise single
+    finally:
+        # `raise` inside the except block would chain the group as context: undo that.
+        single.__context__ = context
+        del single, context
+
+
+__all__ = ["FileLog"]

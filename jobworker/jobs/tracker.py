@@ -70,9 +70,10 @@ from jobworker.errors import (
 )
 from jobworker.jobs.config import TrackerConfig
 from jobworker.jobs.finished import FinishedJobs
-from jobworker.jobs.output_log import FileLog, OutputWatcher
+from jobworker.jobs.output_log import FileLog
 from jobworker.jobs.record import JobRecord
 from jobworker.jobs.store import JobStore
+from jobworker.jobs.watcher import OutputWatcher
 from jobworker.model import JobSpec, JobState, JobStatus, Limits, Outcome, Usage
 from jobworker.sandbox import bwrap, host, hostview, seccomp, spawn, workdir
 from jobworker.sandbox.cgroups import CgroupDriver, JobCgroup, block_device_of, detect

@@ -3,7 +3,7 @@
 Why a tmpfs: it is enforced on every host and every file system the data dir may
 be on (ext4/XFS project quotas exist only where the operator enabled them), a
 job that fills it gets ENOSPC in its own work dir and never touches the data
-dir's disk (other jobs' spilled output lives there), and its pages are charged
+dir's disk (other jobs' output files live there), and its pages are charged
 to the memory cgroup of the process that writes them: the job's. So work-dir
 bytes count against the job's memory limit, and are gone when the job ends.
 

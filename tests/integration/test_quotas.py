@@ -162,7 +162,7 @@ async def test_the_server_output_limit_applies_when_a_job_asks_none_and_bounds_w
         assert out == b"fits\n" and status.output_truncated is None
 
 
-async def test_a_full_disk_while_spilling_shows_in_status_and_keeps_the_exit_code(
+async def test_a_full_disk_while_writing_output_shows_in_status_and_keeps_the_exit_code(
     tmp_path: Path,
 ) -> None:
     """The data dir on a 4 MiB tmpfs; a job writes 12 MiB of output and exits 0:
@@ -188,7 +188,7 @@ async def test_a_job_cannot_write_more_than_its_work_dir_size_and_others_keep_th
     tmp_path: Path,
 ) -> None:
     """A 16 MiB work dir: writing 64 MiB into it fails with ENOSPC at 16 MiB, status
-    shows what the work dir held; meanwhile another user's job, whose output spills
+    shows what the work dir held; meanwhile another user's job, whose output goes
     to the data dir (a 48 MiB disk here, which the work dir would otherwise fill),
     keeps every byte of its 24 MiB output."""
     with small_tmpfs(tmp_path / "small", "48m") as data:
