@@ -137,11 +137,6 @@ def start_jwsd(
     return Jwsd(process, f"127.0.0.1:{match[1]}", tls_dir, tmp_path / "data", name, home, log_path)
 
 
-@pytest.fixture(scope="session")
-def pki() -> TestPKI:
-    return TestPKI()
-
-
 @pytest.fixture
 def jwsd(tmp_path: Path, pki: TestPKI) -> Iterator[Jwsd]:
     require_root()

@@ -28,11 +28,6 @@ Code = purerpc.StatusCode
 Status = hpb.HealthCheckResponse.ServingStatus
 
 
-@pytest.fixture(scope="module")
-def pki() -> TestPKI:
-    return TestPKI()
-
-
 @pytest.fixture
 async def daemon(tmp_path: Path, pki: TestPKI) -> AsyncIterator[Daemon]:
     """jwsd with a users file that knows alex only; mallory's certificate is from the same CA."""
