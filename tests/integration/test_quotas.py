@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from jobworker.jobs.retention import RetentionPolicy
 from jobworker.jobs.tracker import JobTracker
 from jobworker.model import JobSpec, JobState, JobStatus, Limits, Outcome
 from tests.conftest import require_root
+from tests.support.names import unique_name
 from tests.support.records import assert_only_records_left
 from tests.support.timing import scaled
 from tests.support.waiting import eventually
@@ -46,7 +46,7 @@ async def tracker_at(
     async with JobTracker(
         TrackerConfig(
             data_dir=data_dir,
-            cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}",
+            cgroup_name=unique_name(),
             stop_grace=1.0,
             **kwargs,
         )

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import resource
 import shutil
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from jobworker.jobs.tracker import JobTracker
 from jobworker.model import JobSpec, JobState, JobStatus, Limits
 from jobworker.sandbox import bwrap, spawn
 from tests.conftest import require_root
+from tests.support.names import unique_name
 from tests.support.records import assert_only_records_left
 
 pytestmark = pytest.mark.root
@@ -29,7 +29,7 @@ def _tracker(tmp_path: Path, **options: object) -> JobTracker:
     return JobTracker(
         TrackerConfig(
             data_dir=tmp_path / "data",
-            cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}",
+            cgroup_name=unique_name(),
             stop_grace=2.0,
             **options,
         )

@@ -37,6 +37,7 @@ from jobworker.sandbox.cgroups import detect
 from tests.conftest import require_root
 from tests.support.cgroupfs import cgroup_pids, cgroups_named, job_cgroup_dirs
 from tests.support.leaks import LeakCheck, child_pids, processes_running
+from tests.support.names import unique_name
 from tests.support.records import assert_only_records_left
 from tests.support.timing import scaled
 from tests.support.waiting import eventually
@@ -50,7 +51,7 @@ async def tracker(tmp_path: Path) -> AsyncIterator[JobTracker]:
     async with JobTracker(
         TrackerConfig(
             data_dir=tmp_path / "data",
-            cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}",
+            cgroup_name=unique_name(),
             stop_grace=2.0,
         )
     ) as tracker:
@@ -96,7 +97,7 @@ async def test_a_sandbox_not_ready_in_time_fails_the_start_and_leaves_nothing(
     """A host too busy to build a sandbox within the daemon's bound: the start is a
     StartFailedError that says so (not an internal error), and nothing is left."""
     require_root()
-    name = f"jobworker-test-{uuid.uuid4().hex[:8]}"
+    name = unique_name()
     async with JobTracker(
         TrackerConfig(data_dir=tmp_path / "data", cgroup_name=name, sandbox_timeout=0.001)
     ) as tracker:
@@ -356,7 +357,7 @@ async def test_io_read_limit_throttles_direct_reads(tmp_path: Path) -> None:
     async with JobTracker(
         TrackerConfig(
             data_dir=tmp_path / "data",
-            cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}",
+            cgroup_name=unique_name(),
             workdir_size=None,
         )
     ) as tracker:
@@ -371,7 +372,7 @@ async def test_limits_over_the_server_maximum_are_refused(tmp_path: Path) -> Non
     async with JobTracker(
         TrackerConfig(
             data_dir=tmp_path / "d",
-            cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}",
+            cgroup_name=unique_name(),
             max_limits=Limits(memory=64 << 20),
         )
     ) as tracker:
@@ -474,7 +475,7 @@ async def test_the_servers_time_limits_are_a_default_and_a_maximum(tmp_path: Pat
     async with JobTracker(
         TrackerConfig(
             data_dir=tmp_path / "d",
-            cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}",
+            cgroup_name=unique_name(),
             default_limits=Limits(timeout=600.0),
             max_limits=Limits(timeout=3600.0),
         )
@@ -528,11 +529,9 @@ async def test_bad_requests_change_nothing(tracker: JobTracker) -> None:
 
 async def test_io_limits_need_a_block_device(tmp_path: Path) -> None:
     require_root()
-    data = Path("/dev/shm") / f"jobworker-test-{uuid.uuid4().hex[:8]}"
+    data = Path("/dev/shm") / unique_name()
     try:
-        async with JobTracker(
-            TrackerConfig(data_dir=data, cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}")
-        ) as tracker:
+        async with JobTracker(TrackerConfig(data_dir=data, cgroup_name=unique_name())) as tracker:
             with pytest.raises(InvalidRequestError, match="block device"):
                 await tracker.start("alex", sh("true", limits=Limits(io_read_bps=1 << 20)))
             assert tracker.list("alex") == []
@@ -617,7 +616,7 @@ async def test_a_cancelled_subscriber_leaves_no_task(tracker: JobTracker) -> Non
 
 async def test_cancelling_the_tracker_stops_every_job_and_leaves_nothing(tmp_path: Path) -> None:
     require_root()
-    name = f"jobworker-test-{uuid.uuid4().hex[:8]}"
+    name = unique_name()
     before_children = child_pids()
     async with LeakCheck():
         with trio.move_on_after(1.0):
@@ -641,7 +640,7 @@ async def test_cancelling_the_tracker_stops_every_job_and_leaves_nothing(tmp_pat
 async def test_leftover_cgroups_of_a_crashed_run_are_killed_and_removed(tmp_path: Path) -> None:
     """A daemon killed with -9 leaves job cgroups (with processes) behind; the next start clears them."""
     require_root()
-    name = f"jobworker-test-{uuid.uuid4().hex[:8]}"
+    name = unique_name()
     driver = detect(name=name)
     stale = driver.create("stale-job", Limits(), None)
     grouped = driver.create("stale-grouped-job", Limits(), None, owner="alex")
