@@ -15,11 +15,12 @@ import pytest
 from jobworker.errors import InvalidRequestError
 from jobworker.jobs.config import TrackerConfig
 from jobworker.jobs.tracker import JobTracker
-from jobworker.model import JobSpec, JobState, JobStatus, Limits
+from jobworker.model import JobSpec, Limits
 from jobworker.sandbox import bwrap, spawn
 from tests.conftest import require_root
 from tests.support.names import unique_name
 from tests.support.records import assert_only_records_left
+from tests.support.tracking import run_to_end
 
 pytestmark = pytest.mark.root
 
@@ -41,17 +42,6 @@ async def tracker(tmp_path: Path) -> AsyncIterator[JobTracker]:
     async with _tracker(tmp_path) as tracker:
         yield tracker
     assert_only_records_left(tmp_path / "data")
-
-
-async def run_to_end(tracker: JobTracker, spec: JobSpec) -> tuple[bytes, JobStatus]:
-    status = await tracker.start("alex", spec)
-    out = bytearray()
-    async with tracker.subscribe("alex", status.job_id) as chunks:
-        async for chunk in chunks:
-            out += chunk
-    final = tracker.status("alex", status.job_id)
-    assert final.state is JobState.TERMINATED
-    return bytes(out), final
 
 
 async def test_the_job_gets_exactly_its_environment(tracker: JobTracker) -> None:

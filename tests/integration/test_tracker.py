@@ -40,6 +40,7 @@ from tests.support.leaks import LeakCheck, child_pids, processes_running
 from tests.support.names import unique_name
 from tests.support.records import assert_only_records_left
 from tests.support.timing import scaled
+from tests.support.tracking import run_to_end
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.root
@@ -63,32 +64,19 @@ def sh(script: str, **kwargs: object) -> JobSpec:
     return JobSpec(argv=("sh", "-c", script), **kwargs)  # type: ignore[arg-type]
 
 
-async def run_to_end(
-    tracker: JobTracker, spec: JobSpec, owner: str = "alex"
-) -> tuple[bytes, object]:
-    status = await tracker.start(owner, spec)
-    out = bytearray()
-    async with tracker.subscribe(owner, status.job_id) as chunks:
-        async for chunk in chunks:
-            out += chunk
-    final = tracker.status(owner, status.job_id)
-    assert final.state is JobState.TERMINATED
-    return bytes(out), final
-
-
 # ---- exit status ---------------------------------------------------------------
 
 
 async def test_exit_codes_are_reported_exactly(tracker: JobTracker) -> None:
     out, st = await run_to_end(tracker, sh("echo hello; exit 0"))
     assert out == b"hello\n"
-    assert (st.exit_code, st.signal, st.outcome) == (0, None, Outcome.EXITED)  # type: ignore[attr-defined]
+    assert (st.exit_code, st.signal, st.outcome) == (0, None, Outcome.EXITED)
     _, st = await run_to_end(tracker, sh("exit 3"))
-    assert (st.exit_code, st.signal, st.outcome) == (3, None, Outcome.EXITED)  # type: ignore[attr-defined]
+    assert (st.exit_code, st.signal, st.outcome) == (3, None, Outcome.EXITED)
     _, st = await run_to_end(tracker, sh("kill -KILL $$"))
-    assert (st.exit_code, st.signal, st.outcome) == (137, 9, Outcome.SIGNALED)  # type: ignore[attr-defined]
-    assert st.started_at is not None and st.ended_at is not None  # type: ignore[attr-defined]
-    assert st.ended_at >= st.started_at  # type: ignore[attr-defined]
+    assert (st.exit_code, st.signal, st.outcome) == (137, 9, Outcome.SIGNALED)
+    assert st.started_at is not None and st.ended_at is not None
+    assert st.ended_at >= st.started_at
 
 
 async def test_a_sandbox_not_ready_in_time_fails_the_start_and_leaves_nothing(
@@ -128,7 +116,7 @@ async def test_the_job_can_reopen_dev_stdout_and_dev_stderr(tracker: JobTracker)
         tracker, sh("echo a > /dev/stdout; echo b | tee /dev/stderr > /dev/null")
     )
     assert out == b"a\nb\n"
-    assert st.exit_code == 0  # type: ignore[attr-defined]
+    assert st.exit_code == 0
 
 
 async def test_env_and_workdir_are_applied(tracker: JobTracker) -> None:
@@ -174,7 +162,7 @@ async def test_the_job_is_isolated(tracker: JobTracker, tmp_path: Path) -> None:
     assert lines[5].split() == ["CapEff:", "0000000000000000"]
     assert lines[6] == "workdir writable"
     assert lines[7] == "fresh /tmp"
-    assert st.exit_code == 0  # type: ignore[attr-defined]
+    assert st.exit_code == 0
 
 
 async def test_the_system_calls_no_job_needs_are_refused(tracker: JobTracker) -> None:
@@ -279,10 +267,10 @@ async def test_a_job_can_neither_change_its_cgroup_nor_leave_it(tracker: JobTrac
 
 async def test_memory_limit_kills_and_reports_oom(tracker: JobTracker) -> None:
     _, st = await run_to_end(tracker, sh("tail /dev/zero", limits=Limits(memory=32 << 20)))
-    assert st.outcome is Outcome.OOM_KILLED  # type: ignore[attr-defined]
-    assert st.oom_killed and st.signal == 9  # type: ignore[attr-defined]
-    assert st.usage.oom_kills >= 1  # type: ignore[attr-defined]
-    assert 16 << 20 <= st.usage.peak_memory <= 33 << 20  # type: ignore[attr-defined]
+    assert st.outcome is Outcome.OOM_KILLED
+    assert st.oom_killed and st.signal == 9
+    assert st.usage.oom_kills >= 1
+    assert 16 << 20 <= st.usage.peak_memory <= 33 << 20
     # The tracker carries on.
     out, st = await run_to_end(tracker, sh("echo still here"))
     assert out == b"still here\n"
@@ -362,7 +350,7 @@ async def test_io_read_limit_throttles_direct_reads(tmp_path: Path) -> None:
         )
     ) as tracker:
         out, st = await run_to_end(tracker, sh(script, limits=Limits(io_read_bps=10 * 1000 * 1000)))
-    assert st.exit_code == 0, out  # type: ignore[attr-defined]
+    assert st.exit_code == 0, out
     millis = int(out.decode().split()[-1])
     assert 1500 <= millis <= 4000, f"20 MiB took {millis} ms under a 10 MB/s limit"
 
