@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -44,20 +43,6 @@ from tests.support.tracking import run_to_end
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.root
-
-
-@pytest.fixture
-async def tracker(tmp_path: Path) -> AsyncIterator[JobTracker]:
-    require_root()
-    async with JobTracker(
-        TrackerConfig(
-            data_dir=tmp_path / "data",
-            cgroup_name=unique_name(),
-            stop_grace=2.0,
-        )
-    ) as tracker:
-        yield tracker
-    assert_only_records_left(tmp_path / "data")
 
 
 def sh(script: str, **kwargs: object) -> JobSpec:
