@@ -7,7 +7,10 @@ The library's parts, from the bottom up:
 - `jobworker.errors`: `JobWorkerError` and its kinds;
 - `jobworker.output`: `OutputLog`, every byte of a job's output for any number of subscribers;
 - `jobworker.sandbox`: cgroups (v1 and v2), the bubblewrap command line, the spawn trampoline;
-- `jobworker.jobs.tracker`: `JobTracker`, which starts, stops, reports and streams jobs for their owners;
+- `jobworker.jobs`: `JobTracker`, which starts, stops, reports and streams jobs for their owners,
+  with their records, output files and retention;
+- `jobworker.transport`: purerpc made safe (TLS identity, cancellation, errors to status codes);
+- `jobworker.client`: the Python client;
 - `jobworker.server` and `jobworker.cli`: the gRPC daemon `jwsd` and the client `jws`.
 """
 
