@@ -6,8 +6,10 @@ The library's parts, from the bottom up:
 - `jobworker.model`: what a job is asked to do (`JobSpec`, `Limits`) and snapshots of it (`JobStatus`);
 - `jobworker.errors`: `JobWorkerError` and its kinds;
 - `jobworker.sandbox`: cgroups (v1 and v2), the bubblewrap command line, the spawn trampoline;
-- `jobworker.jobs.output_log`: `FileLog`, a job's output file for any number of followers;
-- `jobworker.jobs.tracker`: `JobTracker`, which starts, stops, reports and streams jobs for their owners;
+- `jobworker.jobs`: `JobTracker`, which starts, stops, reports and streams jobs for their owners,
+  with their records, output files and retention;
+- `jobworker.transport`: purerpc made safe (TLS identity, cancellation, errors to status codes);
+- `jobworker.client`: the Python client;
 - `jobworker.server` and `jobworker.cli`: the gRPC daemon `jwsd` and the client `jws`.
 """
 

@@ -6,6 +6,9 @@ import os
 
 import pytest
 
+#: Fixtures shared by every suite (`pki`, …), defined once in tests/support.
+pytest_plugins = ("tests.support.fixtures",)
+
 #: Set by .ci/run: root-only tests then fail instead of skipping, so they can never silently vanish.
 REQUIRE_ROOT = os.environ.get("JOBWORKER_REQUIRE_ROOT") == "1"
 

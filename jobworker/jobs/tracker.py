@@ -229,7 +229,7 @@ class JobTracker:
     _io_device_error: str | None = attrs.field(init=False, default=None)
     _store: JobStore | None = attrs.field(init=False, default=None)
     _watcher: OutputWatcher | None = attrs.field(init=False, default=None)
-    # Set when the tracker leaves its jobs running as it exits (`detach`).
+    # Set when the tracker leaves its jobs running as it exits (`leave_running`).
     _detaching: bool = attrs.field(init=False, default=False)
 
     @_finished.default
@@ -873,7 +873,7 @@ class JobTracker:
     async def _supervise(self, job: _Job) -> None:
         """Own a running job until it is Terminated: wait for its end, then finish it
         (shielded and bounded), whatever cancels us; unless the tracker is leaving
-        its jobs running (`detach`): then only stop watching."""
+        its jobs running (`leave_running`): then only stop watching."""
         launched = job.launched
         assert launched is not None
         try:

@@ -13,8 +13,10 @@ Shutdown, in order and bounded: report NOT_SERVING; refuse new API calls
 (UNAVAILABLE) and stop accepting connections; stop every job (SIGTERM, the grace period, SIGKILL),
 which ends each output stream after its last byte; end every health Watch;
 give running calls
-`drain_timeout` seconds to finish; cancel what is left; the tracker removes
-every cgroup on the way out (records, output and job dirs stay for the next jwsd).
+`drain_timeout` seconds to finish; cancel what is left. Each stopped job's cgroup
+goes as it ends, and on the way out the tracker removes its cgroup parent and the
+ended jobs' work dirs; records, output and job dirs stay for the next jwsd (and with
+`keep_jobs`, the running jobs' cgroups and work dirs too).
 """
 
 from __future__ import annotations

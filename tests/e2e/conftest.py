@@ -7,7 +7,6 @@ import re
 import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 from jobworker.sandbox.spawn import SANDBOX_SETUP_TIMEOUT
 from tests.conftest import require_root
 from tests.support.certs import TestPKI
+from tests.support.names import unique_name
 from tests.support.timing import scaled
 from tests.support.waiting import eventually_blocking
 
@@ -109,7 +109,7 @@ def start_jwsd(
         users_file = tmp_path / "users.toml"
         users_file.write_text('[users]\nalex = "user"\nbetty = "user"\nadmin = "admin"\n')
         args += ["--users", str(users_file)]
-    name = cgroup_name or f"jobworker-test-{uuid.uuid4().hex[:8]}"
+    name = cgroup_name or unique_name()
     environment = dict(os.environ, JOBWORKER_CGROUP_NAME=name, **(env or {}))
     log_path = tmp_path / "jwsd.log"
     start = log_path.stat().st_size if log_path.exists() else 0  # a restart appends
@@ -135,11 +135,6 @@ def start_jwsd(
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
     return Jwsd(process, f"127.0.0.1:{match[1]}", tls_dir, tmp_path / "data", name, home, log_path)
-
-
-@pytest.fixture(scope="session")
-def pki() -> TestPKI:
-    return TestPKI()
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ import pytest
 from jobworker.units import format_duration
 from tests.e2e.conftest import BIN, Jwsd, restart_jwsd, start_jwsd
 from tests.support.certs import TestPKI
+from tests.support.counter import COUNTER_SECONDS, counter_output, counter_script
 from tests.support.records import records
 from tests.support.timing import scaled
 from tests.support.waiting import eventually_blocking
@@ -119,23 +120,6 @@ def test_a_job_whose_start_returned_is_on_disk_before_jwsd_is_killed(
     assert status_of(again, job_id)["outcome"] == "stopped"
 
 
-#: Prints a counter for about COUNTER_SECONDS, then exits 5.
-COUNTER_SECONDS = 10.0
-COUNTER_LINES = 50
-
-
-def counter_script() -> str:
-    pause = scaled(COUNTER_SECONDS) / COUNTER_LINES
-    return (
-        f"i=0; while [ $i -lt {COUNTER_LINES} ]; do echo line $i; i=$((i+1)); "
-        f"sleep {pause:.3f}; done; exit 5"
-    )
-
-
-def counter_output() -> bytes:
-    return b"".join(b"line %d\n" % i for i in range(COUNTER_LINES))
-
-
 def lines_so_far(jwsd: Jwsd, job_id: str) -> int:
     return int(status_of(jwsd, job_id)["output_bytes"])  # type: ignore[call-overload]
 
@@ -150,7 +134,7 @@ def test_a_running_job_outlives_jwsd_and_the_next_jwsd_takes_it_over(
     once the job ends its exit code is there."""
     first = start_jwsd(tmp_path, pki)
     daemons.append(first)
-    job_id = start(first, "--", "sh", "-c", counter_script())
+    job_id = start(first, "--", "sh", "-c", counter_script(exit_code=5))
     eventually_blocking(
         lambda: lines_so_far(first, job_id) > 20, timeout=scaled(10), what="some output"
     )

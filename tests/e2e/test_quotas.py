@@ -40,7 +40,7 @@ async def client_of(jwsd: Jwsd, user: str = "alex") -> AsyncIterator[JobWorkerCl
         yield client
 
 
-async def run_to_end(client: JobWorkerClient, args: list[str]) -> str:
+async def run_until_terminated(client: JobWorkerClient, args: list[str]) -> str:
     job = await client.start(args=args)
     await terminated(client, job.job_id, timeout=scaled(60))
     return job.job_id
@@ -58,11 +58,11 @@ async def test_forty_jobs_of_8_mb_output_leave_jwsd_memory_bounded(
     try:
         async with client_of(jwsd) as client:
             for _ in range(2):  # warm up: imports, TLS, the first job's allocations
-                await run_to_end(client, ["head", "-c", "8000000", "/dev/zero"])
+                await run_until_terminated(client, ["head", "-c", "8000000", "/dev/zero"])
             before = rss(jwsd.process.pid)
 
             async def one_job() -> None:
-                await run_to_end(client, ["head", "-c", "8000000", "/dev/zero"])
+                await run_until_terminated(client, ["head", "-c", "8000000", "/dev/zero"])
 
             after: list[int] = []
             for _ in range(4):

@@ -30,6 +30,7 @@ import pytest
 from tests.e2e.conftest import Jwsd, restart_jwsd, start_jwsd
 from tests.support.certs import TestPKI
 from tests.support.cgroupfs import cgroup_pids
+from tests.support.counter import counter_output, counter_script
 from tests.support.timing import scaled
 from tests.support.waiting import eventually_blocking
 
@@ -37,26 +38,9 @@ pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
 T = TypeVar("T")
 
-#: A counter that runs for about this long (scaled): still running when jwsd is
-#: killed a few lines in, and after the next jwsd has started and taken it over.
-COUNTER_SECONDS = 10.0
-COUNTER_LINES = 50
-
 #: How long a background `jws` may take to finish once the jwsd it needs is up: the
 #: rest of a counter, a backoff delay (at most 5 s), reading megabytes through TLS.
 FINISH_SECONDS = 60.0
-
-
-def counter(exit_code: int = 0) -> str:
-    pause = scaled(COUNTER_SECONDS) / COUNTER_LINES
-    return (
-        f"i=0; while [ $i -lt {COUNTER_LINES} ]; do echo line $i; i=$((i+1)); "
-        f"sleep {pause:.3f}; done; exit {exit_code}"
-    )
-
-
-def counter_output() -> bytes:
-    return b"".join(b"line %d\n" % i for i in range(COUNTER_LINES))
 
 
 @pytest.fixture
@@ -170,7 +154,7 @@ def test_a_follower_sees_every_line_once_across_a_jwsd_crash_and_restart(
     not once per attempt)."""
     first = start_jwsd(tmp_path, pki)
     daemons.append(first)
-    job_id = start(first, "--", "sh", "-c", counter())
+    job_id = start(first, "--", "sh", "-c", counter_script())
     follower, seen = follow_until(clients, first, job_id, b"line 5\n")
     again = restart_on_the_same_port(first, pki, how)
     daemons.append(again)
@@ -234,7 +218,7 @@ def test_jws_run_of_a_running_job_across_a_jwsd_crash_exits_with_its_code(
     over, and `jws run` writes every line once and exits with the job's code."""
     first = start_jwsd(tmp_path, pki)
     daemons.append(first)
-    run = first.popen("run", "--", "sh", "-c", counter(exit_code=7))
+    run = first.popen("run", "--", "sh", "-c", counter_script(exit_code=7))
     clients.append(run)
     stdout = run.stdout
     assert stdout is not None
@@ -265,7 +249,7 @@ def test_a_follower_gives_up_after_its_bound_with_one_line(
     they are; only the margin for this machine (noticing the loss, exiting) is scaled."""
     first = start_jwsd(tmp_path, pki)
     daemons.append(first)
-    job_id = start(first, "--", "sh", "-c", counter())
+    job_id = start(first, "--", "sh", "-c", counter_script())
     follower, _ = follow_until(clients, first, job_id, b"line 1\n", "--reconnect-timeout", bound)
     lost = time.monotonic()
     first.stop(signal.SIGKILL)
@@ -299,7 +283,7 @@ def test_a_job_the_restarted_jwsd_does_not_know_is_a_clear_error(
     the follower says the job is gone, exit 1."""
     first = start_jwsd(tmp_path, pki)
     daemons.append(first)
-    job_id = start(first, "--", "sh", "-c", counter())
+    job_id = start(first, "--", "sh", "-c", counter_script())
     follower, _ = follow_until(clients, first, job_id, b"line 1\n")
     first.stop(signal.SIGKILL)
     for path in first.data_dir.glob("jobs.db*"):

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import pytest
 from tests.conftest import require_root
 from tests.e2e.conftest import Jwsd, start_jwsd
 from tests.support.certs import TestPKI
+from tests.support.names import unique_name
 from tests.support.waiting import eventually_blocking
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
@@ -199,7 +199,7 @@ def test_tmpfs_pages_are_charged_to_the_job_memory_limit(jwsd: Jwsd) -> None:
 @pytest.fixture
 def unreachable_dir() -> Iterator[Path]:
     """A root-only (0700) directory in /opt, which the sandbox shows (its allow-list)."""
-    directory = Path("/opt") / f"jobworker-test-{uuid.uuid4().hex[:8]}"
+    directory = Path("/opt") / unique_name()
     directory.mkdir(mode=0o700)
     try:
         yield directory

@@ -1,5 +1,6 @@
-"""Fixtures the integration tests share: a module's test PKI and a real in-process jwsd
-(a module that needs another kind defines its own under the same name)."""
+"""Fixtures the integration tests share: a real in-process jwsd, with the suite's test PKI
+(`pki`, tests/support/fixtures.py); a module that needs another kind of daemon defines its
+own under the same name."""
 
 from __future__ import annotations
 
@@ -10,11 +11,6 @@ import pytest
 
 from tests.support.certs import TestPKI
 from tests.support.daemon import Daemon, DaemonFiles
-
-
-@pytest.fixture(scope="module")
-def pki() -> TestPKI:
-    return TestPKI()
 
 
 @pytest.fixture

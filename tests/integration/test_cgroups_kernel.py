@@ -11,7 +11,6 @@ import os
 import shlex
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from jobworker.sandbox.cgroups import (
 from jobworker.sandbox.cgroups.detect import read_mounts, read_own_cgroups
 from tests.conftest import require_root
 from tests.support.cgroupfs import cgroups_named
+from tests.support.names import unique_name
 from tests.support.waiting import eventually
 
 
@@ -37,7 +37,7 @@ from tests.support.waiting import eventually
 def driver() -> Iterator[CgroupDriver]:
     """The host's driver under a unique parent name; removes everything on the way out."""
     require_root()
-    driver = detect(name=f"jobworker-test-{uuid.uuid4().hex[:8]}")
+    driver = detect(name=unique_name())
     try:
         yield driver
     finally:
@@ -276,7 +276,7 @@ async def test_v2_cgroup_kill_on_the_real_unified_hierarchy(tmp_path: Path) -> N
     require_root()
     (unified,) = [m for m in read_mounts(Path("/proc/self/mountinfo")) if m.fstype == "cgroup2"]
     own = unified.mount_point / read_own_cgroups(Path("/proc/self/cgroup"))[""].lstrip("/")
-    subtree = own / f"jobworker-test-{uuid.uuid4().hex[:8]}"
+    subtree = own / unique_name()
     subtree.mkdir()
     driver = V2Driver.open(subtree, "jobs", controllers=())
     try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import ssl
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,16 +20,12 @@ from jobworker.v1 import health_pb2 as hpb
 from tests.conftest import require_root
 from tests.support.certs import TestPKI
 from tests.support.daemon import Daemon, DaemonFiles
+from tests.support.names import unique_name
 
 pytestmark = pytest.mark.root
 
 Code = purerpc.StatusCode
 Status = hpb.HealthCheckResponse.ServingStatus
-
-
-@pytest.fixture(scope="module")
-def pki() -> TestPKI:
-    return TestPKI()
 
 
 @pytest.fixture
@@ -95,7 +90,7 @@ async def test_watch_sees_not_serving_when_shutdown_starts_and_then_ends(
         data_dir=tmp_path / "data",
         stop_grace=1.0,
         drain_timeout=30.0,  # a watcher that held up the drain would show in the elapsed time
-        cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}",
+        cgroup_name=unique_name(),
     )
     shutdown = trio.Event()
     seen: list[str] = []

@@ -11,35 +11,20 @@ import socket
 import subprocess
 import sys
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from jobworker.errors import StartFailedError
-from jobworker.jobs.config import TrackerConfig
-from jobworker.jobs.tracker import JobTracker
 from jobworker.model import JobSpec
 from jobworker.sandbox.hostview import JobBind
 from tests.conftest import require_root
-from tests.integration.test_sandbox_env import run_to_end
+from tests.support.tracking import run_to_end, running_tracker
 
 pytestmark = pytest.mark.root
 
 ENV = {"PATH": "/usr/bin:/bin"}
-
-
-def _tracker(tmp_path: Path, **options: object) -> JobTracker:
-    require_root()
-    return JobTracker(
-        TrackerConfig(
-            data_dir=tmp_path / "data",
-            cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}",
-            stop_grace=2.0,
-            **options,
-        )
-    )
 
 
 def _host_dir(parent: str) -> Iterator[Path]:
@@ -68,7 +53,7 @@ def listener(request: pytest.FixtureRequest) -> Iterator[Path]:
 async def test_a_host_unix_socket_is_unreachable_from_a_job(tmp_path: Path, listener: Path) -> None:
     connect = f"import socket; socket.socket(socket.AF_UNIX).connect({str(listener)!r})"
     subprocess.run([sys.executable, "-c", connect], check=True)  # reachable on the host
-    async with _tracker(tmp_path) as tracker:
+    async with running_tracker(tmp_path / "data", check_records=False) as tracker:
         out, status = await run_to_end(tracker, JobSpec(argv=("python3", "-c", connect), env=ENV))
     assert status.exit_code == 1, out
     assert b"FileNotFoundError" in out, out
@@ -91,7 +76,7 @@ async def test_a_host_procfs_below_an_allowed_dir_is_invisible(
     tmp_path: Path, host_procfs: Path
 ) -> None:
     assert (host_procfs / "1" / "cmdline").exists()  # every host process, on the host
-    async with _tracker(tmp_path) as tracker:
+    async with running_tracker(tmp_path / "data", check_records=False) as tracker:
         out, status = await run_to_end(
             tracker, JobSpec(argv=("ls", "-A", str(host_procfs)), env=ENV)
         )
@@ -108,7 +93,7 @@ async def test_the_allow_list_runs_the_usual_programs_and_shows_nothing_else(
         " && ls /; for d in /run /var/run /home /root /mnt /media /srv /sys; do"
         " test -e $d && echo SEEN $d; done; true"
     )
-    async with _tracker(tmp_path) as tracker:
+    async with running_tracker(tmp_path / "data", check_records=False) as tracker:
         out, status = await run_to_end(tracker, JobSpec(argv=("sh", "-c", script), env=ENV))
     assert status.exit_code == 0, out
     lines = out.decode().split()
@@ -127,7 +112,9 @@ def shared_dir() -> Iterator[Path]:
 
 async def test_a_job_bind_shows_a_host_dir_read_only(tmp_path: Path, shared_dir: Path) -> None:
     bind = JobBind.parse(f"{shared_dir}:/data")
-    async with _tracker(tmp_path, job_binds=(bind,)) as tracker:
+    async with running_tracker(
+        tmp_path / "data", check_records=False, job_binds=(bind,)
+    ) as tracker:
         out, status = await run_to_end(
             tracker,
             JobSpec(argv=("sh", "-c", "cat /data/shared.txt; touch /data/new"), env=ENV),
@@ -168,7 +155,7 @@ def run_dir() -> Iterator[Path]:
 async def test_a_program_under_run_is_not_found_exactly_as_a_missing_one(
     tmp_path: Path, run_dir: Path
 ) -> None:
-    async with _tracker(tmp_path) as tracker:
+    async with running_tracker(tmp_path / "data", check_records=False) as tracker:
         answers = set()
         for name in ["alpha", "omega"]:
             for spec in [

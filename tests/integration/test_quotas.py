@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,13 +23,11 @@ from jobworker.errors import (
     JobNotFoundError,
     QuotaExceededError,
 )
-from jobworker.jobs.config import TrackerConfig
 from jobworker.jobs.retention import RetentionPolicy
 from jobworker.jobs.tracker import JobTracker
 from jobworker.model import JobSpec, JobState, JobStatus, Limits, Outcome
-from tests.conftest import require_root
-from tests.support.records import assert_only_records_left
 from tests.support.timing import scaled
+from tests.support.tracking import running_tracker
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.root
@@ -42,18 +39,11 @@ MiB = 1 << 20
 async def tracker_at(
     data_dir: Path, *, check_records: bool = True, **kwargs: Any
 ) -> AsyncIterator[JobTracker]:
-    require_root()
-    async with JobTracker(
-        TrackerConfig(
-            data_dir=data_dir,
-            cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}",
-            stop_grace=1.0,
-            **kwargs,
-        )
+    """`running_tracker`, then no mount of a work dir may be left on the host."""
+    async with running_tracker(
+        data_dir, check_records=check_records, stop_grace=1.0, **kwargs
     ) as tracker:
         yield tracker
-    if check_records:
-        assert_only_records_left(data_dir)
     assert mounts_below(data_dir) == [], "mounts left behind on the host"
 
 

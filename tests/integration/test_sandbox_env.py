@@ -7,51 +7,18 @@ from __future__ import annotations
 
 import resource
 import shutil
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from jobworker.errors import InvalidRequestError
-from jobworker.jobs.config import TrackerConfig
 from jobworker.jobs.tracker import JobTracker
-from jobworker.model import JobSpec, JobState, JobStatus, Limits
+from jobworker.model import JobSpec, Limits
 from jobworker.sandbox import bwrap, spawn
-from tests.conftest import require_root
-from tests.support.records import assert_only_records_left
+from tests.support.tracking import run_to_end, running_tracker
 
 pytestmark = pytest.mark.root
-
-
-def _tracker(tmp_path: Path, **options: object) -> JobTracker:
-    require_root()
-    return JobTracker(
-        TrackerConfig(
-            data_dir=tmp_path / "data",
-            cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}",
-            stop_grace=2.0,
-            **options,
-        )
-    )
-
-
-@pytest.fixture
-async def tracker(tmp_path: Path) -> AsyncIterator[JobTracker]:
-    async with _tracker(tmp_path) as tracker:
-        yield tracker
-    assert_only_records_left(tmp_path / "data")
-
-
-async def run_to_end(tracker: JobTracker, spec: JobSpec) -> tuple[bytes, JobStatus]:
-    status = await tracker.start("alex", spec)
-    out = bytearray()
-    async with tracker.subscribe("alex", status.job_id) as chunks:
-        async for chunk in chunks:
-            out += chunk
-    final = tracker.status("alex", status.job_id)
-    assert final.state is JobState.TERMINATED
-    return bytes(out), final
 
 
 async def test_the_job_gets_exactly_its_environment(tracker: JobTracker) -> None:
@@ -136,7 +103,9 @@ async def test_an_environment_past_the_kernel_limit_is_an_invalid_request(
 
 async def test_tmpfs_is_the_configured_size_at_most_the_memory_limit(tmp_path: Path) -> None:
     script = "df -B1 --output=size /tmp /dev/shm | tail -n +2"
-    async with _tracker(tmp_path, tmpfs_size=16 << 20) as tracker:
+    async with running_tracker(
+        tmp_path / "data", check_records=False, tmpfs_size=16 << 20
+    ) as tracker:
         out, _ = await run_to_end(tracker, JobSpec(argv=("sh", "-c", script)))
         assert [int(size) for size in out.split()] == [16 << 20, 16 << 20]
         limited = JobSpec(argv=("sh", "-c", script), limits=Limits(memory=12 << 20))
@@ -147,8 +116,9 @@ async def test_tmpfs_is_the_configured_size_at_most_the_memory_limit(tmp_path: P
 async def test_a_default_above_the_maximum_gives_way_to_it(tmp_path: Path) -> None:
     """An operator's --max-limits below a default must not refuse every job that asks
     for nothing; only what a request asks for itself is refused as too much."""
-    async with _tracker(
-        tmp_path,
+    async with running_tracker(
+        tmp_path / "data",
+        check_records=False,
         default_limits=Limits(memory=512 << 20, pids=256),
         max_limits=Limits(memory=128 << 20, pids=1000),
     ) as tracker:

@@ -8,7 +8,6 @@ import datetime
 import hashlib
 import ssl
 import time
-import uuid
 from pathlib import Path
 
 import purerpc
@@ -27,6 +26,7 @@ from tests.support.certs import TestPKI
 from tests.support.cgroupfs import cgroups_named
 from tests.support.daemon import Daemon, DaemonFiles
 from tests.support.leaks import LeakCheck, child_pids, task_count
+from tests.support.names import unique_name
 from tests.support.timing import scaled
 from tests.support.waiting import eventually
 
@@ -264,7 +264,7 @@ async def test_a_follower_that_hangs_up_is_gone_from_the_server_within_a_second(
 async def test_shutdown_ends_every_stream_and_job(tmp_path: Path, pki: TestPKI) -> None:
     require_root()
     tls_dir = pki.write_tls_dir(tmp_path / "tls", ["alex"])
-    name = f"jobworker-test-{uuid.uuid4().hex[:8]}"
+    name = unique_name()
     config = DaemonConfig.of(
         tls_dir=tls_dir, port=0, data_dir=tmp_path / "data", stop_grace=0.5, cgroup_name=name
     )

@@ -23,11 +23,6 @@ Code = purerpc.StatusCode
 StartDaemon = Callable[..., contextlib.AbstractAsyncContextManager[Daemon]]
 
 
-@pytest.fixture(scope="module")
-def pki() -> TestPKI:
-    return TestPKI()
-
-
 @pytest.fixture
 def start_daemon(tmp_path: Path, pki: TestPKI) -> StartDaemon:
     """A factory: jwsd with the given DaemonConfig fields, for the block's duration."""

@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -37,42 +36,17 @@ from jobworker.sandbox.cgroups import detect
 from tests.conftest import require_root
 from tests.support.cgroupfs import cgroup_pids, cgroups_named, job_cgroup_dirs
 from tests.support.leaks import LeakCheck, child_pids, processes_running
+from tests.support.names import unique_name
 from tests.support.records import assert_only_records_left
 from tests.support.timing import scaled
+from tests.support.tracking import run_to_end
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.root
 
 
-@pytest.fixture
-async def tracker(tmp_path: Path) -> AsyncIterator[JobTracker]:
-    require_root()
-    async with JobTracker(
-        TrackerConfig(
-            data_dir=tmp_path / "data",
-            cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}",
-            stop_grace=2.0,
-        )
-    ) as tracker:
-        yield tracker
-    assert_only_records_left(tmp_path / "data")
-
-
 def sh(script: str, **kwargs: object) -> JobSpec:
     return JobSpec(argv=("sh", "-c", script), **kwargs)  # type: ignore[arg-type]
-
-
-async def run_to_end(
-    tracker: JobTracker, spec: JobSpec, owner: str = "alex"
-) -> tuple[bytes, object]:
-    status = await tracker.start(owner, spec)
-    out = bytearray()
-    async with tracker.subscribe(owner, status.job_id) as chunks:
-        async for chunk in chunks:
-            out += chunk
-    final = tracker.status(owner, status.job_id)
-    assert final.state is JobState.TERMINATED
-    return bytes(out), final
 
 
 # ---- exit status ---------------------------------------------------------------
@@ -81,13 +55,13 @@ async def run_to_end(
 async def test_exit_codes_are_reported_exactly(tracker: JobTracker) -> None:
     out, st = await run_to_end(tracker, sh("echo hello; exit 0"))
     assert out == b"hello\n"
-    assert (st.exit_code, st.signal, st.outcome) == (0, None, Outcome.EXITED)  # type: ignore[attr-defined]
+    assert (st.exit_code, st.signal, st.outcome) == (0, None, Outcome.EXITED)
     _, st = await run_to_end(tracker, sh("exit 3"))
-    assert (st.exit_code, st.signal, st.outcome) == (3, None, Outcome.EXITED)  # type: ignore[attr-defined]
+    assert (st.exit_code, st.signal, st.outcome) == (3, None, Outcome.EXITED)
     _, st = await run_to_end(tracker, sh("kill -KILL $$"))
-    assert (st.exit_code, st.signal, st.outcome) == (137, 9, Outcome.SIGNALED)  # type: ignore[attr-defined]
-    assert st.started_at is not None and st.ended_at is not None  # type: ignore[attr-defined]
-    assert st.ended_at >= st.started_at  # type: ignore[attr-defined]
+    assert (st.exit_code, st.signal, st.outcome) == (137, 9, Outcome.SIGNALED)
+    assert st.started_at is not None and st.ended_at is not None
+    assert st.ended_at >= st.started_at
 
 
 async def test_a_sandbox_not_ready_in_time_fails_the_start_and_leaves_nothing(
@@ -96,7 +70,7 @@ async def test_a_sandbox_not_ready_in_time_fails_the_start_and_leaves_nothing(
     """A host too busy to build a sandbox within the daemon's bound: the start is a
     StartFailedError that says so (not an internal error), and nothing is left."""
     require_root()
-    name = f"jobworker-test-{uuid.uuid4().hex[:8]}"
+    name = unique_name()
     async with JobTracker(
         TrackerConfig(data_dir=tmp_path / "data", cgroup_name=name, sandbox_timeout=0.001)
     ) as tracker:
@@ -127,7 +101,7 @@ async def test_the_job_can_reopen_dev_stdout_and_dev_stderr(tracker: JobTracker)
         tracker, sh("echo a > /dev/stdout; echo b | tee /dev/stderr > /dev/null")
     )
     assert out == b"a\nb\n"
-    assert st.exit_code == 0  # type: ignore[attr-defined]
+    assert st.exit_code == 0
 
 
 async def test_env_and_workdir_are_applied(tracker: JobTracker) -> None:
@@ -173,7 +147,7 @@ async def test_the_job_is_isolated(tracker: JobTracker, tmp_path: Path) -> None:
     assert lines[5].split() == ["CapEff:", "0000000000000000"]
     assert lines[6] == "workdir writable"
     assert lines[7] == "fresh /tmp"
-    assert st.exit_code == 0  # type: ignore[attr-defined]
+    assert st.exit_code == 0
 
 
 async def test_the_system_calls_no_job_needs_are_refused(tracker: JobTracker) -> None:
@@ -278,10 +252,10 @@ async def test_a_job_can_neither_change_its_cgroup_nor_leave_it(tracker: JobTrac
 
 async def test_memory_limit_kills_and_reports_oom(tracker: JobTracker) -> None:
     _, st = await run_to_end(tracker, sh("tail /dev/zero", limits=Limits(memory=32 << 20)))
-    assert st.outcome is Outcome.OOM_KILLED  # type: ignore[attr-defined]
-    assert st.oom_killed and st.signal == 9  # type: ignore[attr-defined]
-    assert st.usage.oom_kills >= 1  # type: ignore[attr-defined]
-    assert 16 << 20 <= st.usage.peak_memory <= 33 << 20  # type: ignore[attr-defined]
+    assert st.outcome is Outcome.OOM_KILLED
+    assert st.oom_killed and st.signal == 9
+    assert st.usage.oom_kills >= 1
+    assert 16 << 20 <= st.usage.peak_memory <= 33 << 20
     # The tracker carries on.
     out, st = await run_to_end(tracker, sh("echo still here"))
     assert out == b"still here\n"
@@ -356,12 +330,12 @@ async def test_io_read_limit_throttles_direct_reads(tmp_path: Path) -> None:
     async with JobTracker(
         TrackerConfig(
             data_dir=tmp_path / "data",
-            cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}",
+            cgroup_name=unique_name(),
             workdir_size=None,
         )
     ) as tracker:
         out, st = await run_to_end(tracker, sh(script, limits=Limits(io_read_bps=10 * 1000 * 1000)))
-    assert st.exit_code == 0, out  # type: ignore[attr-defined]
+    assert st.exit_code == 0, out
     millis = int(out.decode().split()[-1])
     assert 1500 <= millis <= 4000, f"20 MiB took {millis} ms under a 10 MB/s limit"
 
@@ -371,7 +345,7 @@ async def test_limits_over_the_server_maximum_are_refused(tmp_path: Path) -> Non
     async with JobTracker(
         TrackerConfig(
             data_dir=tmp_path / "d",
-            cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}",
+            cgroup_name=unique_name(),
             max_limits=Limits(memory=64 << 20),
         )
     ) as tracker:
@@ -474,7 +448,7 @@ async def test_the_servers_time_limits_are_a_default_and_a_maximum(tmp_path: Pat
     async with JobTracker(
         TrackerConfig(
             data_dir=tmp_path / "d",
-            cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}",
+            cgroup_name=unique_name(),
             default_limits=Limits(timeout=600.0),
             max_limits=Limits(timeout=3600.0),
         )
@@ -528,11 +502,9 @@ async def test_bad_requests_change_nothing(tracker: JobTracker) -> None:
 
 async def test_io_limits_need_a_block_device(tmp_path: Path) -> None:
     require_root()
-    data = Path("/dev/shm") / f"jobworker-test-{uuid.uuid4().hex[:8]}"
+    data = Path("/dev/shm") / unique_name()
     try:
-        async with JobTracker(
-            TrackerConfig(data_dir=data, cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}")
-        ) as tracker:
+        async with JobTracker(TrackerConfig(data_dir=data, cgroup_name=unique_name())) as tracker:
             with pytest.raises(InvalidRequestError, match="block device"):
                 await tracker.start("alex", sh("true", limits=Limits(io_read_bps=1 << 20)))
             assert tracker.list("alex") == []
@@ -617,7 +589,7 @@ async def test_a_cancelled_subscriber_leaves_no_task(tracker: JobTracker) -> Non
 
 async def test_cancelling_the_tracker_stops_every_job_and_leaves_nothing(tmp_path: Path) -> None:
     require_root()
-    name = f"jobworker-test-{uuid.uuid4().hex[:8]}"
+    name = unique_name()
     before_children = child_pids()
     async with LeakCheck():
         with trio.move_on_after(1.0):
@@ -641,7 +613,7 @@ async def test_cancelling_the_tracker_stops_every_job_and_leaves_nothing(tmp_pat
 async def test_leftover_cgroups_of_a_crashed_run_are_killed_and_removed(tmp_path: Path) -> None:
     """A daemon killed with -9 leaves job cgroups (with processes) behind; the next start clears them."""
     require_root()
-    name = f"jobworker-test-{uuid.uuid4().hex[:8]}"
+    name = unique_name()
     driver = detect(name=name)
     stale = driver.create("stale-job", Limits(), None)
     grouped = driver.create("stale-grouped-job", Limits(), None, owner="alex")

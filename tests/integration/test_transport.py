@@ -64,33 +64,12 @@ STATUS_LOGGER = "jobworker.transport.status"
 # -- certificates ---------------------------------------------------------------------------
 
 
-@attrs.frozen
-class Pki:
-    """The suite's test PKI, with the certificates these tests use."""
-
-    certs: TestPKI
-    alice: trustme.LeafCert
-    bob: trustme.LeafCert
-    rogue_alice: trustme.LeafCert
+def server_context(pki: TestPKI) -> ssl.SSLContext:
+    return pki.server_context()
 
 
-@pytest.fixture(scope="module")
-def pki() -> Pki:
-    certs = TestPKI()
-    return Pki(
-        certs=certs,
-        alice=certs.client_cert("alice"),
-        bob=certs.client_cert("bob"),
-        rogue_alice=certs.client_cert("alice", rogue=True),
-    )
-
-
-def server_context(pki: Pki) -> ssl.SSLContext:
-    return pki.certs.server_context()
-
-
-def client_context(pki: Pki, cert: trustme.LeafCert | None) -> ssl.SSLContext:
-    return pki.certs.client_context(cert)
+def client_context(pki: TestPKI, cert: trustme.LeafCert | None) -> ssl.SSLContext:
+    return pki.client_context(cert)
 
 
 @attrs.define(eq=False)
@@ -103,7 +82,7 @@ class Served:
 
 
 @asynccontextmanager
-async def serving(pki: Pki, *, check_fds: bool = True, **options: Any) -> AsyncIterator[Served]:
+async def serving(pki: TestPKI, *, check_fds: bool = True, **options: Any) -> AsyncIterator[Served]:
     """Run an RpcServer with the echo service on 127.0.0.1; check for leaks at the end.
 
     If the server is still running when the block ends, its connections must be
@@ -141,7 +120,7 @@ async def serving(pki: Pki, *, check_fds: bool = True, **options: Any) -> AsyncI
         assert fd_count() == fds, "file descriptors were left open"
 
 
-def channel(pki: Pki, served: Served, cert: trustme.LeafCert | None, **options: Any) -> Any:
+def channel(pki: TestPKI, served: Served, cert: trustme.LeafCert | None, **options: Any) -> Any:
     return open_channel(
         "127.0.0.1",
         served.port,
@@ -154,19 +133,19 @@ def channel(pki: Pki, served: Served, cert: trustme.LeafCert | None, **options: 
 # -- unary calls, errors, identity ----------------------------------------------------------
 
 
-async def test_unary_call_round_trips(pki: Pki) -> None:
+async def test_unary_call_round_trips(pki: TestPKI) -> None:
     with trio.fail_after(10):
-        async with serving(pki) as served, channel(pki, served, pki.alice) as ch:
+        async with serving(pki) as served, channel(pki, served, pki.client_cert("alice")) as ch:
             reply = await stub(ch, "Echo")(StringValue(value="héllo\x00"))
             assert reply.value == "héllo\x00"
 
 
 async def test_plain_exception_reaches_client_as_internal_without_its_repr(
-    pki: Pki, caplog: pytest.LogCaptureFixture
+    pki: TestPKI, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A handler bug is logged here with its traceback; the client learns only "internal error"."""
     with trio.fail_after(10):
-        async with serving(pki) as served, channel(pki, served, pki.alice) as ch:
+        async with serving(pki) as served, channel(pki, served, pki.client_cert("alice")) as ch:
             with pytest.raises(purerpc.RpcFailedError) as caught:
                 await stub(ch, "Fail")(StringValue(value="xyzzy"))
             assert caught.value.status.status_code == purerpc.StatusCode.INTERNAL
@@ -183,18 +162,20 @@ async def test_plain_exception_reaches_client_as_internal_without_its_repr(
 @pytest.mark.parametrize(
     "code", ["NOT_FOUND", "PERMISSION_DENIED", "INVALID_ARGUMENT", "UNAUTHENTICATED"]
 )
-async def test_rpc_failed_error_passes_through_with_code_and_message(pki: Pki, code: str) -> None:
+async def test_rpc_failed_error_passes_through_with_code_and_message(
+    pki: TestPKI, code: str
+) -> None:
     with trio.fail_after(10):
-        async with serving(pki) as served, channel(pki, served, pki.alice) as ch:
+        async with serving(pki) as served, channel(pki, served, pki.client_cert("alice")) as ch:
             with pytest.raises(purerpc.RpcFailedError) as caught:
                 await stub(ch, "FailWith")(StringValue(value=f"{code}:access denied, é"))
             assert caught.value.status.status_code == purerpc.StatusCode[code]
             assert caught.value.status.status_message == "access denied, é"
 
 
-async def test_unknown_method_is_unimplemented(pki: Pki) -> None:
+async def test_unknown_method_is_unimplemented(pki: TestPKI) -> None:
     with trio.fail_after(10):
-        async with serving(pki) as served, channel(pki, served, pki.alice) as ch:
+        async with serving(pki) as served, channel(pki, served, pki.client_cert("alice")) as ch:
             client = purerpc.Client(SERVICE_NAME, ch)
             missing = client.get_method_stub(
                 "Missing",
@@ -206,13 +187,13 @@ async def test_unknown_method_is_unimplemented(pki: Pki) -> None:
 
 
 async def test_each_connection_sees_its_own_certificate_cn_and_metadata_cannot_change_it(
-    pki: Pki,
+    pki: TestPKI,
 ) -> None:
     with trio.fail_after(10):
         async with (
             serving(pki) as served,
-            channel(pki, served, pki.alice) as alice,
-            channel(pki, served, pki.bob) as bob,
+            channel(pki, served, pki.client_cert("alice")) as alice,
+            channel(pki, served, pki.client_cert("bob")) as bob,
         ):
             forged = (("x-common-name", "root"), ("common-name", "root"), ("user", "root"))
 
@@ -237,10 +218,10 @@ async def test_each_connection_sees_its_own_certificate_cn_and_metadata_cannot_c
 
 
 async def test_client_breaking_out_of_a_stream_cancels_the_handler_within_a_second(
-    pki: Pki,
+    pki: TestPKI,
 ) -> None:
     with trio.fail_after(10):
-        async with serving(pki) as served, channel(pki, served, pki.alice) as ch:
+        async with serving(pki) as served, channel(pki, served, pki.client_cert("alice")) as ch:
             responses = stub(ch, "Forever")(StringValue(value="x"))
             async with aclosing(responses):
                 async for _ in responses:
@@ -256,13 +237,13 @@ async def test_client_breaking_out_of_a_stream_cancels_the_handler_within_a_seco
 
 @pytest.mark.parametrize("how", ["left", "cancelled"])
 async def test_explicit_calls_cancel_the_handler_with_no_help_from_the_garbage_collector(
-    pki: Pki, how: str
+    pki: TestPKI, how: str
 ) -> None:
     """Calls through `explicit_call` end on `aclose()` or cancellation themselves: the
     handler is cancelled while the test still holds every stream object of the
     channel (so no finaliser can fire)."""
     with trio.fail_after(10):
-        async with serving(pki) as served, channel(pki, served, pki.alice) as ch:
+        async with serving(pki) as served, channel(pki, served, pki.client_cert("alice")) as ch:
             held = []
             forever = explicit_call(stub(ch, "Forever"))
             with trio.CancelScope() as scope:
@@ -283,10 +264,10 @@ async def test_explicit_calls_cancel_the_handler_with_no_help_from_the_garbage_c
             assert ch.unacknowledged_bytes() == 0
 
 
-async def test_stream_dropped_without_aclosing_still_cancels_the_handler(pki: Pki) -> None:
+async def test_stream_dropped_without_aclosing_still_cancels_the_handler(pki: TestPKI) -> None:
     """Without aclosing, the call is noticed when CPython frees it (at once, by refcount)."""
     with trio.fail_after(10):
-        async with serving(pki) as served, channel(pki, served, pki.alice) as ch:
+        async with serving(pki) as served, channel(pki, served, pki.client_cert("alice")) as ch:
             async for _ in stub(ch, "Forever")(StringValue(value="x")):
                 left_at = trio.current_time()
                 break
@@ -295,9 +276,9 @@ async def test_stream_dropped_without_aclosing_still_cancels_the_handler(pki: Pk
             assert served.probe.ended_at - left_at < 1.0
 
 
-async def test_client_cancelled_while_waiting_on_a_stream_cancels_the_handler(pki: Pki) -> None:
+async def test_client_cancelled_while_waiting_on_a_stream_cancels_the_handler(pki: TestPKI) -> None:
     with trio.fail_after(10):
-        async with serving(pki) as served, channel(pki, served, pki.alice) as ch:
+        async with serving(pki) as served, channel(pki, served, pki.client_cert("alice")) as ch:
             with trio.move_on_after(0.2) as waited:
                 responses = stub(ch, "Forever")(StringValue(value="x"))
                 async with aclosing(responses):
@@ -312,9 +293,9 @@ async def test_client_cancelled_while_waiting_on_a_stream_cancels_the_handler(pk
             assert (await stub(ch, "Echo")(StringValue(value="still"))).value == "still"
 
 
-async def test_cancelled_unary_call_cancels_the_handler(pki: Pki) -> None:
+async def test_cancelled_unary_call_cancels_the_handler(pki: TestPKI) -> None:
     with trio.fail_after(10):
-        async with serving(pki) as served, channel(pki, served, pki.alice) as ch:
+        async with serving(pki) as served, channel(pki, served, pki.client_cert("alice")) as ch:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(stub(ch, "Sleep"), Int64Value(value=60_000))
                 await served.probe.started.wait()
@@ -323,7 +304,7 @@ async def test_cancelled_unary_call_cancels_the_handler(pki: Pki) -> None:
                 await served.server.wait_no_rpcs()
 
 
-async def test_abandoned_streams_give_back_their_flow_control_window(pki: Pki) -> None:
+async def test_abandoned_streams_give_back_their_flow_control_window(pki: TestPKI) -> None:
     """Bytes an abandoned call received but never read are handed back to the server.
 
     Otherwise every abandoned big stream keeps up to 2 x max_message_length of the
@@ -331,7 +312,7 @@ async def test_abandoned_streams_give_back_their_flow_control_window(pki: Pki) -
     """
     # ~100 MiB through TLS in one Python process: seconds on an emulated CPU.
     with trio.fail_after(scaled(10)):
-        async with serving(pki) as served, channel(pki, served, pki.alice) as ch:
+        async with serving(pki) as served, channel(pki, served, pki.client_cert("alice")) as ch:
             for _ in range(3):
                 responses = stub(ch, "Blob")(Int64Value(value=64))
                 async with aclosing(responses):
@@ -346,9 +327,11 @@ async def test_abandoned_streams_give_back_their_flow_control_window(pki: Pki) -
             assert ch.unacknowledged_bytes() == 0
 
 
-async def test_killed_client_process_cancels_the_handler(pki: Pki, tmp_path: Path) -> None:
-    pki.certs.server_ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
-    pki.alice.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "client.pem"))
+async def test_killed_client_process_cancels_the_handler(pki: TestPKI, tmp_path: Path) -> None:
+    pki.server_ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    pki.client_cert("alice").private_key_and_cert_chain_pem.write_to_path(
+        str(tmp_path / "client.pem")
+    )
     with trio.fail_after(20):
         async with serving(pki) as served:
             command = [sys.executable, "-m", "tests.integration._echo_service"]
@@ -376,9 +359,11 @@ async def test_killed_client_process_cancels_the_handler(pki: Pki, tmp_path: Pat
                     await process.stdout.aclose()
 
 
-async def test_cancelling_serve_fails_a_waiting_stream_with_unavailable_at_once(pki: Pki) -> None:
+async def test_cancelling_serve_fails_a_waiting_stream_with_unavailable_at_once(
+    pki: TestPKI,
+) -> None:
     with trio.fail_after(10):
-        async with serving(pki) as served, channel(pki, served, pki.alice) as ch:
+        async with serving(pki) as served, channel(pki, served, pki.client_cert("alice")) as ch:
             responses = stub(ch, "Forever")(StringValue(value="x"))
             async with aclosing(responses):
                 await responses.__anext__()
@@ -396,9 +381,9 @@ async def test_cancelling_serve_fails_a_waiting_stream_with_unavailable_at_once(
             assert caught.value.status.status_code == purerpc.StatusCode.UNAVAILABLE
 
 
-async def test_shutdown_lets_running_calls_finish_and_refuses_new_connections(pki: Pki) -> None:
+async def test_shutdown_lets_running_calls_finish_and_refuses_new_connections(pki: TestPKI) -> None:
     with trio.fail_after(10):
-        async with serving(pki) as served, channel(pki, served, pki.alice) as ch:
+        async with serving(pki) as served, channel(pki, served, pki.client_cert("alice")) as ch:
             async with trio.open_nursery() as nursery:
                 results: list[int] = []
 
@@ -410,16 +395,16 @@ async def test_shutdown_lets_running_calls_finish_and_refuses_new_connections(pk
                 nursery.start_soon(served.server.shutdown, 5.0)
                 await trio.testing.wait_all_tasks_blocked()
                 with pytest.raises(purerpc.RpcFailedError) as caught:
-                    async with channel(pki, served, pki.alice):
+                    async with channel(pki, served, pki.client_cert("alice")):
                         pass
                 assert "connection refused" in caught.value.status.status_message
             assert results == [300]
             assert served.stopped.is_set()
 
 
-async def test_shutdown_grace_is_bounded(pki: Pki) -> None:
+async def test_shutdown_grace_is_bounded(pki: TestPKI) -> None:
     with trio.fail_after(10):
-        async with serving(pki) as served, channel(pki, served, pki.alice) as ch:
+        async with serving(pki) as served, channel(pki, served, pki.client_cert("alice")) as ch:
             responses = stub(ch, "Forever")(StringValue(value="x"))
             async with aclosing(responses):
                 await responses.__anext__()
@@ -440,11 +425,11 @@ def rejection_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]
 
 @pytest.mark.parametrize("who", ["no certificate", "rogue ca"])
 async def test_client_whose_certificate_is_refused_gets_unavailable_and_server_logs_one_line(
-    pki: Pki, caplog: pytest.LogCaptureFixture, who: str
+    pki: TestPKI, caplog: pytest.LogCaptureFixture, who: str
 ) -> None:
     """Under TLS 1.3 the client's handshake "succeeds" before the server refuses it: no hang."""
     rejected = trio.Event()
-    cert = None if who == "no certificate" else pki.rogue_alice
+    cert = None if who == "no certificate" else pki.client_cert("alice", rogue=True)
     with trio.fail_after(10):
         async with serving(pki, on_handshake_error=lambda *_: rejected.set()) as served:
             with pytest.raises(purerpc.RpcFailedError) as caught:
@@ -461,10 +446,10 @@ async def test_client_whose_certificate_is_refused_gets_unavailable_and_server_l
 
 
 async def test_tls_12_client_is_refused_with_unavailable(
-    pki: Pki, caplog: pytest.LogCaptureFixture
+    pki: TestPKI, caplog: pytest.LogCaptureFixture
 ) -> None:
     rejected = trio.Event()
-    context = client_context(pki, pki.alice)
+    context = client_context(pki, pki.client_cert("alice"))
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.maximum_version = ssl.TLSVersion.TLSv1_2
     with trio.fail_after(10):
@@ -483,7 +468,7 @@ async def test_tls_12_client_is_refused_with_unavailable(
 
 
 async def test_client_that_never_handshakes_is_dropped_after_the_timeout(
-    pki: Pki, caplog: pytest.LogCaptureFixture
+    pki: TestPKI, caplog: pytest.LogCaptureFixture
 ) -> None:
     rejected = trio.Event()
     with trio.fail_after(10):
@@ -499,14 +484,16 @@ async def test_client_that_never_handshakes_is_dropped_after_the_timeout(
     assert "no handshake within 0.2 s" in lines[0].getMessage()
 
 
-async def test_connection_refused_is_unavailable_with_a_clear_message(pki: Pki) -> None:
+async def test_connection_refused_is_unavailable_with_a_clear_message(pki: TestPKI) -> None:
     with trio.fail_after(10):
         async with serving(pki) as served:
             port = served.port
             served.scope.cancel()
             await served.stopped.wait()
         with pytest.raises(purerpc.RpcFailedError) as caught:
-            async with open_channel("127.0.0.1", port, client_context(pki, pki.alice)):
+            async with open_channel(
+                "127.0.0.1", port, client_context(pki, pki.client_cert("alice"))
+            ):
                 pass
         assert caught.value.status.status_code == purerpc.StatusCode.UNAVAILABLE
         assert caught.value.status.status_message == (
@@ -517,7 +504,7 @@ async def test_connection_refused_is_unavailable_with_a_clear_message(pki: Pki) 
 # -- binding --------------------------------------------------------------------------------
 
 
-async def test_port_in_use_is_a_clear_setup_error(pki: Pki) -> None:
+async def test_port_in_use_is_a_clear_setup_error(pki: TestPKI) -> None:
     with trio.fail_after(10):
         async with serving(pki) as served:
             second = RpcServer("127.0.0.1", served.port, server_context(pki))
@@ -525,27 +512,29 @@ async def test_port_in_use_is_a_clear_setup_error(pki: Pki) -> None:
                 await second.serve()
 
 
-async def test_server_binds_only_the_given_host(pki: Pki) -> None:
+async def test_server_binds_only_the_given_host(pki: TestPKI) -> None:
     """Bound to 127.0.0.1, the port is closed on 127.0.0.2 (also loopback): no wildcard bind."""
     with trio.fail_after(10):
         async with serving(pki) as served:
             with pytest.raises(OSError, match="refused|failed"):
                 await trio.open_tcp_stream("127.0.0.2", served.port)
             with pytest.raises(purerpc.RpcFailedError, match="connection refused"):
-                async with open_channel("127.0.0.2", served.port, client_context(pki, pki.alice)):
+                async with open_channel(
+                    "127.0.0.2", served.port, client_context(pki, pki.client_cert("alice"))
+                ):
                     pass
 
 
 # -- payloads -------------------------------------------------------------------------------
 
 
-async def test_64_mib_stream_of_1_mib_messages_round_trips_exactly(pki: Pki) -> None:
+async def test_64_mib_stream_of_1_mib_messages_round_trips_exactly(pki: TestPKI) -> None:
     """Every byte value, in order; the window (2 x the message limit) always holds a message."""
     limit = MIB + 1024
     with trio.fail_after(30):
         async with (
             serving(pki, max_message_length=limit) as served,
-            channel(pki, served, pki.alice, max_message_length=limit) as ch,
+            channel(pki, served, pki.client_cert("alice"), max_message_length=limit) as ch,
         ):
             index = 0
             async for message in stub(ch, "Blob")(Int64Value(value=64)):
@@ -555,7 +544,7 @@ async def test_64_mib_stream_of_1_mib_messages_round_trips_exactly(pki: Pki) -> 
 
 
 async def test_every_outgoing_message_waits_for_room_on_its_connection(
-    pki: Pki, monkeypatch: pytest.MonkeyPatch
+    pki: TestPKI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Backpressure: each message a handler sends first waits for room in the connection's
     send buffer (purerpc's own send path would queue up to the peer's whole window; an
@@ -572,26 +561,26 @@ async def test_every_outgoing_message_waits_for_room_on_its_connection(
 
     monkeypatch.setattr(_wire.GuardedSocketWrapper, "wait_room", counting)
     with trio.fail_after(30):
-        async with serving(pki) as served, channel(pki, served, pki.alice) as ch:
+        async with serving(pki) as served, channel(pki, served, pki.client_cert("alice")) as ch:
             received = [message.value async for message in stub(ch, "Blob")(Int64Value(value=8))]
     assert received == [blob_chunk(i) for i in range(8)]
     assert waits >= 8
 
 
 @asynccontextmanager
-async def paced_blob(pki: Pki, count: int) -> AsyncIterator[tuple[Served, Any]]:
+async def paced_blob(pki: TestPKI, count: int) -> AsyncIterator[tuple[Served, Any]]:
     """A server, and a PacedBlob stream of `count` 1 MiB messages from it, on a channel
     whose 2-message window bounds what can be in flight."""
     limit = MIB + 1024
     async with (
         serving(pki, max_message_length=limit) as served,
-        channel(pki, served, pki.alice, max_message_length=limit) as ch,
+        channel(pki, served, pki.client_cert("alice"), max_message_length=limit) as ch,
         aclosing(stub(ch, "PacedBlob")(Int64Value(value=count))) as messages,
     ):
         yield served, messages
 
 
-async def test_a_handler_waiting_for_a_slow_client_holds_no_message(pki: Pki) -> None:
+async def test_a_handler_waiting_for_a_slow_client_holds_no_message(pki: TestPKI) -> None:
     """`wait_writable()` blocks a streaming handler while its client reads nothing, so it
     builds no message it cannot send (what keeps 1,000 stalled followers from holding
     1,000 chunks); its `EncodedMessage`s arrive as the protobuf messages they encode."""
@@ -609,7 +598,7 @@ async def test_a_handler_waiting_for_a_slow_client_holds_no_message(pki: Pki) ->
     assert served.probe.produced == 32
 
 
-async def test_a_client_leaving_while_the_handler_waits_to_write_cancels_it(pki: Pki) -> None:
+async def test_a_client_leaving_while_the_handler_waits_to_write_cancels_it(pki: TestPKI) -> None:
     """The handler parked in `wait_writable()` (its client stopped reading) is cancelled
     as soon as the client abandons the stream; nothing is left on the server."""
     with trio.fail_after(30):
@@ -623,23 +612,23 @@ async def test_a_client_leaving_while_the_handler_waits_to_write_cancels_it(pki:
             assert served.probe.produced < 10
 
 
-async def test_message_over_the_limit_fails_the_call_not_the_server(pki: Pki) -> None:
+async def test_message_over_the_limit_fails_the_call_not_the_server(pki: TestPKI) -> None:
     with trio.fail_after(10):
         async with (
             serving(pki) as served,
-            channel(pki, served, pki.alice, max_message_length=MIB // 2) as ch,
+            channel(pki, served, pki.client_cert("alice"), max_message_length=MIB // 2) as ch,
         ):
             with pytest.raises(purerpc.RpcFailedError):
                 async for _ in stub(ch, "Blob")(Int64Value(value=1)):
                     pass
         # A new channel still works.
-        async with serving(pki) as served, channel(pki, served, pki.alice) as ch:
+        async with serving(pki) as served, channel(pki, served, pki.client_cert("alice")) as ch:
             assert (await stub(ch, "Echo")(StringValue(value="x"))).value == "x"
 
 
 @pytest.mark.parametrize("length", [0, -1, 2**30])
 def test_message_limits_whose_window_is_not_a_legal_http2_window_are_refused(
-    pki: Pki, length: int
+    pki: TestPKI, length: int
 ) -> None:
     with pytest.raises(ValueError, match="max_message_length"):
         RpcServer("127.0.0.1", 0, server_context(pki), max_message_length=length)
@@ -648,7 +637,7 @@ def test_message_limits_whose_window_is_not_a_legal_http2_window_are_refused(
 # -- wrap_methods ---------------------------------------------------------------------------
 
 
-async def test_wrapper_rejects_before_the_handler_runs_and_sees_every_call(pki: Pki) -> None:
+async def test_wrapper_rejects_before_the_handler_runs_and_sees_every_call(pki: TestPKI) -> None:
     seen: list[tuple[str, str]] = []
 
     @asynccontextmanager_wrapper
@@ -670,7 +659,10 @@ async def test_wrapper_rejects_before_the_handler_runs_and_sees_every_call(pki: 
         async with trio.open_nursery() as nursery:
             port = await nursery.start(server.serve)
             async with open_channel(
-                "127.0.0.1", port, client_context(pki, pki.alice), server_hostname="localhost"
+                "127.0.0.1",
+                port,
+                client_context(pki, pki.client_cert("alice")),
+                server_hostname="localhost",
             ) as ch:
                 assert (await stub(ch, "Echo")(StringValue(value="a"))).value == "a"
                 with pytest.raises(purerpc.RpcFailedError) as caught:
@@ -725,11 +717,11 @@ class GrpcClient:
         return call(request, timeout=10)
 
 
-def grpc_client(pki: Pki, port: int) -> Iterator[GrpcClient]:
+def grpc_client(pki: TestPKI, port: int) -> Iterator[GrpcClient]:
     credentials = grpc.ssl_channel_credentials(
-        root_certificates=pki.certs.server_ca.cert_pem.bytes(),
-        private_key=pki.alice.private_key_pem.bytes(),
-        certificate_chain=pki.alice.cert_chain_pems[0].bytes(),
+        root_certificates=pki.server_ca.cert_pem.bytes(),
+        private_key=pki.client_cert("alice").private_key_pem.bytes(),
+        certificate_chain=pki.client_cert("alice").cert_chain_pems[0].bytes(),
     )
     channel = grpc.secure_channel(
         f"127.0.0.1:{port}", credentials, options=[("grpc.ssl_target_name_override", "localhost")]
@@ -740,7 +732,7 @@ def grpc_client(pki: Pki, port: int) -> Iterator[GrpcClient]:
         channel.close()
 
 
-async def test_grpcio_client_gets_the_same_results_and_status_codes(pki: Pki) -> None:
+async def test_grpcio_client_gets_the_same_results_and_status_codes(pki: TestPKI) -> None:
     def run(port: int) -> list[Any]:
         results: list[Any] = []
         for client in grpc_client(pki, port):
@@ -765,7 +757,7 @@ async def test_grpcio_client_gets_the_same_results_and_status_codes(pki: Pki) ->
 
 
 async def test_grpcio_client_reads_encoded_messages_in_its_own_frames_and_windows(
-    pki: Pki,
+    pki: TestPKI,
 ) -> None:
     """grpcio (C-core) chooses other frame sizes and windows than purerpc: every
     `EncodedMessage` still arrives whole, in order, however it was split into frames."""
@@ -781,7 +773,7 @@ async def test_grpcio_client_reads_encoded_messages_in_its_own_frames_and_window
     assert received == [blob_chunk(i) for i in range(24)]
 
 
-async def test_grpcio_client_cancelling_a_stream_cancels_the_handler(pki: Pki) -> None:
+async def test_grpcio_client_cancelling_a_stream_cancels_the_handler(pki: TestPKI) -> None:
     # check_fds=False: grpcio keeps process-wide polling fds after its channel closes.
     first = threading.Event()
     cancelled_at: list[float] = []

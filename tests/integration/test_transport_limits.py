@@ -2,9 +2,6 @@
 identity, and connections kept open without a call. Each test is the attack, made
 with real TLS connections against a real `RpcServer`."""
 
-# The pki fixture comes from test_transport: its use as a test argument is no redefinition.
-# ruff: noqa: F811
-
 from __future__ import annotations
 
 import logging
@@ -17,22 +14,21 @@ import trio.testing
 from google.protobuf.wrappers_pb2 import Int64Value, StringValue
 
 from tests.integration._echo_service import stub
-from tests.integration.test_transport import (  # noqa: F401 (pki is a fixture)
-    Pki,
-    channel,
-    pki,
-    serving,
-)
+from tests.integration.test_transport import channel, serving
+from tests.support.certs import TestPKI
 from tests.support.leaks import fd_count
 
 SERVER_LOGGER = "jobworker.transport.server"
 
 
-async def test_a_connection_without_a_call_is_closed_after_the_idle_timeout(pki: Pki) -> None:
+async def test_a_connection_without_a_call_is_closed_after_the_idle_timeout(pki: TestPKI) -> None:
     """A client with a valid certificate that handshakes, then sends nothing, must not hold
     an fd forever."""
     with trio.fail_after(10):
-        async with serving(pki, idle_timeout=0.3) as served, channel(pki, served, pki.alice) as ch:
+        async with (
+            serving(pki, idle_timeout=0.3) as served,
+            channel(pki, served, pki.client_cert("alice")) as ch,
+        ):
             assert (await stub(ch, "Echo")(StringValue(value="hi"))).value == "hi"
             assert served.server.connection_count == 1
             started = trio.current_time()
@@ -40,32 +36,35 @@ async def test_a_connection_without_a_call_is_closed_after_the_idle_timeout(pki:
             assert trio.current_time() - started >= 0.25
 
 
-async def test_a_long_call_is_not_idle(pki: Pki) -> None:
+async def test_a_long_call_is_not_idle(pki: TestPKI) -> None:
     """Only a connection with no call open is idle: a call lasting longer than the timeout
     completes, and the connection closes only once it has been idle for the timeout."""
     with trio.fail_after(10):
-        async with serving(pki, idle_timeout=0.3) as served, channel(pki, served, pki.alice) as ch:
+        async with (
+            serving(pki, idle_timeout=0.3) as served,
+            channel(pki, served, pki.client_cert("alice")) as ch,
+        ):
             assert (await stub(ch, "Sleep")(Int64Value(value=900))).value == 900
             assert served.server.connection_count == 1
             await served.server.wait_no_connections()
 
 
 async def test_connections_per_identity_are_capped_and_others_are_unaffected(
-    pki: Pki, caplog: pytest.LogCaptureFixture
+    pki: TestPKI, caplog: pytest.LogCaptureFixture
 ) -> None:
     with trio.fail_after(10):
         async with (
             serving(pki, max_connections_per_peer=2) as served,
-            channel(pki, served, pki.alice) as first,
-            channel(pki, served, pki.alice) as second,
+            channel(pki, served, pki.client_cert("alice")) as first,
+            channel(pki, served, pki.client_cert("alice")) as second,
         ):
             for ch in (first, second):
                 assert (await stub(ch, "Echo")(StringValue(value="ok"))).value == "ok"
-            async with channel(pki, served, pki.alice) as third:
+            async with channel(pki, served, pki.client_cert("alice")) as third:
                 with pytest.raises(purerpc.RpcFailedError) as caught:
                     await stub(third, "Echo")(StringValue(value="one too many"))
                 assert caught.value.status.status_code == purerpc.StatusCode.UNAVAILABLE
-            async with channel(pki, served, pki.bob) as other_user:
+            async with channel(pki, served, pki.client_cert("bob")) as other_user:
                 assert (await stub(other_user, "Echo")(StringValue(value="b"))).value == "b"
     refusals = [
         r.getMessage()
@@ -75,17 +74,17 @@ async def test_connections_per_identity_are_capped_and_others_are_unaffected(
     assert len(refusals) == 1 and "holds 2 connections already" in refusals[0], refusals
 
 
-async def test_a_closed_connection_frees_its_identitys_slot(pki: Pki) -> None:
+async def test_a_closed_connection_frees_its_identitys_slot(pki: TestPKI) -> None:
     with trio.fail_after(10):
         async with serving(pki, max_connections_per_peer=1) as served:
             for _ in range(3):
-                async with channel(pki, served, pki.alice) as ch:
+                async with channel(pki, served, pki.client_cert("alice")) as ch:
                     assert (await stub(ch, "Echo")(StringValue(value="x"))).value == "x"
                 await served.server.wait_no_connections()
 
 
 async def test_a_flood_of_silent_connections_costs_the_server_only_its_handshake_slots(
-    pki: Pki, caplog: pytest.LogCaptureFixture
+    pki: TestPKI, caplog: pytest.LogCaptureFixture
 ) -> None:
     """21,000 raw connections that never handshake once took jwsd to 16k fds: the server
     accepts only as many as it has handshake slots; the rest wait in the kernel's backlog,
@@ -101,18 +100,18 @@ async def test_a_flood_of_silent_connections_costs_the_server_only_its_handshake
             await trio.testing.wait_all_tasks_blocked()
             # Our own client sockets are silent_count; the server holds at most `slots` more.
             assert fd_count() - fds <= silent_count + slots
-            async with channel(pki, served, pki.alice) as ch:
+            async with channel(pki, served, pki.client_cert("alice")) as ch:
                 assert (await stub(ch, "Echo")(StringValue(value="served"))).value == "served"
             for stream in silent:
                 await stream.aclose()
 
 
-async def test_one_connection_holds_at_most_a_hundred_calls_at_once(pki: Pki) -> None:
+async def test_one_connection_holds_at_most_a_hundred_calls_at_once(pki: TestPKI) -> None:
     """purerpc advertises 65,536 concurrent streams; the server says 100, and a client that
     opens more than that loses the call (its h2 refuses to open it), not the server its
     memory."""
     with trio.fail_after(20):
-        async with serving(pki) as served, channel(pki, served, pki.alice) as ch:
+        async with serving(pki) as served, channel(pki, served, pki.client_cert("alice")) as ch:
             forever = stub(ch, "Forever")
             opened = 0
             failed: list[BaseException] = []

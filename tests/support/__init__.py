@@ -1,1 +1,1 @@
-"""Helpers shared by the integration, end-to-end and benchmark suites."""
+"""Helpers shared by every suite: fixtures (`fixtures.py`, loaded by the root conftest), certificates, daemons, names, waiting."""

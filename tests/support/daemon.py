@@ -4,7 +4,6 @@ way the integration tests start a daemon and connect to it."""
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from jobworker.sandbox.spawn import SANDBOX_SETUP_TIMEOUT
 from jobworker.server.daemon import DaemonConfig, serve
 from tests.conftest import require_root
 from tests.support.certs import TestPKI
+from tests.support.names import unique_name
 from tests.support.timing import scaled
 
 #: The users file most tests run with.
@@ -84,7 +84,7 @@ class DaemonFiles:
             data_dir=self.tmp_path / "data",
             users_file=self.users_file,
             stop_grace=1.0,
-            cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}",
+            cgroup_name=unique_name(),
             **{"sandbox_timeout": scaled(SANDBOX_SETUP_TIMEOUT), **fields},
         )
         shutdown = trio.Event()

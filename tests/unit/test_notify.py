@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 import socket
-import uuid
 from pathlib import Path
 
 import pytest
 
 from jobworker.server.notify import Notifier
+from tests.support.names import unique_name
 
 
 def test_no_notify_socket_means_no_message(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -28,7 +28,7 @@ def test_one_datagram_of_key_value_lines(
             sock.bind(str(tmp_path / "notify"))
             monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
         else:
-            name = f"jobworker-test-{uuid.uuid4().hex}"
+            name = unique_name()
             sock.bind(b"\0" + name.encode())
             monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
         notifier = Notifier.from_environment()
