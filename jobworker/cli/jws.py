@@ -18,7 +18,7 @@ killed it) once the job has ended.
 
 `output` and `run` ride over a restart of jwsd: once connected, they connect
 again with backoff when jwsd goes away and resume at the byte they reached
-(`--reconnect-timeout`, see `jobworker.reconnect`); every other command fails
+(`--reconnect-timeout`, see `jobworker.client.reconnect`); every other command fails
 at once with exit code 3.
 """
 
@@ -42,14 +42,20 @@ import attrs
 from jobworker import limits as limits_table
 from jobworker.cli import render
 from jobworker.cli.config import DEFAULT_ADDR, DEFAULT_TLS_DIR, ClientConfig, config_path
-from jobworker.errors import InvalidRequestError
+from jobworker.errors import (
+    CannotReachError,
+    GaveUpReconnectingError,
+    InvalidRequestError,
+    JobWorkerError,
+    SetupError,
+    UnavailableError,
+)
 from jobworker.limits import Limits
 from jobworker.model import JobStatus, Outcome
 from jobworker.units import format_duration, parse_addr, parse_duration
 
 if TYPE_CHECKING:  # imported lazily at run time: `jws --help` stays quick
-    from jobworker.client import Credentials, JobWorkerClient
-    from jobworker.reconnect import Reconnector
+    from jobworker.client import Credentials, JobWorkerClient, Reconnector
 
 EXIT_SERVER_ERROR = 1
 EXIT_USAGE = 2
@@ -126,26 +132,27 @@ class Target:
         return connect((self.host, self.port), self.credentials, connect_timeout=connect_timeout)
 
 
+def failure_for(exc: JobWorkerError, target: Target) -> Failure:
+    """The line and exit code for `exc`, a failure of a command that talked to `target`:
+    usage for local set-up (credentials), unreachable for no jwsd (a lost connection
+    names the address), server error for anything jwsd refused."""
+    if isinstance(exc, SetupError):
+        return Failure(str(exc), EXIT_USAGE)
+    if isinstance(exc, (CannotReachError, GaveUpReconnectingError)):
+        return Failure(str(exc), EXIT_UNREACHABLE)  # they name the address and why
+    if isinstance(exc, UnavailableError):
+        return Failure(f"lost jwsd at {target.host}:{target.port}: {exc}", EXIT_UNREACHABLE)
+    return Failure(str(exc), EXIT_SERVER_ERROR)
+
+
 @contextlib.asynccontextmanager
 async def _client(target: Target) -> AsyncIterator[JobWorkerClient]:
     """Connect to `target`, translating every failure (of the body too) to a Failure."""
-    import purerpc
-
-    from jobworker.errors import SetupError
-
     try:
         async with target.connect() as client:
             yield client
-    except SetupError as exc:
-        raise Failure(str(exc), EXIT_USAGE) from None
-    except purerpc.RpcFailedError as exc:
-        status = exc.status
-        message = status.status_message or status.status_code.name.lower()
-        if status.status_code is purerpc.StatusCode.UNAVAILABLE:
-            if not message.startswith(("cannot reach", "gave up")):
-                message = f"lost jwsd at {target.host}:{target.port}: {message}"
-            raise Failure(message, EXIT_UNREACHABLE) from None
-        raise Failure(message, EXIT_SERVER_ERROR) from None
+    except JobWorkerError as exc:
+        raise failure_for(exc, target) from None
 
 
 def reconnect_option(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -162,7 +169,7 @@ def reconnect_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _reconnector(target: Target, timeout: str) -> Reconnector:
     """A Reconnector to `target` that gives up after `timeout` (a duration as typed)."""
-    from jobworker.reconnect import Backoff, Reconnector
+    from jobworker.client import Backoff, Reconnector
 
     try:
         total = parse_duration(timeout)
@@ -393,7 +400,7 @@ async def copy_output(
     Returns the offset reached. Raises BrokenPipeError when the reader of `fd` has gone."""
     import trio
 
-    from jobworker.reconnect import Backoff, Reconnector, follow_output
+    from jobworker.client import Backoff, Reconnector, follow_output
 
     if reconnector is None:  # one that never reconnects: a loss fails at once
         reconnector = Reconnector(
