@@ -49,14 +49,16 @@ def rpc_status(exc: BaseException) -> purerpc.Status:
 
 
 async def expect_code(code: purerpc.StatusCode, call: object, match: str = "") -> str:
-    """The message of the client's error, of the kind for `code`, that `call` raises."""
-    with pytest.raises(JobWorkerError) as info:
+    """The message of the error `call` raises with `code`: the client's, of the kind for
+    `code` (a call of `JobWorkerClient`), or a raw stub's RpcFailedError."""
+    with pytest.raises((JobWorkerError, purerpc.RpcFailedError)) as info:
         await call  # type: ignore[misc]
     status = rpc_status(info.value)
     assert status.status_code is code, status
-    assert isinstance(info.value, type(error_for(status)))
-    assert match in str(info.value)
-    return str(info.value)
+    if isinstance(info.value, JobWorkerError):
+        assert isinstance(info.value, type(error_for(status)))
+    assert match in (status.status_message or "")
+    return str(status.status_message)
 
 
 async def read_all(client: JobWorkerClient, job_id: str, offset: int = 0) -> bytes:
