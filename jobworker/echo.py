@@ -6,6 +6,12 @@ goes through here first: cut to a few dozen characters and escaped, so that a
 request cannot make the daemon spend time or memory echoing it (HPACK encoding a
 1 MiB `grpc-message` costs minutes of CPU) nor forge log lines or drive a
 terminal with control characters.
+
+Whatever `jws` prints that a user controls (a job's command, its reasons, an
+error line) goes through `shown` on its way to a terminal: whole, but escaped,
+so a command holding `ESC [2J` (clear the screen), `ESC ]0;...BEL` (set the
+title), a newline (a forged table row) or U+202E (text shown backwards) shows
+those as `\x1b[2J`, `\x1b]0;...\x07`, `\n`, `\u202e`.
 """
 
 from __future__ import annotations
@@ -42,14 +48,27 @@ def log_field(value: str) -> str:
     return quoted(value)
 
 
+def shown(text: str) -> str:
+    """`text`, whole, as one line that is safe to print on a terminal: every character
+    that is not printable escaped as repr() escapes it, the rest (backslashes too) as is.
+
+    Not printable (`str.isprintable`): the C0 controls (ESC, BEL, the newline, the
+    tab...), DEL, the C1 controls (U+0080-U+009F: CSI U+009B starts a terminal
+    sequence like ESC [), the bidirectional controls (U+200E, U+200F, U+061C,
+    U+202A-U+202E, U+2066-U+2069) and every other format character, the line and
+    paragraph separators, spaces other than " ", unassigned code points. The
+    escapes (\x1b, \n, \u202e) are for people to read, not to be parsed back: a
+    backslash in `text` is not doubled.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def bounded(message: str, limit: int = MESSAGE_LIMIT) -> str:
-    """`message` cut to `limit` characters (ending in "…" when cut), with any
-    non-printable character escaped as repr() would.
+    """`message` cut to `limit` characters (ending in "…" when cut), and `shown`.
 
     The last line of defence for status messages and logged error texts: every
     value in them should already be `quoted`, so a cut here means one was not.
     """
-    cut = message if len(message) <= limit else message[: limit - 1] + "…"
-    if cut.isprintable():
-        return cut
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in cut)
+    return shown(message if len(message) <= limit else message[: limit - 1] + "…")

@@ -3,6 +3,9 @@
 Every error a caller can cause or observe is a `JobWorkerError`. The RPC layer
 maps each subclass to one gRPC status code in exactly one place
 (`jobworker.transport.status`); nothing below the RPC boundary knows about gRPC.
+The client maps each status code back to a kind in one place too
+(`jobworker.client.errors`), so that its callers catch these classes, not
+`purerpc.RpcFailedError`; the last four kinds below are the client's own.
 Messages are written for a person: lower case, what went wrong and what to do;
 a value that came from a request appears in them only through
 `jobworker.echo.quoted` (short and escaped).
@@ -13,11 +16,21 @@ nurseries raise.
 
 from __future__ import annotations
 
+from typing import Self
+
 from jobworker.echo import quoted
 
 
 class JobWorkerError(Exception):
     """Base class of every error jobworker reports to its callers."""
+
+    @classmethod
+    def reported(cls, message: str) -> Self:
+        """An error of this kind with `message` as is: how a client shows one that jwsd
+        reported (the kind's own `__init__`, which words a message, is not run)."""
+        error = cls.__new__(cls)
+        Exception.__init__(error, message)
+        return error
 
 
 class InvalidRequestError(JobWorkerError):
@@ -26,6 +39,9 @@ class InvalidRequestError(JobWorkerError):
 
 class JobNotFoundError(JobWorkerError):
     """No job has this id (or the id is not a job id at all)."""
+
+    #: The id asked for; "" when a client learnt of the error from jwsd's message.
+    job_id: str = ""
 
     def __init__(self, job_id: str) -> None:
         super().__init__(f"no job with id {quoted(job_id)}")
@@ -72,6 +88,26 @@ class SetupError(JobWorkerError):
     are missing or bad, an address that cannot be listened on. Mostly raised while
     jwsd (or a client) starts; a cgroup file the kernel refuses to read or write
     while a job runs is one too. The message names what is wrong and what to do."""
+
+
+class UnavailableError(JobWorkerError):
+    """A client's call found no jwsd: the connection was lost during it (jwsd stopped,
+    crashed, or is shutting down), or, as a subclass says, never made."""
+
+
+class CannotReachError(UnavailableError):
+    """A client could not connect to jwsd: refused, no answer in time, or the TLS
+    handshake failed. The message names the address and why."""
+
+
+class GaveUpReconnectingError(UnavailableError):
+    """jwsd went away while a client followed a job and did not come back within the
+    client's bound (`jws --reconnect-timeout`)."""
+
+
+class RemoteError(JobWorkerError):
+    """jwsd (or the connection) ended a call with a status no other kind stands for:
+    an internal error, a call cancelled or past its deadline, a message too large."""
 
 
 def sole_exception(

@@ -18,7 +18,7 @@ killed it) once the job has ended.
 
 `output` and `run` ride over a restart of jwsd: once connected, they connect
 again with backoff when jwsd goes away and resume at the byte they reached
-(`--reconnect-timeout`, see `jobworker.reconnect`); every other command fails
+(`--reconnect-timeout`, see `jobworker.client.reconnect`); every other command fails
 at once with exit code 3.
 """
 
@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
-import json
 import os
 import stat
 import sys
@@ -42,14 +41,21 @@ import attrs
 from jobworker import limits as limits_table
 from jobworker.cli import render
 from jobworker.cli.config import DEFAULT_ADDR, DEFAULT_TLS_DIR, ClientConfig, config_path
-from jobworker.errors import InvalidRequestError
+from jobworker.echo import shown
+from jobworker.errors import (
+    CannotReachError,
+    GaveUpReconnectingError,
+    InvalidRequestError,
+    JobWorkerError,
+    SetupError,
+    UnavailableError,
+)
 from jobworker.limits import Limits
 from jobworker.model import JobStatus, Outcome
 from jobworker.units import format_duration, parse_addr, parse_duration
 
 if TYPE_CHECKING:  # imported lazily at run time: `jws --help` stays quick
-    from jobworker.client import Credentials, JobWorkerClient
-    from jobworker.reconnect import Reconnector
+    from jobworker.client import Credentials, JobWorkerClient, Reconnector
 
 EXIT_SERVER_ERROR = 1
 EXIT_USAGE = 2
@@ -126,26 +132,27 @@ class Target:
         return connect((self.host, self.port), self.credentials, connect_timeout=connect_timeout)
 
 
+def failure_for(exc: JobWorkerError, target: Target) -> Failure:
+    """The line and exit code for `exc`, a failure of a command that talked to `target`:
+    usage for local set-up (credentials), unreachable for no jwsd (a lost connection
+    names the address), server error for anything jwsd refused."""
+    if isinstance(exc, SetupError):
+        return Failure(str(exc), EXIT_USAGE)
+    if isinstance(exc, (CannotReachError, GaveUpReconnectingError)):
+        return Failure(str(exc), EXIT_UNREACHABLE)  # they name the address and why
+    if isinstance(exc, UnavailableError):
+        return Failure(f"lost jwsd at {target.host}:{target.port}: {exc}", EXIT_UNREACHABLE)
+    return Failure(str(exc), EXIT_SERVER_ERROR)
+
+
 @contextlib.asynccontextmanager
 async def _client(target: Target) -> AsyncIterator[JobWorkerClient]:
     """Connect to `target`, translating every failure (of the body too) to a Failure."""
-    import purerpc
-
-    from jobworker.errors import SetupError
-
     try:
         async with target.connect() as client:
             yield client
-    except SetupError as exc:
-        raise Failure(str(exc), EXIT_USAGE) from None
-    except purerpc.RpcFailedError as exc:
-        status = exc.status
-        message = status.status_message or status.status_code.name.lower()
-        if status.status_code is purerpc.StatusCode.UNAVAILABLE:
-            if not message.startswith(("cannot reach", "gave up")):
-                message = f"lost jwsd at {target.host}:{target.port}: {message}"
-            raise Failure(message, EXIT_UNREACHABLE) from None
-        raise Failure(message, EXIT_SERVER_ERROR) from None
+    except JobWorkerError as exc:
+        raise failure_for(exc, target) from None
 
 
 def reconnect_option(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -162,17 +169,14 @@ def reconnect_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _reconnector(target: Target, timeout: str) -> Reconnector:
     """A Reconnector to `target` that gives up after `timeout` (a duration as typed)."""
-    from jobworker.reconnect import Backoff, Reconnector
+    from jobworker.client import Backoff, Reconnector
 
     try:
         total = parse_duration(timeout)
     except ValueError as exc:
         raise Failure(f"--reconnect-timeout: {exc}", EXIT_USAGE) from None
 
-    def announce(line: str) -> None:
-        click.echo(f"jws: {line}", err=True)
-
-    return Reconnector(target.connect, Backoff(total=total), announce)
+    return Reconnector(target.connect, Backoff(total=total), _say)
 
 
 # ---- the commands --------------------------------------------------------------
@@ -333,7 +337,7 @@ async def start(user: str | None, addr: str | None, tls_dir: str | None, job: Jo
     """
     async with _client(Target.chosen(user, addr, tls_dir)) as client:
         started = await job.start(client)
-    click.echo(started.job_id)
+    click.echo(shown(started.job_id))
 
 
 #: How much output a pipe on stdout holds while its reader catches up: jws keeps
@@ -393,7 +397,7 @@ async def copy_output(
     Returns the offset reached. Raises BrokenPipeError when the reader of `fd` has gone."""
     import trio
 
-    from jobworker.reconnect import Backoff, Reconnector, follow_output
+    from jobworker.client import Backoff, Reconnector, follow_output
 
     if reconnector is None:  # one that never reconnects: a loss fails at once
         reconnector = Reconnector(
@@ -448,9 +452,7 @@ async def status(
     """
     async with _client(Target.chosen(user, addr, tls_dir)) as client:
         job = await client.status(job_id)
-    click.echo(
-        json.dumps(render.status_dict(job), indent=2) if as_json else render.status_text(job)
-    )
+    click.echo(render.as_json(render.status_dict(job)) if as_json else render.status_text(job))
 
 
 @jws.command(name="rm")
@@ -484,7 +486,7 @@ async def list_jobs(user: str | None, addr: str | None, tls_dir: str | None, as_
     async with _client(Target.chosen(user, addr, tls_dir)) as client:
         jobs = await client.list()
     if as_json:
-        click.echo(json.dumps([render.status_dict(job) for job in jobs], indent=2))
+        click.echo(render.as_json([render.status_dict(job) for job in jobs]))
     else:
         click.echo(render.table(jobs))
 
@@ -505,12 +507,11 @@ def _say_what_a_restart_cost(final: JobStatus, reached: int) -> None:
     """On stderr: the job was lost with a jwsd that stopped, or the follower wrote
     bytes that the jwsd it reconnected to no longer has."""
     if final.outcome is Outcome.LOST:
-        click.echo(f"jws: the job was lost: {final.outcome_reason}", err=True)
+        _say(f"the job was lost: {final.outcome_reason}")
     if final.output_size < reached:
-        click.echo(
-            f"jws: jwsd kept {final.output_size} bytes of the job's output, fewer than the "
-            f"{reached} written here: the rest was lost with the jwsd that stopped",
-            err=True,
+        _say(
+            f"jwsd kept {final.output_size} bytes of the job's output, fewer than the "
+            f"{reached} written here: the rest was lost with the jwsd that stopped"
         )
 
 
@@ -582,13 +583,13 @@ async def run(
         final = await _final_status(reconnector, started.job_id, client)
     _say_what_a_restart_cost(final, reached)
     if final.oom_killed:
-        click.echo("jws: the job was killed at its memory limit (OOM)", err=True)
+        _say("the job was killed at its memory limit (OOM)")
     if final.outcome is Outcome.TIMED_OUT:
         timeout = final.spec.limits.timeout
         limit = f" ({format_duration(timeout)})" if timeout else ""
-        click.echo(f"jws: the job ran past its time limit{limit} and was stopped", err=True)
+        _say(f"the job ran past its time limit{limit} and was stopped")
     if final.output_truncated is not None:
-        click.echo(f"jws: output truncated: {final.output_truncated}", err=True)
+        _say(f"output truncated: {final.output_truncated}")
     code = final.exit_code if final.exit_code is not None else 255
     raise SystemExit(code)
 
@@ -614,7 +615,7 @@ async def health(user: str | None, addr: str | None, tls_dir: str | None, servic
     """
     async with _client(Target.chosen(user, addr, tls_dir)) as client:
         status = await client.health(service)
-    click.echo(status)
+    click.echo(shown(status))
     return 0 if status == "SERVING" else EXIT_SERVER_ERROR
 
 
@@ -645,11 +646,17 @@ async def login(user: str, addr: str | None, tls_dir: str | None) -> None:
         raise Failure(str(exc), EXIT_USAGE) from None
     tls = tls_dir or stored.tls_dir
     path = ClientConfig(user=user, addr=addr or stored.addr, tls_dir=tls).save(config_path())
-    click.echo(f"now acting as {user} (saved in {path})", err=True)
+    click.echo(shown(f"now acting as {user} (saved in {path})"), err=True)
+
+
+def _say(line: str) -> None:
+    """One line on stderr for a person, "jws: " first; what it quotes (a command, a
+    reason, an id) may be the user's own, so it is `shown` (escaped)."""
+    click.echo(f"jws: {shown(line)}", err=True)
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    print(f"jws: {message}", file=sys.stderr)
+    print(f"jws: {shown(message)}", file=sys.stderr)
     raise SystemExit(code)
 
 

@@ -1,11 +1,19 @@
-"""How `jws` shows jobs to people (text) and to scripts (JSON), from `model.JobStatus`."""
+"""How `jws` shows jobs to people (text) and to scripts (JSON), from `model.JobStatus`.
+
+Much of a status is the user's own (the command, reasons that quote it) and may
+hold terminal controls: every text field goes through `jobworker.echo.shown` (a
+newline in a command shows as `\n`, never as a new table row), and JSON escapes
+every non-ASCII character (`as_json`).
+"""
 
 from __future__ import annotations
 
+import json
 import shlex
 import time
 from typing import Any
 
+from jobworker.echo import shown
 from jobworker.limits import KINDS, limits_text
 from jobworker.model import JobState, JobStatus, Outcome
 from jobworker.units import format_duration, format_size
@@ -40,6 +48,13 @@ def status_dict(job: JobStatus) -> dict[str, Any]:
     }
 
 
+def as_json(data: object) -> str:
+    """`data` as indented JSON with every character outside printable ASCII escaped
+    (\u001b, \u007f, \u009b, \u202e): `json.dumps(ensure_ascii=False)` would let
+    DEL, the C1 controls and the bidirectional ones through raw to a terminal."""
+    return json.dumps(data, indent=2, ensure_ascii=True)
+
+
 def headline(job: JobStatus) -> str:
     """The state's word first, then how it ended: "Terminated (exit code 3)"."""
     if job.state is not JobState.TERMINATED:
@@ -58,10 +73,11 @@ def headline(job: JobStatus) -> str:
         parts.append(f"killed by {job.signal_name}")
     if job.exit_code is not None:
         parts.append(f"exit code {job.exit_code}")
-    return f"Terminated ({', '.join(parts)})" if parts else "Terminated"
+    return shown(f"Terminated ({', '.join(parts)})" if parts else "Terminated")
 
 
 def status_text(job: JobStatus, *, now: float | None = None) -> str:
+    """The `jws status` text: the headline, then one `name  value` line per detail."""
     now = time.time() if now is None else now
     rows = [
         ("job", job.job_id),
@@ -94,7 +110,9 @@ def status_text(job: JobStatus, *, now: float | None = None) -> str:
     if job.output_truncated is not None:
         rows.append(("truncated", job.output_truncated))
     width = max(len(name) for name, _ in rows)
-    return "\n".join([headline(job)] + [f"  {name:<{width}}  {value}" for name, value in rows])
+    return "\n".join(
+        [headline(job)] + [f"  {name:<{width}}  {shown(value)}" for name, value in rows]
+    )
 
 
 def table(jobs: list[JobStatus], *, now: float | None = None) -> str:
@@ -104,11 +122,11 @@ def table(jobs: list[JobStatus], *, now: float | None = None) -> str:
     for job in jobs:
         exit_text = str(job.exit_code) if job.exit_code is not None else "-"
         started = _ago(now - job.started_at) if job.started_at is not None else "-"
-        command = shlex.join(job.spec.argv)
+        command = shown(shlex.join(job.spec.argv))
         rows.append(
             (
-                job.job_id,
-                job.state.value,
+                shown(job.job_id),
+                shown(job.state.value),
                 exit_text,
                 started,
                 command if len(command) <= 60 else command[:57] + "...",

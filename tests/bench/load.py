@@ -28,10 +28,10 @@ from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any, cast
 
-import purerpc
 import trio
 
 from jobworker.client import Credentials, JobWorkerClient, connect
+from jobworker.errors import JobWorkerError
 from jobworker.model import JobState, Limits, Outcome
 from jobworker.v1 import jobworker_pb2 as pb
 from tests.bench.peers import CPU_CORES, MEMORY_BYTES, PIDS
@@ -174,8 +174,8 @@ async def follow(args: argparse.Namespace) -> dict[str, Any]:
                     offset = end
                     if args.slow:
                         await trio.sleep(args.slow)
-        except purerpc.RpcFailedError as exc:
-            ok, error = False, f"{exc.status.status_code.name}: {exc.status.status_message}"
+        except JobWorkerError as exc:
+            ok, error = False, f"{type(exc).__name__}: {exc}"
         finally:
             results.append((offset, ok, error))
 

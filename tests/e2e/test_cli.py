@@ -111,6 +111,47 @@ def test_status_json_and_list(jwsd: Jwsd) -> None:
     assert ok(jwsd.jws("list", user="betty")).splitlines()[1:] == []
 
 
+#: What a red team put in a command: clear the screen (CSI), set the title (OSC ... BEL),
+#: a newline (a forged row), a right-to-left override, DEL and a C1 CSI.
+HOSTILE_ARG = "x\x1b[2J\x1b]0;owned\x07y\nforged row\u202eevil\x7f\u009b31m"
+RAW = [b"\x1b", b"\x07", b"\x7f", "\u202e".encode(), "\u009b".encode()]
+
+
+def _raw_bytes(out: bytes) -> list[bytes]:
+    return [raw for raw in RAW if raw in out]
+
+
+def test_a_command_holding_terminal_controls_is_printed_escaped_by_list_and_status(
+    jwsd: Jwsd,
+) -> None:
+    """`jws list`, `jws status` and their --json print none of a command's control bytes
+    (nor its newline inside a row); only `jws output`, the job's own bytes, is raw."""
+    job_id = ok(jwsd.jws("start", "--", "printf", "%s", HOSTILE_ARG)).strip()
+    assert jwsd.jws("output", "-j", job_id).stdout == HOSTILE_ARG.encode()  # raw, as docker logs
+    listed = jwsd.jws("list").stdout
+    assert _raw_bytes(listed) == [], listed
+    rows = listed.decode().splitlines()
+    assert len(rows) == 2 and rows[1].startswith(job_id), rows  # the header and one row
+    assert "\\x1b[2J\\x1b]0;owned\\x07y\\nforged row\\u202e" in rows[1]
+    status = jwsd.jws("status", "-j", job_id).stdout
+    assert _raw_bytes(status) == [], status
+    (command,) = [line for line in status.decode().splitlines() if "command" in line]
+    assert "forged row" in command
+    for args in [("status", "-j", job_id, "--json"), ("list", "--json")]:
+        out = jwsd.jws(*args).stdout
+        assert _raw_bytes(out) == [] and out.isascii(), out
+        data = json.loads(out)
+        assert (data if isinstance(data, dict) else data[0])["args"] == [
+            "printf",
+            "%s",
+            HOSTILE_ARG,
+        ]
+    # An error line that repeats the value escapes it too.
+    missing = jwsd.jws("status", "-j", HOSTILE_ARG)
+    assert missing.returncode == 1 and _raw_bytes(missing.stderr) == [], missing.stderr
+    assert missing.stderr.count(b"\n") == 1
+
+
 def test_login_makes_a_user_the_default(jwsd: Jwsd) -> None:
     missing = jwsd.jws("list", user=None)
     assert missing.returncode == 2

@@ -13,11 +13,13 @@ import pytest
 import trio
 
 from jobworker.client import Credentials, connect
+from jobworker.errors import JobNotFoundError, UnauthenticatedError
 from jobworker.server.daemon import DaemonConfig, serve
 from jobworker.transport import open_channel
 from jobworker.v1 import health_grpc
 from jobworker.v1 import health_pb2 as hpb
 from tests.conftest import require_root
+from tests.integration.test_service import rpc_status
 from tests.support.certs import TestPKI
 from tests.support.daemon import Daemon, DaemonFiles
 from tests.support.names import unique_name
@@ -41,9 +43,9 @@ async def test_check_reports_serving_for_the_server_and_the_api(daemon: Daemon) 
         with trio.fail_after(5):
             assert await client.health("") == "SERVING"
             assert await client.health("jobworker.v1.JobWorkerService") == "SERVING"
-            with pytest.raises(purerpc.RpcFailedError) as info:
+            with pytest.raises(JobNotFoundError) as info:
                 await client.health("no.such.Service")
-    assert info.value.status.status_code is Code.NOT_FOUND
+    assert rpc_status(info.value).status_code is Code.NOT_FOUND
 
 
 async def test_a_certificate_missing_from_the_users_file_still_gets_health(
@@ -53,9 +55,9 @@ async def test_a_certificate_missing_from_the_users_file_still_gets_health(
         with trio.fail_after(5):
             assert await client.health() == "SERVING"
             # ...and nothing else: the API still refuses the name.
-            with pytest.raises(purerpc.RpcFailedError) as info:
+            with pytest.raises(UnauthenticatedError) as info:
                 await client.list()
-    assert info.value.status.status_code is Code.UNAUTHENTICATED
+    assert rpc_status(info.value).status_code is Code.UNAUTHENTICATED
 
 
 async def test_without_a_client_certificate_the_handshake_fails(daemon: Daemon) -> None:

@@ -22,8 +22,10 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from jobworker.client import JobWorkerClient
+from jobworker.errors import JobWorkerError
 from jobworker.transport import open_channel
 from jobworker.v1 import jobworker_pb2 as pb
+from tests.integration.test_service import rpc_status
 from tests.support.certs import TestPKI, issue_with_subject
 from tests.support.daemon import Daemon, DaemonFiles
 
@@ -61,9 +63,9 @@ def raw_stub(channel: Any, method: str, response_type: Any) -> Any:
 
 
 async def expect_refused(call: Awaitable[object], *codes: purerpc.StatusCode) -> str:
-    with pytest.raises(purerpc.RpcFailedError) as info:
+    with pytest.raises((purerpc.RpcFailedError, JobWorkerError)) as info:
         await call
-    status = info.value.status
+    status = rpc_status(info.value)
     assert status.status_code in codes, status
     assert len(status.status_message) < SHORT, len(status.status_message)
     return str(status.status_message)

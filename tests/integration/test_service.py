@@ -15,7 +15,8 @@ import pytest
 import trio
 import trustme
 
-from jobworker.client import Credentials, JobWorkerClient, connect
+from jobworker.client import Credentials, JobWorkerClient, connect, error_for
+from jobworker.errors import CannotReachError, JobWorkerError
 from jobworker.model import JobState, Limits, Outcome
 from jobworker.server.daemon import DaemonConfig, serve
 from jobworker.transport import open_channel
@@ -35,12 +36,29 @@ pytestmark = pytest.mark.root
 Code = purerpc.StatusCode
 
 
+def rpc_status(exc: BaseException) -> purerpc.Status:
+    """The status a call ended with: of a raw stub's RpcFailedError, or of the one the
+    client's error was mapped from (its cause), which must say the same."""
+    if isinstance(exc, purerpc.RpcFailedError):
+        return exc.status
+    assert isinstance(exc, JobWorkerError), exc
+    cause = exc.__cause__
+    assert isinstance(cause, purerpc.RpcFailedError), exc
+    assert str(exc) == (cause.status.status_message or cause.status.status_code.name.lower())
+    return cause.status
+
+
 async def expect_code(code: purerpc.StatusCode, call: object, match: str = "") -> str:
-    with pytest.raises(purerpc.RpcFailedError) as info:
+    """The message of the error `call` raises with `code`: the client's, of the kind for
+    `code` (a call of `JobWorkerClient`), or a raw stub's RpcFailedError."""
+    with pytest.raises((JobWorkerError, purerpc.RpcFailedError)) as info:
         await call  # type: ignore[misc]
-    assert info.value.status.status_code is code, info.value.status
-    assert match in info.value.status.status_message
-    return str(info.value.status.status_message)
+    status = rpc_status(info.value)
+    assert status.status_code is code, status
+    if isinstance(info.value, JobWorkerError):
+        assert isinstance(info.value, type(error_for(status)))
+    assert match in (status.status_message or "")
+    return str(status.status_message)
 
 
 async def read_all(client: JobWorkerClient, job_id: str, offset: int = 0) -> bytes:
@@ -303,12 +321,12 @@ async def test_shutdown_ends_every_stream_and_job(tmp_path: Path, pki: TestPKI) 
     assert child_pids() == children
     assert not cgroups_named(name)
     # After shutdown, nothing listens any more.
-    with pytest.raises(purerpc.RpcFailedError) as info:
+    with pytest.raises(CannotReachError) as info:
         async with connect(
             ("127.0.0.1", port), Credentials(tls_dir, "alex"), server_hostname="localhost"
         ) as client:
             await client.list()
-    assert info.value.status.status_code is Code.UNAVAILABLE
+    assert rpc_status(info.value).status_code is Code.UNAVAILABLE
 
 
 async def test_the_daemon_refuses_to_start_with_expired_or_missing_certificates(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import random
 
-from jobworker.reconnect import Backoff
+from jobworker.client import Backoff
 
 
 def test_delays_double_from_the_first_up_to_the_cap_each_in_its_upper_half() -> None:

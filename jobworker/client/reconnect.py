@@ -5,10 +5,10 @@ output keeps its offset. So a client that follows a job need not fail when the
 connection is lost: it connects again and asks from the byte it reached, and
 sees every byte exactly once (`follow_output`).
 
-`Reconnector.call` runs one call; when it ends with UNAVAILABLE (connection
-refused, reset, closed), it says so once, waits, connects again and repeats the
-call, until `Backoff.total` seconds have passed since the loss; then it raises
-UNAVAILABLE saying it gave up. Only calls that are safe to repeat go through it:
+`Reconnector.call` runs one call; when it ends with `UnavailableError`
+(connection refused, reset, closed), it says so once, waits, connects again and
+repeats the call, until `Backoff.total` seconds have passed since the loss; then
+it raises `GaveUpReconnectingError` saying so. Only calls that are safe to repeat go through it:
 reading status and output, never starting a job (a start whose answer was lost
 may have started the job).
 
@@ -26,10 +26,10 @@ from contextlib import AbstractAsyncContextManager
 from typing import TypeVar
 
 import attrs
-import purerpc
 import trio
 
-from jobworker.client import JobWorkerClient
+from jobworker.client.connection import JobWorkerClient
+from jobworker.errors import GaveUpReconnectingError, JobNotFoundError, UnavailableError
 
 T = TypeVar("T")
 
@@ -60,10 +60,6 @@ class Backoff:
         while True:
             yield rng.uniform(ceiling / 2, ceiling)
             ceiling = min(ceiling * 2, self.cap)
-
-
-def _unavailable(exc: purerpc.RpcFailedError) -> bool:
-    return bool(exc.status.status_code is purerpc.StatusCode.UNAVAILABLE)
 
 
 @attrs.define
@@ -97,7 +93,7 @@ class Reconnector:
         then on new connections while the connection is lost, until the bound.
 
         `fn` must be safe to repeat. Raises what `fn` raises; for a loss, past the
-        bound, `purerpc.UnavailableError` saying that it gave up and why."""
+        bound, `GaveUpReconnectingError` saying why."""
         while True:
             try:
                 if client is not None:
@@ -106,8 +102,8 @@ class Reconnector:
                 else:
                     async with self.connect(self._connect_timeout()) as fresh:
                         result = await fn(fresh)
-            except purerpc.RpcFailedError as exc:
-                if not _unavailable(exc) or self.backoff.total <= 0:
+            except UnavailableError as exc:
+                if self.backoff.total <= 0:
                     raise
                 await self._wait(exc)
                 self.reconnected = True
@@ -121,21 +117,19 @@ class Reconnector:
         remaining = self._lost_at + self.backoff.total - trio.current_time()
         return max(min(CONNECT_TIMEOUT, remaining), 0.1)
 
-    async def _wait(self, exc: purerpc.RpcFailedError) -> None:
+    async def _wait(self, exc: UnavailableError) -> None:
         """Sleep before the next attempt after `exc`; raise when the bound has passed."""
         now = trio.current_time()
         if self._lost_at is None:
             self._lost_at = now
             self._delays = self.backoff.delays(self.rng)
             self.announce(
-                f"{exc.status.status_message}; reconnecting "
-                f"(for up to {self.backoff.total:g} s, see --reconnect-timeout)"
+                f"{exc}; reconnecting (for up to {self.backoff.total:g} s, see --reconnect-timeout)"
             )
         deadline = self._lost_at + self.backoff.total
         if now >= deadline:
-            raise purerpc.UnavailableError(
-                f"gave up reconnecting to jwsd after {self.backoff.total:g} s: "
-                f"{exc.status.status_message}"
+            raise GaveUpReconnectingError(
+                f"gave up reconnecting to jwsd after {self.backoff.total:g} s: {exc}"
             ) from None
         # The last attempt is made at the deadline itself: the bound is waited out.
         await trio.sleep(min(next(self._delays), deadline - now))
@@ -153,7 +147,7 @@ async def follow_output(
     byte once and in order (each attempt asks from the byte the last one reached).
 
     client: a connection to use first (else one is opened). Returns the offset reached.
-    Raises as `Reconnector.call`; NOT_FOUND after a reconnection says the job is gone."""
+    Raises as `Reconnector.call`; `JobNotFoundError` after a reconnection says the job is gone."""
     reached = offset
 
     async def from_reached(connection: JobWorkerClient) -> None:
@@ -164,9 +158,9 @@ async def follow_output(
                     await write(chunk)
                     reached += len(chunk)
                     reconnector.progressed()
-        except purerpc.RpcFailedError as exc:
-            if reconnector.reconnected and exc.status.status_code is purerpc.StatusCode.NOT_FOUND:
-                raise purerpc.NotFoundError(
+        except JobNotFoundError:
+            if reconnector.reconnected:
+                raise JobNotFoundError.reported(
                     f"job {job_id} is gone: jwsd came back without it "
                     "(its record was lost or removed)"
                 ) from None

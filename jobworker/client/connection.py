@@ -1,16 +1,11 @@
-"""The Python client of jwsd, used by `jws`, the end-to-end tests and the benchmarks.
-
-    async with connect(("127.0.0.1", 50051), Credentials(Path("certs/dev"), "alex")) as client:
-        job = await client.start(args=["echo", "hi"])
-        async with contextlib.aclosing(client.output(job.job_id)) as chunks:
-            async for chunk in chunks:
-                ...
+"""A connection to jwsd: `connect` as a user (`Credentials`), and its calls (`JobWorkerClient`).
 
 Jobs come back as `jobworker.model.JobStatus` and limits go out as
 `jobworker.model.Limits`: the protobuf messages stay inside this module.
-Errors come back as `purerpc.RpcFailedError` with the server's status code and
-message; a server that cannot be reached, goes away or refuses our
-certificate ends every call with UNAVAILABLE (see `jobworker.transport`).
+Errors come back as `jobworker.errors` kinds, from the server's status code,
+with its message (`jobworker.client.errors`): `CannotReachError` from `connect`
+when jwsd cannot be reached or refuses our certificate, `UnavailableError` from
+a call when the connection is lost (see `jobworker.transport`).
 """
 
 from __future__ import annotations
@@ -22,6 +17,7 @@ from pathlib import Path
 
 import attrs
 
+from jobworker.client.errors import mapped_errors
 from jobworker.errors import SetupError
 from jobworker.messages import limits_to_proto, status_from_proto
 from jobworker.model import MAX_CLIENT_MESSAGE, JobStatus, Limits
@@ -72,17 +68,22 @@ async def connect(
     """A client connected to jwsd at `addr` as `credentials.user`; the connection closes on exit.
 
     server_hostname: the name the server's certificate must carry; `None`: the host of `addr`.
-    connect_timeout: seconds the TCP connection and TLS handshake may take (else UNAVAILABLE)."""
+    connect_timeout: seconds the TCP connection and TLS handshake may take (else
+    CannotReachError). Raises SetupError when the credentials' files are missing or bad."""
     host, port = addr
     context = credentials.ssl_context()
-    async with open_channel(
-        host,
-        port,
-        context,
-        server_hostname=server_hostname,
-        max_message_length=MAX_CLIENT_MESSAGE,
-        connect_timeout=connect_timeout,
-    ) as channel:
+    async with contextlib.AsyncExitStack() as stack:
+        with mapped_errors(connecting=True):
+            channel = await stack.enter_async_context(
+                open_channel(
+                    host,
+                    port,
+                    context,
+                    server_hostname=server_hostname,
+                    max_message_length=MAX_CLIENT_MESSAGE,
+                    connect_timeout=connect_timeout,
+                )
+            )
         # Calls that end explicitly: a followed stream left early is cancelled on the
         # server at once, not when the garbage collector frees it.
         yield JobWorkerClient(
@@ -93,7 +94,8 @@ async def connect(
 
 @attrs.define(eq=False)
 class JobWorkerClient:
-    """The API's calls with Python arguments. Every method raises purerpc.RpcFailedError."""
+    """The API's calls with Python arguments. Every method raises the `JobWorkerError`
+    kind of the status the call failed with (see `jobworker.client.errors`)."""
 
     stub: jobworker_grpc.JobWorkerServiceStub
     health_stub: health_grpc.HealthStub
@@ -101,9 +103,10 @@ class JobWorkerClient:
     async def health(self, service: str = "") -> str:
         """The server's `grpc.health.v1` status of `service` ("": the server as a whole):
         "SERVING", "NOT_SERVING"...; NOT_FOUND for a service the server does not know."""
-        response: health_pb2.HealthCheckResponse = await self.health_stub.Check(
-            health_pb2.HealthCheckRequest(service=service)
-        )
+        with mapped_errors():
+            response: health_pb2.HealthCheckResponse = await self.health_stub.Check(
+                health_pb2.HealthCheckRequest(service=service)
+            )
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 
     async def start(
@@ -118,16 +121,16 @@ class JobWorkerClient:
     ) -> JobStatus:
         """Start a job from a command line (`cmd`) or an exact argv (`args`) within
         `limits` (unset ones: the server's defaults); its status once running."""
-        response: pb.StartJobResponse = await self.stub.StartJob(
-            pb.StartJobRequest(
-                cmd=cmd,
-                args=list(args),
-                limits=limits_to_proto(limits or Limits()),
-                env=dict(env or {}),
-                workdir=workdir,
-                host_network=host_network,
-            )
+        request = pb.StartJobRequest(
+            cmd=cmd,
+            args=list(args),
+            limits=limits_to_proto(limits or Limits()),
+            env=dict(env or {}),
+            workdir=workdir,
+            host_network=host_network,
         )
+        with mapped_errors():
+            response: pb.StartJobResponse = await self.stub.StartJob(request)
         return status_from_proto(response.job)
 
     async def stop(self, job_id: str, grace: float | None = None) -> JobStatus:
@@ -135,29 +138,34 @@ class JobWorkerClient:
         request = pb.StopJobRequest(job_id=job_id)
         if grace is not None:
             request.grace_seconds = grace
-        response: pb.StopJobResponse = await self.stub.StopJob(request)
+        with mapped_errors():
+            response: pb.StopJobResponse = await self.stub.StopJob(request)
         return status_from_proto(response.job)
 
     async def status(self, job_id: str) -> JobStatus:
         """The job's current status."""
-        status: pb.GetJobStatusResponse = await self.stub.GetJobStatus(
-            pb.GetJobStatusRequest(job_id=job_id)
-        )
+        with mapped_errors():
+            status: pb.GetJobStatusResponse = await self.stub.GetJobStatus(
+                pb.GetJobStatusRequest(job_id=job_id)
+            )
         return status_from_proto(status)
 
     async def remove(self, job_id: str) -> None:
         """Forget a terminated job: its record and its output."""
-        await self.stub.RemoveJob(pb.RemoveJobRequest(job_id=job_id))
+        with mapped_errors():
+            await self.stub.RemoveJob(pb.RemoveJobRequest(job_id=job_id))
 
     async def list(self) -> list[JobStatus]:
         """The caller's jobs (every job, for an admin), oldest first."""
-        response: pb.ListJobsResponse = await self.stub.ListJobs(pb.ListJobsRequest())
+        with mapped_errors():
+            response: pb.ListJobsResponse = await self.stub.ListJobs(pb.ListJobsRequest())
         return [status_from_proto(job) for job in response.jobs]
 
     async def output(self, job_id: str, offset: int = 0) -> AsyncGenerator[bytes, None]:
         """The job's output from byte `offset` until it has terminated and every byte
         arrived. Close it with `contextlib.aclosing` to abandon the stream early."""
         responses = self.stub.GetJobOutput(pb.GetJobOutputRequest(job_id=job_id, offset=offset))
-        async with contextlib.aclosing(responses) as stream:
-            async for response in stream:
-                yield response.output_msg
+        with mapped_errors():
+            async with contextlib.aclosing(responses) as stream:
+                async for response in stream:
+                    yield response.output_msg
