@@ -142,10 +142,6 @@ class AttachedProcess:
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
 
-    def close(self) -> None:
-        """The old name of `let_go`, until the tracker calls the facade."""
-        self.let_go()
-
     def let_go(self) -> None:
         """Stop watching it, and leave it running (a daemon leaving its jobs running)."""
         if self._pidfd >= 0:
