@@ -1,7 +1,7 @@
 """`FileLog`: a job's output as the file its copier writes, for any number of readers.
 
 A job's stdout and stderr go into a pipe, and a small process of its own (the
-copier, `spawn.copier_argv`) appends what it reads to `DATA/jobs/ID/output.log`.
+copier, `sandbox.launch.copier_argv`) appends what it reads to `DATA/jobs/ID/output.log`.
 Neither depends on jwsd, so output keeps landing in the file while no daemon
 runs, and byte N of the output is byte N of the file for ever: offsets are stable
 across restarts, and a finished job's output is read the same before and after one.

@@ -48,8 +48,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
-from functools import partial
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from types import TracebackType
 
 import attrs
@@ -75,8 +74,18 @@ from jobworker.jobs.record import JobRecord
 from jobworker.jobs.store import JobStore
 from jobworker.jobs.watcher import OutputWatcher
 from jobworker.model import JobSpec, JobState, JobStatus, Limits, Outcome, Usage
-from jobworker.sandbox import bwrap, host, hostview, seccomp, spawn, workdir
-from jobworker.sandbox.cgroups import CgroupDriver, JobCgroup, block_device_of, detect
+from jobworker.sandbox import (
+    OUTPUT_NAME,
+    WORK_NAME,
+    CgroupDriver,
+    HostSetup,
+    JobRequest,
+    Processes,
+    RunningJob,
+    Sandbox,
+    StartingJob,
+    exit_status,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +93,8 @@ log = logging.getLogger(__name__)
 FINISH_TIMEOUT = 10.0
 #: The longest grace period a stop may ask for (an hour).
 MAX_GRACE = 3600.0
-#: The job records' file in the data dir, and each job's output file in its job dir.
+#: The job records' file in the data dir.
 STORE_NAME = "jobs.db"
-OUTPUT_NAME = "output.log"
-STATUS_NAME = "status.json"
 
 
 @attrs.define(eq=False)
@@ -111,24 +118,20 @@ class _Job:
     stop_requested: bool = False
     timed_out: bool = False  # the stop was its time limit's (outcome timed-out)
     ended_clock: float | None = None  # trio.current_time() when it ended: retention's clock
-    # The work dir's tmpfs, opened in the sandbox before the command ran (see
-    # `sandbox.workdir`); closed once the last reading is taken.
-    workdir_fd: int | None = None
     record_stale: bool = False  # its terminal record could not be written (disk full)
     ending: bool = False  # its terminal record is being written: no other write after it
     watch: int | None = None  # its output file's inotify watch
-    copier_errors: int | None = None  # a memfd: the output copier's stderr
     workdir_bytes: int = 0  # the last reading, once the work dir is gone
     usage: Usage = attrs.Factory(Usage)
-    cgroup: JobCgroup | None = None
-    launched: spawn.Launched | None = None
+    cgroup_dirs: tuple[Path, ...] = ()  # its cgroup's directory in each hierarchy
+    running: RunningJob | None = None  # its processes, while it runs
     started: trio.Event = attrs.Factory(trio.Event)  # set on Active, or when the start failed
     terminated: trio.Event = attrs.Factory(trio.Event)
     released: trio.Event = attrs.Factory(trio.Event)  # set once its output is on disk only
 
     @property
     def workdir(self) -> Path:
-        return self.directory / "work"
+        return self.directory / WORK_NAME
 
     def move_to(self, state: JobState) -> None:
         self.state = states.transition(self.state, state)
@@ -137,12 +140,12 @@ class _Job:
         if self.state is JobState.ACTIVE:
             self.log.refresh()  # an fstat: exact, whatever inotify has said so far
         usage = self.usage
-        if self.state is JobState.ACTIVE and self.cgroup is not None:
-            with contextlib.suppress(Exception):  # a live read is best effort; the final one is not
-                usage = self.cgroup.usage()
         workdir_bytes = self.workdir_bytes
-        if self.workdir_fd is not None and self.state is JobState.ACTIVE:
-            workdir_bytes = workdir.used_bytes(self.workdir_fd)
+        if self.state is JobState.ACTIVE and self.running is not None:
+            with contextlib.suppress(Exception):  # a live read is best effort; the final one is not
+                usage = self.running.usage()
+            live = self.running.workdir_bytes()
+            workdir_bytes = workdir_bytes if live is None else live
         return JobStatus(
             job_id=self.job_id,
             owner=self.owner,
@@ -165,7 +168,7 @@ class _Job:
     def record(self) -> JobRecord:
         """The job as the store keeps it (no environment values: names only)."""
         spec, usage = self.spec, self.usage
-        launched, cgroup = self.launched, self.cgroup
+        processes = self.running.processes if self.running else Processes()
         return JobRecord(
             job_id=self.job_id,
             owner=self.owner,
@@ -190,12 +193,12 @@ class _Job:
             output_size=self.log.size,
             output_truncated=self.log.truncated,
             workdir_bytes=self.workdir_bytes,
-            supervisor_pid=launched.process.pid if launched else None,
-            supervisor_start=launched.process_start if launched else None,
-            command_pid=launched.command_pid if launched else None,
-            copier_pid=launched.copier.pid if launched and launched.copier else None,
-            copier_start=launched.copier_start if launched else None,
-            cgroups=tuple(map(str, cgroup.directories())) if cgroup else (),
+            supervisor_pid=processes.supervisor_pid,
+            supervisor_start=processes.supervisor_start,
+            command_pid=processes.command_pid,
+            copier_pid=processes.copier_pid,
+            copier_start=processes.copier_start,
+            cgroups=tuple(map(str, self.cgroup_dirs)),
         )
 
 
@@ -221,12 +224,8 @@ class JobTracker:
     _nursery: trio.Nursery | None = attrs.field(init=False, default=None)
     _stack: contextlib.AsyncExitStack | None = attrs.field(init=False, default=None)
     _closing: bool = attrs.field(init=False, default=False)
-    _user: bwrap.JobUser | None = attrs.field(init=False, default=None)
-    _tools: bwrap.SandboxTools | None = attrs.field(init=False, default=None)
-    _seccomp: bytes | None = attrs.field(init=False, default=None)
-    _view: hostview.HostView | None = attrs.field(init=False, default=None)
-    _io_device: tuple[int, int] | None = attrs.field(init=False, default=None)
-    _io_device_error: str | None = attrs.field(init=False, default=None)
+    _host: HostSetup | None = attrs.field(init=False, default=None)
+    _sandbox: Sandbox | None = attrs.field(init=False, default=None)
     _store: JobStore | None = attrs.field(init=False, default=None)
     _watcher: OutputWatcher | None = attrs.field(init=False, default=None)
     # Set when the tracker leaves its jobs running as it exits (`leave_running`).
@@ -276,35 +275,32 @@ class JobTracker:
 
     async def _setup(self) -> None:
         """Check the host can run jobs; raise SetupError saying what is missing."""
-        host.check_root()
-        self._tools = host.find_tools()
-        self._user = bwrap.JobUser.lookup(self.config.job_user)
-        self._seccomp = seccomp.program()
-        self._view = hostview.HostView.build(
-            can_read=hostview.readable_by(self._user),
-            data_dir=self.config.data_dir,
-            binds=self.config.job_binds,
+        self._host = HostSetup.check(
+            self.config.job_user, data_dir=self.config.data_dir, binds=self.config.job_binds
         )
-        host.check_sandbox(self._tools, self._user, self._seccomp, self._view.options)
         self._prepare_data_dir()
         self._store = JobStore.open(self.config.data_dir / STORE_NAME)
         try:
             self._watcher = OutputWatcher()
             records = self._store.load()
-            if self.cgroups is None:
-                self.cgroups = detect(
-                    name=self.config.cgroup_name, subtree=self.config.cgroup_parent
-                )
+            config = self.config
+            self._sandbox = Sandbox.open(
+                self._host,
+                config.data_dir,
+                cgroups=self.cgroups,
+                cgroup_name=config.cgroup_name,
+                cgroup_parent=config.cgroup_parent,
+                workdir_size=config.workdir_size,
+                tmpfs_size=config.tmpfs_size,
+                setup_timeout=config.sandbox_timeout,
+            )
+            self.cgroups = self._sandbox.cgroups
             self._restore(records)
         except BaseException:
             self._store.close()
             if self._watcher is not None:
                 self._watcher.close()
             raise
-        try:
-            self._io_device = block_device_of(self.config.data_dir)
-        except InvalidRequestError as exc:
-            self._io_device_error = str(exc)
 
     def _prepare_data_dir(self) -> None:
         jobs = self.config.data_dir / "jobs"
@@ -319,8 +315,8 @@ class JobTracker:
             raise SetupError(
                 f"data dir {self.config.data_dir} is not writable ({exc.strerror}); pick another with --data-dir"
             ) from exc
-        assert self._user is not None
-        host.check_reachable(self.config.data_dir, self._user)
+        assert self._host is not None
+        self._host.check_reachable(self.config.data_dir)
 
     def _clean_leftovers(self, recorded: set[str], running: set[str]) -> None:
         """Delete what an earlier run left that no record claims: a job dir without a
@@ -349,7 +345,7 @@ class JobTracker:
         Then every cgroup no running job claims is killed and removed, and every job
         dir no record claims deleted: a job is never run twice, and nothing runs
         that no record names."""
-        assert self._store is not None and self.cgroups is not None
+        assert self._store is not None and self._sandbox is not None
         now, clock = time.time(), trio.current_time()
         running: set[str] = set()
         for record in records:
@@ -370,7 +366,7 @@ class JobTracker:
             self._jobs[job.job_id] = job
             self._finished.restored(job.job_id, job.owner, job.ended_clock)
         self._clean_leftovers({record.job_id for record in records}, running)
-        stale = self.cgroups.cleanup_stale(keep=running)
+        stale = self._sandbox.cleanup_stale(keep=running)
         if stale:
             log.warning("removed %d job cgroups that no running job claims", len(stale))
         if records:
@@ -381,75 +377,42 @@ class JobTracker:
     def _reattach(self, job: _Job, record: JobRecord) -> bool:
         """Take over the running job of `record` if its supervisor still runs; False
         when it does not (it ended, or never started)."""
-        assert self.cgroups is not None and self._watcher is not None
-        supervisor_pid, supervisor_start = record.supervisor_pid, record.supervisor_start
-        command_pid = record.command_pid
-        status = job.directory / STATUS_NAME
-        if supervisor_pid is None:
-            # Pending: jwsd died between the start's response and the record that names
-            # the supervisor. Bubblewrap's status file names the sandbox's init; its
-            # parent is bubblewrap, if it is still in the job's cgroup.
-            command_pid = _child_pid(status)
-            supervisor_pid = _parent_of(command_pid) if command_pid else None
-            supervisor_start = spawn.start_time(supervisor_pid) if supervisor_pid else None
-        if supervisor_pid is None or command_pid is None:
-            return False
-        process = spawn.AttachedProcess.attach(supervisor_pid, supervisor_start)
-        if process is None:
-            return False
-        cgroup = self.cgroups.attach(job.job_id, job.owner)
-        if cgroup is None or supervisor_pid not in cgroup.pids():
-            process.close()
-            return False
-        copier = None
-        if record.copier_pid is not None:
-            copier = spawn.AttachedProcess.attach(record.copier_pid, record.copier_start)
-            if copier is not None:
-                with contextlib.suppress(OSError):  # its stderr, a memfd only it holds now
-                    job.copier_errors = os.open(
-                        f"/proc/{record.copier_pid}/fd/2", os.O_RDONLY | os.O_CLOEXEC
-                    )
-        job.cgroup = cgroup
-        job.launched = spawn.Launched(
-            process=process,
-            copier=copier,
-            command_pid=command_pid,
-            process_start=supervisor_start,
-            copier_start=record.copier_start if copier else None,
+        assert self._sandbox is not None and self._watcher is not None
+        recorded = Processes(
+            supervisor_pid=record.supervisor_pid,
+            supervisor_start=record.supervisor_start,
+            command_pid=record.command_pid,
+            copier_pid=record.copier_pid,
+            copier_start=record.copier_start,
         )
+        running = self._sandbox.attach(job.job_id, job.owner, job.directory, recorded)
+        if running is None:
+            return False
+        job.running, job.cgroup_dirs = running, running.cgroup_dirs
         job.log = FileLog.open(job.directory / OUTPUT_NAME, job.spec.limits.output)
         job.watch = self._watcher.watch(job.log.path, job.log.refresh)
-        if self.config.workdir_size is not None:
-            with contextlib.suppress(OSError, StartFailedError):
-                _open_workdir(job, command_pid)
         if job.started_at is None:
             # jwsd died before the record that names its start time: bubblewrap wrote the
             # status file (the sandbox init's pid) as the job started. Its time limit
             # counts from then.
-            with contextlib.suppress(OSError):
-                job.started_at = status.stat().st_mtime
+            job.started_at = running.status_written_at()
         job.state = JobState.ACTIVE
         job.started.set()
-        log.info("job %s: taken over (supervisor pid %d)", job.job_id, supervisor_pid)
+        log.info(
+            "job %s: taken over (supervisor pid %s)", job.job_id, running.processes.supervisor_pid
+        )
         return True
 
     def _ended_while_away(self, job: _Job, record: JobRecord) -> None:
         """Terminate `job`, which ended (or never started) while no daemon ran: exactly
         as it would have been from its status file and cgroup, else LOST."""
-        status = job.directory / STATUS_NAME
+        assert self._sandbox is not None
         path = job.directory / OUTPUT_NAME
         job.log = FileLog.restored(path, _file_size(path), truncated=record.output_truncated)
-        reported = None
-        with contextlib.suppress(OSError):
-            fd = os.open(status, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                reported = spawn.read_exit_code(fd)
-            finally:
-                os.close(fd)
-        cgroup = self.cgroups.attach(job.job_id, job.owner) if self.cgroups is not None else None
-        if cgroup is not None:
-            with contextlib.suppress(Exception):
-                job.usage = cgroup.usage()
+        remains = self._sandbox.inspect(job.job_id, job.owner, job.directory)
+        reported = remains.exit_code
+        if remains.usage is not None:
+            job.usage = remains.usage
         job.state = JobState.TERMINATED
         if reported is None and (record.stop_requested or job.usage.oom_kills):
             # A stop (or the OOM killer) SIGKILLs bubblewrap with the rest of the cgroup,
@@ -460,17 +423,18 @@ class JobTracker:
             job.ended_at = time.time()
             job.outcome_reason = (
                 "jwsd stopped while the job was starting"
-                if record.state == JobState.PENDING.value and not _child_pid(status)
+                if record.state == JobState.PENDING.value and not remains.sandbox_started
                 else "the job's supervisor (bubblewrap) was gone, without an exit status, "
                 "when jwsd started again"
             ) + "; its output until then is kept"
             return
-        exit_code, signum = spawn.exit_status(-signal.SIGKILL, reported)
+        exit_code, signum = exit_status(-signal.SIGKILL, reported)
         job.exit_code, job.signal = exit_code, signum
         job.outcome = _outcome(
             job.usage, exit_code, signum, record.stop_requested, record.timed_out
         )
-        job.ended_at = status.stat().st_mtime  # when bubblewrap wrote the exit code
+        # When bubblewrap wrote the exit code (its start, if it was SIGKILLed).
+        job.ended_at = remains.status_written_at or time.time()
         job.outcome_reason = None
 
     def leave_running(self) -> None:
@@ -479,12 +443,13 @@ class JobTracker:
         self._detaching = True
 
     def _teardown(self) -> None:
-        if self.cgroups is not None:
-            self.cgroups.close()
+        if self._sandbox is not None:
+            self._sandbox.close()
         # Records and output stay for the next start; work dirs are left only when a
         # clean-up timed out.
         for job in self._jobs.values():
-            self._close_workdir(job)  # left open only when a clean-up timed out
+            if job.running is not None:
+                job.running.close()  # left open only when a clean-up timed out
             if job.state is JobState.TERMINATED:
                 shutil.rmtree(job.workdir, ignore_errors=True)
         if self._watcher is not None:
@@ -541,8 +506,7 @@ class JobTracker:
         """
         if self._closing or self._nursery is None:
             raise ShuttingDownError()
-        assert self._user is not None and self._tools is not None and self.cgroups is not None
-        assert self._view is not None
+        assert self._sandbox is not None
         if (
             self.config.max_running_per_user is not None
             and self._running[owner] >= self.config.max_running_per_user
@@ -552,8 +516,7 @@ class JobTracker:
                 "start more once some have ended (or stop some)"
             )
         limits = self._effective_limits(spec.limits)
-        if limits.has_io and self._io_device is None:
-            raise InvalidRequestError(self._io_device_error or "io limits are not available")
+        self._sandbox.check_limits(limits)
         if spec.host_network and not self.config.allow_host_network:
             raise InvalidRequestError(
                 "this server does not allow jobs on the host network (jwsd --allow-host-network)"
@@ -569,73 +532,39 @@ class JobTracker:
             created_at=time.time(),
         )
         cwd = spec.workdir or str(job.workdir)
-        env = dict(spec.env) if spec.env else self._default_env(job.workdir)
-        # What bubblewrap finally execs, with the PWD the shell adds (the slack covers it).
-        spawn.check_exec_size(bwrap.exec_argv(self._tools, spec.argv), env)
-        spawn.resolve_program(
-            spec.argv[0],
-            path=env.get("PATH"),
-            cwd=cwd,
-            user=self._user,
-            hidden=(*self._view.hidden, PurePosixPath(self.config.data_dir)),
-            visible=(*self._view.visible, PurePosixPath(job.workdir)),
-        )
+        env = dict(spec.env) if spec.env else self._sandbox.default_env(job.workdir)
+        self._sandbox.check_command(spec.argv, env, cwd=cwd, workdir=job.workdir)
         self._jobs[job_id] = job
         self._running[owner] += 1
+        starting = None
         try:
-            self._prepare_job(job)
-            faults.reach("start.cgroup-made")
-            cgroup = job.cgroup
-            assert cgroup is not None
-            tools, user = self._tools, self._user
-            tmpfs_size = _tmpfs_size(self.config.tmpfs_size, limits.memory)
-            build_cmd = functools.partial(
-                bwrap.spawn_argv,
-                tools,
-                user,
-                procs_files=cgroup.procs_files,
-                data_dir=self.config.data_dir,
-                workdir=job.workdir,
-                cwd=cwd,
-                argv=spec.argv,
-                host_network=spec.host_network,
-                tmpfs_size=tmpfs_size,
-                workdir_size=self.config.workdir_size,
-                view=self._view.options,
+            starting = self._sandbox.prepare(
+                JobRequest(
+                    job_id=job_id,
+                    owner=owner,
+                    directory=directory,
+                    argv=spec.argv,
+                    env=env,
+                    cwd=cwd,
+                    limits=limits,
+                    host_network=spec.host_network,
+                )
             )
+            job.cgroup_dirs = starting.cgroup_dirs
+            faults.reach("start.cgroup-made")
+            self._follow_output(job)
             # The record is on disk before the caller learns the job's id; its write (a
             # worker thread) overlaps the sandbox's build, so it costs the start nothing.
             # A crash before it lands leaves a cgroup and a dir no record claims, which
             # the next start removes: nobody was told of that job.
-            output_fd, status_fd = self._open_job_files(job)
-            try:
-                async with _first_error(), trio.open_nursery() as nursery:
-                    nursery.start_soon(self._save, job.record(), "start the job")
-                    job.launched = await spawn.launch(
-                        lambda status_fd, args_fd: build_cmd(status_fd=status_fd, args_fd=args_fd),
-                        # The job's environment goes to bubblewrap through a file
-                        # descriptor, for the sandbox only: the root helpers never see it.
-                        sandbox_args=bwrap.env_options(env),
-                        output_file=output_fd,
-                        status_file=status_fd,
-                        output_limit=limits.output,
-                        copier_errors=job.copier_errors,
-                        pipe_owner=(user.uid, user.gid),
-                        on_ready=None
-                        if self.config.workdir_size is None
-                        else partial(_open_workdir, job),
-                        seccomp=self._seccomp,
-                        kill_sandbox=cgroup.kill_all,
-                        setup_timeout=self.config.sandbox_timeout,
-                    )
-            finally:
-                os.close(output_fd)
-                os.close(status_fd)
+            async with _first_error(), trio.open_nursery() as nursery:
+                nursery.start_soon(self._save, job.record(), "start the job")
+                job.running = await starting.launch()
             faults.reach("start.launched")
             started_at = time.time()
         except BaseException:
             with trio.CancelScope(shield=True):
-                await self._discard_failed_start(job)
+                await self._discard_failed_start(job, starting)
             raise
         job.move_to(JobState.ACTIVE)
         job.started_at = started_at
@@ -763,52 +692,11 @@ class JobTracker:
         limits_table.check_host(limits)
         return limits
 
-    def _default_env(self, workdir: Path) -> dict[str, str]:
-        assert self._user is not None
-        return {
-            "PATH": spawn.DEFAULT_PATH,
-            "HOME": str(workdir),
-            "LANG": "C.UTF-8",
-            "USER": self._user.name,
-            "LOGNAME": self._user.name,
-        }
-
-    def _prepare_job(self, job: _Job) -> None:
-        """Make the job's dir, its work dir (unless it is a tmpfs in the sandbox only)
-        and its cgroup. Raises InvalidRequestError or SetupError (see `start`)."""
-        assert self._user is not None and self.cgroups is not None
-        # The job user reaches its work dir by exact path only (0711 above it:
-        # traverse, never list); everything else in the data dir stays root's.
-        job.directory.mkdir(mode=0o711)
-        if self.config.workdir_size is None:  # else a tmpfs in the sandbox only
-            job.workdir.mkdir(mode=0o700)
-            os.chown(job.workdir, self._user.uid, self._user.gid)
-        job.cgroup = self.cgroups.create(
-            job.job_id, _with_helpers(job.spec.limits), self._io_device, owner=job.owner
-        )
-
-    def _open_job_files(self, job: _Job) -> tuple[int, int]:
-        """Create the job's output and status files (root's, 0600) and open them for
-        appending, for the copier and bubblewrap; follow the output. Returns the two
-        fds, which the caller closes once they are handed on."""
+    def _follow_output(self, job: _Job) -> None:
+        """Open the job's output log on the file its copier appends to, and watch it."""
         assert self._watcher is not None
-        # Read-write: the start reads them back (the sandbox init's pid, an error message).
-        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
-        output_fd = os.open(job.directory / OUTPUT_NAME, flags, 0o600)
-        try:
-            status_fd = os.open(job.directory / STATUS_NAME, flags, 0o600)
-        except BaseException:
-            os.close(output_fd)
-            raise
-        try:
-            job.copier_errors = os.memfd_create("jobworker-copier-errors", os.MFD_CLOEXEC)
-            job.log = FileLog.open(job.directory / OUTPUT_NAME, job.spec.limits.output)
-            job.watch = self._watcher.watch(job.log.path, job.log.refresh)
-        except BaseException:
-            os.close(output_fd)
-            os.close(status_fd)
-            raise
-        return output_fd, status_fd
+        job.log = FileLog.open(job.directory / OUTPUT_NAME, job.spec.limits.output)
+        job.watch = self._watcher.watch(job.log.path, job.log.refresh)
 
     async def _save(self, record: JobRecord, doing: str) -> None:
         """Write `record`; raise StartFailedError saying why when the store cannot
@@ -837,27 +725,14 @@ class JobTracker:
             log.error("job %s: cannot write its record: %s", job.job_id, exc)
             job.record_stale = True
 
-    async def _discard_failed_start(self, job: _Job) -> None:
-        """Undo a start that failed or was cancelled half-way (called shielded)."""
-        if job.cgroup is not None:
-            job.cgroup.kill_all()
-            if job.launched is not None:  # it started, but its record could not be written
-                launched = job.launched
-                await launched.process.wait()
-                if launched.copier is not None:
-                    await launched.copier.wait()
-            try:
-                await job.cgroup.remove()
-            except SetupError:
-                log.exception("job %s: cannot remove the cgroup of a failed start", job.job_id)
-        self._close_workdir(job)
+    async def _discard_failed_start(self, job: _Job, starting: StartingJob | None) -> None:
+        """Undo a start that failed or was cancelled half-way (called shielded):
+        `starting` is what the sandbox made of it, if anything."""
+        if starting is not None:
+            await starting.discard()
         if job.watch is not None and self._watcher is not None:
             self._watcher.unwatch(job.watch)
-        if job.copier_errors is not None:
-            os.close(job.copier_errors)
-            job.copier_errors = None
         job.log.discard()
-        await trio.to_thread.run_sync(shutil.rmtree, job.directory, True)
         assert self._store is not None
         try:
             await self._store.delete(job.job_id)
@@ -874,15 +749,15 @@ class JobTracker:
         """Own a running job until it is Terminated: wait for its end, then finish it
         (shielded and bounded), whatever cancels us; unless the tracker is leaving
         its jobs running (`leave_running`): then only stop watching."""
-        launched = job.launched
-        assert launched is not None
+        running = job.running
+        assert running is not None
         try:
             # What re-attaching needs (the supervisor's pid and start time), off the
             # start's critical path: a start that returned is on disk already.
             await self._save_quietly(job)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._enforce_timeout, job)
-                await launched.process.wait()
+                await running.wait()
                 nursery.cancel_scope.cancel()
             faults.reach("job.exited")
         finally:
@@ -894,12 +769,19 @@ class JobTracker:
     async def _wind_up(self, job: _Job) -> None:
         """Finish a job whose supervisor has exited (or who is being stopped): shielded
         and bounded by FINISH_TIMEOUT."""
+        running = job.running
+        assert running is not None
         with trio.CancelScope(shield=True), trio.move_on_after(FINISH_TIMEOUT) as scope:
-            await self._finish(job)
+            await self._finish(job, running)
         if scope.cancelled_caught:
             log.error("job %s: clean-up did not finish within %.0f s", job.job_id, FINISH_TIMEOUT)
+            # What the clean-up read before it gave up (the last readings, once taken).
+            with contextlib.suppress(Exception):
+                job.usage = running.usage()
+            live = running.workdir_bytes()
+            job.workdir_bytes = job.workdir_bytes if live is None else live
         with trio.CancelScope(shield=True):
-            await self._mark_terminated(job, self._reported(job))  # unless `_finish` did
+            await self._mark_terminated(job, running.exit_status())  # unless `_finish` did
             job.released.set()
             await self._retire(job)
 
@@ -923,100 +805,34 @@ class JobTracker:
         if job.watch is not None and self._watcher is not None:
             self._watcher.unwatch(job.watch)
             job.watch = None
-        launched = job.launched
-        if launched is not None:
-            for process in (launched.process, launched.copier):
-                if isinstance(process, spawn.AttachedProcess):
-                    process.close()
-                elif process is not None:
-                    # Not ours to wait for any more: the next jwsd watches it (and init
-                    # reaps it once this process has exited).
-                    process.popen.returncode = 0
-                    process._close_pidfd()
+        if job.running is not None:
+            job.running.let_go()
         job.log.detach()
-        self._close_workdir(job)
-        if job.copier_errors is not None:
-            os.close(job.copier_errors)
-            job.copier_errors = None
 
-    def _reported(self, job: _Job) -> int | None:
-        """The exit code bubblewrap wrote to the job's status file, if it did."""
-        try:
-            fd = os.open(job.directory / STATUS_NAME, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            return None
-        try:
-            return spawn.read_exit_code(fd)
-        finally:
-            os.close(fd)
-
-    async def _finish(self, job: _Job) -> None:
-        launched = job.launched
-        cgroup = job.cgroup
-        assert launched is not None and cgroup is not None
-        if not _exited(launched.process):
-            cgroup.kill_all()
-            await launched.process.wait()
-        with contextlib.suppress(Exception):
-            job.usage = cgroup.usage()
-        # The pid namespace dies with its init, but a process could still be leaving.
-        cgroup.kill_all()
-        # The copier ends once the last writer of the pipe has gone: the file is complete.
-        if launched.copier is not None:
-            with trio.move_on_after(FINISH_TIMEOUT / 2):
-                await launched.copier.wait()
-            launched.copier.kill()
+    async def _finish(self, job: _Job, running: RunningJob) -> None:
+        ending = await running.finish()
+        if ending.usage is not None:
+            job.usage = ending.usage
         if job.watch is not None and self._watcher is not None:
             self._watcher.unwatch(job.watch)
             job.watch = None
         job.log.refresh()
-        failure = self._copier_failure(job)
-        if failure is not None:
-            job.log.lost(failure)
-        if job.workdir_fd is not None:
-            job.workdir_bytes = workdir.used_bytes(job.workdir_fd)
-        # Before the cgroup goes: closing frees the work dir's pages charged to it.
-        self._close_workdir(job)
-        try:
-            await cgroup.remove()
-        except SetupError:
-            log.exception("job %s: cannot remove its cgroup", job.job_id)
+        if ending.copier_failure is not None:
+            job.log.lost(ending.copier_failure)
+        if ending.workdir_bytes is not None:
+            job.workdir_bytes = ending.workdir_bytes
         await trio.to_thread.run_sync(shutil.rmtree, job.workdir, True)
         faults.reach("finish.cleaned")
-        await self._mark_terminated(job, self._reported(job))
+        await self._mark_terminated(job, (ending.exit_code, ending.signal))
 
-    def _copier_failure(self, job: _Job) -> str | None:
-        """Why the copier could not write all of the output (its error message), or
-        None when it wrote everything (or the cap stopped it: that is no loss)."""
-        launched = job.launched
-        copier = launched.copier if launched else None
-        text = ""
-        if job.copier_errors is not None:
-            text = os.pread(job.copier_errors, 4096, 0).decode(errors="replace").strip()
-            os.close(job.copier_errors)
-            job.copier_errors = None
-        # SIGXFSZ: the copier reached the output cap (`spawn.limit_copier`), no loss.
-        failed = isinstance(copier, spawn.ChildProcess) and copier.returncode not in (
-            0,
-            None,
-            -signal.SIGXFSZ,
-        )
-        if not text and not failed:
-            return None
-        return text.splitlines()[-1] if text else "the output copier failed"
-
-    async def _mark_terminated(self, job: _Job, reported: int | None) -> None:
-        """Record how the job ended, then tell everyone: its record is on disk before
-        its state, status and followers say it has ended."""
+    async def _mark_terminated(self, job: _Job, status: tuple[int, int | None]) -> None:
+        """Record how the job ended (`status`: its exit code and signal), then tell
+        everyone: its record is on disk before its state, status and followers say it
+        has ended."""
         if job.state is JobState.TERMINATED:
             await trio.lowlevel.checkpoint()
             return
-        returncode = job.launched.process.returncode if job.launched else None
-        if returncode is None:
-            # Only when the bounded clean-up gave up waiting: by then `_finish` has
-            # SIGKILLed everything in the job's cgroup, so that is how it ended.
-            returncode = -signal.SIGKILL
-        exit_code, signum = spawn.exit_status(returncode, reported)
+        exit_code, signum = status
         outcome = _outcome(job.usage, exit_code, signum, job.stop_requested, job.timed_out)
         ended_at = time.time()
         job.ending = True  # no other write of this job's record may follow this one
@@ -1049,12 +865,6 @@ class JobTracker:
         job.move_to(JobState.TERMINATED)
         self._running[job.owner] -= 1
         job.terminated.set()
-
-    @staticmethod
-    def _close_workdir(job: _Job) -> None:
-        if job.workdir_fd is not None:
-            os.close(job.workdir_fd)
-            job.workdir_fd = None
 
     # ---- retention ---------------------------------------------------------------
 
@@ -1111,31 +921,14 @@ class JobTracker:
             faults.reach("stop.recorded")
             if job.terminated.is_set():
                 return
-        self._signal_group(job, signal.SIGTERM)
+        assert job.running is not None  # it has started, and has not ended
+        job.running.signal(signal.SIGTERM)
         with trio.move_on_after(grace):
             await job.terminated.wait()
-        if not job.terminated.is_set() and job.cgroup is not None:
+        if not job.terminated.is_set():
             log.info("job %s: still running %.1f s after SIGTERM; killing it", job.job_id, grace)
-            job.cgroup.kill_all()
+            job.running.kill()
         await job.terminated.wait()
-
-    def _signal_group(self, job: _Job, signum: signal.Signals) -> None:
-        launched, cgroup = job.launched, job.cgroup
-        if launched is None or cgroup is None:
-            return
-        # Signal the group only while its leader is still in the job's cgroup: a pid
-        # that has exited could have been reused by an unrelated process.
-        if launched.command_pid in cgroup.pids():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(launched.command_pid, signum)
-
-
-def _open_workdir(job: _Job, init_pid: int) -> None:
-    """Open the job's work dir tmpfs in its sandbox, before its command runs."""
-    try:
-        job.workdir_fd = workdir.open_in_sandbox(init_pid, job.workdir)
-    except OSError as exc:
-        raise StartFailedError(f"cannot open the job's work dir: {exc.strerror}") from exc
 
 
 @contextlib.asynccontextmanager
@@ -1161,32 +954,6 @@ def _outcome(
     if signum is not None:
         return Outcome.SIGNALED
     return Outcome.EXITED
-
-
-def _child_pid(status: Path) -> int | None:
-    """The sandbox init's pid from bubblewrap's status file (None: none yet)."""
-    try:
-        fd = os.open(status, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        return spawn.read_child_pid(fd)
-    finally:
-        os.close(fd)
-
-
-def _parent_of(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat_file:
-            return int(stat_file.read().rsplit(b")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _exited(process: spawn.Supervisor) -> bool:
-    if isinstance(process, spawn.AttachedProcess):
-        return process.exited
-    return process.returncode is not None
 
 
 def _job_from_record(record: JobRecord, directory: Path) -> _Job:
@@ -1235,20 +1002,6 @@ def _smaller(default: float | None, ceiling: float | None) -> float | None:
     if default is None or ceiling is None:
         return default
     return min(default, ceiling)
-
-
-def _tmpfs_size(configured: int | None, memory: int | None) -> int | None:
-    """The size of each of a job's writable tmpfs: the configured size, at most the
-    job's memory limit (the smaller of those that are set)."""
-    sizes = [size for size in (configured, memory) if size is not None]
-    return min(sizes) if sizes else None
-
-
-def _with_helpers(limits: Limits) -> Limits:
-    """The pids limit as the cgroup must see it: the user's count plus bubblewrap's helpers."""
-    if limits.pids is None:
-        return limits
-    return attrs.evolve(limits, pids=limits.pids + bwrap.HELPER_PROCESSES)
 
 
 __all__ = ["JobTracker"]

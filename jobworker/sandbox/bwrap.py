@@ -21,7 +21,7 @@ bubblewrap.
    `--json-status-fd` reports the host pid of the sandbox's init (leader of
    the command's process group) and the exit code.
    Bubblewrap also installs the jobs' seccomp filter (`seccomp`, through
-   `spawn.launch`) before it execs what follows.
+   `launch.launch`) before it execs what follows.
 4. Inside, `READY_HELPER` (`sh`) reports that the sandbox is ready, waits for
    the daemon's answer, then execs the command.
 

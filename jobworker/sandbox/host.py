@@ -19,7 +19,7 @@ from pathlib import Path
 
 from jobworker.errors import SetupError
 from jobworker.sandbox.bwrap import HELPER_ENV, JobUser, SandboxTools
-from jobworker.sandbox.spawn import permits
+from jobworker.sandbox.program import permits
 
 log = logging.getLogger(__name__)
 

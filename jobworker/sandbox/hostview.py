@@ -21,7 +21,7 @@ only a regular file of an ordinary filesystem is kept (a container's
 secrets of /etc (`SECRETS`) the job user could read, which a well-kept host
 has none of (Debian's shadow files are 0640 root:shadow, ssh host keys 0600).
 
-The same view decides the program lookup (`spawn.resolve_program`): `hidden`
+The same view decides the program lookup (`program.resolve_program`): `hidden`
 and `visible` say what the job cannot and can see, so a start request learns
 nothing about the host the job could not learn itself. A mount made after
 jwsd's start is not covered until the next start of jwsd (docs/security.md).
@@ -40,7 +40,7 @@ import attrs
 
 from jobworker.errors import SetupError
 from jobworker.sandbox.bwrap import JobUser
-from jobworker.sandbox.spawn import permits
+from jobworker.sandbox.program import permits
 
 log = logging.getLogger(__name__)
 

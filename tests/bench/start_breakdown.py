@@ -34,7 +34,7 @@ import trio
 from jobworker.jobs.config import TrackerConfig
 from jobworker.jobs.tracker import JobTracker
 from jobworker.model import JobSpec, Limits
-from jobworker.sandbox import spawn
+from jobworker.sandbox import facade
 
 
 def _timed(samples: dict[str, list[float]], label: str, fn: Callable[..., Any]) -> Any:
@@ -51,7 +51,7 @@ def _timed(samples: dict[str, list[float]], label: str, fn: Callable[..., Any]) 
 
 async def tracker_steps(count: int) -> dict[str, float]:
     samples: dict[str, list[float]] = {}
-    spawn.launch = _timed(samples, "launch: fork to the ready byte", spawn.launch)  # type: ignore[method-assign]
+    facade.launch = _timed(samples, "launch: fork to the ready byte", facade.launch)  # type: ignore[method-assign]
     with tempfile.TemporaryDirectory(dir="/var/tmp") as workspace:
         Path(workspace).chmod(0o711)
         async with JobTracker(

@@ -13,7 +13,7 @@ from pathlib import Path
 import attrs
 import pytest
 
-from jobworker.sandbox.spawn import SANDBOX_SETUP_TIMEOUT
+from jobworker.sandbox import SANDBOX_SETUP_TIMEOUT
 from tests.conftest import require_root
 from tests.support.certs import TestPKI
 from tests.support.names import unique_name

@@ -15,7 +15,7 @@ import pytest
 from jobworker.errors import InvalidRequestError
 from jobworker.jobs.tracker import JobTracker
 from jobworker.model import JobSpec, Limits
-from jobworker.sandbox import bwrap, spawn
+from jobworker.sandbox import bwrap, program
 from tests.support.tracking import run_to_end, running_tracker
 
 pytestmark = pytest.mark.root
@@ -48,7 +48,7 @@ def small_stack() -> Iterator[int]:
     soft, hard = resource.getrlimit(resource.RLIMIT_STACK)
     resource.setrlimit(resource.RLIMIT_STACK, (1 << 20, hard))
     try:
-        yield spawn.exec_space()
+        yield program.exec_space()
     finally:
         resource.setrlimit(resource.RLIMIT_STACK, (soft, hard))
 
@@ -80,7 +80,7 @@ async def test_an_environment_as_large_as_the_kernel_execs_works(
         len(a) + 1 + 8
         for a in [shutil.which("sh") or "", "-c", bwrap.READY_HELPER, "jobworker-exec", *argv]
     )
-    env = _env_filling(small_stack - spawn.ARG_SPACE_SLACK - prefix)
+    env = _env_filling(small_stack - program.ARG_SPACE_SLACK - prefix)
     assert len(env) > 3
     out, status = await run_to_end(tracker, JobSpec(argv=argv, env=env))
     assert status.exit_code == 0, out

@@ -29,6 +29,7 @@ from jobworker.errors import (
     StartFailedError,
 )
 from jobworker.jobs.config import TrackerConfig
+from jobworker.jobs.store import JobRecord, JobStore
 from jobworker.jobs.tracker import JobTracker
 from jobworker.model import JobSpec, JobState, Limits, Outcome
 from jobworker.sandbox import seccomp
@@ -729,3 +730,38 @@ async def test_a_start_cancelled_at_any_point_leaves_nothing_behind(tracker: Job
     for parent in parents:
         assert [d.name for d in parent.iterdir() if d.is_dir()] == []
     assert {d.name for d in (tracker.config.data_dir / "jobs").iterdir()} <= live_jobs
+
+
+async def test_a_stopped_job_whose_status_file_is_gone_is_restored_as_stopped(
+    tmp_path: Path,
+) -> None:
+    """A record that says a stop was asked for, whose supervisor is gone and whose
+    status file is missing: the job was SIGKILLed with its cgroup, so it is restored
+    as stopped (137), ended when jwsd found it; jwsd still starts."""
+    require_root()
+    data = tmp_path / "data"
+    (data / "jobs" / "a0000000-0000-4000-8000-000000000000").mkdir(parents=True)
+    store = JobStore.open(data / "jobs.db")
+    store.put_blocking(
+        JobRecord(
+            job_id="a0000000-0000-4000-8000-000000000000",
+            owner="alex",
+            argv=("sleep", "60"),
+            state=JobState.ACTIVE.value,
+            created_at=time.time() - 10,
+            started_at=time.time() - 9,
+            stop_requested=True,
+            supervisor_pid=2**22 - 1,  # above any pid_max in use: no such process
+            supervisor_start=1,
+            command_pid=2**22 - 2,
+        )
+    )
+    store.close()
+    before = time.time()
+    async with JobTracker(
+        TrackerConfig(data_dir=data, cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}")
+    ) as tracker:
+        status = tracker.status("alex", "a0000000-0000-4000-8000-000000000000")
+    assert status.state is JobState.TERMINATED and status.outcome is Outcome.STOPPED
+    assert (status.exit_code, status.signal) == (137, 9)
+    assert status.ended_at is not None and status.ended_at >= before

@@ -12,7 +12,7 @@ import attrs
 import trio
 
 from jobworker.client import Credentials, JobWorkerClient, connect
-from jobworker.sandbox.spawn import SANDBOX_SETUP_TIMEOUT
+from jobworker.sandbox import SANDBOX_SETUP_TIMEOUT
 from jobworker.server.daemon import DaemonConfig, serve
 from tests.conftest import require_root
 from tests.support.certs import TestPKI

@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from jobworker.errors import InvalidRequestError, StartFailedError
-from jobworker.sandbox import bwrap, spawn
+from jobworker.sandbox import bwrap, launch, process, program, status
 from jobworker.sandbox.bwrap import JobUser
 
 NOBODY = JobUser(name="nobody", uid=65534, gid=65534)
@@ -24,45 +24,45 @@ def _script(path: Path, mode: int) -> Path:
 
 
 def test_programs_are_found_in_path_like_execvp() -> None:
-    assert spawn.resolve_program("sh", path=None, cwd="/", user=NOBODY) in {
+    assert program.resolve_program("sh", path=None, cwd="/", user=NOBODY) in {
         "/usr/bin/sh",
         "/bin/sh",
         "/usr/local/bin/sh",
     }
-    assert spawn.resolve_program("/bin/sh", path=None, cwd="/", user=NOBODY) == "/bin/sh"
+    assert program.resolve_program("/bin/sh", path=None, cwd="/", user=NOBODY) == "/bin/sh"
 
 
 def test_a_missing_program_is_an_error_naming_it() -> None:
     with pytest.raises(
         StartFailedError, match=r"program 'no-such-program' not found in PATH \(/nowhere\)"
     ):
-        spawn.resolve_program("no-such-program", path="/nowhere", cwd="/", user=NOBODY)
+        program.resolve_program("no-such-program", path="/nowhere", cwd="/", user=NOBODY)
     with pytest.raises(StartFailedError, match="cannot run '/no/such': no such file"):
-        spawn.resolve_program("/no/such", path=None, cwd="/", user=NOBODY)
+        program.resolve_program("/no/such", path=None, cwd="/", user=NOBODY)
 
 
 def test_a_directory_is_not_a_program() -> None:
     with pytest.raises(StartFailedError, match="is a directory"):
-        spawn.resolve_program("/etc", path=None, cwd="/", user=NOBODY)
+        program.resolve_program("/etc", path=None, cwd="/", user=NOBODY)
 
 
 def test_execute_permission_is_judged_for_the_job_user(tmp_path: Path) -> None:
     """A file only root may execute is refused for nobody, found for root."""
     script = _script(tmp_path / "owner-only", 0o700)
     with pytest.raises(StartFailedError, match="not executable by the job user nobody"):
-        spawn.resolve_program(str(script), path=None, cwd="/", user=NOBODY)
-    assert spawn.resolve_program(str(script), path=None, cwd="/", user=ROOT) == str(script)
+        program.resolve_program(str(script), path=None, cwd="/", user=NOBODY)
+    assert program.resolve_program(str(script), path=None, cwd="/", user=ROOT) == str(script)
     with pytest.raises(StartFailedError, match="permission denied"):
-        spawn.resolve_program("owner-only", path=str(tmp_path), cwd="/", user=NOBODY)
+        program.resolve_program("owner-only", path=str(tmp_path), cwd="/", user=NOBODY)
     _script(tmp_path / "everyone", 0o755)
-    assert spawn.resolve_program("everyone", path=str(tmp_path), cwd="/", user=NOBODY) == str(
+    assert program.resolve_program("everyone", path=str(tmp_path), cwd="/", user=NOBODY) == str(
         tmp_path / "everyone"
     )
 
 
 def test_relative_paths_resolve_against_the_job_working_dir(tmp_path: Path) -> None:
     _script(tmp_path / "run.sh", 0o755)
-    assert spawn.resolve_program("./run.sh", path=None, cwd=str(tmp_path), user=NOBODY) == str(
+    assert program.resolve_program("./run.sh", path=None, cwd=str(tmp_path), user=NOBODY) == str(
         tmp_path / "run.sh"
     )
 
@@ -72,9 +72,9 @@ def test_files_hidden_by_the_sandbox_count_as_missing(tmp_path: Path) -> None:
     script = _script(tmp_path / "x", 0o755)
     hidden = (PurePosixPath(tmp_path),)
     with pytest.raises(StartFailedError, match="no such file"):
-        spawn.resolve_program(str(script), path=None, cwd="/", user=NOBODY, hidden=hidden)
+        program.resolve_program(str(script), path=None, cwd="/", user=NOBODY, hidden=hidden)
     visible = (PurePosixPath(tmp_path),)
-    assert spawn.resolve_program(
+    assert program.resolve_program(
         str(script), path=None, cwd="/", user=NOBODY, hidden=hidden, visible=visible
     )
 
@@ -93,7 +93,7 @@ def test_files_hidden_by_the_sandbox_count_as_missing(tmp_path: Path) -> None:
 def test_exit_status_is_decoded_like_a_shell(
     returncode: int, reported: int | None, expected: tuple[int, int | None]
 ) -> None:
-    assert spawn.exit_status(returncode, reported) == expected
+    assert status.exit_status(returncode, reported) == expected
 
 
 def test_spawn_argv_enters_cgroups_then_drops_privileges_then_sandboxes(tmp_path: Path) -> None:
@@ -273,14 +273,14 @@ def test_a_dir_the_job_user_cannot_search_hides_what_is_in_it(tmp_path: Path) ->
     answers = set()
     for name in ["run.sh", "missing"]:
         with pytest.raises(StartFailedError) as caught:
-            spawn.resolve_program(str(private / name), path=None, cwd="/", user=NOBODY)
+            program.resolve_program(str(private / name), path=None, cwd="/", user=NOBODY)
         answers.add(str(caught.value).replace(name, "NAME"))
     assert len(answers) == 1
     assert "permission denied" in answers.pop()
     # In PATH too; root passes.
     with pytest.raises(StartFailedError, match="permission denied"):
-        spawn.resolve_program("run.sh", path=str(private), cwd="/", user=NOBODY)
-    assert spawn.resolve_program("run.sh", path=str(private), cwd="/", user=ROOT) == str(
+        program.resolve_program("run.sh", path=str(private), cwd="/", user=NOBODY)
+    assert program.resolve_program("run.sh", path=str(private), cwd="/", user=ROOT) == str(
         private / "run.sh"
     )
 
@@ -293,13 +293,15 @@ def test_search_permission_is_judged_by_owner_then_group_then_others(tmp_path: P
     os.chown(own, NOBODY.uid, NOBODY.gid)
     own.chmod(0o100)
     _script(own / "x", 0o755)
-    assert spawn.resolve_program(str(own / "x"), path=None, cwd="/", user=NOBODY) == str(own / "x")
+    assert program.resolve_program(str(own / "x"), path=None, cwd="/", user=NOBODY) == str(
+        own / "x"
+    )
     group_only = tmp_path / "group-only"
     group_only.mkdir()
     group_only.chmod(0o010)
     _script(group_only / "x", 0o755)
     with pytest.raises(StartFailedError, match="permission denied"):
-        spawn.resolve_program(str(group_only / "x"), path=None, cwd="/", user=NOBODY)
+        program.resolve_program(str(group_only / "x"), path=None, cwd="/", user=NOBODY)
 
 
 def test_symbolic_links_are_followed_as_the_kernel_would(tmp_path: Path) -> None:
@@ -309,16 +311,16 @@ def test_symbolic_links_are_followed_as_the_kernel_would(tmp_path: Path) -> None
     (tmp_path / "dir-link").symlink_to(tmp_path)
     # "dir-link/.." is the parent of the link's target, not tmp_path (no lexical "..").
     for name in ["link", "abs", "dir-link/real", f"dir-link/../{tmp_path.name}/link"]:
-        spawn.resolve_program(str(tmp_path / name), path=None, cwd="/", user=NOBODY)
+        program.resolve_program(str(tmp_path / name), path=None, cwd="/", user=NOBODY)
     assert target.exists()
     (tmp_path / "loop").symlink_to("loop")
     with pytest.raises(StartFailedError, match="too many levels of symbolic links"):
-        spawn.resolve_program(str(tmp_path / "loop"), path=None, cwd="/", user=NOBODY)
+        program.resolve_program(str(tmp_path / "loop"), path=None, cwd="/", user=NOBODY)
     (tmp_path / "dangling").symlink_to("nowhere")
     with pytest.raises(StartFailedError, match="no such file"):
-        spawn.resolve_program(str(tmp_path / "dangling"), path=None, cwd="/", user=NOBODY)
+        program.resolve_program(str(tmp_path / "dangling"), path=None, cwd="/", user=NOBODY)
     with pytest.raises(StartFailedError, match="not a directory"):
-        spawn.resolve_program(str(tmp_path / "real" / "x"), path=None, cwd="/", user=NOBODY)
+        program.resolve_program(str(tmp_path / "real" / "x"), path=None, cwd="/", user=NOBODY)
 
 
 def test_a_link_into_a_hidden_dir_is_missing_inside_the_sandbox(tmp_path: Path) -> None:
@@ -327,7 +329,7 @@ def test_a_link_into_a_hidden_dir_is_missing_inside_the_sandbox(tmp_path: Path) 
     _script(hidden / "x", 0o755)
     (tmp_path / "link").symlink_to(hidden / "x")
     with pytest.raises(StartFailedError, match="no such file"):
-        spawn.resolve_program(
+        program.resolve_program(
             str(tmp_path / "link"),
             path=None,
             cwd="/",
@@ -361,22 +363,22 @@ def test_exec_size_is_checked_as_the_kernel_does() -> None:
     """What check_exec_size accepts, execve accepts; past the kernel's room, both refuse."""
     argv = ["/bin/true"]
     fixed = len(b"/bin/true") + 1 + 8
-    fits = _env_of_size(spawn.exec_space() - spawn.ARG_SPACE_SLACK - fixed)
-    spawn.check_exec_size(argv, fits)
+    fits = _env_of_size(program.exec_space() - program.ARG_SPACE_SLACK - fixed)
+    program.check_exec_size(argv, fits)
     subprocess.run(argv, env=fits, check=True)
-    too_big = _env_of_size(spawn.exec_space() + 1 - fixed + 8)
+    too_big = _env_of_size(program.exec_space() + 1 - fixed + 8)
     with pytest.raises(InvalidRequestError, match="the command line and environment take"):
-        spawn.check_exec_size(argv, too_big)
+        program.check_exec_size(argv, too_big)
     with pytest.raises(OSError, match="Argument list too long"):
         subprocess.run(argv, env=too_big, check=True)
 
 
 def test_one_string_over_the_kernel_bound_is_refused() -> None:
     with pytest.raises(InvalidRequestError, match="an environment variable .* is 131072 bytes"):
-        spawn.check_exec_size(["true"], {"BIG": "x" * (spawn.MAX_ARG_STRLEN - 4)})
+        program.check_exec_size(["true"], {"BIG": "x" * (program.MAX_ARG_STRLEN - 4)})
     with pytest.raises(InvalidRequestError, match="an argument"):
-        spawn.check_exec_size(["echo", "x" * spawn.MAX_ARG_STRLEN], {})
-    spawn.check_exec_size(["echo", "x" * (spawn.MAX_ARG_STRLEN - 1)], {})
+        program.check_exec_size(["echo", "x" * program.MAX_ARG_STRLEN], {})
+    program.check_exec_size(["echo", "x" * (program.MAX_ARG_STRLEN - 1)], {})
 
 
 # ---- the environment the helpers get --------------------------------------------
@@ -403,13 +405,13 @@ async def test_launch_gives_the_child_only_the_helper_environment(
         output_file = os.open(Path(files) / "output", flags, 0o600)
         status_file = os.open(Path(files) / "status", flags, 0o600)
         try:
-            launched = await spawn.launch(
+            launched = await launch.launch(
                 build_cmd,
                 sandbox_args=sandbox_args,
                 output_file=output_file,
                 status_file=status_file,
             )
-            assert isinstance(launched.process, spawn.ChildProcess)
+            assert isinstance(launched.process, process.ChildProcess)
             assert await launched.process.wait() == 0
             assert launched.copier is not None
             await launched.copier.wait()
@@ -427,7 +429,7 @@ def test_a_long_or_odd_program_name_is_echoed_short_and_escaped(tmp_path: Path) 
     """The program and PATH come from the request: an error must not carry 128 KiB of them,
     nor a newline that would forge a log line."""
     with pytest.raises(StartFailedError) as caught:
-        spawn.resolve_program(
+        program.resolve_program(
             "x" * 100_000 + "\nforged", path="/nowhere:" + "y" * 100_000, cwd="/", user=NOBODY
         )
     message = str(caught.value)
@@ -446,8 +448,10 @@ def test_outside_the_allow_list_a_program_is_missing_and_the_deepest_rule_wins(
         "hidden": (PurePosixPath("/"), PurePosixPath(tmp_path / "shown" / "covered")),
         "visible": (PurePosixPath(tmp_path / "shown"),),
     }
-    found = spawn.resolve_program(str(tmp_path / "shown/x"), path=None, cwd="/", user=ROOT, **rule)
+    found = program.resolve_program(
+        str(tmp_path / "shown/x"), path=None, cwd="/", user=ROOT, **rule
+    )
     assert found == str(tmp_path / "shown/x")
     for name in ["shown/covered/x", "other"]:
         with pytest.raises(StartFailedError, match="no such file"):
-            spawn.resolve_program(str(tmp_path / name), path=None, cwd="/", user=ROOT, **rule)
+            program.resolve_program(str(tmp_path / name), path=None, cwd="/", user=ROOT, **rule)
