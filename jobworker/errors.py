@@ -16,6 +16,8 @@ nurseries raise.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Self
 
 from jobworker.echo import quoted
@@ -128,6 +130,28 @@ def sole_exception(
         return leaves[0]
     kept = [leaf for leaf in leaves if not isinstance(leaf, ignore)]
     return kept[0] if len(kept) == 1 else None
+
+
+@contextlib.contextmanager
+def sole_error(
+    ignore: type[BaseException] | tuple[type[BaseException], ...] = (),
+) -> Iterator[None]:
+    """Re-raise the exception group of a nursery inside the block as the one error it
+    stands for (`sole_exception`: others were cancelled because of it), so that callers
+    see that error; a group of several real errors goes out as it is. Wrap the nursery:
+    `with sole_error(ignore=trio.Cancelled): async with trio.open_nursery() as n: ...`."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        single = sole_exception(group, ignore=ignore)
+        if single is None:
+            raise
+        context = single.__context__
+        try:
+            raise single
+        finally:
+            # `raise` inside the except block would chain the group as context: undo that.
+            single.__context__ = context
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

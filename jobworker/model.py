@@ -196,6 +196,17 @@ class Outcome(enum.StrEnum):
     LOST = "lost"  # the daemon lost track of it across a restart; see outcome_reason
 
 
+def shell_status(code: int) -> tuple[int, int | None]:
+    """(exit_code, signal) in shell terms from a process's status: a negative code is
+    death by that signal (as `subprocess` reports it), and 129–192 is signal
+    code − 128 (as a shell, and bubblewrap's exit code, report it)."""
+    if code < 0:
+        return 128 - code, -code
+    if 128 < code <= 128 + 64:
+        return code, code - 128
+    return code, None
+
+
 @attrs.frozen
 class Usage:
     """Resource usage read from the job's cgroup. cpu_ns: CPU time in nanoseconds;

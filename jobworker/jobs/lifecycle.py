@@ -37,7 +37,7 @@ from typing import Final
 import attrs
 
 from jobworker.errors import BadStateError
-from jobworker.model import JobState, Outcome
+from jobworker.model import JobState, Outcome, shell_status
 
 
 class Phase(enum.Enum):
@@ -145,17 +145,6 @@ class Lifecycle:
 
 
 # ---- how a job's end becomes its outcome -------------------------------------------
-
-
-def shell_status(code: int) -> tuple[int, int | None]:
-    """(exit_code, signal) in shell terms from a process's status: a negative code is
-    death by that signal (as `subprocess` reports it), and 129–192 is signal
-    code − 128 (as a shell, and bubblewrap's exit code, report it)."""
-    if code < 0:
-        return 128 - code, -code
-    if 128 < code <= 128 + 64:
-        return code, code - 128
-    return code, None
 
 
 def outcome(
@@ -308,6 +297,5 @@ __all__ = [
     "TakeOver",
     "outcome",
     "reconcile",
-    "shell_status",
     "stop_cause",
 ]

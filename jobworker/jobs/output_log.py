@@ -39,7 +39,7 @@ from pathlib import Path
 import attrs
 import trio
 
-from jobworker.errors import BadStateError, InvalidRequestError, sole_exception
+from jobworker.errors import BadStateError, InvalidRequestError, sole_error
 from jobworker.jobs.shared_reads import BLOCK, pread, shared_reads
 
 log = logging.getLogger(__name__)
@@ -245,7 +245,8 @@ class FileLog:
         if chunk_size < 1:
             raise InvalidRequestError(f"chunk size must be at least one byte, not {chunk_size}")
         send, receive = trio.open_memory_channel[bytes](0)
-        try:
+        # An error in the subscriber's block comes out as itself, not in a group.
+        with sole_error(ignore=trio.Cancelled):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._feed, send, offset, chunk_size)
                 with receive:
@@ -253,8 +254,6 @@ class FileLog:
                         yield receive
                     finally:
                         nursery.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            _raise_single(group)
 
     async def _feed(
         self, send: trio.MemorySendChannel[bytes], offset: int, chunk_size: int
@@ -313,22 +312,6 @@ def _delete(path: Path) -> None:
         path.unlink(missing_ok=True)
     except OSError as exc:
         log.error("cannot delete the output file %s: %s", path, exc.strerror or exc)
-
-
-def _raise_single(group: BaseExceptionGroup[BaseException]) -> None:
-    """Re-raise the one exception in `group` (ignoring `Cancelled` ones next to it), so
-    that an error in a subscriber's block comes out as itself; a group with several
-    real errors is re-raised as it is."""
-    single = sole_exception(group, ignore=trio.Cancelled)
-    if single is None:
-        raise group
-    context = single.__context__
-    try:
-        raise single
-    finally:
-        # `raise` inside the except block would chain the group as context: undo that.
-        single.__context__ = context
-        del single, context
 
 
 __all__ = ["FileLog"]

@@ -14,6 +14,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from jobworker.model import shell_status
+
 
 def _status_lines(status_file: int) -> list[object]:
     """Every whole JSON line of bubblewrap's status file (read with pread: the fd's
@@ -81,12 +83,7 @@ def exit_status(returncode: int, reported: int | None) -> tuple[int, int | None]
     """(exit_code, signal) in shell terms from the outer process's return code and
     bubblewrap's reported exit code. A negative return code means the outer process
     itself was killed by that signal; a code above 128 means signal code-128."""
-    code = reported if reported is not None else returncode
-    if code < 0:
-        return 128 - code, -code
-    if 128 < code <= 128 + 64:
-        return code, code - 128
-    return code, None
+    return shell_status(reported if reported is not None else returncode)
 
 
 __all__ = [

@@ -23,10 +23,9 @@ from jobworker.jobs.lifecycle import (
     TakeOver,
     outcome,
     reconcile,
-    shell_status,
     stop_cause,
 )
-from jobworker.model import JobState, Outcome
+from jobworker.model import JobState, Outcome, shell_status
 
 # ---- the table of moves ----------------------------------------------------------------
 
@@ -96,6 +95,13 @@ def test_nothing_leaves_an_ended_phase_but_a_harmless_stop() -> None:
         if phase.ended:
             assert new is phase
     assert not [pair for pair in TRANSITIONS if pair[0] is Phase.DISCARDED]
+
+
+def test_the_api_state_only_moves_forward() -> None:
+    """Pending, then Active, then Terminated: no move of the table goes back."""
+    order = [JobState.PENDING, JobState.ACTIVE, JobState.TERMINATED]
+    for (phase, _event), new in TRANSITIONS.items():
+        assert order.index(new.state) >= order.index(phase.state), (phase, new)
 
 
 def test_a_stop_needs_its_cause() -> None:

@@ -6,8 +6,7 @@ import os
 
 import pytest
 
-from jobworker import states
-from jobworker.errors import BadStateError, InvalidRequestError, JobNotFoundError
+from jobworker.errors import InvalidRequestError, JobNotFoundError
 from jobworker.limits import MAX_BYTES, check_host
 from jobworker.model import (
     MAX_ARG_BYTES,
@@ -76,21 +75,6 @@ def test_limits_merge_fills_only_unset_fields() -> None:
 def test_bad_specs_are_refused(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(InvalidRequestError, match=message):
         JobSpec(**kwargs)  # type: ignore[arg-type]
-
-
-def test_state_machine_allows_only_forward_moves() -> None:
-    assert states.transition(JobState.PENDING, JobState.ACTIVE) is JobState.ACTIVE
-    assert states.transition(JobState.ACTIVE, JobState.TERMINATED) is JobState.TERMINATED
-    assert states.transition(JobState.PENDING, JobState.TERMINATED) is JobState.TERMINATED
-    for current, new in [
-        (JobState.TERMINATED, JobState.ACTIVE),
-        (JobState.TERMINATED, JobState.PENDING),
-        (JobState.ACTIVE, JobState.PENDING),
-        (JobState.ACTIVE, JobState.ACTIVE),
-        (JobState.TERMINATED, JobState.TERMINATED),
-    ]:
-        with pytest.raises(BadStateError, match="cannot go from"):
-            states.transition(current, new)
 
 
 def test_status_names_the_signal_and_oom() -> None:

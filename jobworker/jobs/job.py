@@ -1,0 +1,138 @@
+"""`Job`: one job in jwsd — its record (the data), its lifecycle (the phase), its
+output log, and while it runs the sandbox's handle on its processes.
+
+The data half is a `JobRecord`, replaced whole (`update`) in one step between
+awaits, so a reader never sees it half-updated. The phase lives in its `Lifecycle`
+and moves only through `handle`, which also keeps the record's state in step and
+wakes every task waiting for the job (`until_started`, `until_ended`). The
+runtime handles (the sandbox's `RunningJob`, the inotify watch) are the only
+things here that are not data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from jobworker.jobs.lifecycle import Event, Lifecycle, Phase, StopCause
+from jobworker.jobs.output_log import FileLog
+from jobworker.jobs.record import JobRecord
+from jobworker.model import JobStatus
+from jobworker.sandbox import WORK_NAME, RunningJob
+
+
+@attrs.define(eq=False)
+class Job:
+    """record: the job's data as the store keeps it (the output size and the
+        processes are brought up to date by `current_record`).
+    directory: its job dir (`DATA/jobs/ID`), holding its output and status files.
+    log: its output file, for any number of followers.
+    lifecycle: its phase, and the cause of the stop that ended it.
+    running: the sandbox's handle on its processes, from launch (or take-over) on.
+    watch: its output file's inotify watch, while the file may grow.
+    ended_clock: when it ended, on trio's clock (the retention's).
+    record_stale: its terminal record could not be written (a full disk): it is
+        written again when the tracker exits.
+    """
+
+    record: JobRecord
+    directory: Path
+    log: FileLog
+    lifecycle: Lifecycle = attrs.Factory(Lifecycle)
+    running: RunningJob | None = None
+    watch: int | None = None
+    ended_clock: float | None = None
+    record_stale: bool = False
+    _changed: trio.Event = attrs.Factory(trio.Event)
+
+    @property
+    def job_id(self) -> str:
+        return self.record.job_id
+
+    @property
+    def owner(self) -> str:
+        return self.record.owner
+
+    @property
+    def phase(self) -> Phase:
+        return self.lifecycle.phase
+
+    @property
+    def workdir(self) -> Path:
+        return self.directory / WORK_NAME
+
+    def update(self, **changes: Any) -> None:
+        """Replace the job's record with one with these fields changed."""
+        self.record = attrs.evolve(self.record, **changes)
+
+    def handle(self, event: Event, *, cause: StopCause | None = None) -> bool:
+        """Move the job on `event` (see `lifecycle.TRANSITIONS`); keep its record's
+        state and stop in step; wake its waiters. Returns whether the phase changed.
+        Raises BadStateError for a move the table does not allow."""
+        changed = self.lifecycle.handle(event, cause=cause)
+        if changed:
+            self.record = attrs.evolve(self.record, state=self.phase.state).with_stop(
+                self.lifecycle.stop_cause
+            )
+            self._changed.set()
+            self._changed = trio.Event()
+        return changed
+
+    async def until(self, reached: Callable[[Phase], bool]) -> None:
+        """Wait until `reached(phase)` is true (at once if it is)."""
+        while not reached(self.phase):
+            await self._changed.wait()
+        await trio.lowlevel.checkpoint()
+
+    async def until_started(self) -> None:
+        """Wait until it runs, or has ended (its start failed, or it was restored ended)."""
+        await self.until(lambda phase: phase is not Phase.STARTING)
+
+    async def until_ended(self) -> None:
+        """Wait until it has ended for good: its end is on disk and its output complete."""
+        await self.until(lambda phase: phase.ended)
+
+    def current_record(self) -> JobRecord:
+        """The record as it should be written now: the output size and why it was cut
+        from the log, the processes and cgroups from the sandbox while it runs."""
+        record = attrs.evolve(
+            self.record, output_size=self.log.size, output_truncated=self.log.truncated
+        )
+        if self.running is not None:
+            processes = self.running.processes
+            record = attrs.evolve(
+                record,
+                supervisor_pid=processes.supervisor_pid,
+                supervisor_start=processes.supervisor_start,
+                command_pid=processes.command_pid,
+                copier_pid=processes.copier_pid,
+                copier_start=processes.copier_start,
+                cgroups=tuple(map(str, self.running.cgroup_dirs)),
+            )
+        return record
+
+    def snapshot(self) -> JobStatus:
+        """The job as the API reports it; usage, output size and work dir read live while
+        it runs (best effort: the final readings are not)."""
+        running = self.running if not self.phase.ended else None
+        usage = workdir_bytes = None
+        if running is not None:
+            self.log.refresh()  # an fstat: exact, whatever inotify has said so far
+            with contextlib.suppress(Exception):
+                usage = running.usage()
+            workdir_bytes = running.workdir_bytes()
+        return self.record.status(
+            usage=usage,
+            output_size=self.log.size,
+            output_disk_bytes=self.log.disk_size,
+            output_truncated=self.log.truncated,
+            workdir_bytes=workdir_bytes,
+        )
+
+
+__all__ = ["Job"]

@@ -1,0 +1,71 @@
+"""What the server allows a job: the limits it gets (the request's, over the
+defaults, under the maxima), the running quota, the host network. Pure functions of
+the tracker's config and the request, checked before any work."""
+
+from __future__ import annotations
+
+import attrs
+
+from jobworker import limits as limits_table
+from jobworker.errors import InvalidRequestError, QuotaExceededError
+from jobworker.jobs.config import TrackerConfig
+from jobworker.model import JobSpec, Limits
+
+
+def check_running_quota(config: TrackerConfig, running: int) -> None:
+    """Raise QuotaExceededError when an owner who runs `running` jobs may not start
+    another (`max_running_per_user`)."""
+    if config.max_running_per_user is not None and running >= config.max_running_per_user:
+        raise QuotaExceededError(
+            f"you already run {running} jobs, this server's limit per user; "
+            "start more once some have ended (or stop some)"
+        )
+
+
+def check_network(config: TrackerConfig, spec: JobSpec) -> None:
+    """Raise InvalidRequestError for a job on the host network this server does not allow."""
+    if spec.host_network and not config.allow_host_network:
+        raise InvalidRequestError(
+            "this server does not allow jobs on the host network (jwsd --allow-host-network)"
+        )
+
+
+def effective_limits(config: TrackerConfig, asked: Limits) -> Limits:
+    """The limits a job gets: what it asked for, over the server's defaults, every one
+    at most the server's maximum (the output limit's is `max_output`); an unset limit
+    with a maximum takes the maximum. Raises InvalidRequestError for a value over its
+    maximum, or one the host cannot apply (`limits.check_host`)."""
+    ceilings = config.max_limits
+    if ceilings.output is None and config.max_output is not None:
+        ceilings = attrs.evolve(ceilings, output=config.max_output)
+    # A default above the maximum gives way to it: only what a request asks for
+    # itself can be refused as too much.
+    defaults = Limits.of(
+        {
+            kind: _smaller(config.default_limits.value(kind), ceilings.value(kind))
+            for kind in limits_table.KINDS
+        }
+    )
+    limits = asked.merged_over(defaults)
+    for kind in limits_table.KINDS:
+        value, ceiling = limits.value(kind), ceilings.value(kind)
+        if ceiling is not None and (value is None or value > ceiling):
+            if value is None:
+                limits = limits.replace(kind, ceiling)
+            else:
+                raise InvalidRequestError(
+                    f"{kind.label} limit {kind.unit.show(value)} is above this server's "
+                    f"maximum of {kind.unit.show(ceiling)}"
+                )
+    limits_table.check_host(limits)
+    return limits
+
+
+def _smaller(default: float | None, ceiling: float | None) -> float | None:
+    """The default, lowered to the ceiling when both are set."""
+    if default is None or ceiling is None:
+        return default
+    return min(default, ceiling)
+
+
+__all__ = ["check_network", "check_running_quota", "effective_limits"]
