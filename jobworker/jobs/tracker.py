@@ -68,6 +68,7 @@ from jobworker.errors import (
     StartFailedError,
     sole_exception,
 )
+from jobworker.jobs.datadir import DataDirLock
 from jobworker.jobs.output_log import FileLog, OutputWatcher
 from jobworker.jobs.retention import Finished, RetentionPolicy
 from jobworker.jobs.store import JobRecord, JobStore
@@ -264,6 +265,7 @@ class JobTracker:
     _io_device: tuple[int, int] | None = attrs.field(init=False, default=None)
     _io_device_error: str | None = attrs.field(init=False, default=None)
     _store: JobStore | None = attrs.field(init=False, default=None)
+    _data_lock: DataDirLock | None = attrs.field(init=False, default=None)
     _watcher: OutputWatcher | None = attrs.field(init=False, default=None)
     # Set when the tracker leaves its jobs running as it exits (`detach`).
     _detaching: bool = attrs.field(init=False, default=False)
@@ -313,18 +315,21 @@ class JobTracker:
         self._user = bwrap.JobUser.lookup(self.job_user)
         self._seccomp = seccomp.program()
         host.check_sandbox(self._tools, self._user, self._seccomp)
-        self._prepare_data_dir()
-        self._store = JobStore.open(self.data_dir / STORE_NAME)
+        self._data_lock = DataDirLock.acquire(self.data_dir)  # before the data dir is touched
         try:
+            self._prepare_data_dir()
+            self._store = JobStore.open(self.data_dir / STORE_NAME)
             self._watcher = OutputWatcher()
             records = self._store.load()
             if self.cgroups is None:
                 self.cgroups = detect(name=self.cgroup_name, subtree=self.cgroup_parent)
             self._restore(records)
         except BaseException:
-            self._store.close()
+            if self._store is not None:
+                self._store.close()
             if self._watcher is not None:
                 self._watcher.close()
+            self._data_lock.release()
             raise
         try:
             self._io_device = block_device_of(self.data_dir)
@@ -522,6 +527,8 @@ class JobTracker:
                     except sqlite3.Error as exc:
                         log.error("job %s: its record is still not written: %s", job.job_id, exc)
             self._store.close()
+        if self._data_lock is not None:
+            self._data_lock.release()  # last: nothing of the data dir is touched after it
 
     async def _watch_output(self) -> None:
         """Dispatch inotify events to the running jobs' logs until shutdown."""
