@@ -4,10 +4,13 @@
                 ├─ JobTracker (a nursery; a supervisor task per job)
                 └─ nursery
                      ├─ RpcServer.serve (a task group per connection, a cancel scope per RPC)
+                     ├─ keep_tree (rebuilds the job cgroup tree if it is removed)
                      └─ waits for `shutdown` (set by the signal task of `jwsd`)
 
 The standard health service (`jobworker.server.health`) runs beside the API on
-the same port: SERVING once listening, NOT_SERVING as soon as shutdown begins.
+the same port: SERVING once listening, NOT_SERVING as soon as shutdown begins,
+and while the job cgroup tree, removed under jwsd, is being rebuilt
+(`sandbox.cgroups.keep_tree`, a task beside the server).
 
 Shutdown, in order and bounded: report NOT_SERVING; refuse new API calls
 (UNAVAILABLE) and stop accepting connections; stop every job (SIGTERM, the grace period, SIGKILL),
@@ -34,6 +37,7 @@ from jobworker.jobs.tracker import (
     JobTracker,
 )
 from jobworker.model import MAX_SERVER_MESSAGE, JobState, Limits
+from jobworker.sandbox.cgroups import keep_tree
 from jobworker.sandbox.spawn import SANDBOX_SETUP_TIMEOUT
 from jobworker.server.auth import CallGuard, guarded
 from jobworker.server.health import HealthService
@@ -147,6 +151,12 @@ async def serve(
         health = HealthService()
         server.add_service(guarded(health.service, guard))
         async with trio.open_nursery() as nursery:
+            assert tracker.cgroups is not None
+            # A cgroup tree removed under jwsd: NOT_SERVING until it is rebuilt.
+            tracker.cgroups.on_tree_change = lambda whole: health.set_serving(
+                whole and not shutdown.is_set()
+            )
+            nursery.start_soon(keep_tree, tracker.cgroups)
             port = await nursery.start(server.serve)
             log.info(
                 "listening on %s:%d (tls 1.3, client certificates from %s; %s)",
