@@ -142,6 +142,12 @@ def _limits_option(ctx: click.Context, param: click.Parameter, value: str) -> Li
     help="Close a client connection that has had no call open this long (0: never).",
 )
 @click.option(
+    "--request-timeout",
+    default="10s",
+    show_default=True,
+    help="End a call whose request message has not arrived this long after its headers (0: never).",
+)
+@click.option(
     "--max-connections-per-user",
     type=click.IntRange(min=0),
     default=32,
@@ -217,6 +223,7 @@ async def main(
     stop_grace: str,
     sandbox_timeout: str,
     idle_timeout: str,
+    request_timeout: str,
     max_connections_per_user: int,
     cgroup_name: str,
     cgroup_parent: str | None,
@@ -249,6 +256,7 @@ async def main(
         if sandbox_seconds <= 0:
             raise ValueError(f"--sandbox-timeout {sandbox_timeout} must be more than 0")
         idle = parse_duration(idle_timeout)
+        request_seconds = parse_duration(request_timeout)
         output_cap = parse_size(max_output) or None
         workdir_bytes = parse_size(workdir_size) or None
         policy = RetentionPolicy(
@@ -282,6 +290,7 @@ async def main(
         stop_grace=grace,
         sandbox_timeout=sandbox_seconds,
         idle_timeout=idle or None,
+        request_timeout=request_seconds or None,
         max_connections_per_user=max_connections_per_user or None,
         cgroup_name=cgroup_name,
         cgroup_parent=cgroup_parent,

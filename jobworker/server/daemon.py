@@ -44,6 +44,7 @@ from jobworker.server.health import HealthService
 from jobworker.server.policy import UserPolicy
 from jobworker.server.service import JobWorkerService
 from jobworker.transport import RpcServer
+from jobworker.transport.server import DEFAULT_REQUEST_TIMEOUT
 
 log = logging.getLogger("jobworker.daemon")
 
@@ -64,6 +65,8 @@ class DaemonConfig:
     users_file: the TOML users file; `None`: every client certificate is a user.
     drain_timeout: seconds running calls get to finish once jobs are stopped at shutdown.
     idle_timeout: seconds a client connection may stay open with no call (None: forever).
+    request_timeout: seconds a call may take to send its request message after its
+        headers (None: forever); past it that call ends with DEADLINE_EXCEEDED.
     max_connections_per_user: connections one user may hold open at once (None: any).
     max_running_per_user, max_output, workdir_size, retention: the quotas (see
         `JobTracker`; `None`: unlimited).
@@ -82,6 +85,7 @@ class DaemonConfig:
     stop_grace: float = 5.0
     drain_timeout: float = 2.0
     idle_timeout: float | None = 300.0
+    request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT
     max_connections_per_user: int | None = 32
     cgroup_name: str = "jobworker"
     cgroup_parent: str | None = None
@@ -146,6 +150,7 @@ async def serve(
             max_message_length=MAX_SERVER_MESSAGE,
             max_connections_per_peer=config.max_connections_per_user,
             idle_timeout=config.idle_timeout,
+            request_timeout=config.request_timeout,
         )
         server.add_service(guarded(JobWorkerService(tracker).service, guard))
         health = HealthService()
