@@ -67,6 +67,8 @@ class CgroupDriver(abc.ABC):
     on_tree_change: Callable[[bool], None] | None = None
     #: False from the moment a parent is found gone until the tree is rebuilt.
     tree_whole: bool = True
+    #: The lock on each job parent (`lock_parents`), by directory.
+    lock_fds: dict[Path, int]
 
     @abc.abstractmethod
     def parent_dirs(self) -> tuple[Path, ...]:
@@ -80,22 +82,23 @@ class CgroupDriver(abc.ABC):
         it meanwhile."""
 
     def ensure_tree(self) -> None:
-        """Check that every job parent exists; rebuild the tree when one was removed.
+        """Check that every job parent exists and is the directory we locked; rebuild
+        the tree when one was removed (and perhaps made again by someone else).
 
-        A stat per hierarchy, done inline (cgroupfs never touches a disk). cgroupfs
+        A stat and an fstat per hierarchy, done inline (cgroupfs never touches a disk). cgroupfs
         sends no inotify event for an rmdir (kernfs; checked on Linux 6.1), so the
         daemon calls this on a timer as well as before each start. Logs the removal
         (ERROR) and the rebuild (WARNING) once each, and tells `on_tree_change`.
         Raises SetupError when the rebuild fails; the next call tries again.
         """
-        missing = [p for p in self.parent_dirs() if not p.is_dir()]
+        missing = unheld(self.lock_fds, self.parent_dirs())
         if not missing and self.tree_whole:
             return
         if self.tree_whole:
             self.tree_whole = False
             log.error(
                 "cgroup %s was removed while jwsd runs (jwsd never removes it before it "
-                "exits); rebuilding the job cgroup tree",
+                "exits; someone else did); rebuilding the job cgroup tree",
                 ", ".join(map(str, missing)),
             )
             self._tell_tree(False)

@@ -82,7 +82,6 @@ class V1Driver(base.CgroupDriver):
     version: int = attrs.field(default=1, init=False)
     parent: Path = attrs.field(init=False)
 
-    #: The lock on each hierarchy's parent (`base.lock_parents`), by directory.
     lock_fds: dict[Path, int] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:

@@ -105,8 +105,7 @@ class V2Driver(base.CgroupDriver):
     rmdir: base.Rmdir = os.rmdir
     enable: str = ""  # "+cpu +memory ...": what each owner group hands down
     version: int = attrs.field(default=2, init=False)
-    #: The lock on the parent (`base.lock_parents`: one entry on v2).
-    lock_fds: dict[Path, int] = attrs.field(init=False)
+    lock_fds: dict[Path, int] = attrs.field(init=False)  # one entry
 
     def __attrs_post_init__(self) -> None:
         self.lock_fds = base.lock_parents([self.parent])
