@@ -46,16 +46,17 @@ class DataDirLock:
         with the data dir.
 
         Raises SetupError when another process holds the lock (naming its pid) or
-        the data dir or lock file cannot be created.
+        the data dir or lock file cannot be created ("not writable").
         """
         path = data_dir / LOCK_NAME
         try:
             data_dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
+            # The tracker's own words for a data dir it cannot write.
             raise SetupError(
-                f"cannot create the lock file {path} ({exc.strerror}); pick another data dir "
-                f"with --data-dir"
+                f"data dir {data_dir} is not writable ({exc.strerror}); pick another with "
+                f"--data-dir"
             ) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
