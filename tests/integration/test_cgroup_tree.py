@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import trio
 
 from jobworker.v1 import health_pb2 as hpb
-from tests.support.certs import TestPKI
 from tests.support.cgroupfs import cgroups_named
-from tests.support.daemon import Daemon, DaemonFiles
+from tests.support.daemon import Daemon
 from tests.support.timing import scaled
 from tests.support.waiting import terminated
 
@@ -23,17 +21,6 @@ pytestmark = pytest.mark.root
 
 Status = hpb.HealthCheckResponse.ServingStatus
 CGROUPS_LOGGER = "jobworker.cgroups"
-
-
-@pytest.fixture(scope="module")
-def pki() -> TestPKI:
-    return TestPKI()
-
-
-@pytest.fixture
-async def daemon(tmp_path: Path, pki: TestPKI) -> AsyncIterator[Daemon]:
-    async with DaemonFiles.write(tmp_path, pki).serving() as daemon:
-        yield daemon
 
 
 def remove_tree(name: str) -> list[Path]:
