@@ -8,6 +8,7 @@ every other call on it go on."""
 
 from __future__ import annotations
 
+import ssl
 import struct
 import urllib.parse
 from collections.abc import AsyncIterator
@@ -24,7 +25,6 @@ from google.protobuf.wrappers_pb2 import StringValue
 from tests.integration._echo_service import SERVICE_NAME
 from tests.integration.test_transport import (  # noqa: F401 (pki is a fixture)
     Pki,
-    Served,
     client_context,
     pki,
     serving,
@@ -115,10 +115,11 @@ class RawClient:
 
 
 @asynccontextmanager
-async def raw_connection(pki: Pki, served: Served) -> AsyncIterator[RawClient]:
-    context = client_context(pki, pki.alice)
+async def raw_connection(port: int, context: ssl.SSLContext) -> AsyncIterator[RawClient]:
+    """A `RawClient` connected to 127.0.0.1:`port` with the client `context` (its
+    certificate is the caller's identity), reading until the block ends."""
     context.set_alpn_protocols(["h2"])
-    tcp = await trio.open_tcp_stream("127.0.0.1", served.port)
+    tcp = await trio.open_tcp_stream("127.0.0.1", port)
     tls = trio.SSLStream(tcp, context, server_hostname="localhost")
     await tls.do_handshake()
     # Outbound checks off: the point is to send what a correct client would not.
@@ -159,7 +160,10 @@ async def test_a_malformed_path_is_unimplemented_for_its_stream_while_the_connec
     """purerpc's parser raised inside the connection's reader: the whole connection was
     closed, with every other call on it."""
     with trio.fail_after(10):
-        async with serving(pki) as served, raw_connection(pki, served) as client:
+        async with (
+            serving(pki) as served,
+            raw_connection(served.port, client_context(pki, pki.alice)) as client,
+        ):
             before = await client.call(ECHO, echo_request("before"))
             bad = await client.call(path, echo_request("x"))
             after = await client.call(ECHO, echo_request("after"))
@@ -181,7 +185,7 @@ async def test_headers_without_a_whole_request_end_that_stream_at_the_deadline_a
     with trio.fail_after(10):
         async with (
             serving(pki, request_timeout=0.5) as served,
-            raw_connection(pki, served) as client,
+            raw_connection(served.port, client_context(pki, pki.alice)) as client,
         ):
             request = None if body == "none" else echo_request("x")
             silent = await client.call(ECHO, request, end=False)
