@@ -198,6 +198,13 @@ def _count_or_none(ctx: click.Context, param: click.Parameter, value: int) -> in
     help="Close a client connection that has had no call open this long (0: never).",
 )
 @click.option(
+    "--request-timeout",
+    type=_DURATION_OR_NONE,
+    default=format_duration(_DAEMON.request_timeout or 0),
+    show_default=True,
+    help="End a call whose request message has not arrived this long after its headers (0: never).",
+)
+@click.option(
     "--max-connections-per-user",
     type=click.IntRange(min=0),
     default=_DAEMON.max_connections_per_user or 0,

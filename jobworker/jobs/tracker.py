@@ -111,6 +111,7 @@ class JobTracker:
     _host: HostSetup | None = attrs.field(init=False, default=None)
     _sandbox: Sandbox | None = attrs.field(init=False, default=None)
     _store: JobStore | None = attrs.field(init=False, default=None)
+    _data_lock: datadir.DataDirLock | None = attrs.field(init=False, default=None)
     _watcher: OutputWatcher | None = attrs.field(init=False, default=None)
     _supervisor: Supervisor | None = attrs.field(init=False, default=None)
     _restored: builtins.list[Job] = attrs.field(init=False, factory=list)
@@ -157,9 +158,10 @@ class JobTracker:
         self._host = HostSetup.check(
             config.job_user, data_dir=config.data_dir, binds=config.job_binds
         )
-        datadir.prepare(config.data_dir, self._host)
-        self._store = store = JobStore.open(config.data_dir / STORE_NAME)
+        self._data_lock = datadir.DataDirLock.acquire(config.data_dir)  # before it is touched
         try:
+            datadir.prepare(config.data_dir, self._host)
+            self._store = store = JobStore.open(config.data_dir / STORE_NAME)
             self._watcher = OutputWatcher()
             records = store.load()
             self._sandbox = Sandbox.open(
@@ -182,9 +184,11 @@ class JobTracker:
             for record in restored.ended:
                 store.put_blocking(record)
         except BaseException:
-            store.close()
+            if self._store is not None:
+                self._store.close()
             if self._watcher is not None:
                 self._watcher.close()
+            self._data_lock.release()
             raise
         for job in restored.jobs:
             self._jobs[job.job_id] = job
@@ -217,6 +221,8 @@ class JobTracker:
             if self._supervisor is not None:
                 self._supervisor.write_stale(self._jobs.values())
             self._store.close()
+        if self._data_lock is not None:
+            self._data_lock.release()  # last: nothing of the data dir is touched after it
 
     async def _run_in_background(self) -> None:
         """Run the output watcher and the retention until shutdown cancels them."""

@@ -4,10 +4,13 @@
                 ├─ JobTracker (a nursery; a supervisor task per job)
                 └─ nursery
                      ├─ RpcServer.serve (a task group per connection, a cancel scope per RPC)
+                     ├─ keep_tree (rebuilds the job cgroup tree if it is removed)
                      └─ waits for `shutdown` (set by the signal task of `jwsd`)
 
 The standard health service (`jobworker.server.health`) runs beside the API on
-the same port: SERVING once listening, NOT_SERVING as soon as shutdown begins.
+the same port: SERVING once listening, NOT_SERVING as soon as shutdown begins,
+and while the job cgroup tree, removed under jwsd, is being rebuilt
+(`sandbox.cgroups.keep_tree`, a task beside the server).
 
 Shutdown, in order and bounded: report NOT_SERVING; refuse new API calls
 (UNAVAILABLE) and stop accepting connections; stop every job (SIGTERM, the grace period, SIGKILL),
@@ -32,11 +35,13 @@ from jobworker import tls
 from jobworker.jobs.config import TrackerConfig, field_names
 from jobworker.jobs.tracker import JobTracker
 from jobworker.model import MAX_SERVER_MESSAGE, JobState
+from jobworker.sandbox.cgroups import keep_tree
 from jobworker.server.auth import CallGuard, guarded
 from jobworker.server.health import HealthService
 from jobworker.server.policy import UserPolicy
 from jobworker.server.service import JobWorkerService
 from jobworker.transport import RpcServer
+from jobworker.transport.server import DEFAULT_REQUEST_TIMEOUT
 
 log = logging.getLogger("jobworker.daemon")
 
@@ -51,6 +56,8 @@ class DaemonConfig:
     users_file: the TOML users file; `None`: every client certificate is a user.
     drain_timeout: seconds running calls get to finish once jobs are stopped at shutdown.
     idle_timeout: seconds a client connection may stay open with no call (None: forever).
+    request_timeout: seconds a call may take to send its request message after its
+        headers (None: forever); past it that call ends with DEADLINE_EXCEEDED.
     max_connections_per_user: connections one user may hold open at once (None: any).
     jobs: the job tracker's section (data dir, job user, limits, quotas, retention).
     """
@@ -61,6 +68,7 @@ class DaemonConfig:
     users_file: Path | None = None
     drain_timeout: float = 2.0
     idle_timeout: float | None = 300.0
+    request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT
     max_connections_per_user: int | None = 32
     jobs: TrackerConfig = attrs.Factory(TrackerConfig)
 
@@ -113,11 +121,18 @@ async def serve(
             max_message_length=MAX_SERVER_MESSAGE,
             max_connections_per_peer=config.max_connections_per_user,
             idle_timeout=config.idle_timeout,
+            request_timeout=config.request_timeout,
         )
         server.add_service(guarded(JobWorkerService(tracker).service, guard))
         health = HealthService()
         server.add_service(guarded(health.service, guard))
         async with trio.open_nursery() as nursery:
+            assert tracker.cgroups is not None
+            # A cgroup tree removed under jwsd: NOT_SERVING until it is rebuilt.
+            tracker.cgroups.on_tree_change = lambda whole: health.set_serving(
+                whole and not shutdown.is_set()
+            )
+            nursery.start_soon(keep_tree, tracker.cgroups)
             port = await nursery.start(server.serve)
             log.info(
                 "listening on %s:%d (tls 1.3, client certificates from %s; %s)",

@@ -6,7 +6,10 @@ SERVING from the moment jwsd listens until its shutdown begins, then
 NOT_SERVING. `Check` of another name is NOT_FOUND; `Watch` of one sends
 SERVICE_UNKNOWN and keeps watching, as the protocol says. Every `Watch` gets the
 current status at once, then each change, and ends (status OK) once the health
-service is closed, so that a watcher never holds up jwsd's shutdown.
+service is closed, so that a watcher never holds up jwsd's shutdown. A change
+that is undone before a watcher runs (NOT_SERVING while the cgroup tree is
+rebuilt, then SERVING: `CgroupDriver.ensure_tree`) still reaches it: each watcher
+is sent every status in turn, of the last `KEPT_CHANGES` changes.
 
 Who may ask: any client whose certificate passed the mTLS handshake; no users
 file check (`jobworker.server.auth.CallGuard` exempts this service).
@@ -14,6 +17,7 @@ file check (`jobworker.server.auth.CallGuard` exempts this service).
 
 from __future__ import annotations
 
+import collections
 from collections.abc import AsyncIterator, Iterable
 
 import purerpc
@@ -28,6 +32,9 @@ HEALTH_SERVICE = "grpc.health.v1.Health"
 JOBWORKER_SERVICES = ("", "jobworker.v1.JobWorkerService")
 
 Status = pb.HealthCheckResponse.ServingStatus
+#: How many status changes are kept for watchers that have not seen them yet (a
+#: watcher further behind skips to the oldest kept).
+KEPT_CHANGES = 16
 
 
 class HealthService(health_grpc.HealthServicer):  # type: ignore[misc]  # generated, untyped
@@ -42,12 +49,19 @@ class HealthService(health_grpc.HealthServicer):  # type: ignore[misc]  # genera
         )
         self._changed = trio.Event()
         self._closed = False
+        # (generation, statuses) of the latest changes, oldest first.
+        self._generation = 0
+        self._changes: collections.deque[tuple[int, dict[str, Status]]] = collections.deque(
+            maxlen=KEPT_CHANGES
+        )
 
     def set_serving(self, serving: bool) -> None:
         """Report every known service as SERVING (True) or NOT_SERVING (False); wakes watchers."""
         status = Status.SERVING if serving else Status.NOT_SERVING
         for name in self._status:
             self._status[name] = status
+        self._generation += 1
+        self._changes.append((self._generation, dict(self._status)))
         self._wake()
 
     def close(self) -> None:
@@ -73,13 +87,19 @@ class HealthService(health_grpc.HealthServicer):  # type: ignore[misc]  # genera
         self, message: pb.HealthCheckRequest
     ) -> AsyncIterator[pb.HealthCheckResponse]:
         sent: pb.HealthCheckResponse.ServingStatus | None = None
+        status = self.status(message.service)
+        seen = self._generation
         while True:
-            status = self.status(message.service)
             if status is None:
                 status = Status.SERVICE_UNKNOWN
             if status != sent:
                 yield pb.HealthCheckResponse(status=status)
                 sent = status
+            unseen = [(g, statuses) for g, statuses in self._changes if g > seen]
+            if unseen:
+                seen, statuses = unseen[0]
+                status = statuses.get(message.service)
+                continue
             if self._closed:
                 return
             await self._changed.wait()

@@ -7,7 +7,9 @@ whole story, with the hang and leak cases and their status codes):
 - `ResetAwareConnection` (purerpc `GRPCConnection`, h2 `H2Connection`): purerpc turns
   an incoming RST_STREAM into nothing at all, so a server handler whose client went
   away lives on and a client call the server reset waits forever; this hands every
-  reset to a hook. It also queues DATA frames without h2's four copies
+  reset to a hook. A request whose `:path` is not `/<service>/<method>` (purerpc
+  raised, closing the connection with every other call on it) becomes a
+  `MalformedRequest` for that stream alone. It also queues DATA frames without h2's four copies
   (`send_data_frame`: h2's own checks and state changes, by hand) and acknowledges
   bytes of streams h2 already forgot.
 - `GuardedSocketWrapper` (purerpc `SocketWrapper`, anyio `TLSStream`): purerpc's
@@ -52,8 +54,10 @@ from h2.stream import StreamInputs
 from purerpc.client import _Channel
 from purerpc.grpc_proto import GRPCProtoSocket, GRPCProtoStream
 from purerpc.grpc_socket import SocketWrapper
+from purerpc.grpclib.buffers import MessageReadBuffer
 from purerpc.grpclib.config import GRPCConfiguration
 from purerpc.grpclib.connection import GRPCConnection
+from purerpc.grpclib.events import RequestReceived
 from purerpc.grpclib.exceptions import MessageTooLargeError
 
 #: Every private or undocumented name of purerpc 0.8.0, h2 3.2.0 and anyio 4.16.0 the
@@ -64,6 +68,7 @@ LIBRARY_INTERNALS: dict[str, tuple[str, ...]] = {
     # purerpc 0.8.0 (its last release)
     "purerpc.grpclib.connection:GRPCConnection": (
         "_stream_reset",  # overridden: report an RST_STREAM
+        "_request_received",  # overridden: a malformed :path concerns its stream only
         "message_read_buffers",  # the partial message of a dead stream
         "h2_connection",
         "config",
@@ -180,6 +185,24 @@ def describe_transport_error(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+class MalformedRequest(RequestReceived):  # type: ignore[misc]  # purerpc is untyped
+    """The headers of a call whose `:path` is not `/<service>/<method>` (e.g. `/a/b/c`,
+    `nope`): no service and no method; the server ends that stream (UNIMPLEMENTED).
+
+    path: the `:path` as it came (a peer's text: quote it before showing it).
+    """
+
+    def __init__(self, stream_id: int, path: str) -> None:
+        super().__init__(stream_id, "https", "", "", "application/grpc")
+        self.path = path
+
+
+def _well_formed_path(path: str) -> bool:
+    """What purerpc's parser accepts without raising: a slash, then two names split by
+    one slash (it unpacks `path[1:].split("/")` into two)."""
+    return path.startswith("/") and path.count("/") == 2
+
+
 class ResetAwareConnection(GRPCConnection):  # type: ignore[misc]  # purerpc is untyped
     """A `GRPCConnection` that reports each RST_STREAM it receives to the `on_reset` hook.
 
@@ -204,6 +227,20 @@ class ResetAwareConnection(GRPCConnection):  # type: ignore[misc]  # purerpc is 
         self.forget_read_buffer(event.stream_id)
         self._on_reset(event.stream_id, int(event.error_code))
         return []
+
+    def _request_received(self, event: h2.events.RequestReceived) -> list[Any]:
+        # purerpc's parser raises ValueError or ProtocolError for such a path, inside
+        # the connection's reader: the whole connection, every call on it, was lost.
+        # (h2 has checked the pseudo-headers already: `:path` is there, once.)
+        path = next((str(v) for k, v in event.headers if k == ":path"), "")
+        if event.stream_ended or _well_formed_path(path):
+            return super()._request_received(event)  # type: ignore[no-any-return]
+        # A buffer as purerpc makes for every call: DATA that follows is read (and its
+        # window given back), not answered with a reset.
+        self.message_read_buffers[event.stream_id] = MessageReadBuffer(
+            None, self.config.max_message_length
+        )
+        return [MalformedRequest(event.stream_id, path)]
 
     def send_data_frame(self, stream_id: int, parts: list[bytes | memoryview]) -> None:
         """h2's `send_data` for one DATA frame made of `parts` (no END_STREAM, no

@@ -54,8 +54,9 @@ from purerpc.grpclib.events import RequestReceived
 from purerpc.wrappers import (
     call_server_stream_stream,
     call_server_stream_unary,
-    call_server_unary_stream,
-    call_server_unary_unary,
+    extract_message_from_singleton_stream,
+    send_multiple_messages_server,
+    send_single_message_server,
 )
 
 from jobworker.echo import bounded, quoted
@@ -65,6 +66,7 @@ from jobworker.transport._wire import (
     CLOSE_DRAIN_TIMEOUT,
     DEFAULT_MAX_MESSAGE,
     HookedSocket,
+    MalformedRequest,
     PacedStream,
     check_message_length,
     describe_transport_error,
@@ -77,12 +79,14 @@ log = logging.getLogger(__name__)
 #: Called as on_handshake_error(address, exc) after a rejected handshake was logged.
 HandshakeErrorHook = Callable[[str, BaseException], None]
 
-_CALLERS = {
-    purerpc.Cardinality.UNARY_UNARY: call_server_unary_unary,
-    purerpc.Cardinality.UNARY_STREAM: call_server_unary_stream,
+#: How the handler of a call with a stream of requests is called (purerpc's own).
+_STREAM_CALLERS = {
     purerpc.Cardinality.STREAM_UNARY: call_server_stream_unary,
     purerpc.Cardinality.STREAM_STREAM: call_server_stream_stream,
 }
+#: Seconds a call may take, after its HEADERS, to send its whole request message
+#: (`jwsd --request-timeout`).
+DEFAULT_REQUEST_TIMEOUT = 10.0
 
 # accept() errors that mean "out of resources right now", not "the listener is broken"
 # (the same list as trio's serve_listeners).
@@ -166,7 +170,9 @@ class RpcServer:
     handshake in seconds, and `max_handshakes` how many run at once.
     `max_connections_per_peer` bounds the connections one identity holds
     open (None: no bound); `idle_timeout` closes a connection that has had no
-    RPC open for that many seconds (None: never).
+    RPC open for that many seconds (None: never). `request_timeout` bounds how
+    long a call with one request message may take to send it, whole, after its
+    HEADERS: past it that call alone ends with DEADLINE_EXCEEDED (None: no bound).
 
     Run `serve()` in a nursery (`port = await nursery.start(server.serve)`).
     """
@@ -183,6 +189,7 @@ class RpcServer:
         max_handshakes: int = 256,
         max_connections_per_peer: int | None = None,
         idle_timeout: float | None = None,
+        request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
     ) -> None:
         self.host = host
         self.port = port
@@ -195,6 +202,7 @@ class RpcServer:
         self._handshakes = trio.Semaphore(max_handshakes)
         self._max_per_peer = max_connections_per_peer
         self._idle_timeout = idle_timeout
+        self._request_timeout = request_timeout
         self._per_peer: dict[str, int] = {}
         self._services: dict[str, purerpc.Service] = {}
         self._connections = _Counter()
@@ -466,6 +474,15 @@ class RpcServer:
         if not isinstance(event, RequestReceived):
             await _close(stream, purerpc.Status(purerpc.StatusCode.INTERNAL, "expected headers"))
             return
+        if isinstance(event, MalformedRequest):
+            await _close(
+                stream,
+                purerpc.Status(
+                    purerpc.StatusCode.UNIMPLEMENTED,
+                    f"path {quoted(event.path)} names no method; call /<service>/<method>",
+                ),
+            )
+            return
         service = self._services.get(event.service_name)
         method = None if service is None else service.methods.get(event.method_name)
         if method is None:
@@ -476,12 +493,44 @@ class RpcServer:
             )
             return
         stream.expect_message_type(method.signature.request_type)
-        call = _CALLERS[method.signature.cardinality]
+        handler = functools.partial(method.method_fn, request=event)
+        cardinality = method.signature.cardinality
         try:
-            await call(functools.partial(method.method_fn, request=event), stream)
+            if cardinality in _STREAM_CALLERS:
+                await _STREAM_CALLERS[cardinality](handler, stream)
+                return
+            # One request message (and the end of the client's stream), then the handler:
+            # purerpc's call_server_unary_* would wait for them for ever.
+            with trio.move_on_after(_or_forever(self._request_timeout)) as waiting:
+                request = await extract_message_from_singleton_stream(stream)
+            if waiting.cancelled_caught:
+                await _close(stream, _request_too_slow(self._request_timeout))
+                return
+            if cardinality is purerpc.Cardinality.UNARY_UNARY:
+                await send_single_message_server(stream, await handler(request))
+            else:
+                await send_multiple_messages_server(stream, handler(request))
         except Exception as exc:
             status = status_for(exc, f"{event.service_name}/{event.method_name}")
             await _close(stream, status)
+
+
+def _or_forever(timeout: float | None) -> float:
+    return float("inf") if timeout is None else timeout
+
+
+def _request_too_slow(timeout: float | None) -> Any:
+    """The status of a call whose request did not arrive in time.
+
+    DEADLINE_EXCEEDED, not CANCELLED: a time limit ran out before the call could
+    complete, which is what gRPC's DEADLINE_EXCEEDED says; CANCELLED says the
+    caller (or the server, shutting down) gave the call up, which nobody did.
+    """
+    return purerpc.Status(
+        purerpc.StatusCode.DEADLINE_EXCEEDED,
+        f"the request message did not arrive within {timeout:g} s of the call's headers; "
+        f"send it with them",
+    )
 
 
 async def _close(stream: GRPCProtoStream, status: Any) -> None:

@@ -309,3 +309,26 @@ def test_a_database_from_a_newer_jobworker_is_refused_in_one_line(
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "schema version 99, newer than" in lines[0], result.stderr
+
+
+def test_a_second_jwsd_on_the_same_data_dir_is_refused_naming_the_first_ones_pid(
+    tmp_path: Path, pki: TestPKI, daemons: list[Jwsd]
+) -> None:
+    """Two jwsd on one data dir destroyed each other's jobs: the second one, with another
+    cgroup name and port, started, reported the first one's running job Terminated
+    (lost) and let `jws rm` delete its directory. It is refused in one line instead,
+    before it reads or writes anything there, and the first one's job runs on."""
+    first = start_jwsd(tmp_path, pki)
+    daemons.append(first)
+    job_id = start(first, "--", "sh", "-c", "echo started; sleep 600")
+    assert status_of(first, job_id)["status"] == "Active"
+    job_dir = first.data_dir / "jobs" / job_id
+    before = sorted(p.name for p in job_dir.iterdir())
+    second = jwsd_fails(tmp_path, f"{first.cgroup_name}-other")
+    assert second.returncode != 0
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1, second.stderr
+    assert f"another jwsd (pid {first.process.pid}) uses data dir" in lines[0], lines
+    assert status_of(first, job_id)["status"] == "Active"
+    assert sorted(p.name for p in job_dir.iterdir()) == before
+    assert first.jws("stop", "-j", job_id).returncode == 0

@@ -317,3 +317,42 @@ def test_block_device_of_a_data_dir_is_the_disk_findmnt_names(tmp_path: Path) ->
     major, minor = (int(n) for n in (disk / "dev").read_text().split(":"))
     print(f"{tmp_path} is on {source}: {major}:{minor}")
     assert block_device_of(tmp_path) == (major, minor)
+
+
+def test_a_daemon_in_another_memory_cgroup_is_refused_the_parent_it_shares_in_cpu(
+    tmp_path: Path,
+) -> None:
+    """On v1, two daemons whose memory cgroups differ but whose cpu, pids, ... cgroups are
+    the same (this host's hierarchies are split: see /proc/self/cgroup) share the job
+    parent in those hierarchies; with a lock on the memory parent only, both ran and one
+    removed the other's `cpu/<name>`. The lock is on every hierarchy's parent."""
+    require_root()
+    own = read_own_cgroups(Path("/proc/self/cgroup"))
+    mounts = read_mounts(Path("/proc/self/mountinfo"))
+    if any(m.fstype == "cgroup2" and m.mount_point == Path("/sys/fs/cgroup") for m in mounts):
+        pytest.skip("a cgroup v2 host has one hierarchy: test_cgroups_fake covers its lock")
+    (memory_mount,) = [m for m in mounts if m.fstype == "cgroup" and "memory" in m.controllers]
+    # A second daemon's view of itself: the same cgroups but memory, a sibling cgroup.
+    other_memory = f"{own['memory'].rstrip('/')}/{unique_name()}-other"
+    other_dir = memory_mount.mount_point / other_memory.lstrip("/")
+    other_dir.mkdir()
+    proc_cgroup = tmp_path / "cgroup"
+    proc_cgroup.write_text(
+        "".join(
+            f"{line.rpartition(':')[0]}:{other_memory}\n"
+            if line.split(":")[1] == "memory"
+            else line + "\n"
+            for line in Path("/proc/self/cgroup").read_text().splitlines()
+        )
+    )
+    name = unique_name()
+    first = detect(name=name)
+    try:
+        with pytest.raises(SetupError, match=r"another jwsd owns cgroup /sys/fs/cgroup/\w+/"):
+            detect(name=name, proc_self_cgroup=proc_cgroup)
+        assert not (other_dir / name).exists(), "the refused daemon left its memory parent"
+        assert all(p.is_dir() for p in first.parent_dirs()), "the first daemon's tree was touched"
+    finally:
+        first.close()
+        other_dir.rmdir()
+    assert not cgroups_named(name)

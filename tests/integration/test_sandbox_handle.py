@@ -25,6 +25,7 @@ from jobworker.sandbox import OUTPUT_NAME, HostSetup, JobRequest, Sandbox
 from tests.conftest import require_root
 from tests.support.cgroupfs import job_cgroup_dirs
 from tests.support.leaks import LeakCheck
+from tests.support.names import unique_name
 from tests.support.timing import scaled
 from tests.support.waiting import eventually
 
@@ -63,7 +64,7 @@ async def host(tmp_path: Path) -> AsyncIterator[Host]:
     jobs.mkdir(parents=True)
     for directory in (data, jobs):
         os.chmod(directory, 0o711)
-    cgroup_name = f"jobworker-test-{uuid.uuid4().hex[:8]}"
+    cgroup_name = unique_name()
     sandbox = Sandbox.open(
         HostSetup.check("nobody", data_dir=data),
         data,

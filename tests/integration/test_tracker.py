@@ -758,9 +758,7 @@ async def test_a_stopped_job_whose_status_file_is_gone_is_restored_as_stopped(
     )
     store.close()
     before = time.time()
-    async with JobTracker(
-        TrackerConfig(data_dir=data, cgroup_name=f"jobworker-test-{uuid.uuid4().hex[:8]}")
-    ) as tracker:
+    async with JobTracker(TrackerConfig(data_dir=data, cgroup_name=unique_name())) as tracker:
         status = tracker.status("alex", "a0000000-0000-4000-8000-000000000000")
     assert status.state is JobState.TERMINATED and status.outcome is Outcome.STOPPED
     assert (status.exit_code, status.signal) == (137, 9)

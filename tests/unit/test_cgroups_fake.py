@@ -651,3 +651,63 @@ def test_block_device_of_a_partition_is_its_whole_disk(tmp_path: Path) -> None:
 def test_block_device_of_a_missing_path_is_an_invalid_request(tmp_path: Path) -> None:
     with pytest.raises(InvalidRequestError, match="cannot look at"):
         block_device_of(tmp_path / "nope")
+
+
+# ---- one daemon per tree, on every hierarchy; a tree removed under the daemon ------------
+
+
+def test_a_daemon_in_another_memory_cgroup_is_refused_the_parents_it_would_share(
+    tmp_path: Path,
+) -> None:
+    """The lock is on every hierarchy's parent, not just the memory one; the refused
+    daemon removes the memory parent it had just made."""
+    first = v1_host(tmp_path)
+    driver = first.detect()
+    (first.root / "memory" / "process_api" / "other").mkdir()
+    first.cgroup_lines = [
+        line.replace("memory:/process_api/abc", "memory:/process_api/other")
+        for line in first.cgroup_lines
+    ]
+    with pytest.raises(SetupError, match=r"another jwsd owns cgroup .*/cpu/jobworker;"):
+        first.detect()
+    assert not (first.root / "memory" / "process_api" / "other" / "jobworker").exists()
+    driver.close()
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_tree_removed_under_the_daemon_is_rebuilt_by_the_next_create_and_locked_again(
+    tmp_path: Path, version: int
+) -> None:
+    host = (v1_host if version == 1 else v2_host)(tmp_path)
+    driver = host.detect()
+    told: list[bool] = []
+    driver.on_tree_change = told.append
+    for parent in driver.parent_dirs():
+        fake_rmdir(parent)
+    driver.create("job", Limits(), None).remove_blocking()
+    assert told == [False, True] and driver.tree_whole
+    assert all(parent.is_dir() for parent in driver.parent_dirs())
+    with pytest.raises(SetupError, match="another jwsd owns cgroup"):
+        host.detect()  # the rebuilt parents are locked, as the first ones were
+    driver.ensure_tree()
+    assert told == [False, True]  # a whole tree: nothing to say
+    driver.close()
+
+
+def test_a_tree_another_daemon_took_meanwhile_is_not_rebuilt_until_it_lets_go(
+    tmp_path: Path,
+) -> None:
+    host = v1_host(tmp_path)
+    driver = host.detect()
+    told: list[bool] = []
+    driver.on_tree_change = told.append
+    for parent in driver.parent_dirs():
+        fake_rmdir(parent)
+    other = host.detect()  # made the parents again, and holds them
+    with pytest.raises(SetupError, match="another jwsd owns cgroup"):
+        driver.create("job", Limits(), None)
+    assert told == [False] and not driver.tree_whole
+    other.close()
+    driver.ensure_tree()
+    assert told == [False, True] and driver.tree_whole
+    driver.close()

@@ -4,12 +4,13 @@
 `create()` makes a `JobCgroup` per job with its limits written. The job's
 trampoline writes its pid into each of `JobCgroup.procs_files`; `kill_all()`,
 `usage()` and `remove()` end its life. `block_device_of()` gives the disk the
-IO limits apply to. Control files are written inline: see `base`.
+IO limits apply to. Control files are written inline: see `base`. `keep_tree()`
+is the daemon's task that rebuilds a tree removed under it.
 """
 
 from __future__ import annotations
 
-from jobworker.sandbox.cgroups.base import CgroupDriver, JobCgroup
+from jobworker.sandbox.cgroups.base import CgroupDriver, JobCgroup, keep_tree
 from jobworker.sandbox.cgroups.blockdev import block_device_of
 from jobworker.sandbox.cgroups.detect import detect
 from jobworker.sandbox.cgroups.v1 import V1Driver, V1JobCgroup
@@ -24,4 +25,5 @@ __all__ = [
     "V2JobCgroup",
     "block_device_of",
     "detect",
+    "keep_tree",
 ]

@@ -17,6 +17,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import logging
 import os
 import re
 import select
@@ -29,6 +30,8 @@ import trio
 
 from jobworker.errors import InvalidRequestError, SetupError
 from jobworker.model import Limits, Usage
+
+log = logging.getLogger("jobworker.cgroups")
 
 #: How a cgroup directory is removed. The kernel's rmdir is the only real one; a
 #: fake cgroupfs in a temp dir passes its own (its control files are plain files,
@@ -48,12 +51,69 @@ class CgroupDriver(abc.ABC):
     parent: the directory holding every job's cgroup (on v1: the one in the
         memory hierarchy, as a representative; each hierarchy has its own).
 
-    One daemon per parent: a driver locks its parent when it is made (SetupError
-    if another daemon holds it) and releases it in `close()`.
+    One daemon per parent: a driver locks its parent in every hierarchy when it is
+    made (SetupError if another daemon holds one) and releases them in `close()`.
+
+    The tree can be removed under a running daemon (rmdir of an empty parent, by an
+    operator's script or a cgroup manager): `ensure_tree()` finds that, says so in
+    the log, tells `on_tree_change` and builds the parents again (see
+    docs/operations.md). `create()` calls it first, the daemon periodically.
     """
 
     version: int
     parent: Path
+    #: Called with False when the tree is found gone, True once it is whole again
+    #: (jwsd's health); None: nobody is told.
+    on_tree_change: Callable[[bool], None] | None = None
+    #: False from the moment a parent is found gone until the tree is rebuilt.
+    tree_whole: bool = True
+    #: The lock on each job parent (`lock_parents`), by directory.
+    lock_fds: dict[Path, int]
+
+    @abc.abstractmethod
+    def parent_dirs(self) -> tuple[Path, ...]:
+        """The job parent in each hierarchy the driver writes (one on v2)."""
+
+    @abc.abstractmethod
+    def rebuild(self) -> None:
+        """Make the job parents that are gone again, ready for jobs (cpuset, enabled
+        controllers), and lock each anew (a removed directory's lock went with it).
+        Raises SetupError when one cannot be made, or another daemon made and locked
+        it meanwhile."""
+
+    def ensure_tree(self) -> None:
+        """Check that every job parent exists and is the directory we locked; rebuild
+        the tree when one was removed (and perhaps made again by someone else).
+
+        A stat and an fstat per hierarchy, done inline (cgroupfs never touches a disk). cgroupfs
+        sends no inotify event for an rmdir (kernfs; checked on Linux 6.1), so the
+        daemon calls this on a timer as well as before each start. Logs the removal
+        (ERROR) and the rebuild (WARNING) once each, and tells `on_tree_change`.
+        Raises SetupError when the rebuild fails; the next call tries again.
+        """
+        missing = unheld(self.lock_fds, self.parent_dirs())
+        if not missing and self.tree_whole:
+            return
+        if self.tree_whole:
+            self.tree_whole = False
+            log.error(
+                "cgroup %s was removed while jwsd runs (jwsd never removes it before it "
+                "exits; someone else did); rebuilding the job cgroup tree",
+                ", ".join(map(str, missing)),
+            )
+            self._tell_tree(False)
+        try:
+            self.rebuild()
+        except SetupError as exc:
+            log.error("cannot rebuild the job cgroup tree: %s; job starts fail until it is", exc)
+            raise
+        self.tree_whole = True
+        log.warning("rebuilt the job cgroup tree %s; jobs start again", self.parent)
+        self._tell_tree(True)
+
+    def _tell_tree(self, whole: bool) -> None:
+        if self.on_tree_change is not None:
+            self.on_tree_change(whole)
 
     @abc.abstractmethod
     def create(
@@ -187,6 +247,20 @@ class JobCgroup(abc.ABC):
         for directory in self.directories():
             if directory.parent.name.startswith(OWNER_GROUP_PREFIX):
                 self._try_rmdir(directory.parent)
+
+
+#: Seconds between the daemon's checks that its cgroup tree is still there.
+TREE_CHECK_INTERVAL = 2.0
+
+
+async def keep_tree(driver: CgroupDriver, interval: float = TREE_CHECK_INTERVAL) -> None:
+    """Run `driver.ensure_tree()` every `interval` seconds until cancelled, so that a
+    tree removed while no job starts is rebuilt (and health reports it) all the same:
+    cgroupfs has no event for it. A failed rebuild is logged there and tried again."""
+    while True:
+        await trio.sleep(interval)
+        with contextlib.suppress(SetupError):
+            driver.ensure_tree()
 
 
 # ---- helpers shared by v1 and v2 -------------------------------------------------------------
@@ -430,3 +504,49 @@ def unlock(fd: int | None) -> None:
     """Release a lock taken by `lock_parent`; None (never locked) is fine."""
     if fd is not None:
         os.close(fd)
+
+
+def lock_parents(parents: Iterable[Path]) -> dict[Path, int]:
+    """`lock_parent` of each directory (one per hierarchy), all or none: when one is
+    held by another daemon, those taken are released and SetupError names the one.
+
+    Why every hierarchy: on a v1 host whose hierarchies are split (memory elsewhere
+    than cpu and pids), two daemons in different memory cgroups share `cpu/<name>`;
+    a lock on one hierarchy let both run, and one removed the other's parent.
+    """
+    fds: dict[Path, int] = {}
+    try:
+        for parent in dict.fromkeys(parents):
+            fds[parent] = lock_parent(parent)
+    except BaseException:
+        unlock_all(fds)
+        raise
+    return fds
+
+
+def unlock_all(fds: dict[Path, int]) -> None:
+    """Release every lock `lock_parents` took, and forget them."""
+    for fd in fds.values():
+        unlock(fd)
+    fds.clear()
+
+
+def unheld(fds: dict[Path, int], parents: Iterable[Path]) -> list[Path]:
+    """The parents whose directory is gone, or is not the one our lock is on (it was
+    removed and made again), or that we hold no lock on."""
+    found = []
+    for parent in dict.fromkeys(parents):
+        fd = fds.get(parent)
+        try:
+            same = fd is not None and os.fstat(fd).st_ino == os.stat(parent).st_ino
+        except OSError:
+            same = False
+        if not same:
+            found.append(parent)
+    return found
+
+
+def relock(fds: dict[Path, int], parent: Path) -> None:
+    """Lock a rebuilt `parent` anew: the old lock was on the removed directory."""
+    unlock(fds.pop(parent, None))
+    fds[parent] = lock_parent(parent)

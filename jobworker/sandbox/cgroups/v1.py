@@ -82,26 +82,45 @@ class V1Driver(base.CgroupDriver):
     version: int = attrs.field(default=1, init=False)
     parent: Path = attrs.field(init=False)
 
-    lock_fd: int | None = attrs.field(init=False)
+    lock_fds: dict[Path, int] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.parent = self.parents["memory"]
-        self.lock_fd = base.lock_parent(self.parent)
+        self.lock_fds = base.lock_parents(self._distinct_parents())
 
     @classmethod
     def open(cls, own: Mapping[str, Path], name: str, rmdir: base.Rmdir = os.rmdir) -> V1Driver:
-        """Create `<own>/<name>` in each hierarchy (existing ones are reused).
+        """Create `<own>/<name>` in each hierarchy (existing ones are reused) and lock
+        each of them for this daemon alone.
 
         own: the daemon's own cgroup directory per controller in CONTROLLERS.
-        Raises SetupError when a directory cannot be created.
+        Raises SetupError when a directory cannot be created, or another daemon
+        holds one of them (the directories this call made are then removed).
         """
         parents = {c: own[c] / name for c in CONTROLLERS}
-        for directory in dict.fromkeys(parents.values()):
-            _mkdir(directory)
-        return cls(parents, rmdir)
+        made = []
+        try:
+            for directory in dict.fromkeys(parents.values()):
+                if not directory.is_dir():
+                    made.append(directory)
+                _mkdir(directory)
+            return cls(parents, rmdir)
+        except BaseException:
+            for directory in reversed(made):  # empty: nothing was started in them
+                with contextlib.suppress(SetupError):
+                    base.try_rmdir(directory, rmdir)
+            raise
 
     def _distinct_parents(self) -> tuple[Path, ...]:
         return tuple(dict.fromkeys(self.parents[c] for c in CONTROLLERS))
+
+    def parent_dirs(self) -> tuple[Path, ...]:
+        return self._distinct_parents()
+
+    def rebuild(self) -> None:
+        for directory in base.unheld(self.lock_fds, self._distinct_parents()):
+            _mkdir(directory)
+            base.relock(self.lock_fds, directory)
 
     def create(
         self,
@@ -112,6 +131,7 @@ class V1Driver(base.CgroupDriver):
     ) -> V1JobCgroup:
         base.check_job_id(job_id)
         base.check_io_device(limits, io_device)
+        self.ensure_tree()
         parents = dict(self.parents)
         if owner is not None:
             parents = {c: p / base.owner_group(owner) for c, p in parents.items()}
@@ -206,8 +226,7 @@ class V1Driver(base.CgroupDriver):
         for directory in self._distinct_parents():
             with contextlib.suppress(OSError):
                 self.rmdir(directory)
-        base.unlock(self.lock_fd)
-        self.lock_fd = None
+        base.unlock_all(self.lock_fds)
 
 
 def _mkdir(directory: Path) -> None:

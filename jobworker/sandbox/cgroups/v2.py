@@ -105,10 +105,20 @@ class V2Driver(base.CgroupDriver):
     rmdir: base.Rmdir = os.rmdir
     enable: str = ""  # "+cpu +memory ...": what each owner group hands down
     version: int = attrs.field(default=2, init=False)
-    lock_fd: int | None = attrs.field(init=False)
+    lock_fds: dict[Path, int] = attrs.field(init=False)  # one entry
 
     def __attrs_post_init__(self) -> None:
-        self.lock_fd = base.lock_parent(self.parent)
+        self.lock_fds = base.lock_parents([self.parent])
+
+    def parent_dirs(self) -> tuple[Path, ...]:
+        return (self.parent,)
+
+    def rebuild(self) -> None:
+        if base.unheld(self.lock_fds, [self.parent]):
+            base.ensure_dir(self.parent)
+            if self.enable:
+                _enable(self.parent, self.enable)
+            base.relock(self.lock_fds, self.parent)
 
     @classmethod
     def open(
@@ -161,6 +171,7 @@ class V2Driver(base.CgroupDriver):
     ) -> V2JobCgroup:
         base.check_job_id(job_id)
         base.check_io_device(limits, io_device)
+        self.ensure_tree()
         parent = self.parent
         if owner is not None:
             parent = self.parent / base.owner_group(owner)
@@ -228,8 +239,7 @@ class V2Driver(base.CgroupDriver):
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.rmdir(self.parent)
-        base.unlock(self.lock_fd)
-        self.lock_fd = None
+        base.unlock_all(self.lock_fds)
 
 
 def _take_over(subtree: Path, enable: str) -> None:
