@@ -16,7 +16,7 @@ import pytest
 import trustme
 from cryptography import x509
 
-from tests.e2e.conftest import Jwsd
+from tests.e2e.conftest import Jwsd, start_jwsd
 from tests.support.certs import TestPKI
 from tests.support.timing import scaled
 from tests.support.waiting import eventually_blocking
@@ -181,3 +181,24 @@ def test_after_a_client_ca_rotation_the_old_cas_certificates_are_refused(
             if pipe is not None:
                 pipe.close()
     ok(jwsd.jws("stop", "-j", job_id, user="admin"))
+
+
+def test_the_service_manager_hears_reloading_then_ready_whether_or_not_it_worked(
+    daemons: list[Jwsd], tmp_path: Path, pki: TestPKI
+) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(tmp_path / "notify"))
+        sock.settimeout(scaled(10))
+        jwsd = start_jwsd(tmp_path, pki, env={"NOTIFY_SOCKET": str(tmp_path / "notify")})
+        daemons.append(jwsd)
+        assert sock.recv(4096).startswith(b"READY=1\n")
+        reload(jwsd)
+        assert sock.recv(4096).startswith(b"RELOADING=1\nMONOTONIC_USEC=")
+        assert sock.recv(4096) == f"READY=1\nSTATUS=serving on {jwsd.addr}\n".encode()
+        (tmp_path / "users.toml").write_text("[users\n")
+        reload(jwsd, "reload refused")
+        assert sock.recv(4096).startswith(b"RELOADING=1\n")
+        ready = sock.recv(4096).decode()
+        assert ready.startswith(
+            f"READY=1\nSTATUS=serving on {jwsd.addr}; the last reload was refused: the users file"
+        )
