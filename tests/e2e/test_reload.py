@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import ssl
 import subprocess
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import trustme
 from cryptography import x509
 
 from tests.e2e.conftest import Jwsd, start_jwsd
+from tests.support import certs
 from tests.support.certs import TestPKI
 from tests.support.timing import scaled
 from tests.support.waiting import eventually_blocking
@@ -46,18 +46,7 @@ def reload(jwsd: Jwsd, outcome: str = "reloaded") -> str:
 
 def server_serial(jwsd: Jwsd, user: str = "alex") -> int:
     """The serial of the certificate jwsd shows a new connection."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.load_verify_locations(jwsd.tls_dir / "server_ca_cert.pem")
-    user_dir = jwsd.tls_dir / user
-    context.load_cert_chain(user_dir / "client_cert.pem", user_dir / "client_key.pem")
-    host, port = jwsd.addr.rsplit(":", 1)
-    with (
-        socket.create_connection((host, int(port)), timeout=scaled(10)) as raw,
-        context.wrap_socket(raw, server_hostname=host) as tls,
-    ):
-        der = tls.getpeercert(binary_form=True)
-    assert der is not None
-    return x509.load_der_x509_certificate(der).serial_number
+    return certs.server_serial(jwsd.addr, jwsd.tls_dir, user, timeout=scaled(10))
 
 
 def write_server_cert(tls_dir: Path, cert: trustme.LeafCert) -> None:
@@ -71,6 +60,14 @@ def follow(jwsd: Jwsd, job_id: str, user: str) -> subprocess.Popen[bytes]:
     assert follower.stdout is not None
     assert follower.stdout.readline().startswith(b"tick ")
     return follower
+
+
+def close(follower: subprocess.Popen[bytes]) -> None:
+    follower.kill()
+    follower.wait()
+    for pipe in (follower.stdout, follower.stderr):
+        if pipe is not None:
+            pipe.close()
 
 
 def state(jwsd: Jwsd, job_id: str) -> str:
@@ -116,12 +113,8 @@ def test_a_user_removed_from_the_users_file_loses_their_streams_and_nobody_else(
         assert "user=betty method=GetJobOutput" in jwsd.log
         assert "code=UNAUTHENTICATED" in jwsd.log
     finally:
-        for follower in (alex, betty):
-            follower.kill()
-            follower.wait()
-            for pipe in (follower.stdout, follower.stderr):
-                if pipe is not None:
-                    pipe.close()
+        close(alex)
+        close(betty)
     ok(jwsd.jws("stop", "-j", alex_job, user="admin"))
     ok(jwsd.jws("stop", "-j", betty_job, user="admin"))
 
@@ -175,11 +168,7 @@ def test_after_a_client_ca_rotation_the_old_cas_certificates_are_refused(
         assert ok(jwsd.jws("list", user="betty")) is not None
         assert state(jwsd, job_id) == "Active"
     finally:
-        alex.kill()
-        alex.wait()
-        for pipe in (alex.stdout, alex.stderr):
-            if pipe is not None:
-                pipe.close()
+        close(alex)
     ok(jwsd.jws("stop", "-j", job_id, user="admin"))
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from jobworker.sandbox.bwrap import HELPER_PROCESSES
-from tests.support.certs import TestPKI
+from tests.support.certs import TestPKI, server_serial
 from tests.support.timing import scaled
 from tests.system.conftest import BIN, ROOT, processes_with, require_systemd, run
 
@@ -190,26 +190,7 @@ def test_the_upgrade_signal_under_the_shipped_unit_ends_the_jobs(unit: None) -> 
 
 
 def _server_serial() -> int:
-    """The serial of the certificate jwsd shows a new connection."""
-    import socket
-    import ssl
-
-    from cryptography import x509
-
-    tls_dir = CONFIG / "tls"
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.load_verify_locations(tls_dir / "server_ca_cert.pem")
-    context.load_cert_chain(
-        tls_dir / "alex" / "client_cert.pem", tls_dir / "alex" / "client_key.pem"
-    )
-    host, port = ADDR.rsplit(":", 1)
-    with (
-        socket.create_connection((host, int(port)), timeout=scaled(10)) as raw,
-        context.wrap_socket(raw, server_hostname=host) as tls,
-    ):
-        der = tls.getpeercert(binary_form=True)
-    assert der is not None
-    return x509.load_der_x509_certificate(der).serial_number
+    return server_serial(ADDR, CONFIG / "tls", "alex", timeout=scaled(10))
 
 
 def test_reload_puts_a_new_certificate_in_force_and_refuses_a_broken_users_file(
