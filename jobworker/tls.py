@@ -79,6 +79,66 @@ def client_context(server_ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
     return context
 
 
+class ClientCa:
+    """The client CA's certificates, to ask again whether it signs a certificate that a
+    handshake accepted before this CA was loaded (jwsd's reload of its TLS files).
+
+    `signs` asks whether the certificate was issued directly by one of the CA file's
+    certificates (its issuer name and signature): the client CA, or an intermediate
+    listed in the same file. That is all a handshake that already happened leaves to
+    check (Python 3.11 keeps no verified chain), so it never accepts more than a
+    handshake with this CA would.
+    """
+
+    def __init__(self, path: Path, certificates: list[Any]) -> None:
+        self.path = path
+        self._certificates = certificates
+
+    @classmethod
+    def load(cls, path: Path) -> ClientCa:
+        """The CA certificates in `path` (PEM). Raises SetupError naming the file."""
+        from cryptography import x509
+
+        data = _read(path, "client ca certificate")
+        try:
+            certificates = x509.load_pem_x509_certificates(data)
+        except ValueError:
+            raise SetupError(
+                f"client ca certificate {path} is not a pem certificate; check the path or {_REMEDY}"
+            ) from None
+        return cls(path, certificates)
+
+    def signs(self, der: bytes) -> bool:
+        """Whether this CA issued the certificate `der` (DER bytes): see the class."""
+        from cryptography import x509
+        from cryptography.exceptions import InvalidSignature
+
+        try:
+            leaf = x509.load_der_x509_certificate(der)
+        except ValueError:
+            return False
+        for ca in self._certificates:
+            try:
+                leaf.verify_directly_issued_by(ca)
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+            return True
+        return False
+
+
+def certificate_serial(path: Path) -> int:
+    """The serial number of the (first) certificate in `path`, for the log.
+    Raises SetupError naming the file, as `check_certificate_file` does."""
+    from cryptography import x509
+
+    try:
+        return x509.load_pem_x509_certificate(_read(path, "certificate")).serial_number
+    except ValueError:
+        raise SetupError(
+            f"{path} is not a pem x.509 certificate; check the path or {_REMEDY}"
+        ) from None
+
+
 def check_certificate_file(path: Path, *, now: datetime | None = None) -> None:
     """Check that `path` holds PEM X.509 certificates that are valid now.
 

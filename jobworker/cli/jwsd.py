@@ -4,11 +4,13 @@ SIGTERM or SIGINT starts a clean shutdown (stop accepting, stop every job,
 end every stream, remove cgroups, exit 0); a second signal cuts the grace
 periods short and kills every job at once. SIGUSR1 exits leaving every running
 job running (the upgrade path): the next jwsd on the same data dir takes them
-over, as it does after a crash.
+over, as it does after a crash. SIGHUP reloads the TLS files and the users file
+(`jobworker.server.reload`): one log line says what is in force, or why the
+reload was refused and the configuration in force stays.
 
 Under a service manager that sets `$NOTIFY_SOCKET` (systemd's `Type=notify`),
-jwsd sends READY=1 once it serves and STOPPING=1 when its shutdown begins
-(`jobworker.server.notify`).
+jwsd sends READY=1 once it serves, RELOADING=1 … READY=1 around a reload, and
+STOPPING=1 when its shutdown begins (`jobworker.server.notify`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from jobworker.sandbox import host as host_checks
 from jobworker.sandbox.hostview import JobBind
 from jobworker.server.daemon import DEFAULT_PORT, DaemonConfig, serve
 from jobworker.server.notify import Notifier
+from jobworker.server.reload import Reloader
 from jobworker.units import format_duration, parse_addr, parse_duration, parse_size
 
 log = logging.getLogger("jobworker.daemon")
@@ -330,18 +333,39 @@ def _fail_on_setup_error(group: BaseExceptionGroup[BaseException]) -> None:
 
 async def run(config: DaemonConfig) -> None:
     """serve() with signal handling: the first SIGTERM/SIGINT shuts down cleanly,
-    a second one forces it (every job is killed at once); and the service manager
-    told READY=1 once it serves, STOPPING=1 when the shutdown begins."""
+    a second one forces it (every job is killed at once); SIGHUP reloads the TLS
+    files and the users file; and the service manager told READY=1 once it serves,
+    RELOADING=1 … READY=1 around a reload, STOPPING=1 when the shutdown begins."""
     shutdown = trio.Event()
     keep_jobs = trio.Event()
     notifier = Notifier.from_environment()
+    reloader = Reloader()
+    serving_status = f"serving on {config.host}:{config.port}"
+
+    def reload() -> None:
+        if not reloader.attached:
+            log.warning("got SIGHUP: not serving yet or shutting down, nothing to reload")
+            return
+        notifier.reloading("reloading the tls files and the users file")
+        try:
+            summary = reloader.reload()
+        except SetupError as exc:
+            log.error("got SIGHUP: reload refused, the configuration in force stays: %s", exc)
+            notifier.ready(f"{serving_status}; the last reload was refused: {exc}")
+        else:
+            log.info("got SIGHUP: reloaded: %s", summary)
+            notifier.ready(serving_status)
+
     async with trio.open_nursery() as nursery:
 
         async def watch_signals() -> None:
             with trio.open_signal_receiver(
-                signal.SIGTERM, signal.SIGINT, signal.SIGUSR1
+                signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP
             ) as signals:
                 async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        reload()
+                        continue
                     if signum == signal.SIGUSR1:
                         if not shutdown.is_set():
                             log.info("got SIGUSR1: exiting, leaving every running job running")
@@ -368,10 +392,13 @@ async def run(config: DaemonConfig) -> None:
         with serve_scope:
             async with trio.open_nursery() as serving:
                 port = await serving.start(
-                    functools.partial(serve, keep_jobs=keep_jobs), config, shutdown
+                    functools.partial(serve, keep_jobs=keep_jobs, reloader=reloader),
+                    config,
+                    shutdown,
                 )
+                serving_status = f"serving on {config.host}:{port}"
                 if not shutdown.is_set():
-                    notifier.ready(f"serving on {config.host}:{port}")
+                    notifier.ready(serving_status)
         nursery.cancel_scope.cancel()
 
 

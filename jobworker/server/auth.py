@@ -15,11 +15,20 @@ job id as sent, before the handler has checked it, shows as a quoted prefix.
 
 Nothing the client sends (metadata included) is consulted for identity.
 
+A reload (`reconfigure`, on SIGHUP) swaps the users file and the client CA in
+place. New calls are checked against the new ones, on old connections too: a
+certificate the new client CA did not issue is UNAUTHENTICATED, as is a name the
+new users file does not list. Every open call is checked again at once, and one
+the new configuration refuses ends with the status a new call would get (its
+handler cancelled, the status sent: `jobworker.transport.current_rpc`), so a
+revoked user keeps no stream; every other call goes on untouched.
+
 One exemption, decided here and nowhere else: the services in
 `OPEN_SERVICES` (the standard health service) answer any client whose
 certificate passed the mTLS handshake, with no users file check, and keep
 answering during shutdown (to report NOT_SERVING); their calls are logged
-at DEBUG, since probes call them every few seconds.
+at DEBUG, since probes call them every few seconds. After a reload they too
+need a certificate the client CA in force signs.
 """
 
 from __future__ import annotations
@@ -34,12 +43,16 @@ import attrs
 import purerpc
 
 from jobworker.echo import log_field
-from jobworker.errors import ShuttingDownError
+from jobworker.errors import ShuttingDownError, UnauthenticatedError
 from jobworker.server.policy import Caller, UserPolicy
+from jobworker.tls import ClientCa
 from jobworker.transport import (
     MethodCall,
+    Peer,
+    RpcHandle,
     code_name,
     current_identity,
+    current_rpc,
     to_rpc_error,
     wrap_methods,
 )
@@ -51,6 +64,9 @@ OPEN_SERVICES = frozenset({"grpc.health.v1.Health"})
 
 #: The authenticated caller of the RPC being handled.
 current_caller: contextvars.ContextVar[Caller] = contextvars.ContextVar("jobworker_current_caller")
+#: How many certificates `CallGuard` remembers the client CA's verdict on.
+_SIGNED_CACHE = 1024
+
 _current_record: contextvars.ContextVar[_CallRecord] = contextvars.ContextVar(
     "jobworker_call_record"
 )
@@ -71,15 +87,78 @@ class _CallRecord:
 
 
 @attrs.define(eq=False)
+class _OpenCall:
+    """A call inside the guard: who made it, and how to end it."""
+
+    peer: Peer | None
+    open_service: bool
+    rpc: RpcHandle | None
+    ended_by: Exception | None = None
+
+
+@attrs.define(eq=False)
 class CallGuard:
-    """Authentication, error mapping and the access log, around every call."""
+    """Authentication, error mapping and the access log, around every call.
+
+    policy: the users file in force.
+    client_ca: the client CA in force, which every call's certificate must have been
+        issued by; None: the handshake's check is the only one (as before any reload).
+    """
 
     policy: UserPolicy
+    client_ca: ClientCa | None = None
     _accepting: bool = True
+    _open: set[_OpenCall] = attrs.field(factory=set)
+    #: The client CA's verdict per certificate (DER), for calls on old connections.
+    _signed: dict[bytes, bool] = attrs.field(factory=dict)
 
     def refuse_new_calls(self) -> None:
         """From now on every new call gets UNAVAILABLE (the daemon is shutting down)."""
         self._accepting = False
+
+    def reconfigure(self, policy: UserPolicy, client_ca: ClientCa | None) -> int:
+        """Put `policy` and `client_ca` in force for every call from now on, and end each
+        open call they refuse with the status a new call would get (see the module
+        docstring). Returns how many calls were ended."""
+        self.policy = policy
+        self.client_ca = client_ca
+        self._signed.clear()
+        ended = 0
+        for call in list(self._open):
+            try:
+                self._admit(call.peer, open_service=call.open_service)
+            except UnauthenticatedError as exc:
+                if call.rpc is not None and call.ended_by is None:
+                    call.ended_by = exc
+                    call.rpc.end(to_rpc_error(exc))
+                    ended += 1
+        return ended
+
+    def _admit(self, peer: Peer | None, *, open_service: bool) -> Caller | None:
+        """The caller `peer` is under the configuration in force (None for an open
+        service); raises UnauthenticatedError."""
+        if (
+            self.client_ca is not None
+            and peer is not None
+            and peer.certificate is not None
+            and not self._is_signed(peer.certificate)
+        ):
+            raise UnauthenticatedError(
+                f"the client certificate is not signed by the client ca in force "
+                f"({self.client_ca.path}); get a certificate from it"
+            )
+        if open_service:
+            return None
+        return self.policy.authenticate(peer.common_name if peer else None)
+
+    def _is_signed(self, certificate: bytes) -> bool:
+        assert self.client_ca is not None
+        verdict = self._signed.get(certificate)
+        if verdict is None:
+            if len(self._signed) >= _SIGNED_CACHE:
+                self._signed.clear()
+            verdict = self._signed[certificate] = self.client_ca.signs(certificate)
+        return verdict
 
     @contextlib.asynccontextmanager
     async def wrap(self, method: str, call: MethodCall) -> AsyncIterator[_CallRecord]:
@@ -87,38 +166,45 @@ class CallGuard:
         record = _CallRecord(method, job_id=getattr(call.message, "job_id", "") or "-")
         started = time.monotonic()
         error: BaseException | None = None
+        peer = current_identity()
         if call.service_name in OPEN_SERVICES:
             # The TLS handshake already required a certificate of the client CA.
-            peer = current_identity()
             record.user = (peer.common_name if peer else None) or "-"
+            open_call = _OpenCall(peer, open_service=True, rpc=current_rpc())
             try:
+                self._admit(peer, open_service=True)
+                self._open.add(open_call)
                 yield record
             except BaseException as exc:
-                error = exc
+                error = open_call.ended_by or exc
                 raise
             finally:
+                self._open.discard(open_call)
                 access_log.debug(
                     "rpc user=%s method=%s code=%s", record.user, method, code_name(error)
                 )
             return
+        open_call = _OpenCall(peer, open_service=False, rpc=current_rpc())
         try:
             if not self._accepting:
                 raise ShuttingDownError()
-            peer = current_identity()
-            caller = self.policy.authenticate(peer.common_name if peer else None)
+            caller = self._admit(peer, open_service=False)
+            assert caller is not None
             record.user = caller.name
             token = current_caller.set(caller)
             record_token = _current_record.set(record)
+            self._open.add(open_call)
             try:
                 yield record
             finally:
+                self._open.discard(open_call)
                 _current_record.reset(record_token)
                 current_caller.reset(token)
         except Exception as exc:
             error = to_rpc_error(exc, method)
             raise error from None
-        except BaseException as exc:  # cancelled: the client went away, or shutdown
-            error = exc
+        except BaseException as exc:  # cancelled: the client went away, shutdown, or a reload
+            error = open_call.ended_by or exc
             raise
         finally:
             access_log.info(

@@ -7,6 +7,11 @@
                      ├─ keep_tree (rebuilds the job cgroup tree if it is removed)
                      └─ waits for `shutdown` (set by the signal task of `jwsd`)
 
+A reload (`Reloader`, which the signal task calls on SIGHUP) reads the TLS files and
+the users file again and puts them in force without a restart: new connections get
+the new certificate and client CA, new calls the new users file, and open calls
+the new configuration refuses end (`jobworker.server.auth`); jobs never notice.
+
 The standard health service (`jobworker.server.health`) runs beside the API on
 the same port: SERVING once listening, NOT_SERVING as soon as shutdown begins,
 and while the job cgroup tree, removed under jwsd, is being rebuilt
@@ -31,14 +36,13 @@ from typing import Any
 import attrs
 import trio
 
-from jobworker import tls
 from jobworker.jobs.config import TrackerConfig, field_names
 from jobworker.jobs.tracker import JobTracker
 from jobworker.model import MAX_SERVER_MESSAGE, JobState
 from jobworker.sandbox.cgroups import keep_tree
 from jobworker.server.auth import CallGuard, guarded
 from jobworker.server.health import HealthService
-from jobworker.server.policy import UserPolicy
+from jobworker.server.reload import Access, Reloader
 from jobworker.server.service import JobWorkerService
 from jobworker.transport import RpcServer
 from jobworker.transport.server import DEFAULT_REQUEST_TIMEOUT
@@ -96,28 +100,28 @@ async def serve(
     shutdown: trio.Event,
     *,
     keep_jobs: trio.Event | None = None,
+    reloader: Reloader | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run jwsd until `shutdown` is set, then shut down cleanly (see the module docstring).
     When `keep_jobs` is set by then, running jobs are left running (and recorded) for
     the next jwsd on the same data dir to take over, instead of being stopped.
+    `reloader`: attached once serving, detached when the shutdown begins; its
+    `reload()` then re-reads the TLS files and the users file (see the module docstring).
 
     Reports the bound port through `task_status` (port 0 picks a free one) once it
     serves: listening, TLS loaded, the tracker ready, health SERVING.
     Raises SetupError before anything starts when the host or the configuration
     cannot work (not root, no cgroups or bubblewrap, bad certificates or users file).
     """
-    cert, key, client_ca = config.server_files
-    for path in (cert, client_ca):
-        tls.check_certificate_file(path)
-    ssl_context = tls.server_context(cert, key, client_ca)
-    policy = UserPolicy.load(config.users_file)
+    client_ca = config.server_files[2]
+    access = Access.load(config.server_files, config.users_file)
     async with JobTracker(config.jobs) as tracker:
-        guard = CallGuard(policy)
+        guard = CallGuard(access.policy, access.client_ca)
         server = RpcServer(
             config.host,
             config.port,
-            ssl_context,
+            access.ssl_context,
             max_message_length=MAX_SERVER_MESSAGE,
             max_connections_per_peer=config.max_connections_per_user,
             idle_timeout=config.idle_timeout,
@@ -144,8 +148,29 @@ async def serve(
                 else "every client certificate is a user",
             )
             health.set_serving(True)
+
+            def reload() -> str:
+                new = Access.load(config.server_files, config.users_file)  # or nothing changes
+                server.set_ssl_context(new.ssl_context)
+                ended = guard.reconfigure(new.policy, new.client_ca)
+                return (
+                    f"server certificate serial {new.serial:x}, client ca {client_ca}, "
+                    + (
+                        f"users from {config.users_file}"
+                        if config.users_file
+                        else "every client certificate is a user"
+                    )
+                    + f"; ended {ended} calls the new configuration refuses"
+                )
+
+            if reloader is not None:
+                reloader.attach(reload)
             task_status.started(port)
-            await shutdown.wait()
+            try:
+                await shutdown.wait()
+            finally:
+                if reloader is not None:
+                    reloader.detach()
             health.set_serving(False)
             running = sum(
                 1 for job in tracker.list("", admin=True) if job.state is not JobState.TERMINATED

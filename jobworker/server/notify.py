@@ -3,7 +3,9 @@
 The protocol (sd_notify(3)) is one datagram of newline-separated `KEY=VALUE`
 lines, sent to the unix datagram socket named by `$NOTIFY_SOCKET`: a path, or an
 abstract socket name when it starts with '@'. jwsd sends `READY=1` once it
-serves and `STOPPING=1` when its shutdown begins. Without `$NOTIFY_SOCKET` (not
+serves, `RELOADING=1` (with `MONOTONIC_USEC`, which systemd 253+ wants) when a
+reload begins and `READY=1` again once it is over, and `STOPPING=1` when its
+shutdown begins. Without `$NOTIFY_SOCKET` (not
 run by a service manager that wants to hear) every call does nothing.
 
 `Notifier.from_environment()` takes the variable out of the environment, so
@@ -15,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 
 import attrs
 
@@ -58,6 +61,13 @@ class Notifier:
     def ready(self, status: str) -> bool:
         """jwsd serves: READY=1, and `status` as the line `systemctl status` shows."""
         return self.notify(READY="1", STATUS=status)
+
+    def reloading(self, status: str) -> bool:
+        """A reload has begun: RELOADING=1, the CLOCK_MONOTONIC time in microseconds
+        (systemd 253+ checks it against the reload it asked for; 252 ignores it), and
+        `status`. Send `ready()` when it is over, whether it succeeded or not."""
+        now = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        return self.notify(RELOADING="1", MONOTONIC_USEC=str(now), STATUS=status)
 
     def stopping(self, status: str) -> bool:
         """jwsd's shutdown has begun: STOPPING=1, and `status`."""

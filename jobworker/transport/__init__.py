@@ -24,7 +24,13 @@ from jobworker.transport.calls import explicit_call, explicit_calls
 from jobworker.transport.client import Channel, open_channel
 from jobworker.transport.identity import Peer, current_identity, current_peer
 from jobworker.transport.methods import MethodCall, MethodWrapper, wrap_methods
-from jobworker.transport.server import HandshakeErrorHook, RpcServer, wait_writable
+from jobworker.transport.server import (
+    HandshakeErrorHook,
+    RpcHandle,
+    RpcServer,
+    current_rpc,
+    wait_writable,
+)
 from jobworker.transport.status import INTERNAL_ERROR_MESSAGE, code_name, status_for, to_rpc_error
 
 __all__ = [
@@ -35,9 +41,11 @@ __all__ = [
     "MethodCall",
     "MethodWrapper",
     "Peer",
+    "RpcHandle",
     "RpcServer",
     "code_name",
     "current_identity",
+    "current_rpc",
     "current_peer",
     "explicit_call",
     "explicit_calls",

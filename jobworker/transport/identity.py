@@ -24,11 +24,13 @@ class Peer:
     (exactly one CN, and a valid user name); None when the connection carried
     no certificate (only possible with a context that does not require one) or
     the certificate names nobody unambiguously. `address` is "host:port" of the
-    remote socket.
+    remote socket. `certificate` is that certificate in DER (None without one), for
+    checking it again against a client CA loaded after the handshake (a reload).
     """
 
     common_name: str | None
     address: str
+    certificate: bytes | None = None
 
 
 #: The peer of the connection the current RPC arrived on; None outside an RPC.

@@ -27,7 +27,9 @@ accept loop and the per-request dispatch:
   every connection is then cancelled and its socket closed, so clients see
   UNAVAILABLE at once;
 - `wait_writable()`: a streaming handler can wait until its client can take
-  the next response before it produces it (backpressure up to the handler).
+  the next response before it produces it (backpressure up to the handler);
+- `set_ssl_context()` and `current_rpc()`: a configuration reload gives new
+  connections a new TLS context, and ends calls it no longer allows with a status.
 """
 
 from __future__ import annotations
@@ -94,6 +96,30 @@ _ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBU
 
 #: The stream of the RPC the current task serves (set per RPC task by `RpcServer`).
 _current_stream: contextvars.ContextVar[PacedStream] = contextvars.ContextVar("rpc_stream")
+
+
+#: The RPC the current task serves (set per RPC task by `RpcServer`).
+_current_rpc: contextvars.ContextVar[RpcHandle] = contextvars.ContextVar("rpc_handle")
+
+
+class RpcHandle:
+    """One running RPC, which any task may end with a status (`current_rpc()` gives it)."""
+
+    def __init__(self, scope: trio.CancelScope) -> None:
+        self._scope = scope
+        self.ended_by: Exception | None = None
+
+    def end(self, error: Exception) -> None:
+        """Cancel the RPC's handler and answer it with `error`'s status (as
+        `jobworker.transport.status` maps it) instead of a reset. The first call wins."""
+        if self.ended_by is None:
+            self.ended_by = error
+            self._scope.cancel()
+
+
+def current_rpc() -> RpcHandle | None:
+    """In a handler (or a method wrapper): the handle of the RPC it serves; None outside one."""
+    return _current_rpc.get(None)
 
 
 async def wait_writable() -> None:
@@ -214,6 +240,11 @@ class RpcServer:
         self._connections_scope: trio.CancelScope | None = None
         self._started = False
         self._stopped = trio.Event()
+
+    def set_ssl_context(self, ssl_context: ssl.SSLContext) -> None:
+        """Handshake every connection accepted from now on with `ssl_context` (a reload
+        of the TLS files); connections already open keep the one they shook hands with."""
+        self._ssl_context = ssl_context
 
     def add_service(self, service: purerpc.Service) -> None:
         """Serve `service` (e.g. `servicer.service`, or `wrap_methods(...)` of it) under its name.
@@ -366,7 +397,11 @@ class RpcServer:
         self._handshakes.release()
 
         certificate = tls.extra(TLSAttribute.peer_certificate)
-        peer = Peer(common_name=common_name(certificate), address=address)
+        peer = Peer(
+            common_name=common_name(certificate),
+            address=address,
+            certificate=tls.extra(TLSAttribute.peer_certificate_binary),
+        )
         current_peer.set(peer)
         key = peer.common_name if peer.common_name is not None else address.rpartition(":")[0]
         held = self._per_peer.get(key, 0)
@@ -451,10 +486,15 @@ class RpcServer:
     ) -> None:
         stream_id = stream.stream_id
         _current_stream.set(stream)
+        handle = RpcHandle(scope)
+        _current_rpc.set(handle)
         self._rpcs.up()
         try:
             with scope:
                 await self._dispatch(stream)
+            if handle.ended_by is not None and scope.cancelled_caught:
+                with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_DRAIN_TIMEOUT):
+                    await _close(stream, status_for(handle.ended_by, "ended call"))
         except Exception as exc:
             # Failures outside the handler (the stream was reset or the connection
             # broke while we answered) concern this RPC only, never the connection.

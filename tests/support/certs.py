@@ -129,3 +129,21 @@ def issue_with_subject(ca: trustme.CA, subject: x509.Name, user_dir: Path) -> Pa
     )
     os.chmod(key_path, 0o600)
     return user_dir
+
+
+def server_serial(addr: str, tls_dir: Path, user: str, *, timeout: float = 10) -> int:
+    """The serial number of the certificate the server at `addr` ("host:port") shows a
+    new connection of `user` (TLSDIR/USER's certificate, TLSDIR/server_ca_cert.pem)."""
+    import socket
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(tls_dir / "server_ca_cert.pem")
+    context.load_cert_chain(tls_dir / user / "client_cert.pem", tls_dir / user / "client_key.pem")
+    host, port = addr.rsplit(":", 1)
+    with (
+        socket.create_connection((host, int(port)), timeout=timeout) as raw,
+        context.wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number

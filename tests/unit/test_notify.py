@@ -57,3 +57,20 @@ def test_an_unreachable_manager_is_logged_not_raised(
     with caplog.at_level(logging.WARNING):
         assert notifier.ready("serving") is False
     assert "cannot notify the service manager" in caplog.text
+
+
+def test_a_reload_is_reloading_with_the_monotonic_time(tmp_path: Path) -> None:
+    """systemd 253+ matches RELOADING=1 to its reload by MONOTONIC_USEC (CLOCK_MONOTONIC)."""
+    import time
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(tmp_path / "notify"))
+        before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        assert Notifier(str(tmp_path / "notify")).reloading("reloading") is True
+        after = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        sock.settimeout(1)
+        lines = sock.recv(4096).decode().splitlines()
+    assert lines[0] == "RELOADING=1"
+    assert lines[1].startswith("MONOTONIC_USEC=")
+    assert before <= int(lines[1].removeprefix("MONOTONIC_USEC=")) <= after
+    assert lines[2] == "STATUS=reloading"
