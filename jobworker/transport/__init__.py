@@ -16,7 +16,7 @@
   backpressure before a response is built, and responses built in wire form.
 
 docs/transport.md says what purerpc does on its own and what the seams in
-`_wire` (the only module that touches library internals) change.
+`_wire` (the only package that touches library internals) change.
 """
 
 from jobworker.transport._wire import EncodedMessage

@@ -4,7 +4,7 @@ docs/architecture.md's modules table.
 A row's first cell names paths in backticks: a full path from the repository's root
 (`jobworker/jobs/store.py`, a package as `jobworker/jobs/`), or, after one, a bare
 name in the same directory (`jobworker/model.py`, `units.py`: a group of modules).
-A package's row names its modules in its second cell (`status`, `_wire.py`).
+A package's row names its modules in its second cell (`status`, `_wire/`).
 The generated `jobworker/v1/` counts as one entry.
 """
 

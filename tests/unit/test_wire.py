@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jobworker.transport._wire import _SEND_ALONE, _coalesced
+from jobworker.transport._wire.wrapper import _SEND_ALONE, _coalesced
 
 SIZES = st.lists(
     st.sampled_from([0, 1, 9, 5000, _SEND_ALONE - 1, _SEND_ALONE, 70_000]), max_size=12
