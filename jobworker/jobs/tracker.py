@@ -68,13 +68,16 @@ from jobworker.errors import (
     StartFailedError,
     sole_exception,
 )
+from jobworker.jobs import record_quota
 from jobworker.jobs.config import TrackerConfig
 from jobworker.jobs.finished import FinishedJobs
+from jobworker.jobs.job_index import JobIndex, ListKey
 from jobworker.jobs.output_log import FileLog
 from jobworker.jobs.record import JobRecord
+from jobworker.jobs.record_quota import RecordQuota
 from jobworker.jobs.store import JobStore
 from jobworker.jobs.watcher import OutputWatcher
-from jobworker.model import JobSpec, JobState, JobStatus, Limits, Outcome, Usage
+from jobworker.model import MAX_PAGE_SIZE, JobSpec, JobState, JobStatus, Limits, Outcome, Usage
 from jobworker.sandbox import bwrap, host, hostview, seccomp, spawn, workdir
 from jobworker.sandbox.cgroups import CgroupDriver, JobCgroup, block_device_of, detect
 
@@ -211,9 +214,11 @@ class JobTracker:
     config: TrackerConfig = attrs.Factory(TrackerConfig)
     cgroups: CgroupDriver | None = None
 
-    _jobs: dict[str, _Job] = attrs.field(init=False, factory=dict)
+    _jobs: JobIndex[_Job] = attrs.field(init=False, factory=JobIndex)
     # Jobs not yet Terminated, per owner (the running quota).
     _running: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
+    # The bytes of records each owner holds (the record-bytes quota).
+    _record_bytes: RecordQuota = attrs.field(init=False)
     # Finished jobs whose output is on disk, and the retention that forgets them.
     _finished: FinishedJobs = attrs.field(init=False)
     _collector: trio.CancelScope = attrs.field(init=False, factory=trio.CancelScope)
@@ -231,6 +236,10 @@ class JobTracker:
     _watcher: OutputWatcher | None = attrs.field(init=False, default=None)
     # Set when the tracker leaves its jobs running as it exits (`leave_running`).
     _detaching: bool = attrs.field(init=False, default=False)
+
+    @_record_bytes.default
+    def _record_bytes_default(self) -> RecordQuota:
+        return RecordQuota(self.config.max_record_bytes_per_user)
 
     @_finished.default
     def _finished_default(self) -> FinishedJobs:
@@ -354,6 +363,7 @@ class JobTracker:
         running: set[str] = set()
         for record in records:
             job = _job_from_record(record, self.config.data_dir / "jobs" / record.job_id)
+            self._record_bytes.restore(job.owner, job.job_id, record_quota.record_size(record))
             if job.state is not JobState.TERMINATED:
                 if self._reattach(job, record):
                     running.add(job.job_id)
@@ -580,6 +590,7 @@ class JobTracker:
             hidden=(*self._view.hidden, PurePosixPath(self.config.data_dir)),
             visible=(*self._view.visible, PurePosixPath(job.workdir)),
         )
+        self._record_bytes.charge(owner, job_id, record_quota.spec_record_bytes(spec))
         self._jobs[job_id] = job
         self._running[owner] += 1
         try:
@@ -686,13 +697,22 @@ class JobTracker:
         """A snapshot of the job (usage read live while it runs)."""
         return self._get(owner, job_id, admin).snapshot()
 
-    def list(self, owner: str, *, admin: bool = False) -> list[JobStatus]:
-        """Snapshots of the caller's jobs (every job for an admin), oldest first."""
-        return [
-            job.snapshot()
-            for job in sorted(self._jobs.values(), key=lambda j: j.created_at)
-            if admin or job.owner == owner
-        ]
+    def list(
+        self,
+        owner: str,
+        *,
+        admin: bool = False,
+        after: ListKey | None = None,
+        limit: int = MAX_PAGE_SIZE,
+    ) -> builtins.list[JobStatus]:
+        """Snapshots of at most `limit` of the caller's jobs (every job for an admin),
+        oldest first by (created_at, job_id), starting after the key `after` (None:
+        from the first): one page, in O(log n + limit) (`jobworker.jobs.job_index`)."""
+        return [job.snapshot() for job in self._jobs.page(None if admin else owner, after, limit)]
+
+    def running_count(self) -> int:
+        """How many jobs have not yet Terminated, of every owner."""
+        return sum(self._running.values())
 
     @contextlib.asynccontextmanager
     async def subscribe(
@@ -869,6 +889,7 @@ class JobTracker:
         job.terminated.set()
         job.released.set()
         del self._jobs[job.job_id]
+        self._record_bytes.release(job.job_id)
 
     async def _supervise(self, job: _Job) -> None:
         """Own a running job until it is Terminated: wait for its end, then finish it
@@ -1082,6 +1103,7 @@ class JobTracker:
             await trio.lowlevel.checkpoint()
             return
         del self._jobs[job.job_id]
+        self._record_bytes.release(job.job_id)
         self._finished.discard(job.job_id, job.owner)
         assert self._store is not None
         with trio.CancelScope(shield=True):
