@@ -147,7 +147,7 @@ def listed(status: JobStatus) -> JobStatus:
 
 #: Jobs fetched and encoded between checkpoints: a few milliseconds of work at most
 #: (jobs at every bound cost ~0.1 ms each), so other callers' requests interleave.
-CHUNK = 16
+CHUNK = 8
 
 #: Fetch at most `limit` jobs after a key, in listing order (the tracker's `list`).
 Fetch = Callable[[ListKey | None, int], list[JobStatus]]
@@ -192,14 +192,25 @@ def _go_on(answer: pb.ListJobsResponse, after: ListKey | None) -> pb.ListJobsRes
     return answer
 
 
+#: After a caller's ListJobs, its next one waits this many times as long as the last
+#: one took: one user's listings, however many connections loop them, hold the event
+#: loop at most 1 / (1 + REST) of the time, and other users' calls keep the rest.
+REST = 9.0
+
+
 @attrs.define(eq=False)
 class Turns:
-    """One ListJobs at a time per caller, in arrival order (`trio.Lock` is fair):
-    a user looping ListJobs on many connections has one call at work, the rest
-    waiting at no cost, so other users' calls keep their share of the loop."""
+    """One ListJobs at a time per caller, in arrival order (`trio.Lock` is fair),
+    each after a rest proportional to the caller's previous one (`REST`): a user
+    looping ListJobs on many connections has one call at work, the rest waiting at
+    no cost, so other users' calls keep their share of the loop."""
 
+    rest: float = REST
     _locks: dict[str, trio.Lock] = attrs.field(init=False, factory=dict)
     _waiting: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
+    # When each caller's next call may start (kept past the call: a single
+    # connection that loops is rested too; expired entries are dropped).
+    _ready_at: dict[str, float] = attrs.field(init=False, factory=dict)
 
     @contextlib.asynccontextmanager
     async def turn(self, caller: str) -> AsyncIterator[None]:
@@ -208,15 +219,27 @@ class Turns:
         self._waiting[caller] += 1
         try:
             async with lock:
-                yield
+                await trio.sleep_until(self._ready_at.pop(caller, 0.0))
+                began = trio.current_time()
+                try:
+                    yield
+                finally:
+                    ended = trio.current_time()
+                    self._forget_rested(ended)
+                    self._ready_at[caller] = ended + (ended - began) * self.rest
         finally:
             self._waiting[caller] -= 1
             if not self._waiting[caller]:  # nobody else holds or waits for it
                 del self._waiting[caller], self._locks[caller]
 
+    def _forget_rested(self, now: float) -> None:
+        if len(self._ready_at) > 1000:
+            self._ready_at = {name: at for name, at in self._ready_at.items() if at > now}
+
 
 __all__ = [
     "PAGE_BYTES",
+    "REST",
     "cut_argv",
     "decode_token",
     "encode_token",
