@@ -25,12 +25,10 @@ at once with exit code 3.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import os
-import stat
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -41,6 +39,7 @@ import attrs
 from jobworker import limits as limits_table
 from jobworker.cli import render
 from jobworker.cli.config import DEFAULT_ADDR, DEFAULT_TLS_DIR, ClientConfig, config_path
+from jobworker.cli.stdout import copy_output
 from jobworker.echo import shown
 from jobworker.errors import (
     CannotReachError,
@@ -338,76 +337,6 @@ async def start(user: str | None, addr: str | None, tls_dir: str | None, job: Jo
     async with _client(Target.chosen(user, addr, tls_dir)) as client:
         started = await job.start(client)
     click.echo(shown(started.job_id))
-
-
-#: How much output a pipe on stdout holds while its reader catches up: jws keeps
-#: receiving (and jwsd sending) while the reader works through it (Linux's default is
-#: 64 KiB, a quarter of one output message).
-STDOUT_PIPE_SIZE = 1 << 20
-
-
-def _widen_pipe(fd: int) -> None:
-    """Give a pipe on stdout room for several output messages (best effort: a pipe
-    bigger than /proc/sys/fs/pipe-max-size, or not a pipe at all, stays as it is)."""
-    with contextlib.suppress(OSError, ValueError):
-        if (
-            stat.S_ISFIFO(os.fstat(fd).st_mode)
-            and fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) < STDOUT_PIPE_SIZE
-        ):
-            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, STDOUT_PIPE_SIZE)
-
-
-@contextlib.asynccontextmanager
-async def _async_writer(fd: int) -> AsyncIterator[Callable[[bytes], Awaitable[None]]]:
-    """A function that writes all of a chunk to `fd` (a dup of it: the caller keeps
-    `fd`) and, while `fd` cannot take more, waits without stopping the event loop.
-
-    A pipe or a socket becomes a trio stream: writes go straight from the event loop,
-    in non-blocking mode (restored on exit). Anything else (a terminal, a file,
-    /dev/null) is written in a worker thread: a terminal shares its open file with
-    the shell, whose reads must never find it non-blocking, not even after a crash.
-    """
-    import trio
-
-    mode = os.fstat(fd).st_mode
-    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
-        _widen_pipe(fd)
-        async with trio.lowlevel.FdStream(os.dup(fd)) as stream:
-            yield stream.send_all
-        return
-    async with trio.wrap_file(os.fdopen(os.dup(fd), "wb", buffering=0)) as file:
-
-        async def write(chunk: bytes) -> None:
-            view = memoryview(chunk)
-            while view:
-                view = view[await file.write(view) :]
-
-        yield write
-
-
-async def copy_output(
-    client: JobWorkerClient,
-    job_id: str,
-    offset: int,
-    fd: int,
-    reconnector: Reconnector | None = None,
-) -> int:
-    """Write the job's output from `offset` to `fd` until the job has ended; with a
-    `reconnector`, across restarts of jwsd (`client` is the connection used first).
-    Returns the offset reached. Raises BrokenPipeError when the reader of `fd` has gone."""
-    import trio
-
-    from jobworker.client import Backoff, Reconnector, follow_output
-
-    if reconnector is None:  # one that never reconnects: a loss fails at once
-        reconnector = Reconnector(
-            lambda _: contextlib.nullcontext(client), Backoff(total=0), lambda _: None
-        )
-    try:
-        async with _async_writer(fd) as write:
-            return await follow_output(reconnector, job_id, offset, write, client)
-    except trio.BrokenResourceError as exc:  # the stream's word for EPIPE
-        raise BrokenPipeError(str(exc.__cause__ or exc)) from exc
 
 
 @jws.command()

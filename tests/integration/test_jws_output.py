@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from jobworker.cli.jws import copy_output
+from jobworker.cli.stdout import copy_output
 from tests.support.daemon import Daemon
 from tests.support.timing import scaled
 from tests.support.waiting import eventually

@@ -6,7 +6,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from jobworker.cli.jws import STDOUT_PIPE_SIZE, _widen_pipe
+from jobworker.cli.stdout import STDOUT_PIPE_SIZE, _widen_pipe
 
 
 def test_a_pipe_on_stdout_is_widened() -> None:
