@@ -280,7 +280,9 @@ class _Builder:
         else:
             self.options += ["--ro-bind", "/dev/null", str(path)]
         self.hidden.append(path)
-        log.info("jobs do not see %s: %s", path, reason)
+        # Debug only: a refusal at start-up must stay one line, and such a mount (a 9p
+        # share under /opt, say) is covered on every start.
+        log.debug("jobs do not see %s: %s", path, reason)
 
 
 def _mount_of(mounts: Sequence[Mount], path: PurePosixPath) -> Mount:
