@@ -150,19 +150,11 @@ class RemoveJobResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class ListJobsRequest(_message.Message):
-    __slots__ = ("page_size", "page_token")
-    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
-    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
-    page_size: int
-    page_token: str
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class ListJobsResponse(_message.Message):
-    __slots__ = ("jobs", "next_page_token", "args_cut")
+    __slots__ = ("jobs",)
     JOBS_FIELD_NUMBER: _ClassVar[int]
-    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
-    ARGS_CUT_FIELD_NUMBER: _ClassVar[int]
     jobs: _containers.RepeatedCompositeFieldContainer[GetJobStatusResponse]
-    next_page_token: str
-    args_cut: _containers.RepeatedScalarFieldContainer[bool]
-    def __init__(self, jobs: _Optional[_Iterable[_Union[GetJobStatusResponse, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., args_cut: _Optional[_Iterable[bool]] = ...) -> None: ...
+    def __init__(self, jobs: _Optional[_Iterable[_Union[GetJobStatusResponse, _Mapping]]] = ...) -> None: ...
