@@ -104,16 +104,7 @@ class Job:
             self.record, output_size=self.log.size, output_truncated=self.log.truncated
         )
         if self.running is not None:
-            processes = self.running.processes
-            record = attrs.evolve(
-                record,
-                supervisor_pid=processes.supervisor_pid,
-                supervisor_start=processes.supervisor_start,
-                command_pid=processes.command_pid,
-                copier_pid=processes.copier_pid,
-                copier_start=processes.copier_start,
-                cgroups=tuple(map(str, self.running.cgroup_dirs)),
-            )
+            record = record.with_processes(self.running.processes, self.running.cgroup_dirs)
         return record
 
     def snapshot(self) -> JobStatus:

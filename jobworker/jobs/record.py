@@ -21,6 +21,7 @@ import attrs
 
 from jobworker.jobs.lifecycle import StopCause
 from jobworker.model import JobSpec, JobState, JobStatus, Limits, Outcome, Usage
+from jobworker.sandbox import Processes
 
 
 def _strings(value: Iterable[str]) -> tuple[str, ...]:
@@ -118,6 +119,29 @@ class JobRecord:
         if not self.stop_requested:
             return None
         return StopCause.TIME_LIMIT if self.timed_out else StopCause.USER
+
+    @property
+    def processes(self) -> Processes:
+        """The processes that hold the job, as recorded (what taking it over needs)."""
+        return Processes(
+            supervisor_pid=self.supervisor_pid,
+            supervisor_start=self.supervisor_start,
+            command_pid=self.command_pid,
+            copier_pid=self.copier_pid,
+            copier_start=self.copier_start,
+        )
+
+    def with_processes(self, processes: Processes, cgroups: Iterable[object]) -> JobRecord:
+        """The record naming these processes and cgroup directories."""
+        return attrs.evolve(
+            self,
+            supervisor_pid=processes.supervisor_pid,
+            supervisor_start=processes.supervisor_start,
+            command_pid=processes.command_pid,
+            copier_pid=processes.copier_pid,
+            copier_start=processes.copier_start,
+            cgroups=tuple(map(str, cgroups)),
+        )
 
     def with_usage(self, usage: Usage) -> JobRecord:
         return attrs.evolve(

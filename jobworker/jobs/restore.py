@@ -40,7 +40,7 @@ from jobworker.jobs.output_log import FileLog
 from jobworker.jobs.record import JobRecord
 from jobworker.jobs.watcher import OutputWatcher
 from jobworker.model import JobState, Outcome
-from jobworker.sandbox import OUTPUT_NAME, WORK_NAME, Processes, RunningJob, Sandbox
+from jobworker.sandbox import OUTPUT_NAME, WORK_NAME, RunningJob, Sandbox
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def _restored(
     usage = None
     status_written_at = None
     if record.state is not JobState.TERMINATED:
-        running = sandbox.attach(record.job_id, record.owner, directory, _processes(record))
+        running = sandbox.attach(record.job_id, record.owner, directory, record.processes)
         if running is not None:
             host = HostView(supervisor_running=True, sandbox_started=True)
         else:
@@ -155,16 +155,6 @@ def _restored(
             ended, outcome=Outcome.LOST, ended_at=now, outcome_reason=decision.reason
         )
     return Job(ended, directory, log_, lifecycle)
-
-
-def _processes(record: JobRecord) -> Processes:
-    return Processes(
-        supervisor_pid=record.supervisor_pid,
-        supervisor_start=record.supervisor_start,
-        command_pid=record.command_pid,
-        copier_pid=record.copier_pid,
-        copier_start=record.copier_start,
-    )
 
 
 def _clean_leftovers(jobs_dir: Path, recorded: set[str], running: set[str]) -> None:
