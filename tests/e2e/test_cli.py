@@ -55,6 +55,7 @@ def test_the_seeds_sample_session(jwsd: Jwsd) -> None:
     assert status.splitlines()[0].startswith("Terminated (stopped")
 
 
+@pytest.mark.hierarchy_independent
 def test_run_exits_with_the_jobs_exit_code(jwsd: Jwsd) -> None:
     result = jwsd.jws("run", "--", "sh", "-c", "echo out; echo err >&2; exit 3")
     assert result.returncode == 3
@@ -71,6 +72,7 @@ def test_run_of_a_job_past_its_time_limit_says_so_and_exits_as_stopped(jwsd: Jws
     assert result.stderr == b"jws: the job ran past its time limit (1s) and was stopped\n"
 
 
+@pytest.mark.hierarchy_independent
 def test_binary_output_is_byte_identical_for_concurrent_followers(jwsd: Jwsd) -> None:
     script = "head -c 3000000 /dev/urandom | tee ./data; sleep 0.5; sha256sum < ./data >&2"
     job_id = ok(jwsd.jws("start", "--", "sh", "-c", script)).strip()
@@ -85,6 +87,7 @@ def test_binary_output_is_byte_identical_for_concurrent_followers(jwsd: Jwsd) ->
     assert rest == outputs[0][2999990:]
 
 
+@pytest.mark.hierarchy_independent
 def test_status_json_and_list(jwsd: Jwsd) -> None:
     job_id = ok(
         jwsd.jws(
@@ -121,6 +124,7 @@ def _raw_bytes(out: bytes) -> list[bytes]:
     return [raw for raw in RAW if raw in out]
 
 
+@pytest.mark.hierarchy_independent
 def test_a_command_holding_terminal_controls_is_printed_escaped_by_list_and_status(
     jwsd: Jwsd,
 ) -> None:
@@ -152,6 +156,7 @@ def test_a_command_holding_terminal_controls_is_printed_escaped_by_list_and_stat
     assert missing.stderr.count(b"\n") == 1
 
 
+@pytest.mark.hierarchy_independent
 def test_login_makes_a_user_the_default(jwsd: Jwsd) -> None:
     missing = jwsd.jws("list", user=None)
     assert missing.returncode == 2
@@ -162,6 +167,7 @@ def test_login_makes_a_user_the_default(jwsd: Jwsd) -> None:
     assert json.loads(ok(jwsd.jws("status", "-j", job_id, "--json", user=None)))["owner"] == "betty"
 
 
+@pytest.mark.hierarchy_independent
 @pytest.mark.parametrize(
     ("args", "user", "code", "message"),
     [
@@ -186,6 +192,7 @@ def test_errors_are_one_plain_line_with_a_telling_exit_code(
     assert "Traceback" not in err
 
 
+@pytest.mark.hierarchy_independent
 def test_an_unreachable_server_is_exit_code_3(tmp_path: Path, pki: TestPKI) -> None:
     tls_dir = pki.write_tls_dir(tmp_path / "tls", ["alex"])
     env = dict(
@@ -310,6 +317,7 @@ def test_a_killed_daemons_jobs_run_on_and_the_next_one_takes_them_over_and_clean
     assert records(daemon.data_dir)[job_id].outcome == "stopped"
 
 
+@pytest.mark.hierarchy_independent
 def test_shell_completion_and_help(tmp_path: Path) -> None:
     env = dict(os.environ, COMP_WORDS="jws st", COMP_CWORD="1", _JWS_COMPLETE="bash_complete")
     completion = subprocess.run([str(BIN / "jws")], env=env, capture_output=True, timeout=30)

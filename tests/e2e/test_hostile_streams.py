@@ -20,7 +20,7 @@ from tests.integration.test_transport_requests import (
 from tests.support.certs import TestPKI
 from tests.support.timing import scaled
 
-pytestmark = [pytest.mark.root, pytest.mark.e2e]
+pytestmark = [pytest.mark.root, pytest.mark.e2e, pytest.mark.hierarchy_independent]
 
 LIST_JOBS = "/jobworker.v1.JobWorkerService/ListJobs"
 

@@ -34,7 +34,7 @@ from tests.support.counter import counter_output, counter_script
 from tests.support.timing import scaled
 from tests.support.waiting import eventually_blocking
 
-pytestmark = [pytest.mark.root, pytest.mark.e2e]
+pytestmark = [pytest.mark.root, pytest.mark.e2e, pytest.mark.hierarchy_independent]
 
 T = TypeVar("T")
 

@@ -21,7 +21,7 @@ from tests.support.certs import TestPKI
 from tests.support.timing import scaled
 from tests.support.waiting import eventually_blocking
 
-pytestmark = [pytest.mark.root, pytest.mark.e2e]
+pytestmark = [pytest.mark.root, pytest.mark.e2e, pytest.mark.hierarchy_independent]
 
 TICKER = "sh -c 'i=0; while :; do echo tick $i; i=$((i+1)); sleep 0.2; done'"
 

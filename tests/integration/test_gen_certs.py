@@ -15,6 +15,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from jobworker import tls
 from tests.unit.test_tls import connect
 
+pytestmark = pytest.mark.hierarchy_independent
+
 SCRIPT = Path(__file__).resolve().parents[2] / "certs" / "gen-certs.sh"
 MAX_VALIDITY = timedelta(days=365)
 

@@ -24,7 +24,7 @@ from tests.support.certs import TestPKI
 from tests.support.daemon import Daemon, DaemonFiles
 from tests.support.names import unique_name
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.hierarchy_independent]
 
 Code = purerpc.StatusCode
 Status = hpb.HealthCheckResponse.ServingStatus

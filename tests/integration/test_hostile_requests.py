@@ -29,7 +29,7 @@ from tests.integration.test_service import rpc_status
 from tests.support.certs import TestPKI, issue_with_subject
 from tests.support.daemon import Daemon, DaemonFiles
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.hierarchy_independent]
 
 Code = purerpc.StatusCode
 MIB = 1 << 20

@@ -19,7 +19,7 @@ from tests.support.daemon import Daemon
 from tests.support.timing import scaled
 from tests.support.waiting import eventually
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.hierarchy_independent]
 
 SIZE = 8 << 20
 

@@ -31,7 +31,7 @@ from tests.support.names import unique_name
 from tests.support.timing import scaled
 from tests.support.waiting import eventually
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.hierarchy_independent]
 
 Code = purerpc.StatusCode
 

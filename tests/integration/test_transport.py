@@ -54,9 +54,12 @@ ROOT = Path(__file__).resolve().parents[2]
 # every stream left early makes trio warn when that generator is collected; under
 # "error" the warning's traceback would keep the abandoned call's frames (and its
 # stream) alive. The warning is about purerpc's code, not ours (see the report).
-pytestmark = pytest.mark.filterwarnings(
-    r"ignore:Async generator 'purerpc\.wrappers\.[^']*' was garbage collected:ResourceWarning"
-)
+pytestmark = [
+    pytest.mark.filterwarnings(
+        r"ignore:Async generator 'purerpc\.wrappers\.[^']*' was garbage collected:ResourceWarning"
+    ),
+    pytest.mark.hierarchy_independent,
+]
 SERVER_LOGGER = "jobworker.transport.server"
 STATUS_LOGGER = "jobworker.transport.status"
 

@@ -18,6 +18,8 @@ from tests.integration.test_transport import channel, serving
 from tests.support.certs import TestPKI
 from tests.support.leaks import fd_count
 
+pytestmark = pytest.mark.hierarchy_independent
+
 SERVER_LOGGER = "jobworker.transport.server"
 
 

@@ -23,6 +23,8 @@ from tests.integration._echo_service import SERVICE_NAME
 from tests.integration.test_transport import client_context, serving
 from tests.support.certs import TestPKI
 
+pytestmark = pytest.mark.hierarchy_independent
+
 #: The status codes these tests expect, by number as they travel in grpc-status.
 OK, DEADLINE_EXCEEDED, UNIMPLEMENTED = 0, 4, 12
 
