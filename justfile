@@ -1,5 +1,7 @@
 # jobworker's recipes. On a fresh machine run them through ./dev, which installs `just` first.
 set shell := ["bash", "-euo", "pipefail", "-c"]
+# Recipe arguments reach the commands as "$@", one word each, so `./dev pytest -m "not slow"` keeps its quotes.
+set positional-arguments := true
 
 venv := justfile_directory() / ".venv/bin"
 export PATH := venv + ":" + env_var("PATH")
@@ -13,23 +15,23 @@ default:
 
 # start jwsd in the foreground as root, with dev certificates (generated when missing)
 run *ARGS: _dev-certs
-    jwsd --addr {{addr}} --tls-dir {{tls_dir}} {{ARGS}}
+    jwsd --addr {{addr}} --tls-dir {{tls_dir}} "$@"
 
 # the system tests (systemd unit, container) as root on a throwaway machine with systemd and podman
 system-test *ARGS:
-    pytest -m system tests/system --timeout 3600 -o faulthandler_timeout=3600 {{ARGS}}
+    pytest -m system tests/system --timeout 3600 -o faulthandler_timeout=3600 "$@"
 
 # lint, type-check and run every test (the README's test command; CI runs it as root)
 test *ARGS: lint typecheck
-    pytest {{ARGS}}
+    pytest "$@"
 
 # only the test suite, without lint and typecheck
 pytest *ARGS:
-    pytest {{ARGS}}
+    pytest "$@"
 
 # end-to-end tests through the real jwsd and jws processes
 e2e *ARGS:
-    pytest tests/e2e {{ARGS}}
+    pytest tests/e2e "$@"
 
 # ruff check and format check
 lint:
@@ -53,11 +55,11 @@ _dev-certs:
 
 # benchmarks against peers, in the same run (under 10 minutes)
 bench *ARGS:
-    python -m tests.bench {{ARGS}}
+    python -m tests.bench "$@"
 
 # the same rows with small sizes (under 1 minute)
 bench-quick *ARGS:
-    python -m tests.bench --quick {{ARGS}}
+    python -m tests.bench --quick "$@"
 
 # everything: lint, typecheck, tests, quick benchmarks
 check: test bench-quick
