@@ -325,7 +325,12 @@ def test_permissions_are_judged_for_the_jobs_host_uid_not_the_job_user(tmp_path:
     """A job runs on the host as its owner's uid, not as nobody: a dir only nobody may
     search is closed to it, one only its own host uid may search is open."""
     alex = NOBODY.on_host(1879048192)
-    assert (alex.uid, alex.gid, alex.host_uid, alex.host_gid) == (65534, 65534, 1879048192, 1879048192)
+    assert (alex.uid, alex.gid, alex.host_uid, alex.host_gid) == (
+        65534,
+        65534,
+        1879048192,
+        1879048192,
+    )
     for name, owner in (("nobodys", NOBODY.uid), ("alexs", alex.host_uid)):
         directory = tmp_path / name
         directory.mkdir()
