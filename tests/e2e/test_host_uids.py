@@ -91,10 +91,12 @@ def test_two_users_jobs_run_as_different_host_uids_none_of_them_an_account(
     assert seen[betty] == (first + 1, first + 1), seen
     for job_id in [*alex, betty]:
         assert records(jwsd.data_dir)[job_id].host_uid == seen[job_id][0]
-        eventually_blocking(lambda: output_of(jwsd, job_id), timeout=scaled(10), what="id -u")
+        eventually_blocking(
+            lambda job_id=job_id: output_of(jwsd, job_id), timeout=scaled(10), what="id -u"
+        )
         assert output_of(jwsd, job_id) == f"{NOBODY}\n"
-    # Its work dir is its host uid's (a plain dir with --workdir-size 0; here, a tmpfs
-    # the sandbox's user namespace owns: seen from the host through the job's root).
+    # Its work dir is its host uid's (here a tmpfs the sandbox's user namespace owns,
+    # seen from the host through the job's root).
     pid = command_pid(jwsd, betty)
     workdir = Path(f"/proc/{pid}/root") / (jwsd.data_dir / "jobs" / betty / "work").relative_to("/")
     assert (workdir.stat().st_uid, workdir.stat().st_gid) == (first + 1, first + 1)
