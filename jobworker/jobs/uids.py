@@ -54,6 +54,9 @@ MAX_ID = 0xFFFFFFFE
 #: Where the host delegates subordinate ids to its users' own user namespaces.
 SUBUID = Path("/etc/subuid")
 SUBGID = Path("/etc/subgid")
+#: The ids jwsd's own user namespace has (a rootless container's may hold 65,536 only).
+UID_MAP = Path("/proc/self/uid_map")
+GID_MAP = Path("/proc/self/gid_map")
 
 
 @attrs.frozen
@@ -125,13 +128,40 @@ class UidRange:
 DEFAULT_RANGE = UidRange(DEFAULT_FIRST, DEFAULT_FIRST + DEFAULT_COUNT - 1)
 
 
-def check_host_free(uids: UidRange, subuid: Path = SUBUID, subgid: Path = SUBGID) -> None:
+def check_host_free(
+    uids: UidRange,
+    subuid: Path = SUBUID,
+    subgid: Path = SUBGID,
+    maps: tuple[Path, ...] = (UID_MAP, GID_MAP),
+) -> None:
     """`UidRange.check_free` against this host: every passwd and group entry the name
-    service lists, and /etc/subuid and /etc/subgid (missing files: none)."""
+    service lists, and /etc/subuid and /etc/subgid (missing files: none); and every
+    id of the range must exist in jwsd's user namespace (`maps`), else no job could
+    run as it."""
+    for path in maps:
+        check_mapped(uids, path)
     uids.check_free(
         ((entry.pw_name, entry.pw_uid) for entry in pwd.getpwall()),
         ((entry.gr_name, entry.gr_gid) for entry in grp.getgrall()),
         [*read_subordinate(subuid), *read_subordinate(subgid)],
+    )
+
+
+def check_mapped(uids: UidRange, path: Path) -> None:
+    """Raise SetupError unless the id map `path` (/proc/self/uid_map's form: INSIDE
+    OUTSIDE COUNT a line) holds every id of `uids` in one of its ranges."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise SetupError(f"cannot read {path} to check --job-uids: {exc.strerror}") from exc
+    for line in lines:
+        inside, _, count = (int(field) for field in line.split())
+        if inside <= uids.first and uids.last < inside + count:
+            return
+    shown = ", ".join(f"{int(f[0])}-{int(f[0]) + int(f[2]) - 1}" for f in map(str.split, lines))
+    raise SetupError(
+        f"--job-uids {uids} is not all in jwsd's user namespace ({path} has {shown or 'none'}): "
+        "jwsd runs in a container with fewer ids; give a range inside those"
     )
 
 
@@ -272,5 +302,6 @@ __all__ = [
     "HostUids",
     "UidRange",
     "check_host_free",
+    "check_mapped",
     "read_subordinate",
 ]

@@ -16,6 +16,7 @@ from jobworker.jobs.uids import (
     HostUids,
     UidRange,
     check_host_free,
+    check_mapped,
     read_subordinate,
 )
 
@@ -85,6 +86,20 @@ def test_the_default_range_is_free_on_this_host(tmp_path: Path) -> None:
         check_host_free(DEFAULT_RANGE, subuid=subuid, subgid=tmp_path / "none")
     with pytest.raises(SetupError, match="holds 65534, the id of the host's user nobody"):
         check_host_free(UidRange.parse("65400-65534"))
+
+
+def test_a_range_outside_jwsds_user_namespace_is_refused(tmp_path: Path) -> None:
+    """In a rootless container jwsd's user namespace may hold 65,536 ids: setpriv to
+    an id beyond them fails at every start, so the range is refused at start-up."""
+    uid_map = tmp_path / "uid_map"
+    uid_map.write_text("         0     100000      65536\n")
+    check_mapped(UidRange.parse("60000-65533"), uid_map)
+    with pytest.raises(SetupError, match=r"is not all in jwsd's user namespace \(.* has 0-65535\)"):
+        check_mapped(DEFAULT_RANGE, uid_map)
+    with pytest.raises(SetupError, match="not all in"):
+        check_mapped(UidRange.parse("65536-65700"), uid_map)
+    uid_map.write_text("0 0 4294967295\n")
+    check_mapped(DEFAULT_RANGE, uid_map)
 
 
 async def test_owners_get_the_lowest_free_ids_and_keep_them_across_loads(tmp_path: Path) -> None:
