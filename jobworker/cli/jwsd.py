@@ -30,6 +30,7 @@ from jobworker import faults
 from jobworker.errors import InvalidRequestError, SetupError, sole_exception
 from jobworker.jobs.config import TrackerConfig
 from jobworker.jobs.retention import RetentionPolicy
+from jobworker.jobs.uids import UidRange
 from jobworker.limits import Limits, check_host, format_limits, parse_limits
 from jobworker.sandbox import host as host_checks
 from jobworker.sandbox.hostview import JobBind
@@ -141,7 +142,19 @@ def _count_or_none(ctx: click.Context, param: click.Parameter, value: int) -> in
     help='TOML users file ([users] alex = "user", root = "admin"). Without it every certificate from the client CA is a user.',
 )
 @click.option(
-    "--job-user", default=_JOBS.job_user, show_default=True, help="Host account jobs run as."
+    "--job-user",
+    default=_JOBS.job_user,
+    show_default=True,
+    help="The account jobs see themselves as (root: they run as root on the host too).",
+)
+@click.option(
+    "--job-uids",
+    type=_Parsed("range", UidRange.parse),
+    default=str(_JOBS.job_uids),
+    show_default=True,
+    metavar="FIRST-LAST",
+    help="Host uids jobs run as, one per user (kept in DATA/uids.json); no account, group "
+    "or /etc/subuid range may use them.",
 )
 @click.option(
     "--default-limits",

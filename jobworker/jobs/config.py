@@ -13,6 +13,7 @@ from pathlib import Path
 import attrs
 
 from jobworker.jobs.retention import RetentionPolicy
+from jobworker.jobs.uids import DEFAULT_RANGE, UidRange
 from jobworker.model import Limits
 from jobworker.sandbox.hostview import JobBind
 
@@ -37,7 +38,9 @@ class TrackerConfig:
 
     data_dir: job records, output files and work dirs (created if missing; must be
         writable). Its block device is the one IO limits apply to.
-    job_user: the host account jobs run as; "root" is an explicit opt-in.
+    job_user: the account jobs see themselves as; "root" is an explicit opt-in (jobs
+        then run as root on the host too).
+    job_uids: the host uids jobs run as, one per owner (`jobworker.jobs.uids`).
     default_limits: limits applied where a request sets none.
     max_limits: the most a request may ask for; `None` fields are unbounded.
     allow_host_network: whether a job may share the host's network namespace.
@@ -61,6 +64,7 @@ class TrackerConfig:
 
     data_dir: Path = DEFAULT_DATA_DIR
     job_user: str = "nobody"
+    job_uids: UidRange = DEFAULT_RANGE
     default_limits: Limits = DEFAULT_LIMITS
     max_limits: Limits = attrs.Factory(Limits)
     allow_host_network: bool = False

@@ -3,6 +3,7 @@
     DATA/              0711, root's
       jwsd.lock        the lock, and the pid of the jwsd holding it
       jobs.db          the job records (`jobworker.jobs.store`)
+      uids.json        each owner's host uid (`jobworker.jobs.uids`)
       jobs/            0711
         ID/            a job's dir (the sandbox makes it): output.log, status.json, work/
 

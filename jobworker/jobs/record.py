@@ -53,6 +53,9 @@ class JobRecord:
     command_pid: the host pid of the sandbox's init (the command's process group).
     copier_pid / copier_start: the process that copies the job's output into its file.
     cgroups: the job's cgroup directories, one per hierarchy.
+    host_uid: the host uid (and gid) the job's processes run as, its owner's
+        (`jobworker.jobs.uids`); None in records from before jobs had one (they ran
+        as the job user's own uid).
     """
 
     job_id: str
@@ -84,11 +87,14 @@ class JobRecord:
     copier_pid: int | None = None
     copier_start: int | None = None
     cgroups: tuple[str, ...] = attrs.field(default=(), converter=_strings)
+    host_uid: int | None = None
 
     @classmethod
-    def new(cls, job_id: str, owner: str, spec: JobSpec, created_at: float) -> JobRecord:
+    def new(
+        cls, job_id: str, owner: str, spec: JobSpec, created_at: float, host_uid: int | None = None
+    ) -> JobRecord:
         """The Pending record of a job about to start (the names of its environment
-        variables only)."""
+        variables only), running as `host_uid` on the host."""
         return cls(
             job_id=job_id,
             owner=owner,
@@ -99,6 +105,7 @@ class JobRecord:
             workdir=spec.workdir,
             host_network=spec.host_network,
             limits=spec.limits,
+            host_uid=host_uid,
         )
 
     @property

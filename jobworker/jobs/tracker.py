@@ -9,7 +9,8 @@ What lives where (the job's life is spread over small modules of one concern):
   restart reconcile table; `job`: a job's record, lifecycle, log and handles;
 - `supervisor`: a running job's life to its terminal record, stops, time limits;
 - `restore`: taking over an earlier jwsd's jobs at start-up;
-- `policy`: the limits a job gets; `datadir`: the data dir's set-up;
+- `policy`: the limits a job gets; `datadir`: the data dir's set-up; `uids`: the
+  host uid each owner's jobs run as;
 - `jobworker.sandbox`: everything about a job's processes on the host.
 
 Structured concurrency: the tracker is an async context manager that owns one
@@ -58,7 +59,7 @@ from jobworker.errors import (
     ShuttingDownError,
     sole_error,
 )
-from jobworker.jobs import datadir, policy
+from jobworker.jobs import datadir, policy, uids
 from jobworker.jobs.config import TrackerConfig
 from jobworker.jobs.finished import FinishedJobs
 from jobworker.jobs.job import Job
@@ -115,6 +116,7 @@ class JobTracker:
     _watcher: OutputWatcher | None = attrs.field(init=False, default=None)
     _supervisor: Supervisor | None = attrs.field(init=False, default=None)
     _restored: builtins.list[Job] = attrs.field(init=False, factory=list)
+    _uids: uids.HostUids | None = attrs.field(init=False, default=None)
 
     @_finished.default
     def _finished_default(self) -> FinishedJobs:
@@ -155,8 +157,13 @@ class JobTracker:
         """Check the host can run jobs, open the store, take over the jobs its records
         name; raise SetupError saying what is missing."""
         config = self.config
+        uids.check_host_free(config.job_uids)
         self._host = HostSetup.check(
-            config.job_user, data_dir=config.data_dir, binds=config.job_binds
+            config.job_user,
+            data_dir=config.data_dir,
+            binds=config.job_binds,
+            # The last id is the last one an owner gets (they go lowest first).
+            host_uid=config.job_uids.last,
         )
         self._data_lock = datadir.DataDirLock.acquire(config.data_dir)  # before it is touched
         try:
@@ -164,6 +171,11 @@ class JobTracker:
             self._store = store = JobStore.open(config.data_dir / STORE_NAME)
             self._watcher = OutputWatcher()
             records = store.load()
+            self._uids = uids.HostUids.load(
+                config.data_dir,
+                config.job_uids,
+                {r.owner: r.host_uid for r in records if r.host_uid is not None},
+            )
             self._sandbox = Sandbox.open(
                 self._host,
                 config.data_dir,
@@ -268,23 +280,30 @@ class JobTracker:
         """
         if self._closing or self._nursery is None:
             raise ShuttingDownError()
-        sandbox, supervisor = self._sandbox, self._supervisor
+        sandbox, supervisor, host_uids = self._sandbox, self._supervisor, self._uids
         assert sandbox is not None and supervisor is not None and self._watcher is not None
+        assert host_uids is not None
         policy.check_running_quota(self.config, self._running[owner])
         limits = policy.effective_limits(self.config, spec.limits)
         sandbox.check_limits(limits)
         policy.check_network(self.config, spec)
+        host_uid = host_uids.known(owner)
+        if host_uid is None:  # the owner's first start: once per owner, ever
+            host_uid = await host_uids.allocate(owner)
+            if self._closing:  # the shutdown began meanwhile, and stops only the jobs it saw
+                raise ShuttingDownError()
+        user = sandbox.user_on_host(host_uid)
         job_id = str(uuid.uuid4())
         directory = datadir.jobs_dir(self.config.data_dir) / job_id
         spec = attrs.evolve(spec, limits=limits)
         job = Job(
-            JobRecord.new(job_id, owner, spec, created_at=time.time()),
+            JobRecord.new(job_id, owner, spec, created_at=time.time(), host_uid=user.host_uid),
             directory,
             FileLog(directory / OUTPUT_NAME, limits.output),
         )
         cwd = spec.workdir or str(job.workdir)
         env = dict(spec.env) if spec.env else sandbox.default_env(job.workdir)
-        sandbox.check_command(spec.argv, env, cwd=cwd, workdir=job.workdir)
+        sandbox.check_command(spec.argv, env, cwd=cwd, workdir=job.workdir, user=user)
         self._jobs[job_id] = job
         self._running[owner] += 1
         starting = None
@@ -294,6 +313,7 @@ class JobTracker:
                     job_id=job_id,
                     owner=owner,
                     directory=directory,
+                    user=user,
                     argv=spec.argv,
                     env=env,
                     cwd=cwd,

@@ -4,16 +4,17 @@ command line, the seccomp filter, the memfds, the status file, the output copier
 
 Made once at start-up:
 
-- `HostSetup.check(job_user, data_dir=, binds=)`: the host checks (root, the
-  programs, the job user, the seccomp program, the jobs' view of the host with the
-  operator's binds, a trial sandbox); `check_reachable(data_dir)`.
+- `HostSetup.check(job_user, data_dir=, binds=, host_uid=)`: the host checks (root,
+  the programs, the job user, the seccomp program, the jobs' view of the host with
+  the operator's binds, a trial sandbox as a host uid of jobs); `check_reachable(data_dir)`.
 - `Sandbox.open(host, data_dir, ...)`: with the cgroup driver, the IO device and the
   settings every job gets (work dir and tmpfs sizes, the build's timeout);
   `cleanup_stale(keep)` at start-up, `close()` at exit.
 
 A job's life:
 
-- `Sandbox.check_limits`, `Sandbox.check_command`, `Sandbox.default_env`: before
+- `Sandbox.user_on_host(uid)` (the job user as its owner's host uid),
+  `Sandbox.check_limits`, `Sandbox.check_command`, `Sandbox.default_env`: before
   anything of the job exists.
 - `Sandbox.prepare(JobRequest) -> StartingJob`: its dir, cgroup and files
   (`cgroup_dirs` for its record); `await StartingJob.launch() -> RunningJob`;

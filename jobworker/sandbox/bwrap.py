@@ -6,9 +6,11 @@ bubblewrap.
 1. The trampoline (`sh`, still root) writes its own pid into every cgroup.procs
    file of the job, then `exec`s the rest: every process the job ever has is born
    inside its cgroups, with no race and no `preexec_fn` in a threaded daemon.
-2. `setpriv` drops to the job user (default `nobody`) before bubblewrap runs, so
-   bubblewrap builds the sandbox unprivileged, inside a new user namespace: the
-   command runs as that user on the host too, with no capabilities at all.
+2. `setpriv` drops to the job's host uid (its owner's, `jobworker.jobs.uids`)
+   before bubblewrap runs, so bubblewrap builds the sandbox unprivileged, inside a
+   new user namespace that maps the job user (default `nobody`) to that uid: the
+   command sees itself as the job user, runs as its owner's uid on the host, with
+   no capabilities at all.
 3. `bwrap` unshares every namespace (pid, mount, net with only `lo` up, uts, ipc,
    user, cgroup) and forbids further user namespaces inside, builds the job's
    view of the host on an empty root (an allow-list of read-only directories,
@@ -82,12 +84,19 @@ HELPER_PROCESSES = 2
 
 @attrs.frozen
 class JobUser:
-    """The host account jobs run as. uid 0 means root: the sandbox then keeps root's
-    capabilities (an explicit, dangerous opt-in of the daemon's operator)."""
+    """Who a job runs as. `name`, `uid` and `gid` are the host account jobs see
+    themselves as inside their user namespace (`--job-user`, default `nobody`);
+    `host_uid` and `host_gid` are what the job's processes are on the host (its
+    owner's ids, `jobworker.jobs.uids`; by default the account's own). Every
+    permission the host grants a job is judged for the host ids. uid 0 means root:
+    the sandbox then keeps root's capabilities (an explicit, dangerous opt-in of
+    the daemon's operator), on the host too."""
 
     name: str
     uid: int
     gid: int
+    host_uid: int = attrs.field(default=attrs.Factory(lambda user: user.uid, takes_self=True))
+    host_gid: int = attrs.field(default=attrs.Factory(lambda user: user.gid, takes_self=True))
 
     @classmethod
     def lookup(cls, name: str) -> JobUser:
@@ -103,6 +112,10 @@ class JobUser:
     @property
     def is_root(self) -> bool:
         return self.uid == 0
+
+    def on_host(self, uid: int) -> JobUser:
+        """This user running as host uid (and gid) `uid`; root stays root."""
+        return self if self.is_root else attrs.evolve(self, host_uid=uid, host_gid=uid)
 
 
 @attrs.frozen
@@ -158,7 +171,7 @@ def spawn_argv(
     """
     cmd = [tools.sh, "-c", TRAMPOLINE, "jobworker-trampoline", *map(str, procs_files), "--"]
     if not user.is_root:
-        cmd += [tools.setpriv, f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups", "--"]
+        cmd += [*setpriv_argv(tools, user), "--"]
     cmd += [tools.bwrap, "--args", str(args_fd), "--unshare-all"]
     if host_network:
         cmd.append("--share-net")
@@ -197,6 +210,11 @@ def spawn_argv(
         *exec_argv(tools, argv),
     ]  # fmt: skip
     return cmd
+
+
+def setpriv_argv(tools: SandboxTools, user: JobUser) -> list[str]:
+    """setpriv dropping to the job's host ids, with no supplementary groups."""
+    return [tools.setpriv, f"--reuid={user.host_uid}", f"--regid={user.host_gid}", "--clear-groups"]
 
 
 def _workdir_options(workdir: Path, size: int | None) -> list[str]:

@@ -64,15 +64,24 @@ class HostSetup:
 
     @classmethod
     def check(
-        cls, job_user: str, *, data_dir: Path, binds: Sequence[hostview.JobBind] = ()
+        cls,
+        job_user: str,
+        *,
+        data_dir: Path,
+        binds: Sequence[hostview.JobBind] = (),
+        host_uid: int | None = None,
     ) -> HostSetup:
         """Check the host can run jobs as `job_user` (root, the programs, the view of
         the host with the operator's `binds`, a trial sandbox); raise SetupError
         saying what is missing (docs/hosts.md). data_dir: the jobs' data dir, which
-        no bind may show."""
+        no bind may show. host_uid: a host uid jobs run as (one of `--job-uids`, all
+        alike to the host: none owns a file outside the data dir), which the checks
+        are made for; None: the job user's own."""
         host_checks.check_root()
         tools = host_checks.find_tools()
         user = JobUser.lookup(job_user)
+        if host_uid is not None:
+            user = user.on_host(host_uid)
         program = seccomp.program()
         view = hostview.HostView.build(
             can_read=hostview.readable_by(user), data_dir=data_dir, binds=binds
@@ -91,6 +100,7 @@ class JobRequest:
     """A job to start, checked (`Sandbox.check_limits`, `Sandbox.check_command`).
 
     directory: the job's dir, made by `prepare` (its parent exists).
+    user: who the job runs as (`Sandbox.user_on_host`: its owner's host uid).
     argv / env / cwd: the command, its whole environment, its working directory.
     limits: the job's effective limits (the pids limit as the user counts it).
     """
@@ -98,6 +108,7 @@ class JobRequest:
     job_id: str
     owner: str
     directory: Path
+    user: JobUser
     argv: Sequence[str]
     env: Mapping[str, str]
     cwd: str
@@ -201,6 +212,10 @@ class Sandbox:
             "LOGNAME": user.name,
         }
 
+    def user_on_host(self, host_uid: int) -> JobUser:
+        """The job user running as `host_uid` on the host (an owner's id)."""
+        return self.host.user.on_host(host_uid)
+
     def check_limits(self, limits: Limits) -> None:
         """Raise InvalidRequestError when `limits` cannot be applied here (IO limits
         without a block device under the data dir)."""
@@ -208,11 +223,17 @@ class Sandbox:
             raise InvalidRequestError(self.io_device_error or "io limits are not available")
 
     def check_command(
-        self, argv: Sequence[str], env: Mapping[str, str], *, cwd: str, workdir: Path
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        *,
+        cwd: str,
+        workdir: Path,
+        user: JobUser,
     ) -> None:
         """Raise InvalidRequestError when the kernel would refuse to exec the command
         line (E2BIG), StartFailedError when its program cannot be run in the sandbox
-        (`program.resolve_program`: what the view of the host hides, and the data
+        by `user` (`program.resolve_program`: what the view of the host hides, and the data
         dir, are missing there, but for the job's `workdir`)."""
         # What bubblewrap finally execs, with the PWD the shell adds (the slack covers it).
         check_exec_size(bwrap.exec_argv(self.host.tools, argv), env)
@@ -220,7 +241,7 @@ class Sandbox:
             argv[0],
             path=env.get("PATH"),
             cwd=cwd,
-            user=self.host.user,
+            user=user,
             hidden=(*self.host.view.hidden, PurePosixPath(self.data_dir)),
             visible=(*self.host.view.visible, PurePosixPath(workdir)),
         )
@@ -233,13 +254,13 @@ class Sandbox:
         limits, its output and status files (root's, 0600) and the copier's error
         memfd. Raises InvalidRequestError or SetupError (from the cgroup driver), or
         OSError; then nothing of it is left."""
-        user = self.host.user
+        user = request.user
         request.directory.mkdir(mode=0o711)
         starting = None
         try:
             if self.workdir_size is None:  # else a tmpfs in the sandbox only
                 request.workdir.mkdir(mode=0o700)
-                os.chown(request.workdir, user.uid, user.gid)
+                os.chown(request.workdir, user.host_uid, user.host_gid)
             cgroup = self.cgroups.create(
                 request.job_id, _with_helpers(request.limits), self.io_device, owner=request.owner
             )
@@ -363,7 +384,7 @@ class StartingJob:
         nothing of it runs."""
         sandbox, request = self.sandbox, self.request
         assert self.output_fd is not None and self.status_fd is not None
-        tools, user = sandbox.host.tools, sandbox.host.user
+        tools, user = sandbox.host.tools, request.user
         build_cmd = functools.partial(
             bwrap.spawn_argv,
             tools,
@@ -388,7 +409,7 @@ class StartingJob:
                 status_file=self.status_fd,
                 output_limit=request.limits.output,
                 copier_errors=self.copier_errors,
-                pipe_owner=(user.uid, user.gid),
+                pipe_owner=(user.host_uid, user.host_gid),
                 on_ready=None if sandbox.workdir_size is None else self._open_workdir,
                 seccomp=sandbox.host.seccomp,
                 kill_sandbox=self.cgroup.kill_all,

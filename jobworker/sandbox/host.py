@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from jobworker.errors import SetupError
-from jobworker.sandbox.bwrap import HELPER_ENV, JobUser, SandboxTools
+from jobworker.sandbox.bwrap import HELPER_ENV, JobUser, SandboxTools, setpriv_argv
 from jobworker.sandbox.program import permits
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,14 @@ def check_sandbox(
     reach fails here, once, not at every start."""
     argv = [tools.bwrap, "--unshare-all"]
     if not user.is_root:
-        argv += ["--unshare-user", "--disable-userns"]
+        argv += [
+            "--unshare-user",
+            "--disable-userns",
+            "--uid",
+            str(user.uid),
+            "--gid",
+            str(user.gid),
+        ]
     argv += [*view, "--proc", "/proc", "--dev", "/dev"]
     argv += ["--perms", "0700", "--size", str(1 << 20), "--tmpfs", "/tmp", "--remount-ro", "/"]
     with contextlib.ExitStack() as closing:
@@ -77,14 +84,7 @@ def _run_trial_sandbox(
     tools: SandboxTools, user: JobUser, argv: list[str], pass_fds: tuple[int, ...]
 ) -> None:
     if not user.is_root:
-        argv = [
-            tools.setpriv,
-            f"--reuid={user.uid}",
-            f"--regid={user.gid}",
-            "--clear-groups",
-            "--",
-            *argv,
-        ]
+        argv = [*setpriv_argv(tools, user), "--", *argv]
     try:
         result = subprocess.run(
             argv,

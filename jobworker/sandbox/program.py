@@ -165,10 +165,11 @@ def _lookup(path: str, user: JobUser) -> tuple[str, os.stat_result] | str:
 
 def permits(st: os.stat_result, user: JobUser, bit: int) -> bool:
     """Whether the mode bits grant `user` permission `bit` (0o4 read, 0o2 write,
-    0o1 execute/search) on the file: its owner's bits, else its group's, else others'."""
-    if st.st_uid == user.uid:
+    0o1 execute/search) on the file: its owner's bits, else its group's, else others'
+    (judged for the job's host ids, which the kernel checks)."""
+    if st.st_uid == user.host_uid:
         return bool(st.st_mode & (bit << 6))
-    if st.st_gid == user.gid:
+    if st.st_gid == user.host_gid:
         return bool(st.st_mode & (bit << 3))
     return bool(st.st_mode & bit)
 

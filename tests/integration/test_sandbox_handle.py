@@ -45,6 +45,7 @@ class Host:
             job_id=job_id,
             owner="alex",
             directory=directory,
+            user=self.sandbox.host.user,
             argv=("sh", "-c", script),
             env=self.sandbox.default_env(directory / "work"),
             cwd=str(directory / "work"),

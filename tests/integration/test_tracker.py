@@ -36,6 +36,7 @@ from jobworker.sandbox import seccomp
 from jobworker.sandbox.cgroups import detect
 from tests.conftest import require_root
 from tests.support.cgroupfs import cgroup_pids, cgroups_named, job_cgroup_dirs
+from tests.support.hostids import host_ids
 from tests.support.leaks import LeakCheck, child_pids, processes_running
 from tests.support.names import unique_name
 from tests.support.records import assert_only_records_left
@@ -187,9 +188,11 @@ async def test_a_job_cannot_see_other_jobs_files(tracker: JobTracker) -> None:
     await tracker.stop("alex", first.job_id, grace=0)
 
 
-def as_job_user(script: str, stdin: str = "") -> None:
+def as_job_user(script: str, stdin: str = "", *, pid: int) -> None:
+    """Run `script` on the host as the user process `pid` (a job's) runs as."""
+    uid, gid = host_ids(pid)
     subprocess.run(
-        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "sh", "-c", script],
+        ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "sh", "-c", script],
         input=stdin.encode(),
         check=True,
         timeout=10,
@@ -219,15 +222,18 @@ async def test_a_job_can_neither_change_its_cgroup_nor_leave_it(tracker: JobTrac
     before = {t: t.read_text() for t in targets if t.name != "cgroup.procs"}
     # The work dir is a tmpfs in the sandbox's mount namespace: reach it through a
     # process in the sandbox (not the outer bubblewrap, in the host's), as the job
-    # user (the tmpfs belongs to the sandbox's user namespace, where root is nobody).
+    # user's host uid (the tmpfs belongs to the sandbox's user namespace, where root is
+    # that uid; /proc/PID/root is open to that uid only).
     inside = (tracker.config.data_dir / "jobs" / status.job_id / "work").relative_to("/")
     pids = (job_dir / "cgroup.procs").read_text().split()
-    workdir = next(
-        Path(f"/proc/{pid}/root") / inside
+    pid, workdir = next(
+        (int(pid), Path(f"/proc/{pid}/root") / inside)
         for pid in pids
         if (Path(f"/proc/{pid}/root") / inside).is_dir()
     )
-    as_job_user(f"cat > {workdir}/attack.tmp && mv {workdir}/attack.tmp {workdir}/attack", script)
+    as_job_user(
+        f"cat > {workdir}/attack.tmp && mv {workdir}/attack.tmp {workdir}/attack", script, pid=pid
+    )
     out = bytearray()
     async with tracker.subscribe("alex", status.job_id) as chunks:
         async for chunk in chunks:
@@ -236,7 +242,7 @@ async def test_a_job_can_neither_change_its_cgroup_nor_leave_it(tracker: JobTrac
                 break
     assert {t: t.read_text() for t in before} == before
     assert not (job_dir / "escape").exists()
-    as_job_user(f"touch {workdir}/done")
+    as_job_user(f"touch {workdir}/done", pid=pid)
     lines = out.decode().splitlines()[:-1]
     assert not [line for line in lines if line.startswith(("wrote", "made"))], out
     # Its own cgroup namespace: the job sees its cgroup as the root.

@@ -45,3 +45,5 @@ def test_help_shows_every_default() -> None:
     assert "[default: cpu=1,memory=512M,pids=256]" in text
     assert "--tmpfs-size" in text
     assert "[default: 64M]" in text
+    assert "--job-uids FIRST-LAST" in text
+    assert "[default: 1879048192-1879113727]" in text

@@ -59,3 +59,14 @@ def test_status_takes_live_readings_over_the_recorded_ones() -> None:
     assert record.status().output_size == 5
     live = record.status(usage=Usage(9, 9, 0), output_size=7, output_disk_bytes=7)
     assert (live.usage, live.output_size, live.state) == (Usage(9, 9, 0), 7, JobState.ACTIVE)
+
+
+def test_the_host_uid_round_trips_and_a_record_from_before_host_uids_has_none() -> None:
+    """A record names the host uid its job runs as; one written before jobs had host
+    uids (no such field) loads, with None (the job user's own uid)."""
+    spec = JobSpec(argv=("true",))
+    record = JobRecord.new("id", "alex", spec, created_at=1.0, host_uid=1879048192)
+    assert JobRecord.from_json(record.to_json()).host_uid == 1879048192
+    old = json.loads(record.to_json())
+    del old["host_uid"]
+    assert JobRecord.from_json(json.dumps(old)).host_uid is None

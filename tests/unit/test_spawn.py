@@ -211,6 +211,23 @@ def test_spawn_argv_for_root_and_host_network_skips_the_privilege_drop() -> None
     assert argv[argv.index("--bind") : argv.index("--bind") + 3] == ["--bind", "/d/w", "/d/w"]
 
 
+def test_spawn_argv_drops_to_the_owners_host_uid_and_maps_the_job_user_inside() -> None:
+    """setpriv takes the job to its owner's host ids; bubblewrap's user namespace shows
+    it as the job user (nobody), as before jobs had host uids of their own."""
+    tools = bwrap.SandboxTools(sh="/bin/sh", setpriv="/usr/bin/setpriv", bwrap="/usr/bin/bwrap")
+    argv = bwrap.spawn_argv(
+        tools, NOBODY.on_host(1879048200), procs_files=[], data_dir=Path("/d"),
+        workdir=Path("/d/w"), cwd="/", argv=["id"], status_fd=5, args_fd=6,
+        host_network=False, tmpfs_size=None, workdir_size=None, view=(),
+    )  # fmt: skip
+    setpriv = argv.index("/usr/bin/setpriv")
+    assert argv[setpriv : setpriv + 4] == [
+        "/usr/bin/setpriv", "--reuid=1879048200", "--regid=1879048200", "--clear-groups",
+    ]  # fmt: skip
+    user = argv.index("--uid")
+    assert argv[user : user + 4] == ["--uid", "65534", "--gid", "65534"]
+
+
 def test_env_options_carry_the_job_environment_for_bubblewrap_alone() -> None:
     """NUL-separated for --args: values with spaces, newlines, '=' or nothing stay whole."""
     env = {"A": "1", "LD_PRELOAD": "/x.so", "SPACED": "a b\nc", "EQ": "k=v", "EMPTY": ""}
@@ -302,6 +319,29 @@ def test_search_permission_is_judged_by_owner_then_group_then_others(tmp_path: P
     _script(group_only / "x", 0o755)
     with pytest.raises(StartFailedError, match="permission denied"):
         program.resolve_program(str(group_only / "x"), path=None, cwd="/", user=NOBODY)
+
+
+def test_permissions_are_judged_for_the_jobs_host_uid_not_the_job_user(tmp_path: Path) -> None:
+    """A job runs on the host as its owner's uid, not as nobody: a dir only nobody may
+    search is closed to it, one only its own host uid may search is open."""
+    alex = NOBODY.on_host(1879048192)
+    assert (alex.uid, alex.gid, alex.host_uid, alex.host_gid) == (
+        65534,
+        65534,
+        1879048192,
+        1879048192,
+    )
+    for name, owner in (("nobodys", NOBODY.uid), ("alexs", alex.host_uid)):
+        directory = tmp_path / name
+        directory.mkdir()
+        os.chown(directory, owner, owner)
+        directory.chmod(0o100)
+        _script(directory / "x", 0o755)
+    with pytest.raises(StartFailedError, match="permission denied"):
+        program.resolve_program(str(tmp_path / "nobodys" / "x"), path=None, cwd="/", user=alex)
+    found = program.resolve_program(str(tmp_path / "alexs" / "x"), path=None, cwd="/", user=alex)
+    assert found == str(tmp_path / "alexs" / "x")
+    assert ROOT.on_host(1879048192) == ROOT, "a root job user stays root on the host"
 
 
 def test_symbolic_links_are_followed_as_the_kernel_would(tmp_path: Path) -> None:
