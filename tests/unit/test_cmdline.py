@@ -105,4 +105,5 @@ def test_a_1_mib_word_splits_in_linear_time(cmd: str) -> None:
     started = time.monotonic()
     with contextlib.suppress(InvalidRequestError):
         split_command(cmd)
-    assert time.monotonic() - started < scaled(2.0)  # the quadratic one took minutes
+    # Linear takes ~0.5 s here, 3 s on a loaded 2-core host; the quadratic one took minutes.
+    assert time.monotonic() - started < scaled(10.0)
