@@ -39,6 +39,12 @@ MAX_ENV = 1024
 MAX_ENV_NAME_BYTES = 256
 #: Longest working directory: PATH_MAX less its NUL.
 MAX_WORKDIR_BYTES = 4095
+#: Jobs in one ListJobs page when the request names no page_size, and the most it may name.
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+#: Most bytes of a job's argv a listing shows (its arguments' UTF-8 bytes plus one per
+#: argument); the rest is cut, and GetJobStatus shows it all.
+MAX_LISTED_ARGS_BYTES = 256
 
 # Message sizes on the wire, for every side in one place.
 #: Most output bytes in one GetJobOutput message. The tracker's pump reads the job's
@@ -233,6 +239,8 @@ class JobStatus:
         the last reading once it has ended).
     outcome_reason: why the job ended as it did, when the outcome alone does not
         say (a job `LOST` across a restart), else `None`.
+    argv_cut: True when `spec.argv` is only the start of the job's argv (a listing
+        cuts it to `MAX_LISTED_ARGS_BYTES`; a job's status has it all).
     """
 
     job_id: str
@@ -251,6 +259,7 @@ class JobStatus:
     output_truncated: str | None = None
     workdir_bytes: int = 0
     outcome_reason: str | None = None
+    argv_cut: bool = False
 
     @property
     def oom_killed(self) -> bool:

@@ -59,6 +59,10 @@ class Job:
         return self.record.owner
 
     @property
+    def created_at(self) -> float:
+        return self.record.created_at
+
+    @property
     def phase(self) -> Phase:
         return self.lifecycle.phase
 
