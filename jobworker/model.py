@@ -142,6 +142,31 @@ def _command_size(argv: tuple[str, ...], env: Mapping[str, str] | None) -> int:
     return size
 
 
+def cut_argv(
+    argv: tuple[str, ...], limit: int = MAX_LISTED_ARGS_BYTES
+) -> tuple[tuple[str, ...], bool]:
+    """The start of `argv` a listing shows, and whether anything was cut: arguments
+    while their UTF-8 bytes plus one per argument fit in `limit`, the last one
+    kept maybe cut short (at a character boundary). Costs O(limit), whatever the
+    argv's size."""
+    kept: list[str] = []
+    room = limit
+    for arg in argv:
+        room -= 1  # each argument costs one byte more: a separator, or its wire length
+        if room < 0:
+            return tuple(kept), True
+        # Characters are at least one byte: more than `room` of them never fit.
+        head = arg[: room + 1]
+        data = head.encode("utf-8", "surrogatepass")
+        if len(head) == len(arg) and len(data) <= room:
+            kept.append(arg)
+            room -= len(data)
+            continue
+        kept.append(data[:room].decode("utf-8", "ignore"))
+        return tuple(kept), True
+    return tuple(kept), False
+
+
 @attrs.frozen
 class JobSpec:
     """What to run.
@@ -181,6 +206,12 @@ class JobSpec:
                 f"the command and its environment take {size} bytes; at most "
                 f"{MAX_COMMAND_BYTES} are allowed"
             )
+
+    def listed(self) -> tuple[JobSpec, bool]:
+        """This spec as a listing shows it, its argv cut (`cut_argv`), and whether
+        anything was cut."""
+        argv, cut = cut_argv(self.argv)
+        return (attrs.evolve(self, argv=argv) if cut else self), cut
 
 
 class JobState(enum.StrEnum):

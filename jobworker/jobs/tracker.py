@@ -384,8 +384,10 @@ class JobTracker:
     ) -> builtins.list[JobStatus]:
         """Snapshots of at most `limit` of the caller's jobs (every job for an admin),
         oldest first by (created_at, job_id), starting after the key `after` (None:
-        from the first): one page, in O(log n + limit) (`jobworker.jobs.job_index`)."""
-        return [job.snapshot() for job in self._jobs.page(None if admin else owner, after, limit)]
+        from the first), each argv cut as a listing shows it: one page, in
+        O(log n + limit) (`jobworker.jobs.job_index`), whatever the argvs hold."""
+        jobs = self._jobs.page(None if admin else owner, after, limit)
+        return [job.snapshot(listed=True) for job in jobs]
 
     def running_count(self) -> int:
         """How many jobs have not yet ended, of every owner."""

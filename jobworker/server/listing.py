@@ -38,7 +38,6 @@ from jobworker.jobs.job_index import ListKey
 from jobworker.model import (
     DEFAULT_PAGE_SIZE,
     MAX_CLIENT_MESSAGE,
-    MAX_LISTED_ARGS_BYTES,
     MAX_PAGE_SIZE,
     JobStatus,
 )
@@ -112,37 +111,14 @@ def decode_token(token: str) -> ListKey:
     return key
 
 
-def cut_argv(
-    argv: tuple[str, ...], limit: int = MAX_LISTED_ARGS_BYTES
-) -> tuple[tuple[str, ...], bool]:
-    """The start of `argv` a listing shows, and whether anything was cut: arguments
-    while their UTF-8 bytes plus one per argument fit in `limit`, the last one
-    kept maybe cut short (at a character boundary). Costs O(limit), whatever the
-    argv's size."""
-    kept: list[str] = []
-    room = limit
-    for arg in argv:
-        room -= 1  # each argument costs one byte more: a separator, or its wire length
-        if room < 0:
-            return tuple(kept), True
-        # Characters are at least one byte: more than `room` of them never fit.
-        head = arg[: room + 1]
-        data = head.encode("utf-8", "surrogatepass")
-        if len(head) == len(arg) and len(data) <= room:
-            kept.append(arg)
-            room -= len(data)
-            continue
-        kept.append(data[:room].decode("utf-8", "ignore"))
-        return tuple(kept), True
-    return tuple(kept), False
-
-
 def listed(status: JobStatus) -> JobStatus:
-    """`status` as a listing shows it: its argv cut (`cut_argv`)."""
-    argv, cut = cut_argv(status.spec.argv)
+    """`status` as a listing shows it: its argv cut (`JobSpec.listed`). The tracker
+    hands over jobs already cut (each job cuts its argv once): this is the page's
+    own guarantee of its bound, at O(MAX_LISTED_ARGS_BYTES) a job."""
+    spec, cut = status.spec.listed()
     if not cut:
         return status
-    return attrs.evolve(status, spec=attrs.evolve(status.spec, argv=argv), argv_cut=True)
+    return attrs.evolve(status, spec=spec, argv_cut=True)
 
 
 #: Jobs fetched and encoded between checkpoints: a few milliseconds of work at most
@@ -240,7 +216,6 @@ class Turns:
 __all__ = [
     "PAGE_BYTES",
     "REST",
-    "cut_argv",
     "decode_token",
     "encode_token",
     "listed",

@@ -10,7 +10,7 @@ import uuid
 import pytest
 import trio
 
-from jobworker import messages
+from jobworker import messages, model
 from jobworker.errors import InvalidRequestError
 from jobworker.jobs.job_index import JobIndex, ListKey
 from jobworker.model import (
@@ -138,15 +138,15 @@ def test_a_token_the_server_did_not_make_is_invalid(token: str) -> None:
 
 
 def test_a_short_argv_is_listed_whole() -> None:
-    assert listing.cut_argv(("sh", "-c", "echo hi")) == (("sh", "-c", "echo hi"), False)
+    assert model.cut_argv(("sh", "-c", "echo hi")) == (("sh", "-c", "echo hi"), False)
     exact = ("a" * (MAX_LISTED_ARGS_BYTES - 1),)
-    assert listing.cut_argv(exact) == (exact, False)
+    assert model.cut_argv(exact) == (exact, False)
 
 
 @pytest.mark.parametrize("name", sorted(MAXIMAL_ARGVS))
 def test_a_long_argv_is_cut_to_the_bound_at_a_character_boundary(name: str) -> None:
     argv = MAXIMAL_ARGVS[name]
-    kept, cut = listing.cut_argv(argv)
+    kept, cut = model.cut_argv(argv)
     assert cut
     assert sum(len(a.encode()) + 1 for a in kept) <= MAX_LISTED_ARGS_BYTES
     assert kept[0] and argv[0].startswith(kept[0])
