@@ -18,7 +18,7 @@ from tests.integration.test_service_quotas import wait_terminated
 from tests.support.certs import TestPKI
 from tests.support.daemon import Daemon, DaemonFiles
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.hierarchy_independent]
 
 Code = purerpc.StatusCode
 

@@ -10,6 +10,8 @@ import pytest
 
 from jobworker.jobs.job_index import JobIndex, list_key
 
+pytestmark = pytest.mark.hierarchy_independent
+
 
 @attrs.frozen
 class Job:

@@ -30,6 +30,8 @@ from jobworker.model import (
 from jobworker.server import listing
 from jobworker.v1 import jobworker_pb2 as pb
 
+pytestmark = pytest.mark.hierarchy_independent
+
 #: Argvs at the request bounds, each of about 1 MiB or of the most arguments.
 MAXIMAL_ARGVS = {
     "one-huge-arg": ("x" * MAX_ARG_BYTES,) * 8,
