@@ -7,8 +7,10 @@ carried every job's full argv was larger than any client accepts (and than jwsd
 may send), and building it cost the event loop ~100 ms each time, a cost one user
 could impose on everyone by listing in a loop. Now the work per call is bounded
 by `MAX_PAGE_SIZE` jobs of bounded size: the tracker hands over one page
-(`jobworker.jobs.job_index`: O(log n + page)), each argv is cut to
-`MAX_LISTED_ARGS_BYTES` before it is copied into a message, and the page stops
+(`jobworker.jobs.job_index`: O(log n + page)) with each argv already cut to
+`MAX_LISTED_ARGS_BYTES` (each job cuts it once, `jobworker.jobs.job.Job.listed_spec`;
+building and checking a 1 MiB spec on every call was most of a listing's cost),
+the page checks that bound before copying an argv into a message, and it stops
 early once its encoded size would pass `PAGE_BYTES`.
 
 The cursor (`page_token`) is the key (created_at, job_id) of the last job of the
