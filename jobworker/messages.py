@@ -12,6 +12,9 @@ not how often (`usage.oom_kills` is 1 or 0).
 
 from __future__ import annotations
 
+import attrs
+
+from jobworker.errors import InvalidRequestError
 from jobworker.limits import KINDS
 from jobworker.model import JobSpec, JobState, JobStatus, Limits, Outcome, Usage
 from jobworker.v1 import jobworker_pb2 as pb
@@ -102,3 +105,17 @@ def status_from_proto(message: pb.GetJobStatusResponse) -> JobStatus:
         workdir_bytes=message.workdir_bytes,
         outcome_reason=message.outcome_reason or None,
     )
+
+
+def listed_from_proto(message: pb.ListJobsResponse) -> list[JobStatus]:
+    """The jobs of one ListJobs page, each marked `argv_cut` when the server cut its
+    argv; raises InvalidRequestError for values no server sends."""
+    if message.args_cut and len(message.args_cut) != len(message.jobs):
+        raise InvalidRequestError(
+            f"the server sent {len(message.args_cut)} args_cut flags for {len(message.jobs)} jobs"
+        )
+    cut = list(message.args_cut) or [False] * len(message.jobs)
+    return [
+        attrs.evolve(status_from_proto(job), argv_cut=True) if was_cut else status_from_proto(job)
+        for job, was_cut in zip(message.jobs, cut, strict=True)
+    ]

@@ -39,6 +39,12 @@ MAX_ENV = 1024
 MAX_ENV_NAME_BYTES = 256
 #: Longest working directory: PATH_MAX less its NUL.
 MAX_WORKDIR_BYTES = 4095
+#: Jobs in one ListJobs page when the request names no page_size, and the most it may name.
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+#: Most bytes of a job's argv a listing shows (its arguments' UTF-8 bytes plus one per
+#: argument); the rest is cut, and GetJobStatus shows it all.
+MAX_LISTED_ARGS_BYTES = 256
 
 # Message sizes on the wire, for every side in one place.
 #: Most output bytes in one GetJobOutput message. The tracker's pump reads the job's
@@ -136,6 +142,31 @@ def _command_size(argv: tuple[str, ...], env: Mapping[str, str] | None) -> int:
     return size
 
 
+def cut_argv(
+    argv: tuple[str, ...], limit: int = MAX_LISTED_ARGS_BYTES
+) -> tuple[tuple[str, ...], bool]:
+    """The start of `argv` a listing shows, and whether anything was cut: arguments
+    while their UTF-8 bytes plus one per argument fit in `limit`, the last one
+    kept maybe cut short (at a character boundary). Costs O(limit), whatever the
+    argv's size."""
+    kept: list[str] = []
+    room = limit
+    for arg in argv:
+        room -= 1  # each argument costs one byte more: a separator, or its wire length
+        if room < 0:
+            return tuple(kept), True
+        # Characters are at least one byte: more than `room` of them never fit.
+        head = arg[: room + 1]
+        data = head.encode("utf-8", "surrogatepass")
+        if len(head) == len(arg) and len(data) <= room:
+            kept.append(arg)
+            room -= len(data)
+            continue
+        kept.append(data[:room].decode("utf-8", "ignore"))
+        return tuple(kept), True
+    return tuple(kept), False
+
+
 @attrs.frozen
 class JobSpec:
     """What to run.
@@ -175,6 +206,12 @@ class JobSpec:
                 f"the command and its environment take {size} bytes; at most "
                 f"{MAX_COMMAND_BYTES} are allowed"
             )
+
+    def listed(self) -> tuple[JobSpec, bool]:
+        """This spec as a listing shows it, its argv cut (`cut_argv`), and whether
+        anything was cut."""
+        argv, cut = cut_argv(self.argv)
+        return (attrs.evolve(self, argv=argv) if cut else self), cut
 
 
 class JobState(enum.StrEnum):
@@ -233,6 +270,8 @@ class JobStatus:
         the last reading once it has ended).
     outcome_reason: why the job ended as it did, when the outcome alone does not
         say (a job `LOST` across a restart), else `None`.
+    argv_cut: True when `spec.argv` is only the start of the job's argv (a listing
+        cuts it to `MAX_LISTED_ARGS_BYTES`; a job's status has it all).
     """
 
     job_id: str
@@ -251,6 +290,7 @@ class JobStatus:
     output_truncated: str | None = None
     workdir_bytes: int = 0
     outcome_reason: str | None = None
+    argv_cut: bool = False
 
     @property
     def oom_killed(self) -> bool:

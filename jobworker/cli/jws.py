@@ -407,6 +407,9 @@ async def remove(user: str | None, addr: str | None, tls_dir: str | None, job_id
 async def list_jobs(user: str | None, addr: str | None, tls_dir: str | None, as_json: bool) -> None:
     """List your jobs (every job, for an admin), oldest first.
 
+    Follows the server's pages to the end; a long command shows cut (its start,
+    then "..."; "args_cut" in JSON): `jws status JOB_ID` shows it whole.
+
     \b
     Examples:
       jws list

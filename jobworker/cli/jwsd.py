@@ -252,6 +252,14 @@ def _count_or_none(ctx: click.Context, param: click.Parameter, value: int) -> in
     help="Most jobs one user may have running at once; more starts get RESOURCE_EXHAUSTED. 0: no limit.",
 )
 @click.option(
+    "--max-record-bytes-per-user",
+    type=_SIZE_OR_NONE,
+    default=_show_size(_JOBS.max_record_bytes_per_user),
+    show_default=True,
+    help="Most bytes of job records (argv, environment names, working directory) one user's "
+    "jobs may hold, running and kept; more starts get RESOURCE_EXHAUSTED. 0: no limit.",
+)
+@click.option(
     "--max-output",
     type=_SIZE_OR_NONE,
     default=_show_size(_JOBS.max_output),

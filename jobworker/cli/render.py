@@ -27,6 +27,7 @@ def status_dict(job: JobStatus) -> dict[str, Any]:
         "status": job.state.value,
         "owner": job.owner,
         "args": list(job.spec.argv),
+        "args_cut": job.argv_cut,
         "outcome": job.outcome.value if job.outcome else None,
         "exit_code": job.exit_code,
         "signal": job.signal,
@@ -123,6 +124,8 @@ def table(jobs: list[JobStatus], *, now: float | None = None) -> str:
         exit_text = str(job.exit_code) if job.exit_code is not None else "-"
         started = _ago(now - job.started_at) if job.started_at is not None else "-"
         command = shown(shlex.join(job.spec.argv))
+        if job.argv_cut:  # the listing cut it: mark it as the table's own cut does
+            command = command[:57] + "..."
         rows.append(
             (
                 shown(job.job_id),

@@ -19,7 +19,7 @@ import attrs
 
 from jobworker.client.errors import mapped_errors
 from jobworker.errors import SetupError
-from jobworker.messages import limits_to_proto, status_from_proto
+from jobworker.messages import limits_to_proto, listed_from_proto, status_from_proto
 from jobworker.model import MAX_CLIENT_MESSAGE, JobStatus, Limits
 from jobworker.transport import explicit_calls, open_channel
 from jobworker.v1 import health_grpc, health_pb2, jobworker_grpc
@@ -155,11 +155,27 @@ class JobWorkerClient:
         with mapped_errors():
             await self.stub.RemoveJob(pb.RemoveJobRequest(job_id=job_id))
 
-    async def list(self) -> list[JobStatus]:
-        """The caller's jobs (every job, for an admin), oldest first."""
-        with mapped_errors():
-            response: pb.ListJobsResponse = await self.stub.ListJobs(pb.ListJobsRequest())
-        return [status_from_proto(job) for job in response.jobs]
+    async def list(self, *, page_size: int | None = None) -> list[JobStatus]:
+        """The caller's jobs (every job, for an admin), oldest first, each argv cut
+        as listings cut it (`JobStatus.argv_cut`; `status` gives it all). Gathers
+        `jobs()`: one page in flight at a time."""
+        return [job async for job in self.jobs(page_size=page_size)]
+
+    async def jobs(self, *, page_size: int | None = None) -> AsyncGenerator[JobStatus, None]:
+        """The caller's jobs as `list` gives them, one ListJobs page at a time: the
+        next page is asked for once this one's jobs are consumed. page_size: jobs
+        per page (1 to 1000; None: the server's default)."""
+        request = pb.ListJobsRequest()
+        if page_size is not None:
+            request.page_size = page_size
+        while True:
+            with mapped_errors():
+                response: pb.ListJobsResponse = await self.stub.ListJobs(request)
+            for job in listed_from_proto(response):
+                yield job
+            if not response.next_page_token:
+                return
+            request.page_token = response.next_page_token
 
     async def output(self, job_id: str, offset: int = 0) -> AsyncGenerator[bytes, None]:
         """The job's output from byte `offset` until it has terminated and every byte

@@ -28,6 +28,9 @@ DEFAULT_TMPFS_SIZE = 64 << 20
 DEFAULT_MAX_RUNNING = 32
 DEFAULT_MAX_OUTPUT = 1 << 30
 DEFAULT_WORKDIR_SIZE = 1 << 30
+#: The most record bytes (argv, env names, workdir) one user's jobs hold in the store
+#: (`jwsd --max-record-bytes-per-user`): 64 one-MiB commands; jobs.db stays bounded.
+DEFAULT_MAX_RECORD_BYTES = 64 << 20
 #: How long a job's sandbox may take to build before its start fails (`--sandbox-timeout`).
 DEFAULT_SANDBOX_TIMEOUT = 30.0
 
@@ -53,6 +56,9 @@ class TrackerConfig:
         own cgroup (see `sandbox.cgroups.detect`).
     max_running_per_user: the most jobs an owner may have not yet Terminated
         (`None`: no limit).
+    max_record_bytes_per_user: the most bytes of job records (argv, environment
+        names, working directory: `jobworker.jobs.record_quota`) an owner's jobs,
+        running and kept, may hold (`None`: no limit).
     max_output: the most output a job keeps; a request may ask for less (its
         `Limits.output`), never more (`None`: no cap).
     workdir_size: the size of each job's tmpfs work dir (`None`: a plain directory
@@ -73,6 +79,7 @@ class TrackerConfig:
     cgroup_name: str = "jobworker"
     cgroup_parent: str | None = None
     max_running_per_user: int | None = DEFAULT_MAX_RUNNING
+    max_record_bytes_per_user: int | None = DEFAULT_MAX_RECORD_BYTES
     max_output: int | None = DEFAULT_MAX_OUTPUT
     workdir_size: int | None = DEFAULT_WORKDIR_SIZE
     sandbox_timeout: float = DEFAULT_SANDBOX_TIMEOUT
@@ -89,6 +96,7 @@ __all__ = [
     "DEFAULT_DATA_DIR",
     "DEFAULT_LIMITS",
     "DEFAULT_MAX_OUTPUT",
+    "DEFAULT_MAX_RECORD_BYTES",
     "DEFAULT_MAX_RUNNING",
     "DEFAULT_SANDBOX_TIMEOUT",
     "DEFAULT_TMPFS_SIZE",

@@ -12,6 +12,7 @@ things here that are not data.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import trio
 from jobworker.jobs.lifecycle import Event, Lifecycle, Phase, StopCause
 from jobworker.jobs.output_log import FileLog
 from jobworker.jobs.record import JobRecord
-from jobworker.model import JobStatus
+from jobworker.model import JobSpec, JobStatus
 from jobworker.sandbox import WORK_NAME, RunningJob
 
 
@@ -57,6 +58,10 @@ class Job:
     @property
     def owner(self) -> str:
         return self.record.owner
+
+    @property
+    def created_at(self) -> float:
+        return self.record.created_at
 
     @property
     def phase(self) -> Phase:
@@ -107,9 +112,24 @@ class Job:
             record = record.with_processes(self.running.processes, self.running.cgroup_dirs)
         return record
 
-    def snapshot(self) -> JobStatus:
+    @functools.cached_property
+    def spec(self) -> JobSpec:
+        """What the job runs (its record's `spec`), built once: the argv never changes,
+        and checking 1 MiB of it on every status or listing would cost the event loop
+        a millisecond each time."""
+        return self.record.spec
+
+    @functools.cached_property
+    def listed_spec(self) -> tuple[JobSpec, bool]:
+        """The spec as a listing shows it, and whether its argv was cut
+        (`JobSpec.listed`), made once: a page costs O(jobs), whatever their argvs."""
+        return self.spec.listed()
+
+    def snapshot(self, *, listed: bool = False) -> JobStatus:
         """The job as the API reports it; usage, output size and work dir read live while
-        it runs (best effort: the final readings are not)."""
+        it runs (best effort: the final readings are not). listed: with its argv cut
+        as a listing shows it."""
+        spec, argv_cut = self.listed_spec if listed else (self.spec, False)
         running = self.running if not self.phase.ended else None
         usage = workdir_bytes = None
         if running is not None:
@@ -118,6 +138,8 @@ class Job:
                 usage = running.usage()
             workdir_bytes = running.workdir_bytes()
         return self.record.status(
+            spec=spec,
+            argv_cut=argv_cut,
             usage=usage,
             output_size=self.log.size,
             output_disk_bytes=self.log.disk_size,

@@ -163,6 +163,8 @@ class JobRecord:
     def status(
         self,
         *,
+        spec: JobSpec | None = None,
+        argv_cut: bool = False,
         usage: Usage | None = None,
         output_size: int | None = None,
         output_disk_bytes: int | None = None,
@@ -170,11 +172,14 @@ class JobRecord:
         workdir_bytes: int | None = None,
     ) -> JobStatus:
         """The job as the API reports it; each reading given (a running job's live ones)
-        takes the place of the one recorded."""
+        takes the place of the one recorded. spec: the job's `spec` (which checks the
+        whole argv again when built: a caller that asks often passes its own), or
+        its listed form with `argv_cut`."""
         return JobStatus(
             job_id=self.job_id,
             owner=self.owner,
-            spec=self.spec,
+            spec=self.spec if spec is None else spec,
+            argv_cut=argv_cut,
             state=self.state,
             created_at=self.created_at,
             started_at=self.started_at,

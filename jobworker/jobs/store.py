@@ -36,7 +36,7 @@ from jobworker.errors import SetupError
 from jobworker.jobs.record import JobRecord
 
 #: The schema version this jobworker writes.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Each entry takes the schema from its index to the next version.
 MIGRATIONS: tuple[str, ...] = (
@@ -50,7 +50,18 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX jobs_by_owner ON jobs (owner);
     """,
+    # Give the space of deleted records back to the file system (`_delete` runs an
+    # incremental vacuum): a 1 MiB argv per job made jobs.db grow for good. Switching
+    # an existing file needs one VACUUM, which cannot run in a transaction.
+    """
+    PRAGMA auto_vacuum = INCREMENTAL;
+    VACUUM;
+    """,
 )
+
+#: Migrations that cannot run in a transaction (VACUUM). Each is idempotent: a
+#: crash before its version is written repeats it at the next start, harmlessly.
+UNTRANSACTED = frozenset({1})
 
 #: How long a statement waits for a lock another connection holds.
 BUSY_TIMEOUT_MS = 5000
@@ -171,6 +182,9 @@ class JobStore:
 
     def _delete(self, job_id: str) -> None:
         self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        # The freed pages go back to the file system (at the next checkpoint, in WAL
+        # mode). A script: `execute` steps the pragma once, which frees one page only.
+        self._db.executescript("PRAGMA incremental_vacuum;")
 
 
 class _transaction:
@@ -207,12 +221,21 @@ def _migrate(db: sqlite3.Connection, path: Path) -> None:
             "newer), or move the file away to start with no job records"
         )
     while version < SCHEMA_VERSION:
-        with _transaction(db):
-            for statement in MIGRATIONS[version].split(";"):
-                if statement.strip():
-                    db.execute(statement)
+        if version in UNTRANSACTED:
+            _run_script(db, MIGRATIONS[version])
             version += 1
             db.execute(f"PRAGMA user_version = {version}")
+            continue
+        with _transaction(db):
+            _run_script(db, MIGRATIONS[version])
+            version += 1
+            db.execute(f"PRAGMA user_version = {version}")
+
+
+def _run_script(db: sqlite3.Connection, script: str) -> None:
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
 
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "JobStore"]

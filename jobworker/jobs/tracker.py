@@ -59,18 +59,20 @@ from jobworker.errors import (
     ShuttingDownError,
     sole_error,
 )
-from jobworker.jobs import datadir, policy, uids
+from jobworker.jobs import datadir, policy, record_quota, uids
 from jobworker.jobs.config import TrackerConfig
 from jobworker.jobs.finished import FinishedJobs
 from jobworker.jobs.job import Job
+from jobworker.jobs.job_index import JobIndex, ListKey
 from jobworker.jobs.lifecycle import Event, StopCause
 from jobworker.jobs.output_log import FileLog
 from jobworker.jobs.record import JobRecord
+from jobworker.jobs.record_quota import RecordQuota
 from jobworker.jobs.restore import restore
 from jobworker.jobs.store import JobStore
 from jobworker.jobs.supervisor import FINISH_TIMEOUT, Supervisor
 from jobworker.jobs.watcher import OutputWatcher
-from jobworker.model import JobSpec, JobStatus
+from jobworker.model import MAX_PAGE_SIZE, JobSpec, JobStatus
 from jobworker.sandbox import (
     OUTPUT_NAME,
     CgroupDriver,
@@ -100,9 +102,11 @@ class JobTracker:
     config: TrackerConfig = attrs.Factory(TrackerConfig)
     cgroups: CgroupDriver | None = None
 
-    _jobs: dict[str, Job] = attrs.field(init=False, factory=dict)
+    _jobs: JobIndex[Job] = attrs.field(init=False, factory=JobIndex)
     # Jobs not yet ended, per owner (the running quota).
     _running: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
+    # The bytes of records each owner holds (the record-bytes quota).
+    _record_bytes: RecordQuota = attrs.field(init=False)
     # Finished jobs whose output is on disk, and the retention that forgets them.
     _finished: FinishedJobs = attrs.field(init=False)
     _background: trio.CancelScope = attrs.field(init=False, factory=trio.CancelScope)
@@ -117,6 +121,10 @@ class JobTracker:
     _supervisor: Supervisor | None = attrs.field(init=False, default=None)
     _restored: builtins.list[Job] = attrs.field(init=False, factory=list)
     _uids: uids.HostUids | None = attrs.field(init=False, default=None)
+
+    @_record_bytes.default
+    def _record_bytes_default(self) -> RecordQuota:
+        return RecordQuota(self.config.max_record_bytes_per_user)
 
     @_finished.default
     def _finished_default(self) -> FinishedJobs:
@@ -204,6 +212,7 @@ class JobTracker:
             raise
         for job in restored.jobs:
             self._jobs[job.job_id] = job
+            self._record_bytes.restore(job.owner, job.job_id, record_quota.record_size(job.record))
             if job.phase.ended:
                 assert job.ended_clock is not None
                 self._finished.restored(job.job_id, job.owner, job.ended_clock)
@@ -304,6 +313,7 @@ class JobTracker:
         cwd = spec.workdir or str(job.workdir)
         env = dict(spec.env) if spec.env else sandbox.default_env(job.workdir)
         sandbox.check_command(spec.argv, env, cwd=cwd, workdir=job.workdir, user=user)
+        self._record_bytes.charge(owner, job_id, record_quota.spec_record_bytes(spec))
         self._jobs[job_id] = job
         self._running[owner] += 1
         starting = None
@@ -384,13 +394,24 @@ class JobTracker:
         """A snapshot of the job (usage read live while it runs)."""
         return self._get(owner, job_id, admin).snapshot()
 
-    def list(self, owner: str, *, admin: bool = False) -> list[JobStatus]:
-        """Snapshots of the caller's jobs (every job for an admin), oldest first."""
-        return [
-            job.snapshot()
-            for job in sorted(self._jobs.values(), key=lambda j: j.record.created_at)
-            if admin or job.owner == owner
-        ]
+    def list(
+        self,
+        owner: str,
+        *,
+        admin: bool = False,
+        after: ListKey | None = None,
+        limit: int = MAX_PAGE_SIZE,
+    ) -> builtins.list[JobStatus]:
+        """Snapshots of at most `limit` of the caller's jobs (every job for an admin),
+        oldest first by (created_at, job_id), starting after the key `after` (None:
+        from the first), each argv cut as a listing shows it: one page, in
+        O(log n + limit) (`jobworker.jobs.job_index`), whatever the argvs hold."""
+        jobs = self._jobs.page(None if admin else owner, after, limit)
+        return [job.snapshot(listed=True) for job in jobs]
+
+    def running_count(self) -> int:
+        """How many jobs have not yet ended, of every owner."""
+        return sum(self._running.values())
 
     @contextlib.asynccontextmanager
     async def subscribe(
@@ -449,6 +470,7 @@ class JobTracker:
         job.handle(Event.START_FAILED)
         self._running[job.owner] -= 1
         del self._jobs[job.job_id]
+        self._record_bytes.release(job.job_id)
 
     async def _job_ended(self, job: Job) -> None:
         """A running job has ended and said so: free its owner's running quota, and
@@ -469,6 +491,7 @@ class JobTracker:
             await trio.lowlevel.checkpoint()
             return
         del self._jobs[job.job_id]
+        self._record_bytes.release(job.job_id)
         self._finished.discard(job.job_id, job.owner)
         assert self._store is not None
         with trio.CancelScope(shield=True):

@@ -38,7 +38,7 @@ import trio
 
 from jobworker.jobs.config import TrackerConfig, field_names
 from jobworker.jobs.tracker import JobTracker
-from jobworker.model import MAX_SERVER_MESSAGE, JobState
+from jobworker.model import MAX_SERVER_MESSAGE
 from jobworker.sandbox.cgroups import keep_tree
 from jobworker.server.auth import CallGuard, guarded
 from jobworker.server.health import HealthService
@@ -172,9 +172,7 @@ async def serve(
                 if reloader is not None:
                     reloader.detach()
             health.set_serving(False)
-            running = sum(
-                1 for job in tracker.list("", admin=True) if job.state is not JobState.TERMINATED
-            )
+            running = tracker.running_count()
             leave = keep_jobs is not None and keep_jobs.is_set()
             if leave:
                 log.info("shutting down: leaving %d running jobs running", running)

@@ -7,12 +7,14 @@ the method wrapper (`jobworker.server.auth`), not here.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 
 from jobworker import messages
+from jobworker.jobs.job_index import ListKey
 from jobworker.jobs.tracker import JobTracker
-from jobworker.model import OUTPUT_CHUNK
-from jobworker.server import convert
+from jobworker.model import OUTPUT_CHUNK, JobStatus
+from jobworker.server import convert, listing
 from jobworker.server.auth import current_caller, note_job_id
 from jobworker.transport import EncodedMessage, wait_writable
 from jobworker.v1 import jobworker_grpc
@@ -24,6 +26,7 @@ class JobWorkerService(jobworker_grpc.JobWorkerServiceServicer):  # type: ignore
 
     def __init__(self, tracker: JobTracker) -> None:
         self.tracker = tracker
+        self._list_turns = listing.Turns()
 
     async def StartJob(self, message: pb.StartJobRequest) -> pb.StartJobResponse:
         spec = convert.spec_from_request(message)
@@ -79,6 +82,11 @@ class JobWorkerService(jobworker_grpc.JobWorkerServiceServicer):  # type: ignore
         return pb.RemoveJobResponse()
 
     async def ListJobs(self, message: pb.ListJobsRequest) -> pb.ListJobsResponse:
+        request = listing.request_from(message)
         caller = current_caller.get()
-        jobs = self.tracker.list(caller.name, admin=caller.is_admin)
-        return pb.ListJobsResponse(jobs=[messages.status_to_proto(s) for s in jobs])
+        fetch = functools.partial(self._list, caller.name, caller.is_admin)
+        async with self._list_turns.turn(caller.name):
+            return await listing.page(fetch, request)
+
+    def _list(self, owner: str, admin: bool, after: ListKey | None, limit: int) -> list[JobStatus]:
+        return self.tracker.list(owner, admin=admin, after=after, limit=limit)

@@ -31,7 +31,7 @@ from jobworker.errors import (
 from jobworker.jobs.config import TrackerConfig
 from jobworker.jobs.store import JobRecord, JobStore
 from jobworker.jobs.tracker import JobTracker
-from jobworker.model import JobSpec, JobState, Limits, Outcome
+from jobworker.model import MAX_LISTED_ARGS_BYTES, JobSpec, JobState, Limits, Outcome
 from jobworker.sandbox import seccomp
 from jobworker.sandbox.cgroups import detect
 from tests.conftest import require_root
@@ -491,6 +491,24 @@ async def test_only_the_owner_or_an_admin_sees_a_job(tracker: JobTracker) -> Non
         tracker.status("alex", "nope")
     assert tracker.status("alex", status.job_id).state is JobState.ACTIVE
     await tracker.stop("alex", status.job_id, grace=0)
+
+
+async def test_a_job_checks_and_cuts_its_argv_once_not_on_every_listing(
+    tracker: JobTracker,
+) -> None:
+    """A listing of jobs with ~1 MiB argvs used to build (and check) each job's
+    whole spec again on every call, a millisecond of event loop per job that one
+    user could make others wait for by listing in a loop. Each job now keeps its
+    spec and its cut form: listings and statuses hand over the same objects."""
+    big = ("true", *["x" * 120_000] * 8)
+    _, status = await run_to_end(tracker, JobSpec(argv=big))
+    first, again = tracker.list("alex"), tracker.list("alex")
+    assert first[0].argv_cut and first[0].spec.argv[0] == "true"
+    assert sum(len(arg) + 1 for arg in first[0].spec.argv) <= MAX_LISTED_ARGS_BYTES
+    assert again[0].spec is first[0].spec
+    whole = tracker.status("alex", status.job_id)
+    assert whole.spec.argv == big and not whole.argv_cut
+    assert tracker.status("alex", status.job_id).spec is whole.spec
 
 
 async def test_bad_requests_change_nothing(tracker: JobTracker) -> None:

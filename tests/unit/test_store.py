@@ -43,7 +43,9 @@ async def test_records_outlive_the_connection_and_the_file_is_private(tmp_path: 
     finally:
         again.close()
     assert loaded == [first, record("b", created_at=2.0, state="Terminated", exit_code=3)]
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 1
+    assert (
+        sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION
+    )
 
 
 def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
@@ -60,7 +62,9 @@ def test_a_database_of_a_newer_schema_is_refused_and_left_alone(tmp_path: Path) 
     raw.execute("PRAGMA user_version = 7")
     raw.close()
     before = path.read_bytes()
-    with pytest.raises(SetupError, match="schema version 7, newer than this jwsd's 1"):
+    with pytest.raises(
+        SetupError, match=f"schema version 7, newer than this jwsd's {store.SCHEMA_VERSION}"
+    ):
         JobStore.open(path)
     assert path.read_bytes() == before
 
@@ -83,13 +87,14 @@ def test_a_damaged_record_is_refused_naming_the_job(tmp_path: Path) -> None:
 async def test_an_older_schema_is_migrated_forward_keeping_its_records(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A file of version 1 opened by a jobworker of version 2: the migration runs once,
-    records are kept, and the version is 2."""
+    """A file of this version opened by a jobworker of the next: the migration runs
+    once, records are kept, and the version is the next."""
     path = tmp_path / "jobs.db"
     db = JobStore.open(path)
     await db.put(record("a"))
     db.close()
-    monkeypatch.setattr(store, "SCHEMA_VERSION", 2)
+    following = store.SCHEMA_VERSION + 1
+    monkeypatch.setattr(store, "SCHEMA_VERSION", following)
     monkeypatch.setattr(
         store, "MIGRATIONS", (*store.MIGRATIONS, "ALTER TABLE jobs ADD COLUMN note TEXT")
     )
@@ -99,7 +104,7 @@ async def test_an_older_schema_is_migrated_forward_keeping_its_records(
     finally:
         db.close()
     raw = sqlite3.connect(path)
-    assert raw.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == following
     assert "note" in [row[1] for row in raw.execute("PRAGMA table_info(jobs)")]
     raw.close()
     JobStore.open(path).close()  # a second open has nothing to migrate
@@ -108,3 +113,55 @@ async def test_an_older_schema_is_migrated_forward_keeping_its_records(
 def test_fields_a_newer_minor_version_added_are_ignored() -> None:
     text = record("a").to_json()[:-1] + ',"future":1}'
     assert JobRecord.from_json(text) == record("a")
+
+
+def file_bytes(path: Path) -> int:
+    """The store's size on disk, its WAL included."""
+    wal = path.with_name(path.name + "-wal")
+    return path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+
+
+async def test_removing_jobs_with_large_records_gives_their_space_back(tmp_path: Path) -> None:
+    """jobs.db shrinks once large records are deleted (incremental auto-vacuum):
+    records of 1 MiB commands never hold the disk after their jobs are gone."""
+    path = tmp_path / "jobs.db"
+    db = JobStore.open(path)
+    big = ("x" * (128 << 10),) * 8  # 1 MiB of argv, as much as a job may have
+    for n in range(20):
+        await db.put(record(f"job-{n}", argv=big, created_at=float(n)))
+    await db.put(record("small", created_at=99.0))
+    db.close()
+    full = file_bytes(path)
+    assert full > 20 << 20
+    db = JobStore.open(path)
+    try:
+        for n in range(20):
+            await db.delete(f"job-{n}")
+        assert db.load() == [record("small", created_at=99.0)]
+    finally:
+        db.close()
+    assert file_bytes(path) < 1 << 20, f"{full} bytes before, {file_bytes(path)} after"
+
+
+async def test_a_file_of_schema_1_is_switched_to_incremental_auto_vacuum(tmp_path: Path) -> None:
+    """An existing jobs.db (written before auto-vacuum) is vacuumed once into the mode
+    that gives space back, keeping its records."""
+    path = tmp_path / "jobs.db"
+    raw = sqlite3.connect(path, isolation_level=None)
+    raw.executescript(store.MIGRATIONS[0])
+    raw.execute("PRAGMA user_version = 1")
+    raw.execute(
+        "INSERT INTO jobs VALUES (?, ?, ?, ?, ?)",
+        ("a", "alex", "Active", 1.0, record("a").to_json()),
+    )
+    assert raw.execute("PRAGMA auto_vacuum").fetchone()[0] == 0  # none
+    raw.close()
+    db = JobStore.open(path)
+    try:
+        assert db.load() == [record("a")]
+    finally:
+        db.close()
+    raw = sqlite3.connect(path)
+    assert raw.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION
+    raw.close()

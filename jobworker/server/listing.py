@@ -1,0 +1,230 @@
+"""ListJobs, one bounded page at a time: the request's page size and cursor
+validated, each job's argv cut, the answer's encoded size kept under what a client
+accepts.
+
+Why: a job's argv may be 1 MiB, and a user may keep dozens of jobs. An answer that
+carried every job's full argv was larger than any client accepts (and than jwsd
+may send), and building it cost the event loop ~100 ms each time, a cost one user
+could impose on everyone by listing in a loop. Now the work per call is bounded
+by `MAX_PAGE_SIZE` jobs of bounded size: the tracker hands over one page
+(`jobworker.jobs.job_index`: O(log n + page)) with each argv already cut to
+`MAX_LISTED_ARGS_BYTES` (each job cuts it once, `jobworker.jobs.job.Job.listed_spec`;
+building and checking a 1 MiB spec on every call was most of a listing's cost),
+the page checks that bound before copying an argv into a message, and it stops
+early once its encoded size would pass `PAGE_BYTES`.
+
+The cursor (`page_token`) is the key (created_at, job_id) of the last job of the
+previous page, packed and base64url-encoded: opaque to clients, and checked
+strictly (a token that is not exactly one this module makes is
+InvalidRequestError). A forged but well-formed token only moves the start of a
+listing the caller could see anyway.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import collections
+import contextlib
+import math
+import struct
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import attrs
+import trio
+
+from jobworker import messages
+from jobworker.errors import InvalidRequestError
+from jobworker.jobs.job_index import ListKey
+from jobworker.model import (
+    DEFAULT_PAGE_SIZE,
+    MAX_CLIENT_MESSAGE,
+    MAX_PAGE_SIZE,
+    JobStatus,
+)
+from jobworker.v1 import jobworker_pb2 as pb
+
+#: The most a page's encoded ListJobsResponse may hold: three quarters of what a
+#: client accepts, the rest room for gRPC framing and fields a newer server adds.
+PAGE_BYTES = MAX_CLIENT_MESSAGE * 3 // 4
+
+# A token: version byte, created_at as a big-endian double, the job id's 16 bytes.
+_TOKEN_VERSION = 1
+_TOKEN = struct.Struct(">Bd16s")
+#: base64 of _TOKEN.size bytes, without padding.
+_TOKEN_CHARS = math.ceil(_TOKEN.size * 4 / 3)
+# Bytes a job costs in the response beyond its own message: the field's tag and
+# length (at most 1 + 3 bytes below 2 MiB) and its packed args_cut bool.
+_ENTRY_OVERHEAD = 1 + 3 + 1
+# The tags and lengths of next_page_token and of the packed args_cut list.
+_RESPONSE_OVERHEAD = 2 + _TOKEN_CHARS + 1 + 3
+
+
+@attrs.frozen
+class PageRequest:
+    """What a ListJobsRequest asks for. size: jobs at most; after: the cursor
+    (None: from the first job)."""
+
+    size: int
+    after: ListKey | None
+
+
+def request_from(message: pb.ListJobsRequest) -> PageRequest:
+    """The page a ListJobsRequest asks for; InvalidRequestError for a page size out
+    of 1..MAX_PAGE_SIZE or a page token this server did not make."""
+    size = message.page_size if message.HasField("page_size") else DEFAULT_PAGE_SIZE
+    if not 1 <= size <= MAX_PAGE_SIZE:
+        raise InvalidRequestError(
+            f"page_size must be 1 to {MAX_PAGE_SIZE}, not {size}; "
+            f"leave it out for {DEFAULT_PAGE_SIZE}"
+        )
+    after = decode_token(message.page_token) if message.page_token else None
+    return PageRequest(size=size, after=after)
+
+
+def encode_token(key: ListKey) -> str:
+    """The page token of the page that starts after the job whose key is `key`."""
+    created_at, job_id = key
+    packed = _TOKEN.pack(_TOKEN_VERSION, created_at, uuid.UUID(job_id).bytes)
+    return base64.urlsafe_b64encode(packed).rstrip(b"=").decode("ascii")
+
+
+def decode_token(token: str) -> ListKey:
+    """The key a page token names; InvalidRequestError unless `token` is exactly
+    what `encode_token` makes of some key."""
+    refused = InvalidRequestError(
+        "page_token is not one this server made; pass the next_page_token of the "
+        "previous answer as it is, or none for the first page"
+    )
+    if len(token) != _TOKEN_CHARS or not token.isascii():
+        raise refused
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        packed = base64.b64decode(padded, altchars=b"-_", validate=True)
+        version, created_at, id_bytes = _TOKEN.unpack(packed)
+    except (binascii.Error, ValueError, struct.error):
+        raise refused from None
+    if version != _TOKEN_VERSION or not math.isfinite(created_at):
+        raise refused
+    key = (created_at, str(uuid.UUID(bytes=id_bytes)))
+    if encode_token(key) != token:  # not canonical: not one we made
+        raise refused
+    return key
+
+
+def listed(status: JobStatus) -> JobStatus:
+    """`status` as a listing shows it: its argv cut (`JobSpec.listed`). The tracker
+    hands over jobs already cut (each job cuts its argv once): this is the page's
+    own guarantee of its bound, at O(MAX_LISTED_ARGS_BYTES) a job."""
+    spec, cut = status.spec.listed()
+    if not cut:
+        return status
+    return attrs.evolve(status, spec=spec, argv_cut=True)
+
+
+#: Jobs fetched and encoded between checkpoints: a few milliseconds of work at most
+#: (jobs at every bound cost ~0.1 ms each), so other callers' requests interleave.
+CHUNK = 8
+
+#: Fetch at most `limit` jobs after a key, in listing order (the tracker's `list`).
+Fetch = Callable[[ListKey | None, int], list[JobStatus]]
+
+
+async def page(
+    fetch: Fetch, request: PageRequest, *, budget: int = PAGE_BYTES
+) -> pb.ListJobsResponse:
+    """The ListJobsResponse of one page: up to `request.size` jobs after
+    `request.after`, as many as fit in `budget` encoded bytes (always at least one),
+    each argv cut (`listed`); next_page_token set when jobs remain.
+
+    Fetched and encoded `CHUNK` jobs at a time with a checkpoint between chunks:
+    the cursor keeps chunks consistent (a job that starts or ends meanwhile is
+    neither repeated nor makes one skip), and no caller holds the loop for long."""
+    answer = pb.ListJobsResponse()
+    used = _RESPONSE_OVERHEAD
+    after = request.after
+    while True:
+        room = min(CHUNK, request.size - len(answer.jobs))
+        jobs = fetch(after, room + 1)  # one more: whether another job follows
+        for status in jobs[:room]:
+            shown = listed(status)
+            message = messages.status_to_proto(shown)
+            cost = message.ByteSize() + _ENTRY_OVERHEAD
+            if answer.jobs and used + cost > budget:
+                return _go_on(answer, after)
+            answer.jobs.append(message)
+            answer.args_cut.append(shown.argv_cut)
+            used += cost
+            after = (status.created_at, status.job_id)
+        if len(jobs) <= room:
+            return answer  # the last job: no next page
+        if len(answer.jobs) == request.size:
+            return _go_on(answer, after)
+        await trio.lowlevel.checkpoint()
+
+
+def _go_on(answer: pb.ListJobsResponse, after: ListKey | None) -> pb.ListJobsResponse:
+    assert after is not None
+    answer.next_page_token = encode_token(after)
+    return answer
+
+
+#: After a caller's ListJobs, its next one waits this many times as long as the last
+#: one took: one user's listings, however many connections loop them, hold the event
+#: loop at most 1 / (1 + REST) of the time, and other users' calls keep the rest.
+REST = 9.0
+
+
+@attrs.define(eq=False)
+class Turns:
+    """One ListJobs at a time per caller, in arrival order (`trio.Lock` is fair),
+    each after a rest proportional to the caller's previous one (`REST`): a user
+    looping ListJobs on many connections has one call at work, the rest waiting at
+    no cost, so other users' calls keep their share of the loop."""
+
+    rest: float = REST
+    _locks: dict[str, trio.Lock] = attrs.field(init=False, factory=dict)
+    _waiting: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
+    # When each caller's next call may start (kept past the call: a single
+    # connection that loops is rested too; expired entries are dropped).
+    _ready_at: dict[str, float] = attrs.field(init=False, factory=dict)
+
+    @contextlib.asynccontextmanager
+    async def turn(self, caller: str) -> AsyncIterator[None]:
+        """Wait for `caller`'s turn; the turn lasts the block."""
+        lock = self._locks.setdefault(caller, trio.Lock())
+        self._waiting[caller] += 1
+        try:
+            async with lock:
+                await trio.sleep_until(self._ready_at.pop(caller, 0.0))
+                began = trio.current_time()
+                try:
+                    yield
+                finally:
+                    ended = trio.current_time()
+                    self._forget_rested(ended)
+                    self._ready_at[caller] = ended + (ended - began) * self.rest
+        finally:
+            self._waiting[caller] -= 1
+            if not self._waiting[caller]:  # nobody else holds or waits for it
+                del self._waiting[caller], self._locks[caller]
+
+    def _forget_rested(self, now: float) -> None:
+        if len(self._ready_at) > 1000:
+            self._ready_at = {name: at for name, at in self._ready_at.items() if at > now}
+
+
+__all__ = [
+    "PAGE_BYTES",
+    "REST",
+    "decode_token",
+    "encode_token",
+    "listed",
+    "CHUNK",
+    "Fetch",
+    "PageRequest",
+    "Turns",
+    "page",
+    "request_from",
+]
