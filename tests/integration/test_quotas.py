@@ -109,6 +109,29 @@ async def test_the_running_quota_refuses_one_more_and_accepts_again_after_one_en
         await tracker.stop("betty", other.job_id, grace=0)
 
 
+async def test_an_owners_concurrent_first_starts_keep_to_the_running_quota(
+    tmp_path: Path,
+) -> None:
+    """A new owner's first start awaits their host uid; starts that came meanwhile
+    passed the quota check before it, and must check again after it."""
+    started: list[str] = []
+    refused: list[QuotaExceededError] = []
+
+    async def one(tracker: JobTracker) -> None:
+        try:
+            started.append((await tracker.start("alex", sh("sleep 60"))).job_id)
+        except QuotaExceededError as error:
+            refused.append(error)
+
+    async with tracker_at(tmp_path / "data", max_running_per_user=2) as tracker:
+        async with trio.open_nursery() as nursery:
+            for _ in range(6):
+                nursery.start_soon(one, tracker)
+        assert (len(started), len(refused)) == (2, 4)
+        for job_id in started:
+            await tracker.stop("alex", job_id, grace=0)
+
+
 async def test_failed_starts_do_not_use_up_the_quota(tmp_path: Path) -> None:
     async with tracker_at(tmp_path / "data", max_running_per_user=1) as tracker:
         for _ in range(3):
