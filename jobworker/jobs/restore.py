@@ -25,6 +25,7 @@ from pathlib import Path
 import attrs
 import trio
 
+from jobworker.units import counted
 from jobworker.jobs.job import Job
 from jobworker.jobs.lifecycle import (
     Decision,
@@ -79,7 +80,11 @@ def restore(
     if stale:
         log.warning("removed %d job cgroups that no running job claims", len(stale))
     if jobs:
-        log.info("restored %d job records; took over %d running jobs", len(jobs), len(running))
+        log.info(
+            "restored %s; took over %s",
+            counted(len(jobs), "job record"),
+            counted(len(running), "running job"),
+        )
     return Restored(jobs, ended)
 
 

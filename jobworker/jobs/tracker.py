@@ -283,7 +283,8 @@ class JobTracker:
             FileLog(directory / OUTPUT_NAME, limits.output),
         )
         cwd = spec.workdir or str(job.workdir)
-        env = dict(spec.env) if spec.env else sandbox.default_env(job.workdir)
+        # The request's variables add to the default environment (as `docker run -e`).
+        env = {**sandbox.default_env(job.workdir), **(spec.env or {})}
         sandbox.check_command(spec.argv, env, cwd=cwd, workdir=job.workdir)
         self._jobs[job_id] = job
         self._running[owner] += 1

@@ -39,6 +39,7 @@ import trio
 from jobworker.jobs.config import TrackerConfig, field_names
 from jobworker.jobs.tracker import JobTracker
 from jobworker.model import MAX_SERVER_MESSAGE, JobState
+from jobworker.units import counted
 from jobworker.sandbox.cgroups import keep_tree
 from jobworker.server.auth import CallGuard, guarded
 from jobworker.server.health import HealthService
@@ -177,10 +178,10 @@ async def serve(
             )
             leave = keep_jobs is not None and keep_jobs.is_set()
             if leave:
-                log.info("shutting down: leaving %d running jobs running", running)
+                log.info("shutting down: leaving %s running", counted(running, "running job"))
                 tracker.leave_running()
             else:
-                log.info("shutting down: stopping %d running jobs", running)
+                log.info("shutting down: stopping %s", counted(running, "running job"))
             guard.refuse_new_calls()
             server.stop_accepting()
             await tracker.shutdown(config.jobs.stop_grace)
