@@ -3,7 +3,7 @@
     jws start -u alex -c "ls -l"        prints the job id, and nothing else
     jws status -u alex -j ID            Pending / Active / Terminated, then the details
     jws output -u alex -j ID            the raw output from the first byte, following to the end
-    jws stop -u alex -j ID              SIGTERM, grace, SIGKILL; returns once it has ended
+    jws stop -u alex -j ID [-j ID2]     SIGTERM, grace, SIGKILL; returns once they have ended
     jws list -u alex                    the caller's jobs
     jws rm -u alex -j ID                forget a finished job: its record and its output
     jws run -u alex -- make test        start, stream, exit with the job's exit code
@@ -11,10 +11,12 @@
     jws health                          SERVING (exit 0) or not: a probe for supervisors
 
 Exit codes: 0 success; 1 the server refused (access denied, no such job, bad
-request...); 2 a usage or local set-up error (bad flag, no user, no
-credentials); 3 jwsd could not be reached or went away; 130 interrupted
-(Ctrl-C). `jws run` exits with the job's own exit code (128+n when signal n
-killed it) once the job has ended.
+request...); 2 a usage or local set-up error (bad or repeated flag, no user, no
+credentials, a client certificate jwsd cannot accept); 3 jwsd could not be
+reached or went away; 127 no such program; 130 interrupted (Ctrl-C); 141 `jws
+run`'s stdout closed. `jws run` exits with the job's own exit code (128+n when
+signal n killed it) once the job has ended; Ctrl-C or a closed stdout stops the
+job first (see `jobworker.cli.leaving`).
 
 `output` and `run` ride over a restart of jwsd: once connected, they connect
 again with backoff when jwsd goes away and resume at the byte they reached
@@ -169,6 +171,8 @@ def _certificate_problem(credentials: Credentials) -> str | None:
 
     from jobworker import tls
 
+    if not credentials.cert.exists():  # the connection was not made with it
+        return None
     try:
         tls.check_certificate_file(credentials.cert)
         client_ca = credentials.tls_dir / "client_ca_cert.pem"
@@ -401,7 +405,9 @@ def job_ids_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     async def command(*, job_options: tuple[str, ...], ids: tuple[str, ...], **kwargs: Any) -> Any:
         job_ids = tuple(dict.fromkeys((*job_options, *ids)))  # each once, in order
         if not job_ids:
-            raise Failure("no job id: give one or more, with -j ID or after the options", EXIT_USAGE)
+            raise Failure(
+                "no job id: give one or more, with -j ID or after the options", EXIT_USAGE
+            )
         return await fn(job_ids=job_ids, **kwargs)
 
     command = click.option(

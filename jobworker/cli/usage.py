@@ -40,7 +40,7 @@ class StrictCommand(click.Command):
                 seen.add(param)
             return opts, rest, order
 
-        parser.parse_args = parse_once
+        parser.parse_args = parse_once  # type: ignore[method-assign]
         return parser
 
     def get_short_help_str(self, limit: int = 45) -> str:

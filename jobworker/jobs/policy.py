@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import attrs
 
-from jobworker.units import counted
 from jobworker import limits as limits_table
 from jobworker.errors import InvalidRequestError, QuotaExceededError
 from jobworker.jobs.config import TrackerConfig
 from jobworker.model import JobSpec, Limits
+from jobworker.units import counted
 
 
 def check_running_quota(config: TrackerConfig, running: int) -> None:

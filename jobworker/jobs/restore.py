@@ -25,7 +25,6 @@ from pathlib import Path
 import attrs
 import trio
 
-from jobworker.units import counted
 from jobworker.jobs.job import Job
 from jobworker.jobs.lifecycle import (
     Decision,
@@ -42,6 +41,7 @@ from jobworker.jobs.record import JobRecord
 from jobworker.jobs.watcher import OutputWatcher
 from jobworker.model import JobState, Outcome
 from jobworker.sandbox import OUTPUT_NAME, WORK_NAME, RunningJob, Sandbox
+from jobworker.units import counted
 
 log = logging.getLogger(__name__)
 

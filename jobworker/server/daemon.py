@@ -39,7 +39,6 @@ import trio
 from jobworker.jobs.config import TrackerConfig, field_names
 from jobworker.jobs.tracker import JobTracker
 from jobworker.model import MAX_SERVER_MESSAGE, JobState
-from jobworker.units import counted
 from jobworker.sandbox.cgroups import keep_tree
 from jobworker.server.auth import CallGuard, guarded
 from jobworker.server.health import HealthService
@@ -47,6 +46,7 @@ from jobworker.server.reload import Access, Reloader
 from jobworker.server.service import JobWorkerService
 from jobworker.transport import RpcServer
 from jobworker.transport.server import DEFAULT_REQUEST_TIMEOUT
+from jobworker.units import counted
 
 log = logging.getLogger("jobworker.daemon")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import re
 import signal
 import subprocess
@@ -17,7 +16,6 @@ import trustme
 from tests.e2e.conftest import BIN, Jwsd
 from tests.support.certs import TestPKI
 from tests.support.timing import scaled
-from tests.support.waiting import eventually_blocking
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e, pytest.mark.hierarchy_independent]
 
@@ -121,14 +119,10 @@ def test_run_whose_stdout_closes_exits_141(jwsd: Jwsd) -> None:
     assert status(jwsd, job_id)["outcome"] == "stopped"
 
 
-def wait_for_line(stream: object, expected: bytes) -> None:
-    assert getattr(stream, "readline")() == expected
-
-
 def test_ctrl_c_on_run_stops_its_job_and_exits_130(jwsd: Jwsd) -> None:
     with jwsd.popen("run", "--grace", "2s", "--", "sh", "-c", "echo ready; sleep 600") as run:
         assert run.stdout is not None and run.stderr is not None
-        wait_for_line(run.stdout, b"ready\n")
+        assert run.stdout.readline() == b"ready\n"
         run.send_signal(signal.SIGINT)
         assert run.wait(timeout=scaled(15)) == 130
         line = one_line_naming(run.stderr.read(), "")
@@ -142,7 +136,7 @@ def test_a_second_ctrl_c_leaves_at_once_and_says_the_job_may_run_on(jwsd: Jwsd) 
     script = "trap '' TERM; echo ready; sleep 600"  # SIGTERM is ignored: the grace runs out
     with jwsd.popen("run", "--grace", "60s", "--", "sh", "-c", script) as run:
         assert run.stdout is not None and run.stderr is not None
-        wait_for_line(run.stdout, b"ready\n")
+        assert run.stdout.readline() == b"ready\n"
         run.send_signal(signal.SIGINT)
         stopping = run.stderr.readline().decode()
         assert "interrupted: stopping job" in stopping
@@ -160,9 +154,11 @@ def test_a_second_ctrl_c_leaves_at_once_and_says_the_job_may_run_on(jwsd: Jwsd) 
 
 
 def test_detach_on_interrupt_leaves_the_job_running_and_names_it(jwsd: Jwsd) -> None:
-    with jwsd.popen("run", "--detach-on-interrupt", "--", "sh", "-c", "echo ready; sleep 600") as run:
+    with jwsd.popen(
+        "run", "--detach-on-interrupt", "--", "sh", "-c", "echo ready; sleep 600"
+    ) as run:
         assert run.stdout is not None and run.stderr is not None
-        wait_for_line(run.stdout, b"ready\n")
+        assert run.stdout.readline() == b"ready\n"
         run.send_signal(signal.SIGINT)
         assert run.wait(timeout=scaled(15)) == 130
         line = one_line_naming(run.stderr.read(), "")
@@ -262,5 +258,3 @@ def test_shutdown_log_counts_in_the_singular(jwsd: Jwsd) -> None:
     start_sleeper(jwsd)
     assert jwsd.stop() == 0
     assert "shutting down: stopping 1 running job\n" in jwsd.log
-
-
