@@ -57,7 +57,7 @@ from jobworker.errors import (
     UnavailableError,
 )
 from jobworker.limits import Limits
-from jobworker.model import JobStatus, Outcome
+from jobworker.model import STOPPED_BY_SHUTDOWN, JobStatus, Outcome
 from jobworker.units import format_duration, parse_addr, parse_duration
 
 if TYPE_CHECKING:  # imported lazily at run time: `jws --help` stays quick
@@ -562,6 +562,11 @@ async def _final_status(
     return await reconnector.call(status, None if reconnector.reconnected else client)
 
 
+def _say_if_stopped_by_a_shutdown(final: JobStatus) -> None:
+    if final.outcome is Outcome.STOPPED and final.outcome_reason == STOPPED_BY_SHUTDOWN:
+        _say(f"job {final.job_id} did not end by itself: {STOPPED_BY_SHUTDOWN}")
+
+
 def _say_what_a_restart_cost(final: JobStatus, reached: int) -> None:
     """On stderr: the job was lost with a jwsd that stopped, or the follower wrote
     bytes that the jwsd it reconnected to no longer has."""
@@ -608,7 +613,22 @@ async def output(
         fd = sys.stdout.fileno()
         reached = await copy_output(client, job_id, offset, fd, reconnector)
         if reconnector.reconnected:  # jwsd restarted: what did that cost the job?
-            _say_what_a_restart_cost(await _final_status(reconnector, job_id, client), reached)
+            final = await _final_status(reconnector, job_id, client)
+            _say_what_a_restart_cost(final, reached)
+            _say_if_stopped_by_a_shutdown(final)
+            return
+        try:
+            final = await client.status(job_id)
+        except UnavailableError:
+            # The output ended and jwsd refuses calls: it is shutting down, and stops
+            # its jobs first (unless told to leave them running, when they run on and
+            # their output does not end).
+            _say(
+                f"jwsd is shutting down: it stopped job {job_id} as it went, unless the job "
+                f"had just ended (`jws status -j {job_id}` says, once jwsd is back)"
+            )
+            return
+        _say_if_stopped_by_a_shutdown(final)
 
 
 @jws.command()
@@ -659,6 +679,7 @@ async def run(
             return reached.code
         final = await _final_status(reconnector, started.job_id, client)
     _say_what_a_restart_cost(final, reached)
+    _say_if_stopped_by_a_shutdown(final)
     if final.oom_killed:
         _say("the job was killed at its memory limit (OOM)")
     if final.outcome is Outcome.TIMED_OUT:

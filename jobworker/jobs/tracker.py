@@ -69,7 +69,7 @@ from jobworker.jobs.restore import restore
 from jobworker.jobs.store import JobStore
 from jobworker.jobs.supervisor import FINISH_TIMEOUT, Supervisor
 from jobworker.jobs.watcher import OutputWatcher
-from jobworker.model import JobSpec, JobStatus
+from jobworker.model import STOPPED_BY_SHUTDOWN, JobSpec, JobStatus
 from jobworker.sandbox import (
     OUTPUT_NAME,
     CgroupDriver,
@@ -250,7 +250,9 @@ class JobTracker:
         with trio.move_on_after(grace + FINISH_TIMEOUT) as scope:
             async with trio.open_nursery() as nursery:
                 for job in list(self._jobs.values()):
-                    nursery.start_soon(self._supervisor.stop, job, grace)
+                    nursery.start_soon(
+                        self._supervisor.stop, job, grace, StopCause.USER, STOPPED_BY_SHUTDOWN
+                    )
         if scope.cancelled_caught:
             log.error("shutdown: some jobs did not finish within %.1f s", grace + FINISH_TIMEOUT)
         self._background.cancel()

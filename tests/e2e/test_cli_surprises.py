@@ -13,7 +13,7 @@ import time
 import pytest
 import trustme
 
-from tests.e2e.conftest import BIN, Jwsd
+from tests.e2e.conftest import BIN, Jwsd, restart_jwsd
 from tests.support.certs import TestPKI
 from tests.support.timing import scaled
 
@@ -258,3 +258,29 @@ def test_shutdown_log_counts_in_the_singular(jwsd: Jwsd) -> None:
     start_sleeper(jwsd)
     assert jwsd.stop() == 0
     assert "shutting down: stopping 1 running job\n" in jwsd.log
+
+
+def test_output_of_a_job_stopped_by_jwsds_shutdown_says_so(jwsd: Jwsd, pki: TestPKI) -> None:
+    job_id = ok(jwsd.jws("start", "--", "sh", "-c", "echo up; sleep 600")).strip()
+    with jwsd.popen("output", "-j", job_id) as follower:
+        assert follower.stdout is not None and follower.stderr is not None
+        assert follower.stdout.readline() == b"up\n"
+        assert jwsd.stop() == 0
+        assert follower.wait(timeout=scaled(15)) == 0
+        live = follower.stderr.read().decode()
+    assert live == (
+        f"jws: jwsd is shutting down: it stopped job {job_id} as it went, unless the job "
+        f"had just ended (`jws status -j {job_id}` says, once jwsd is back)\n"
+    )
+    again = restart_jwsd(jwsd, pki)
+    try:
+        later = again.jws("output", "-j", job_id)
+        assert later.returncode == 0 and later.stdout == b"up\n"
+        assert later.stderr.decode() == (
+            f"jws: job {job_id} did not end by itself: jwsd stopped it as it shut down\n"
+        )
+        assert status(again, job_id)["outcome"] == "stopped"
+        finished = ok(again.jws("start", "--", "true")).strip()
+        assert again.jws("output", "-j", finished).stderr == b""  # an end of its own: no word
+    finally:
+        assert again.stop() == 0
