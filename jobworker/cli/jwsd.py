@@ -27,7 +27,6 @@ import asyncclick as click
 import trio
 
 from jobworker import faults
-from jobworker.cli.usage import StrictCommand
 from jobworker.errors import InvalidRequestError, SetupError, sole_exception
 from jobworker.jobs.config import TrackerConfig
 from jobworker.jobs.retention import RetentionPolicy
@@ -116,7 +115,7 @@ def _count_or_none(ctx: click.Context, param: click.Parameter, value: int) -> in
     return value or None
 
 
-@click.command(cls=StrictCommand, context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="jobworker", prog_name="jwsd")
 @click.option(
     "--addr", default=f"127.0.0.1:{DEFAULT_PORT}", show_default=True, help="HOST:PORT to listen on."

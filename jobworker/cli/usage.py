@@ -1,4 +1,4 @@
-"""How `jws` and `jwsd` read a command line, stricter than Click's defaults: an
+"""How `jws` reads a command line, stricter than Click's defaults: an
 option that takes one value given twice is a usage error (Click keeps the last one
 silently: `jws stop -j A -j B` stopped only B), an unknown option of a command that
 runs a program says that the program's arguments go after `--`, a usage error is one
