@@ -55,6 +55,10 @@ OUTPUT_CHUNK = 256 << 10
 #: of argv and environment, or of `cmd`) fits with room; a stream's receive window
 #: (twice this) always holds one message plus its header.
 MAX_SERVER_MESSAGE = 4 << 20
+
+#: The outcome_reason of a job that jwsd stopped because it was shutting down (not
+#: asked to leave its jobs running): `jws output` and `jws run` say so.
+STOPPED_BY_SHUTDOWN = "jwsd stopped it as it shut down"
 #: Largest message a client accepts: an output chunk with room. The receive window per
 #: stream is twice it, which bounds the output in flight to a follower that reads
 #: slowly (and the burst of work a slow follower costs jwsd).
@@ -228,7 +232,7 @@ class Outcome(enum.StrEnum):
     EXITED = "exited"  # the command exited by itself; see exit_code
     SIGNALED = "signaled"  # a signal killed it (not sent by a stop); see signal
     OOM_KILLED = "oom-killed"  # the kernel's OOM killer ended it at its memory limit
-    STOPPED = "stopped"  # a user (or shutdown) stopped it
+    STOPPED = "stopped"  # a user (or shutdown: see outcome_reason) stopped it
     TIMED_OUT = "timed-out"  # the daemon stopped it when it ran past its time limit
     LOST = "lost"  # the daemon lost track of it across a restart; see outcome_reason
 
@@ -269,7 +273,8 @@ class JobStatus:
     workdir_bytes: bytes used in the job's work dir (read live while it runs;
         the last reading once it has ended).
     outcome_reason: why the job ended as it did, when the outcome alone does not
-        say (a job `LOST` across a restart), else `None`.
+        say (a job `LOST` across a restart, one `STOPPED` by jwsd's shutdown:
+        `STOPPED_BY_SHUTDOWN`), else `None`.
     argv_cut: True when `spec.argv` is only the start of the job's argv (a listing
         cuts it to `MAX_LISTED_ARGS_BYTES`; a job's status has it all).
     """

@@ -3,7 +3,7 @@
     jws start -u alex -c "ls -l"        prints the job id, and nothing else
     jws status -u alex -j ID            Pending / Active / Terminated, then the details
     jws output -u alex -j ID            the raw output from the first byte, following to the end
-    jws stop -u alex -j ID              SIGTERM, grace, SIGKILL; returns once it has ended
+    jws stop -u alex -j ID [-j ID2]     SIGTERM, grace, SIGKILL; returns once they have ended
     jws list -u alex                    the caller's jobs
     jws rm -u alex -j ID                forget a finished job: its record and its output
     jws run -u alex -- make test        start, stream, exit with the job's exit code
@@ -11,10 +11,12 @@
     jws health                          SERVING (exit 0) or not: a probe for supervisors
 
 Exit codes: 0 success; 1 the server refused (access denied, no such job, bad
-request...); 2 a usage or local set-up error (bad flag, no user, no
-credentials); 3 jwsd could not be reached or went away; 130 interrupted
-(Ctrl-C). `jws run` exits with the job's own exit code (128+n when signal n
-killed it) once the job has ended.
+request...); 2 a usage or local set-up error (bad or repeated flag, no user, no
+credentials, a client certificate jwsd cannot accept); 3 jwsd could not be
+reached or went away; 127 no such program; 130 interrupted (Ctrl-C); 141 `jws
+run`'s stdout closed. `jws run` exits with the job's own exit code (128+n when
+signal n killed it) once the job has ended; Ctrl-C or a closed stdout stops the
+job first (see `jobworker.cli.leaving`).
 
 `output` and `run` ride over a restart of jwsd: once connected, they connect
 again with backoff when jwsd goes away and resume at the byte they reached
@@ -27,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
@@ -39,9 +42,13 @@ import attrs
 from jobworker import limits as limits_table
 from jobworker.cli import render
 from jobworker.cli.config import DEFAULT_ADDR, DEFAULT_TLS_DIR, ClientConfig, config_path
+from jobworker.cli.leaving import EXIT_INTERRUPTED, Following, Left
 from jobworker.cli.stdout import copy_output
+from jobworker.cli.usage import StrictGroup, one_line
+from jobworker.cmdline import split_command
 from jobworker.echo import shown
 from jobworker.errors import (
+    BadStateError,
     CannotReachError,
     GaveUpReconnectingError,
     InvalidRequestError,
@@ -50,7 +57,7 @@ from jobworker.errors import (
     UnavailableError,
 )
 from jobworker.limits import Limits
-from jobworker.model import JobStatus, Outcome
+from jobworker.model import STOPPED_BY_SHUTDOWN, JobStatus, Outcome
 from jobworker.units import format_duration, parse_addr, parse_duration
 
 if TYPE_CHECKING:  # imported lazily at run time: `jws --help` stays quick
@@ -59,7 +66,7 @@ if TYPE_CHECKING:  # imported lazily at run time: `jws --help` stays quick
 EXIT_SERVER_ERROR = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
-EXIT_INTERRUPTED = 130
+EXIT_NOT_FOUND = 127  # a missing program, as a shell (and docker run) says it
 DEFAULT_PORT = 50051
 
 
@@ -131,17 +138,57 @@ class Target:
         return connect((self.host, self.port), self.credentials, connect_timeout=connect_timeout)
 
 
+#: How jwsd says that a job's program does not exist (jobworker.sandbox.program).
+_MISSING_PROGRAM = re.compile(r"program .* not found in PATH|cannot run .*: no such file")
+
+
 def failure_for(exc: JobWorkerError, target: Target) -> Failure:
     """The line and exit code for `exc`, a failure of a command that talked to `target`:
-    usage for local set-up (credentials), unreachable for no jwsd (a lost connection
-    names the address), server error for anything jwsd refused."""
+    usage for local set-up (credentials, and a certificate jwsd cannot accept),
+    unreachable for no jwsd (a lost connection names the address), 127 for a program
+    that does not exist, server error for anything else jwsd refused."""
     if isinstance(exc, SetupError):
         return Failure(str(exc), EXIT_USAGE)
     if isinstance(exc, (CannotReachError, GaveUpReconnectingError)):
         return Failure(str(exc), EXIT_UNREACHABLE)  # they name the address and why
     if isinstance(exc, UnavailableError):
+        # A refused client certificate looks like a lost connection (TLS 1.3 checks it
+        # after the handshake): look at it before telling the caller to retry.
+        problem = _certificate_problem(target.credentials)
+        if problem is not None:
+            return Failure(problem, EXIT_USAGE)
         return Failure(f"lost jwsd at {target.host}:{target.port}: {exc}", EXIT_UNREACHABLE)
+    if isinstance(exc, BadStateError) and _MISSING_PROGRAM.match(str(exc)):
+        return Failure(str(exc), EXIT_NOT_FOUND)
     return Failure(str(exc), EXIT_SERVER_ERROR)
+
+
+def _certificate_problem(credentials: Credentials) -> str | None:
+    """Why jwsd cannot accept the client certificate of `credentials`: expired, not
+    yet valid, or not issued by TLSDIR/client_ca_cert.pem (checked when that file is
+    there); None when nothing is wrong that the client can see."""
+    import ssl
+
+    from jobworker import tls
+
+    if not credentials.cert.exists():  # the connection was not made with it
+        return None
+    try:
+        tls.check_certificate_file(credentials.cert)
+        client_ca = credentials.tls_dir / "client_ca_cert.pem"
+        if not client_ca.exists():
+            return None
+        der = ssl.PEM_cert_to_DER_cert(credentials.cert.read_text())
+        if not tls.ClientCa.load(client_ca).signs(der):
+            return (
+                f"certificate {credentials.cert} was not issued by {client_ca}, the CA jwsd "
+                "trusts for users; use a certificate that CA issued"
+            )
+    except SetupError as exc:
+        return str(exc)
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 @contextlib.asynccontextmanager
@@ -181,7 +228,7 @@ def _reconnector(target: Target, timeout: str) -> Reconnector:
 # ---- the commands --------------------------------------------------------------
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=StrictGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="jobworker", prog_name="jws")
 def jws() -> None:
     """jobworker's client: run commands on a jwsd host, follow their output, stop them.
@@ -224,6 +271,11 @@ class JobRequest:
             raise Failure(
                 'give the command either with -c "COMMAND LINE" or after --, not both', EXIT_USAGE
             )
+        if command_line:
+            try:  # jwsd splits it again; a line it would refuse is the caller's mistake
+                split_command(command_line)
+            except InvalidRequestError as exc:
+                raise Failure(f"-c: {exc}", EXIT_USAGE) from None
         return cls(
             command_line=command_line or "",
             argv=argv,
@@ -260,12 +312,17 @@ def _limits_from(texts: dict[str, str | None]) -> Limits:
 
 
 def _environment_from(items: tuple[str, ...]) -> dict[str, str]:
+    """What `-e` adds to the job's default environment: NAME=VALUE, or NAME for the
+    caller's own value (skipped when the caller has none, as `docker run -e` does)."""
     environment = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise Failure(f"--env wants K=V, not {item!r}", EXIT_USAGE)
-        environment[key] = value
+        if not key:
+            raise Failure(f"--env wants NAME=VALUE or NAME, not {item!r}", EXIT_USAGE)
+        if sep:
+            environment[key] = value
+        elif key in os.environ:
+            environment[key] = os.environ[key]
     return environment
 
 
@@ -301,7 +358,8 @@ def job_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                 "--env",
                 "env",
                 multiple=True,
-                help="K=V for the job's environment (repeatable; replaces the default one).",
+                help="NAME=VALUE added to the job's default environment, or NAME for "
+                "your own value of it (repeatable).",
             ),
             click.option(
                 "-w",
@@ -339,30 +397,95 @@ async def start(user: str | None, addr: str | None, tls_dir: str | None, job: Jo
     click.echo(shown(started.job_id))
 
 
+def job_ids_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The ids of the commands that act on several jobs: `-j A -j B`, or `A B` after
+    the options, handed to the command as one `job_ids: tuple[str, ...]` argument."""
+
+    @functools.wraps(fn)
+    async def command(*, job_options: tuple[str, ...], ids: tuple[str, ...], **kwargs: Any) -> Any:
+        job_ids = tuple(dict.fromkeys((*job_options, *ids)))  # each once, in order
+        if not job_ids:
+            raise Failure(
+                "no job id: give one or more, with -j ID or after the options", EXIT_USAGE
+            )
+        return await fn(job_ids=job_ids, **kwargs)
+
+    command = click.option(
+        "-j", "--job", "job_options", multiple=True, help="A job's id (repeatable)."
+    )(command)
+    return click.argument("ids", nargs=-1, metavar="[ID]...")(command)
+
+
+async def _for_each_job(
+    job_ids: tuple[str, ...], target: Target, act: Callable[[JobWorkerClient, str], Any]
+) -> None:
+    """`act(client, job_id)` for every id at once, on one connection; every refusal is
+    its own line, then exit code 1. Raises Failure at once when jwsd is unavailable."""
+    import trio
+
+    refused: list[str] = []
+    lost: list[JobWorkerError] = []  # raised here, not as an ExceptionGroup
+    async with _client(target) as client:
+        async with trio.open_nursery() as nursery:
+
+            async def one(job_id: str) -> None:
+                try:
+                    await act(client, job_id)
+                except (UnavailableError, SetupError) as exc:
+                    lost.append(exc)
+                    nursery.cancel_scope.cancel()
+                except JobWorkerError as exc:
+                    refused.append(str(exc))
+
+            for job_id in job_ids:
+                nursery.start_soon(one, job_id)
+        if lost:
+            raise lost[0]
+    for line in refused[:-1]:
+        _say(line)
+    if refused:
+        raise Failure(refused[-1], EXIT_SERVER_ERROR)
+
+
 @jws.command()
 @connection_options
-@click.option("-j", "--job", "job_id", required=True, help="The job's id.")
+@job_ids_options
 @click.option(
     "--grace",
     help="Time between SIGTERM and SIGKILL (5s, 500ms; 0 kills at once). Default: the server's.",
 )
 async def stop(
-    user: str | None, addr: str | None, tls_dir: str | None, job_id: str, grace: str | None
+    user: str | None,
+    addr: str | None,
+    tls_dir: str | None,
+    job_ids: tuple[str, ...],
+    grace: str | None,
 ) -> None:
-    """Stop a job and its every process: SIGTERM, a grace period, then SIGKILL.
+    """Stop jobs and their every process: SIGTERM, a grace period, then SIGKILL.
 
-    Returns once the job has ended. Stopping a job that already ended is fine.
+    Returns once every job has ended. Stopping a job that already ended is fine.
+    Several jobs are stopped at once; a refusal of one is reported and the others
+    are stopped all the same (exit code 1).
 
     \b
-    Example:
+    Examples:
       jws stop -j 5f0c1a2b-... --grace 10s
+      jws stop 5f0c1a2b-... 7a31e0c4-...
     """
-    try:
-        seconds = parse_duration(grace) if grace is not None else None
-    except ValueError as exc:
-        raise Failure(str(exc), EXIT_USAGE) from None
-    async with _client(Target.chosen(user, addr, tls_dir)) as client:
+    seconds = _grace_from(grace)
+
+    async def stop_one(client: JobWorkerClient, job_id: str) -> None:
         await client.stop(job_id, seconds)
+
+    await _for_each_job(job_ids, Target.chosen(user, addr, tls_dir), stop_one)
+
+
+def _grace_from(text: str | None) -> float | None:
+    """--grace's seconds (None: the server's)."""
+    try:
+        return parse_duration(text) if text is not None else None
+    except ValueError as exc:
+        raise Failure(f"--grace: {exc}", EXIT_USAGE) from None
 
 
 @jws.command()
@@ -386,19 +509,26 @@ async def status(
 
 @jws.command(name="rm")
 @connection_options
-@click.option("-j", "--job", "job_id", required=True, help="The job's id.")
-async def remove(user: str | None, addr: str | None, tls_dir: str | None, job_id: str) -> None:
-    """Forget a job that has ended: its record and its output are deleted.
+@job_ids_options
+async def remove(
+    user: str | None, addr: str | None, tls_dir: str | None, job_ids: tuple[str, ...]
+) -> None:
+    """Forget jobs that have ended: their records and their output are deleted.
 
-    A job still running is refused (stop it first). jwsd also forgets finished
-    jobs by itself (see jwsd --retention and --max-finished).
+    A job still running is refused (stop it first); the others are removed all
+    the same (exit code 1). jwsd also forgets finished jobs by itself (see jwsd
+    --retention and --max-finished).
 
     \b
-    Example:
+    Examples:
       jws rm -j 5f0c1a2b-...
+      jws rm 5f0c1a2b-... 7a31e0c4-...
     """
-    async with _client(Target.chosen(user, addr, tls_dir)) as client:
+
+    async def remove_one(client: JobWorkerClient, job_id: str) -> None:
         await client.remove(job_id)
+
+    await _for_each_job(job_ids, Target.chosen(user, addr, tls_dir), remove_one)
 
 
 @jws.command(name="list")
@@ -433,6 +563,11 @@ async def _final_status(
 
     # After a reconnection the first connection is dead: the call opens a new one.
     return await reconnector.call(status, None if reconnector.reconnected else client)
+
+
+def _say_if_stopped_by_a_shutdown(final: JobStatus) -> None:
+    if final.outcome is Outcome.STOPPED and final.outcome_reason == STOPPED_BY_SHUTDOWN:
+        _say(f"job {final.job_id} did not end by itself: {STOPPED_BY_SHUTDOWN}")
 
 
 def _say_what_a_restart_cost(final: JobStatus, reached: int) -> None:
@@ -481,26 +616,54 @@ async def output(
         fd = sys.stdout.fileno()
         reached = await copy_output(client, job_id, offset, fd, reconnector)
         if reconnector.reconnected:  # jwsd restarted: what did that cost the job?
-            _say_what_a_restart_cost(await _final_status(reconnector, job_id, client), reached)
+            final = await _final_status(reconnector, job_id, client)
+            _say_what_a_restart_cost(final, reached)
+            _say_if_stopped_by_a_shutdown(final)
+            return
+        try:
+            final = await client.status(job_id)
+        except UnavailableError:
+            # The output ended and jwsd refuses calls: it is shutting down, and stops
+            # its jobs first (unless told to leave them running, when they run on and
+            # their output does not end).
+            _say(
+                f"jwsd is shutting down: it stopped job {job_id} as it went, unless the job "
+                f"had just ended (`jws status -j {job_id}` says, once jwsd is back)"
+            )
+            return
+        _say_if_stopped_by_a_shutdown(final)
 
 
 @jws.command()
 @connection_options
 @job_options
 @reconnect_option
+@click.option(
+    "--grace",
+    help="When Ctrl-C or a closed stdout stops the job: the time between SIGTERM and "
+    "SIGKILL (as `jws stop --grace`). Default: the server's.",
+)
+@click.option(
+    "--detach-on-interrupt",
+    is_flag=True,
+    help="Ctrl-C leaves the job running (it says the job's id) instead of stopping it.",
+)
 async def run(
     user: str | None,
     addr: str | None,
     tls_dir: str | None,
     job: JobRequest,
     reconnect_timeout: str,
-) -> None:
+    grace: str | None,
+    detach_on_interrupt: bool,
+) -> int:
     """Start a job, stream its output, and exit with its exit code (like `docker run`).
 
-    A job killed by signal n exits 128+n. Ctrl-C stops following (the job keeps running;
-    stop it with `jws stop`). When jwsd goes away after the job started (a restart),
-    connects again and goes on from the byte it reached; the start itself is never
-    repeated.
+    A job killed by signal n exits 128+n. Ctrl-C stops the job (SIGTERM, --grace,
+    SIGKILL) and exits 130; a second Ctrl-C leaves at once. When stdout closes
+    (`| head`), the job is stopped too, and jws exits 141. When jwsd goes away
+    after the job started (a restart), connects again and goes on from the byte it
+    reached; the start itself is never repeated.
 
     \b
     Example:
@@ -508,12 +671,18 @@ async def run(
     """
     target = Target.chosen(user, addr, tls_dir)
     reconnector = _reconnector(target, reconnect_timeout)
+    seconds = _grace_from(grace)
     async with _client(target) as client:
         started = await job.start(client)
-        fd = sys.stdout.fileno()
-        reached = await copy_output(client, started.job_id, 0, fd, reconnector)
+        following = Following(
+            client, reconnector, started.job_id, seconds, detach_on_interrupt, _say
+        )
+        reached = await following.until_ended(sys.stdout.fileno())
+        if isinstance(reached, Left):
+            return reached.code
         final = await _final_status(reconnector, started.job_id, client)
     _say_what_a_restart_cost(final, reached)
+    _say_if_stopped_by_a_shutdown(final)
     if final.oom_killed:
         _say("the job was killed at its memory limit (OOM)")
     if final.outcome is Outcome.TIMED_OUT:
@@ -601,8 +770,7 @@ def cli(args: list[str] | None = None) -> None:
     except Failure as exc:
         _fail(str(exc), exc.code)
     except click.ClickException as exc:
-        exc.show()
-        raise SystemExit(exc.exit_code) from None
+        _fail(one_line(exc), exc.exit_code)
     except (click.Abort, KeyboardInterrupt):
         raise SystemExit(EXIT_INTERRUPTED) from None
     except BrokenPipeError:

@@ -118,6 +118,7 @@ def _count_or_none(ctx: click.Context, param: click.Parameter, value: int) -> in
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="jobworker", prog_name="jwsd")
 @click.option(
     "--addr", default=f"127.0.0.1:{DEFAULT_PORT}", show_default=True, help="HOST:PORT to listen on."
 )

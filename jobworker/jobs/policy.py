@@ -10,6 +10,7 @@ from jobworker import limits as limits_table
 from jobworker.errors import InvalidRequestError, QuotaExceededError
 from jobworker.jobs.config import TrackerConfig
 from jobworker.model import JobSpec, Limits
+from jobworker.units import counted
 
 
 def check_running_quota(config: TrackerConfig, running: int) -> None:
@@ -17,7 +18,7 @@ def check_running_quota(config: TrackerConfig, running: int) -> None:
     another (`max_running_per_user`)."""
     if config.max_running_per_user is not None and running >= config.max_running_per_user:
         raise QuotaExceededError(
-            f"you already run {running} jobs, this server's limit per user; "
+            f"you already run {counted(running, 'job')}, this server's limit per user; "
             "start more once some have ended (or stop some)"
         )
 

@@ -41,6 +41,7 @@ from jobworker.jobs.record import JobRecord
 from jobworker.jobs.watcher import OutputWatcher
 from jobworker.model import JobState, Outcome
 from jobworker.sandbox import OUTPUT_NAME, WORK_NAME, RunningJob, Sandbox
+from jobworker.units import counted
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,11 @@ def restore(
     if stale:
         log.warning("removed %d job cgroups that no running job claims", len(stale))
     if jobs:
-        log.info("restored %d job records; took over %d running jobs", len(jobs), len(running))
+        log.info(
+            "restored %s; took over %s",
+            counted(len(jobs), "job record"),
+            counted(len(running), "running job"),
+        )
     return Restored(jobs, ended)
 
 

@@ -127,14 +127,23 @@ class Supervisor:
             else:
                 await self._wind_up(job)
 
-    async def stop(self, job: Job, grace: float, cause: StopCause = StopCause.USER) -> None:
+    async def stop(
+        self,
+        job: Job,
+        grace: float,
+        cause: StopCause = StopCause.USER,
+        reason: str | None = None,
+    ) -> None:
         """SIGTERM the job's process group, give it `grace` seconds, then SIGKILL
         everything in its cgroup; return once it has ended. `cause`: who asked (the
-        first stop's cause is the job's)."""
+        first stop's cause is the job's); `reason`: the first stop's outcome_reason
+        (None: the outcome says it all)."""
         await job.until_started()
         if job.phase.ended:
             return
         if job.handle(Event.STOP, cause=cause):
+            if reason is not None:
+                job.record = attrs.evolve(job.record, outcome_reason=reason)
             # On disk before the signal: a job that dies of it while no jwsd runs is
             # reconciled as stopped, not as killed by a signal.
             await self.save_quietly(job)

@@ -74,7 +74,7 @@ from jobworker.jobs.restore import restore
 from jobworker.jobs.store import JobStore
 from jobworker.jobs.supervisor import FINISH_TIMEOUT, Supervisor
 from jobworker.jobs.watcher import OutputWatcher
-from jobworker.model import MAX_PAGE_SIZE, JobSpec, JobStatus
+from jobworker.model import MAX_PAGE_SIZE, STOPPED_BY_SHUTDOWN, JobSpec, JobStatus
 from jobworker.sandbox import (
     OUTPUT_NAME,
     CgroupDriver,
@@ -287,7 +287,9 @@ class JobTracker:
         with trio.move_on_after(grace + FINISH_TIMEOUT) as scope:
             async with trio.open_nursery() as nursery:
                 for job in list(self._jobs.values()):
-                    nursery.start_soon(self._supervisor.stop, job, grace)
+                    nursery.start_soon(
+                        self._supervisor.stop, job, grace, StopCause.USER, STOPPED_BY_SHUTDOWN
+                    )
         if scope.cancelled_caught:
             log.error("shutdown: some jobs did not finish within %.1f s", grace + FINISH_TIMEOUT)
         self._background.cancel()
@@ -335,7 +337,8 @@ class JobTracker:
             FileLog(directory / OUTPUT_NAME, limits.output, cap_note),
         )
         cwd = spec.workdir or str(job.workdir)
-        env = dict(spec.env) if spec.env else sandbox.default_env(job.workdir)
+        # The request's variables add to the default environment (as `docker run -e`).
+        env = {**sandbox.default_env(job.workdir), **(spec.env or {})}
         sandbox.check_command(spec.argv, env, cwd=cwd, workdir=job.workdir, user=user)
         self._record_bytes.charge(owner, job_id, record_quota.spec_record_bytes(spec))
         self._jobs[job_id] = job

@@ -46,6 +46,7 @@ from jobworker.server.reload import Access, Reloader
 from jobworker.server.service import JobWorkerService
 from jobworker.transport import RpcServer
 from jobworker.transport.server import DEFAULT_REQUEST_TIMEOUT
+from jobworker.units import counted
 
 log = logging.getLogger("jobworker.daemon")
 
@@ -175,10 +176,10 @@ async def serve(
             running = tracker.running_count()
             leave = keep_jobs is not None and keep_jobs.is_set()
             if leave:
-                log.info("shutting down: leaving %d running jobs running", running)
+                log.info("shutting down: leaving %s running", counted(running, "running job"))
                 tracker.leave_running()
             else:
-                log.info("shutting down: stopping %d running jobs", running)
+                log.info("shutting down: stopping %s", counted(running, "running job"))
             guard.refuse_new_calls()
             server.stop_accepting()
             await tracker.shutdown(config.jobs.stop_grace)

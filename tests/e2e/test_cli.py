@@ -172,8 +172,8 @@ def test_login_makes_a_user_the_default(jwsd: Jwsd) -> None:
     ("args", "user", "code", "message"),
     [
         (("status", "-j", "no-such-job"), "alex", 1, "jws: no job with id 'no-such-job'\n"),
-        (("start", "-c", "no-such-program-xyz"), "alex", 1, "not found in PATH"),
-        (("start", "-c", "echo 'unterminated"), "alex", 1, "no closing quotation"),
+        (("start", "-c", "no-such-program-xyz"), "alex", 127, "not found in PATH"),
+        (("start", "-c", "echo 'unterminated"), "alex", 2, "no closing quotation"),
         (("list",), "mallory", 1, "unknown user 'mallory'"),
         (("list",), "nobody-here", 2, "no credentials for user 'nobody-here'"),
         (("start", "--memory", "lots", "-c", "true"), "alex", 2, "not a size"),

@@ -177,7 +177,7 @@ def test_the_upgrade_signal_under_the_shipped_unit_ends_the_jobs(unit: None) -> 
         time.sleep(0.5)
     assert show("Result", "ExecMainStatus") == {"Result": "success", "ExecMainStatus": "0"}
     journal = run(["journalctl", "-u", "jwsd", "--no-pager", "-n", "30"]).stdout
-    assert "shutting down: leaving 1 running jobs running" in journal, journal
+    assert "shutting down: leaving 1 running job running" in journal, journal
     assert re.search(r"Killing process \d+ \(sleep\) with signal SIGKILL", journal), journal
     assert processes_with(f"sleep {marker}") == []
     run(["systemctl", "start", "jwsd"], timeout=120)

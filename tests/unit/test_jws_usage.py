@@ -35,11 +35,17 @@ def no_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         (["run", "-u", "alex", "--memory", "1K", "--", "true"], "memory limit must be at least"),
         (["start", "-u", "alex", "-c", "true", "--", "true"], "not both"),
         (["start", "-u", "alex"], "not both"),
-        (["start", "-u", "alex", "-e", "NOEQUALS", "--", "true"], "--env wants K=V"),
+        (["start", "-u", "alex", "-e", "=NONAME", "--", "true"], "--env wants NAME=VALUE or NAME"),
         (["stop", "-u", "alex", "-j", "x", "--grace", "soon"], "not a duration"),
         (["output", "-u", "alex", "-j", "x", "--reconnect-timeout", "soon"], "not a duration"),
         (["run", "-u", "alex", "--reconnect-timeout", "-1s", "--", "true"], "not a duration"),
         (["list"], "no user"),
+        # Click keeps the last of a repeated option silently; jws refuses it.
+        (["status", "-u", "alex", "-j", "a", "-j", "b"], "--job was given more than once"),
+        (["stop", "-u", "alex", "a", "--grace", "1s", "--grace", "2s"], "--grace was given more"),
+        (["stop", "-u", "alex"], "no job id"),
+        (["start", "-u", "alex", "-c", "echo 'open"], "-c: cannot split the command line"),
+        (["start", "-u", "alex", "ls", "-l"], "The program's own arguments go after --"),
         (["list", "-u", "nobody-here"], "no credentials for user 'nobody-here'"),
     ],
 )

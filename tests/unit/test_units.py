@@ -10,13 +10,14 @@ from jobworker.units import format_duration, format_size, parse_addr, parse_dura
 @pytest.mark.parametrize(
     ("text", "size"),
     [("4096", 4096), ("256M", 256 << 20), ("256m", 256 << 20), ("1.5G", 3 << 29), ("10MB", 10 << 20),
-     ("10MiB", 10 << 20), ("10M/s", 10 << 20), ("2k", 2048), (" 1T ", 1 << 40)],
+     ("10MiB", 10 << 20), ("10M/s", 10 << 20), ("2k", 2048), (" 1T ", 1 << 40), ("1Gi", 1 << 30),
+     ("512Mi", 512 << 20)],
 )  # fmt: skip
 def test_sizes(text: str, size: int) -> None:
     assert parse_size(text) == size
 
 
-@pytest.mark.parametrize("text", ["", "M", "-1M", "10X", "ten", "1.2.3M"])
+@pytest.mark.parametrize("text", ["", "M", "-1M", "10X", "ten", "1.2.3M", "1i", "1Mii"])
 def test_bad_sizes_raise_with_a_hint(text: str) -> None:
     with pytest.raises(ValueError, match="e.g. 256M"):
         parse_size(text)
@@ -32,6 +33,10 @@ def test_bad_sizes_raise_with_a_hint(text: str) -> None:
         ("0", 0.0),
         ("1h", 3600.0),
         ("2d", 172800.0),
+        ("2m30s", 150.0),
+        ("1h30m", 5400.0),
+        ("1d2h3m4s500ms", 93784.5),
+        ("1.5m30s", 120.0),
     ],
 )
 def test_durations(text: str, seconds: float) -> None:
@@ -56,7 +61,9 @@ def test_durations_are_spelled_in_the_largest_unit_that_divides_them(
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "-5s", "5x", "soon"])
+@pytest.mark.parametrize(
+    "text", ["", "-5s", "5x", "soon", "30s2m", "2m2m", "2m 30s", "2m30", "1h" * 40]
+)
 def test_bad_durations_raise_with_a_hint(text: str) -> None:
     with pytest.raises(ValueError, match="e.g. 5s"):
         parse_duration(text)

@@ -1,0 +1,126 @@
+"""What `jws run` does when its user leaves before the job it started has ended.
+
+The job is `jws run`'s own, as a command is ssh's: when the reader of its output goes
+away (stdout closed: `jws run -- yes | head -c 100`) or Ctrl-C interrupts it, the job
+is stopped as `jws stop` would (SIGTERM, the grace period, SIGKILL), one line on
+stderr names it, and jws exits as a process killed by that signal would (141 for
+SIGPIPE, 130 for SIGINT). A second Ctrl-C while the job is being stopped leaves at
+once, saying that the job may still be running. With `--detach-on-interrupt`, Ctrl-C
+leaves the job running (and says so, with its id).
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import attrs
+
+from jobworker.cli.stdout import copy_output
+from jobworker.errors import JobWorkerError
+
+if TYPE_CHECKING:  # imported lazily at run time: `jws --help` stays quick
+    from jobworker.client import JobWorkerClient, Reconnector
+
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+
+
+@attrs.frozen
+class Left:
+    """jws left before the job ended; exit with `code`."""
+
+    code: int
+
+
+@attrs.frozen
+class Following:
+    """How to follow one job that `jws run` started.
+
+    grace: the stop's grace period (None: the server's). detach: Ctrl-C leaves the job
+    running. say: writes one line for a person to stderr."""
+
+    client: JobWorkerClient
+    reconnector: Reconnector
+    job_id: str
+    grace: float | None
+    detach: bool
+    say: Callable[[str], None]
+
+    async def until_ended(self, fd: int) -> int | Left:
+        """Write the job's output to `fd` until it ends (the offset reached), or until
+        the user leaves (Left, once the job was stopped or left running)."""
+        import trio
+
+        results: list[int | Left] = []  # the first one decides
+        failures: list[JobWorkerError] = []  # raised here, not as an ExceptionGroup
+        stopping = False
+
+        async def stop_job(line: str, code: int) -> None:
+            nonlocal stopping
+            stopping = True
+            self.say(line)
+            try:
+                await self.reconnector.call(self._stop, self._held())
+            except JobWorkerError as exc:
+                self.say(f"could not stop job {self.job_id}: {exc}")
+            results.append(Left(code))
+            nursery.cancel_scope.cancel()
+
+        with trio.open_signal_receiver(signal.SIGINT) as interrupts:
+            async with trio.open_nursery() as nursery:
+                following = trio.CancelScope()
+
+                async def follow() -> None:
+                    with following:
+                        try:
+                            results.append(
+                                await copy_output(self.client, self.job_id, 0, fd, self.reconnector)
+                            )
+                        except JobWorkerError as exc:
+                            failures.append(exc)
+                        except BrokenPipeError:
+                            nursery.start_soon(
+                                stop_job,
+                                f"stdout was closed: stopping job {self.job_id}",
+                                EXIT_BROKEN_PIPE,
+                            )
+                            return
+                        nursery.cancel_scope.cancel()
+
+                nursery.start_soon(follow)
+                async for _ in interrupts:
+                    following.cancel()
+                    if stopping:
+                        self.say(
+                            f"interrupted again: leaving now; job {self.job_id} may still be "
+                            f"running (`jws stop -j {self.job_id}` stops it)"
+                        )
+                    elif self.detach:
+                        self.say(
+                            f"interrupted: job {self.job_id} keeps running "
+                            f"(`jws stop -j {self.job_id}` stops it)"
+                        )
+                    else:
+                        nursery.start_soon(
+                            stop_job,
+                            f"interrupted: stopping job {self.job_id} (Ctrl-C again to leave it running)",
+                            EXIT_INTERRUPTED,
+                        )
+                        continue
+                    results.append(Left(EXIT_INTERRUPTED))
+                    nursery.cancel_scope.cancel()
+        if failures and not results:
+            raise failures[0]
+        return results[0]
+
+    def _held(self) -> JobWorkerClient | None:
+        # After a reconnection the first connection is dead: the call opens a new one.
+        return None if self.reconnector.reconnected else self.client
+
+    async def _stop(self, connection: JobWorkerClient) -> None:
+        await connection.stop(self.job_id, self.grace)
+
+
+__all__ = ["EXIT_BROKEN_PIPE", "EXIT_INTERRUPTED", "Following", "Left"]

@@ -1,0 +1,78 @@
+"""How `jws` reads a command line, stricter than Click's defaults: an
+option that takes one value given twice is a usage error (Click keeps the last one
+silently: `jws stop -j A -j B` stopped only B), an unknown option of a command that
+runs a program says that the program's arguments go after `--`, a usage error is one
+line, and `--help`'s command list shows each summary whole (Click cuts it with "…")."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import asyncclick as click
+
+
+class StrictCommand(click.Command):
+    """A command whose single-value options may be given once (see the module)."""
+
+    def make_parser(self, ctx: click.Context) -> Any:
+        parser = super().make_parser(ctx)
+        parse_args = parser.parse_args
+
+        async def parse_once(args: list[str]) -> Any:
+            try:
+                opts, rest, order = await parse_args(args=args)
+            except click.NoSuchOption as exc:
+                if any(param.name == "argv" for param in self.params):
+                    raise click.UsageError(
+                        f"{exc.format_message()} The program's own arguments go after --: "
+                        f"jws {ctx.info_name} [OPTIONS] -- PROGRAM ARGS...",
+                        ctx,
+                    ) from None
+                raise
+            seen: set[click.Parameter] = set()
+            for param in order:
+                if _takes_one_value(param) and param in seen:
+                    name = max(param.opts, key=len)  # --job rather than -j
+                    raise click.UsageError(
+                        f"{name} was given more than once; it takes one value", ctx
+                    )
+                seen.add(param)
+            return opts, rest, order
+
+        parser.parse_args = parse_once  # type: ignore[method-assign]
+        return parser
+
+    def get_short_help_str(self, limit: int = 45) -> str:
+        """The first sentence of the help, never cut short."""
+        if self.short_help:
+            return inspect.cleandoc(self.short_help)
+        first = inspect.cleandoc(self.help or "").split("\n\n", 1)[0]
+        return " ".join(first.split())
+
+
+def _takes_one_value(param: click.Parameter) -> bool:
+    return (
+        isinstance(param, click.Option)
+        and not param.multiple
+        and not param.count
+        and not param.is_flag
+    )
+
+
+class StrictGroup(click.Group):
+    """A group whose commands are StrictCommands."""
+
+    command_class = StrictCommand
+
+
+def one_line(exc: click.ClickException) -> str:
+    """The error `exc` in one line (Click prints a usage block and a hint before it),
+    naming the command's `--help` when it was a usage error."""
+    message = " ".join(exc.format_message().split())
+    if isinstance(exc, click.UsageError) and exc.ctx is not None:
+        return f"{message} (see `{exc.ctx.command_path} --help`)"
+    return message
+
+
+__all__ = ["StrictCommand", "StrictGroup", "one_line"]

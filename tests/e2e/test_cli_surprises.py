@@ -1,0 +1,286 @@
+"""The real `jws` against a real `jwsd`: what used to surprise a user silently with
+exit code 0 (issue 23), and the small things a docker or ssh user's hands expect."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+import trustme
+
+from tests.e2e.conftest import BIN, Jwsd, restart_jwsd
+from tests.support.certs import TestPKI
+from tests.support.timing import scaled
+
+pytestmark = [pytest.mark.root, pytest.mark.e2e, pytest.mark.hierarchy_independent]
+
+JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def ok(result: subprocess.CompletedProcess[bytes]) -> str:
+    assert result.returncode == 0, result.stderr.decode()
+    return result.stdout.decode()
+
+
+def status(jwsd: Jwsd, job_id: str) -> dict[str, object]:
+    loaded: dict[str, object] = json.loads(ok(jwsd.jws("status", "-j", job_id, "--json")))
+    return loaded
+
+
+def start_sleeper(jwsd: Jwsd) -> str:
+    return ok(jwsd.jws("start", "--", "sleep", "600")).strip()
+
+
+def one_line_naming(stderr: bytes, job_id: str) -> str:
+    lines = stderr.decode().splitlines()
+    assert len(lines) == 1 and job_id in lines[0], lines
+    return lines[0]
+
+
+# ---- 1. repeated options -----------------------------------------------------------
+
+
+def test_stop_and_rm_act_on_every_id_given(jwsd: Jwsd) -> None:
+    first, second, third, fourth = (start_sleeper(jwsd) for _ in range(4))
+    ok(jwsd.jws("stop", "-j", first, "-j", second, "--grace", "0"))
+    ok(jwsd.jws("stop", "--grace", "0", third, fourth))
+    for job_id in (first, second, third, fourth):
+        assert status(jwsd, job_id)["outcome"] == "stopped"
+    ok(jwsd.jws("rm", "-j", first, "-j", second))
+    ok(jwsd.jws("rm", third, fourth))
+    for job_id in (first, second, third, fourth):
+        assert jwsd.jws("status", "-j", job_id).returncode == 1
+
+
+def test_one_refused_id_is_reported_and_the_others_are_stopped(jwsd: Jwsd) -> None:
+    running = start_sleeper(jwsd)
+    result = jwsd.jws("stop", "--grace", "0", "no-such-job", running)
+    assert result.returncode == 1
+    assert result.stderr == b"jws: no job with id 'no-such-job'\n"
+    assert status(jwsd, running)["outcome"] == "stopped"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("status", "-j", "a", "-j", "b"),
+        ("output", "-j", "a", "--job", "b"),
+        ("stop", "-j", "a", "--grace", "1s", "--grace", "2s"),
+        ("run", "--memory", "64M", "--memory", "128M", "--", "true"),
+        ("start", "-c", "true", "-c", "false"),
+    ],
+)
+def test_an_option_of_one_value_given_twice_is_a_usage_error(
+    jwsd: Jwsd, args: tuple[str, ...]
+) -> None:
+    result = jwsd.jws(*args)
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.decode().splitlines()
+    assert "was given more than once" in line
+    assert jwsd.jws("list").stdout.decode().splitlines()[1:] == []  # nothing started
+
+
+# ---- 2. stdout closed, 3. Ctrl-C ----------------------------------------------------
+
+
+def test_run_whose_stdout_closes_stops_its_job_and_exits_141(jwsd: Jwsd) -> None:
+    """`jws run -- yes | head -c 100`: the job is stopped, not left writing to its cap."""
+    started = time.monotonic()
+    result = subprocess.run(
+        ["sh", "-c", f"{BIN / 'jws'} run -u alex -- yes | head -c 100; echo $? >&2"],
+        env=jwsd.env(),
+        capture_output=True,
+        timeout=scaled(30),
+    )
+    assert time.monotonic() - started < scaled(15)
+    assert result.stdout == b"y\n" * 50
+    *said, code = result.stderr.decode().splitlines()
+    (job_id,) = JOB_ID.findall(said[0])
+    assert said == [f"jws: stdout was closed: stopping job {job_id}"]
+    # The shell reports the pipeline's last command; the first one's code is this:
+    assert code == "0"
+    ended = status(jwsd, job_id)
+    assert ended["status"] == "Terminated" and ended["outcome"] == "stopped"
+    assert isinstance(ended["output_bytes"], int) and ended["output_bytes"] < 1 << 28
+
+
+def test_run_whose_stdout_closes_exits_141(jwsd: Jwsd) -> None:
+    with jwsd.popen("run", "--", "yes") as run:
+        assert run.stdout is not None and run.stderr is not None
+        assert run.stdout.read(100) == b"y\n" * 50
+        run.stdout.close()
+        assert run.wait(timeout=scaled(15)) == 141
+        job_id = JOB_ID.findall(one_line_naming(run.stderr.read(), ""))[0]
+    assert status(jwsd, job_id)["outcome"] == "stopped"
+
+
+def test_ctrl_c_on_run_stops_its_job_and_exits_130(jwsd: Jwsd) -> None:
+    with jwsd.popen("run", "--grace", "2s", "--", "sh", "-c", "echo ready; sleep 600") as run:
+        assert run.stdout is not None and run.stderr is not None
+        assert run.stdout.readline() == b"ready\n"
+        run.send_signal(signal.SIGINT)
+        assert run.wait(timeout=scaled(15)) == 130
+        line = one_line_naming(run.stderr.read(), "")
+    (job_id,) = JOB_ID.findall(line)
+    assert line == f"jws: interrupted: stopping job {job_id} (Ctrl-C again to leave it running)"
+    ended = status(jwsd, job_id)
+    assert ended["status"] == "Terminated" and ended["outcome"] == "stopped"
+
+
+def test_a_second_ctrl_c_leaves_at_once_and_says_the_job_may_run_on(jwsd: Jwsd) -> None:
+    script = "trap '' TERM; echo ready; sleep 600"  # SIGTERM is ignored: the grace runs out
+    with jwsd.popen("run", "--grace", "60s", "--", "sh", "-c", script) as run:
+        assert run.stdout is not None and run.stderr is not None
+        assert run.stdout.readline() == b"ready\n"
+        run.send_signal(signal.SIGINT)
+        stopping = run.stderr.readline().decode()
+        assert "interrupted: stopping job" in stopping
+        (job_id,) = JOB_ID.findall(stopping)
+        assert status(jwsd, job_id)["status"] == "Active"  # within its grace period
+        left_at = time.monotonic()
+        run.send_signal(signal.SIGINT)
+        assert run.wait(timeout=scaled(15)) == 130
+        assert time.monotonic() - left_at < scaled(5)
+        assert run.stderr.read().decode() == (
+            f"jws: interrupted again: leaving now; job {job_id} may still be running "
+            f"(`jws stop -j {job_id}` stops it)\n"
+        )
+    ok(jwsd.jws("stop", "--grace", "0", job_id))
+
+
+def test_detach_on_interrupt_leaves_the_job_running_and_names_it(jwsd: Jwsd) -> None:
+    with jwsd.popen(
+        "run", "--detach-on-interrupt", "--", "sh", "-c", "echo ready; sleep 600"
+    ) as run:
+        assert run.stdout is not None and run.stderr is not None
+        assert run.stdout.readline() == b"ready\n"
+        run.send_signal(signal.SIGINT)
+        assert run.wait(timeout=scaled(15)) == 130
+        line = one_line_naming(run.stderr.read(), "")
+    (job_id,) = set(JOB_ID.findall(line))
+    assert "keeps running" in line
+    assert status(jwsd, job_id)["status"] == "Active"
+    ok(jwsd.jws("stop", "--grace", "0", job_id))
+
+
+# ---- 5. the environment -------------------------------------------------------------
+
+
+def test_env_adds_to_the_default_environment_and_passes_the_callers_value(jwsd: Jwsd) -> None:
+    result = jwsd.jws(
+        "run", "-e", "FOO=1", "-e", "FROM_CALLER", "-e", "UNSET_HERE", "-e", "LANG=C", "--", "env",
+        FROM_CALLER="the caller's",
+    )  # fmt: skip
+    env = dict(line.split("=", 1) for line in ok(result).splitlines())
+    assert env["FOO"] == "1"
+    assert env["FROM_CALLER"] == "the caller's"
+    assert "UNSET_HERE" not in env  # as docker's -e NAME: a name the caller lacks is skipped
+    assert env["LANG"] == "C"  # -e replaces a default variable of its name
+    assert env["PATH"].startswith("/")
+    assert env["HOME"] and env["USER"] and env["LOGNAME"]
+    bad = jwsd.jws("run", "-e", "=x", "--", "true")
+    assert bad.returncode == 2 and b"NAME=VALUE or NAME" in bad.stderr
+
+
+# ---- 6. a certificate jwsd cannot accept ----------------------------------------------
+
+
+def test_an_expired_or_foreign_client_certificate_is_one_line_and_not_exit_3(
+    jwsd: Jwsd, pki: TestPKI
+) -> None:
+    past = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=1)
+    pki.add_user(jwsd.tls_dir, "expired", not_after=past)
+    pki.add_user(jwsd.tls_dir, "stranger", ca=trustme.CA())
+    expired = jwsd.jws("list", user="expired")
+    assert expired.returncode == 2, expired.stderr
+    (line,) = expired.stderr.decode().splitlines()
+    assert "expired on" in line and "expired/client_cert.pem" in line
+    stranger = jwsd.jws("list", user="stranger")
+    assert stranger.returncode == 2, stranger.stderr
+    (line,) = stranger.stderr.decode().splitlines()
+    assert "was not issued by" in line and "client_ca_cert.pem" in line
+
+
+# ---- the small things ------------------------------------------------------------------
+
+
+def test_a_missing_program_exits_127(jwsd: Jwsd) -> None:
+    for command in ("start", "run"):
+        result = jwsd.jws(command, "--", "no-such-program-xyz")
+        assert result.returncode == 127, result.stderr
+        assert b"not found in PATH" in result.stderr
+    assert jwsd.jws("run", "--", "./no-such-file").returncode == 127
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("stpo",), "No such command 'stpo'. Did you mean 'stop'?"),
+        (("list", "--jsno"), "No such option '--jsno'"),
+        (("start", "ls", "-l"), "the program's own arguments go after --"),
+        (("run", "-c", "echo 'unclosed"), "no closing quotation"),
+        (("start", "--timeout", "2m30", "--", "true"), "not a duration"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(
+    jwsd: Jwsd, args: tuple[str, ...], message: str
+) -> None:
+    result = jwsd.jws(*args, user=None)
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.decode().splitlines()
+    assert line.startswith("jws: ") and message.lower() in line.lower()
+
+
+def test_durations_and_sizes_as_people_type_them(jwsd: Jwsd) -> None:
+    job_id = ok(jwsd.jws("start", "--timeout", "2m30s", "--memory", "1Gi", "--", "true")).strip()
+    limits = status(jwsd, job_id)["limits"]
+    assert isinstance(limits, dict)
+    assert limits["timeout_seconds"] == 150 and limits["memory_bytes"] == 1 << 30
+
+
+def test_versions_and_help_summaries_whole(jwsd: Jwsd) -> None:
+    for program in ("jws", "jwsd"):
+        version = subprocess.run([str(BIN / program), "--version"], capture_output=True)
+        assert version.returncode == 0
+        assert version.stdout.decode().startswith(f"{program}, version ")
+    helped = ok(jwsd.jws("--help", user=None))
+    summaries = helped.split("Commands:")[1].splitlines()
+    assert not [line for line in summaries if line.endswith(("...", "…"))], summaries
+    assert "then SIGKILL." in " ".join(helped.split())  # stop's whole first sentence
+
+
+def test_shutdown_log_counts_in_the_singular(jwsd: Jwsd) -> None:
+    start_sleeper(jwsd)
+    assert jwsd.stop() == 0
+    assert "shutting down: stopping 1 running job\n" in jwsd.log
+
+
+def test_output_of_a_job_stopped_by_jwsds_shutdown_says_so(jwsd: Jwsd, pki: TestPKI) -> None:
+    job_id = ok(jwsd.jws("start", "--", "sh", "-c", "echo up; sleep 600")).strip()
+    with jwsd.popen("output", "-j", job_id) as follower:
+        assert follower.stdout is not None and follower.stderr is not None
+        assert follower.stdout.readline() == b"up\n"
+        assert jwsd.stop() == 0
+        assert follower.wait(timeout=scaled(15)) == 0
+        live = follower.stderr.read().decode()
+    assert live == (
+        f"jws: jwsd is shutting down: it stopped job {job_id} as it went, unless the job "
+        f"had just ended (`jws status -j {job_id}` says, once jwsd is back)\n"
+    )
+    again = restart_jwsd(jwsd, pki)
+    try:
+        later = again.jws("output", "-j", job_id)
+        assert later.returncode == 0 and later.stdout == b"up\n"
+        assert later.stderr.decode() == (
+            f"jws: job {job_id} did not end by itself: jwsd stopped it as it shut down\n"
+        )
+        assert status(again, job_id)["outcome"] == "stopped"
+        finished = ok(again.jws("start", "--", "true")).strip()
+        assert again.jws("output", "-j", finished).stderr == b""  # an end of its own: no word
+    finally:
+        assert again.stop() == 0
