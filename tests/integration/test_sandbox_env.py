@@ -1,4 +1,4 @@
-"""The tracker's sandbox on the real kernel: the job's environment exactly as asked
+"""The tracker's sandbox on the real kernel: the job's environment exactly as asked over the defaults
 (of any size the kernel can exec, a clear refusal past it), tmpfs sizes bounded by
 the memory limit, and defaults that give way to the operator's maximum.
 """
@@ -21,9 +21,16 @@ from tests.support.tracking import run_to_end, running_tracker
 pytestmark = pytest.mark.root
 
 
-async def test_the_job_gets_exactly_its_environment(tracker: JobTracker) -> None:
-    """Whatever the values hold (spaces, newlines, '=', nothing), and no variable
-    of the daemon's or the helpers' own, but the PWD its shell exports."""
+# The variables every job gets unless its request sets them (as `docker run -e`).
+DEFAULT_NAMES = {"PATH", "HOME", "LANG", "USER", "LOGNAME"}
+
+
+async def test_the_job_gets_exactly_its_environment_over_the_defaults(
+    tracker: JobTracker,
+) -> None:
+    """Whatever the values hold (spaces, newlines, '=', nothing), over the default
+    environment, and no variable of the daemon's or the helpers' own, but the PWD
+    its shell exports."""
     env = {
         "PATH": "/usr/bin:/bin",
         "SPACED": "a b  c",
@@ -37,7 +44,9 @@ async def test_the_job_gets_exactly_its_environment(tracker: JobTracker) -> None
     assert status.exit_code == 0, out
     seen = dict(item.split("=", 1) for item in out.decode().rstrip("\0").split("\0"))
     assert seen.pop("PWD") == str(tracker.config.data_dir / "jobs" / status.job_id / "work")
-    assert seen == env
+    assert {name: seen.pop(name) for name in env} == env
+    assert set(seen) == DEFAULT_NAMES - set(env)
+    assert seen["HOME"] == str(tracker.config.data_dir / "jobs" / status.job_id / "work")
 
 
 @pytest.fixture
@@ -80,6 +89,14 @@ async def test_an_environment_as_large_as_the_kernel_execs_works(
         len(a) + 1 + 8
         for a in [shutil.which("sh") or "", "-c", bwrap.READY_HELPER, "jobworker-exec", *argv]
     )
+    # The defaults the request's variables are added to (HOME is the work dir's path).
+    home = len(
+        str(tracker.config.data_dir / "jobs" / "a-uuid-of-36-characters-------------" / "work")
+    )
+    defaults = (
+        len("HOME=") + home + sum(len(x) for x in ("LANG=C.UTF-8", "USER=nobody", "LOGNAME=nobody"))
+    )
+    prefix += defaults + 4 * (1 + 8)
     env = _env_filling(small_stack - program.ARG_SPACE_SLACK - prefix)
     assert len(env) > 3
     out, status = await run_to_end(tracker, JobSpec(argv=argv, env=env))
