@@ -175,16 +175,7 @@ def spawn_argv(
     cmd += [tools.bwrap, "--args", str(args_fd), "--unshare-all"]
     if host_network:
         cmd.append("--share-net")
-    if not user.is_root:
-        # --disable-userns needs a user namespace of bubblewrap's own making.
-        cmd += [
-            "--unshare-user",
-            "--disable-userns",
-            "--uid",
-            str(user.uid),
-            "--gid",
-            str(user.gid),
-        ]
+    cmd += user_namespace_options(user)
     size = [] if tmpfs_size is None else ["--size", str(tmpfs_size)]
     cmd += [
         *view,
@@ -210,6 +201,14 @@ def spawn_argv(
         *exec_argv(tools, argv),
     ]  # fmt: skip
     return cmd
+
+
+def user_namespace_options(user: JobUser) -> list[str]:
+    """The job user's own user namespace, where it is `user` (none for root).
+    --disable-userns needs a user namespace of bubblewrap's own making."""
+    if user.is_root:
+        return []
+    return ["--unshare-user", "--disable-userns", "--uid", str(user.uid), "--gid", str(user.gid)]
 
 
 def setpriv_argv(tools: SandboxTools, user: JobUser) -> list[str]:

@@ -18,7 +18,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from jobworker.errors import SetupError
-from jobworker.sandbox.bwrap import HELPER_ENV, JobUser, SandboxTools, setpriv_argv
+from jobworker.sandbox.bwrap import (
+    HELPER_ENV,
+    JobUser,
+    SandboxTools,
+    setpriv_argv,
+    user_namespace_options,
+)
 from jobworker.sandbox.program import permits
 
 log = logging.getLogger(__name__)
@@ -51,16 +57,7 @@ def check_sandbox(
     for this architecture, which is logged). `view` is the jobs' view of the host
     (`hostview.HostView.options`): an operator's `--job-bind` the job user cannot
     reach fails here, once, not at every start."""
-    argv = [tools.bwrap, "--unshare-all"]
-    if not user.is_root:
-        argv += [
-            "--unshare-user",
-            "--disable-userns",
-            "--uid",
-            str(user.uid),
-            "--gid",
-            str(user.gid),
-        ]
+    argv = [tools.bwrap, "--unshare-all", *user_namespace_options(user)]
     argv += [*view, "--proc", "/proc", "--dev", "/dev"]
     argv += ["--perms", "0700", "--size", str(1 << 20), "--tmpfs", "/tmp", "--remount-ro", "/"]
     with contextlib.ExitStack() as closing:
