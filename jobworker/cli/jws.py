@@ -26,203 +26,40 @@ at once with exit code 3.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
-import re
 import sys
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager
-from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import asyncclick as click
-import attrs
 
-from jobworker import limits as limits_table
 from jobworker.cli import render
-from jobworker.cli.config import DEFAULT_ADDR, DEFAULT_TLS_DIR, ClientConfig, config_path
+from jobworker.cli.config import DEFAULT_ADDR, ClientConfig, config_path
+from jobworker.cli.failure import EXIT_SERVER_ERROR, EXIT_USAGE, Failure
+from jobworker.cli.job_request import JobRequest, job_options
 from jobworker.cli.leaving import EXIT_INTERRUPTED, Following, Left
 from jobworker.cli.stdout import copy_output
+from jobworker.cli.target import (
+    DEFAULT_PORT,
+    Target,
+    connected,
+    connection_options,
+    reconnect_option,
+    reconnector_to,
+)
 from jobworker.cli.usage import StrictGroup, one_line
-from jobworker.cmdline import split_command
 from jobworker.echo import shown
 from jobworker.errors import (
-    BadStateError,
-    CannotReachError,
-    GaveUpReconnectingError,
-    InvalidRequestError,
     JobWorkerError,
     SetupError,
     UnavailableError,
 )
-from jobworker.limits import Limits
 from jobworker.model import STOPPED_BY_SHUTDOWN, JobStatus, Outcome
 from jobworker.units import format_duration, parse_addr, parse_duration
 
 if TYPE_CHECKING:  # imported lazily at run time: `jws --help` stays quick
-    from jobworker.client import Credentials, JobWorkerClient, Reconnector
-
-EXIT_SERVER_ERROR = 1
-EXIT_USAGE = 2
-EXIT_UNREACHABLE = 3
-EXIT_NOT_FOUND = 127  # a missing program, as a shell (and docker run) says it
-DEFAULT_PORT = 50051
-
-
-class Failure(Exception):
-    """A one-line error for stderr and the exit code that goes with it."""
-
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-# ---- connection options, shared by every command that talks to jwsd ----------
-
-
-def connection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    fn = click.option(
-        "-u",
-        "--user",
-        envvar="JWS_USER",
-        help="Act as this user (its certificate in TLSDIR/USER/). Default: `jws login`.",
-    )(fn)
-    fn = click.option(
-        "--addr",
-        envvar="JWS_ADDR",
-        help=f"jwsd's HOST:PORT. Default: `jws login`, else {DEFAULT_ADDR}.",
-    )(fn)
-    fn = click.option(
-        "--tls-dir",
-        envvar="JWS_TLS_DIR",
-        help=f"Directory with server_ca_cert.pem and USER/client_{{cert,key}}.pem. Default: `jws login`, else {DEFAULT_TLS_DIR}.",
-    )(fn)
-    return fn
-
-
-@attrs.frozen
-class Target:
-    """Which jwsd to talk to, and as whom, from the flags, the environment and `jws login`."""
-
-    host: str
-    port: int
-    credentials: Credentials
-
-    @classmethod
-    def chosen(cls, user: str | None, addr: str | None, tls_dir: str | None) -> Target:
-        """Raises Failure (usage) for a bad config file or address, or no user."""
-        from jobworker.client import Credentials
-
-        try:
-            stored = ClientConfig.load()
-        except ValueError as exc:
-            raise Failure(str(exc), EXIT_USAGE) from None
-        user = user or stored.user
-        if not user:
-            raise Failure(
-                "no user: pass -u USER, or make one the default with `jws login USER`", EXIT_USAGE
-            )
-        addr_text = addr or stored.addr or DEFAULT_ADDR
-        try:
-            host, port = parse_addr(addr_text, default_port=DEFAULT_PORT)
-        except ValueError as exc:
-            raise Failure(str(exc), EXIT_USAGE) from None
-        credentials = Credentials(Path(tls_dir or stored.tls_dir or DEFAULT_TLS_DIR), user)
-        return cls(host, port, credentials)
-
-    def connect(self, connect_timeout: float = 10) -> AbstractAsyncContextManager[JobWorkerClient]:
-        """A new connection (see `jobworker.client.connect`)."""
-        from jobworker.client import connect
-
-        return connect((self.host, self.port), self.credentials, connect_timeout=connect_timeout)
-
-
-#: How jwsd says that a job's program does not exist (jobworker.sandbox.program).
-_MISSING_PROGRAM = re.compile(r"program .* not found in PATH|cannot run .*: no such file")
-
-
-def failure_for(exc: JobWorkerError, target: Target) -> Failure:
-    """The line and exit code for `exc`, a failure of a command that talked to `target`:
-    usage for local set-up (credentials, and a certificate jwsd cannot accept),
-    unreachable for no jwsd (a lost connection names the address), 127 for a program
-    that does not exist, server error for anything else jwsd refused."""
-    if isinstance(exc, SetupError):
-        return Failure(str(exc), EXIT_USAGE)
-    if isinstance(exc, (CannotReachError, GaveUpReconnectingError)):
-        return Failure(str(exc), EXIT_UNREACHABLE)  # they name the address and why
-    if isinstance(exc, UnavailableError):
-        # A refused client certificate looks like a lost connection (TLS 1.3 checks it
-        # after the handshake): look at it before telling the caller to retry.
-        problem = _certificate_problem(target.credentials)
-        if problem is not None:
-            return Failure(problem, EXIT_USAGE)
-        return Failure(f"lost jwsd at {target.host}:{target.port}: {exc}", EXIT_UNREACHABLE)
-    if isinstance(exc, BadStateError) and _MISSING_PROGRAM.match(str(exc)):
-        return Failure(str(exc), EXIT_NOT_FOUND)
-    return Failure(str(exc), EXIT_SERVER_ERROR)
-
-
-def _certificate_problem(credentials: Credentials) -> str | None:
-    """Why jwsd cannot accept the client certificate of `credentials`: expired, not
-    yet valid, or not issued by TLSDIR/client_ca_cert.pem (checked when that file is
-    there); None when nothing is wrong that the client can see."""
-    import ssl
-
-    from jobworker import tls
-
-    if not credentials.cert.exists():  # the connection was not made with it
-        return None
-    try:
-        tls.check_certificate_file(credentials.cert)
-        client_ca = credentials.tls_dir / "client_ca_cert.pem"
-        if not client_ca.exists():
-            return None
-        der = ssl.PEM_cert_to_DER_cert(credentials.cert.read_text())
-        if not tls.ClientCa.load(client_ca).signs(der):
-            return (
-                f"certificate {credentials.cert} was not issued by {client_ca}, the CA jwsd "
-                "trusts for users; use a certificate that CA issued"
-            )
-    except SetupError as exc:
-        return str(exc)
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-@contextlib.asynccontextmanager
-async def _client(target: Target) -> AsyncIterator[JobWorkerClient]:
-    """Connect to `target`, translating every failure (of the body too) to a Failure."""
-    try:
-        async with target.connect() as client:
-            yield client
-    except JobWorkerError as exc:
-        raise failure_for(exc, target) from None
-
-
-def reconnect_option(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """`--reconnect-timeout` of the commands that follow a job (`output`, `run`)."""
-    return click.option(
-        "--reconnect-timeout",
-        envvar="JWS_RECONNECT_TIMEOUT",
-        default="5m",
-        show_default=True,
-        help="When jwsd goes away (a restart), connect again for up to this long "
-        "and resume at the byte reached (0: fail at once).",
-    )(fn)
-
-
-def _reconnector(target: Target, timeout: str) -> Reconnector:
-    """A Reconnector to `target` that gives up after `timeout` (a duration as typed)."""
-    from jobworker.client import Backoff, Reconnector
-
-    try:
-        total = parse_duration(timeout)
-    except ValueError as exc:
-        raise Failure(f"--reconnect-timeout: {exc}", EXIT_USAGE) from None
-
-    return Reconnector(target.connect, Backoff(total=total), _say)
+    from jobworker.client import JobWorkerClient, Reconnector
 
 
 # ---- the commands --------------------------------------------------------------
@@ -242,145 +79,6 @@ def jws() -> None:
     """
 
 
-@attrs.frozen
-class JobRequest:
-    """What `start` and `run` were asked to run, read and checked from the command
-    line before anything is sent (see `from_options`)."""
-
-    command_line: str
-    argv: tuple[str, ...]
-    limits: Limits
-    env: dict[str, str]
-    workdir: str
-    host_network: bool
-
-    @classmethod
-    def from_options(
-        cls,
-        *,
-        command_line: str | None,
-        argv: tuple[str, ...],
-        limit_texts: dict[str, str | None],
-        env: tuple[str, ...],
-        workdir: str,
-        network: str,
-    ) -> JobRequest:
-        """The request the options give. limit_texts: each limit's text by its field
-        (None: not given). Raises Failure (usage) for what no server would accept."""
-        if bool(command_line) == bool(argv):
-            raise Failure(
-                'give the command either with -c "COMMAND LINE" or after --, not both', EXIT_USAGE
-            )
-        if command_line:
-            try:  # jwsd splits it again; a line it would refuse is the caller's mistake
-                split_command(command_line)
-            except InvalidRequestError as exc:
-                raise Failure(f"-c: {exc}", EXIT_USAGE) from None
-        return cls(
-            command_line=command_line or "",
-            argv=argv,
-            limits=_limits_from(limit_texts),
-            env=_environment_from(env),
-            workdir=workdir,
-            host_network=network == "host",
-        )
-
-    async def start(self, client: JobWorkerClient) -> JobStatus:
-        """Start the job through `client`; its status once running."""
-        return await client.start(
-            cmd=self.command_line,
-            args=self.argv,
-            limits=self.limits,
-            env=self.env,
-            workdir=self.workdir,
-            host_network=self.host_network,
-        )
-
-
-def _limits_from(texts: dict[str, str | None]) -> Limits:
-    """The limits given by their texts ("256M" by field; None: the server's default)."""
-    try:
-        return Limits.of(
-            {
-                kind: kind.unit.parse(text)
-                for kind in limits_table.KINDS
-                if (text := texts.get(kind.field)) is not None
-            }
-        )
-    except (ValueError, InvalidRequestError) as exc:
-        raise Failure(str(exc), EXIT_USAGE) from None
-
-
-def _environment_from(items: tuple[str, ...]) -> dict[str, str]:
-    """What `-e` adds to the job's default environment: NAME=VALUE, or NAME for the
-    caller's own value (skipped when the caller has none, as `docker run -e` does)."""
-    environment = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not key:
-            raise Failure(f"--env wants NAME=VALUE or NAME, not {item!r}", EXIT_USAGE)
-        if sep:
-            environment[key] = value
-        elif key in os.environ:
-            environment[key] = os.environ[key]
-    return environment
-
-
-def _limit_option(kind: limits_table.LimitKind) -> Callable[..., Any]:
-    """`--KEY TEXT` for one limit of the table, passed on as the argument `kind.field`."""
-    return click.option(f"--{kind.key}", kind.field, metavar=kind.unit.metavar, help=kind.help)
-
-
-def job_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """The options of `start` and `run` (what to run and within which limits), handed
-    to the command as one `job: JobRequest` argument, checked before it runs."""
-    names = ["command_line", "argv", "env", "workdir", "network"]
-
-    @functools.wraps(fn)
-    async def command(**kwargs: Any) -> Any:
-        limit_texts = {kind.field: kwargs.pop(kind.field) for kind in limits_table.KINDS}
-        job = JobRequest.from_options(
-            limit_texts=limit_texts, **{name: kwargs.pop(name) for name in names}
-        )
-        return await fn(job=job, **kwargs)
-
-    for decorator in reversed(
-        [
-            click.option(
-                "-c",
-                "--cmd",
-                "command_line",
-                help='The command line, split like a shell would (no shell runs it): -c "ls -l".',
-            ),
-            *[_limit_option(kind) for kind in limits_table.KINDS],
-            click.option(
-                "-e",
-                "--env",
-                "env",
-                multiple=True,
-                help="NAME=VALUE added to the job's default environment, or NAME for "
-                "your own value of it (repeatable).",
-            ),
-            click.option(
-                "-w",
-                "--workdir",
-                default="",
-                help="Working directory inside the sandbox (default: the job's own).",
-            ),
-            click.option(
-                "--network",
-                type=click.Choice(["none", "host"]),
-                default="none",
-                show_default=True,
-                help="host: the host's network (if jwsd allows it); none: loopback only.",
-            ),
-            click.argument("argv", nargs=-1, type=click.UNPROCESSED),
-        ]
-    ):
-        command = decorator(command)
-    return command
-
-
 @jws.command()
 @connection_options
 @job_options
@@ -392,7 +90,7 @@ async def start(user: str | None, addr: str | None, tls_dir: str | None, job: Jo
       jws start -c "make -C /src test"
       jws start --memory 256M --pids 50 -- sh -c 'make -j4'
     """
-    async with _client(Target.chosen(user, addr, tls_dir)) as client:
+    async with connected(Target.chosen(user, addr, tls_dir)) as client:
         started = await job.start(client)
     click.echo(shown(started.job_id))
 
@@ -425,7 +123,7 @@ async def _for_each_job(
 
     refused: list[str] = []
     lost: list[JobWorkerError] = []  # raised here, not as an ExceptionGroup
-    async with _client(target) as client:
+    async with connected(target) as client:
         async with trio.open_nursery() as nursery:
 
             async def one(job_id: str) -> None:
@@ -502,7 +200,7 @@ async def status(
       jws status -j 5f0c1a2b-...
       jws status -j 5f0c1a2b-... --json | jq .exit_code
     """
-    async with _client(Target.chosen(user, addr, tls_dir)) as client:
+    async with connected(Target.chosen(user, addr, tls_dir)) as client:
         job = await client.status(job_id)
     click.echo(render.as_json(render.status_dict(job)) if as_json else render.status_text(job))
 
@@ -545,7 +243,7 @@ async def list_jobs(user: str | None, addr: str | None, tls_dir: str | None, as_
       jws list
       jws list --json | jq -r '.[] | select(.status == "Active") | .job_id'
     """
-    async with _client(Target.chosen(user, addr, tls_dir)) as client:
+    async with connected(Target.chosen(user, addr, tls_dir)) as client:
         jobs = await client.list()
     if as_json:
         click.echo(render.as_json([render.status_dict(job) for job in jobs]))
@@ -611,8 +309,8 @@ async def output(
       jws output -j 5f0c1a2b-... > build.log
     """
     target = Target.chosen(user, addr, tls_dir)
-    reconnector = _reconnector(target, reconnect_timeout)
-    async with _client(target) as client:
+    reconnector = reconnector_to(target, reconnect_timeout, _say)
+    async with connected(target) as client:
         fd = sys.stdout.fileno()
         reached = await copy_output(client, job_id, offset, fd, reconnector)
         if reconnector.reconnected:  # jwsd restarted: what did that cost the job?
@@ -670,9 +368,9 @@ async def run(
       jws run --cpu 1 --memory 1G -- make -j2 test
     """
     target = Target.chosen(user, addr, tls_dir)
-    reconnector = _reconnector(target, reconnect_timeout)
+    reconnector = reconnector_to(target, reconnect_timeout, _say)
     seconds = _grace_from(grace)
-    async with _client(target) as client:
+    async with connected(target) as client:
         started = await job.start(client)
         following = Following(
             client, reconnector, started.job_id, seconds, detach_on_interrupt, _say
@@ -714,7 +412,7 @@ async def health(user: str | None, addr: str | None, tls_dir: str | None, servic
     Example:
       jws health -u alex --addr 127.0.0.1:50051
     """
-    async with _client(Target.chosen(user, addr, tls_dir)) as client:
+    async with connected(Target.chosen(user, addr, tls_dir)) as client:
         status = await client.health(service)
     click.echo(shown(status))
     return 0 if status == "SERVING" else EXIT_SERVER_ERROR

@@ -9,13 +9,8 @@ import purerpc
 import pytest
 import trio
 
-from jobworker.cli.jws import (
-    EXIT_SERVER_ERROR,
-    EXIT_UNREACHABLE,
-    EXIT_USAGE,
-    Target,
-    failure_for,
-)
+from jobworker.cli.failure import EXIT_SERVER_ERROR, EXIT_UNREACHABLE, EXIT_USAGE
+from jobworker.cli.target import Target, failure_for
 from jobworker.client import Credentials, error_for
 from jobworker.client.errors import mapped_errors
 from jobworker.errors import (
