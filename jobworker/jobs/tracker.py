@@ -294,7 +294,6 @@ class JobTracker:
         sandbox, supervisor, host_uids = self._sandbox, self._supervisor, self._uids
         assert sandbox is not None and supervisor is not None and self._watcher is not None
         assert host_uids is not None
-        policy.check_running_quota(self.config, self._running[owner])
         limits = policy.effective_limits(self.config, spec.limits)
         sandbox.check_limits(limits)
         policy.check_network(self.config, spec)
@@ -303,8 +302,9 @@ class JobTracker:
             host_uid = await host_uids.allocate(owner)
             if self._closing:  # the shutdown began meanwhile, and stops only the jobs it saw
                 raise ShuttingDownError()
-            # Concurrent first starts all passed the check above before this await.
-            policy.check_running_quota(self.config, self._running[owner])
+        # After the only await of the checks: no other start of this owner's can pass
+        # it before this one is counted (below, with nothing awaited in between).
+        policy.check_running_quota(self.config, self._running[owner])
         user = sandbox.user_on_host(host_uid)
         job_id = str(uuid.uuid4())
         directory = datadir.jobs_dir(self.config.data_dir) / job_id
