@@ -30,12 +30,13 @@ import functools
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import asyncclick as click
 
 from jobworker.cli import render
-from jobworker.cli.config import DEFAULT_ADDR, ClientConfig, config_path
+from jobworker.cli.config import DEFAULT_ADDR, DEFAULT_TLS_DIR, ClientConfig, config_path
 from jobworker.cli.failure import EXIT_SERVER_ERROR, EXIT_USAGE, Failure
 from jobworker.cli.job_request import JobRequest, job_options
 from jobworker.cli.leaving import EXIT_INTERRUPTED, Following, Left
@@ -420,32 +421,53 @@ async def health(user: str | None, addr: str | None, tls_dir: str | None, servic
 
 @jws.command()
 @click.argument("user")
-@click.option("--addr", help=f"jwsd's HOST:PORT to remember (default: keep, else {DEFAULT_ADDR}).")
+@click.option(
+    "--addr",
+    envvar="JWS_ADDR",
+    help=f"jwsd's HOST:PORT to remember (default: $JWS_ADDR, else keep, else {DEFAULT_ADDR}).",
+)
 @click.option(
     "--tls-dir",
+    envvar="JWS_TLS_DIR",
     type=click.Path(file_okay=False, resolve_path=True),
-    help="The TLS dir to remember (default: keep, else certs/dev).",
+    help=f"The TLS dir to remember, as an absolute path (default: $JWS_TLS_DIR, else keep, else {DEFAULT_TLS_DIR}).",
 )
 async def login(user: str, addr: str | None, tls_dir: str | None) -> None:
     """Make USER (and --addr, --tls-dir) the default for later commands.
 
-    Writes them to the config file; -u, --addr and --tls-dir still override.
-    Credentials are not checked here: the next command that talks to jwsd does.
+    Checks that USER's certificate and key are in the TLS dir and load, then writes
+    them to the config file, the TLS dir as an absolute path (so a command from
+    another directory, or a new shell, finds it); -u, --addr and --tls-dir still
+    override. Whether jwsd knows USER is up to jwsd: the next command says.
 
     \b
     Examples:
       jws login alex
       jws login betty --addr jobs.example.org:50051 --tls-dir ~/jobworker-certs
     """
+    click.echo(shown(_remember(user, addr, tls_dir)), err=True)
+
+
+def _remember(user: str, addr: str | None, tls_dir: str | None) -> str:
+    """`jws login`'s work (blocking file reads, which is fine for a one-shot command):
+    check, save, and the line that says what was saved."""
+    from jobworker.client import Credentials
+
     try:
         stored = ClientConfig.load()
         if addr is not None:
             parse_addr(addr, default_port=DEFAULT_PORT)
     except ValueError as exc:
         raise Failure(str(exc), EXIT_USAGE) from None
-    tls = tls_dir or stored.tls_dir
-    path = ClientConfig(user=user, addr=addr or stored.addr, tls_dir=tls).save(config_path())
-    click.echo(shown(f"now acting as {user} (saved in {path})"), err=True)
+    # Absolute, as the shell named it (a path without a symlink resolved): a later command
+    # from another directory must find the same files.
+    tls = Path(os.path.abspath(tls_dir or stored.tls_dir or DEFAULT_TLS_DIR))
+    try:
+        Credentials(tls, user).ssl_context()
+    except SetupError as exc:
+        raise Failure(f"{exc}; nothing saved", EXIT_USAGE) from None
+    path = ClientConfig(user=user, addr=addr or stored.addr, tls_dir=str(tls)).save(config_path())
+    return f"now acting as {user}, with {tls} (saved in {path})"
 
 
 def _say(line: str) -> None:

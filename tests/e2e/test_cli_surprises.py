@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import re
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import trustme
@@ -284,3 +286,42 @@ def test_output_of_a_job_stopped_by_jwsds_shutdown_says_so(jwsd: Jwsd, pki: Test
         assert again.jws("output", "-j", finished).stderr == b""  # an end of its own: no word
     finally:
         assert again.stop() == 0
+
+
+# ---- 10. set-up as the README tells it ---------------------------------------------
+
+
+def test_login_remembers_the_tls_dir_from_the_environment_for_a_new_shell_elsewhere(
+    jwsd: Jwsd, tmp_path: Path
+) -> None:
+    # The README: `export JWS_TLS_DIR=certs/dev; jws login alex`, a relative dir. A new
+    # shell, in another directory and without JWS_TLS_DIR, must still find alex's files.
+    relative = os.path.relpath(jwsd.tls_dir, tmp_path)
+    login = subprocess.run(
+        [str(BIN / "jws"), "login", "alex"],
+        env=jwsd.env(JWS_TLS_DIR=relative),
+        cwd=tmp_path,
+        capture_output=True,
+    )
+    assert login.returncode == 0, login.stderr.decode()
+    assert str(jwsd.tls_dir) in login.stderr.decode()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    new_shell = jwsd.env()
+    del new_shell["JWS_TLS_DIR"]
+    listed = subprocess.run(
+        [str(BIN / "jws"), "list"], env=new_shell, cwd=elsewhere, capture_output=True
+    )
+    assert listed.returncode == 0, listed.stderr.decode()
+
+
+def test_login_of_a_user_without_credentials_fails_and_keeps_the_old_default(
+    jwsd: Jwsd,
+) -> None:
+    ok(jwsd.jws("login", "betty", user=None))
+    refused = jwsd.jws("login", "nosuchuser", user=None)
+    assert refused.returncode == 2
+    line = refused.stderr.decode()
+    assert line.count("\n") == 1 and "no credentials for user 'nosuchuser'" in line, line
+    job_id = ok(jwsd.jws("start", "-c", "true", user=None)).strip()
+    assert json.loads(ok(jwsd.jws("status", "-j", job_id, "--json", user=None)))["owner"] == "betty"
