@@ -38,6 +38,7 @@ import asyncclick as click
 from jobworker.cli import render
 from jobworker.cli.config import DEFAULT_ADDR, DEFAULT_TLS_DIR, ClientConfig, config_path
 from jobworker.cli.failure import EXIT_SERVER_ERROR, EXIT_USAGE, Failure
+from jobworker.cli.job_ids import JobIds
 from jobworker.cli.job_request import JobRequest, job_options
 from jobworker.cli.leaving import EXIT_INTERRUPTED, Following, Left
 from jobworker.cli.stdout import copy_output
@@ -56,7 +57,7 @@ from jobworker.errors import (
     SetupError,
     UnavailableError,
 )
-from jobworker.model import STOPPED_BY_SHUTDOWN, JobStatus, Outcome
+from jobworker.model import STOPPED_BY_SHUTDOWN, JobState, JobStatus, Outcome
 from jobworker.units import format_duration, parse_addr, parse_duration
 
 if TYPE_CHECKING:  # imported lazily at run time: `jws --help` stays quick
@@ -115,29 +116,50 @@ def job_ids_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.argument("ids", nargs=-1, metavar="[ID]...")(command)
 
 
+def job_id_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The id of a command that acts on one job: `-j ID` or `ID` after the options,
+    handed to the command as `job_id: str`."""
+
+    @functools.wraps(fn)
+    async def command(*, job_option: str | None, id_argument: str | None, **kwargs: Any) -> Any:
+        if (job_option is None) == (id_argument is None):
+            raise Failure(
+                "give one job id: with -j ID or after the options"
+                if job_option is None
+                else "one job id: with -j ID or after the options, not both",
+                EXIT_USAGE,
+            )
+        return await fn(job_id=job_option or id_argument, **kwargs)
+
+    command = click.option("-j", "--job", "job_option", help="The job's id.")(command)
+    return click.argument("id_argument", metavar="[ID]", required=False)(command)
+
+
 async def _for_each_job(
     job_ids: tuple[str, ...], target: Target, act: Callable[[JobWorkerClient, str], Any]
 ) -> None:
-    """`act(client, job_id)` for every id at once, on one connection; every refusal is
-    its own line, then exit code 1. Raises Failure at once when jwsd is unavailable."""
+    """`act(client, job_id)` for every id (or prefix, `JobIds`) at once, on one
+    connection; every refusal is its own line, then exit code 1. Raises Failure at
+    once when jwsd is unavailable."""
     import trio
 
     refused: list[str] = []
     lost: list[JobWorkerError] = []  # raised here, not as an ExceptionGroup
     async with connected(target) as client:
+        resolver = JobIds(client)
         async with trio.open_nursery() as nursery:
 
-            async def one(job_id: str) -> None:
+            async def one(typed: str) -> None:
                 try:
-                    await act(client, job_id)
+                    await act(client, await resolver.resolve(typed))
                 except (UnavailableError, SetupError) as exc:
                     lost.append(exc)
                     nursery.cancel_scope.cancel()
                 except JobWorkerError as exc:
                     refused.append(str(exc))
 
-            for job_id in job_ids:
-                nursery.start_soon(one, job_id)
+            for typed in job_ids:
+                nursery.start_soon(one, typed)
         if lost:
             raise lost[0]
     for line in refused[:-1]:
@@ -189,20 +211,22 @@ def _grace_from(text: str | None) -> float | None:
 
 @jws.command()
 @connection_options
-@click.option("-j", "--job", "job_id", required=True, help="The job's id.")
+@job_id_option
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON, for scripts.")
 async def status(
     user: str | None, addr: str | None, tls_dir: str | None, job_id: str, as_json: bool
 ) -> None:
     """Show a job's status: Pending, Active or Terminated first, then how it ended and what it used.
 
+    The id may be cut to a prefix that begins no other of your jobs' ids.
+
     \b
     Example:
-      jws status -j 5f0c1a2b-...
+      jws status 5f0c1a2b
       jws status -j 5f0c1a2b-... --json | jq .exit_code
     """
     async with connected(Target.chosen(user, addr, tls_dir)) as client:
-        job = await client.status(job_id)
+        job = await client.status(await JobIds(client).resolve(job_id))
     click.echo(render.as_json(render.status_dict(job)) if as_json else render.status_text(job))
 
 
@@ -233,23 +257,86 @@ async def remove(
 @jws.command(name="list")
 @connection_options
 @click.option("--json", "as_json", is_flag=True, help="Print the jobs as JSON, for scripts.")
-async def list_jobs(user: str | None, addr: str | None, tls_dir: str | None, as_json: bool) -> None:
-    """List your jobs (every job, for an admin), oldest first.
+@click.option("-q", "--quiet", is_flag=True, help="Print only the jobs' ids, one a line.")
+@click.option("--no-trunc", is_flag=True, help="Show each command as jwsd listed it, uncut.")
+async def list_jobs(
+    user: str | None,
+    addr: str | None,
+    tls_dir: str | None,
+    as_json: bool,
+    quiet: bool,
+    no_trunc: bool,
+) -> None:
+    """List your jobs (every job, for an admin, with an OWNER column), oldest first.
 
-    Follows the server's pages to the end; a long command shows cut (its start,
-    then "..."; "args_cut" in JSON): `jws status JOB_ID` shows it whole.
+    Follows the server's pages to the end. On a terminal the COMMAND column fits
+    its width (elsewhere, 60 characters); --no-trunc shows it as jwsd listed it,
+    which cuts a command past 256 bytes ("..."; "args_cut" in JSON): `jws status
+    JOB_ID` shows it whole.
 
     \b
     Examples:
       jws list
+      jws rm $(jws list -q)
       jws list --json | jq -r '.[] | select(.status == "Active") | .job_id'
     """
-    async with connected(Target.chosen(user, addr, tls_dir)) as client:
+    target = Target.chosen(user, addr, tls_dir)
+    async with connected(target) as client:
         jobs = await client.list()
     if as_json:
         click.echo(render.as_json([render.status_dict(job) for job in jobs]))
+    elif quiet:
+        for job in jobs:
+            click.echo(job.job_id)
     else:
-        click.echo(render.table(jobs))
+        width = None if no_trunc else render.command_width()
+        others = any(job.owner != target.credentials.user for job in jobs)
+        click.echo(render.table(jobs, command_width=width, owners=others))
+
+
+@jws.command()
+@connection_options
+@click.option(
+    "--until",
+    help="Only jobs that ended at least this long ago (30m, 1h, 2d). Default: every ended job.",
+)
+async def prune(user: str | None, addr: str | None, tls_dir: str | None, until: str | None) -> None:
+    """Remove your jobs that have ended (their records and output), as `docker container prune`.
+
+    Running jobs are left alone, and so are other users' jobs (for an admin
+    too: `jws rm` removes those one by one). Prints each removed id.
+
+    \b
+    Examples:
+      jws prune
+      jws prune --until 1h
+    """
+    import time
+
+    try:
+        age = parse_duration(until) if until is not None else 0.0
+    except ValueError as exc:
+        raise Failure(f"--until: {exc}", EXIT_USAGE) from None
+    target = Target.chosen(user, addr, tls_dir)
+    cutoff = time.time() - age
+    async with connected(target) as client:
+        ended = [
+            job.job_id
+            for job in await client.list()
+            if job.owner == target.credentials.user
+            and job.state is JobState.TERMINATED
+            and (job.ended_at or 0) <= cutoff
+        ]
+    if not ended:
+        _say("no ended job to remove")
+        return
+
+    async def remove_one(client: JobWorkerClient, job_id: str) -> None:
+        await client.remove(job_id)
+        click.echo(job_id)
+
+    await _for_each_job(tuple(ended), target, remove_one)
+    _say(f"removed {len(ended)} {'job' if len(ended) == 1 else 'jobs'}")
 
 
 async def _final_status(
@@ -283,7 +370,7 @@ def _say_what_a_restart_cost(final: JobStatus, reached: int) -> None:
 
 @jws.command()
 @connection_options
-@click.option("-j", "--job", "job_id", required=True, help="The job's id.")
+@job_id_option
 @click.option(
     "--offset",
     type=click.IntRange(min=0),
@@ -303,15 +390,17 @@ async def output(
 
     Starts at the first byte (or --offset) and follows the job until it ends.
     Ctrl-C stops following; the job keeps running. When jwsd goes away (a
-    restart), connects again and goes on from the byte it reached.
+    restart), connects again and goes on from the byte it reached. The id may
+    be cut to a prefix that begins no other of your jobs' ids.
 
     \b
     Example:
-      jws output -j 5f0c1a2b-... > build.log
+      jws output 5f0c1a2b > build.log
     """
     target = Target.chosen(user, addr, tls_dir)
     reconnector = reconnector_to(target, reconnect_timeout, _say)
     async with connected(target) as client:
+        job_id = await JobIds(client).resolve(job_id)
         fd = sys.stdout.fileno()
         reached = await copy_output(client, job_id, offset, fd, reconnector)
         if reconnector.reconnected:  # jwsd restarted: what did that cost the job?
