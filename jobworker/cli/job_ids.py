@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+import asyncclick as click
+
 from jobworker.echo import quoted
 from jobworker.errors import JobNotFoundError, JobWorkerError
 from jobworker.model import JOB_ID
@@ -68,3 +70,43 @@ class JobIds:
         if not candidates:
             raise JobNotFoundError(typed)
         raise AmbiguousJobIdError(typed, candidates)
+
+
+#: How long completing an id may wait for jwsd before offering nothing.
+COMPLETION_TIMEOUT = 2.0
+
+
+def complete_job_ids(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """Shell completion of an id argument: the caller's job ids (an admin's: every
+    job's) that begin with what is typed so far, from a listing as the command's own
+    flags and environment choose jwsd and the user. Offers nothing when jwsd cannot
+    be asked within COMPLETION_TIMEOUT, or the user is unknown.
+
+    asyncclick calls it synchronously from inside `jws`'s own trio run, so the
+    listing is fetched by a trio run of its own on a thread of its own, joined here."""
+    import threading
+
+    import trio
+
+    from jobworker.cli.target import Target
+
+    found: list[str] = []
+
+    async def listing() -> None:
+        params = ctx.params
+        target = Target.chosen(params.get("user"), params.get("addr"), params.get("tls_dir"))
+        with trio.move_on_after(COMPLETION_TIMEOUT):
+            async with target.connect(connect_timeout=COMPLETION_TIMEOUT) as client:
+                found.extend([job.job_id async for job in client.jobs()])
+
+    def fetch() -> None:
+        try:
+            trio.run(listing)
+        except Exception:  # noqa: BLE001 - a completion offers nothing rather than a traceback
+            found.clear()
+
+    worker = threading.Thread(target=fetch, name="jws-complete", daemon=True)
+    worker.start()
+    worker.join(COMPLETION_TIMEOUT + 1)
+    typed = incomplete.lower()
+    return [job_id for job_id in list(found) if job_id.startswith(typed)]

@@ -38,7 +38,7 @@ import asyncclick as click
 from jobworker.cli import render
 from jobworker.cli.config import DEFAULT_ADDR, DEFAULT_TLS_DIR, ClientConfig, config_path
 from jobworker.cli.failure import EXIT_SERVER_ERROR, EXIT_USAGE, Failure
-from jobworker.cli.job_ids import JobIds
+from jobworker.cli.job_ids import JobIds, complete_job_ids
 from jobworker.cli.job_request import JobRequest, job_options
 from jobworker.cli.leaving import EXIT_INTERRUPTED, Following, Left
 from jobworker.cli.stdout import copy_output
@@ -111,9 +111,16 @@ def job_ids_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         return await fn(job_ids=job_ids, **kwargs)
 
     command = click.option(
-        "-j", "--job", "job_options", multiple=True, help="A job's id (repeatable)."
+        "-j",
+        "--job",
+        "job_options",
+        multiple=True,
+        help="A job's id (repeatable).",
+        shell_complete=complete_job_ids,
     )(command)
-    return click.argument("ids", nargs=-1, metavar="[ID]...")(command)
+    return click.argument("ids", nargs=-1, metavar="[ID]...", shell_complete=complete_job_ids)(
+        command
+    )
 
 
 def job_id_option(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -131,8 +138,12 @@ def job_id_option(fn: Callable[..., Any]) -> Callable[..., Any]:
             )
         return await fn(job_id=job_option or id_argument, **kwargs)
 
-    command = click.option("-j", "--job", "job_option", help="The job's id.")(command)
-    return click.argument("id_argument", metavar="[ID]", required=False)(command)
+    command = click.option(
+        "-j", "--job", "job_option", help="The job's id.", shell_complete=complete_job_ids
+    )(command)
+    return click.argument(
+        "id_argument", metavar="[ID]", required=False, shell_complete=complete_job_ids
+    )(command)
 
 
 async def _for_each_job(

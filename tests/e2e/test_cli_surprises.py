@@ -406,3 +406,25 @@ def test_list_shows_owners_to_an_admin_and_cuts_commands_unless_asked(jwsd: Jwsd
     every = ok(jwsd.jws("list", user="admin")).splitlines()
     assert every[0].split()[:4] == ["JOB", "ID", "OWNER", "STATUS"]
     assert sorted(line.split()[1] for line in every[1:]) == ["alex", "betty"]
+
+
+def test_shell_completion_offers_the_callers_job_ids(jwsd: Jwsd) -> None:
+    mine = start_sleeper(jwsd)
+    bettys = ok(jwsd.jws("start", "--", "true", user="betty")).strip()
+
+    def completed(words: str, cword: int) -> list[str]:
+        done = subprocess.run(
+            [str(BIN / "jws")],
+            env=jwsd.env(_JWS_COMPLETE="bash_complete", COMP_WORDS=words, COMP_CWORD=str(cword)),
+            capture_output=True,
+            timeout=scaled(30),
+        )
+        assert done.returncode == 0, done.stderr.decode()
+        # bash_complete prints "type,value" lines.
+        return [line.split(",", 1)[1] for line in done.stdout.decode().splitlines() if line]
+
+    assert completed("jws status -u alex ", 4) == [mine]
+    assert completed(f"jws stop -u alex -j {mine[:3]}", 5) == [mine]
+    assert completed("jws output -u betty ", 4) == [bettys]
+    other = next(digit for digit in "0123456789abcdef" if not mine.startswith(digit))
+    assert completed(f"jws status -u alex {other}", 4) == []
