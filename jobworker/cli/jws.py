@@ -40,7 +40,7 @@ from jobworker.cli.config import DEFAULT_ADDR, DEFAULT_TLS_DIR, ClientConfig, co
 from jobworker.cli.failure import EXIT_SERVER_ERROR, EXIT_USAGE, Failure
 from jobworker.cli.job_ids import JobIds, complete_job_ids
 from jobworker.cli.job_request import JobRequest, job_options
-from jobworker.cli.leaving import EXIT_INTERRUPTED, Following, Left
+from jobworker.cli.leaving import EXIT_INTERRUPTED, Following, Left, start_interruptibly
 from jobworker.cli.stdout import copy_output
 from jobworker.cli.target import (
     DEFAULT_PORT,
@@ -472,11 +472,11 @@ async def run(
     reconnector = reconnector_to(target, reconnect_timeout, _say)
     seconds = _grace_from(grace)
     async with connected(target) as client:
-        started = await job.start(client)
+        started, interrupted = await start_interruptibly(lambda: job.start(client), _say)
         following = Following(
             client, reconnector, started.job_id, seconds, detach_on_interrupt, _say
         )
-        reached = await following.until_ended(sys.stdout.fileno())
+        reached = await following.until_ended(sys.stdout.fileno(), interrupted_already=interrupted)
         if isinstance(reached, Left):
             return reached.code
         final = await _final_status(reconnector, started.job_id, client)

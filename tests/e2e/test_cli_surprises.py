@@ -7,6 +7,7 @@ import datetime
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -15,9 +16,10 @@ from pathlib import Path
 import pytest
 import trustme
 
-from tests.e2e.conftest import BIN, Jwsd, restart_jwsd
+from tests.e2e.conftest import BIN, Jwsd, restart_jwsd, start_jwsd
 from tests.support.certs import TestPKI
 from tests.support.timing import scaled
+from tests.support.waiting import eventually_blocking
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e, pytest.mark.hierarchy_independent]
 
@@ -153,6 +155,38 @@ def test_a_second_ctrl_c_leaves_at_once_and_says_the_job_may_run_on(jwsd: Jwsd) 
             f"(`jws stop -j {job_id}` stops it)\n"
         )
     ok(jwsd.jws("stop", "--grace", "0", job_id))
+
+
+def test_ctrl_c_while_the_job_is_being_started_stops_it_once_started(
+    tmp_path: Path, pki: TestPKI
+) -> None:
+    # A bubblewrap that takes 3 s to start holds StartJob open: Ctrl-C lands while
+    # jwsd is starting the job, before jws knows its id.
+    slow = tmp_path / "slow-bin"
+    slow.mkdir()
+    bwrap = shutil.which("bwrap")
+    assert bwrap is not None
+    (slow / "bwrap").write_text(f'#!/bin/sh\nsleep 3\nexec {bwrap} "$@"\n')
+    (slow / "bwrap").chmod(0o755)
+    daemon = start_jwsd(tmp_path, pki, env={"PATH": f"{slow}:{os.environ['PATH']}"})
+    try:
+        with daemon.popen("run", "--grace", "1s", "--", "sleep", "600") as run:
+            assert run.stderr is not None
+            jobs = daemon.data_dir / "jobs"
+            eventually_blocking(
+                lambda: jobs.is_dir() and any(jobs.iterdir()),
+                timeout=scaled(20),
+                what="jwsd is starting the job",
+            )
+            run.send_signal(signal.SIGINT)
+            assert run.wait(timeout=scaled(30)) == 130
+            said = run.stderr.read().decode()
+        assert "interrupted while the job is being started" in said, said
+        (job_id,) = set(JOB_ID.findall(said))
+        ended = status(daemon, job_id)
+        assert ended["status"] == "Terminated" and ended["outcome"] == "stopped", ended
+    finally:
+        assert daemon.stop() == 0, daemon.log
 
 
 def test_detach_on_interrupt_leaves_the_job_running_and_names_it(jwsd: Jwsd) -> None:
