@@ -51,6 +51,7 @@ async def start_interruptibly(
     interrupted = False
     leave_now = False
     results: list[T] = []
+    failures: list[Exception] = []  # raised here as it is, not in an ExceptionGroup
     with trio.open_signal_receiver(signal.SIGINT) as interrupts:
         async with trio.open_nursery() as nursery:
 
@@ -69,10 +70,15 @@ async def start_interruptibly(
                     say("interrupted while the job is being started: waiting for its id")
 
             nursery.start_soon(watch)
-            results.append(await start())
+            try:
+                results.append(await start())
+            except Exception as exc:  # noqa: BLE001 - re-raised below, outside the nursery
+                failures.append(exc)
             nursery.cancel_scope.cancel()
     if leave_now:
         raise KeyboardInterrupt  # jws exits 130, as for any Ctrl-C it does not handle
+    if failures:
+        raise failures[0]
     return results[0], interrupted
 
 
