@@ -53,7 +53,8 @@ class FileLog:
     """The output of one job, in `path`; see the module docstring.
 
     max_size: the job's output cap (`None`: none); only reported here (`full`,
-    `truncated`), the copier enforces it. Open a running job's log with `open`, a
+    `truncated`), the copier enforces it. cap_note: what `truncated` says once the
+    output reached it, when the cap is not the job's output limit (the disk quota's). Open a running job's log with `open`, a
     finished job's with `restored`. Its owner (the tracker) ends it: `close` once
     the copier has exited, `detach` when it leaves the job running, `discard` or
     `aclose` when the job is forgotten; an open log holds one fd until then.
@@ -61,6 +62,7 @@ class FileLog:
 
     path: Path
     max_size: int | None = None
+    cap_note: str | None = None
 
     _size: int = attrs.field(default=0, init=False)
     _fd: int | None = attrs.field(default=None, init=False)
@@ -73,10 +75,10 @@ class FileLog:
     _serial: int = attrs.field(factory=lambda: next(_serials), init=False)
 
     @classmethod
-    def open(cls, path: Path, max_size: int | None = None) -> FileLog:
+    def open(cls, path: Path, max_size: int | None = None, cap_note: str | None = None) -> FileLog:
         """The log of a running job whose copier appends to `path` (which exists).
         Raises OSError when it cannot be opened."""
-        opened = cls(path, max_size)
+        opened = cls(path, max_size, cap_note)
         opened._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         opened.refresh()
         return opened
@@ -121,6 +123,8 @@ class FileLog:
         if self._lost is not None:
             return f"output after byte {self._size} was lost: {self._lost}"
         if self.full:
+            if self.cap_note is not None:
+                return self.cap_note
             return (
                 f"the output limit of {self.max_size} bytes was reached; the job's output "
                 "was closed there (its next write got EPIPE)"

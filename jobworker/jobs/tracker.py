@@ -29,8 +29,10 @@ JobNotFoundError.
 
 Quotas and retention (bounded memory and disk whatever users do): an owner runs at
 most `max_running_per_user` jobs (QuotaExceededError); a job keeps at most its
-output limit (its copier dies there, and the job's next write gets EPIPE); its work
-dir is a tmpfs charged to its memory cgroup; finished jobs are forgotten by the
+output limit (its copier dies there, and the job's next write gets EPIPE), and an
+owner's jobs' output at most `max_disk_per_user` (`disk.DiskQuota`: each start's
+output cap is at most what its owner has left); its work dir is a tmpfs charged to
+its memory cgroup; finished jobs are forgotten by the
 retention policy (age, count per owner) or by `remove`: record, output, job dir.
 """
 
@@ -59,7 +61,7 @@ from jobworker.errors import (
     ShuttingDownError,
     sole_error,
 )
-from jobworker.jobs import datadir, policy, record_quota, uids
+from jobworker.jobs import datadir, disk, policy, record_quota, uids
 from jobworker.jobs.config import TrackerConfig
 from jobworker.jobs.finished import FinishedJobs
 from jobworker.jobs.job import Job
@@ -117,6 +119,8 @@ class JobTracker:
     _sandbox: Sandbox | None = attrs.field(init=False, default=None)
     _store: JobStore | None = attrs.field(init=False, default=None)
     _data_lock: datadir.DataDirLock | None = attrs.field(init=False, default=None)
+    _disk: disk.DiskQuota = attrs.field(init=False, factory=lambda: disk.DiskQuota(None))
+    _reserve: disk.SpaceReserve | None = attrs.field(init=False, default=None)
     _watcher: OutputWatcher | None = attrs.field(init=False, default=None)
     _supervisor: Supervisor | None = attrs.field(init=False, default=None)
     _restored: builtins.list[Job] = attrs.field(init=False, factory=list)
@@ -177,6 +181,9 @@ class JobTracker:
         try:
             datadir.prepare(config.data_dir, self._host)
             self._store = store = JobStore.open(config.data_dir / STORE_NAME)
+            self._reserve = disk.SpaceReserve.make(config.data_dir)
+            store.on_full = self._reserve.release
+            self._disk = disk.DiskQuota(disk.resolve(config.max_disk_per_user, config.data_dir))
             self._watcher = OutputWatcher()
             records = store.load()
             self._uids = uids.HostUids.load(
@@ -210,9 +217,18 @@ class JobTracker:
                 self._watcher.close()
             self._data_lock.release()
             raise
+        if self._disk.limit is not None and config.workdir_size is None:
+            log.warning(
+                "work dirs are plain directories on the data dir (--workdir-size 0): "
+                "the disk quota per user does not bound them"
+            )
         for job in restored.jobs:
             self._jobs[job.job_id] = job
             self._record_bytes.restore(job.owner, job.job_id, record_quota.record_size(job.record))
+            # A running job holds its output cap (or what it wrote, with none), an ended
+            # one what its output file holds.
+            cap = None if job.phase.ended else job.record.limits.output
+            self._disk.charge(job.owner, job.job_id, job.log.disk_size if cap is None else cap)
             if job.phase.ended:
                 assert job.ended_clock is not None
                 self._finished.restored(job.job_id, job.owner, job.ended_clock)
@@ -306,13 +322,19 @@ class JobTracker:
         # it before this one is counted (below, with nothing awaited in between).
         policy.check_running_quota(self.config, self._running[owner])
         user = sandbox.user_on_host(host_uid)
+        granted = self._disk.allowance(owner, limits.output)
+        cap_note = None
+        if granted != limits.output:
+            assert granted is not None and self._disk.limit is not None
+            cap_note = disk.quota_note(granted, self._disk.limit)
+            limits = attrs.evolve(limits, output=granted)
         job_id = str(uuid.uuid4())
         directory = datadir.jobs_dir(self.config.data_dir) / job_id
         spec = attrs.evolve(spec, limits=limits)
         job = Job(
             JobRecord.new(job_id, owner, spec, created_at=time.time(), host_uid=user.host_uid),
             directory,
-            FileLog(directory / OUTPUT_NAME, limits.output),
+            FileLog(directory / OUTPUT_NAME, limits.output, cap_note),
         )
         cwd = spec.workdir or str(job.workdir)
         # The request's variables add to the default environment (as `docker run -e`).
@@ -321,6 +343,8 @@ class JobTracker:
         self._record_bytes.charge(owner, job_id, record_quota.spec_record_bytes(spec))
         self._jobs[job_id] = job
         self._running[owner] += 1
+        if granted is not None:
+            self._disk.charge(owner, job_id, granted)
         starting = None
         try:
             starting = sandbox.prepare(
@@ -338,7 +362,7 @@ class JobTracker:
             )
             job.update(cgroups=tuple(map(str, starting.cgroup_dirs)))
             faults.reach("start.cgroup-made")
-            job.log = FileLog.open(directory / OUTPUT_NAME, limits.output)
+            job.log = FileLog.open(directory / OUTPUT_NAME, limits.output, cap_note)
             job.watch = self._watcher.watch(job.log.path, job.log.refresh)
             # The record is on disk before the caller learns the job's id; its write (a
             # worker thread) overlaps the sandbox's build, so it costs the start nothing.
@@ -474,13 +498,17 @@ class JobTracker:
             log.error("job %s: cannot delete the record of a failed start: %s", job.job_id, exc)
         job.handle(Event.START_FAILED)
         self._running[job.owner] -= 1
+        self._disk.release(job.job_id)
         del self._jobs[job.job_id]
         self._record_bytes.release(job.job_id)
 
     async def _job_ended(self, job: Job) -> None:
         """A running job has ended and said so: free its owner's running quota, and
-        count it finished (which may forget its owner's oldest finished jobs)."""
+        count it finished (which may forget its owner's oldest finished jobs); its disk
+        charge becomes what its output holds."""
         self._running[job.owner] -= 1
+        if self._jobs.get(job.job_id) is job:
+            self._disk.charge(job.owner, job.job_id, job.log.disk_size)
         if self._jobs.get(job.job_id) is job and job.ended_clock is not None:
             await self._finished.finished(job.job_id, job.owner, job.ended_clock)
 
@@ -509,6 +537,9 @@ class JobTracker:
             faults.reach("forget.unrecorded")
             await job.log.aclose()
             await trio.to_thread.run_sync(shutil.rmtree, job.directory, True)
+            self._disk.release(job.job_id)
+            if self._reserve is not None and not self._reserve.held:
+                await trio.to_thread.run_sync(self._reserve.refill)
 
 
 def _check_offset(offset: int) -> None:
