@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require_root
-from tests.e2e.conftest import Jwsd, start_jwsd
+from tests.e2e.conftest import Jwsd, restart_jwsd, start_jwsd
 from tests.e2e.test_quotas import small_disk
 from tests.support.certs import TestPKI
 
@@ -51,12 +51,16 @@ def test_a_used_up_quota_refuses_a_start_and_jws_rm_gives_the_space_back(
     tmp_path: Path, pki: TestPKI
 ) -> None:
     """Alex's 4 MiB of kept output use up his 4 MiB quota: his next start is refused,
-    naming the quota (RESOURCE_EXHAUSTED), betty's is not; `jws rm` frees it."""
+    naming the quota (RESOURCE_EXHAUSTED), betty's is not, a restart of jwsd counts
+    it again from the records; `jws rm` frees it."""
     require_root()
-    jwsd = start_jwsd(tmp_path, pki, "--max-disk-per-user", "4M")
+    first_run = start_jwsd(tmp_path, pki, "--max-disk-per-user", "4M")
     try:
-        first = jwsd.jws("run", "--", "head", "-c", "8M", "/dev/zero")
-        assert len(first.stdout) == 4 * MiB, first.stderr.decode()
+        assert len(first_run.jws("run", "--", "head", "-c", "8M", "/dev/zero").stdout) == 4 * MiB
+    finally:
+        assert first_run.stop() == 0, first_run.log
+    jwsd = restart_jwsd(first_run, pki, "--max-disk-per-user", "4M")
+    try:
         refused = jwsd.jws("start", "--", "echo", "again")
         assert refused.returncode != 0
         message = refused.stderr.decode()
@@ -91,3 +95,24 @@ def test_a_full_disk_leaves_room_for_another_users_record(tmp_path: Path, pki: T
             assert "Terminated" in jwsd.jws("status", "-j", job_id, user="betty").stdout.decode()
         finally:
             assert jwsd.stop() == 0, jwsd.log
+
+
+def test_a_running_job_holds_its_cap_and_smaller_caps_share_the_quota(
+    tmp_path: Path, pki: TestPKI
+) -> None:
+    """A running job holds its whole output cap: under a 4 MiB quota alex's first
+    `sleep` takes all of it and his second start is refused; jobs asking for 1 MiB
+    each run side by side, and the quota is back once the first has ended."""
+    require_root()
+    jwsd = start_jwsd(tmp_path, pki, "--max-disk-per-user", "4M")
+    try:
+        whole = jwsd.jws("start", "--", "sleep", "60").stdout.decode().strip()
+        refused = jwsd.jws("start", "--max-output", "1M", "--", "true")
+        assert "disk quota per user (4.0 MiB" in refused.stderr.decode(), refused.stderr
+        assert jwsd.jws("stop", "-j", whole).returncode == 0  # it kept 0 bytes
+        small = [jwsd.jws("start", "--max-output", "1M", "--", "sleep", "60") for _ in range(4)]
+        assert all(started.returncode == 0 for started in small), small
+        fifth = jwsd.jws("start", "--max-output", "1M", "--", "true")
+        assert "disk quota per user" in fifth.stderr.decode(), fifth.stderr
+    finally:
+        assert jwsd.stop() == 0, jwsd.log
