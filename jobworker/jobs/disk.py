@@ -28,6 +28,7 @@ status.
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import logging
 import os
@@ -173,6 +174,10 @@ class SpaceReserve:
         room free (a disk that is nearly full keeps what it has for the records)."""
         if self.held:
             return
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(self.path).st_blocks * 512 >= self.size:  # an earlier jwsd's, whole
+                self.held = True
+                return
         st = os.statvfs(self.path.parent)
         if st.f_bavail * st.f_frsize < 2 * self.size:
             return

@@ -69,3 +69,15 @@ def test_a_full_disk_still_takes_a_record_while_the_reserve_lasts(
             assert reserve.held
         finally:
             store.close()
+
+
+def test_a_restart_on_a_full_disk_holds_the_reserve_it_finds(tmp_path: Path) -> None:
+    """The next jwsd on a disk that filled up (its reserve still whole) takes that
+    reserve over, though it could not make one there, so it can still free it."""
+    require_root()
+    with tmpfs(tmp_path / "disk", "16m") as disk:
+        SpaceReserve.make(disk)
+        fill(disk)
+        again = SpaceReserve.make(disk)
+        assert again.held
+        assert again.release()
