@@ -9,7 +9,10 @@ back. So the sum a user holds never exceeds the quota whatever their jobs do,
 and a start costs a dict look-up. The cap a start gets is the smaller of its
 output limit and what its owner has left; an owner with nothing left is refused
 (QuotaExceededError, RESOURCE_EXHAUSTED). To run several jobs at once under a
-small quota, a user asks each for less output (`jws run --max-output`).
+small quota, a user asks each for less output (`jws run --max-output`). A job
+with no output limit at all (`jwsd --max-output 0`, and none asked for) gets half
+of what its owner has left: the next one can still start, and the sum stays
+under the quota.
 
 Work dirs are tmpfs mounts inside each sandbox (`jobworker.sandbox.workdir`),
 bounded by `--workdir-size` and charged to the job's memory cgroup: they hold
@@ -97,11 +100,15 @@ class DiskQuota:
 
     def allowance(self, owner: str, cap: int | None) -> int | None:
         """The output cap a job of `owner`'s may start with: the smaller of `cap` (its
-        output limit; None: none) and what `owner` has left. Raises QuotaExceededError
-        when nothing is left. The caller `charge`s the job with it once it is in."""
+        output limit) and what `owner` has left; with no output limit (None), half of
+        what is left, so that the job does not hold all of it while it runs. Raises
+        QuotaExceededError when nothing is left. The caller `charge`s the job with it
+        once it is in."""
         if self.limit is None:
             return cap
         left = self.limit - self._used[owner]
+        if cap is None:
+            left //= 2
         if left <= 0:
             raise QuotaExceededError(
                 f"your jobs hold {format_size(self._used[owner])} of disk, all of this "

@@ -54,7 +54,7 @@ def test_a_start_gets_what_its_owner_has_left_and_nothing_left_is_refused() -> N
     quota = DiskQuota(10 * MiB)
     assert quota.allowance("alex", GiB) == 10 * MiB  # the cap shrinks to the quota
     assert quota.allowance("alex", MiB) == MiB  # a smaller output limit stays
-    assert quota.allowance("alex", None) == 10 * MiB  # no output limit: what is left
+    assert quota.allowance("alex", None) == 5 * MiB  # no output limit: half of what is left
     quota.charge("alex", "a", 6 * MiB)
     assert quota.allowance("alex", GiB) == 4 * MiB
     quota.charge("alex", "b", 4 * MiB)
@@ -67,6 +67,20 @@ def test_a_start_gets_what_its_owner_has_left_and_nothing_left_is_refused() -> N
     quota.release("b")  # twice is nothing
     assert quota.used("alex") == MiB
     assert quota.allowance("alex", GiB) == 9 * MiB
+
+
+def test_jobs_with_no_output_limit_each_get_half_of_what_is_left() -> None:
+    """With no output cap the first job would hold all of the quota while it runs, and
+    every other start would be refused: each gets half of what is left instead."""
+    quota = DiskQuota(8 * MiB)
+    for job_id, expected in (("a", 4 * MiB), ("b", 2 * MiB), ("c", MiB)):
+        granted = quota.allowance("alex", None)
+        assert granted == expected
+        quota.charge("alex", job_id, granted)
+    assert quota.used("alex") < 8 * MiB
+    quota.charge("alex", "d", MiB)  # the rest, by a job that asked for it
+    with pytest.raises(QuotaExceededError):
+        quota.allowance("alex", None)
 
 
 def test_no_quota_charges_nothing_and_keeps_the_cap() -> None:
