@@ -274,9 +274,10 @@ def _count_or_none(ctx: click.Context, param: click.Parameter, value: int) -> in
     type=_Parsed("size", disk.parse_setting),
     default=_JOBS.max_disk_per_user,
     show_default=True,
-    help="Most disk one user's jobs' output may hold, running and kept (a running job holds "
-    "its output cap); a start gets at most what its user has left, none left is "
-    "RESOURCE_EXHAUSTED. auto: a quarter of the data dir's file system, at least 1G. 0: no quota.",
+    help="Most disk one user's jobs' output may hold, running and kept, charged as written "
+    "(a running job holds at most one window of 1/64 of it, 16M-256M, unwritten); the writer "
+    "that reaches it is cut, a start with none left is RESOURCE_EXHAUSTED. auto: a quarter of "
+    "the data dir's file system, at least 1G. 0: no quota.",
 )
 @click.option(
     "--workdir-size",

@@ -19,7 +19,8 @@ page cache, whoever reads.
 Limits and losses:
 * the output cap is the copier's (its RLIMIT_FSIZE stops it at N bytes, and the job's
   next write fails with EPIPE); the log turns `full` at N and says so in
-  `truncated`;
+  `truncated`; under a disk quota N is the window granted so far
+  (`jobworker.jobs.disk`), moved on as the job writes;
 * when the copier cannot write (a full disk), it exits and the job's next write
   fails with EPIPE too; the tracker calls `lost` with the copier's error, readers
   that reach the end then get `BadStateError` saying why, never a silent end;
@@ -52,9 +53,11 @@ _serials = itertools.count()
 class FileLog:
     """The output of one job, in `path`; see the module docstring.
 
-    max_size: the job's output cap (`None`: none); only reported here (`full`,
-    `truncated`), the copier enforces it. cap_note: what `truncated` says once the
-    output reached it, when the cap is not the job's output limit (the disk quota's). Open a running job's log with `open`, a
+    max_size: where the copier stops (`None`: nowhere): the job's output cap, or
+    the disk quota's window so far, which the tracker moves as the job writes; only
+    reported here (`full`, `truncated`), the copier's RLIMIT_FSIZE enforces it.
+    cap_note: what `truncated` says once the output reached it, when that is not the
+    job's output limit (`disk.grant_note`). Open a running job's log with `open`, a
     finished job's with `restored`. Its owner (the tracker) ends it: `close` once
     the copier has exited, `detach` when it leaves the job running, `discard` or
     `aclose` when the job is forgotten; an open log holds one fd until then.

@@ -30,8 +30,9 @@ JobNotFoundError.
 Quotas and retention (bounded memory and disk whatever users do): an owner runs at
 most `max_running_per_user` jobs (QuotaExceededError); a job keeps at most its
 output limit (its copier dies there, and the job's next write gets EPIPE), and an
-owner's jobs' output at most `max_disk_per_user` (`disk.DiskQuota`: each start's
-output cap is at most what its owner has left); its work dir is a tmpfs charged to
+owner's jobs' output at most `max_disk_per_user` (`disk.DiskQuota`: charged as it
+is written, the copier's limit moved a window at a time within what its owner has
+left, from the output watcher's callback); its work dir is a tmpfs charged to
 its memory cgroup; finished jobs are forgotten by the
 retention policy (age, count per owner) or by `remove`: record, output, job dir.
 """
@@ -41,6 +42,7 @@ from __future__ import annotations
 import builtins
 import collections
 import contextlib
+import functools
 import logging
 import shutil
 import sqlite3
@@ -80,6 +82,7 @@ from jobworker.sandbox import (
     CgroupDriver,
     HostSetup,
     JobRequest,
+    RunningJob,
     Sandbox,
     StartingJob,
 )
@@ -205,7 +208,7 @@ class JobTracker:
             restored = restore(
                 records,
                 sandbox=self._sandbox,
-                watcher=self._watcher,
+                follow=self._follow,
                 jobs_dir=datadir.jobs_dir(config.data_dir),
             )
             for record in restored.ended:
@@ -225,10 +228,10 @@ class JobTracker:
         for job in restored.jobs:
             self._jobs[job.job_id] = job
             self._record_bytes.restore(job.owner, job.job_id, record_quota.record_size(job.record))
-            # A running job holds its output cap (or what it wrote, with none), an ended
-            # one what its output file holds.
-            cap = None if job.phase.ended else job.record.limits.output
-            self._disk.charge(job.owner, job.job_id, job.log.disk_size if cap is None else cap)
+            if job.running is not None and not job.phase.ended:
+                self._adopt_grant(job, job.running)
+            else:  # an ended job holds what its output file holds
+                self._disk.charge(job.owner, job.job_id, job.log.disk_size)
             if job.phase.ended:
                 assert job.ended_clock is not None
                 self._finished.restored(job.job_id, job.owner, job.ended_clock)
@@ -301,7 +304,8 @@ class JobTracker:
 
         Raises InvalidRequestError (limits over the maxima, IO limits without a
         block device, host network not allowed), QuotaExceededError (the owner
-        already runs max_running_per_user jobs), StartFailedError (program missing
+        already runs max_running_per_user jobs, or their jobs hold all of their disk
+        quota or record bytes), StartFailedError (program missing
         or not executable, sandbox refused), ShuttingDownError. A failed or
         cancelled start leaves nothing behind: no process, cgroup, dir or entry.
         """
@@ -322,29 +326,28 @@ class JobTracker:
         # it before this one is counted (below, with nothing awaited in between).
         policy.check_running_quota(self.config, self._running[owner])
         user = sandbox.user_on_host(host_uid)
-        granted = self._disk.allowance(owner, limits.output)
-        cap_note = None
-        if granted != limits.output:
-            assert granted is not None and self._disk.limit is not None
-            cap_note = disk.quota_note(granted, self._disk.limit)
-            limits = attrs.evolve(limits, output=granted)
         job_id = str(uuid.uuid4())
         directory = datadir.jobs_dir(self.config.data_dir) / job_id
         spec = attrs.evolve(spec, limits=limits)
         job = Job(
             JobRecord.new(job_id, owner, spec, created_at=time.time(), host_uid=user.host_uid),
             directory,
-            FileLog(directory / OUTPUT_NAME, limits.output, cap_note),
+            FileLog(directory / OUTPUT_NAME, limits.output),
         )
         cwd = spec.workdir or str(job.workdir)
         # The request's variables add to the default environment (as `docker run -e`).
         env = {**sandbox.default_env(job.workdir), **(spec.env or {})}
         sandbox.check_command(spec.argv, env, cwd=cwd, workdir=job.workdir, user=user)
-        self._record_bytes.charge(owner, job_id, record_quota.spec_record_bytes(spec))
+        # The disk quota's first window (charged here): where the copier stops until
+        # the job's writes move it on (`_output_grew`).
+        grant = self._disk.grant(owner, job_id, limits.output)
+        try:
+            self._record_bytes.charge(owner, job_id, record_quota.spec_record_bytes(spec))
+        except BaseException:
+            self._disk.release(job_id)
+            raise
         self._jobs[job_id] = job
         self._running[owner] += 1
-        if granted is not None:
-            self._disk.charge(owner, job_id, granted)
         starting = None
         try:
             starting = sandbox.prepare(
@@ -358,12 +361,14 @@ class JobTracker:
                     cwd=cwd,
                     limits=limits,
                     host_network=spec.host_network,
+                    output_grant=None if grant is None else grant.limit,
                 )
             )
             job.update(cgroups=tuple(map(str, starting.cgroup_dirs)))
             faults.reach("start.cgroup-made")
-            job.log = FileLog.open(directory / OUTPUT_NAME, limits.output, cap_note)
-            job.watch = self._watcher.watch(job.log.path, job.log.refresh)
+            job.log = FileLog.open(directory / OUTPUT_NAME, limits.output)
+            self._show_grant(job, grant)
+            self._follow(job)
             # The record is on disk before the caller learns the job's id; its write (a
             # worker thread) overlaps the sandbox's build, so it costs the start nothing.
             # A crash before it lands leaves a cgroup and a dir no record claims, which
@@ -475,6 +480,40 @@ class JobTracker:
 
     # ---- internals ---------------------------------------------------------
 
+    def _follow(self, job: Job) -> None:
+        """Watch the output file of a job that runs: each batch of writes refreshes its
+        log (waking its followers) and moves its disk quota window."""
+        assert self._watcher is not None
+        job.watch = self._watcher.watch(job.log.path, functools.partial(self._output_grew, job))
+
+    def _output_grew(self, job: Job) -> None:
+        """The job's output file was written (inotify): take its size, and give its
+        copier the next window of its owner's disk quota once it is near the end of
+        the last (`disk.DiskQuota.extend`; a prlimit per half window written)."""
+        job.log.refresh()
+        grant = self._disk.extend(job.job_id, job.log.size)
+        if grant is not None and job.running is not None and not job.phase.ended:
+            job.running.grant_output(grant.limit)
+        if grant is not None:
+            self._show_grant(job, grant)
+
+    def _show_grant(self, job: Job, grant: disk.Grant | None) -> None:
+        """Let the job's log say where its copier stops now, and why."""
+        if grant is not None and self._disk.limit is not None:
+            job.log.max_size = grant.limit
+            job.log.cap_note = disk.grant_note(grant, self._disk.limit)
+
+    def _adopt_grant(self, job: Job, running: RunningJob) -> None:
+        """Charge a job taken over at start-up what its copier may write, as the last
+        jwsd left it (or, left with no limit, a first window past what it wrote)."""
+        limit = running.copier_limit()
+        grant = self._disk.adopt(
+            job.owner, job.job_id, job.record.limits.output, limit, job.log.size
+        )
+        if grant is not None and limit is None:
+            running.grant_output(grant.limit)
+        self._show_grant(job, grant)
+
     def _get(self, owner: str, job_id: str, admin: bool) -> Job:
         job = self._jobs.get(job_id)
         if job is None:
@@ -508,7 +547,7 @@ class JobTracker:
         charge becomes what its output holds."""
         self._running[job.owner] -= 1
         if self._jobs.get(job.job_id) is job:
-            self._disk.charge(job.owner, job.job_id, job.log.disk_size)
+            self._disk.ended(job.job_id, job.log.disk_size)
         if self._jobs.get(job.job_id) is job and job.ended_clock is not None:
             await self._finished.finished(job.job_id, job.owner, job.ended_clock)
 

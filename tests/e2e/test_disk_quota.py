@@ -4,6 +4,7 @@ data dir (issue 18 item 6): one user's output cannot fill the disk for the other
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -83,7 +84,9 @@ def test_a_full_disk_leaves_room_for_another_users_record(tmp_path: Path, pki: T
     with small_disk(tmp_path / "data", "30m"):
         jwsd = start_jwsd(tmp_path, pki)
         try:
-            filler = jwsd.jws("run", "--", "head", "-c", "50M", "/dev/zero")
+            # In 1 MiB writes, paced: the quota's windows follow it (a writer a window
+            # faster than jwsd would be cut at its window, a test of something else).
+            filler = jwsd.jws("run", "--", "sh", "-c", chunked_writer(50))
             assert "No space left on device" in filler.stderr.decode(), filler.stderr.decode()
             hello = jwsd.jws("run", "--", "echo", "hello", user="betty")
             assert hello.returncode == 0, hello.stderr.decode() + jwsd.log
@@ -97,22 +100,64 @@ def test_a_full_disk_leaves_room_for_another_users_record(tmp_path: Path, pki: T
             assert jwsd.stop() == 0, jwsd.log
 
 
-def test_a_running_job_holds_its_cap_and_smaller_caps_share_the_quota(
+def test_a_running_job_holds_one_window_so_jobs_at_the_default_output_limit_run_side_by_side(
     tmp_path: Path, pki: TestPKI
 ) -> None:
-    """A running job holds its whole output cap: under a 4 MiB quota alex's first
-    `sleep` takes all of it and his second start is refused; jobs asking for 1 MiB
-    each run side by side, and the quota is back once the first has ended."""
+    """The reverted quota charged a running job its whole output cap (1 GiB): with the
+    quota at 1.9 GiB (auto on CI's 7.8 GiB disk) a user ran one job at a time. Now a
+    running job holds one window (16 MiB here): under a 64 MiB quota alex's four
+    `sleep`s at the default output limit run side by side, a fifth is refused, and one
+    that ends having written nothing gives its window back."""
     require_root()
-    jwsd = start_jwsd(tmp_path, pki, "--max-disk-per-user", "4M")
+    jwsd = start_jwsd(tmp_path, pki, "--max-disk-per-user", "64M")
     try:
-        whole = jwsd.jws("start", "--", "sleep", "60").stdout.decode().strip()
-        refused = jwsd.jws("start", "--max-output", "1M", "--", "true")
-        assert "disk quota per user (4.0 MiB" in refused.stderr.decode(), refused.stderr
-        assert jwsd.jws("stop", "-j", whole).returncode == 0  # it kept 0 bytes
-        small = [jwsd.jws("start", "--max-output", "1M", "--", "sleep", "60") for _ in range(4)]
-        assert all(started.returncode == 0 for started in small), small
-        fifth = jwsd.jws("start", "--max-output", "1M", "--", "true")
-        assert "disk quota per user" in fifth.stderr.decode(), fifth.stderr
+        started = [jwsd.jws("start", "--", "sleep", "60") for _ in range(4)]
+        assert all(job.returncode == 0 for job in started), [job.stderr for job in started]
+        fifth = jwsd.jws("start", "--", "true")
+        assert "disk quota per user (64.0 MiB" in fifth.stderr.decode(), fifth.stderr
+        assert jwsd.jws("stop", "-j", started[0].stdout.decode().strip()).returncode == 0
+        again = jwsd.jws("run", "--", "echo", "again")
+        assert again.returncode == 0 and again.stdout == b"again\n", again.stderr
+    finally:
+        assert jwsd.stop() == 0, jwsd.log
+
+
+def chunked_writer(mebibytes: int) -> str:
+    """A shell script writing `mebibytes` MiB of zeros, 1 MiB at a time, 10 ms apart."""
+    return (
+        f"i=0; while [ $i -lt {mebibytes} ]; do head -c 1M /dev/zero; sleep 0.01; i=$((i+1)); done"
+    )
+
+
+def test_the_windows_follow_a_writer_to_the_quota_and_a_restart_keeps_them(
+    tmp_path: Path, pki: TestPKI
+) -> None:
+    """Under a 48 MiB quota (16 MiB windows) alex's job A writes 2 MiB and waits: it
+    holds one window. jwsd exits leaving it running; the next jwsd charges A the
+    window its copier still has. Alex's writer B then gets window after window until
+    the quota is used up, and is cut at exactly 32 MiB (48 less A's 16), its status
+    naming the quota; betty runs meanwhile; A runs on and ends whole."""
+    require_root()
+    first_run = start_jwsd(tmp_path, pki, "--max-disk-per-user", "48M")
+    try:
+        waiting = first_run.jws("start", "--", "sh", "-c", "head -c 2M /dev/zero; exec sleep 600")
+        assert waiting.returncode == 0, waiting.stderr.decode()
+        job_a = waiting.stdout.decode().strip()
+    finally:
+        assert first_run.stop(signal.SIGUSR1) == 0, first_run.log
+    jwsd = restart_jwsd(first_run, pki, "--max-disk-per-user", "48M")
+    try:
+        writer = jwsd.jws("run", "--", "sh", "-c", chunked_writer(64))
+        assert len(writer.stdout) == 32 * MiB, writer.stderr.decode()
+        assert (
+            "output truncated: the disk quota per user (48.0 MiB, jwsd --max-disk-per-user) "
+            f"was used up at byte {32 * MiB}"
+        ) in writer.stderr.decode(), writer.stderr.decode()
+        hello = jwsd.jws("run", "--", "echo", "hello", user="betty")
+        assert hello.returncode == 0 and hello.stdout == b"hello\n", hello.stderr.decode()
+        assert jwsd.jws("stop", "-j", job_a).returncode == 0
+        status = jwsd.jws("status", "-j", job_a).stdout.decode()
+        assert "output 2.0 MiB, work dir" in status, status
+        assert "truncated" not in status, status
     finally:
         assert jwsd.stop() == 0, jwsd.log
