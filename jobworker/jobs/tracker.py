@@ -48,8 +48,9 @@ import shutil
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from types import TracebackType
+from typing import TypeVar
 
 import attrs
 import trio
@@ -88,6 +89,8 @@ from jobworker.sandbox import (
 )
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: The longest grace period a stop may ask for (an hour).
 MAX_GRACE = 3600.0
@@ -442,6 +445,22 @@ class JobTracker:
         O(log n + limit) (`jobworker.jobs.job_index`), whatever the argvs hold."""
         jobs = self._jobs.page(None if admin else owner, after, limit)
         return [job.snapshot(listed=True) for job in jobs]
+
+    def list_entries(
+        self,
+        owner: str,
+        encode: Callable[[JobStatus], T],
+        *,
+        admin: bool = False,
+        after: ListKey | None = None,
+        limit: int = MAX_PAGE_SIZE,
+    ) -> builtins.list[T]:
+        """`list`'s page, each job as `encode` makes it of its listed snapshot, kept
+        by each Terminated job (`Job.listed_entry`): the server's pre-encoded page
+        entries. `encode` must be one function for the tracker's life (the kept form
+        is `encode`'s)."""
+        jobs = self._jobs.page(None if admin else owner, after, limit)
+        return [job.listed_entry(encode) for job in jobs]
 
     def running_count(self) -> int:
         """How many jobs have not yet ended, of every owner."""
