@@ -28,6 +28,7 @@ import trio
 
 from jobworker import faults
 from jobworker.errors import InvalidRequestError, SetupError, sole_exception
+from jobworker.jobs import disk
 from jobworker.jobs.config import TrackerConfig
 from jobworker.jobs.retention import RetentionPolicy
 from jobworker.jobs.uids import UidRange
@@ -267,6 +268,16 @@ def _count_or_none(ctx: click.Context, param: click.Parameter, value: int) -> in
     show_default=True,
     help="Most output kept per job (a job may ask for less); past it the job's output pipe is "
     "closed and its status says truncated. 0: no cap.",
+)
+@click.option(
+    "--max-disk-per-user",
+    type=_Parsed("size", disk.parse_setting),
+    default=_JOBS.max_disk_per_user,
+    show_default=True,
+    help="Most disk one user's jobs' output may hold, running and kept, charged as written "
+    "(a running job holds at most one window of 1/64 of it, 16M-256M, unwritten); the writer "
+    "that reaches it is cut, a start with none left is RESOURCE_EXHAUSTED. auto: a quarter of "
+    "the data dir's file system, at least 1G. 0: no quota.",
 )
 @click.option(
     "--workdir-size",

@@ -29,8 +29,11 @@ JobNotFoundError.
 
 Quotas and retention (bounded memory and disk whatever users do): an owner runs at
 most `max_running_per_user` jobs (QuotaExceededError); a job keeps at most its
-output limit (its copier dies there, and the job's next write gets EPIPE); its work
-dir is a tmpfs charged to its memory cgroup; finished jobs are forgotten by the
+output limit (its copier dies there, and the job's next write gets EPIPE), and an
+owner's jobs' output at most `max_disk_per_user` (`disk.DiskQuota`: charged as it
+is written, the copier's limit moved a window at a time within what its owner has
+left, from the output watcher's callback); its work dir is a tmpfs charged to
+its memory cgroup; finished jobs are forgotten by the
 retention policy (age, count per owner) or by `remove`: record, output, job dir.
 """
 
@@ -39,13 +42,15 @@ from __future__ import annotations
 import builtins
 import collections
 import contextlib
+import functools
 import logging
 import shutil
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from types import TracebackType
+from typing import TypeVar
 
 import attrs
 import trio
@@ -59,7 +64,7 @@ from jobworker.errors import (
     ShuttingDownError,
     sole_error,
 )
-from jobworker.jobs import datadir, policy, record_quota, uids
+from jobworker.jobs import datadir, disk, policy, record_quota, uids
 from jobworker.jobs.config import TrackerConfig
 from jobworker.jobs.finished import FinishedJobs
 from jobworker.jobs.job import Job
@@ -78,11 +83,14 @@ from jobworker.sandbox import (
     CgroupDriver,
     HostSetup,
     JobRequest,
+    RunningJob,
     Sandbox,
     StartingJob,
 )
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: The longest grace period a stop may ask for (an hour).
 MAX_GRACE = 3600.0
@@ -117,6 +125,8 @@ class JobTracker:
     _sandbox: Sandbox | None = attrs.field(init=False, default=None)
     _store: JobStore | None = attrs.field(init=False, default=None)
     _data_lock: datadir.DataDirLock | None = attrs.field(init=False, default=None)
+    _disk: disk.DiskQuota = attrs.field(init=False, factory=lambda: disk.DiskQuota(None))
+    _reserve: disk.SpaceReserve | None = attrs.field(init=False, default=None)
     _watcher: OutputWatcher | None = attrs.field(init=False, default=None)
     _supervisor: Supervisor | None = attrs.field(init=False, default=None)
     _restored: builtins.list[Job] = attrs.field(init=False, factory=list)
@@ -177,6 +187,9 @@ class JobTracker:
         try:
             datadir.prepare(config.data_dir, self._host)
             self._store = store = JobStore.open(config.data_dir / STORE_NAME)
+            self._reserve = disk.SpaceReserve.make(config.data_dir)
+            store.on_full = self._reserve.release
+            self._disk = disk.DiskQuota(disk.resolve(config.max_disk_per_user, config.data_dir))
             self._watcher = OutputWatcher()
             records = store.load()
             self._uids = uids.HostUids.load(
@@ -198,7 +211,7 @@ class JobTracker:
             restored = restore(
                 records,
                 sandbox=self._sandbox,
-                watcher=self._watcher,
+                follow=self._follow,
                 jobs_dir=datadir.jobs_dir(config.data_dir),
             )
             for record in restored.ended:
@@ -210,9 +223,18 @@ class JobTracker:
                 self._watcher.close()
             self._data_lock.release()
             raise
+        if self._disk.limit is not None and config.workdir_size is None:
+            log.warning(
+                "work dirs are plain directories on the data dir (--workdir-size 0): "
+                "the disk quota per user does not bound them"
+            )
         for job in restored.jobs:
             self._jobs[job.job_id] = job
             self._record_bytes.restore(job.owner, job.job_id, record_quota.record_size(job.record))
+            if job.running is not None and not job.phase.ended:
+                self._adopt_grant(job, job.running)
+            else:  # an ended job holds what its output file holds
+                self._disk.charge(job.owner, job.job_id, job.log.disk_size)
             if job.phase.ended:
                 assert job.ended_clock is not None
                 self._finished.restored(job.job_id, job.owner, job.ended_clock)
@@ -285,7 +307,8 @@ class JobTracker:
 
         Raises InvalidRequestError (limits over the maxima, IO limits without a
         block device, host network not allowed), QuotaExceededError (the owner
-        already runs max_running_per_user jobs), StartFailedError (program missing
+        already runs max_running_per_user jobs, or their jobs hold all of their disk
+        quota or record bytes), StartFailedError (program missing
         or not executable, sandbox refused), ShuttingDownError. A failed or
         cancelled start leaves nothing behind: no process, cgroup, dir or entry.
         """
@@ -318,7 +341,14 @@ class JobTracker:
         # The request's variables add to the default environment (as `docker run -e`).
         env = {**sandbox.default_env(job.workdir), **(spec.env or {})}
         sandbox.check_command(spec.argv, env, cwd=cwd, workdir=job.workdir, user=user)
-        self._record_bytes.charge(owner, job_id, record_quota.spec_record_bytes(spec))
+        # The disk quota's first window (charged here): where the copier stops until
+        # the job's writes move it on (`_output_grew`).
+        grant = self._disk.grant(owner, job_id, limits.output)
+        try:
+            self._record_bytes.charge(owner, job_id, record_quota.spec_record_bytes(spec))
+        except BaseException:
+            self._disk.release(job_id)
+            raise
         self._jobs[job_id] = job
         self._running[owner] += 1
         starting = None
@@ -334,12 +364,14 @@ class JobTracker:
                     cwd=cwd,
                     limits=limits,
                     host_network=spec.host_network,
+                    output_grant=None if grant is None else grant.limit,
                 )
             )
             job.update(cgroups=tuple(map(str, starting.cgroup_dirs)))
             faults.reach("start.cgroup-made")
             job.log = FileLog.open(directory / OUTPUT_NAME, limits.output)
-            job.watch = self._watcher.watch(job.log.path, job.log.refresh)
+            self._show_grant(job, grant)
+            self._follow(job)
             # The record is on disk before the caller learns the job's id; its write (a
             # worker thread) overlaps the sandbox's build, so it costs the start nothing.
             # A crash before it lands leaves a cgroup and a dir no record claims, which
@@ -414,6 +446,22 @@ class JobTracker:
         jobs = self._jobs.page(None if admin else owner, after, limit)
         return [job.snapshot(listed=True) for job in jobs]
 
+    def list_entries(
+        self,
+        owner: str,
+        encode: Callable[[JobStatus], T],
+        *,
+        admin: bool = False,
+        after: ListKey | None = None,
+        limit: int = MAX_PAGE_SIZE,
+    ) -> builtins.list[T]:
+        """`list`'s page, each job as `encode` makes it of its listed snapshot, kept
+        by each Terminated job (`Job.listed_entry`): the server's pre-encoded page
+        entries. `encode` must be one function for the tracker's life (the kept form
+        is `encode`'s)."""
+        jobs = self._jobs.page(None if admin else owner, after, limit)
+        return [job.listed_entry(encode) for job in jobs]
+
     def running_count(self) -> int:
         """How many jobs have not yet ended, of every owner."""
         return sum(self._running.values())
@@ -451,6 +499,40 @@ class JobTracker:
 
     # ---- internals ---------------------------------------------------------
 
+    def _follow(self, job: Job) -> None:
+        """Watch the output file of a job that runs: each batch of writes refreshes its
+        log (waking its followers) and moves its disk quota window."""
+        assert self._watcher is not None
+        job.watch = self._watcher.watch(job.log.path, functools.partial(self._output_grew, job))
+
+    def _output_grew(self, job: Job) -> None:
+        """The job's output file was written (inotify): take its size, and give its
+        copier the next window of its owner's disk quota once it is near the end of
+        the last (`disk.DiskQuota.extend`; a prlimit per half window written)."""
+        job.log.refresh()
+        grant = self._disk.extend(job.job_id, job.log.size)
+        if grant is not None and job.running is not None and not job.phase.ended:
+            job.running.grant_output(grant.limit)
+        if grant is not None:
+            self._show_grant(job, grant)
+
+    def _show_grant(self, job: Job, grant: disk.Grant | None) -> None:
+        """Let the job's log say where its copier stops now, and why."""
+        if grant is not None and self._disk.limit is not None:
+            job.log.max_size = grant.limit
+            job.log.cap_note = disk.grant_note(grant, self._disk.limit)
+
+    def _adopt_grant(self, job: Job, running: RunningJob) -> None:
+        """Charge a job taken over at start-up what its copier may write, as the last
+        jwsd left it (or, left with no limit, a first window past what it wrote)."""
+        limit = running.copier_limit()
+        grant = self._disk.adopt(
+            job.owner, job.job_id, job.record.limits.output, limit, job.log.size
+        )
+        if grant is not None and limit is None:
+            running.grant_output(grant.limit)
+        self._show_grant(job, grant)
+
     def _get(self, owner: str, job_id: str, admin: bool) -> Job:
         job = self._jobs.get(job_id)
         if job is None:
@@ -474,13 +556,17 @@ class JobTracker:
             log.error("job %s: cannot delete the record of a failed start: %s", job.job_id, exc)
         job.handle(Event.START_FAILED)
         self._running[job.owner] -= 1
+        self._disk.release(job.job_id)
         del self._jobs[job.job_id]
         self._record_bytes.release(job.job_id)
 
     async def _job_ended(self, job: Job) -> None:
         """A running job has ended and said so: free its owner's running quota, and
-        count it finished (which may forget its owner's oldest finished jobs)."""
+        count it finished (which may forget its owner's oldest finished jobs); its disk
+        charge becomes what its output holds."""
         self._running[job.owner] -= 1
+        if self._jobs.get(job.job_id) is job:
+            self._disk.ended(job.job_id, job.log.disk_size)
         if self._jobs.get(job.job_id) is job and job.ended_clock is not None:
             await self._finished.finished(job.job_id, job.owner, job.ended_clock)
 
@@ -509,6 +595,9 @@ class JobTracker:
             faults.reach("forget.unrecorded")
             await job.log.aclose()
             await trio.to_thread.run_sync(shutil.rmtree, job.directory, True)
+            self._disk.release(job.job_id)
+            if self._reserve is not None and not self._reserve.held:
+                await trio.to_thread.run_sync(self._reserve.refill)
 
 
 def _check_offset(offset: int) -> None:

@@ -63,9 +63,9 @@ def output_response(chunk: bytes, offset: int) -> EncodedMessage:
     """
     parts: list[bytes] = []
     if chunk:
-        parts += (_OUTPUT_MSG_TAG + _varint(len(chunk)), chunk)
+        parts += (_OUTPUT_MSG_TAG + varint(len(chunk)), chunk)
     if offset:
-        parts.append(_OFFSET_TAG + _varint(offset & _UINT64))
+        parts.append(_OFFSET_TAG + varint(offset & _UINT64))
     return EncodedMessage(parts)
 
 
@@ -76,7 +76,7 @@ _OFFSET_TAG = bytes([pb.GetJobOutputResponse.OFFSET_FIELD_NUMBER << 3 | 0])
 _UINT64 = (1 << 64) - 1
 
 
-def _varint(value: int) -> bytes:
+def varint(value: int) -> bytes:
     """`value` (0 <= value < 2**64) as a protobuf base-128 varint."""
     out = bytearray()
     while value > 0x7F:

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from jobworker import messages
 from jobworker.jobs.job_index import ListKey
 from jobworker.jobs.tracker import JobTracker
-from jobworker.model import OUTPUT_CHUNK, JobStatus
+from jobworker.model import OUTPUT_CHUNK
 from jobworker.server import convert, listing
 from jobworker.server.auth import current_caller, note_job_id
 from jobworker.transport import EncodedMessage, wait_writable
@@ -81,12 +81,17 @@ class JobWorkerService(jobworker_grpc.JobWorkerServiceServicer):  # type: ignore
         await self.tracker.remove(caller.name, job_id, admin=caller.is_admin)
         return pb.RemoveJobResponse()
 
-    async def ListJobs(self, message: pb.ListJobsRequest) -> pb.ListJobsResponse:
+    async def ListJobs(self, message: pb.ListJobsRequest) -> EncodedMessage:
+        """A ListJobsResponse, in wire form: the concatenation of its jobs' entries."""
         request = listing.request_from(message)
         caller = current_caller.get()
         fetch = functools.partial(self._list, caller.name, caller.is_admin)
         async with self._list_turns.turn(caller.name):
             return await listing.page(fetch, request)
 
-    def _list(self, owner: str, admin: bool, after: ListKey | None, limit: int) -> list[JobStatus]:
-        return self.tracker.list(owner, admin=admin, after=after, limit=limit)
+    def _list(
+        self, owner: str, admin: bool, after: ListKey | None, limit: int
+    ) -> list[listing.Entry]:
+        return self.tracker.list_entries(
+            owner, listing.entry, admin=admin, after=after, limit=limit
+        )
