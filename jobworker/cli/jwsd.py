@@ -41,6 +41,8 @@ from jobworker.units import format_duration, parse_addr, parse_duration, parse_s
 
 log = logging.getLogger("jobworker.daemon")
 
+#: --metrics-addr's port when it names none: the API's default port, plus one.
+DEFAULT_METRICS_PORT = DEFAULT_PORT + 1
 #: The smallest work dir that makes sense (a tmpfs rounds to pages anyway).
 MIN_WORKDIR_SIZE = 1 << 20
 #: The defaults every flag shows: the configs' own.
@@ -120,6 +122,14 @@ def _count_or_none(ctx: click.Context, param: click.Parameter, value: int) -> in
 @click.version_option(package_name="jobworker", prog_name="jwsd")
 @click.option(
     "--addr", default=f"127.0.0.1:{DEFAULT_PORT}", show_default=True, help="HOST:PORT to listen on."
+)
+@click.option(
+    "--metrics-addr",
+    default=None,
+    metavar="HOST:PORT",
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (plain HTTP, no "
+    f"authentication: loopback, or see docs/operations.md; port {DEFAULT_PORT + 1} if none "
+    "is given). Default: not served.",
 )
 @click.option(
     "--tls-dir",
@@ -300,6 +310,7 @@ def _count_or_none(ctx: click.Context, param: click.Parameter, value: int) -> in
 )
 async def main(
     addr: str,
+    metrics_addr: str | None,
     job_binds: tuple[str, ...],
     retention: float | None,
     max_finished: int | None,
@@ -323,6 +334,11 @@ async def main(
     )  # its cancellation noise is not ours to report
     try:
         host, port = parse_addr(addr, default_port=DEFAULT_PORT)
+        metrics = (
+            parse_addr(metrics_addr, default_port=DEFAULT_METRICS_PORT)
+            if metrics_addr is not None
+            else None
+        )
         policy = RetentionPolicy(max_age=retention, max_per_owner=max_finished)
     except (ValueError, InvalidRequestError) as exc:
         raise click.BadParameter(str(exc)) from None
@@ -335,7 +351,14 @@ async def main(
         binds = tuple(JobBind.parse(text) for text in job_binds)
     except SetupError as exc:
         _fail(str(exc))
-    config = DaemonConfig.of(host=host, port=port, retention=policy, job_binds=binds, **settings)
+    config = DaemonConfig.of(
+        host=host,
+        port=port,
+        metrics_addr=metrics,
+        retention=policy,
+        job_binds=binds,
+        **settings,
+    )
     try:
         await run(config)
     except BaseExceptionGroup as group:

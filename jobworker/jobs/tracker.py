@@ -49,6 +49,7 @@ from types import TracebackType
 
 import attrs
 import trio
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from jobworker import faults
 from jobworker.errors import (
@@ -72,7 +73,15 @@ from jobworker.jobs.restore import restore
 from jobworker.jobs.store import JobStore
 from jobworker.jobs.supervisor import FINISH_TIMEOUT, Supervisor
 from jobworker.jobs.watcher import OutputWatcher
-from jobworker.model import MAX_PAGE_SIZE, STOPPED_BY_SHUTDOWN, JobSpec, JobStatus
+from jobworker.metrics import Metrics, end_outcome
+from jobworker.model import (
+    MAX_PAGE_SIZE,
+    STOPPED_BY_SHUTDOWN,
+    JobSpec,
+    JobState,
+    JobStatus,
+    Outcome,
+)
 from jobworker.sandbox import (
     OUTPUT_NAME,
     CgroupDriver,
@@ -97,10 +106,13 @@ class JobTracker:
     config: the settings (`TrackerConfig`: data dir, job user, limits, quotas,
         retention), each with the default jwsd shows.
     cgroups: a ready cgroup driver (tests); `None` detects the host's.
+    metrics: where the tracker counts its events (ends, take-overs, store writes) and
+        computes its levels at each scrape (`jobworker.metrics`); a fresh one if not given.
     """
 
     config: TrackerConfig = attrs.Factory(TrackerConfig)
     cgroups: CgroupDriver | None = None
+    metrics: Metrics = attrs.Factory(Metrics)
 
     _jobs: JobIndex[Job] = attrs.field(init=False, factory=JobIndex)
     # Jobs not yet ended, per owner (the running quota).
@@ -121,6 +133,8 @@ class JobTracker:
     _supervisor: Supervisor | None = attrs.field(init=False, default=None)
     _restored: builtins.list[Job] = attrs.field(init=False, factory=list)
     _uids: uids.HostUids | None = attrs.field(init=False, default=None)
+    # Output bytes of the jobs forgotten so far: with the jobs' own, the bytes jobs wrote.
+    _forgotten_output: int = attrs.field(init=False, default=0)
 
     @_record_bytes.default
     def _record_bytes_default(self) -> RecordQuota:
@@ -177,6 +191,7 @@ class JobTracker:
         try:
             datadir.prepare(config.data_dir, self._host)
             self._store = store = JobStore.open(config.data_dir / STORE_NAME)
+            store.on_write = self.metrics.store_write_seconds.observe
             self._watcher = OutputWatcher()
             records = store.load()
             self._uids = uids.HostUids.load(
@@ -203,6 +218,8 @@ class JobTracker:
             )
             for record in restored.ended:
                 store.put_blocking(record)
+                lost = record.outcome is Outcome.LOST
+                self.metrics.takeover_jobs.labels(result="lost" if lost else "ended").inc()
         except BaseException:
             if self._store is not None:
                 self._store.close()
@@ -218,7 +235,9 @@ class JobTracker:
                 self._finished.restored(job.job_id, job.owner, job.ended_clock)
             else:
                 self._running[job.owner] += 1
+                self.metrics.takeover_jobs.labels(result="reattached").inc()
         self._restored = restored.jobs
+        self.metrics.add_live(self._live_metrics)
 
     def leave_running(self) -> None:
         """On exit, leave every running job running (and recorded), for the next jwsd
@@ -481,6 +500,7 @@ class JobTracker:
         """A running job has ended and said so: free its owner's running quota, and
         count it finished (which may forget its owner's oldest finished jobs)."""
         self._running[job.owner] -= 1
+        self._count_end(job.record)
         if self._jobs.get(job.job_id) is job and job.ended_clock is not None:
             await self._finished.finished(job.job_id, job.owner, job.ended_clock)
 
@@ -496,6 +516,7 @@ class JobTracker:
             await trio.lowlevel.checkpoint()
             return
         del self._jobs[job.job_id]
+        self._forgotten_output += job.log.size
         self._record_bytes.release(job.job_id)
         self._finished.discard(job.job_id, job.owner)
         assert self._store is not None
@@ -509,6 +530,49 @@ class JobTracker:
             faults.reach("forget.unrecorded")
             await job.log.aclose()
             await trio.to_thread.run_sync(shutil.rmtree, job.directory, True)
+
+    # ---- metrics --------------------------------------------------------------
+
+    def _count_end(self, record: JobRecord) -> None:
+        metrics = self.metrics
+        metrics.job_ends.labels(outcome=end_outcome(record.outcome, record.exit_code)).inc()
+        if record.started_at is not None and record.ended_at is not None:
+            metrics.job_run_seconds.observe(max(0.0, record.ended_at - record.started_at))
+        if record.output_truncated is not None:
+            metrics.jobs_truncated.inc()
+
+    def _live_metrics(self) -> builtins.list[Metric]:
+        """The tracker's levels, computed at a scrape: O(jobs), a few attribute reads
+        per job and one statvfs per running job's work dir, on trio's thread."""
+        by_state = collections.Counter(job.phase.state for job in self._jobs.values())
+        jobs = GaugeMetricFamily("jobworker_jobs", "Jobs jwsd holds, by state.", labels=["state"])
+        for state in JobState:
+            jobs.add_metric([state.value.lower()], by_state[state])
+        written = self._forgotten_output + sum(job.log.size for job in self._jobs.values())
+        workdirs = 0
+        for job in self._jobs.values():
+            if job.running is not None and not job.phase.ended:
+                with contextlib.suppress(OSError):
+                    workdirs += job.running.workdir_bytes() or 0
+        return [
+            jobs,
+            CounterMetricFamily(
+                "jobworker_output_written_bytes",
+                "Bytes of output jobs wrote (kept, up to each job's cap), since jwsd started "
+                "(a taken-over job's earlier output included).",
+                value=written,
+            ),
+            GaugeMetricFamily(
+                "jobworker_output_disk_bytes",
+                "Bytes of job output on disk in the data dir.",
+                value=sum(job.log.disk_size for job in self._jobs.values()),
+            ),
+            GaugeMetricFamily(
+                "jobworker_workdir_bytes",
+                "Bytes in use in the running jobs' work dirs (tmpfs work dirs only).",
+                value=workdirs,
+            ),
+        ]
 
 
 def _check_offset(offset: int) -> None:

@@ -44,6 +44,7 @@ import purerpc
 
 from jobworker.echo import log_field
 from jobworker.errors import ShuttingDownError, UnauthenticatedError
+from jobworker.metrics import Metrics
 from jobworker.server.policy import Caller, UserPolicy
 from jobworker.tls import ClientCa
 from jobworker.transport import (
@@ -103,10 +104,13 @@ class CallGuard:
     policy: the users file in force.
     client_ca: the client CA in force, which every call's certificate must have been
         issued by; None: the handshake's check is the only one (as before any reload).
+    metrics: where each call is counted by method and status code, with its latency
+        (None: nowhere).
     """
 
     policy: UserPolicy
     client_ca: ClientCa | None = None
+    metrics: Metrics | None = None
     _accepting: bool = True
     _open: set[_OpenCall] = attrs.field(factory=set)
     #: The client CA's verdict per certificate (DER), for calls on old connections.
@@ -180,9 +184,9 @@ class CallGuard:
                 raise
             finally:
                 self._open.discard(open_call)
-                access_log.debug(
-                    "rpc user=%s method=%s code=%s", record.user, method, code_name(error)
-                )
+                code = code_name(error)
+                self._count(method, code, started)
+                access_log.debug("rpc user=%s method=%s code=%s", record.user, method, code)
             return
         open_call = _OpenCall(peer, open_service=False, rpc=current_rpc())
         try:
@@ -207,14 +211,22 @@ class CallGuard:
             error = open_call.ended_by or exc
             raise
         finally:
+            code = code_name(error)
+            self._count(method, code, started)
             access_log.info(
                 "rpc user=%s method=%s job=%s code=%s ms=%.1f",
                 log_field(record.user),
                 log_field(record.method),
                 log_field(record.job_id),
-                code_name(error),
+                code,
                 (time.monotonic() - started) * 1000,
             )
+
+    def _count(self, method: str, code: str, started: float) -> None:
+        # `method` is one the server serves (a short fixed list), never the client's text.
+        if self.metrics is not None:
+            self.metrics.rpcs.labels(method=method, code=code).inc()
+            self.metrics.rpc_seconds.labels(method=method).observe(time.monotonic() - started)
 
 
 def guarded(service: purerpc.Service, guard: CallGuard) -> purerpc.Service:

@@ -11,8 +11,14 @@ import functools
 from collections.abc import AsyncIterator
 
 from jobworker import messages
+from jobworker.errors import (
+    InvalidRequestError,
+    QuotaExceededError,
+    ShuttingDownError,
+)
 from jobworker.jobs.job_index import ListKey
 from jobworker.jobs.tracker import JobTracker
+from jobworker.metrics import Metrics
 from jobworker.model import OUTPUT_CHUNK, JobStatus
 from jobworker.server import convert, listing
 from jobworker.server.auth import current_caller, note_job_id
@@ -22,16 +28,28 @@ from jobworker.v1 import jobworker_pb2 as pb
 
 
 class JobWorkerService(jobworker_grpc.JobWorkerServiceServicer):  # type: ignore[misc]
-    """Serves the tracker's jobs over gRPC, each caller seeing only its own (admins: all)."""
+    """Serves the tracker's jobs over gRPC, each caller seeing only its own (admins: all).
+    Counts starts by result and output served into the tracker's metrics."""
 
     def __init__(self, tracker: JobTracker) -> None:
         self.tracker = tracker
+        self._metrics: Metrics = tracker.metrics
         self._list_turns = listing.Turns()
 
     async def StartJob(self, message: pb.StartJobRequest) -> pb.StartJobResponse:
-        spec = convert.spec_from_request(message)
+        starts = self._metrics.job_starts
+        try:
+            spec = convert.spec_from_request(message)
+        except InvalidRequestError:
+            starts.labels(result="invalid").inc()
+            raise
         caller = current_caller.get()
-        status = await self.tracker.start(caller.name, spec)
+        try:
+            status = await self.tracker.start(caller.name, spec)
+        except Exception as exc:
+            starts.labels(result=_refused_start(exc)).inc()
+            raise
+        self._metrics.job_starts.labels(result="started").inc()
         note_job_id(status.job_id)
         return pb.StartJobResponse(job_id=status.job_id, job=messages.status_to_proto(status))
 
@@ -63,17 +81,20 @@ class JobWorkerService(jobworker_grpc.JobWorkerServiceServicer):  # type: ignore
             admin=caller.is_admin,
             chunk_size=OUTPUT_CHUNK,
         )
-        async with contextlib.aclosing(follow) as chunks:
-            while True:
-                # Read the next chunk only once the client can take it: a follower
-                # behind a slow client holds no chunk and no message meanwhile
-                # (1,000 followers would otherwise hold 1,000 of each).
-                await wait_writable()
-                chunk = await anext(chunks, None)
-                if chunk is None:
-                    return
-                yield convert.output_response(chunk, offset)
-                offset += len(chunk)
+        served = self._metrics.output_served_bytes
+        with self._metrics.output_followers.track_inprogress():
+            async with contextlib.aclosing(follow) as chunks:
+                while True:
+                    # Read the next chunk only once the client can take it: a follower
+                    # behind a slow client holds no chunk and no message meanwhile
+                    # (1,000 followers would otherwise hold 1,000 of each).
+                    await wait_writable()
+                    chunk = await anext(chunks, None)
+                    if chunk is None:
+                        return
+                    yield convert.output_response(chunk, offset)
+                    served.inc(len(chunk))
+                    offset += len(chunk)
 
     async def RemoveJob(self, message: pb.RemoveJobRequest) -> pb.RemoveJobResponse:
         job_id = convert.job_id_from(message)
@@ -90,3 +111,18 @@ class JobWorkerService(jobworker_grpc.JobWorkerServiceServicer):  # type: ignore
 
     def _list(self, owner: str, admin: bool, after: ListKey | None, limit: int) -> list[JobStatus]:
         return self.tracker.list(owner, admin=admin, after=after, limit=limit)
+
+
+def _refused_start(exc: Exception) -> str:
+    """The `result` label of a start the tracker refused with `exc`: its checks raise
+    InvalidRequestError only for limits (over the maxima, IO limits without a block
+    device, host network not allowed, a command line the kernel would refuse); the
+    request itself was checked before. Anything else (StartFailedError, an OSError)
+    failed the sandbox's build."""
+    if isinstance(exc, QuotaExceededError):
+        return "quota"
+    if isinstance(exc, InvalidRequestError):
+        return "limits"
+    if isinstance(exc, ShuttingDownError):
+        return "unavailable"
+    return "sandbox"
