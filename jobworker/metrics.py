@@ -145,6 +145,11 @@ class Metrics:
             buckets=_STORE_BUCKETS,
             registry=registry,
         )
+        self.audit_write_failures = self._counter(
+            "jobworker_audit_write_failures",
+            "Audit records that could not be written to audit.db (each is logged, and a "
+            "gap record says so once writing works again).",
+        )
         self.reloads = self._counter(
             "jobworker_reloads",
             "SIGHUP reloads of the TLS files and the users file, by result.",

@@ -303,6 +303,22 @@ def _count_or_none(ctx: click.Context, param: click.Parameter, value: int) -> in
     help="Most finished jobs kept per user; the oldest are forgotten first. 0: no limit.",
 )
 @click.option(
+    "--audit-retention",
+    type=_DURATION_OR_NONE,
+    default=format_duration(_DAEMON.audit_retention or 0),
+    show_default=True,
+    help="How long an audit record (DATA/audit.db: who started, stopped, removed or read "
+    "which job, and every refusal) is kept. 0: for ever (up to --audit-max-records).",
+)
+@click.option(
+    "--audit-max-records",
+    type=click.IntRange(min=0),
+    default=_DAEMON.audit_max_records or 0,
+    show_default=True,
+    callback=_count_or_none,
+    help="Most audit records kept; the oldest are pruned first. 0: no bound.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,

@@ -414,6 +414,11 @@ class JobTracker:
             )
         await self._forget(job)
 
+    def owner_of(self, owner: str, job_id: str, *, admin: bool = False) -> str:
+        """Whose the job is (for the caller `owner`: it must be theirs unless `admin`).
+        Raises as `status`."""
+        return self._get(owner, job_id, admin).owner
+
     def status(self, owner: str, job_id: str, *, admin: bool = False) -> JobStatus:
         """A snapshot of the job (usage read live while it runs)."""
         return self._get(owner, job_id, admin).snapshot()

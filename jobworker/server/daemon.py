@@ -16,6 +16,11 @@ With `metrics_addr`, a Prometheus endpoint (`jobworker.server.metrics_http`) is
 one more task of the nursery, serving `jobworker.metrics`' registry; it ends when
 the nursery is cancelled, after the drain.
 
+The audit trail (`jobworker.server.audit`, `DATA/audit.db`) is opened once the
+tracker holds the data dir; the call guard records each call that changes
+something or reads a job's data, and each refusal, before its answer leaves; a
+failed TLS handshake is recorded by a task of the nursery.
+
 The standard health service (`jobworker.server.health`) runs beside the API on
 the same port: SERVING once listening, NOT_SERVING as soon as shutdown begins,
 and while the job cgroup tree, removed under jwsd, is being rebuilt
@@ -33,7 +38,9 @@ ended jobs' work dirs; records, output and job dirs stay for the next jwsd (and 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +48,21 @@ import attrs
 import trio
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from jobworker.echo import bounded
 from jobworker.errors import SetupError
 from jobworker.jobs.config import TrackerConfig, field_names
 from jobworker.jobs.tracker import JobTracker
 from jobworker.metrics import Metrics
 from jobworker.model import MAX_SERVER_MESSAGE
 from jobworker.sandbox.cgroups import keep_tree
+from jobworker.server.audit import (
+    AUDIT_NAME,
+    DEFAULT_MAX_RECORDS,
+    DEFAULT_RETENTION,
+    AuditLog,
+    Entry,
+    Identity,
+)
 from jobworker.server.auth import CallGuard, guarded
 from jobworker.server.health import HealthService
 from jobworker.server.metrics_http import serve_metrics
@@ -74,6 +90,8 @@ class DaemonConfig:
     max_connections_per_user: connections one user may hold open at once (None: any).
     metrics_addr: (host, port) to serve Prometheus metrics on over plain HTTP (None: not
         served; they are counted all the same).
+    audit_retention: seconds an audit record is kept (None: for ever).
+    audit_max_records: the most audit records kept; the oldest go first (None: any).
     jobs: the job tracker's section (data dir, job user, limits, quotas, retention).
     """
 
@@ -86,6 +104,8 @@ class DaemonConfig:
     request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT
     max_connections_per_user: int | None = 32
     metrics_addr: tuple[str, int] | None = None
+    audit_retention: float | None = DEFAULT_RETENTION
+    audit_max_records: int | None = DEFAULT_MAX_RECORDS
     jobs: TrackerConfig = attrs.Factory(TrackerConfig)
 
     @classmethod
@@ -129,8 +149,32 @@ async def serve(
     client_ca = config.server_files[2]
     access = Access.load(config.server_files, config.users_file)
     metrics = Metrics()
-    async with JobTracker(config.jobs, metrics=metrics) as tracker:
-        guard = CallGuard(access.policy, access.client_ca, metrics=metrics)
+    async with contextlib.AsyncExitStack() as stack:
+        tracker = await stack.enter_async_context(JobTracker(config.jobs, metrics=metrics))
+        # After the tracker: it holds the data dir (its lock) from here on.
+        audit = AuditLog.open(
+            config.jobs.data_dir / AUDIT_NAME,
+            retention=config.audit_retention,
+            max_records=config.audit_max_records,
+            on_failure=metrics.audit_write_failures.inc,
+        )
+        stack.callback(audit.close)
+        guard = CallGuard(access.policy, access.client_ca, metrics=metrics, audit=audit)
+
+        def handshake_failed(address: str, exc: BaseException) -> None:
+            entry = Entry(
+                time=time.time(),
+                user="-",
+                identity=Identity(),
+                peer=address,
+                method="tls-handshake",
+                job_id="-",
+                code="UNAUTHENTICATED",
+                detail={"reason": bounded(str(exc) or type(exc).__name__, 256)},
+            )
+            # In the nursery below: a handshake fails only while the server serves.
+            nursery.start_soon(audit.record, entry)
+
         server = RpcServer(
             config.host,
             config.port,
@@ -140,6 +184,7 @@ async def serve(
             idle_timeout=config.idle_timeout,
             request_timeout=config.request_timeout,
             on_refused=metrics.count_refused,
+            on_handshake_error=handshake_failed,
         )
 
         def live() -> list[Metric]:
@@ -152,7 +197,7 @@ async def serve(
             ]
 
         metrics.add_live(live)
-        server.add_service(guarded(JobWorkerService(tracker).service, guard))
+        server.add_service(guarded(JobWorkerService(tracker, audit).service, guard))
         health = HealthService()
         server.add_service(guarded(health.service, guard))
         async with trio.open_nursery() as nursery:
@@ -162,6 +207,7 @@ async def serve(
                 whole and not shutdown.is_set()
             )
             nursery.start_soon(keep_tree, tracker.cgroups)
+            nursery.start_soon(audit.run)
             port = await nursery.start(server.serve)
             if config.metrics_addr is not None:
                 await nursery.start(serve_metrics, *config.metrics_addr, metrics.registry)

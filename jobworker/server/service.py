@@ -12,16 +12,20 @@ from collections.abc import AsyncIterator
 
 from jobworker import messages
 from jobworker.errors import (
+    AccessDeniedError,
+    BadStateError,
     InvalidRequestError,
     QuotaExceededError,
     ShuttingDownError,
 )
 from jobworker.jobs.job_index import ListKey
 from jobworker.jobs.tracker import JobTracker
+from jobworker.limits import format_limits
 from jobworker.metrics import Metrics
-from jobworker.model import OUTPUT_CHUNK, JobStatus
+from jobworker.model import OUTPUT_CHUNK, JobStatus, cut_argv
 from jobworker.server import convert, listing
-from jobworker.server.auth import current_caller, note_job_id
+from jobworker.server.audit import MAX_COMMAND_BYTES, MAX_ENV_NAMES_BYTES, AuditLog
+from jobworker.server.auth import current_caller, note_audit, note_job_id
 from jobworker.transport import EncodedMessage, wait_writable
 from jobworker.v1 import jobworker_grpc
 from jobworker.v1 import jobworker_pb2 as pb
@@ -31,8 +35,9 @@ class JobWorkerService(jobworker_grpc.JobWorkerServiceServicer):  # type: ignore
     """Serves the tracker's jobs over gRPC, each caller seeing only its own (admins: all).
     Counts starts by result and output served into the tracker's metrics."""
 
-    def __init__(self, tracker: JobTracker) -> None:
+    def __init__(self, tracker: JobTracker, audit: AuditLog | None = None) -> None:
         self.tracker = tracker
+        self.audit = audit
         self._metrics: Metrics = tracker.metrics
         self._list_turns = listing.Turns()
 
@@ -43,6 +48,15 @@ class JobWorkerService(jobworker_grpc.JobWorkerServiceServicer):  # type: ignore
         except InvalidRequestError:
             starts.labels(result="invalid").inc()
             raise
+        argv, argv_cut = cut_argv(spec.argv, MAX_COMMAND_BYTES)
+        env_names, env_cut = cut_argv(tuple(spec.env or ()), MAX_ENV_NAMES_BYTES)
+        note_audit(
+            argv=list(argv),
+            argv_cut=argv_cut,
+            env_names=list(env_names),
+            env_names_cut=env_cut,
+            limits=format_limits(spec.limits),
+        )
         caller = current_caller.get()
         try:
             status = await self.tracker.start(caller.name, spec)
@@ -57,6 +71,7 @@ class JobWorkerService(jobworker_grpc.JobWorkerServiceServicer):  # type: ignore
         job_id = convert.job_id_from(message)
         caller = current_caller.get()
         grace = message.grace_seconds if message.HasField("grace_seconds") else None
+        note_audit(grace_seconds=grace)
         status = await self.tracker.stop(caller.name, job_id, grace, admin=caller.is_admin)
         return pb.StopJobResponse(job=messages.status_to_proto(status))
 
@@ -74,6 +89,10 @@ class JobWorkerService(jobworker_grpc.JobWorkerServiceServicer):  # type: ignore
         # The handler is itself the follower's task, reading from its own cursor:
         # no channel and no nursery, which must not span a `yield` in a generator.
         offset = message.offset
+        note_audit(
+            offset=offset,
+            owner=self.tracker.owner_of(caller.name, job_id, admin=caller.is_admin),
+        )
         follow = self.tracker.follow(
             caller.name,
             job_id,
@@ -101,6 +120,16 @@ class JobWorkerService(jobworker_grpc.JobWorkerServiceServicer):  # type: ignore
         caller = current_caller.get()
         await self.tracker.remove(caller.name, job_id, admin=caller.is_admin)
         return pb.RemoveJobResponse()
+
+    async def GetAuditLog(self, message: pb.GetAuditLogRequest) -> pb.GetAuditLogResponse:
+        query = convert.audit_query_from(message)
+        caller = current_caller.get()
+        if not caller.is_admin:
+            raise AccessDeniedError()  # the audit trail is for admins only
+        if self.audit is None:
+            raise BadStateError("this server keeps no audit trail")
+        note_audit(query={"user": query.user, "job": query.job_id, "since": query.since})
+        return convert.audit_response(await self.audit.query(query))
 
     async def ListJobs(self, message: pb.ListJobsRequest) -> pb.ListJobsResponse:
         request = listing.request_from(message)
