@@ -303,6 +303,14 @@ def _count_or_none(ctx: click.Context, param: click.Parameter, value: int) -> in
     help="Most finished jobs kept per user; the oldest are forgotten first. 0: no limit.",
 )
 @click.option(
+    "--no-audit",
+    "audit",
+    flag_value=False,
+    default=True,
+    help="Keep no audit trail (nothing in DATA/audit.db, no jobworker.audit log lines, "
+    "jws audit refused): for benchmarks, or a host whose calls need no account.",
+)
+@click.option(
     "--audit-retention",
     type=_DURATION_OR_NONE,
     default=format_duration(_DAEMON.audit_retention or 0),

@@ -90,6 +90,7 @@ class DaemonConfig:
     max_connections_per_user: connections one user may hold open at once (None: any).
     metrics_addr: (host, port) to serve Prometheus metrics on over plain HTTP (None: not
         served; they are counted all the same).
+    audit: whether to keep the audit trail (off: benchmarks, or a host that needs none).
     audit_retention: seconds an audit record is kept (None: for ever).
     audit_max_records: the most audit records kept; the oldest go first (None: any).
     jobs: the job tracker's section (data dir, job user, limits, quotas, retention).
@@ -104,6 +105,7 @@ class DaemonConfig:
     request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT
     max_connections_per_user: int | None = 32
     metrics_addr: tuple[str, int] | None = None
+    audit: bool = True
     audit_retention: float | None = DEFAULT_RETENTION
     audit_max_records: int | None = DEFAULT_MAX_RECORDS
     jobs: TrackerConfig = attrs.Factory(TrackerConfig)
@@ -152,16 +154,20 @@ async def serve(
     async with contextlib.AsyncExitStack() as stack:
         tracker = await stack.enter_async_context(JobTracker(config.jobs, metrics=metrics))
         # After the tracker: it holds the data dir (its lock) from here on.
-        audit = AuditLog.open(
-            config.jobs.data_dir / AUDIT_NAME,
-            retention=config.audit_retention,
-            max_records=config.audit_max_records,
-            on_failure=metrics.audit_write_failures.inc,
-        )
-        stack.callback(audit.close)
+        audit = None
+        if config.audit:
+            audit = AuditLog.open(
+                config.jobs.data_dir / AUDIT_NAME,
+                retention=config.audit_retention,
+                max_records=config.audit_max_records,
+                on_failure=metrics.audit_write_failures.inc,
+            )
+            stack.callback(audit.close)
         guard = CallGuard(access.policy, access.client_ca, metrics=metrics, audit=audit)
 
         def handshake_failed(address: str, exc: BaseException) -> None:
+            if audit is None:
+                return
             entry = Entry(
                 time=time.time(),
                 user="-",
@@ -207,7 +213,8 @@ async def serve(
                 whole and not shutdown.is_set()
             )
             nursery.start_soon(keep_tree, tracker.cgroups)
-            nursery.start_soon(audit.run)
+            if audit is not None:
+                nursery.start_soon(audit.run)
             port = await nursery.start(server.serve)
             if config.metrics_addr is not None:
                 await nursery.start(serve_metrics, *config.metrics_addr, metrics.registry)

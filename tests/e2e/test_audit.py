@@ -195,3 +195,18 @@ def test_a_record_survives_a_sigkill_right_after_the_call_and_at_the_fault_point
         ("StartJob", "OK"),
         ("RemoveJob", "OK"),
     ]
+
+
+def test_no_audit_keeps_no_trail_and_says_so(tmp_path: Path, pki: TestPKI) -> None:
+    """`jwsd --no-audit` (the bench's "off"): no audit.db, no audit line, and `jws audit`
+    says there is no trail instead of showing an empty one."""
+    require_root()
+    daemon = start_jwsd(tmp_path, pki, "--no-audit")
+    try:
+        _ok(daemon.jws("start", "--", "true"))
+        refused = daemon.jws("audit", user="admin")
+        assert refused.returncode != 0 and b"keeps no audit trail" in refused.stderr
+        assert not (daemon.data_dir / "audit.db").exists()
+        assert "jobworker.audit" not in daemon.log
+    finally:
+        assert daemon.stop() == 0, daemon.log
