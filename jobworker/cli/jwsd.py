@@ -26,7 +26,7 @@ from typing import Any
 import asyncclick as click
 import trio
 
-from jobworker import faults
+from jobworker import faults, logs
 from jobworker.errors import InvalidRequestError, SetupError, sole_exception
 from jobworker.jobs.config import TrackerConfig
 from jobworker.jobs.retention import RetentionPolicy
@@ -332,6 +332,14 @@ def _count_or_none(ctx: click.Context, param: click.Parameter, value: int) -> in
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
+@click.option(
+    "--log-format",
+    default="text",
+    show_default=True,
+    type=click.Choice(["text", "json"]),
+    help="json: one JSON object per line, with the job, user and peer of the call or job "
+    "it is about (docs/operations.md).",
+)
 async def main(
     addr: str,
     metrics_addr: str | None,
@@ -339,6 +347,7 @@ async def main(
     retention: float | None,
     max_finished: int | None,
     log_level: str,
+    log_format: str,
     **settings: Any,
 ) -> None:
     """Run the jobworker daemon: jobs for authenticated users, over gRPC with mutual TLS.
@@ -348,11 +357,7 @@ async def main(
       sudo jwsd --tls-dir certs/dev
       sudo jwsd --addr 0.0.0.0:50051 --users /etc/jobworker/users.toml --max-limits memory=2G,cpu=1
     """
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(log_level, log_format)
     logging.getLogger("purerpc").setLevel(
         logging.CRITICAL
     )  # its cancellation noise is not ours to report

@@ -51,7 +51,7 @@ import attrs
 import trio
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from jobworker import faults
+from jobworker import faults, logs
 from jobworker.errors import (
     AccessDeniedError,
     BadStateError,
@@ -326,6 +326,7 @@ class JobTracker:
         policy.check_running_quota(self.config, self._running[owner])
         user = sandbox.user_on_host(host_uid)
         job_id = str(uuid.uuid4())
+        logs.add_field("job", job_id)  # the call's lines from here on are about this job
         directory = datadir.jobs_dir(self.config.data_dir) / job_id
         spec = attrs.evolve(spec, limits=limits)
         job = Job(

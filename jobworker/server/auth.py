@@ -44,7 +44,7 @@ import attrs
 import purerpc
 import trio
 
-from jobworker import faults
+from jobworker import faults, logs
 from jobworker.echo import bounded, log_field
 from jobworker.errors import ShuttingDownError, UnauthenticatedError
 from jobworker.metrics import Metrics
@@ -86,6 +86,7 @@ def note_job_id(job_id: str) -> None:
     record = _current_record.get(None)
     if record is not None:
         record.job_id = job_id
+    logs.add_field("job", job_id)
 
 
 def note_audit(**detail: Any) -> None:
@@ -207,46 +208,52 @@ class CallGuard:
                 self._count(method, code, started)
                 access_log.debug("rpc user=%s method=%s code=%s", record.user, method, code)
             return
-        open_call = _OpenCall(peer, open_service=False, rpc=current_rpc())
-        try:
-            if not self._accepting:
-                raise ShuttingDownError()
-            caller = self._admit(peer, open_service=False)
-            assert caller is not None
-            record.user = caller.name
-            token = current_caller.set(caller)
-            record_token = _current_record.set(record)
-            self._open.add(open_call)
+        # Every line logged for this call carries its peer, user and job (jobworker.logs).
+        with logs.fields(
+            peer=peer.address if peer is not None else "",
+            user=(peer.common_name if peer is not None else None) or "",
+            job=record.job_id[:64] if record.job_id != "-" else "",
+        ) as call_fields:
+            open_call = _OpenCall(peer, open_service=False, rpc=current_rpc())
             try:
-                yield record
+                if not self._accepting:
+                    raise ShuttingDownError()
+                caller = self._admit(peer, open_service=False)
+                assert caller is not None
+                record.user = call_fields["user"] = caller.name
+                token = current_caller.set(caller)
+                record_token = _current_record.set(record)
+                self._open.add(open_call)
+                try:
+                    yield record
+                finally:
+                    self._open.discard(open_call)
+                    _current_record.reset(record_token)
+                    current_caller.reset(token)
+            except Exception as exc:
+                error = to_rpc_error(exc, method)
+                raise error from None
+            except BaseException as exc:  # cancelled: the client went away, shutdown, or a reload
+                error = open_call.ended_by or exc
+                raise
             finally:
-                self._open.discard(open_call)
-                _current_record.reset(record_token)
-                current_caller.reset(token)
-        except Exception as exc:
-            error = to_rpc_error(exc, method)
-            raise error from None
-        except BaseException as exc:  # cancelled: the client went away, shutdown, or a reload
-            error = open_call.ended_by or exc
-            raise
-        finally:
-            code = code_name(error)
-            self._count(method, code, started)
-            if self.audit is not None and (
-                method in AUDITED_METHODS or code not in ("OK", "CANCELLED")
-            ):
-                # Before the answer leaves: a client that saw it finds it recorded.
-                with trio.CancelScope(shield=True):
-                    await self._audit(self.audit, record, peer, code, error)
-                faults.reach("call.audited")
-            access_log.info(
-                "rpc user=%s method=%s job=%s code=%s ms=%.1f",
-                log_field(record.user),
-                log_field(record.method),
-                log_field(record.job_id),
-                code,
-                (time.monotonic() - started) * 1000,
-            )
+                code = code_name(error)
+                self._count(method, code, started)
+                if self.audit is not None and (
+                    method in AUDITED_METHODS or code not in ("OK", "CANCELLED")
+                ):
+                    # Before the answer leaves: a client that saw it finds it recorded.
+                    with trio.CancelScope(shield=True):
+                        await self._audit(self.audit, record, peer, code, error)
+                    faults.reach("call.audited")
+                access_log.info(
+                    "rpc user=%s method=%s job=%s code=%s ms=%.1f",
+                    log_field(record.user),
+                    log_field(record.method),
+                    log_field(record.job_id),
+                    code,
+                    (time.monotonic() - started) * 1000,
+                )
 
     async def _audit(
         self,
