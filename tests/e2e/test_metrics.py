@@ -248,3 +248,31 @@ def test_the_take_over_at_start_up_counts_jobs_reattached_and_ended_while_away(
     assert samples[("jobworker_jobs", (("state", "active"),))] == 1
     assert samples[("jobworker_jobs", (("state", "terminated"),))] == 1
     assert again.jws("stop", "-j", long).returncode == 0
+
+
+def test_reloads_are_counted_by_result(metrics_jwsd: tuple[Jwsd, str], tmp_path: Path) -> None:
+    """SIGHUP with good files counts ok; with a users file that does not parse, refused."""
+    daemon, url = metrics_jwsd
+
+    def reloads() -> dict[str, float]:
+        samples = _scrape(url)
+        return {
+            result: samples[("jobworker_reloads_total", (("result", result),))]
+            for result in ("ok", "refused")
+        }
+
+    assert reloads() == {"ok": 0, "refused": 0}
+    daemon.process.send_signal(signal.SIGHUP)
+    eventually_blocking(
+        lambda: reloads()["ok"] == 1, timeout=scaled(10), what="the reload is counted"
+    )
+    users = tmp_path / "users.toml"
+    good = users.read_text()
+    users.write_text("[users\n")
+    daemon.process.send_signal(signal.SIGHUP)
+    eventually_blocking(
+        lambda: reloads() == {"ok": 1, "refused": 1},
+        timeout=scaled(10),
+        what="the refused reload is counted",
+    )
+    users.write_text(good)
