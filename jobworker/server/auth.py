@@ -282,8 +282,7 @@ class CallGuard:
     def _count(self, method: str, code: str, started: float) -> None:
         # `method` is one the server serves (a short fixed list), never the client's text.
         if self.metrics is not None:
-            self.metrics.rpcs.labels(method=method, code=code).inc()
-            self.metrics.rpc_seconds.labels(method=method).observe(time.monotonic() - started)
+            self.metrics.count_rpc(method, code, time.monotonic() - started)
 
 
 def guarded(service: purerpc.Service, guard: CallGuard) -> purerpc.Service:
