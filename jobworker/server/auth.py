@@ -42,7 +42,6 @@ from typing import Any
 
 import attrs
 import purerpc
-import trio
 
 from jobworker import faults, logs
 from jobworker.echo import bounded, log_field
@@ -243,8 +242,7 @@ class CallGuard:
                     method in AUDITED_METHODS or code not in ("OK", "CANCELLED")
                 ):
                     # Before the answer leaves: a client that saw it finds it recorded.
-                    with trio.CancelScope(shield=True):
-                        await self._audit(self.audit, record, peer, code, error)
+                    self._audit(self.audit, record, peer, code, error)
                     faults.reach("call.audited")
                 access_log.info(
                     "rpc user=%s method=%s job=%s code=%s ms=%.1f",
@@ -255,7 +253,7 @@ class CallGuard:
                     (time.monotonic() - started) * 1000,
                 )
 
-    async def _audit(
+    def _audit(
         self,
         audit: AuditLog,
         record: _CallRecord,
@@ -266,7 +264,7 @@ class CallGuard:
         detail = dict(record.detail)
         if isinstance(error, purerpc.RpcFailedError) and code != "OK":
             detail["reason"] = bounded(str(error.status.status_message or ""), 256)
-        await audit.record(
+        audit.record(
             Entry(
                 time=time.time(),
                 user=record.user,

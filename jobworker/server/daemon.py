@@ -178,8 +178,7 @@ async def serve(
                 code="UNAUTHENTICATED",
                 detail={"reason": bounded(str(exc) or type(exc).__name__, 256)},
             )
-            # In the nursery below: a handshake fails only while the server serves.
-            nursery.start_soon(audit.record, entry)
+            audit.record(entry)
 
         server = RpcServer(
             config.host,

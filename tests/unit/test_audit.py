@@ -39,7 +39,7 @@ async def test_entries_come_back_newest_first_filtered_and_paged(tmp_path: Path)
     audit = AuditLog.open(tmp_path / "audit.db")
     try:
         for n in range(6):
-            await audit.record(_entry(n, user="alex" if n % 2 else "betty", job=f"job-{n % 3}"))
+            audit.record(_entry(n, user="alex" if n % 2 else "betty", job=f"job-{n % 3}"))
         newest = await audit.query(Query(limit=3))
         assert [e.detail["n"] for e in newest] == [5, 4, 3]
         older = await audit.query(Query(before_id=newest[-1].id, limit=3))
@@ -56,9 +56,9 @@ async def test_retention_and_the_size_bound_prune_the_oldest(tmp_path: Path) -> 
     audit = AuditLog.open(path)
     now = time.time()
     for n in range(5):
-        await audit.record(_entry(n, at=now - 100 + n))  # 100 s to 96 s old
+        audit.record(_entry(n, at=now - 100 + n))  # 100 s to 96 s old
     for n in range(5, 10):
-        await audit.record(_entry(n))
+        audit.record(_entry(n))
     audit.close()
     audit = AuditLog.open(path, retention=50, max_records=None)
     assert [e.detail["n"] for e in await audit.query(Query())] == [9, 8, 7, 6, 5]
@@ -78,18 +78,18 @@ async def test_a_full_database_loses_no_entry_silently(
     failures: list[None] = []
     audit = AuditLog.open(tmp_path / "audit.db", on_failure=lambda: failures.append(None))
     try:
-        await audit.record(_entry(0))
+        audit.record(_entry(0))
         pages = audit._db.execute("PRAGMA page_count").fetchone()[0]
         audit._db.execute(f"PRAGMA max_page_count = {pages}")
         big = attrs.evolve(_entry(1), detail={"n": 1, "pad": "x" * 20000})
         with caplog.at_level(logging.ERROR, logger="jobworker.server.audit"):
-            await audit.record(big)
-            await audit.record(big)
+            audit.record(big)
+            audit.record(big)
         assert len(failures) == 2
         errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
         assert len(errors) == 2 and all('"n":1' in m and "full" in m for m in errors), errors
         audit._db.execute("PRAGMA max_page_count = 1073741823")
-        await audit.record(_entry(2))
+        audit.record(_entry(2))
         methods = [(e.method, e.code, e.detail.get("lost")) for e in await audit.query(Query())]
         assert methods == [
             ("StartJob", "OK", None),
@@ -107,7 +107,7 @@ async def test_each_entry_is_one_escaped_json_line_in_the_log(
     hostile = "\x1b[2J\nfake line\u2028\x00é"
     try:
         with caplog.at_level(logging.INFO, logger="jobworker.audit"):
-            await audit.record(attrs.evolve(_entry(0), detail={"argv": [hostile]}))
+            audit.record(attrs.evolve(_entry(0), detail={"argv": [hostile]}))
         (line,) = [r.getMessage() for r in caplog.records if r.name == "jobworker.audit"]
         assert line.isascii() and line.isprintable(), line
         assert json.loads(line)["detail"]["argv"] == [hostile]
