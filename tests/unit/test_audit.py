@@ -12,12 +12,14 @@ from pathlib import Path
 
 import attrs
 import pytest
+import trio
 import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from jobworker.errors import SetupError
+from jobworker.server import audit as audit_module
 from jobworker.server.audit import AuditLog, Entry, Identities, Identity, Query
 from jobworker.transport import Peer
 
@@ -136,3 +138,33 @@ def test_a_damaged_file_is_a_setup_error_saying_to_keep_it(tmp_path: Path) -> No
         AuditLog.open(path)
     # The file is left as it was.
     assert path.read_bytes().startswith(b"not a database")
+
+
+async def test_run_prunes_in_chunks_and_checkpoints_while_it_serves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Entries past the retention while jwsd runs are pruned (PRUNE_CHUNK at a time),
+    and the WAL is checkpointed into the file, by `run`."""
+    monkeypatch.setattr(audit_module, "PRUNE_INTERVAL", 0.0)
+    monkeypatch.setattr(audit_module, "CHECKPOINT_INTERVAL", 0.05)
+    monkeypatch.setattr(audit_module, "PRUNE_CHUNK", 3)
+    path = tmp_path / "audit.db"
+    audit = AuditLog.open(path, retention=50, max_records=None)
+    try:
+        for n in range(10):
+            audit.record(_entry(n, at=time.time() - 100))  # past the retention
+        audit.record(_entry(10))
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(audit.run)
+                while len(await audit.query(Query())) > 1:
+                    await trio.sleep(0.05)
+                while audit._written:
+                    await trio.sleep(0.05)
+                nursery.cancel_scope.cancel()
+        assert [e.detail["n"] for e in await audit.query(Query())] == [10]
+        wal = path.with_name(path.name + "-wal")
+        busy, pages, done = audit._reader.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        assert (busy, pages - done) == (0, 0), wal.stat().st_size  # nothing left to copy
+    finally:
+        audit.close()
