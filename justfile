@@ -13,9 +13,10 @@ tls_dir := justfile_directory() / "certs/dev"
 default:
     @just --list
 
-# start jwsd in the foreground as root, with dev certificates (generated when missing)
-run *ARGS: _dev-certs
-    jwsd --addr {{addr}} --tls-dir {{tls_dir}} "$@"
+# start jwsd in the foreground as root, with dev certificates and users (made when missing);
+# `jws` is linked into /usr/local/bin when that is free, so that any shell finds it
+run *ARGS: _dev-certs _jws-on-path
+    jwsd --addr {{addr}} --tls-dir "{{tls_dir}}" --users "{{tls_dir}}/users.toml" "$@"
 
 # the system tests (systemd unit, container) as root on a throwaway machine with systemd and podman
 system-test *ARGS:
@@ -50,8 +51,32 @@ protos:
 certs outdir=tls_dir *USERS:
     certs/gen-certs.sh {{outdir}} {{USERS}}
 
+# The dev users: alex and betty are users, admin an admin (who sees and stops every job).
+# Under `sudo ./dev run` the files go to the user who ran sudo: their `jws` reads the keys.
 _dev-certs:
-    @[ -f {{tls_dir}}/server_cert.pem ] || certs/gen-certs.sh {{tls_dir}}
+    #!/usr/bin/env bash
+    set -euo pipefail
+    dir="{{tls_dir}}"
+    [ -f "$dir/server_cert.pem" ] || certs/gen-certs.sh "$dir"
+    [ -f "$dir/users.toml" ] || printf '%s\n' '# the dev users (./dev run): jwsd --users' \
+        '[users]' 'alex = "user"' 'betty = "user"' 'admin = "admin"' > "$dir/users.toml"
+    if [ "$(id -u)" = 0 ] && [ -n "${SUDO_UID:-}" ]; then
+        chown -R "$SUDO_UID:${SUDO_GID:-$SUDO_UID}" "$dir"
+    fi
+
+# `jws` on PATH for a new shell: a link in /usr/local/bin (as root, where no other jws is)
+_jws-on-path:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    link=/usr/local/bin/jws
+    if [ "$(id -u)" != 0 ] || [ ! -d /usr/local/bin ]; then
+        echo "dev: jws is {{venv}}/jws (put {{venv}} on PATH)" >&2
+    elif [ ! -e "$link" ] || [[ "$(readlink "$link" || true)" == */.venv/bin/jws ]]; then
+        ln -sfn "{{venv}}/jws" "$link"
+        echo "dev: jws is $link (-> {{venv}}/jws)" >&2
+    else
+        echo "dev: jws is {{venv}}/jws; $link is another program's: put {{venv}} first on PATH" >&2
+    fi
 
 # benchmarks against peers, in the same run (under 10 minutes)
 bench *ARGS:

@@ -31,15 +31,17 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import asyncclick as click
 
 from jobworker.cli import render
-from jobworker.cli.config import DEFAULT_ADDR, ClientConfig, config_path
+from jobworker.cli.config import DEFAULT_ADDR, DEFAULT_TLS_DIR, ClientConfig, config_path
 from jobworker.cli.failure import EXIT_SERVER_ERROR, EXIT_USAGE, Failure
+from jobworker.cli.job_ids import JobIds, complete_job_ids
 from jobworker.cli.job_request import JobRequest, job_options
-from jobworker.cli.leaving import EXIT_INTERRUPTED, Following, Left
+from jobworker.cli.leaving import EXIT_INTERRUPTED, Following, Left, start_interruptibly
 from jobworker.cli.stdout import copy_output
 from jobworker.cli.target import (
     DEFAULT_PORT,
@@ -56,7 +58,7 @@ from jobworker.errors import (
     SetupError,
     UnavailableError,
 )
-from jobworker.model import STOPPED_BY_SHUTDOWN, JobStatus, Outcome
+from jobworker.model import STOPPED_BY_SHUTDOWN, JobState, JobStatus, Outcome
 from jobworker.units import format_duration, parse_addr, parse_duration
 
 if TYPE_CHECKING:  # imported lazily at run time: `jws --help` stays quick
@@ -110,34 +112,66 @@ def job_ids_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         return await fn(job_ids=job_ids, **kwargs)
 
     command = click.option(
-        "-j", "--job", "job_options", multiple=True, help="A job's id (repeatable)."
+        "-j",
+        "--job",
+        "job_options",
+        multiple=True,
+        help="A job's id (repeatable).",
+        shell_complete=complete_job_ids,
     )(command)
-    return click.argument("ids", nargs=-1, metavar="[ID]...")(command)
+    return click.argument("ids", nargs=-1, metavar="[ID]...", shell_complete=complete_job_ids)(
+        command
+    )
+
+
+def job_id_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The id of a command that acts on one job: `-j ID` or `ID` after the options,
+    handed to the command as `job_id: str`."""
+
+    @functools.wraps(fn)
+    async def command(*, job_option: str | None, id_argument: str | None, **kwargs: Any) -> Any:
+        if (job_option is None) == (id_argument is None):
+            raise Failure(
+                "give one job id: with -j ID or after the options"
+                if job_option is None
+                else "one job id: with -j ID or after the options, not both",
+                EXIT_USAGE,
+            )
+        return await fn(job_id=job_option or id_argument, **kwargs)
+
+    command = click.option(
+        "-j", "--job", "job_option", help="The job's id.", shell_complete=complete_job_ids
+    )(command)
+    return click.argument(
+        "id_argument", metavar="[ID]", required=False, shell_complete=complete_job_ids
+    )(command)
 
 
 async def _for_each_job(
     job_ids: tuple[str, ...], target: Target, act: Callable[[JobWorkerClient, str], Any]
 ) -> None:
-    """`act(client, job_id)` for every id at once, on one connection; every refusal is
-    its own line, then exit code 1. Raises Failure at once when jwsd is unavailable."""
+    """`act(client, job_id)` for every id (or prefix, `JobIds`) at once, on one
+    connection; every refusal is its own line, then exit code 1. Raises Failure at
+    once when jwsd is unavailable."""
     import trio
 
     refused: list[str] = []
     lost: list[JobWorkerError] = []  # raised here, not as an ExceptionGroup
     async with connected(target) as client:
+        resolver = JobIds(client)
         async with trio.open_nursery() as nursery:
 
-            async def one(job_id: str) -> None:
+            async def one(typed: str) -> None:
                 try:
-                    await act(client, job_id)
+                    await act(client, await resolver.resolve(typed))
                 except (UnavailableError, SetupError) as exc:
                     lost.append(exc)
                     nursery.cancel_scope.cancel()
                 except JobWorkerError as exc:
                     refused.append(str(exc))
 
-            for job_id in job_ids:
-                nursery.start_soon(one, job_id)
+            for typed in job_ids:
+                nursery.start_soon(one, typed)
         if lost:
             raise lost[0]
     for line in refused[:-1]:
@@ -189,20 +223,22 @@ def _grace_from(text: str | None) -> float | None:
 
 @jws.command()
 @connection_options
-@click.option("-j", "--job", "job_id", required=True, help="The job's id.")
+@job_id_option
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON, for scripts.")
 async def status(
     user: str | None, addr: str | None, tls_dir: str | None, job_id: str, as_json: bool
 ) -> None:
     """Show a job's status: Pending, Active or Terminated first, then how it ended and what it used.
 
+    The id may be cut to a prefix that begins no other of your jobs' ids.
+
     \b
     Example:
-      jws status -j 5f0c1a2b-...
+      jws status 5f0c1a2b
       jws status -j 5f0c1a2b-... --json | jq .exit_code
     """
     async with connected(Target.chosen(user, addr, tls_dir)) as client:
-        job = await client.status(job_id)
+        job = await client.status(await JobIds(client).resolve(job_id))
     click.echo(render.as_json(render.status_dict(job)) if as_json else render.status_text(job))
 
 
@@ -233,23 +269,86 @@ async def remove(
 @jws.command(name="list")
 @connection_options
 @click.option("--json", "as_json", is_flag=True, help="Print the jobs as JSON, for scripts.")
-async def list_jobs(user: str | None, addr: str | None, tls_dir: str | None, as_json: bool) -> None:
-    """List your jobs (every job, for an admin), oldest first.
+@click.option("-q", "--quiet", is_flag=True, help="Print only the jobs' ids, one a line.")
+@click.option("--no-trunc", is_flag=True, help="Show each command as jwsd listed it, uncut.")
+async def list_jobs(
+    user: str | None,
+    addr: str | None,
+    tls_dir: str | None,
+    as_json: bool,
+    quiet: bool,
+    no_trunc: bool,
+) -> None:
+    """List your jobs (every job, for an admin, with an OWNER column), oldest first.
 
-    Follows the server's pages to the end; a long command shows cut (its start,
-    then "..."; "args_cut" in JSON): `jws status JOB_ID` shows it whole.
+    Follows the server's pages to the end. On a terminal the COMMAND column fits
+    its width (elsewhere, 60 characters); --no-trunc shows it as jwsd listed it,
+    which cuts a command past 256 bytes ("..."; "args_cut" in JSON): `jws status
+    JOB_ID` shows it whole.
 
     \b
     Examples:
       jws list
+      jws rm $(jws list -q)
       jws list --json | jq -r '.[] | select(.status == "Active") | .job_id'
     """
-    async with connected(Target.chosen(user, addr, tls_dir)) as client:
+    target = Target.chosen(user, addr, tls_dir)
+    async with connected(target) as client:
         jobs = await client.list()
     if as_json:
         click.echo(render.as_json([render.status_dict(job) for job in jobs]))
+    elif quiet:
+        for job in jobs:
+            click.echo(job.job_id)
     else:
-        click.echo(render.table(jobs))
+        width = None if no_trunc else render.command_width()
+        others = any(job.owner != target.credentials.user for job in jobs)
+        click.echo(render.table(jobs, command_width=width, owners=others))
+
+
+@jws.command()
+@connection_options
+@click.option(
+    "--until",
+    help="Only jobs that ended at least this long ago (30m, 1h, 2d). Default: every ended job.",
+)
+async def prune(user: str | None, addr: str | None, tls_dir: str | None, until: str | None) -> None:
+    """Remove your jobs that have ended (their records and output), as `docker container prune`.
+
+    Running jobs are left alone, and so are other users' jobs (for an admin
+    too: `jws rm` removes those one by one). Prints each removed id.
+
+    \b
+    Examples:
+      jws prune
+      jws prune --until 1h
+    """
+    import time
+
+    try:
+        age = parse_duration(until) if until is not None else 0.0
+    except ValueError as exc:
+        raise Failure(f"--until: {exc}", EXIT_USAGE) from None
+    target = Target.chosen(user, addr, tls_dir)
+    cutoff = time.time() - age
+    async with connected(target) as client:
+        ended = [
+            job.job_id
+            for job in await client.list()
+            if job.owner == target.credentials.user
+            and job.state is JobState.TERMINATED
+            and (job.ended_at or 0) <= cutoff
+        ]
+    if not ended:
+        _say("no ended job to remove")
+        return
+
+    async def remove_one(client: JobWorkerClient, job_id: str) -> None:
+        await client.remove(job_id)
+        click.echo(job_id)
+
+    await _for_each_job(tuple(ended), target, remove_one)
+    _say(f"removed {len(ended)} {'job' if len(ended) == 1 else 'jobs'}")
 
 
 async def _final_status(
@@ -283,7 +382,7 @@ def _say_what_a_restart_cost(final: JobStatus, reached: int) -> None:
 
 @jws.command()
 @connection_options
-@click.option("-j", "--job", "job_id", required=True, help="The job's id.")
+@job_id_option
 @click.option(
     "--offset",
     type=click.IntRange(min=0),
@@ -303,15 +402,17 @@ async def output(
 
     Starts at the first byte (or --offset) and follows the job until it ends.
     Ctrl-C stops following; the job keeps running. When jwsd goes away (a
-    restart), connects again and goes on from the byte it reached.
+    restart), connects again and goes on from the byte it reached. The id may
+    be cut to a prefix that begins no other of your jobs' ids.
 
     \b
     Example:
-      jws output -j 5f0c1a2b-... > build.log
+      jws output 5f0c1a2b > build.log
     """
     target = Target.chosen(user, addr, tls_dir)
     reconnector = reconnector_to(target, reconnect_timeout, _say)
     async with connected(target) as client:
+        job_id = await JobIds(client).resolve(job_id)
         fd = sys.stdout.fileno()
         reached = await copy_output(client, job_id, offset, fd, reconnector)
         if reconnector.reconnected:  # jwsd restarted: what did that cost the job?
@@ -372,11 +473,11 @@ async def run(
     reconnector = reconnector_to(target, reconnect_timeout, _say)
     seconds = _grace_from(grace)
     async with connected(target) as client:
-        started = await job.start(client)
+        started, interrupted = await start_interruptibly(lambda: job.start(client), _say)
         following = Following(
             client, reconnector, started.job_id, seconds, detach_on_interrupt, _say
         )
-        reached = await following.until_ended(sys.stdout.fileno())
+        reached = await following.until_ended(sys.stdout.fileno(), interrupted_already=interrupted)
         if isinstance(reached, Left):
             return reached.code
         final = await _final_status(reconnector, started.job_id, client)
@@ -461,32 +562,53 @@ async def audit(
 
 @jws.command()
 @click.argument("user")
-@click.option("--addr", help=f"jwsd's HOST:PORT to remember (default: keep, else {DEFAULT_ADDR}).")
+@click.option(
+    "--addr",
+    envvar="JWS_ADDR",
+    help=f"jwsd's HOST:PORT to remember (default: $JWS_ADDR, else keep, else {DEFAULT_ADDR}).",
+)
 @click.option(
     "--tls-dir",
+    envvar="JWS_TLS_DIR",
     type=click.Path(file_okay=False, resolve_path=True),
-    help="The TLS dir to remember (default: keep, else certs/dev).",
+    help=f"The TLS dir to remember, as an absolute path (default: $JWS_TLS_DIR, else keep, else {DEFAULT_TLS_DIR}).",
 )
 async def login(user: str, addr: str | None, tls_dir: str | None) -> None:
     """Make USER (and --addr, --tls-dir) the default for later commands.
 
-    Writes them to the config file; -u, --addr and --tls-dir still override.
-    Credentials are not checked here: the next command that talks to jwsd does.
+    Checks that USER's certificate and key are in the TLS dir and load, then writes
+    them to the config file, the TLS dir as an absolute path (so a command from
+    another directory, or a new shell, finds it); -u, --addr and --tls-dir still
+    override. Whether jwsd knows USER is up to jwsd: the next command says.
 
     \b
     Examples:
       jws login alex
       jws login betty --addr jobs.example.org:50051 --tls-dir ~/jobworker-certs
     """
+    click.echo(shown(_remember(user, addr, tls_dir)), err=True)
+
+
+def _remember(user: str, addr: str | None, tls_dir: str | None) -> str:
+    """`jws login`'s work (blocking file reads, which is fine for a one-shot command):
+    check, save, and the line that says what was saved."""
+    from jobworker.client import Credentials
+
     try:
         stored = ClientConfig.load()
         if addr is not None:
             parse_addr(addr, default_port=DEFAULT_PORT)
     except ValueError as exc:
         raise Failure(str(exc), EXIT_USAGE) from None
-    tls = tls_dir or stored.tls_dir
-    path = ClientConfig(user=user, addr=addr or stored.addr, tls_dir=tls).save(config_path())
-    click.echo(shown(f"now acting as {user} (saved in {path})"), err=True)
+    # Absolute, as the shell named it (a path without a symlink resolved): a later command
+    # from another directory must find the same files.
+    tls = Path(os.path.abspath(tls_dir or stored.tls_dir or DEFAULT_TLS_DIR))
+    try:
+        Credentials(tls, user).ssl_context()
+    except SetupError as exc:
+        raise Failure(f"{exc}; nothing saved", EXIT_USAGE) from None
+    path = ClientConfig(user=user, addr=addr or stored.addr, tls_dir=str(tls)).save(config_path())
+    return f"now acting as {user}, with {tls} (saved in {path})"
 
 
 def _say(line: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import sys
 import time
 from typing import Any
 
@@ -153,28 +154,55 @@ def status_text(job: JobStatus, *, now: float | None = None) -> str:
     )
 
 
-def table(jobs: list[JobStatus], *, now: float | None = None) -> str:
-    """The `jws list` table: one job a line, oldest first."""
+#: The COMMAND column's width where there is no terminal to fit (a pipe, a file).
+COMMAND_WIDTH = 60
+
+
+def command_width() -> int:
+    """How wide COMMAND may be: what is left of the terminal's width once the other
+    columns (about 75 characters) are there, at least 20; COMMAND_WIDTH off a terminal."""
+    import shutil
+
+    if not sys.stdout.isatty():
+        return COMMAND_WIDTH
+    return max(shutil.get_terminal_size().columns - 75, 20)
+
+
+def table(
+    jobs: list[JobStatus],
+    *,
+    now: float | None = None,
+    command_width: int | None = COMMAND_WIDTH,
+    owners: bool = False,
+) -> str:
+    """The `jws list` table: one job a line, oldest first. command_width: where a
+    command is cut ("..."), None for as jwsd listed it; owners: an OWNER column
+    (a listing with other users' jobs in it, an admin's)."""
     now = time.time() if now is None else now
-    rows = [("JOB ID", "STATUS", "EXIT", "STARTED", "COMMAND")]
+    rows: list[tuple[str, ...]] = [("JOB ID", "OWNER", "STATUS", "EXIT", "STARTED", "COMMAND")]
     for job in jobs:
         exit_text = str(job.exit_code) if job.exit_code is not None else "-"
         started = _ago(now - job.started_at) if job.started_at is not None else "-"
         command = shown(shlex.join(job.spec.argv))
-        if job.argv_cut:  # the listing cut it: mark it as the table's own cut does
-            command = command[:57] + "..."
+        if job.argv_cut:  # the listing cut it: say so, as the table's own cut does
+            command += "..."
+        if command_width is not None and len(command) > command_width:
+            command = command[: command_width - 3] + "..."
         rows.append(
             (
                 shown(job.job_id),
+                shown(job.owner),
                 shown(job.state.value),
                 exit_text,
                 started,
-                command if len(command) <= 60 else command[:57] + "...",
+                command,
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    if not owners:
+        rows = [row[:1] + row[2:] for row in rows]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join(
-        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4]
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])) + "  " + row[-1]
         for row in rows
     )
 

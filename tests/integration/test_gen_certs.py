@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from jobworker import tls
+from jobworker.server.policy import Role, UserPolicy
 from tests.unit.test_tls import connect
 
 pytestmark = pytest.mark.hierarchy_independent
@@ -290,3 +293,30 @@ def test_help_says_reruns_keep_the_cas() -> None:
     assert result.returncode == 0
     assert "usage: gen-certs.sh OUTDIR [USER...]" in result.stdout
     assert "keeps both CAs and only issues what is missing" in result.stdout
+
+
+JUST = Path(sys.executable).parent / "just"
+
+
+def test_the_dev_set_up_makes_admin_an_admin_and_hands_the_files_to_the_sudo_user(
+    tmp_path: Path,
+) -> None:
+    # `sudo ./dev run`: the certificates and the users file must be readable by the user
+    # who ran sudo (their `jws` reads the key), and the dev `admin` must be an admin.
+    out = tmp_path / "dev"
+    env = dict(os.environ, SUDO_UID="4321", SUDO_GID="4322")
+    made = subprocess.run(
+        [str(JUST), "--set", "tls_dir", str(out), "_dev-certs"],
+        cwd=SCRIPT.parents[1],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert made.returncode == 0, made.stderr
+    policy = UserPolicy.load(out / "users.toml")
+    assert policy.users == {"alex": Role.USER, "betty": Role.USER, "admin": Role.ADMIN}
+    if os.geteuid() == 0:
+        owners = {(p.stat().st_uid, p.stat().st_gid) for p in [out, *out.rglob("*")]}
+        assert owners == {(4321, 4322)}
+    tls.check_certificate_file(out / "admin" / "client_cert.pem")
