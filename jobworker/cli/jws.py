@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -517,6 +518,46 @@ async def health(user: str | None, addr: str | None, tls_dir: str | None, servic
         status = await client.health(service)
     click.echo(shown(status))
     return 0 if status == "SERVING" else EXIT_SERVER_ERROR
+
+
+@jws.command()
+@connection_options
+@click.option("--of", "of_user", default="", help="Only the records of this user.")
+@click.option("-j", "--job", "job_id", default="", help="Only the records of this job.")
+@click.option("--since", default=None, help="Only the records of the last DURATION (1h, 7d).")
+@click.option(
+    "--limit", type=click.IntRange(1, 200), default=100, show_default=True, help="Most records."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the records as JSON, for scripts.")
+async def audit(
+    user: str | None,
+    addr: str | None,
+    tls_dir: str | None,
+    of_user: str,
+    job_id: str,
+    since: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """Show jwsd's audit trail (admins only): who started, stopped, removed or read
+    which job, from where, with which certificate, and every refusal; the newest
+    LIMIT records, oldest first.
+
+    \b
+    Examples:
+      jws audit -u admin --since 1h
+      jws audit -u admin --of betty --json | jq -r '.[] | select(.code != "OK") | .method'
+    """
+    try:
+        after = time.time() - parse_duration(since) if since else 0.0
+    except ValueError as exc:
+        raise Failure(f"--since: {exc}", EXIT_USAGE) from None
+    async with connected(Target.chosen(user, addr, tls_dir)) as client:
+        records = await client.audit(user=of_user, job_id=job_id, since=after, limit=limit)
+    if as_json:
+        click.echo(render.as_json([render.audit_dict(record) for record in records]))
+    elif records:
+        click.echo(render.audit_text(records))
 
 
 @jws.command()

@@ -16,7 +16,7 @@ from typing import Any
 
 from jobworker.echo import shown
 from jobworker.limits import KINDS, limits_text
-from jobworker.model import JobState, JobStatus, Outcome
+from jobworker.model import AuditRecord, JobState, JobStatus, Outcome
 from jobworker.units import format_duration, format_size
 
 
@@ -48,6 +48,43 @@ def status_dict(job: JobStatus) -> dict[str, Any]:
         "outcome_reason": job.outcome_reason,
         "limits": {kind.proto: job.spec.limits.value(kind) for kind in KINDS},
     }
+
+
+def audit_dict(record: AuditRecord) -> dict[str, Any]:
+    """An audit record as plain JSON-able data, under the API's field names."""
+    return {
+        "id": record.id,
+        "time": record.time,
+        "user": record.user,
+        "common_name": record.common_name,
+        "serial": record.serial,
+        "fingerprint_sha256": record.fingerprint_sha256,
+        "peer": record.peer,
+        "method": record.method,
+        "job_id": record.job_id,
+        "code": record.code,
+        "detail": record.detail,
+    }
+
+
+def audit_text(records: list[AuditRecord]) -> str:
+    """One line per record, oldest first: UTC time, method, code, then key=value fields
+    (each text escaped: a record holds what a caller sent)."""
+    lines = []
+    for record in reversed(records):
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.time))
+        fields = [
+            f"user={record.user}",
+            f"cn={record.common_name}",
+            f"peer={record.peer}",
+            f"job={record.job_id}",
+            f"serial={record.serial or '-'}",
+            f"sha256={record.fingerprint_sha256[:16] or '-'}",
+        ]
+        if record.detail:
+            fields.append(json.dumps(record.detail, ensure_ascii=True, separators=(",", ":")))
+        lines.append(shown(f"{when} {record.method} {record.code} " + " ".join(fields)))
+    return "\n".join(lines)
 
 
 def as_json(data: object) -> str:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -78,10 +79,13 @@ class JobStore:
     """The job records of one data dir; see the module docstring.
 
     Open with `JobStore.open(path)` (synchronous: start-up only), close with `close()`.
+    `on_write`, when set, is called with each record write's duration in seconds (from
+    the worker thread that wrote it: it must be thread-safe, as a metric is).
     """
 
     def __init__(self, path: Path, connection: sqlite3.Connection) -> None:
         self.path = path
+        self.on_write: Callable[[float], None] | None = None
         self._db = connection
         self._limiter = trio.CapacityLimiter(1)
         #: Frees space when the disk is full; returns whether it did.
@@ -190,11 +194,14 @@ class JobStore:
         return function(*args)
 
     def _put(self, record: JobRecord) -> None:
+        started = time.perf_counter()
         self._db.execute(
             "INSERT OR REPLACE INTO jobs (id, owner, state, created_at, record) "
             "VALUES (?, ?, ?, ?, ?)",
             (record.job_id, record.owner, record.state, record.created_at, record.to_json()),
         )
+        if self.on_write is not None:
+            self.on_write(time.perf_counter() - started)
 
     def _delete(self, job_id: str) -> None:
         self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))

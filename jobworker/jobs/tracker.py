@@ -54,8 +54,9 @@ from typing import TypeVar
 
 import attrs
 import trio
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from jobworker import faults
+from jobworker import faults, logs
 from jobworker.errors import (
     AccessDeniedError,
     BadStateError,
@@ -77,7 +78,15 @@ from jobworker.jobs.restore import restore
 from jobworker.jobs.store import JobStore
 from jobworker.jobs.supervisor import FINISH_TIMEOUT, Supervisor
 from jobworker.jobs.watcher import OutputWatcher
-from jobworker.model import MAX_PAGE_SIZE, STOPPED_BY_SHUTDOWN, JobSpec, JobStatus
+from jobworker.metrics import Metrics, end_outcome
+from jobworker.model import (
+    MAX_PAGE_SIZE,
+    STOPPED_BY_SHUTDOWN,
+    JobSpec,
+    JobState,
+    JobStatus,
+    Outcome,
+)
 from jobworker.sandbox import (
     OUTPUT_NAME,
     CgroupDriver,
@@ -105,10 +114,13 @@ class JobTracker:
     config: the settings (`TrackerConfig`: data dir, job user, limits, quotas,
         retention), each with the default jwsd shows.
     cgroups: a ready cgroup driver (tests); `None` detects the host's.
+    metrics: where the tracker counts its events (ends, take-overs, store writes) and
+        computes its levels at each scrape (`jobworker.metrics`); a fresh one if not given.
     """
 
     config: TrackerConfig = attrs.Factory(TrackerConfig)
     cgroups: CgroupDriver | None = None
+    metrics: Metrics = attrs.Factory(Metrics)
 
     _jobs: JobIndex[Job] = attrs.field(init=False, factory=JobIndex)
     # Jobs not yet ended, per owner (the running quota).
@@ -131,6 +143,8 @@ class JobTracker:
     _supervisor: Supervisor | None = attrs.field(init=False, default=None)
     _restored: builtins.list[Job] = attrs.field(init=False, factory=list)
     _uids: uids.HostUids | None = attrs.field(init=False, default=None)
+    # Output bytes of the jobs forgotten so far: with the jobs' own, the bytes jobs wrote.
+    _forgotten_output: int = attrs.field(init=False, default=0)
 
     @_record_bytes.default
     def _record_bytes_default(self) -> RecordQuota:
@@ -190,6 +204,7 @@ class JobTracker:
             self._reserve = disk.SpaceReserve.make(config.data_dir)
             store.on_full = self._reserve.release
             self._disk = disk.DiskQuota(disk.resolve(config.max_disk_per_user, config.data_dir))
+            store.on_write = self.metrics.store_write_seconds.observe
             self._watcher = OutputWatcher()
             records = store.load()
             self._uids = uids.HostUids.load(
@@ -216,6 +231,8 @@ class JobTracker:
             )
             for record in restored.ended:
                 store.put_blocking(record)
+                lost = record.outcome is Outcome.LOST
+                self.metrics.takeover_jobs.labels(result="lost" if lost else "ended").inc()
         except BaseException:
             if self._store is not None:
                 self._store.close()
@@ -240,7 +257,9 @@ class JobTracker:
                 self._finished.restored(job.job_id, job.owner, job.ended_clock)
             else:
                 self._running[job.owner] += 1
+                self.metrics.takeover_jobs.labels(result="reattached").inc()
         self._restored = restored.jobs
+        self.metrics.add_live(self._live_metrics)
 
     def leave_running(self) -> None:
         """On exit, leave every running job running (and recorded), for the next jwsd
@@ -330,6 +349,7 @@ class JobTracker:
         policy.check_running_quota(self.config, self._running[owner])
         user = sandbox.user_on_host(host_uid)
         job_id = str(uuid.uuid4())
+        logs.add_field("job", job_id)  # the call's lines from here on are about this job
         directory = datadir.jobs_dir(self.config.data_dir) / job_id
         spec = attrs.evolve(spec, limits=limits)
         job = Job(
@@ -426,6 +446,11 @@ class JobTracker:
                 "this job is still running; stop it first (jws stop), then remove it"
             )
         await self._forget(job)
+
+    def owner_of(self, owner: str, job_id: str, *, admin: bool = False) -> str:
+        """Whose the job is (for the caller `owner`: it must be theirs unless `admin`).
+        Raises as `status`."""
+        return self._get(owner, job_id, admin).owner
 
     def status(self, owner: str, job_id: str, *, admin: bool = False) -> JobStatus:
         """A snapshot of the job (usage read live while it runs)."""
@@ -567,6 +592,7 @@ class JobTracker:
         self._running[job.owner] -= 1
         if self._jobs.get(job.job_id) is job:
             self._disk.ended(job.job_id, job.log.disk_size)
+        self._count_end(job.record)
         if self._jobs.get(job.job_id) is job and job.ended_clock is not None:
             await self._finished.finished(job.job_id, job.owner, job.ended_clock)
 
@@ -582,6 +608,7 @@ class JobTracker:
             await trio.lowlevel.checkpoint()
             return
         del self._jobs[job.job_id]
+        self._forgotten_output += job.log.size
         self._record_bytes.release(job.job_id)
         self._finished.discard(job.job_id, job.owner)
         assert self._store is not None
@@ -598,6 +625,49 @@ class JobTracker:
             self._disk.release(job.job_id)
             if self._reserve is not None and not self._reserve.held:
                 await trio.to_thread.run_sync(self._reserve.refill)
+
+    # ---- metrics --------------------------------------------------------------
+
+    def _count_end(self, record: JobRecord) -> None:
+        metrics = self.metrics
+        metrics.job_ends.labels(outcome=end_outcome(record.outcome, record.exit_code)).inc()
+        if record.started_at is not None and record.ended_at is not None:
+            metrics.job_run_seconds.observe(max(0.0, record.ended_at - record.started_at))
+        if record.output_truncated is not None:
+            metrics.jobs_truncated.inc()
+
+    def _live_metrics(self) -> builtins.list[Metric]:
+        """The tracker's levels, computed at a scrape: O(jobs), a few attribute reads
+        per job and one statvfs per running job's work dir, on trio's thread."""
+        by_state = collections.Counter(job.phase.state for job in self._jobs.values())
+        jobs = GaugeMetricFamily("jobworker_jobs", "Jobs jwsd holds, by state.", labels=["state"])
+        for state in JobState:
+            jobs.add_metric([state.value.lower()], by_state[state])
+        written = self._forgotten_output + sum(job.log.size for job in self._jobs.values())
+        workdirs = 0
+        for job in self._jobs.values():
+            if job.running is not None and not job.phase.ended:
+                with contextlib.suppress(OSError):
+                    workdirs += job.running.workdir_bytes() or 0
+        return [
+            jobs,
+            CounterMetricFamily(
+                "jobworker_output_written_bytes",
+                "Bytes of output jobs wrote (kept, up to each job's cap), since jwsd started "
+                "(a taken-over job's earlier output included).",
+                value=written,
+            ),
+            GaugeMetricFamily(
+                "jobworker_output_disk_bytes",
+                "Bytes of job output on disk in the data dir.",
+                value=sum(job.log.disk_size for job in self._jobs.values()),
+            ),
+            GaugeMetricFamily(
+                "jobworker_workdir_bytes",
+                "Bytes in use in the running jobs' work dirs (tmpfs work dirs only).",
+                value=workdirs,
+            ),
+        ]
 
 
 def _check_offset(offset: int) -> None:

@@ -13,10 +13,16 @@ nothing of it is echoed but a short escaped prefix. Snapshots go out through
 
 from __future__ import annotations
 
+import json
+import math
+
 from jobworker.cmdline import split_command
+from jobworker.echo import quoted
 from jobworker.errors import InvalidRequestError
 from jobworker.messages import limits_from_proto
 from jobworker.model import MAX_COMMAND_BYTES, JobSpec, check_job_id
+from jobworker.server.audit import MAX_PAGE, Entry, Query
+from jobworker.tls import USER_NAME, USER_NAME_RULE
 from jobworker.transport import EncodedMessage
 from jobworker.v1 import jobworker_pb2 as pb
 
@@ -50,6 +56,54 @@ def spec_from_request(request: pb.StartJobRequest) -> JobSpec:
         workdir=request.workdir or None,
         limits=limits_from_proto(request.limits),
         host_network=request.host_network,
+    )
+
+
+#: GetAuditLog's page size when the request gives none.
+DEFAULT_AUDIT_PAGE = 100
+
+
+def audit_query_from(request: pb.GetAuditLogRequest) -> Query:
+    """The audit entries a GetAuditLogRequest asks for; raises InvalidRequestError
+    (JobNotFoundError for a job id that cannot be a job's)."""
+    if request.user and not USER_NAME.fullmatch(request.user):
+        raise InvalidRequestError(
+            f"user {quoted(request.user)} is not a user name: {USER_NAME_RULE}"
+        )
+    if not math.isfinite(request.since) or request.since < 0:
+        raise InvalidRequestError("since must be a Unix time of zero or more")
+    if request.before_id < 0:
+        raise InvalidRequestError("before_id must be zero or more (a previous record's id)")
+    limit = request.limit if request.HasField("limit") else DEFAULT_AUDIT_PAGE
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidRequestError(f"limit must be between 1 and {MAX_PAGE}, not {limit}")
+    return Query(
+        user=request.user or None,
+        job_id=check_job_id(request.job_id) if request.job_id else None,
+        since=request.since or None,
+        before_id=request.before_id or None,
+        limit=limit,
+    )
+
+
+def audit_response(entries: list[Entry]) -> pb.GetAuditLogResponse:
+    return pb.GetAuditLogResponse(
+        records=[
+            pb.AuditRecord(
+                id=entry.id,
+                time=entry.time,
+                user=entry.user,
+                common_name=entry.identity.common_name or "-",
+                serial=entry.identity.serial,
+                fingerprint_sha256=entry.identity.fingerprint,
+                peer=entry.peer,
+                method=entry.method,
+                job_id=entry.job_id,
+                code=entry.code,
+                detail_json=json.dumps(entry.detail, ensure_ascii=True),
+            )
+            for entry in entries
+        ]
     )
 
 

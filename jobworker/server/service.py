@@ -11,27 +11,59 @@ import functools
 from collections.abc import AsyncIterator
 
 from jobworker import messages
+from jobworker.errors import (
+    AccessDeniedError,
+    BadStateError,
+    InvalidRequestError,
+    QuotaExceededError,
+    ShuttingDownError,
+)
 from jobworker.jobs.job_index import ListKey
 from jobworker.jobs.tracker import JobTracker
-from jobworker.model import OUTPUT_CHUNK
+from jobworker.limits import format_limits
+from jobworker.metrics import Metrics
+from jobworker.model import OUTPUT_CHUNK, JobStatus, cut_argv
 from jobworker.server import convert, listing
-from jobworker.server.auth import current_caller, note_job_id
+from jobworker.server.audit import MAX_COMMAND_BYTES, MAX_ENV_NAMES_BYTES, AuditLog
+from jobworker.server.auth import current_caller, note_audit, note_job_id
 from jobworker.transport import EncodedMessage, wait_writable
 from jobworker.v1 import jobworker_grpc
 from jobworker.v1 import jobworker_pb2 as pb
 
 
 class JobWorkerService(jobworker_grpc.JobWorkerServiceServicer):  # type: ignore[misc]
-    """Serves the tracker's jobs over gRPC, each caller seeing only its own (admins: all)."""
+    """Serves the tracker's jobs over gRPC, each caller seeing only its own (admins: all).
+    Counts starts by result and output served into the tracker's metrics."""
 
-    def __init__(self, tracker: JobTracker) -> None:
+    def __init__(self, tracker: JobTracker, audit: AuditLog | None = None) -> None:
         self.tracker = tracker
+        self.audit = audit
+        self._metrics: Metrics = tracker.metrics
         self._list_turns = listing.Turns()
 
     async def StartJob(self, message: pb.StartJobRequest) -> pb.StartJobResponse:
-        spec = convert.spec_from_request(message)
+        starts = self._metrics.job_starts
+        try:
+            spec = convert.spec_from_request(message)
+        except InvalidRequestError:
+            starts.labels(result="invalid").inc()
+            raise
+        argv, argv_cut = cut_argv(spec.argv, MAX_COMMAND_BYTES)
+        env_names, env_cut = cut_argv(tuple(spec.env or ()), MAX_ENV_NAMES_BYTES)
+        note_audit(
+            argv=list(argv),
+            argv_cut=argv_cut,
+            env_names=list(env_names),
+            env_names_cut=env_cut,
+            limits=format_limits(spec.limits),
+        )
         caller = current_caller.get()
-        status = await self.tracker.start(caller.name, spec)
+        try:
+            status = await self.tracker.start(caller.name, spec)
+        except Exception as exc:
+            starts.labels(result=_refused_start(exc)).inc()
+            raise
+        self._metrics.job_starts.labels(result="started").inc()
         note_job_id(status.job_id)
         return pb.StartJobResponse(job_id=status.job_id, job=messages.status_to_proto(status))
 
@@ -39,6 +71,7 @@ class JobWorkerService(jobworker_grpc.JobWorkerServiceServicer):  # type: ignore
         job_id = convert.job_id_from(message)
         caller = current_caller.get()
         grace = message.grace_seconds if message.HasField("grace_seconds") else None
+        note_audit(grace_seconds=grace)
         status = await self.tracker.stop(caller.name, job_id, grace, admin=caller.is_admin)
         return pb.StopJobResponse(job=messages.status_to_proto(status))
 
@@ -56,6 +89,10 @@ class JobWorkerService(jobworker_grpc.JobWorkerServiceServicer):  # type: ignore
         # The handler is itself the follower's task, reading from its own cursor:
         # no channel and no nursery, which must not span a `yield` in a generator.
         offset = message.offset
+        note_audit(
+            offset=offset,
+            owner=self.tracker.owner_of(caller.name, job_id, admin=caller.is_admin),
+        )
         follow = self.tracker.follow(
             caller.name,
             job_id,
@@ -63,23 +100,36 @@ class JobWorkerService(jobworker_grpc.JobWorkerServiceServicer):  # type: ignore
             admin=caller.is_admin,
             chunk_size=OUTPUT_CHUNK,
         )
-        async with contextlib.aclosing(follow) as chunks:
-            while True:
-                # Read the next chunk only once the client can take it: a follower
-                # behind a slow client holds no chunk and no message meanwhile
-                # (1,000 followers would otherwise hold 1,000 of each).
-                await wait_writable()
-                chunk = await anext(chunks, None)
-                if chunk is None:
-                    return
-                yield convert.output_response(chunk, offset)
-                offset += len(chunk)
+        served = self._metrics.output_served_bytes
+        with self._metrics.output_followers.track_inprogress():
+            async with contextlib.aclosing(follow) as chunks:
+                while True:
+                    # Read the next chunk only once the client can take it: a follower
+                    # behind a slow client holds no chunk and no message meanwhile
+                    # (1,000 followers would otherwise hold 1,000 of each).
+                    await wait_writable()
+                    chunk = await anext(chunks, None)
+                    if chunk is None:
+                        return
+                    yield convert.output_response(chunk, offset)
+                    served.inc(len(chunk))
+                    offset += len(chunk)
 
     async def RemoveJob(self, message: pb.RemoveJobRequest) -> pb.RemoveJobResponse:
         job_id = convert.job_id_from(message)
         caller = current_caller.get()
         await self.tracker.remove(caller.name, job_id, admin=caller.is_admin)
         return pb.RemoveJobResponse()
+
+    async def GetAuditLog(self, message: pb.GetAuditLogRequest) -> pb.GetAuditLogResponse:
+        query = convert.audit_query_from(message)
+        caller = current_caller.get()
+        if not caller.is_admin:
+            raise AccessDeniedError()  # the audit trail is for admins only
+        if self.audit is None:
+            raise BadStateError("this server keeps no audit trail")
+        note_audit(query={"user": query.user, "job": query.job_id, "since": query.since})
+        return convert.audit_response(await self.audit.query(query))
 
     async def ListJobs(self, message: pb.ListJobsRequest) -> EncodedMessage:
         """A ListJobsResponse, in wire form: the concatenation of its jobs' entries."""
@@ -95,3 +145,18 @@ class JobWorkerService(jobworker_grpc.JobWorkerServiceServicer):  # type: ignore
         return self.tracker.list_entries(
             owner, listing.entry, admin=admin, after=after, limit=limit
         )
+
+
+def _refused_start(exc: Exception) -> str:
+    """The `result` label of a start the tracker refused with `exc`: its checks raise
+    InvalidRequestError only for limits (over the maxima, IO limits without a block
+    device, host network not allowed, a command line the kernel would refuse); the
+    request itself was checked before. Anything else (StartFailedError, an OSError)
+    failed the sandbox's build."""
+    if isinstance(exc, QuotaExceededError):
+        return "quota"
+    if isinstance(exc, InvalidRequestError):
+        return "limits"
+    if isinstance(exc, ShuttingDownError):
+        return "unavailable"
+    return "sandbox"

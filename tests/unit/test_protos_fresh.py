@@ -72,8 +72,16 @@ def test_committed_generated_code_is_what_protoc_generates_now(tmp_path: Path) -
 
 
 def test_purerpc_stub_offers_servicer_and_stub_with_every_method() -> None:
-    """The purerpc module has the servicer base and client stub, with all six methods."""
-    methods = {"StartJob", "StopJob", "GetJobStatus", "GetJobOutput", "ListJobs", "RemoveJob"}
+    """The purerpc module has the servicer base and client stub, with every method."""
+    methods = {
+        "StartJob",
+        "StopJob",
+        "GetJobStatus",
+        "GetJobOutput",
+        "ListJobs",
+        "RemoveJob",
+        "GetAuditLog",
+    }
     servicer = jobworker_grpc.JobWorkerServiceServicer()
     assert set(servicer.service.methods) == methods
     assert servicer.service.name == "jobworker.v1.JobWorkerService"
