@@ -22,7 +22,7 @@ from jobworker.jobs.job_index import ListKey
 from jobworker.jobs.tracker import JobTracker
 from jobworker.limits import format_limits
 from jobworker.metrics import Metrics
-from jobworker.model import OUTPUT_CHUNK, JobStatus, cut_argv
+from jobworker.model import OUTPUT_CHUNK, cut_argv
 from jobworker.server import convert, listing
 from jobworker.server.audit import MAX_COMMAND_BYTES, MAX_ENV_NAMES_BYTES, AuditLog
 from jobworker.server.auth import current_caller, note_audit, note_job_id
