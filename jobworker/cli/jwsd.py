@@ -32,7 +32,9 @@ from jobworker.jobs.config import TrackerConfig
 from jobworker.jobs.retention import RetentionPolicy
 from jobworker.jobs.uids import UidRange
 from jobworker.limits import Limits, check_host, format_limits, parse_limits
+from jobworker.model import NETWORK_MODES
 from jobworker.sandbox import host as host_checks
+from jobworker.sandbox import network
 from jobworker.sandbox.hostview import JobBind
 from jobworker.server.daemon import DEFAULT_PORT, DaemonConfig, serve
 from jobworker.server.notify import Notifier
@@ -180,10 +182,31 @@ def _count_or_none(ctx: click.Context, param: click.Parameter, value: int) -> in
     '"none": the memory limit alone.',
 )
 @click.option(
+    "--network-default",
+    type=click.Choice(NETWORK_MODES),
+    default=_JOBS.network_default.value,
+    show_default=True,
+    help="The network mode of a job that asks for none.",
+)
+@click.option(
+    "--network-allow",
+    type=_Parsed("modes", network.parse_modes),
+    default=",".join(sorted(_JOBS.network_allow)),
+    show_default=True,
+    help="The network modes users may ask for, comma-separated (none, outbound, host).",
+)
+@click.option(
+    "--network-deny",
+    type=_Parsed("CIDR list", network.parse_deny),
+    default="",
+    metavar="CIDR,...",
+    help="Address ranges no outbound job reaches, besides 169.254.0.0/16 (always denied).",
+)
+@click.option(
     "--allow-host-network",
     is_flag=True,
     default=_JOBS.allow_host_network,
-    help="Let jobs ask for the host's network instead of loopback only.",
+    help='Let jobs ask for the host\'s network: adds "host" to --network-allow.',
 )
 @click.option(
     "--job-bind",

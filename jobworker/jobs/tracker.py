@@ -72,7 +72,7 @@ from jobworker.jobs.restore import restore
 from jobworker.jobs.store import JobStore
 from jobworker.jobs.supervisor import FINISH_TIMEOUT, Supervisor
 from jobworker.jobs.watcher import OutputWatcher
-from jobworker.model import MAX_PAGE_SIZE, STOPPED_BY_SHUTDOWN, JobSpec, JobStatus
+from jobworker.model import MAX_PAGE_SIZE, STOPPED_BY_SHUTDOWN, JobSpec, JobStatus, NetworkMode
 from jobworker.sandbox import (
     OUTPUT_NAME,
     CgroupDriver,
@@ -80,6 +80,7 @@ from jobworker.sandbox import (
     JobRequest,
     Sandbox,
     StartingJob,
+    host_pings_through_pasta,
 )
 
 log = logging.getLogger(__name__)
@@ -193,7 +194,9 @@ class JobTracker:
                 workdir_size=config.workdir_size,
                 tmpfs_size=config.tmpfs_size,
                 setup_timeout=config.sandbox_timeout,
+                network_deny=config.network_deny,
             )
+            self._say_network_limits()
             self.cgroups = self._sandbox.cgroups
             restored = restore(
                 records,
@@ -278,6 +281,24 @@ class JobTracker:
             log.error("shutdown: some jobs did not finish within %.1f s", grace + FINISH_TIMEOUT)
         self._background.cancel()
 
+    def _say_network_limits(self) -> None:
+        """Say once, at start-up, which allowed network modes this host cannot give
+        (their requests are refused), and that outbound jobs' ping gets no answers
+        while the host's ping_group_range leaves out pasta's group: jwsd never
+        widens a host setting itself."""
+        assert self._sandbox is not None
+        allowed = policy.allowed_networks(self.config)
+        for mode in sorted(allowed):
+            missing = self._sandbox.network_tools.missing_for(mode)
+            if missing is not None:
+                log.warning("network mode %s is refused on this host: %s", mode.value, missing)
+        if NetworkMode.OUTBOUND in allowed and not host_pings_through_pasta():
+            log.warning(
+                "outbound jobs' ICMP echo (ping) gets no replies: the host's "
+                "net.ipv4.ping_group_range leaves out group 0, pasta's; to allow it: "
+                "sysctl -w net.ipv4.ping_group_range='0 0' (see docs/operations.md)"
+            )
+
     # ---- the public operations -------------------------------------------
 
     async def start(self, owner: str, spec: JobSpec) -> JobStatus:
@@ -296,7 +317,8 @@ class JobTracker:
         assert host_uids is not None
         limits = policy.effective_limits(self.config, spec.limits)
         sandbox.check_limits(limits)
-        policy.check_network(self.config, spec)
+        network = policy.network_of(self.config, spec)
+        sandbox.check_network(network)
         host_uid = host_uids.known(owner)
         if host_uid is None:  # the owner's first start: once per owner, ever
             host_uid = await host_uids.allocate(owner)
@@ -308,7 +330,7 @@ class JobTracker:
         user = sandbox.user_on_host(host_uid)
         job_id = str(uuid.uuid4())
         directory = datadir.jobs_dir(self.config.data_dir) / job_id
-        spec = attrs.evolve(spec, limits=limits)
+        spec = attrs.evolve(spec, limits=limits, network=network)
         job = Job(
             JobRecord.new(job_id, owner, spec, created_at=time.time(), host_uid=user.host_uid),
             directory,
@@ -333,7 +355,7 @@ class JobTracker:
                     env=env,
                     cwd=cwd,
                     limits=limits,
-                    host_network=spec.host_network,
+                    network=network,
                 )
             )
             job.update(cgroups=tuple(map(str, starting.cgroup_dirs)))

@@ -31,7 +31,7 @@ A job's life:
 Modules: `facade` (the above), `running` (`RunningJob`), `launch` (the trampoline,
 the copier, the ready handshake), `process` (pidfd handles, /proc), `status`
 (bubblewrap's status file, exit statuses), `program` (program resolution, exec
-size), `bwrap` (the command line), `hostview` (what jobs see of the host), `seccomp`, `workdir`, `host` (the start-up
+size), `bwrap` (the command line), `hostview` (what jobs see of the host), `seccomp`, `workdir`, `network` (a job's network namespace, pasta), `host` (the start-up
 checks), `cgroups` (v1 and v2 behind one interface).
 """
 
@@ -47,6 +47,7 @@ from jobworker.sandbox.facade import (
     StartingJob,
 )
 from jobworker.sandbox.launch import SANDBOX_SETUP_TIMEOUT
+from jobworker.sandbox.network import host_pings_through_pasta
 from jobworker.sandbox.program import DEFAULT_PATH
 from jobworker.sandbox.running import Ending, Processes, RunningJob
 from jobworker.sandbox.status import exit_status
@@ -67,4 +68,5 @@ __all__ = [
     "Sandbox",
     "StartingJob",
     "exit_status",
+    "host_pings_through_pasta",
 ]

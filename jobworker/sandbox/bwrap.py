@@ -68,7 +68,12 @@ TRAMPOLINE = (
 #: the ready line), and the daemon opens the work dir in the sandbox meanwhile
 #: (`workdir.open_in_sandbox`), before the command can come and go. If the daemon's
 #: end closes instead of answering, the command never runs.
-READY_HELPER = 'echo >&0 && read -r _ <&0 && exec "$@" </dev/null'
+#: An answer that is not empty is why the command may not run (its network could not
+#: be set up): the helper writes it to the job's output and exits 125.
+READY_HELPER = (
+    'echo >&0 && read -r why <&0 && { [ -z "$why" ] && exec "$@" </dev/null; '
+    'echo "jobworker: $why" >&2; exit 125; }'
+)
 
 #: The whole environment of the root helpers (trampoline, setpriv) and of the outer
 #: bubblewrap: fixed, whatever the request or the daemon's own environment holds.
@@ -169,7 +174,7 @@ def spawn_argv(
         None: the kernel's default, half the host's RAM.
     view: the options that show the job its view of the host (`hostview.HostView.options`).
     """
-    cmd = [tools.sh, "-c", TRAMPOLINE, "jobworker-trampoline", *map(str, procs_files), "--"]
+    cmd = trampoline_argv(tools, procs_files)
     if not user.is_root:
         cmd += [*setpriv_argv(tools, user), "--"]
     cmd += [tools.bwrap, "--args", str(args_fd), "--unshare-all"]
@@ -214,6 +219,11 @@ def user_namespace_options(user: JobUser) -> list[str]:
 def setpriv_argv(tools: SandboxTools, user: JobUser) -> list[str]:
     """setpriv dropping to the job's host ids, with no supplementary groups."""
     return [tools.setpriv, f"--reuid={user.host_uid}", f"--regid={user.host_gid}", "--clear-groups"]
+
+
+def trampoline_argv(tools: SandboxTools, procs_files: Sequence[Path]) -> list[str]:
+    """The prefix that runs what follows it inside the job's cgroups (`TRAMPOLINE`)."""
+    return [tools.sh, "-c", TRAMPOLINE, "jobworker-trampoline", *map(str, procs_files), "--"]
 
 
 def _workdir_options(workdir: Path, size: int | None) -> list[str]:

@@ -32,12 +32,13 @@ import attrs
 import trio
 
 from jobworker.errors import InvalidRequestError, SetupError, StartFailedError
-from jobworker.model import Limits, Usage
-from jobworker.sandbox import bwrap, hostview, seccomp, workdir
+from jobworker.model import Limits, NetworkMode, Usage
+from jobworker.sandbox import bwrap, hostview, network, seccomp, workdir
 from jobworker.sandbox import host as host_checks
 from jobworker.sandbox.bwrap import JobUser, SandboxTools
 from jobworker.sandbox.cgroups import CgroupDriver, JobCgroup, block_device_of, detect
 from jobworker.sandbox.launch import SANDBOX_SETUP_TIMEOUT, Launched, launch
+from jobworker.sandbox.network import IPNetwork, NetworkTools
 from jobworker.sandbox.process import AttachedProcess, parent_of, start_time
 from jobworker.sandbox.program import DEFAULT_PATH, check_exec_size, resolve_program
 from jobworker.sandbox.running import Processes, RunningJob
@@ -113,7 +114,7 @@ class JobRequest:
     env: Mapping[str, str]
     cwd: str
     limits: Limits
-    host_network: bool = False
+    network: NetworkMode = NetworkMode.NONE
 
     @property
     def workdir(self) -> Path:
@@ -160,6 +161,8 @@ class Sandbox:
     setup_timeout: float = SANDBOX_SETUP_TIMEOUT
     io_device: tuple[int, int] | None = None
     io_device_error: str | None = None
+    network_tools: NetworkTools = attrs.Factory(NetworkTools.find)
+    network_deny: tuple[IPNetwork, ...] = ()
 
     @classmethod
     def open(
@@ -173,6 +176,7 @@ class Sandbox:
         workdir_size: int | None = None,
         tmpfs_size: int | None = None,
         setup_timeout: float = SANDBOX_SETUP_TIMEOUT,
+        network_deny: Sequence[IPNetwork] = (),
     ) -> Sandbox:
         """The sandbox for jobs in `data_dir`, with the cgroup driver `cgroups` (None:
         the host's, `cgroups.detect(name=cgroup_name, subtree=cgroup_parent)`).
@@ -193,6 +197,7 @@ class Sandbox:
             setup_timeout=setup_timeout,
             io_device=io_device,
             io_device_error=io_device_error,
+            network_deny=tuple(network_deny),
         )
 
     def close(self) -> None:
@@ -221,6 +226,13 @@ class Sandbox:
         without a block device under the data dir)."""
         if limits.has_io and self.io_device is None:
             raise InvalidRequestError(self.io_device_error or "io limits are not available")
+
+    def check_network(self, mode: NetworkMode) -> None:
+        """Raise StartFailedError when this host cannot give a job `mode` (its tool is
+        missing): never another mode instead."""
+        missing = self.network_tools.missing_for(mode)
+        if missing is not None:
+            raise StartFailedError(f"network mode {mode.value} is not available: {missing}")
 
     def check_command(
         self,
@@ -262,7 +274,10 @@ class Sandbox:
                 request.workdir.mkdir(mode=0o700)
                 os.chown(request.workdir, user.host_uid, user.host_gid)
             cgroup = self.cgroups.create(
-                request.job_id, _with_helpers(request.limits), self.io_device, owner=request.owner
+                request.job_id,
+                _with_helpers(request.limits, request.network),
+                self.io_device,
+                owner=request.owner,
             )
             starting = StartingJob(self, request, cgroup)
             # Read-write: the start reads them back (the sandbox init's pid, an error message).
@@ -394,7 +409,7 @@ class StartingJob:
             workdir=request.workdir,
             cwd=request.cwd,
             argv=request.argv,
-            host_network=request.host_network,
+            host_network=request.network is NetworkMode.HOST,
             tmpfs_size=_tmpfs_size(sandbox.tmpfs_size, request.limits.memory),
             workdir_size=sandbox.workdir_size,
             view=sandbox.host.view.options,
@@ -414,6 +429,7 @@ class StartingJob:
                 seccomp=sandbox.host.seccomp,
                 kill_sandbox=self.cgroup.kill_all,
                 setup_timeout=sandbox.setup_timeout,
+                hold=None if request.network is NetworkMode.HOST else self._set_up_network,
             )
         finally:
             self._close_files()
@@ -427,6 +443,17 @@ class StartingJob:
         )
         self._workdir_fd = self.copier_errors = None  # the running job's now
         return self._running
+
+    async def _set_up_network(self, init_pid: int) -> None:
+        """The job's network namespace (`network.set_up`), before its command runs."""
+        sandbox = self.sandbox
+        await network.set_up(
+            sandbox.network_tools,
+            self.request.network,
+            init_pid,
+            trampoline=bwrap.trampoline_argv(sandbox.host.tools, self.cgroup.procs_files),
+            deny=sandbox.network_deny,
+        )
 
     def _open_workdir(self, init_pid: int) -> None:
         """Open the job's work dir tmpfs in its sandbox, before its command runs."""
@@ -474,11 +501,15 @@ def _tmpfs_size(configured: int | None, memory: int | None) -> int | None:
     return min(sizes) if sizes else None
 
 
-def _with_helpers(limits: Limits) -> Limits:
-    """The pids limit as the cgroup must see it: the user's count plus bubblewrap's helpers."""
+def _with_helpers(limits: Limits, mode: NetworkMode) -> Limits:
+    """The pids limit as the cgroup must see it: the user's count plus bubblewrap's
+    helpers, and pasta's in the outbound mode."""
     if limits.pids is None:
         return limits
-    return attrs.evolve(limits, pids=limits.pids + bwrap.HELPER_PROCESSES)
+    helpers = bwrap.HELPER_PROCESSES
+    if mode is NetworkMode.OUTBOUND:
+        helpers += network.PASTA_PROCESSES
+    return attrs.evolve(limits, pids=limits.pids + helpers)
 
 
 __all__ = [

@@ -131,6 +131,12 @@ class RunningJob:
 
     # ---- while it runs --------------------------------------------------------------
 
+    async def release(self) -> None:
+        """Let the command run once what it waits for is set up (its network: see
+        `launch.Release`); at once when nothing is held. One task, once."""
+        if self._launched.release is not None:
+            await self._launched.release.run()
+
     async def wait(self) -> None:
         """Wait until the supervisor has exited (the sandbox's init has gone). One
         task at a time."""
@@ -232,6 +238,8 @@ class RunningJob:
         if self._copier_errors is not None:
             os.close(self._copier_errors)
             self._copier_errors = None
+        if self._launched.release is not None:
+            self._launched.release.close()
 
     def _copier_failure(self) -> str | None:
         """Why the copier could not write all of the output (its error message), or

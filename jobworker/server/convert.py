@@ -16,7 +16,13 @@ from __future__ import annotations
 from jobworker.cmdline import split_command
 from jobworker.errors import InvalidRequestError
 from jobworker.messages import limits_from_proto
-from jobworker.model import MAX_COMMAND_BYTES, JobSpec, check_job_id
+from jobworker.model import (
+    MAX_COMMAND_BYTES,
+    NETWORK_MODES,
+    JobSpec,
+    NetworkMode,
+    check_job_id,
+)
 from jobworker.transport import EncodedMessage
 from jobworker.v1 import jobworker_pb2 as pb
 
@@ -49,8 +55,20 @@ def spec_from_request(request: pb.StartJobRequest) -> JobSpec:
         env=dict(request.env) or None,
         workdir=request.workdir or None,
         limits=limits_from_proto(request.limits),
-        host_network=request.host_network,
+        network=_network_of(request),
     )
+
+
+def _network_of(request: pb.StartJobRequest) -> NetworkMode | None:
+    """The mode asked for: `network`, else "host" for the older `host_network`, else
+    None (the server's default); InvalidRequestError listing the modes."""
+    if request.network:
+        if len(request.network) > 64:
+            raise InvalidRequestError(
+                f"unknown network mode; the modes are {', '.join(NETWORK_MODES)}"
+            )
+        return NetworkMode.parse(request.network)
+    return NetworkMode.HOST if request.host_network else None
 
 
 def output_response(chunk: bytes, offset: int) -> EncodedMessage:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cjobworker/v1/jobworker.proto\x12\x0cjobworker.v1\"\x89\x02\n\x06Limits\x12\r\n\x03\x63pu\x18\x01 \x01(\x01H\x00\x12\x16\n\x0cmemory_bytes\x18\x02 \x01(\x03H\x01\x12\x15\n\x0bio_read_bps\x18\x03 \x01(\x03H\x02\x12\x16\n\x0cio_write_bps\x18\x04 \x01(\x03H\x03\x12\x0e\n\x04pids\x18\x05 \x01(\x03H\x04\x12\x16\n\x0coutput_bytes\x18\x06 \x01(\x03H\x05\x12\x19\n\x0ftimeout_seconds\x18\x07 \x01(\x01H\x06\x42\x06\n\x04_cpuB\x0f\n\r_memory_bytesB\x0e\n\x0c_io_read_bpsB\x0f\n\r_io_write_bpsB\x07\n\x05_pidsB\x0f\n\r_output_bytesB\x12\n\x10_timeout_seconds\"\xda\x01\n\x0fStartJobRequest\x12\x0b\n\x03\x63md\x18\x01 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x02 \x03(\t\x12$\n\x06limits\x18\x03 \x01(\x0b\x32\x14.jobworker.v1.Limits\x12\x33\n\x03\x65nv\x18\x04 \x03(\x0b\x32&.jobworker.v1.StartJobRequest.EnvEntry\x12\x0f\n\x07workdir\x18\x05 \x01(\t\x12\x14\n\x0chost_network\x18\x06 \x01(\x08\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"S\n\x10StartJobResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12/\n\x03job\x18\x02 \x01(\x0b\x32\".jobworker.v1.GetJobStatusResponse\"K\n\x0eStopJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x17\n\rgrace_seconds\x18\x02 \x01(\x01H\x00\x42\x10\n\x0e_grace_seconds\"B\n\x0fStopJobResponse\x12/\n\x03job\x18\x01 \x01(\x0b\x32\".jobworker.v1.GetJobStatusResponse\"%\n\x13GetJobStatusRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xb1\x04\n\x14GetJobStatusResponse\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x04 \x03(\t\x12$\n\x06limits\x18\x05 \x01(\x0b\x32\x14.jobworker.v1.Limits\x12\x0f\n\x07outcome\x18\x06 \x01(\t\x12\x13\n\texit_code\x18\x07 \x01(\x05H\x00\x12\x10\n\x06signal\x18\x08 \x01(\x05H\x01\x12\x12\n\noom_killed\x18\t \x01(\x08\x12\x17\n\x0fstopped_by_user\x18\n \x01(\x08\x12\x12\n\ncreated_at\x18\x0b \x01(\x01\x12\x14\n\nstarted_at\x18\x0c \x01(\x01H\x02\x12\x12\n\x08\x65nded_at\x18\r \x01(\x01H\x03\x12\x13\n\x0b\x63pu_time_ns\x18\x0e \x01(\x03\x12\x19\n\x11peak_memory_bytes\x18\x0f \x01(\x03\x12\x14\n\x0coutput_bytes\x18\x10 \x01(\x03\x12\x13\n\x0bsignal_name\x18\x11 \x01(\t\x12\x18\n\x10output_truncated\x18\x12 \x01(\x08\x12\x1f\n\x17output_truncated_reason\x18\x13 \x01(\t\x12\x19\n\x11output_disk_bytes\x18\x14 \x01(\x03\x12\x15\n\rworkdir_bytes\x18\x15 \x01(\x03\x12\x16\n\x0eoutcome_reason\x18\x16 \x01(\tB\x0c\n\n_exit_codeB\t\n\x07_signalB\r\n\x0b_started_atB\x0b\n\t_ended_at\"5\n\x13GetJobOutputRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\":\n\x14GetJobOutputResponse\x12\x12\n\noutput_msg\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x03\"\"\n\x10RemoveJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x13\n\x11RemoveJobResponse\"H\n\x0fListJobsRequest\x12\x13\n\tpage_size\x18\x01 \x01(\x05H\x00\x12\x12\n\npage_token\x18\x02 \x01(\tB\x0c\n\n_page_size\"o\n\x10ListJobsResponse\x12\x30\n\x04jobs\x18\x01 \x03(\x0b\x32\".jobworker.v1.GetJobStatusResponse\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x10\n\x08\x61rgs_cut\x18\x03 \x03(\x08\x32\xee\x03\n\x10JobWorkerService\x12I\n\x08StartJob\x12\x1d.jobworker.v1.StartJobRequest\x1a\x1e.jobworker.v1.StartJobResponse\x12\x46\n\x07StopJob\x12\x1c.jobworker.v1.StopJobRequest\x1a\x1d.jobworker.v1.StopJobResponse\x12U\n\x0cGetJobStatus\x12!.jobworker.v1.GetJobStatusRequest\x1a\".jobworker.v1.GetJobStatusResponse\x12W\n\x0cGetJobOutput\x12!.jobworker.v1.GetJobOutputRequest\x1a\".jobworker.v1.GetJobOutputResponse0\x01\x12I\n\x08ListJobs\x12\x1d.jobworker.v1.ListJobsRequest\x1a\x1e.jobworker.v1.ListJobsResponse\x12L\n\tRemoveJob\x12\x1e.jobworker.v1.RemoveJobRequest\x1a\x1f.jobworker.v1.RemoveJobResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cjobworker/v1/jobworker.proto\x12\x0cjobworker.v1\"\x89\x02\n\x06Limits\x12\r\n\x03\x63pu\x18\x01 \x01(\x01H\x00\x12\x16\n\x0cmemory_bytes\x18\x02 \x01(\x03H\x01\x12\x15\n\x0bio_read_bps\x18\x03 \x01(\x03H\x02\x12\x16\n\x0cio_write_bps\x18\x04 \x01(\x03H\x03\x12\x0e\n\x04pids\x18\x05 \x01(\x03H\x04\x12\x16\n\x0coutput_bytes\x18\x06 \x01(\x03H\x05\x12\x19\n\x0ftimeout_seconds\x18\x07 \x01(\x01H\x06\x42\x06\n\x04_cpuB\x0f\n\r_memory_bytesB\x0e\n\x0c_io_read_bpsB\x0f\n\r_io_write_bpsB\x07\n\x05_pidsB\x0f\n\r_output_bytesB\x12\n\x10_timeout_seconds\"\xeb\x01\n\x0fStartJobRequest\x12\x0b\n\x03\x63md\x18\x01 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x02 \x03(\t\x12$\n\x06limits\x18\x03 \x01(\x0b\x32\x14.jobworker.v1.Limits\x12\x33\n\x03\x65nv\x18\x04 \x03(\x0b\x32&.jobworker.v1.StartJobRequest.EnvEntry\x12\x0f\n\x07workdir\x18\x05 \x01(\t\x12\x14\n\x0chost_network\x18\x06 \x01(\x08\x12\x0f\n\x07network\x18\x07 \x01(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"S\n\x10StartJobResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12/\n\x03job\x18\x02 \x01(\x0b\x32\".jobworker.v1.GetJobStatusResponse\"K\n\x0eStopJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x17\n\rgrace_seconds\x18\x02 \x01(\x01H\x00\x42\x10\n\x0e_grace_seconds\"B\n\x0fStopJobResponse\x12/\n\x03job\x18\x01 \x01(\x0b\x32\".jobworker.v1.GetJobStatusResponse\"%\n\x13GetJobStatusRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xc2\x04\n\x14GetJobStatusResponse\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x04 \x03(\t\x12$\n\x06limits\x18\x05 \x01(\x0b\x32\x14.jobworker.v1.Limits\x12\x0f\n\x07outcome\x18\x06 \x01(\t\x12\x13\n\texit_code\x18\x07 \x01(\x05H\x00\x12\x10\n\x06signal\x18\x08 \x01(\x05H\x01\x12\x12\n\noom_killed\x18\t \x01(\x08\x12\x17\n\x0fstopped_by_user\x18\n \x01(\x08\x12\x12\n\ncreated_at\x18\x0b \x01(\x01\x12\x14\n\nstarted_at\x18\x0c \x01(\x01H\x02\x12\x12\n\x08\x65nded_at\x18\r \x01(\x01H\x03\x12\x13\n\x0b\x63pu_time_ns\x18\x0e \x01(\x03\x12\x19\n\x11peak_memory_bytes\x18\x0f \x01(\x03\x12\x14\n\x0coutput_bytes\x18\x10 \x01(\x03\x12\x13\n\x0bsignal_name\x18\x11 \x01(\t\x12\x18\n\x10output_truncated\x18\x12 \x01(\x08\x12\x1f\n\x17output_truncated_reason\x18\x13 \x01(\t\x12\x19\n\x11output_disk_bytes\x18\x14 \x01(\x03\x12\x15\n\rworkdir_bytes\x18\x15 \x01(\x03\x12\x16\n\x0eoutcome_reason\x18\x16 \x01(\t\x12\x0f\n\x07network\x18\x17 \x01(\tB\x0c\n\n_exit_codeB\t\n\x07_signalB\r\n\x0b_started_atB\x0b\n\t_ended_at\"5\n\x13GetJobOutputRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\":\n\x14GetJobOutputResponse\x12\x12\n\noutput_msg\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x03\"\"\n\x10RemoveJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x13\n\x11RemoveJobResponse\"H\n\x0fListJobsRequest\x12\x13\n\tpage_size\x18\x01 \x01(\x05H\x00\x12\x12\n\npage_token\x18\x02 \x01(\tB\x0c\n\n_page_size\"o\n\x10ListJobsResponse\x12\x30\n\x04jobs\x18\x01 \x03(\x0b\x32\".jobworker.v1.GetJobStatusResponse\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x10\n\x08\x61rgs_cut\x18\x03 \x03(\x08\x32\xee\x03\n\x10JobWorkerService\x12I\n\x08StartJob\x12\x1d.jobworker.v1.StartJobRequest\x1a\x1e.jobworker.v1.StartJobResponse\x12\x46\n\x07StopJob\x12\x1c.jobworker.v1.StopJobRequest\x1a\x1d.jobworker.v1.StopJobResponse\x12U\n\x0cGetJobStatus\x12!.jobworker.v1.GetJobStatusRequest\x1a\".jobworker.v1.GetJobStatusResponse\x12W\n\x0cGetJobOutput\x12!.jobworker.v1.GetJobOutputRequest\x1a\".jobworker.v1.GetJobOutputResponse0\x01\x12I\n\x08ListJobs\x12\x1d.jobworker.v1.ListJobsRequest\x1a\x1e.jobworker.v1.ListJobsResponse\x12L\n\tRemoveJob\x12\x1e.jobworker.v1.RemoveJobRequest\x1a\x1f.jobworker.v1.RemoveJobResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,31 +36,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LIMITS']._serialized_start=47
   _globals['_LIMITS']._serialized_end=312
   _globals['_STARTJOBREQUEST']._serialized_start=315
-  _globals['_STARTJOBREQUEST']._serialized_end=533
-  _globals['_STARTJOBREQUEST_ENVENTRY']._serialized_start=491
-  _globals['_STARTJOBREQUEST_ENVENTRY']._serialized_end=533
-  _globals['_STARTJOBRESPONSE']._serialized_start=535
-  _globals['_STARTJOBRESPONSE']._serialized_end=618
-  _globals['_STOPJOBREQUEST']._serialized_start=620
-  _globals['_STOPJOBREQUEST']._serialized_end=695
-  _globals['_STOPJOBRESPONSE']._serialized_start=697
-  _globals['_STOPJOBRESPONSE']._serialized_end=763
-  _globals['_GETJOBSTATUSREQUEST']._serialized_start=765
-  _globals['_GETJOBSTATUSREQUEST']._serialized_end=802
-  _globals['_GETJOBSTATUSRESPONSE']._serialized_start=805
-  _globals['_GETJOBSTATUSRESPONSE']._serialized_end=1366
-  _globals['_GETJOBOUTPUTREQUEST']._serialized_start=1368
-  _globals['_GETJOBOUTPUTREQUEST']._serialized_end=1421
-  _globals['_GETJOBOUTPUTRESPONSE']._serialized_start=1423
-  _globals['_GETJOBOUTPUTRESPONSE']._serialized_end=1481
-  _globals['_REMOVEJOBREQUEST']._serialized_start=1483
-  _globals['_REMOVEJOBREQUEST']._serialized_end=1517
-  _globals['_REMOVEJOBRESPONSE']._serialized_start=1519
-  _globals['_REMOVEJOBRESPONSE']._serialized_end=1538
-  _globals['_LISTJOBSREQUEST']._serialized_start=1540
-  _globals['_LISTJOBSREQUEST']._serialized_end=1612
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1614
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1725
-  _globals['_JOBWORKERSERVICE']._serialized_start=1728
-  _globals['_JOBWORKERSERVICE']._serialized_end=2222
+  _globals['_STARTJOBREQUEST']._serialized_end=550
+  _globals['_STARTJOBREQUEST_ENVENTRY']._serialized_start=508
+  _globals['_STARTJOBREQUEST_ENVENTRY']._serialized_end=550
+  _globals['_STARTJOBRESPONSE']._serialized_start=552
+  _globals['_STARTJOBRESPONSE']._serialized_end=635
+  _globals['_STOPJOBREQUEST']._serialized_start=637
+  _globals['_STOPJOBREQUEST']._serialized_end=712
+  _globals['_STOPJOBRESPONSE']._serialized_start=714
+  _globals['_STOPJOBRESPONSE']._serialized_end=780
+  _globals['_GETJOBSTATUSREQUEST']._serialized_start=782
+  _globals['_GETJOBSTATUSREQUEST']._serialized_end=819
+  _globals['_GETJOBSTATUSRESPONSE']._serialized_start=822
+  _globals['_GETJOBSTATUSRESPONSE']._serialized_end=1400
+  _globals['_GETJOBOUTPUTREQUEST']._serialized_start=1402
+  _globals['_GETJOBOUTPUTREQUEST']._serialized_end=1455
+  _globals['_GETJOBOUTPUTRESPONSE']._serialized_start=1457
+  _globals['_GETJOBOUTPUTRESPONSE']._serialized_end=1515
+  _globals['_REMOVEJOBREQUEST']._serialized_start=1517
+  _globals['_REMOVEJOBREQUEST']._serialized_end=1551
+  _globals['_REMOVEJOBRESPONSE']._serialized_start=1553
+  _globals['_REMOVEJOBRESPONSE']._serialized_end=1572
+  _globals['_LISTJOBSREQUEST']._serialized_start=1574
+  _globals['_LISTJOBSREQUEST']._serialized_end=1646
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1648
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1759
+  _globals['_JOBWORKERSERVICE']._serialized_start=1762
+  _globals['_JOBWORKERSERVICE']._serialized_end=2256
 # @@protoc_insertion_point(module_scope)
