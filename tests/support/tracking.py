@@ -27,7 +27,9 @@ async def running_tracker(
     data dir (`check_records=False` for a test that leaves more on purpose)."""
     require_root()
     async with JobTracker(
-        TrackerConfig(data_dir=data_dir, cgroup_name=unique_name(), stop_grace=stop_grace, **config)
+        TrackerConfig(
+            data_dir=data_dir, stop_grace=stop_grace, **{"cgroup_name": unique_name(), **config}
+        )
     ) as tracker:
         yield tracker
     if check_records:
