@@ -245,7 +245,11 @@ async def test_a_job_cannot_reach_another_users_jobs_listener(
                 """
             ),
         )
-        await eventually(lambda: tracker.status("betty", server.job_id).output_size > 0)
+        await eventually(
+            lambda: tracker.status("betty", server.job_id).output_size > 0,
+            timeout=10,
+            what="listening",
+        )
         out, _ = await run_to_end(tracker, tcp_to("127.0.0.1"))
         assert out.startswith(b"refused"), out
         unix = py(
@@ -308,8 +312,8 @@ async def test_nothing_of_an_outbound_job_outlives_it(
     tmp_path: Path, remote_host: RemoteHost
 ) -> None:
     async with await tracker_for(tmp_path, remote_host) as tracker:
-        st = await tracker.start("alex", sh("sleep 30"))
-        await eventually(lambda: _pastas_in(tracker, st.job_id))
+        st = await tracker.start("alex", sh("echo up; sleep 30"))
+        await _until_running(tracker, st.job_id)
         pastas = _pastas_in(tracker, st.job_id)
         await tracker.stop("alex", st.job_id, grace=0)
         assert _alive(pastas) == []
@@ -323,8 +327,8 @@ async def test_the_next_tracker_sweeps_the_pasta_of_a_job_that_ended_while_none_
     async with await tracker_for(
         tmp_path, remote_host, check_records=False, cgroup_name=cgroup_name
     ) as tracker:
-        st = await tracker.start("alex", sh("sleep 1"))
-        await eventually(lambda: _pastas_in(tracker, st.job_id))
+        st = await tracker.start("alex", sh("echo up; sleep 1"))
+        await _until_running(tracker, st.job_id)
         pastas = _pastas_in(tracker, st.job_id)
         tracker.leave_running()
     # No tracker runs while the job ends; its pasta stays, holding the namespace.
@@ -336,12 +340,20 @@ async def test_the_next_tracker_sweeps_the_pasta_of_a_job_that_ended_while_none_
         assert _alive(pastas) == []
 
 
+async def _until_running(tracker: JobTracker, job_id: str) -> None:
+    """Until the job's command runs (its network is set up: pasta's parent has gone)."""
+    await eventually(
+        lambda: tracker.status("alex", job_id).output_size > 0, timeout=10, what="the command"
+    )
+    assert len(_pastas_in(tracker, job_id)) == 1
+
+
 def _pastas_in(tracker: JobTracker, job_id: str) -> list[int]:
     """The pasta processes in the job's cgroups."""
     found = []
     for pid in cgroup_pids(tracker.config.cgroup_name, job_id):
         try:
-            if Path(f"/proc/{pid}/comm").read_text().strip() in ("pasta", "passt"):
+            if Path(f"/proc/{pid}/comm").read_text().strip().startswith(("pasta", "passt")):
                 found.append(pid)
         except OSError:
             pass
@@ -349,13 +361,15 @@ def _pastas_in(tracker: JobTracker, job_id: str) -> list[int]:
 
 
 def _alive(pids: list[int]) -> list[int]:
+    """Those of `pids` that run (a zombie waits for its reaper, init: it is gone)."""
     alive = []
     for pid in pids:
         try:
-            os.kill(pid, 0)
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
             alive.append(pid)
-        except ProcessLookupError:
-            pass
     return alive
 
 
