@@ -1,0 +1,75 @@
+"""The seed's sample session as written, `jws start -c "ping HOST"`, through the real
+`jws` and `jwsd` with its default network mode (outbound), against the remote
+host the test builds (tests/support/remote_host.py): no internet needed."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import Jwsd, start_jwsd
+from tests.support.certs import TestPKI
+from tests.support.remote_host import REMOTE, REMOTE_NAME, RemoteHost
+
+pytestmark = [pytest.mark.root, pytest.mark.e2e]
+
+
+def ok(result: subprocess.CompletedProcess[bytes]) -> str:
+    assert result.returncode == 0, result.stderr.decode()
+    return result.stdout.decode()
+
+
+@pytest.fixture
+def jwsd_for_remote(
+    tmp_path: Path, pki: TestPKI, remote_host: RemoteHost, host_pings: None
+) -> Iterator[Jwsd]:
+    daemon = start_jwsd(tmp_path, pki, "--job-bind", f"{remote_host.resolv_conf}:/etc/resolv.conf")
+    try:
+        yield daemon
+    finally:
+        assert daemon.stop() == 0, daemon.log
+
+
+def test_the_seeds_sample_session_pings_a_host(jwsd_for_remote: Jwsd) -> None:
+    jwsd = jwsd_for_remote
+    job_id = ok(jwsd.jws("start", "-c", f"ping {REMOTE_NAME}")).strip()
+    assert len(job_id) == 36
+    status = ok(jwsd.jws("status", "-j", job_id))
+    assert status.splitlines()[0] == "Active"
+    assert "network  outbound" in status or "outbound" in status
+    denied = jwsd.jws("status", "-j", job_id, user="betty")
+    assert (denied.returncode, denied.stderr.decode()) == (1, "jws: access denied\n")
+    with jwsd.popen("output", "-j", job_id) as follower:
+        assert follower.stdout is not None and follower.stderr is not None
+        first = [follower.stdout.readline() for _ in range(3)]
+        ok(jwsd.jws("stop", "-j", job_id))
+        rest = follower.stdout.read()
+        err = follower.stderr.read()
+        assert follower.wait(timeout=10) == 0, err
+    assert first[0].startswith(f"PING {REMOTE_NAME} ({REMOTE})".encode()), first
+    replies = [line for line in first[1:] + rest.splitlines(keepends=True) if b"bytes from" in line]
+    assert replies and all(f"bytes from {REMOTE}".encode() in line for line in replies)
+    status = ok(jwsd.jws("status", "-j", job_id))
+    assert status.splitlines()[0].startswith("Terminated (stopped")
+
+
+def test_a_mode_the_server_does_not_allow_is_refused_naming_the_allowed_ones(
+    tmp_path: Path, pki: TestPKI
+) -> None:
+    jwsd = start_jwsd(tmp_path, pki)
+    try:
+        refused = jwsd.jws("run", "--network", "host", "--", "true")
+        assert refused.returncode != 0
+        assert "allowed: none, outbound" in refused.stderr.decode()
+    finally:
+        assert jwsd.stop() == 0, jwsd.log
+
+
+def test_a_deny_list_that_does_not_parse_stops_jwsd_with_one_line(
+    tmp_path: Path, pki: TestPKI
+) -> None:
+    with pytest.raises(AssertionError, match="not an address range"):
+        start_jwsd(tmp_path, pki, "--network-deny", "10.0.0.0/8,not-a-cidr")
