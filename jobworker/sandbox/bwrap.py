@@ -158,6 +158,7 @@ def spawn_argv(
     tmpfs_size: int | None,
     workdir_size: int | None,
     view: Sequence[str],
+    resolv_conf: Path | None = None,
 ) -> list[str]:
     """The whole command line for one job (see the module docstring).
 
@@ -173,6 +174,7 @@ def spawn_argv(
     tmpfs_size: the size in bytes of the job's writable /tmp and /dev/shm (each);
         None: the kernel's default, half the host's RAM.
     view: the options that show the job its view of the host (`hostview.HostView.options`).
+    resolv_conf: a file shown at /etc/resolv.conf over the host's (`network.resolv_conf`).
     """
     cmd = trampoline_argv(tools, procs_files)
     if not user.is_root:
@@ -184,6 +186,7 @@ def spawn_argv(
     size = [] if tmpfs_size is None else ["--size", str(tmpfs_size)]
     cmd += [
         *view,
+        *(["--ro-bind", str(resolv_conf), "/etc/resolv.conf"] if resolv_conf else []),
         "--proc", "/proc",
         # bubblewrap's /dev is a tmpfs the job user owns, of the kernel's default size:
         # read-only but for its own size-limited /dev/shm (device nodes stay writable).

@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 OUTPUT_NAME = "output.log"
 STATUS_NAME = "status.json"
 WORK_NAME = "work"
+#: The outbound jobs' resolv.conf in the data dir, where the host's needs replacing.
+RESOLV_NAME = "resolv.conf"
 
 
 @attrs.frozen
@@ -163,6 +165,7 @@ class Sandbox:
     io_device_error: str | None = None
     network_tools: NetworkTools = attrs.Factory(NetworkTools.find)
     network_deny: tuple[IPNetwork, ...] = ()
+    resolv_conf: Path | None = None
 
     @classmethod
     def open(
@@ -198,6 +201,7 @@ class Sandbox:
             io_device=io_device,
             io_device_error=io_device_error,
             network_deny=tuple(network_deny),
+            resolv_conf=_write_resolv_conf(data_dir),
         )
 
     def close(self) -> None:
@@ -413,6 +417,7 @@ class StartingJob:
             tmpfs_size=_tmpfs_size(sandbox.tmpfs_size, request.limits.memory),
             workdir_size=sandbox.workdir_size,
             view=sandbox.host.view.options,
+            resolv_conf=sandbox.resolv_conf if request.network is NetworkMode.OUTBOUND else None,
         )
         try:
             launched = await launch(
@@ -492,6 +497,22 @@ class StartingJob:
             if fd is not None:
                 os.close(fd)
         self.output_fd = self.status_fd = None
+
+
+def _write_resolv_conf(data_dir: Path) -> Path | None:
+    """DATA/resolv.conf, the outbound jobs' resolver configuration where the host's
+    names a loopback resolver (`network.resolv_conf`), written at start-up (0644, in
+    the data dir the job user reaches by exact path); None where the host's serves."""
+    text = network.resolv_conf()
+    path = data_dir / RESOLV_NAME
+    if text is None:
+        path.unlink(missing_ok=True)
+        return None
+    partial = path.with_suffix(".new")
+    partial.write_bytes(text)
+    partial.chmod(0o644)
+    partial.replace(path)
+    return path
 
 
 def _tmpfs_size(configured: int | None, memory: int | None) -> int | None:

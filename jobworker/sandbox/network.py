@@ -165,8 +165,17 @@ def resolv_conf(host: Path = Path("/etc/resolv.conf")) -> bytes | None:
     ]
     if not servers or not _is_loopback(servers[0]):
         return None
-    kept = [line for line in lines if line.split()[:1] != ["nameserver"]]
-    return "\n".join([*kept, f"nameserver {DNS_FORWARD_ADDRESS}", ""]).encode()
+    # The first nameserver's line becomes the forwarder's (pasta forwards to the
+    # host's first); the others go: they are loopback ones, or ones pasta reaches anyway.
+    ours, replaced = [], False
+    for line in lines:
+        if line.split()[:1] == ["nameserver"]:
+            if not replaced:
+                ours.append(f"nameserver {DNS_FORWARD_ADDRESS}")
+                replaced = True
+            continue
+        ours.append(line)
+    return "\n".join([*ours, ""]).encode()
 
 
 def _is_loopback(address: str) -> bool:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -22,9 +24,18 @@ from jobworker.errors import AccessDeniedError, InvalidRequestError
 from jobworker.jobs.tracker import JobTracker
 from jobworker.model import JobSpec, NetworkMode, Outcome
 from jobworker.sandbox.hostview import JobBind
+from jobworker.sandbox.network import DNS_FORWARD_ADDRESS
 from tests.support.cgroupfs import cgroup_pids
 from tests.support.names import unique_name
-from tests.support.remote_host import DENIED, ECHO_PORT, METADATA, REMOTE, REMOTE_NAME, RemoteHost
+from tests.support.remote_host import (
+    DENIED,
+    ECHO_PORT,
+    METADATA,
+    REMOTE,
+    REMOTE_NAME,
+    SERVER,
+    RemoteHost,
+)
 from tests.support.tracking import run_to_end, running_tracker
 from tests.support.waiting import eventually
 
@@ -263,3 +274,36 @@ def _command_pid(tmp_path: Path, job_id: str) -> int:
         if "child-pid" in data:
             return int(data["child-pid"])
     raise AssertionError("no child-pid")
+
+
+def test_a_loopback_resolver_on_the_host_is_reached_through_pastas_forwarder(
+    tmp_path: Path, remote_host: RemoteHost
+) -> None:
+    """The host's resolv.conf names 127.0.0.53 (a private mount namespace's, with the
+    test's resolver there): the job sees pasta's forwarder instead, and resolves."""
+    host_resolv = tmp_path / "host-resolv.conf"
+    host_resolv.write_text("nameserver 127.0.0.53\noptions edns0\n")
+    resolver = subprocess.Popen(
+        [sys.executable, "-c", SERVER, REMOTE_NAME, REMOTE, "120", "127.0.0.53"],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert resolver.stdout is not None and resolver.stdout.readline() == b"ready\n"
+        script = 'mount --bind "$1" /etc/resolv.conf && shift && exec "$@"'
+        result = subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
+             str(host_resolv), sys.executable, "-m", "tests.integration._loopback_resolver_job",
+             str(tmp_path / "data")],
+            capture_output=True, check=False, timeout=120,
+        )  # fmt: skip
+    finally:
+        resolver.kill()
+        resolver.wait(10)
+        assert resolver.stdout is not None
+        resolver.stdout.close()
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode().splitlines() == [
+        f"nameserver {DNS_FORWARD_ADDRESS}",
+        "options edns0",
+        "by-name",
+    ], result.stdout.decode()

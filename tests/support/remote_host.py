@@ -28,25 +28,27 @@ ECHO_PORT = 7007
 
 #: The remote host's services: a TCP echo and a UDP echo on ECHO_PORT, and a DNS
 #: responder on port 53 that answers A queries for REMOTE_NAME, on every address of
-#: its namespace; it exits after `limit` seconds whatever happens.
+#: its namespace (or the one address given after `limit`); it exits after `limit`
+#: seconds whatever happens. Run as `python -c SERVER NAME ADDRESS LIMIT [BIND]`.
 SERVER = textwrap.dedent(
     """
     import socket, struct, sys, threading, time
     name, address, limit = sys.argv[1].encode(), socket.inet_aton(sys.argv[2]), float(sys.argv[3])
+    bind = sys.argv[4] if len(sys.argv) > 4 else "0.0.0.0"
     def tcp():
         s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("0.0.0.0", %(port)d)); s.listen(16)
+        s.bind((bind, %(port)d)); s.listen(16)
         while True:
             c, _ = s.accept(); c.settimeout(5)
             try: c.sendall(c.recv(4096))
             except OSError: pass
             c.close()
     def udp():
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", %(port)d))
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((bind, %(port)d))
         while True:
             data, peer = s.recvfrom(4096); s.sendto(data, peer)
     def dns():
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 53))
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((bind, 53))
         while True:
             q, peer = s.recvfrom(512)
             if len(q) < 17: continue
