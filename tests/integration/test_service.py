@@ -191,7 +191,12 @@ async def test_bad_requests_get_their_documented_code(daemon: Daemon) -> None:
             request = pb.StartJobRequest(cmd="true", limits=limits)
             await expect_code(Code.INVALID_ARGUMENT, stub.StartJob(request), what)
         await expect_code(
-            Code.INVALID_ARGUMENT, client.start(cmd="true", host_network=True), "host network"
+            Code.PERMISSION_DENIED,
+            client.start(cmd="true", network="host"),
+            "allowed: none, outbound",
+        )
+        await expect_code(
+            Code.INVALID_ARGUMENT, client.start(cmd="true", network="bridge"), "the modes are"
         )
         await expect_code(
             Code.INVALID_ARGUMENT, client.start(cmd="true", workdir="relative"), "absolute path"

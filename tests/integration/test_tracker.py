@@ -31,7 +31,7 @@ from jobworker.errors import (
 from jobworker.jobs.config import TrackerConfig
 from jobworker.jobs.store import JobRecord, JobStore
 from jobworker.jobs.tracker import JobTracker
-from jobworker.model import MAX_LISTED_ARGS_BYTES, JobSpec, JobState, Limits, Outcome
+from jobworker.model import MAX_LISTED_ARGS_BYTES, JobSpec, JobState, Limits, NetworkMode, Outcome
 from jobworker.sandbox import seccomp
 from jobworker.sandbox.cgroups import detect
 from tests.conftest import require_root
@@ -512,8 +512,8 @@ async def test_a_job_checks_and_cuts_its_argv_once_not_on_every_listing(
 
 
 async def test_bad_requests_change_nothing(tracker: JobTracker) -> None:
-    with pytest.raises(InvalidRequestError, match="host network"):
-        await tracker.start("alex", sh("true", host_network=True))
+    with pytest.raises(AccessDeniedError, match="network mode host"):
+        await tracker.start("alex", sh("true", network=NetworkMode.HOST))
     assert tracker.list("alex") == []
     status = await tracker.start("alex", sh("sleep 30"))
     with pytest.raises(InvalidRequestError, match="grace period"):
