@@ -110,8 +110,10 @@ def main() -> None:
             return
         # This tree's jwsd script run by the other interpreter imports the other
         # tree's jobworker: a script's dir comes first on sys.path, not the cwd.
+        # The other tree's own default network (it may not know --network-default);
+        # this tree's jobs get loopback only, as a tree without the modes gives.
         daemons["other"] = start_jwsd(
-            workspace / "other", pki, *JWSD_FLAGS, wrapper=[args.other_python]
+            workspace / "other", pki, *JWSD_FLAGS, wrapper=[args.other_python], network_default=None
         )
         daemons["this"] = start_jwsd(workspace / "this", pki, *JWSD_FLAGS)
         ratios = trio.run(alternate, daemons, args.rounds, args.starts)

@@ -339,6 +339,7 @@ async def test_io_read_limit_throttles_direct_reads(tmp_path: Path) -> None:
             data_dir=tmp_path / "data",
             cgroup_name=unique_name(),
             workdir_size=None,
+            network_default=NetworkMode.NONE,
         )
     ) as tracker:
         out, st = await run_to_end(tracker, sh(script, limits=Limits(io_read_bps=10 * 1000 * 1000)))
@@ -354,6 +355,7 @@ async def test_limits_over_the_server_maximum_are_refused(tmp_path: Path) -> Non
             data_dir=tmp_path / "d",
             cgroup_name=unique_name(),
             max_limits=Limits(memory=64 << 20),
+            network_default=NetworkMode.NONE,
         )
     ) as tracker:
         with pytest.raises(InvalidRequestError, match="above this server's maximum"):
@@ -458,6 +460,7 @@ async def test_the_servers_time_limits_are_a_default_and_a_maximum(tmp_path: Pat
             cgroup_name=unique_name(),
             default_limits=Limits(timeout=600.0),
             max_limits=Limits(timeout=3600.0),
+            network_default=NetworkMode.NONE,
         )
     ) as tracker:
         with pytest.raises(
@@ -619,7 +622,12 @@ async def test_cancelling_the_tracker_stops_every_job_and_leaves_nothing(tmp_pat
     async with LeakCheck():
         with trio.move_on_after(1.0):
             async with JobTracker(
-                TrackerConfig(data_dir=tmp_path / "data", cgroup_name=name, stop_grace=0.5)
+                TrackerConfig(
+                    data_dir=tmp_path / "data",
+                    cgroup_name=name,
+                    stop_grace=0.5,
+                    network_default=NetworkMode.NONE,
+                )
             ) as tracker:
                 for script in [
                     "sleep 1000",
