@@ -190,14 +190,12 @@ def _count_or_none(ctx: click.Context, param: click.Parameter, value: int) -> in
 )
 @click.option(
     "--network-allow",
-    type=_Parsed("modes", network.parse_modes),
     default=",".join(sorted(_JOBS.network_allow)),
     show_default=True,
     help="The network modes users may ask for, comma-separated (none, outbound, host).",
 )
 @click.option(
     "--network-deny",
-    type=_Parsed("CIDR list", network.parse_deny),
     default="",
     metavar="CIDR,...",
     help="Address ranges no outbound job reaches, besides 169.254.0.0/16 (always denied).",
@@ -324,6 +322,8 @@ def _count_or_none(ctx: click.Context, param: click.Parameter, value: int) -> in
 async def main(
     addr: str,
     job_binds: tuple[str, ...],
+    network_allow: str,
+    network_deny: str,
     retention: float | None,
     max_finished: int | None,
     log_level: str,
@@ -358,6 +358,12 @@ async def main(
         binds = tuple(JobBind.parse(text) for text in job_binds)
     except SetupError as exc:
         _fail(str(exc))
+    settings.update(_network_lists(network_allow, network_deny))
+    default = settings["network_default"]
+    if default not in settings["network_allow"] and not (
+        default == "host" and settings["allow_host_network"]
+    ):
+        _fail(f"--network-default {default} is not one of the modes --network-allow gives")
     config = DaemonConfig.of(host=host, port=port, retention=policy, job_binds=binds, **settings)
     try:
         await run(config)
@@ -367,6 +373,21 @@ async def main(
         raise
     except SetupError as exc:
         _fail(str(exc))
+
+
+def _network_lists(allow: str, deny: str) -> dict[str, Any]:
+    """--network-allow and --network-deny as config values; a list that does not parse
+    stops jwsd with one line naming the flag and the word."""
+    values: dict[str, Any] = {}
+    for flag, field, text, parse in (
+        ("--network-allow", "network_allow", allow, network.parse_modes),
+        ("--network-deny", "network_deny", deny, network.parse_deny),
+    ):
+        try:
+            values[field] = parse(text)
+        except (ValueError, InvalidRequestError) as exc:
+            _fail(f"{flag}: {exc}")
+    return values
 
 
 def _fail_on_setup_error(group: BaseExceptionGroup[BaseException]) -> None:

@@ -283,15 +283,22 @@ class JobTracker:
 
     def _say_network_limits(self) -> None:
         """Say once, at start-up, which allowed network modes this host cannot give
-        (their requests are refused), and that outbound jobs' ping gets no answers
+        (their requests are refused), that loopback-only jobs get no ping without
+        CAP_SYS_ADMIN, and that outbound jobs' ping gets no answers
         while the host's ping_group_range leaves out pasta's group: jwsd never
         widens a host setting itself."""
         assert self._sandbox is not None
+        tools = self._sandbox.network_tools
         allowed = policy.allowed_networks(self.config)
         for mode in sorted(allowed):
-            missing = self._sandbox.network_tools.missing_for(mode)
-            if missing is not None:
-                log.warning("network mode %s is refused on this host: %s", mode.value, missing)
+            why = tools.why_unavailable(mode)
+            if why is not None:
+                log.warning("network mode %s is refused on this host: %s", mode.value, why)
+        if NetworkMode.NONE in allowed and not tools.can_enter:
+            log.warning(
+                "loopback-only jobs get no ICMP echo sockets (ping): jwsd lacks "
+                "CAP_SYS_ADMIN, which entering their network namespace takes"
+            )
         if NetworkMode.OUTBOUND in allowed and not host_pings_through_pasta():
             log.warning(
                 "outbound jobs' ICMP echo (ping) gets no replies: the host's "

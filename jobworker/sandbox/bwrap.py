@@ -69,10 +69,11 @@ TRAMPOLINE = (
 #: (`workdir.open_in_sandbox`), before the command can come and go. If the daemon's
 #: end closes instead of answering, the command never runs.
 #: An answer that is not empty is why the command may not run (its network could not
-#: be set up): the helper writes it to the job's output and exits 125.
+#: be set up), and so is no answer at all (jwsd went away first): the helper writes
+#: it to the job's output and exits 125.
 READY_HELPER = (
-    'echo >&0 && read -r why <&0 && { [ -z "$why" ] && exec "$@" </dev/null; '
-    'echo "jobworker: $why" >&2; exit 125; }'
+    'echo >&0 && { read -r why <&0 || why="jwsd went away before the command could run"; '
+    '[ -z "$why" ] && exec "$@" </dev/null; echo "jobworker: $why" >&2; exit 125; }'
 )
 
 #: The whole environment of the root helpers (trampoline, setpriv) and of the outer

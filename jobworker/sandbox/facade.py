@@ -233,10 +233,11 @@ class Sandbox:
 
     def check_network(self, mode: NetworkMode) -> None:
         """Raise StartFailedError when this host cannot give a job `mode` (its tool is
-        missing): never another mode instead."""
-        missing = self.network_tools.missing_for(mode)
-        if missing is not None:
-            raise StartFailedError(f"network mode {mode.value} is not available: {missing}")
+        missing, or pasta would have no default route to copy): never another mode
+        instead."""
+        why = self.network_tools.why_unavailable(mode)
+        if why is not None:
+            raise StartFailedError(f"network mode {mode.value} is not available: {why}")
 
     def check_command(
         self,
@@ -434,7 +435,14 @@ class StartingJob:
                 seccomp=sandbox.host.seccomp,
                 kill_sandbox=self.cgroup.kill_all,
                 setup_timeout=sandbox.setup_timeout,
-                hold=None if request.network is NetworkMode.HOST else self._set_up_network,
+                # A crash of jwsd between StartJob's answer and the end of a held
+                # set-up leaves a job whose command never ran (docs/architecture.md):
+                # only pasta, ~40 ms, is worth that; the loopback-only set-up, ~3 ms,
+                # is part of the start.
+                set_up=self._set_up_network
+                if request.network is NetworkMode.NONE and sandbox.network_tools.can_enter
+                else None,
+                hold=self._set_up_network if request.network is NetworkMode.OUTBOUND else None,
             )
         finally:
             self._close_files()
@@ -523,14 +531,18 @@ def _tmpfs_size(configured: int | None, memory: int | None) -> int | None:
 
 
 def _with_helpers(limits: Limits, mode: NetworkMode) -> Limits:
-    """The pids limit as the cgroup must see it: the user's count plus bubblewrap's
-    helpers, and pasta's in the outbound mode."""
-    if limits.pids is None:
-        return limits
-    helpers = bwrap.HELPER_PROCESSES
-    if mode is NetworkMode.OUTBOUND:
-        helpers += network.PASTA_PROCESSES
-    return attrs.evolve(limits, pids=limits.pids + helpers)
+    """The limits as the job's cgroups must see them: the user's pids count plus
+    bubblewrap's helpers; in the outbound mode, pasta's processes and memory too
+    (`network.PASTA_PROCESSES`, `network.PASTA_MEMORY`), so that the job keeps all
+    it asked for."""
+    outbound = mode is NetworkMode.OUTBOUND
+    pids = limits.pids
+    if pids is not None:
+        pids += bwrap.HELPER_PROCESSES + (network.PASTA_PROCESSES if outbound else 0)
+    memory = limits.memory
+    if memory is not None and outbound:
+        memory += network.PASTA_MEMORY
+    return attrs.evolve(limits, pids=pids, memory=memory)
 
 
 __all__ = [

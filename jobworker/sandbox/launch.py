@@ -136,6 +136,7 @@ async def launch(
     seccomp: bytes | None = None,
     setup_timeout: float = SANDBOX_SETUP_TIMEOUT,
     kill_sandbox: Callable[[], None] | None = None,
+    set_up: Callable[[int], Awaitable[None]] | None = None,
     hold: Callable[[int], Awaitable[None]] | None = None,
 ) -> Launched:
     """Start the command line `build_cmd(status_fd, args_fd)` returns (see
@@ -168,9 +169,12 @@ async def launch(
     kernel refuses the command line as too long (E2BIG). Cancellation kills both.
     kill_sandbox: kills whatever bubblewrap started (the job's cgroup), called when
     the start fails after the fork: nothing else would (no parent-death signal).
-    hold: a set-up that must finish before the command runs, given the sandbox
-    init's pid (the job's network): the answer then waits for it, in the
-    `Launched.release` the caller runs, and launch returns at the ready line.
+    set_up: a set-up that must finish before the command runs, given the sandbox
+    init's pid (a loopback-only job's network: one quick nsenter), awaited before
+    the answer: its StartFailedError fails the start.
+    hold: the same for a set-up too slow for the start to wait for (an outbound
+    job's pasta): the answer then waits for it, in the `Launched.release` the caller
+    runs, and launch returns at the ready line.
     """
     fds: list[int] = []
     copier: ChildProcess | None = None
@@ -261,6 +265,8 @@ async def launch(
             raise StartFailedError(await _failure_message(process, copier, output_file))
         if on_ready is not None:
             on_ready(command_pid)
+        if set_up is not None:
+            await set_up(command_pid)
         if hold is not None:
             release = Release(ready, functools.partial(hold, command_pid))
         else:

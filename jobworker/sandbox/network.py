@@ -53,8 +53,22 @@ SETUP_TIMEOUT = 30.0
 #: forks the daemon, then exits); one stays while the job runs.
 PASTA_PROCESSES = 2
 
+#: The memory pasta holds in a job's cgroups, added to the job's memory limit as the
+#: pids above are: it keeps about 30 MiB of buffers resident (measured with Debian
+#: 12's passt), and its sockets' buffers are charged there too. Without it a job
+#: that asks for 12 MiB would see pasta killed before its command ran.
+PASTA_MEMORY = 40 << 20
+
+#: The stack pasta gets, whatever jwsd's own limit is: it keeps large buffers on
+#: its stack and crashes (SIGSEGV) under 4 MiB.
+PASTA_STACK = 8 << 20
+
 #: How much of a failed set-up's error output is reported.
 MAX_ERROR_OUTPUT = 2048
+
+#: The most ranges `--network-deny` may list: each is a route every outbound job's
+#: set-up adds (one `ip` command), before its command runs.
+MAX_DENIED = 256
 
 #: The address in the job's namespace where pasta answers DNS queries, forwarding
 #: them to the host's first resolver (a loopback one included): in the
@@ -70,9 +84,13 @@ def parse_modes(text: str) -> frozenset[NetworkMode]:
 
 
 def parse_deny(text: str) -> tuple[IPNetwork, ...]:
-    """A comma-separated list of CIDRs (`jwsd --network-deny`); ValueError naming the bad one."""
+    """A comma-separated list of at most `MAX_DENIED` CIDRs (`jwsd --network-deny`);
+    ValueError naming the bad one."""
+    words = [word for word in (w.strip() for w in text.split(",")) if word]
+    if len(words) > MAX_DENIED:
+        raise ValueError(f"{len(words)} ranges given; at most {MAX_DENIED} are allowed")
     networks = []
-    for word in filter(None, (w.strip() for w in text.split(","))):
+    for word in words:
         try:
             networks.append(ipaddress.ip_network(word, strict=False))
         except ValueError:
@@ -87,6 +105,10 @@ class NetworkTools:
     nsenter: str | None
     ip: str | None
     pasta: str | None
+    prlimit: str | None = None
+    proc_net: Path = Path("/proc/net")
+    #: Whether jwsd may enter a job's network namespace (setns takes CAP_SYS_ADMIN).
+    can_enter: bool = True
 
     @classmethod
     def find(cls) -> NetworkTools:
@@ -95,17 +117,72 @@ class NetworkTools:
             nsenter=shutil.which("nsenter", path=path),
             ip=shutil.which("ip", path=path),
             pasta=shutil.which("pasta", path=path),
+            prlimit=shutil.which("prlimit", path=path),
+            can_enter=has_cap_sys_admin(),
         )
 
-    def missing_for(self, mode: NetworkMode) -> str | None:
-        """Why this host cannot give a job `mode`, or None when it can."""
+    def why_unavailable(self, mode: NetworkMode) -> str | None:
+        """Why this host cannot give a job `mode`, or None when it can. Reads two small
+        files of /proc/net for the outbound mode: cheap enough for every start."""
         if mode is NetworkMode.HOST:
             return None
         if self.nsenter is None or self.ip is None:
             return "nsenter (util-linux) and ip (iproute2) are not installed on this host"
-        if mode is NetworkMode.OUTBOUND and self.pasta is None:
-            return "pasta is not installed on this host (Debian's passt package)"
+        if mode is NetworkMode.OUTBOUND:
+            if not self.can_enter:
+                return "jwsd lacks CAP_SYS_ADMIN, which entering a job's network namespace takes"
+            if self.pasta is None or self.prlimit is None:
+                return (
+                    "pasta (Debian's passt) and prlimit (util-linux) are not installed on this host"
+                )
+            if not has_default_route(self.proc_net):
+                # pasta copies the addresses and routes of the interface that holds the
+                # host's default route, and refuses to start without one.
+                return "this host has no default route (pasta needs one to copy)"
         return None
+
+
+def has_default_route(proc_net: Path = Path("/proc/net")) -> bool:
+    """Whether jwsd's network namespace has a default route, IPv4 or IPv6, that is up,
+    not a reject route and not on loopback (`/proc/net/route`, `/proc/net/ipv6_route`:
+    the kernel's "unreachable" IPv6 default on lo is one of those)."""
+    up, reject = 0x0001, 0x0200  # RTF_UP, RTF_REJECT
+    routes = []  # (interface, flags) of every default route
+    # Iface Destination Gateway Flags RefCnt Use Metric Mask ...
+    for fields in _table(proc_net / "route")[1:]:
+        if len(fields) > 7 and fields[1] == fields[7] == "00000000":
+            routes.append((fields[0], fields[3]))
+    # destination, its prefix length, source, its length, next hop, metric, refs, use, flags, iface
+    for fields in _table(proc_net / "ipv6_route"):
+        if len(fields) == 10 and fields[0] == "0" * 32 and fields[1] == "00":
+            routes.append((fields[9], fields[8]))
+    for interface, flags in routes:
+        try:
+            bits = int(flags, 16)
+        except ValueError:
+            continue
+        if interface != "lo" and bits & up and not bits & reject:
+            return True
+    return False
+
+
+def _table(path: Path) -> list[list[str]]:
+    try:
+        return [line.split() for line in path.read_text().splitlines()]
+    except OSError:
+        return []
+
+
+def has_cap_sys_admin(status: Path = Path("/proc/self/status")) -> bool:
+    """Whether this process's effective capabilities hold CAP_SYS_ADMIN (`CapEff`)."""
+    cap_sys_admin = 21
+    try:
+        for line in status.read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> cap_sys_admin & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
 
 
 def host_pings_through_pasta() -> bool:
@@ -130,13 +207,16 @@ def namespace_script(deny: Sequence[IPNetwork], outbound: bool) -> str:
     return " && ".join(lines)
 
 
-def pasta_argv(pasta: str, netns_fd: int) -> list[str]:
+def pasta_argv(tools: NetworkTools, netns_fd: int) -> list[str]:
     """pasta, configuring the job's namespace (`--config-net`: address, route, MTU as
     the host's) through the descriptor `netns_fd` (inherited), as root (`--runas 0`:
     as `nobody` it may not join it), without joining the job's user namespace,
-    with no port forwarded either way and no gateway mapped to the host's loopback."""
+    with no port forwarded either way and no gateway mapped to the host's loopback;
+    under prlimit, for a stack of `PASTA_STACK` whatever jwsd's is."""
+    assert tools.pasta is not None and tools.prlimit is not None
     return [
-        pasta,
+        tools.prlimit, f"--stack={PASTA_STACK}", "--",
+        tools.pasta,
         "--quiet",
         "--config-net",
         "--runas", "0",
@@ -220,8 +300,7 @@ async def set_up(
                 "the job's network namespace",
             )
             if mode is NetworkMode.OUTBOUND:
-                assert tools.pasta is not None
-                await _run([*trampoline, *pasta_argv(tools.pasta, netns)], netns, "pasta")
+                await _run([*trampoline, *pasta_argv(tools, netns)], netns, "pasta")
         if waiting.cancelled_caught:
             raise StartFailedError(f"the job's network was not set up within {within:g} s")
     finally:
@@ -248,6 +327,8 @@ async def _run(argv: list[str], fd: int, what: str) -> None:
 __all__ = [
     "LINK_LOCAL",
     "NetworkTools",
+    "has_cap_sys_admin",
+    "has_default_route",
     "host_pings_through_pasta",
     "parse_deny",
     "parse_modes",

@@ -230,8 +230,10 @@ class RunningJob:
         self.close()
 
     def close(self) -> None:
-        """Close the work dir's descriptor and the copier's error memfd: done by
-        `finish` and `let_go`; else (a clean-up cut short) the caller's. Idempotent."""
+        """Close the work dir's descriptor, the copier's error memfd and, if it was
+        never released, the sandbox's answer socket (its command then never runs):
+        done by `finish` and `let_go`; else (a clean-up cut short) the caller's.
+        Idempotent."""
         if self._workdir_fd is not None:
             os.close(self._workdir_fd)
             self._workdir_fd = None

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Jwsd, start_jwsd
+from tests.conftest import require_root
+from tests.e2e.conftest import BIN, Jwsd, start_jwsd
 from tests.support.certs import TestPKI
 from tests.support.remote_host import REMOTE, REMOTE_NAME, RemoteHost
+from tests.support.timing import scaled
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
@@ -26,7 +28,13 @@ def ok(result: subprocess.CompletedProcess[bytes]) -> str:
 def jwsd_for_remote(
     tmp_path: Path, pki: TestPKI, remote_host: RemoteHost, host_pings: None
 ) -> Iterator[Jwsd]:
-    daemon = start_jwsd(tmp_path, pki, "--job-bind", f"{remote_host.resolv_conf}:/etc/resolv.conf")
+    daemon = start_jwsd(
+        tmp_path,
+        pki,
+        "--job-bind",
+        f"{remote_host.resolv_conf}:/etc/resolv.conf",
+        network_default=None,  # jwsd's own: the session runs as written
+    )
     try:
         yield daemon
     finally:
@@ -68,8 +76,42 @@ def test_a_mode_the_server_does_not_allow_is_refused_naming_the_allowed_ones(
         assert jwsd.stop() == 0, jwsd.log
 
 
-def test_a_deny_list_that_does_not_parse_stops_jwsd_with_one_line(
-    tmp_path: Path, pki: TestPKI
+@pytest.mark.parametrize(
+    ("flags", "line"),
+    [
+        (
+            ["--network-deny", "10.0.0.0/8,not-a-cidr"],
+            "jwsd: --network-deny: 'not-a-cidr' is not an address range (CIDR)",
+        ),
+        (
+            ["--network-deny", "10.0.0.0/33"],
+            "jwsd: --network-deny: '10.0.0.0/33' is not an address range (CIDR)",
+        ),
+        (
+            ["--network-deny", ",".join(["10.0.0.0/8"] * 257)],
+            "jwsd: --network-deny: 257 ranges given; at most 256 are allowed",
+        ),
+        (
+            ["--network-allow", "none,bridge"],
+            "jwsd: --network-allow: unknown network mode 'bridge'; the modes are none, outbound, host",
+        ),
+        (
+            ["--network-allow", "none"],
+            "jwsd: --network-default outbound is not one of the modes --network-allow gives",
+        ),
+    ],
+)
+def test_a_network_list_that_does_not_parse_stops_jwsd_with_one_line(
+    tmp_path: Path, pki: TestPKI, flags: list[str], line: str
 ) -> None:
-    with pytest.raises(AssertionError, match="not an address range"):
-        start_jwsd(tmp_path, pki, "--network-deny", "10.0.0.0/8,not-a-cidr")
+    require_root()
+    tls_dir = pki.write_tls_dir(tmp_path / "tls", ["alex"])
+    result = subprocess.run(
+        [str(BIN / "jwsd"), "--addr", "127.0.0.1:0", "--tls-dir", str(tls_dir),
+         "--data-dir", str(tmp_path / "data"), *flags],
+        capture_output=True,
+        text=True,
+        timeout=scaled(30),
+    )  # fmt: skip
+    assert (result.returncode, result.stderr) == (1, line + "\n")
+    assert not (tmp_path / "data").exists()  # stopped before any work

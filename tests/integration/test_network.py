@@ -10,8 +10,11 @@ Every test here needs root, pasta (Debian's passt), ip and ping.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import json
 import os
+import resource
 import subprocess
 import sys
 import textwrap
@@ -22,7 +25,7 @@ import trio
 
 from jobworker.errors import AccessDeniedError, InvalidRequestError
 from jobworker.jobs.tracker import JobTracker
-from jobworker.model import JobSpec, NetworkMode, Outcome
+from jobworker.model import JobSpec, Limits, NetworkMode, Outcome
 from jobworker.sandbox.hostview import JobBind
 from jobworker.sandbox.network import DNS_FORWARD_ADDRESS
 from tests.support.cgroupfs import cgroup_pids
@@ -46,8 +49,10 @@ def py(script: str, network: NetworkMode | None = NetworkMode.OUTBOUND) -> JobSp
     return JobSpec(argv=("python3", "-c", textwrap.dedent(script)), network=network)
 
 
-def sh(script: str, network: NetworkMode | None = NetworkMode.OUTBOUND) -> JobSpec:
-    return JobSpec(argv=("sh", "-c", script), network=network)
+def sh(
+    script: str, network: NetworkMode | None = NetworkMode.OUTBOUND, limits: Limits | None = None
+) -> JobSpec:
+    return JobSpec(argv=("sh", "-c", script), network=network, limits=limits or Limits())
 
 
 def tcp_to(
@@ -64,7 +69,11 @@ def tcp_to(
     return py(script, network)
 
 
-async def tracker_for(tmp_path: Path, remote: RemoteHost, **config: object):  # type: ignore[no-untyped-def]
+def tracker_for(
+    tmp_path: Path, remote: RemoteHost, **config: object
+) -> contextlib.AbstractAsyncContextManager[JobTracker]:
+    """A tracker whose jobs resolve through the remote host's resolver and may not
+    reach DENIED."""
     return running_tracker(
         tmp_path / "data",
         job_binds=(JobBind.parse(f"{remote.resolv_conf}:/etc/resolv.conf"),),
@@ -76,7 +85,7 @@ async def tracker_for(tmp_path: Path, remote: RemoteHost, **config: object):  # 
 async def test_an_outbound_job_reaches_the_remote_host_by_name_and_address(
     tmp_path: Path, remote_host: RemoteHost, host_pings: None
 ) -> None:
-    async with await tracker_for(tmp_path, remote_host) as tracker:
+    async with tracker_for(tmp_path, remote_host) as tracker:
         out, st = await run_to_end(tracker, tcp_to(REMOTE))
         assert out == b"tcp-hello\n" and st.exit_code == 0
         assert st.spec.network is NetworkMode.OUTBOUND
@@ -101,7 +110,7 @@ async def test_no_job_reaches_what_it_must_not(tmp_path: Path, remote_host: Remo
     await listener.bind(("127.0.0.1", 0))
     listener.listen(8)
     port = listener.getsockname()[1]
-    async with await tracker_for(tmp_path, remote_host) as tracker:
+    async with tracker_for(tmp_path, remote_host) as tracker:
         # The host's loopback (jwsd's port is one of its listeners), by its own
         # address and by the namespace's gateway (pasta maps none of it).
         out, _ = await run_to_end(tracker, tcp_to("127.0.0.1", port))
@@ -125,7 +134,7 @@ async def test_no_job_reaches_what_it_must_not(tmp_path: Path, remote_host: Remo
 async def test_a_job_cannot_reach_another_users_jobs_listener(
     tmp_path: Path, remote_host: RemoteHost
 ) -> None:
-    async with await tracker_for(tmp_path, remote_host) as tracker:
+    async with tracker_for(tmp_path, remote_host) as tracker:
         server = await tracker.start(
             "betty",
             py(
@@ -160,7 +169,7 @@ async def test_a_job_cannot_reach_another_users_jobs_listener(
 async def test_a_job_cannot_change_its_own_namespace(
     tmp_path: Path, remote_host: RemoteHost
 ) -> None:
-    async with await tracker_for(tmp_path, remote_host) as tracker:
+    async with tracker_for(tmp_path, remote_host) as tracker:
         for command in (
             "ip route del default",
             "ip addr add 10.9.9.9/32 dev lo",
@@ -203,41 +212,75 @@ async def test_modes_are_checked_before_any_work(tmp_path: Path) -> None:
 async def test_nothing_of_an_outbound_job_outlives_it(
     tmp_path: Path, remote_host: RemoteHost
 ) -> None:
-    async with await tracker_for(tmp_path, remote_host) as tracker:
-        st = await tracker.start("alex", sh("echo up; sleep 30"))
-        await _until_running(tracker, st.job_id)
-        pastas = _pastas_in(tracker, st.job_id)
-        await tracker.stop("alex", st.job_id, grace=0)
+    """pasta runs in the job's cgroups: it goes when the job is stopped, and when the
+    job ends by itself."""
+    async with tracker_for(tmp_path, remote_host) as tracker:
+        job_id, pastas = await _outbound_job_and_its_pasta(tracker)
+        await tracker.stop("alex", job_id, grace=0)
         assert _alive(pastas) == []
-        assert tracker.status("alex", st.job_id).outcome is Outcome.STOPPED
+        assert tracker.status("alex", job_id).outcome is Outcome.STOPPED
+        job_id, pastas = await _outbound_job_and_its_pasta(tracker, "echo up; sleep 0.5")
+        await tracker.wait("alex", job_id)
+        assert _alive(pastas) == []
+
+
+async def test_the_shutdown_ends_an_outbound_jobs_pasta(
+    tmp_path: Path, remote_host: RemoteHost
+) -> None:
+    async with tracker_for(tmp_path, remote_host) as tracker:
+        _, pastas = await _outbound_job_and_its_pasta(tracker)
+    assert _alive(pastas) == []
 
 
 async def test_the_next_tracker_sweeps_the_pasta_of_a_job_that_ended_while_none_ran(
     tmp_path: Path, remote_host: RemoteHost
 ) -> None:
     cgroup_name = unique_name()
-    async with await tracker_for(
+    async with tracker_for(
         tmp_path, remote_host, check_records=False, cgroup_name=cgroup_name
     ) as tracker:
-        st = await tracker.start("alex", sh("echo up; sleep 1"))
-        await _until_running(tracker, st.job_id)
-        pastas = _pastas_in(tracker, st.job_id)
+        job_id, pastas = await _outbound_job_and_its_pasta(tracker, "echo up; sleep 1")
         tracker.leave_running()
     # No tracker runs while the job ends; its pasta stays, holding the namespace.
     with trio.fail_after(10):
-        while os.path.exists(f"/proc/{_command_pid(tmp_path, st.job_id)}"):
+        while os.path.exists(f"/proc/{_command_pid(tmp_path, job_id)}"):
             await trio.sleep(0.1)
     assert _alive(pastas) == pastas
-    async with await tracker_for(tmp_path, remote_host, cgroup_name=cgroup_name):
+    async with tracker_for(tmp_path, remote_host, cgroup_name=cgroup_name):
         assert _alive(pastas) == []
 
 
-async def _until_running(tracker: JobTracker, job_id: str) -> None:
-    """Until the job's command runs (its network is set up: pasta's parent has gone)."""
+async def test_pasta_takes_none_of_the_memory_or_stack_a_job_asked_for(
+    tmp_path: Path, remote_host: RemoteHost, host_pings: None
+) -> None:
+    """pasta keeps ~30 MiB resident in the job's cgroups, and crashes (SIGSEGV) on a
+    stack under 4 MiB: a job that asks for 12 MiB of memory, started by a jwsd whose
+    own stack limit is 1 MiB, still reaches the remote host (pasta's share is added
+    to the cgroup's limit; pasta gets its own stack)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_STACK)
+    resource.setrlimit(resource.RLIMIT_STACK, (1 << 20, hard))
+    try:
+        async with tracker_for(tmp_path, remote_host) as tracker:
+            spec = sh(f"ping -c 1 -W 5 {REMOTE}", limits=Limits(memory=12 << 20))
+            out, st = await run_to_end(tracker, spec)
+    finally:
+        resource.setrlimit(resource.RLIMIT_STACK, (soft, hard))
+    assert st.exit_code == 0 and b"bytes from " + REMOTE.encode() in out, out
+    assert st.spec.limits.memory == 12 << 20  # the job's own, as it asked
+
+
+async def _outbound_job_and_its_pasta(
+    tracker: JobTracker, script: str = "echo up; sleep 30"
+) -> tuple[str, list[int]]:
+    """An outbound job of alex's running `script` (which prints first), once its command
+    runs (its network is set up: pasta's parent has gone), and its one pasta's pid."""
+    job_id = (await tracker.start("alex", sh(script))).job_id
     await eventually(
         lambda: tracker.status("alex", job_id).output_size > 0, timeout=10, what="the command"
     )
-    assert len(_pastas_in(tracker, job_id)) == 1
+    pastas = _pastas_in(tracker, job_id)
+    assert len(pastas) == 1
+    return job_id, pastas
 
 
 def _pastas_in(tracker: JobTracker, job_id: str) -> list[int]:
@@ -266,8 +309,6 @@ def _alive(pids: list[int]) -> list[int]:
 
 
 def _command_pid(tmp_path: Path, job_id: str) -> int:
-    import json
-
     status = tmp_path / "data" / "jobs" / job_id / "status.json"
     for line in status.read_text().splitlines():
         data = json.loads(line)

@@ -16,6 +16,7 @@ from pathlib import Path
 import attrs
 import pytest
 
+from jobworker.sandbox.network import has_default_route
 from tests.conftest import require_root
 from tests.support.names import unique_name
 
@@ -80,7 +81,8 @@ def _ip(*args: str) -> None:
 def remote_host(tmp_path: Path) -> Iterator[RemoteHost]:
     """A fake remote host: network namespace NS, a veth pair (the host's end
     198.51.100.1, the remote's 198.51.100.2 and .3, plus 169.254.169.254 routed
-    there from the host), its services (`SERVER`), and a resolv.conf naming it."""
+    there from the host, and the host's default route where it has none), its
+    services (`SERVER`), and a resolv.conf naming it."""
     require_root()
     for tool in ("pasta", "ip", "ping"):
         if shutil.which(tool) is None:
@@ -102,6 +104,11 @@ def remote_host(tmp_path: Path) -> Iterator[RemoteHost]:
         _ip(*ns, "link", "set", "lo", "up")
         _ip(*ns, "route", "add", f"{HOST_SIDE}/32", "dev", remote_end)
         _ip("route", "add", f"{METADATA}/32", "via", REMOTE, "dev", host_end)
+        if not has_default_route():
+            # A host with no network but loopback (CI's VM): pasta copies the host's
+            # default route and refuses to start without one, so the remote host
+            # stands in for the internet, for the test's duration.
+            _ip("route", "add", "default", "via", REMOTE, "dev", host_end)
         server = subprocess.Popen(
             ["ip", "netns", "exec", name, sys.executable, "-c", SERVER, REMOTE_NAME, REMOTE, "300"],
             stdout=subprocess.PIPE,

@@ -77,3 +77,41 @@ def test_a_loopback_resolver_is_replaced_by_pastas_forwarder(tmp_path: Path) -> 
     resolv.write_text("nameserver 10.0.0.2\n")
     assert network.resolv_conf(resolv) is None
     assert network.resolv_conf(tmp_path / "missing") is None
+
+
+ROUTE_HEADER = "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT\n"
+#: The kernel's own IPv6 "unreachable" default on lo, in every namespace.
+V6_REJECT = (
+    "0" * 32 + " 00 " + "0" * 32 + " 00 " + "0" * 32 + " ffffffff 00000001 00000000 00200200 lo\n"
+)
+
+
+def _proc_net(tmp_path: Path, route: str, ipv6_route: str) -> network.NetworkTools:
+    (tmp_path / "route").write_text(ROUTE_HEADER + route)
+    (tmp_path / "ipv6_route").write_text(ipv6_route)
+    return network.NetworkTools(nsenter="/n", ip="/i", pasta="/p", prlimit="/l", proc_net=tmp_path)
+
+
+def test_outbound_is_unavailable_without_a_default_route_and_says_so(tmp_path: Path) -> None:
+    """pasta refuses to start on a host with no default route ("External interface not
+    usable"): such a host refuses outbound requests up front, with the reason, rather
+    than failing each job once it has started (exit 125)."""
+    lan_only = "veth0\t0064330A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n"
+    tools = _proc_net(tmp_path, lan_only, V6_REJECT)
+    assert tools.why_unavailable(NetworkMode.OUTBOUND) == (
+        "this host has no default route (pasta needs one to copy)"
+    )
+    assert tools.why_unavailable(NetworkMode.NONE) is None
+    default_v4 = "eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n"
+    assert _proc_net(tmp_path, default_v4, V6_REJECT).why_unavailable(NetworkMode.OUTBOUND) is None
+    default_v6 = (
+        "0" * 32
+        + " 00 "
+        + "0" * 32
+        + " 00 fd"
+        + "0" * 29
+        + "1 00000400 00000002 00000000 00000003 eth0\n"
+    )
+    assert _proc_net(tmp_path, lan_only, default_v6).why_unavailable(NetworkMode.OUTBOUND) is None
+    missing = network.NetworkTools(nsenter="/n", ip="/i", pasta=None, prlimit="/l")
+    assert "passt" in (missing.why_unavailable(NetworkMode.OUTBOUND) or "")
