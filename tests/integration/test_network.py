@@ -175,9 +175,11 @@ async def test_a_job_cannot_change_its_own_namespace(
             "ip addr add 10.9.9.9/32 dev lo",
             "ip link set eth0 down || ip link set lo down",
             "echo '0 0' > /proc/sys/net/ipv4/ping_group_range",
+            "nft add table inet jobworker_test",
         ):
             out, st = await run_to_end(tracker, sh(command))
             assert st.exit_code != 0, (command, out)
+            assert b"not found" not in out, (command, out)  # refused, not missing
         out, _ = await run_to_end(tracker, tcp_to(REMOTE))
         assert out == b"tcp-hello\n"
 
