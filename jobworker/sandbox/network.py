@@ -281,7 +281,10 @@ async def set_up(
     if mode is NetworkMode.HOST:
         return
     assert tools.nsenter is not None and tools.ip is not None
-    netns = os.open(f"/proc/{command_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        netns = os.open(f"/proc/{command_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:  # the sandbox went first (killed, or a stop)
+        raise StartFailedError(f"the job's sandbox is gone: {exc.strerror}") from None
     try:
         with trio.move_on_after(within) as waiting:
             script = namespace_script(deny, mode is NetworkMode.OUTBOUND)
