@@ -64,6 +64,7 @@ def test_the_seeds_sample_session_pings_a_host(jwsd_for_remote: Jwsd) -> None:
     assert status.splitlines()[0].startswith("Terminated (stopped")
 
 
+@pytest.mark.hierarchy_independent  # refused before any work: no cgroup, no namespace
 def test_a_mode_the_server_does_not_allow_is_refused_naming_the_allowed_ones(
     tmp_path: Path, pki: TestPKI
 ) -> None:
@@ -76,6 +77,7 @@ def test_a_mode_the_server_does_not_allow_is_refused_naming_the_allowed_ones(
         assert jwsd.stop() == 0, jwsd.log
 
 
+@pytest.mark.hierarchy_independent  # jwsd stops before any work
 @pytest.mark.parametrize(
     ("flags", "line"),
     [

@@ -203,6 +203,7 @@ async def test_ping_works_with_loopback_only_and_raw_sockets_stay_refused(
         assert out == b"refused\n"
 
 
+@pytest.mark.hierarchy_independent  # refused before any work: no cgroup, no namespace
 async def test_modes_are_checked_before_any_work(tmp_path: Path) -> None:
     async with running_tracker(tmp_path / "data") as tracker:
         with pytest.raises(AccessDeniedError, match="allowed: none, outbound"):
