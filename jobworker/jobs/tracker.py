@@ -309,12 +309,15 @@ class JobTracker:
     # ---- the public operations -------------------------------------------
 
     async def start(self, owner: str, spec: JobSpec) -> JobStatus:
-        """Start `spec` for `owner`; return its status once the command runs.
+        """Start `spec` for `owner`; return its status once the command runs (an
+        outbound job's: once its network is set up, which the supervisor does
+        after this returns).
 
         Raises InvalidRequestError (limits over the maxima, IO limits without a
-        block device, host network not allowed), QuotaExceededError (the owner
-        already runs max_running_per_user jobs), StartFailedError (program missing
-        or not executable, sandbox refused), ShuttingDownError. A failed or
+        block device), NotAllowedError (a network mode the server does not allow),
+        QuotaExceededError (the owner already runs max_running_per_user jobs),
+        StartFailedError (program missing or not executable, sandbox refused, a
+        network mode this host cannot give), ShuttingDownError. A failed or
         cancelled start leaves nothing behind: no process, cgroup, dir or entry.
         """
         if self._closing or self._nursery is None:
