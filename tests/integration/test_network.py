@@ -15,6 +15,7 @@ import ipaddress
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -23,7 +24,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from jobworker.errors import AccessDeniedError, InvalidRequestError
+from jobworker.errors import AccessDeniedError, InvalidRequestError, StartFailedError
 from jobworker.jobs.tracker import JobTracker
 from jobworker.model import JobSpec, Limits, NetworkMode, Outcome
 from jobworker.sandbox.hostview import JobBind
@@ -351,3 +352,26 @@ def test_a_loopback_resolver_on_the_host_is_reached_through_pastas_forwarder(
         "options edns0",
         "by-name",
     ], result.stdout.decode()
+
+
+@pytest.mark.hierarchy_independent  # refused before any work: no cgroup, no namespace
+async def test_a_host_without_pasta_refuses_outbound_with_the_reason_and_says_so_at_start_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Never another mode instead: an outbound request fails naming what is missing,
+    and jwsd said so once when it started; loopback-only jobs still run."""
+    which = shutil.which
+    monkeypatch.setattr(
+        shutil, "which", lambda name, **kw: None if name == "pasta" else which(name, **kw)
+    )
+    async with running_tracker(tmp_path / "data", network_default=NetworkMode.OUTBOUND) as tracker:
+        said = [r.getMessage() for r in caplog.records if "refused on this host" in r.getMessage()]
+        assert said == [
+            "network mode outbound is refused on this host: pasta (Debian's passt) and "
+            "prlimit (util-linux) are not installed on this host"
+        ]
+        with pytest.raises(StartFailedError, match="network mode outbound is not available: pasta"):
+            await tracker.start("alex", JobSpec(argv=("true",)))
+        assert tracker.list("alex") == []
+        _, st = await run_to_end(tracker, sh("true", network=NetworkMode.NONE))
+        assert st.exit_code == 0
