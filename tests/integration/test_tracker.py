@@ -74,7 +74,12 @@ async def test_a_sandbox_not_ready_in_time_fails_the_start_and_leaves_nothing(
     require_root()
     name = unique_name()
     async with JobTracker(
-        TrackerConfig(data_dir=tmp_path / "data", cgroup_name=name, sandbox_timeout=0.001)
+        TrackerConfig(
+            data_dir=tmp_path / "data",
+            cgroup_name=name,
+            sandbox_timeout=0.001,
+            network_default=NetworkMode.NONE,
+        )
     ) as tracker:
         async with LeakCheck():
             with pytest.raises(StartFailedError, match="not ready within 0.001 s"):
