@@ -564,7 +564,7 @@ async def test_a_late_subscriber_gets_every_byte_of_a_binary_stream(tracker: Job
     status = await tracker.start("alex", sh(script))
     await eventually(
         lambda: tracker.status("alex", status.job_id).state is JobState.TERMINATED,
-        timeout=10,
+        timeout=scaled(10),  # 4 MiB through tee: ~10 s on the VM's emulated CPU
         what="the job terminates",
     )
     out = bytearray()
