@@ -61,6 +61,14 @@ class AccessDeniedError(JobWorkerError):
         super().__init__("access denied")
 
 
+class NotAllowedError(AccessDeniedError):
+    """The server's policy does not let anyone ask for this (a network mode); the
+    message says what is allowed. PERMISSION_DENIED, as any AccessDeniedError."""
+
+    def __init__(self, message: str) -> None:
+        JobWorkerError.__init__(self, message)
+
+
 class UnauthenticatedError(JobWorkerError):
     """The caller presented no identity, or one the server's policy does not know."""
 

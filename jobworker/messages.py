@@ -16,7 +16,7 @@ import attrs
 
 from jobworker.errors import InvalidRequestError
 from jobworker.limits import KINDS
-from jobworker.model import JobSpec, JobState, JobStatus, Limits, Outcome, Usage
+from jobworker.model import JobSpec, JobState, JobStatus, Limits, NetworkMode, Outcome, Usage
 from jobworker.v1 import jobworker_pb2 as pb
 
 #: What a status says when output was not all kept and the server gave no reason.
@@ -60,6 +60,7 @@ def status_to_proto(status: JobStatus) -> pb.GetJobStatusResponse:
         output_disk_bytes=status.output_disk_bytes,
         workdir_bytes=status.workdir_bytes,
         outcome_reason=status.outcome_reason or "",
+        network=status.spec.network.value if status.spec.network else "",
     )
     if status.exit_code is not None:
         message.exit_code = status.exit_code
@@ -84,7 +85,11 @@ def status_from_proto(message: pb.GetJobStatusResponse) -> JobStatus:
     return JobStatus(
         job_id=message.job_id,
         owner=message.owner,
-        spec=JobSpec(argv=tuple(message.args), limits=limits_from_proto(message.limits)),
+        spec=JobSpec(
+            argv=tuple(message.args),
+            limits=limits_from_proto(message.limits),
+            network=_known_network(message.network),
+        ),
         state=JobState(message.status),
         created_at=message.created_at,
         started_at=optional("started_at"),
@@ -119,3 +124,11 @@ def listed_from_proto(message: pb.ListJobsResponse) -> list[JobStatus]:
         attrs.evolve(status_from_proto(job), argv_cut=True) if was_cut else status_from_proto(job)
         for job, was_cut in zip(message.jobs, cut, strict=True)
     ]
+
+
+def _known_network(text: str) -> NetworkMode | None:
+    """The mode a status names; None when it names none, or one this client does not know."""
+    try:
+        return NetworkMode(text) if text else None
+    except ValueError:
+        return None

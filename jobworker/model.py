@@ -171,6 +171,32 @@ def cut_argv(
     return tuple(kept), False
 
 
+class NetworkMode(enum.StrEnum):
+    """The network a job gets (`sandbox.network`): loopback only, outbound access in
+    its own namespace, or the host's namespace."""
+
+    NONE = "none"
+    OUTBOUND = "outbound"
+    HOST = "host"
+
+    @classmethod
+    def parse(cls, text: str) -> NetworkMode:
+        """The mode `text` names; InvalidRequestError listing the modes otherwise."""
+        try:
+            return cls(text)
+        except ValueError:
+            raise InvalidRequestError(
+                f"unknown network mode {text[:40]!r}; the modes are {', '.join(NETWORK_MODES)}"
+            ) from None
+
+
+NETWORK_MODES = tuple(mode.value for mode in NetworkMode)
+
+
+def _to_network(value: NetworkMode | str | None) -> NetworkMode | None:
+    return None if value is None else NetworkMode(value)
+
+
 @attrs.frozen
 class JobSpec:
     """What to run.
@@ -180,8 +206,8 @@ class JobSpec:
     workdir: the working directory inside the sandbox; `None` is the job's own
         writable work dir.
     limits: resource limits; unset ones take the tracker's defaults.
-    host_network: share the host's network namespace instead of a private
-        loopback-only one; refused unless the tracker allows it.
+    network: the network mode (`NetworkMode`); None: the server's default. Once the
+        tracker has accepted the job, the mode it got.
     """
 
     argv: tuple[str, ...] = attrs.field(
@@ -192,7 +218,7 @@ class JobSpec:
     )
     workdir: str | None = None
     limits: Limits = attrs.Factory(Limits)
-    host_network: bool = False
+    network: NetworkMode | None = attrs.field(default=None, converter=_to_network)
 
     def __attrs_post_init__(self) -> None:
         if self.workdir is not None:

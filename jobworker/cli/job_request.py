@@ -16,7 +16,7 @@ from jobworker.cli.failure import EXIT_USAGE, Failure
 from jobworker.cmdline import split_command
 from jobworker.errors import InvalidRequestError
 from jobworker.limits import Limits
-from jobworker.model import JobStatus
+from jobworker.model import NETWORK_MODES, JobStatus
 
 if TYPE_CHECKING:
     from jobworker.client import JobWorkerClient
@@ -32,7 +32,7 @@ class JobRequest:
     limits: Limits
     env: dict[str, str]
     workdir: str
-    host_network: bool
+    network: str
 
     @classmethod
     def from_options(
@@ -43,7 +43,7 @@ class JobRequest:
         limit_texts: dict[str, str | None],
         env: tuple[str, ...],
         workdir: str,
-        network: str,
+        network: str | None,
     ) -> JobRequest:
         """The request the options give. limit_texts: each limit's text by its field
         (None: not given). Raises Failure (usage) for what no server would accept."""
@@ -62,7 +62,7 @@ class JobRequest:
             limits=_limits_from(limit_texts),
             env=_environment_from(env),
             workdir=workdir,
-            host_network=network == "host",
+            network=network or "",
         )
 
     async def start(self, client: JobWorkerClient) -> JobStatus:
@@ -73,7 +73,7 @@ class JobRequest:
             limits=self.limits,
             env=self.env,
             workdir=self.workdir,
-            host_network=self.host_network,
+            network=self.network,
         )
 
 
@@ -149,10 +149,11 @@ def job_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             ),
             click.option(
                 "--network",
-                type=click.Choice(["none", "host"]),
-                default="none",
-                show_default=True,
-                help="host: the host's network (if jwsd allows it); none: loopback only.",
+                type=click.Choice(NETWORK_MODES),
+                default=None,
+                help="outbound: outbound access in the job's own network namespace; none: "
+                "loopback only; host: the host's network (if jwsd allows it). "
+                "Default: the server's (jwsd --network-default).",
             ),
             click.argument("argv", nargs=-1, type=click.UNPROCESSED),
         ]

@@ -33,7 +33,9 @@ from jobworker.jobs.config import TrackerConfig
 from jobworker.jobs.retention import RetentionPolicy
 from jobworker.jobs.uids import UidRange
 from jobworker.limits import Limits, check_host, format_limits, parse_limits
+from jobworker.model import NETWORK_MODES
 from jobworker.sandbox import host as host_checks
+from jobworker.sandbox import network
 from jobworker.sandbox.hostview import JobBind
 from jobworker.server.daemon import DEFAULT_PORT, DaemonConfig, serve
 from jobworker.server.notify import Notifier
@@ -191,10 +193,29 @@ def _count_or_none(ctx: click.Context, param: click.Parameter, value: int) -> in
     '"none": the memory limit alone.',
 )
 @click.option(
+    "--network-default",
+    type=click.Choice(NETWORK_MODES),
+    default=_JOBS.network_default.value,
+    show_default=True,
+    help="The network mode of a job that asks for none.",
+)
+@click.option(
+    "--network-allow",
+    default=",".join(sorted(_JOBS.network_allow)),
+    show_default=True,
+    help="The network modes users may ask for, comma-separated (none, outbound, host).",
+)
+@click.option(
+    "--network-deny",
+    default="",
+    metavar="CIDR,...",
+    help="Address ranges no outbound job reaches, besides 169.254.0.0/16 (always denied).",
+)
+@click.option(
     "--allow-host-network",
     is_flag=True,
     default=_JOBS.allow_host_network,
-    help="Let jobs ask for the host's network instead of loopback only.",
+    help='Let jobs ask for the host\'s network: adds "host" to --network-allow.',
 )
 @click.option(
     "--job-bind",
@@ -355,6 +376,8 @@ async def main(
     addr: str,
     metrics_addr: str | None,
     job_binds: tuple[str, ...],
+    network_allow: str,
+    network_deny: str,
     retention: float | None,
     max_finished: int | None,
     log_level: str,
@@ -391,6 +414,12 @@ async def main(
         binds = tuple(JobBind.parse(text) for text in job_binds)
     except SetupError as exc:
         _fail(str(exc))
+    settings.update(_network_lists(network_allow, network_deny))
+    default = settings["network_default"]
+    if default not in settings["network_allow"] and not (
+        default == "host" and settings["allow_host_network"]
+    ):
+        _fail(f"--network-default {default} is not one of the modes --network-allow gives")
     config = DaemonConfig.of(
         host=host,
         port=port,
@@ -407,6 +436,21 @@ async def main(
         raise
     except SetupError as exc:
         _fail(str(exc))
+
+
+def _network_lists(allow: str, deny: str) -> dict[str, Any]:
+    """--network-allow and --network-deny as config values; a list that does not parse
+    stops jwsd with one line naming the flag and the word."""
+    values: dict[str, Any] = {}
+    for flag, field, text, parse in (
+        ("--network-allow", "network_allow", allow, network.parse_modes),
+        ("--network-deny", "network_deny", deny, network.parse_deny),
+    ):
+        try:
+            values[field] = parse(text)
+        except (ValueError, InvalidRequestError) as exc:
+            _fail(f"{flag}: {exc}")
+    return values
 
 
 def _fail_on_setup_error(group: BaseExceptionGroup[BaseException]) -> None:

@@ -47,6 +47,7 @@ def status_dict(job: JobStatus) -> dict[str, Any]:
         "workdir_bytes": job.workdir_bytes,
         "outcome_reason": job.outcome_reason,
         "limits": {kind.proto: job.spec.limits.value(kind) for kind in KINDS},
+        "network": job.spec.network.value if job.spec.network else None,
     }
 
 
@@ -133,6 +134,8 @@ def status_text(job: JobStatus, *, now: float | None = None) -> str:
     if job.outcome_reason:
         rows.append(("reason", job.outcome_reason))
     rows.append(("limits", limits_text(job.spec.limits)))
+    if job.spec.network is not None:
+        rows.append(("network", job.spec.network.value))
     rows.append(
         (
             "usage",

@@ -119,17 +119,18 @@ class JobWorkerClient:
         limits: Limits | None = None,
         env: Mapping[str, str] | None = None,
         workdir: str = "",
-        host_network: bool = False,
+        network: str = "",
     ) -> JobStatus:
         """Start a job from a command line (`cmd`) or an exact argv (`args`) within
-        `limits` (unset ones: the server's defaults); its status once running."""
+        `limits` (unset ones: the server's defaults) with the network mode `network`
+        ("": the server's default); its status once running."""
         request = pb.StartJobRequest(
             cmd=cmd,
             args=list(args),
             limits=limits_to_proto(limits or Limits()),
             env=dict(env or {}),
             workdir=workdir,
-            host_network=host_network,
+            network=network,
         )
         with mapped_errors():
             response: pb.StartJobResponse = await self.stub.StartJob(request)

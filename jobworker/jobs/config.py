@@ -15,8 +15,9 @@ import attrs
 from jobworker.jobs.disk import DiskSetting
 from jobworker.jobs.retention import RetentionPolicy
 from jobworker.jobs.uids import DEFAULT_RANGE, UidRange
-from jobworker.model import Limits
+from jobworker.model import Limits, NetworkMode
 from jobworker.sandbox.hostview import JobBind
+from jobworker.sandbox.network import IPNetwork
 
 #: Where jwsd keeps its job records, output and work dirs (`jwsd --data-dir`).
 DEFAULT_DATA_DIR = Path("/var/lib/jobworker")
@@ -47,7 +48,11 @@ class TrackerConfig:
     job_uids: the host uids jobs run as, one per owner (`jobworker.jobs.uids`).
     default_limits: limits applied where a request sets none.
     max_limits: the most a request may ask for; `None` fields are unbounded.
-    allow_host_network: whether a job may share the host's network namespace.
+    network_default: the network mode of a job that asks for none (`NetworkMode`).
+    network_allow: the modes a request may ask for (the default's too); "host" is
+        an opt-in (`--allow-host-network` adds it).
+    network_deny: address ranges no outbound job reaches (besides 169.254.0.0/16).
+    allow_host_network: adds "host" to network_allow.
     stop_grace: seconds between SIGTERM and SIGKILL when a stop gives none.
     tmpfs_size: bytes each of a job's writable tmpfs (/tmp, /dev/shm) may hold, at
         most the job's memory limit (its pages are charged to the job's memory
@@ -77,6 +82,9 @@ class TrackerConfig:
     job_uids: UidRange = DEFAULT_RANGE
     default_limits: Limits = DEFAULT_LIMITS
     max_limits: Limits = attrs.Factory(Limits)
+    network_default: NetworkMode = attrs.field(default=NetworkMode.OUTBOUND, converter=NetworkMode)
+    network_allow: frozenset[NetworkMode] = frozenset({NetworkMode.NONE, NetworkMode.OUTBOUND})
+    network_deny: tuple[IPNetwork, ...] = ()
     allow_host_network: bool = False
     stop_grace: float = 5.0
     tmpfs_size: int | None = DEFAULT_TMPFS_SIZE

@@ -1,5 +1,5 @@
 """What the server allows a job: the limits it gets (the request's, over the
-defaults, under the maxima), the running quota, the host network. Pure functions of
+defaults, under the maxima), the running quota, the network mode. Pure functions of
 the tracker's config and the request, checked before any work."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ from __future__ import annotations
 import attrs
 
 from jobworker import limits as limits_table
-from jobworker.errors import InvalidRequestError, QuotaExceededError
+from jobworker.errors import InvalidRequestError, NotAllowedError, QuotaExceededError
 from jobworker.jobs.config import TrackerConfig
-from jobworker.model import JobSpec, Limits
+from jobworker.model import JobSpec, Limits, NetworkMode
 from jobworker.units import counted
 
 
@@ -23,12 +23,27 @@ def check_running_quota(config: TrackerConfig, running: int) -> None:
         )
 
 
-def check_network(config: TrackerConfig, spec: JobSpec) -> None:
-    """Raise InvalidRequestError for a job on the host network this server does not allow."""
-    if spec.host_network and not config.allow_host_network:
-        raise InvalidRequestError(
-            "this server does not allow jobs on the host network (jwsd --allow-host-network)"
+def allowed_networks(config: TrackerConfig) -> frozenset[NetworkMode]:
+    """The network modes a request may ask for."""
+    allowed = set(config.network_allow)
+    if config.allow_host_network:
+        allowed.add(NetworkMode.HOST)
+    return frozenset(allowed)
+
+
+def network_of(config: TrackerConfig, spec: JobSpec) -> NetworkMode:
+    """The network mode a job gets: the one it asks for, else the server's default;
+    NotAllowedError (PERMISSION_DENIED) naming the allowed ones for a mode this
+    server does not allow."""
+    mode = spec.network or config.network_default
+    allowed = allowed_networks(config)
+    if mode not in allowed:
+        names = ", ".join(sorted(allowed)) or "none at all"
+        hint = " (jwsd --allow-host-network)" if mode is NetworkMode.HOST else ""
+        raise NotAllowedError(
+            f"this server does not allow jobs the network mode {mode.value}{hint}; allowed: {names}"
         )
+    return mode
 
 
 def effective_limits(config: TrackerConfig, asked: Limits) -> Limits:
@@ -69,4 +84,4 @@ def _smaller(default: float | None, ceiling: float | None) -> float | None:
     return min(default, ceiling)
 
 
-__all__ = ["check_network", "check_running_quota", "effective_limits"]
+__all__ = ["allowed_networks", "check_running_quota", "effective_limits", "network_of"]

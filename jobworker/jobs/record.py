@@ -20,7 +20,7 @@ from typing import Any
 import attrs
 
 from jobworker.jobs.lifecycle import StopCause
-from jobworker.model import JobSpec, JobState, JobStatus, Limits, Outcome, Usage
+from jobworker.model import JobSpec, JobState, JobStatus, Limits, NetworkMode, Outcome, Usage
 from jobworker.sandbox import Processes
 
 
@@ -41,7 +41,7 @@ class JobRecord:
     """One job.
 
     The fields mirror `JobStatus` (its spec flattened: argv, env_keys, workdir,
-    host_network, limits) plus:
+    network, limits) plus:
     outcome_reason: why a job ended the way it did when its outcome alone does not
         say (a job lost across a restart, a terminal record that could not be written).
     stop_requested: a stop was asked for (its outcome is then "stopped").
@@ -65,7 +65,7 @@ class JobRecord:
     created_at: float
     env_keys: tuple[str, ...] = attrs.field(default=(), converter=_strings)
     workdir: str | None = None
-    host_network: bool = False
+    network: NetworkMode = attrs.field(default=NetworkMode.NONE, converter=NetworkMode)
     limits: Limits = attrs.field(factory=Limits, converter=_to_limits)
     started_at: float | None = None
     ended_at: float | None = None
@@ -103,7 +103,7 @@ class JobRecord:
             created_at=created_at,
             env_keys=tuple(spec.env or ()),
             workdir=spec.workdir,
-            host_network=spec.host_network,
+            network=spec.network or NetworkMode.NONE,
             limits=spec.limits,
             host_uid=host_uid,
         )
@@ -112,7 +112,7 @@ class JobRecord:
     def spec(self) -> JobSpec:
         """What the job runs, as the API shows it (no environment)."""
         return JobSpec(
-            argv=self.argv, workdir=self.workdir, limits=self.limits, host_network=self.host_network
+            argv=self.argv, workdir=self.workdir, limits=self.limits, network=self.network
         )
 
     @property
@@ -209,6 +209,8 @@ class JobRecord:
         if not isinstance(data, dict):
             raise ValueError("a job record must be a JSON object")
         known = attrs.fields_dict(cls)
+        if data.get("host_network") and "network" not in data:  # a record before the modes
+            data["network"] = NetworkMode.HOST.value
         # Fields a newer minor version added are ignored; a missing one takes its default.
         return cls(**{key: value for key, value in data.items() if key in known})
 

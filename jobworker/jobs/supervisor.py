@@ -122,6 +122,9 @@ class Supervisor:
             await self.save_quietly(job)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._enforce_timeout, job)
+                # The job's network, while StartJob has already answered: its
+                # command runs once that is done (or never, when cancelled).
+                nursery.start_soon(running.release)
                 await running.wait()
                 nursery.cancel_scope.cancel()
             faults.reach("job.exited")

@@ -85,6 +85,7 @@ from jobworker.model import (
     JobSpec,
     JobState,
     JobStatus,
+    NetworkMode,
     Outcome,
 )
 from jobworker.sandbox import (
@@ -95,6 +96,7 @@ from jobworker.sandbox import (
     RunningJob,
     Sandbox,
     StartingJob,
+    host_pings_through_pasta,
 )
 
 log = logging.getLogger(__name__)
@@ -221,7 +223,9 @@ class JobTracker:
                 workdir_size=config.workdir_size,
                 tmpfs_size=config.tmpfs_size,
                 setup_timeout=config.sandbox_timeout,
+                network_deny=config.network_deny,
             )
+            self._say_network_limits()
             self.cgroups = self._sandbox.cgroups
             restored = restore(
                 records,
@@ -319,16 +323,44 @@ class JobTracker:
             log.error("shutdown: some jobs did not finish within %.1f s", grace + FINISH_TIMEOUT)
         self._background.cancel()
 
+    def _say_network_limits(self) -> None:
+        """Say once, at start-up, which allowed network modes this host cannot give
+        (their requests are refused), that loopback-only jobs get no ping without
+        CAP_SYS_ADMIN, and that outbound jobs' ping gets no answers
+        while the host's ping_group_range leaves out pasta's group: jwsd never
+        widens a host setting itself."""
+        assert self._sandbox is not None
+        tools = self._sandbox.network_tools
+        allowed = policy.allowed_networks(self.config)
+        for mode in sorted(allowed):
+            why = tools.why_unavailable(mode)
+            if why is not None:
+                log.warning("network mode %s is refused on this host: %s", mode.value, why)
+        if NetworkMode.NONE in allowed and not tools.can_enter:
+            log.warning(
+                "loopback-only jobs get no ICMP echo sockets (ping): jwsd lacks "
+                "CAP_SYS_ADMIN, which entering their network namespace takes"
+            )
+        if NetworkMode.OUTBOUND in allowed and not host_pings_through_pasta():
+            log.warning(
+                "outbound jobs' ICMP echo (ping) gets no replies: the host's "
+                "net.ipv4.ping_group_range leaves out group 0, pasta's; to allow it: "
+                "sysctl -w net.ipv4.ping_group_range='0 0' (see docs/operations.md)"
+            )
+
     # ---- the public operations -------------------------------------------
 
     async def start(self, owner: str, spec: JobSpec) -> JobStatus:
-        """Start `spec` for `owner`; return its status once the command runs.
+        """Start `spec` for `owner`; return its status once the command runs (an
+        outbound job's: once its network is set up, which the supervisor does
+        after this returns).
 
         Raises InvalidRequestError (limits over the maxima, IO limits without a
-        block device, host network not allowed), QuotaExceededError (the owner
-        already runs max_running_per_user jobs, or their jobs hold all of their disk
-        quota or record bytes), StartFailedError (program missing
-        or not executable, sandbox refused), ShuttingDownError. A failed or
+        block device), NotAllowedError (a network mode the server does not allow),
+        QuotaExceededError (the owner already runs max_running_per_user jobs, or
+        their jobs hold all of their disk quota or record bytes), StartFailedError
+        (program missing or not executable, sandbox refused, a network mode this
+        host cannot give), ShuttingDownError. A failed or
         cancelled start leaves nothing behind: no process, cgroup, dir or entry.
         """
         if self._closing or self._nursery is None:
@@ -338,7 +370,8 @@ class JobTracker:
         assert host_uids is not None
         limits = policy.effective_limits(self.config, spec.limits)
         sandbox.check_limits(limits)
-        policy.check_network(self.config, spec)
+        network = policy.network_of(self.config, spec)
+        sandbox.check_network(network)
         host_uid = host_uids.known(owner)
         if host_uid is None:  # the owner's first start: once per owner, ever
             host_uid = await host_uids.allocate(owner)
@@ -351,7 +384,7 @@ class JobTracker:
         job_id = str(uuid.uuid4())
         logs.add_field("job", job_id)  # the call's lines from here on are about this job
         directory = datadir.jobs_dir(self.config.data_dir) / job_id
-        spec = attrs.evolve(spec, limits=limits)
+        spec = attrs.evolve(spec, limits=limits, network=network)
         job = Job(
             JobRecord.new(job_id, owner, spec, created_at=time.time(), host_uid=user.host_uid),
             directory,
@@ -383,7 +416,7 @@ class JobTracker:
                     env=env,
                     cwd=cwd,
                     limits=limits,
-                    host_network=spec.host_network,
+                    network=network,
                     output_grant=None if grant is None else grant.limit,
                 )
             )

@@ -14,12 +14,14 @@ Made once at start-up:
 A job's life:
 
 - `Sandbox.user_on_host(uid)` (the job user as its owner's host uid),
-  `Sandbox.check_limits`, `Sandbox.check_command`, `Sandbox.default_env`: before
-  anything of the job exists.
+  `Sandbox.check_limits`, `Sandbox.check_network`, `Sandbox.check_command`,
+  `Sandbox.default_env`: before anything of the job exists.
 - `Sandbox.prepare(JobRequest) -> StartingJob`: its dir, cgroup and files
   (`cgroup_dirs` for its record); `await StartingJob.launch() -> RunningJob`;
   `await StartingJob.discard()` undoes a start that failed or was cancelled.
-- `RunningJob`: `wait()`, `signal(signum)` (the command's process group, while its
+- `RunningJob`: `await release()` (once, in the task that owns the job: an
+  outbound job's command runs only once it has set up the job's network; at once
+  for the other modes), `wait()`, `signal(signum)` (the command's process group, while its
   leader is in the job's cgroup), `kill()` (the whole cgroup), `usage()`,
   `workdir_bytes()`, `exit_status()`, `processes` and `cgroup_dirs` (for the job's
   record), then `await finish() -> Ending` (the bounded clean-up) or `let_go()`
@@ -31,7 +33,7 @@ A job's life:
 Modules: `facade` (the above), `running` (`RunningJob`), `launch` (the trampoline,
 the copier, the ready handshake), `process` (pidfd handles, /proc), `status`
 (bubblewrap's status file, exit statuses), `program` (program resolution, exec
-size), `bwrap` (the command line), `hostview` (what jobs see of the host), `seccomp`, `workdir`, `host` (the start-up
+size), `bwrap` (the command line), `hostview` (what jobs see of the host), `seccomp`, `workdir`, `network` (a job's network namespace, pasta), `host` (the start-up
 checks), `cgroups` (v1 and v2 behind one interface).
 """
 
@@ -47,6 +49,7 @@ from jobworker.sandbox.facade import (
     StartingJob,
 )
 from jobworker.sandbox.launch import SANDBOX_SETUP_TIMEOUT
+from jobworker.sandbox.network import host_pings_through_pasta
 from jobworker.sandbox.program import DEFAULT_PATH
 from jobworker.sandbox.running import Ending, Processes, RunningJob
 from jobworker.sandbox.status import exit_status
@@ -67,4 +70,5 @@ __all__ = [
     "Sandbox",
     "StartingJob",
     "exit_status",
+    "host_pings_through_pasta",
 ]

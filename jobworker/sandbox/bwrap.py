@@ -68,7 +68,13 @@ TRAMPOLINE = (
 #: the ready line), and the daemon opens the work dir in the sandbox meanwhile
 #: (`workdir.open_in_sandbox`), before the command can come and go. If the daemon's
 #: end closes instead of answering, the command never runs.
-READY_HELPER = 'echo >&0 && read -r _ <&0 && exec "$@" </dev/null'
+#: An answer that is not empty is why the command may not run (its network could not
+#: be set up), and so is no answer at all (jwsd went away first): the helper writes
+#: it to the job's output and exits 125.
+READY_HELPER = (
+    'echo >&0 && { read -r why <&0 || why="jwsd went away before the command could run"; '
+    '[ -z "$why" ] && exec "$@" </dev/null; echo "jobworker: $why" >&2; exit 125; }'
+)
 
 #: The whole environment of the root helpers (trampoline, setpriv) and of the outer
 #: bubblewrap: fixed, whatever the request or the daemon's own environment holds.
@@ -153,6 +159,7 @@ def spawn_argv(
     tmpfs_size: int | None,
     workdir_size: int | None,
     view: Sequence[str],
+    resolv_conf: Path | None = None,
 ) -> list[str]:
     """The whole command line for one job (see the module docstring).
 
@@ -168,8 +175,9 @@ def spawn_argv(
     tmpfs_size: the size in bytes of the job's writable /tmp and /dev/shm (each);
         None: the kernel's default, half the host's RAM.
     view: the options that show the job its view of the host (`hostview.HostView.options`).
+    resolv_conf: a file shown at /etc/resolv.conf over the host's (`network.resolv_conf`).
     """
-    cmd = [tools.sh, "-c", TRAMPOLINE, "jobworker-trampoline", *map(str, procs_files), "--"]
+    cmd = trampoline_argv(tools, procs_files)
     if not user.is_root:
         cmd += [*setpriv_argv(tools, user), "--"]
     cmd += [tools.bwrap, "--args", str(args_fd), "--unshare-all"]
@@ -179,6 +187,7 @@ def spawn_argv(
     size = [] if tmpfs_size is None else ["--size", str(tmpfs_size)]
     cmd += [
         *view,
+        *(["--ro-bind", str(resolv_conf), "/etc/resolv.conf"] if resolv_conf else []),
         "--proc", "/proc",
         # bubblewrap's /dev is a tmpfs the job user owns, of the kernel's default size:
         # read-only but for its own size-limited /dev/shm (device nodes stay writable).
@@ -214,6 +223,11 @@ def user_namespace_options(user: JobUser) -> list[str]:
 def setpriv_argv(tools: SandboxTools, user: JobUser) -> list[str]:
     """setpriv dropping to the job's host ids, with no supplementary groups."""
     return [tools.setpriv, f"--reuid={user.host_uid}", f"--regid={user.host_gid}", "--clear-groups"]
+
+
+def trampoline_argv(tools: SandboxTools, procs_files: Sequence[Path]) -> list[str]:
+    """The prefix that runs what follows it inside the job's cgroups (`TRAMPOLINE`)."""
+    return [tools.sh, "-c", TRAMPOLINE, "jobworker-trampoline", *map(str, procs_files), "--"]
 
 
 def _workdir_options(workdir: Path, size: int | None) -> list[str]:

@@ -33,12 +33,13 @@ import attrs
 import trio
 
 from jobworker.errors import InvalidRequestError, SetupError, StartFailedError
-from jobworker.model import Limits, Usage
-from jobworker.sandbox import bwrap, hostview, seccomp, workdir
+from jobworker.model import Limits, NetworkMode, Usage
+from jobworker.sandbox import bwrap, hostview, network, seccomp, workdir
 from jobworker.sandbox import host as host_checks
 from jobworker.sandbox.bwrap import JobUser, SandboxTools
 from jobworker.sandbox.cgroups import CgroupDriver, JobCgroup, block_device_of, detect
 from jobworker.sandbox.launch import SANDBOX_SETUP_TIMEOUT, Launched, launch
+from jobworker.sandbox.network import IPNetwork, NetworkTools
 from jobworker.sandbox.process import AttachedProcess, parent_of, start_time
 from jobworker.sandbox.program import DEFAULT_PATH, check_exec_size, resolve_program
 from jobworker.sandbox.running import Processes, RunningJob
@@ -50,6 +51,8 @@ log = logging.getLogger(__name__)
 OUTPUT_NAME = "output.log"
 STATUS_NAME = "status.json"
 WORK_NAME = "work"
+#: The outbound jobs' resolv.conf in the data dir, where the host's needs replacing.
+RESOLV_NAME = "resolv.conf"
 
 
 @attrs.frozen
@@ -118,7 +121,7 @@ class JobRequest:
     env: Mapping[str, str]
     cwd: str
     limits: Limits
-    host_network: bool = False
+    network: NetworkMode = NetworkMode.NONE
     output_grant: int | None = None
 
     @property
@@ -166,6 +169,9 @@ class Sandbox:
     setup_timeout: float = SANDBOX_SETUP_TIMEOUT
     io_device: tuple[int, int] | None = None
     io_device_error: str | None = None
+    network_tools: NetworkTools = attrs.Factory(NetworkTools.find)
+    network_deny: tuple[IPNetwork, ...] = ()
+    resolv_conf: Path | None = None
 
     @classmethod
     def open(
@@ -179,6 +185,7 @@ class Sandbox:
         workdir_size: int | None = None,
         tmpfs_size: int | None = None,
         setup_timeout: float = SANDBOX_SETUP_TIMEOUT,
+        network_deny: Sequence[IPNetwork] = (),
     ) -> Sandbox:
         """The sandbox for jobs in `data_dir`, with the cgroup driver `cgroups` (None:
         the host's, `cgroups.detect(name=cgroup_name, subtree=cgroup_parent)`).
@@ -199,6 +206,8 @@ class Sandbox:
             setup_timeout=setup_timeout,
             io_device=io_device,
             io_device_error=io_device_error,
+            network_deny=tuple(network_deny),
+            resolv_conf=_write_resolv_conf(data_dir),
         )
 
     def close(self) -> None:
@@ -227,6 +236,14 @@ class Sandbox:
         without a block device under the data dir)."""
         if limits.has_io and self.io_device is None:
             raise InvalidRequestError(self.io_device_error or "io limits are not available")
+
+    def check_network(self, mode: NetworkMode) -> None:
+        """Raise StartFailedError when this host cannot give a job `mode` (its tool is
+        missing, or pasta would have no default route to copy): never another mode
+        instead."""
+        why = self.network_tools.why_unavailable(mode)
+        if why is not None:
+            raise StartFailedError(f"network mode {mode.value} is not available: {why}")
 
     def check_command(
         self,
@@ -268,7 +285,10 @@ class Sandbox:
                 request.workdir.mkdir(mode=0o700)
                 os.chown(request.workdir, user.host_uid, user.host_gid)
             cgroup = self.cgroups.create(
-                request.job_id, _with_helpers(request.limits), self.io_device, owner=request.owner
+                request.job_id,
+                _with_helpers(request.limits, request.network),
+                self.io_device,
+                owner=request.owner,
             )
             starting = StartingJob(self, request, cgroup)
             # Read-write: the start reads them back (the sandbox init's pid, an error message).
@@ -400,10 +420,11 @@ class StartingJob:
             workdir=request.workdir,
             cwd=request.cwd,
             argv=request.argv,
-            host_network=request.host_network,
+            host_network=request.network is NetworkMode.HOST,
             tmpfs_size=_tmpfs_size(sandbox.tmpfs_size, request.limits.memory),
             workdir_size=sandbox.workdir_size,
             view=sandbox.host.view.options,
+            resolv_conf=sandbox.resolv_conf if request.network is NetworkMode.OUTBOUND else None,
         )
         first, ceiling = request.limits.output, None
         if request.output_grant is not None:  # later windows go up to the job's own cap
@@ -427,6 +448,14 @@ class StartingJob:
                 seccomp=sandbox.host.seccomp,
                 kill_sandbox=self.cgroup.kill_all,
                 setup_timeout=sandbox.setup_timeout,
+                # A crash of jwsd between StartJob's answer and the end of a held
+                # set-up leaves a job whose command never ran (docs/architecture.md):
+                # only pasta, ~40 ms, is worth that; the loopback-only set-up, ~3 ms,
+                # is part of the start.
+                set_up=self._set_up_network
+                if request.network is NetworkMode.NONE and sandbox.network_tools.can_enter
+                else None,
+                hold=self._set_up_network if request.network is NetworkMode.OUTBOUND else None,
             )
         finally:
             self._close_files()
@@ -440,6 +469,17 @@ class StartingJob:
         )
         self._workdir_fd = self.copier_errors = None  # the running job's now
         return self._running
+
+    async def _set_up_network(self, init_pid: int) -> None:
+        """The job's network namespace (`network.set_up`), before its command runs."""
+        sandbox = self.sandbox
+        await network.set_up(
+            sandbox.network_tools,
+            self.request.network,
+            init_pid,
+            trampoline=bwrap.trampoline_argv(sandbox.host.tools, self.cgroup.procs_files),
+            deny=sandbox.network_deny,
+        )
 
     def _open_workdir(self, init_pid: int) -> None:
         """Open the job's work dir tmpfs in its sandbox, before its command runs."""
@@ -480,6 +520,22 @@ class StartingJob:
         self.output_fd = self.status_fd = None
 
 
+def _write_resolv_conf(data_dir: Path) -> Path | None:
+    """DATA/resolv.conf, the outbound jobs' resolver configuration where the host's
+    names a loopback resolver (`network.resolv_conf`), written at start-up (0644, in
+    the data dir the job user reaches by exact path); None where the host's serves."""
+    text = network.resolv_conf()
+    path = data_dir / RESOLV_NAME
+    if text is None:
+        path.unlink(missing_ok=True)
+        return None
+    partial = path.with_suffix(".new")
+    partial.write_bytes(text)
+    partial.chmod(0o644)
+    partial.replace(path)
+    return path
+
+
 def _tmpfs_size(configured: int | None, memory: int | None) -> int | None:
     """The size of each of a job's writable tmpfs: the configured size, at most the
     job's memory limit (the smaller of those that are set)."""
@@ -487,11 +543,19 @@ def _tmpfs_size(configured: int | None, memory: int | None) -> int | None:
     return min(sizes) if sizes else None
 
 
-def _with_helpers(limits: Limits) -> Limits:
-    """The pids limit as the cgroup must see it: the user's count plus bubblewrap's helpers."""
-    if limits.pids is None:
-        return limits
-    return attrs.evolve(limits, pids=limits.pids + bwrap.HELPER_PROCESSES)
+def _with_helpers(limits: Limits, mode: NetworkMode) -> Limits:
+    """The limits as the job's cgroups must see them: the user's pids count plus
+    bubblewrap's helpers; in the outbound mode, pasta's processes and memory too
+    (`network.PASTA_PROCESSES`, `network.PASTA_MEMORY`), so that the job keeps all
+    it asked for."""
+    outbound = mode is NetworkMode.OUTBOUND
+    pids = limits.pids
+    if pids is not None:
+        pids += bwrap.HELPER_PROCESSES + (network.PASTA_PROCESSES if outbound else 0)
+    memory = limits.memory
+    if memory is not None and outbound:
+        memory += network.PASTA_MEMORY
+    return attrs.evolve(limits, pids=pids, memory=memory)
 
 
 __all__ = [

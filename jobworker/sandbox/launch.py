@@ -19,7 +19,7 @@ import resource
 import shutil
 import socket
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import attrs
 import trio
@@ -67,6 +67,36 @@ class Launched:
     command_pid: int
     process_start: int | None = None
     copier_start: int | None = None
+    release: Release | None = None
+
+
+@attrs.define(eq=False)
+class Release:
+    """The answer a sandbox waits for before its command runs, held back while the
+    job's network is set up (`launch`'s `hold`), off the start's critical path:
+    `run()` once, in the task that owns the job; `close()` (idempotent) without it
+    means the command never runs."""
+
+    _ready: trio.lowlevel.FdStream
+    _setup: Callable[[], Awaitable[None]]
+
+    async def run(self) -> None:
+        """Set up, then let the command run; or tell the sandbox why it may not (the
+        ready helper writes it to the job's output and exits 125)."""
+        try:
+            try:
+                await self._setup()
+            except StartFailedError as exc:
+                answer = " ".join(str(exc).split())[:MAX_ERROR_OUTPUT] or "set-up failed"
+            else:
+                answer = ""
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await self._ready.send_all(answer.encode(errors="replace") + b"\n")
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._ready.close()
 
 
 def copier_argv() -> list[str]:
@@ -121,6 +151,8 @@ async def launch(
     seccomp: bytes | None = None,
     setup_timeout: float = SANDBOX_SETUP_TIMEOUT,
     kill_sandbox: Callable[[], None] | None = None,
+    set_up: Callable[[int], Awaitable[None]] | None = None,
+    hold: Callable[[int], Awaitable[None]] | None = None,
 ) -> Launched:
     """Start the command line `build_cmd(status_fd, args_fd)` returns (see
     `bwrap.spawn_argv`), with the environment `bwrap.HELPER_ENV` and nothing else.
@@ -154,6 +186,12 @@ async def launch(
     kernel refuses the command line as too long (E2BIG). Cancellation kills both.
     kill_sandbox: kills whatever bubblewrap started (the job's cgroup), called when
     the start fails after the fork: nothing else would (no parent-death signal).
+    set_up: a set-up that must finish before the command runs, given the sandbox
+    init's pid (a loopback-only job's network: one quick nsenter), awaited before
+    the answer: its StartFailedError fails the start.
+    hold: the same for a set-up too slow for the start to wait for (an outbound
+    job's pasta): the answer then waits for it, in the `Launched.release` the caller
+    runs, and launch returns at the ready line.
     """
     fds: list[int] = []
     copier: ChildProcess | None = None
@@ -230,6 +268,7 @@ async def launch(
     for fd in (out_r, out_w, ready_theirs, args_fd, *inherited):
         os.close(fd)
     ready = trio.lowlevel.FdStream(ready_ours)
+    release = None
     try:
         with trio.move_on_after(setup_timeout) as waiting:
             started = await ready.receive_some(1) != b""
@@ -243,15 +282,23 @@ async def launch(
             raise StartFailedError(await _failure_message(process, copier, output_file))
         if on_ready is not None:
             on_ready(command_pid)
-        try:
-            await ready.send_all(b"\n")
-        except trio.BrokenResourceError:  # the sandbox went before its command ran
-            raise StartFailedError(await _failure_message(process, copier, output_file)) from None
+        if set_up is not None:
+            await set_up(command_pid)
+        if hold is not None:
+            release = Release(ready, functools.partial(hold, command_pid))
+        else:
+            try:
+                await ready.send_all(b"\n")
+            except trio.BrokenResourceError:  # the sandbox went before its command ran
+                raise StartFailedError(
+                    await _failure_message(process, copier, output_file)
+                ) from None
     except BaseException:
         with trio.CancelScope(shield=True):
             await _kill(process, copier, kill_sandbox)
+        ready.close()
         raise
-    finally:
+    if release is None:
         # Closed without a checkpoint: a cancellation delivered here, after the
         # sandbox reported ready, would leave a running process that no one kills
         # or reaps (the caller never learns of it).
@@ -262,6 +309,7 @@ async def launch(
         command_pid=command_pid,
         process_start=start_time(process.pid),
         copier_start=start_time(copier.pid),
+        release=release,
     )
 
 
@@ -316,6 +364,7 @@ async def _kill(
 __all__ = [
     "SANDBOX_SETUP_TIMEOUT",
     "Launched",
+    "Release",
     "copier_argv",
     "launch",
     "limit_copier",

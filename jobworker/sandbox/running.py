@@ -132,6 +132,12 @@ class RunningJob:
 
     # ---- while it runs --------------------------------------------------------------
 
+    async def release(self) -> None:
+        """Let the command run once what it waits for is set up (its network: see
+        `launch.Release`); at once when nothing is held. One task, once."""
+        if self._launched.release is not None:
+            await self._launched.release.run()
+
     async def wait(self) -> None:
         """Wait until the supervisor has exited (the sandbox's init has gone). One
         task at a time."""
@@ -253,14 +259,18 @@ class RunningJob:
         self.close()
 
     def close(self) -> None:
-        """Close the work dir's descriptor and the copier's error memfd: done by
-        `finish` and `let_go`; else (a clean-up cut short) the caller's. Idempotent."""
+        """Close the work dir's descriptor, the copier's error memfd and, if it was
+        never released, the sandbox's answer socket (its command then never runs):
+        done by `finish` and `let_go`; else (a clean-up cut short) the caller's.
+        Idempotent."""
         if self._workdir_fd is not None:
             os.close(self._workdir_fd)
             self._workdir_fd = None
         if self._copier_errors is not None:
             os.close(self._copier_errors)
             self._copier_errors = None
+        if self._launched.release is not None:
+            self._launched.release.close()
 
     def _copier_failure(self) -> str | None:
         """Why the copier could not write all of the output (its error message), or

@@ -20,7 +20,13 @@ from jobworker.cmdline import split_command
 from jobworker.echo import quoted
 from jobworker.errors import InvalidRequestError
 from jobworker.messages import limits_from_proto
-from jobworker.model import MAX_COMMAND_BYTES, JobSpec, check_job_id
+from jobworker.model import (
+    MAX_COMMAND_BYTES,
+    NETWORK_MODES,
+    JobSpec,
+    NetworkMode,
+    check_job_id,
+)
 from jobworker.server.audit import MAX_PAGE, Entry, Query
 from jobworker.tls import USER_NAME, USER_NAME_RULE
 from jobworker.transport import EncodedMessage
@@ -55,8 +61,20 @@ def spec_from_request(request: pb.StartJobRequest) -> JobSpec:
         env=dict(request.env) or None,
         workdir=request.workdir or None,
         limits=limits_from_proto(request.limits),
-        host_network=request.host_network,
+        network=_network_of(request),
     )
+
+
+def _network_of(request: pb.StartJobRequest) -> NetworkMode | None:
+    """The mode asked for: `network`, else "host" for the older `host_network`, else
+    None (the server's default); InvalidRequestError listing the modes."""
+    if request.network:
+        if len(request.network) > 64:
+            raise InvalidRequestError(
+                f"unknown network mode; the modes are {', '.join(NETWORK_MODES)}"
+            )
+        return NetworkMode.parse(request.network)
+    return NetworkMode.HOST if request.host_network else None
 
 
 #: GetAuditLog's page size when the request gives none.

@@ -25,7 +25,7 @@ class Limits(_message.Message):
     def __init__(self, cpu: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., io_read_bps: _Optional[int] = ..., io_write_bps: _Optional[int] = ..., pids: _Optional[int] = ..., output_bytes: _Optional[int] = ..., timeout_seconds: _Optional[float] = ...) -> None: ...
 
 class StartJobRequest(_message.Message):
-    __slots__ = ("cmd", "args", "limits", "env", "workdir", "host_network")
+    __slots__ = ("cmd", "args", "limits", "env", "workdir", "host_network", "network")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -39,13 +39,15 @@ class StartJobRequest(_message.Message):
     ENV_FIELD_NUMBER: _ClassVar[int]
     WORKDIR_FIELD_NUMBER: _ClassVar[int]
     HOST_NETWORK_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
     cmd: str
     args: _containers.RepeatedScalarFieldContainer[str]
     limits: Limits
     env: _containers.ScalarMap[str, str]
     workdir: str
     host_network: bool
-    def __init__(self, cmd: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., env: _Optional[_Mapping[str, str]] = ..., workdir: _Optional[str] = ..., host_network: _Optional[bool] = ...) -> None: ...
+    network: str
+    def __init__(self, cmd: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., env: _Optional[_Mapping[str, str]] = ..., workdir: _Optional[str] = ..., host_network: _Optional[bool] = ..., network: _Optional[str] = ...) -> None: ...
 
 class StartJobResponse(_message.Message):
     __slots__ = ("job_id", "job")
@@ -76,7 +78,7 @@ class GetJobStatusRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class GetJobStatusResponse(_message.Message):
-    __slots__ = ("status", "job_id", "owner", "args", "limits", "outcome", "exit_code", "signal", "oom_killed", "stopped_by_user", "created_at", "started_at", "ended_at", "cpu_time_ns", "peak_memory_bytes", "output_bytes", "signal_name", "output_truncated", "output_truncated_reason", "output_disk_bytes", "workdir_bytes", "outcome_reason")
+    __slots__ = ("status", "job_id", "owner", "args", "limits", "outcome", "exit_code", "signal", "oom_killed", "stopped_by_user", "created_at", "started_at", "ended_at", "cpu_time_ns", "peak_memory_bytes", "output_bytes", "signal_name", "output_truncated", "output_truncated_reason", "output_disk_bytes", "workdir_bytes", "outcome_reason", "network")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
@@ -99,6 +101,7 @@ class GetJobStatusResponse(_message.Message):
     OUTPUT_DISK_BYTES_FIELD_NUMBER: _ClassVar[int]
     WORKDIR_BYTES_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_REASON_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
     status: str
     job_id: str
     owner: str
@@ -121,7 +124,8 @@ class GetJobStatusResponse(_message.Message):
     output_disk_bytes: int
     workdir_bytes: int
     outcome_reason: str
-    def __init__(self, status: _Optional[str] = ..., job_id: _Optional[str] = ..., owner: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., outcome: _Optional[str] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., oom_killed: _Optional[bool] = ..., stopped_by_user: _Optional[bool] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., ended_at: _Optional[float] = ..., cpu_time_ns: _Optional[int] = ..., peak_memory_bytes: _Optional[int] = ..., output_bytes: _Optional[int] = ..., signal_name: _Optional[str] = ..., output_truncated: _Optional[bool] = ..., output_truncated_reason: _Optional[str] = ..., output_disk_bytes: _Optional[int] = ..., workdir_bytes: _Optional[int] = ..., outcome_reason: _Optional[str] = ...) -> None: ...
+    network: str
+    def __init__(self, status: _Optional[str] = ..., job_id: _Optional[str] = ..., owner: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., outcome: _Optional[str] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., oom_killed: _Optional[bool] = ..., stopped_by_user: _Optional[bool] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., ended_at: _Optional[float] = ..., cpu_time_ns: _Optional[int] = ..., peak_memory_bytes: _Optional[int] = ..., output_bytes: _Optional[int] = ..., signal_name: _Optional[str] = ..., output_truncated: _Optional[bool] = ..., output_truncated_reason: _Optional[str] = ..., output_disk_bytes: _Optional[int] = ..., workdir_bytes: _Optional[int] = ..., outcome_reason: _Optional[str] = ..., network: _Optional[str] = ...) -> None: ...
 
 class GetJobOutputRequest(_message.Message):
     __slots__ = ("job_id", "offset")

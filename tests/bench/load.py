@@ -65,7 +65,7 @@ async def starts(args: argparse.Namespace) -> dict[str, Any]:
     async with _client(args) as client:
         for index in range(args.count + args.warmup):
             started = time.perf_counter()
-            job = await client.start(args=["true"], limits=limits())
+            job = await client.start(args=["true"], limits=limits(), network=args.network)
             elapsed = (time.perf_counter() - started) * 1000
             ended_badly = job.outcome not in (None, Outcome.EXITED)
             if job.state not in (JobState.ACTIVE, JobState.TERMINATED) or ended_badly:
@@ -387,6 +387,7 @@ def main() -> None:
         command.add_argument("--clients", type=int, default=50)
         command.add_argument("--seconds", type=float, default=3.0)
         command.add_argument("--user", default=USER)
+        command.add_argument("--network", default="", help="the jobs' network mode (starts)")
         command.add_argument("--all", action="store_true")
     args = parser.parse_args()
     if args.action in ("rpc", "follow-grpcio"):

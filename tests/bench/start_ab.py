@@ -10,6 +10,9 @@ moments of a shared, noisy machine. Prints each round's p50s and their ratio
 (this tree ÷ the other), then the median ratio: what docs/performance.md's
 "Durable jobs" section reports. Both daemons are stopped at the end and nothing
 of their jobs may be left (checked).
+
+`python -m tests.bench.start_ab --modes outbound,none` instead compares two network
+modes of this tree's one jwsd, the same way: the first mode ÷ the second.
 """
 
 from __future__ import annotations
@@ -34,10 +37,12 @@ from tests.support.certs import TestPKI
 
 
 async def alternate(
-    daemons: dict[str, Jwsd], rounds: int, starts: int
+    daemons: dict[str, Jwsd], rounds: int, starts: int, networks: dict[str, str] | None = None
 ) -> list[tuple[float, float]]:
     """The rounds' StartJob p50s in ms, ("this", "other"), one pair per round (each round
-    also said on stderr)."""
+    also said on stderr). networks: the network mode each side asks for ("": the
+    server's default)."""
+    networks = networks or {}
     p50s = []
     async with contextlib.AsyncExitStack() as stack:
         clients: dict[str, JobWorkerClient] = {}
@@ -50,16 +55,18 @@ async def alternate(
                     server_hostname="localhost",
                 )
             )
-        for client in clients.values():  # warm-up: connections, caches
+        for name, client in clients.items():  # warm-up: connections, caches
             for _ in range(3):
-                await client.start(args=["true"], limits=limits())
+                await client.start(args=["true"], limits=limits(), network=networks.get(name, ""))
         for index in range(rounds):
             samples: dict[str, list[float]] = {name: [] for name in clients}
             order = list(clients.items())[:: -1 if index % 2 else 1]
             for _ in range(starts):
                 for name, client in order:
                     began = time.perf_counter()
-                    await client.start(args=["true"], limits=limits())
+                    await client.start(
+                        args=["true"], limits=limits(), network=networks.get(name, "")
+                    )
                     samples[name].append((time.perf_counter() - began) * 1000)
             this, other = (statistics.median(samples[name]) for name in ("this", "other"))
             p50s.append((this, other))
@@ -74,7 +81,10 @@ async def alternate(
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.start_ab")
-    parser.add_argument("other_python", help="the other tree's virtualenv python")
+    parser.add_argument("other_python", nargs="?", help="the other tree's virtualenv python")
+    parser.add_argument(
+        "--modes", help="THIS,OTHER: compare two network modes of this tree's jwsd instead"
+    )
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--starts", type=int, default=50)
     args = parser.parse_args()
@@ -84,11 +94,30 @@ def main() -> None:
     workspace.chmod(0o711)
     pki = TestPKI()
     daemons: dict[str, Jwsd] = {}
+    networks: dict[str, str] = {}
+    if args.modes:
+        networks = dict(zip(("this", "other"), args.modes.split(","), strict=True))
+    elif not args.other_python:
+        parser.error("give the other tree's python, or --modes")
     try:
+        if args.modes:
+            daemon = start_jwsd(workspace / "this", pki, *JWSD_FLAGS)
+            daemons = {"this": daemon}
+            pairs = trio.run(
+                alternate, {"this": daemon, "other": daemon}, args.rounds, args.starts, networks
+            )
+            ratios = [this / other for this, other in pairs]
+            print(
+                f"{args.modes.replace(',', ' ÷ ')}, median of {len(ratios)} rounds: "
+                f"{statistics.median(ratios):.3f} ({min(ratios):.3f}–{max(ratios):.3f})"
+            )
+            return
         # This tree's jwsd script run by the other interpreter imports the other
         # tree's jobworker: a script's dir comes first on sys.path, not the cwd.
+        # The other tree's own default network (it may not know --network-default);
+        # this tree's jobs get loopback only, as a tree without the modes gives.
         daemons["other"] = start_jwsd(
-            workspace / "other", pki, *JWSD_FLAGS, wrapper=[args.other_python]
+            workspace / "other", pki, *JWSD_FLAGS, wrapper=[args.other_python], network_default=None
         )
         daemons["this"] = start_jwsd(workspace / "this", pki, *JWSD_FLAGS)
         ratios = [

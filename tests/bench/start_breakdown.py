@@ -33,7 +33,7 @@ import trio
 
 from jobworker.jobs.config import TrackerConfig
 from jobworker.jobs.tracker import JobTracker
-from jobworker.model import JobSpec, Limits
+from jobworker.model import JobSpec, Limits, NetworkMode
 from jobworker.sandbox import facade
 
 
@@ -58,6 +58,7 @@ async def tracker_steps(count: int) -> dict[str, float]:
             TrackerConfig(
                 data_dir=Path(workspace) / "data",
                 cgroup_name=f"jobworker-breakdown-{uuid.uuid4().hex[:8]}",
+                network_default=NetworkMode.NONE,
             )
         ) as tracker:
             assert tracker.cgroups is not None

@@ -89,11 +89,15 @@ def start_jwsd(
     wrapper: Sequence[str] = (),
     cgroup_name: str | None = None,
     env: Mapping[str, str] | None = None,
+    network_default: str | None = "none",
 ) -> Jwsd:
     """A jwsd on a free loopback port with alex, betty and admin; `wrapper` is a
     command line that runs it (e.g. setpriv dropping a capability). Called again on
     the same tmp_path (and the first run's `cgroup_name`) it is a restart: same data
-    dir, certificates and home. `env`: more of jwsd's environment."""
+    dir, certificates and home. `env`: more of jwsd's environment.
+    `network_default`: its --network-default; "none" (loopback only) where the
+    network is not what a test is about, so that it needs no pasta, no default
+    route and none of pasta's memory; None: jwsd's own default (outbound)."""
     tls_dir = tmp_path / "tls"
     if not tls_dir.exists():
         pki.write_tls_dir(tls_dir, ["alex", "betty", "admin", "mallory"])
@@ -109,6 +113,8 @@ def start_jwsd(
         users_file = tmp_path / "users.toml"
         users_file.write_text('[users]\nalex = "user"\nbetty = "user"\nadmin = "admin"\n')
         args += ["--users", str(users_file)]
+    if network_default is not None:
+        args += ["--network-default", network_default]
     name = cgroup_name or unique_name()
     environment = dict(os.environ, JOBWORKER_CGROUP_NAME=name, **(env or {}))
     log_path = tmp_path / "jwsd.log"

@@ -14,6 +14,7 @@ import trio
 
 from jobworker.client import Credentials, connect
 from jobworker.errors import JobNotFoundError, UnauthenticatedError
+from jobworker.model import NetworkMode
 from jobworker.server.daemon import DaemonConfig, serve
 from jobworker.transport import open_channel
 from jobworker.v1 import health_grpc
@@ -93,6 +94,7 @@ async def test_watch_sees_not_serving_when_shutdown_starts_and_then_ends(
         stop_grace=1.0,
         drain_timeout=30.0,  # a watcher that held up the drain would show in the elapsed time
         cgroup_name=unique_name(),
+        network_default=NetworkMode.NONE,
     )
     shutdown = trio.Event()
     seen: list[str] = []

@@ -1,5 +1,6 @@
 """The sandbox facade on the real kernel: a job started through `Sandbox.prepare` and
-`StartingJob.launch`, ended by `RunningJob.finish`, let go and found again by
+`StartingJob.launch`, its command let run by `RunningJob.release` (once its network
+is set up), ended by `RunningJob.finish`, let go and found again by
 `Sandbox.attach`, or seen by `Sandbox.inspect` once it ended unwatched; and a start
 that fails or is cancelled leaves nothing on the host.
 
@@ -20,12 +21,13 @@ import trio
 import trio.testing
 
 from jobworker.errors import StartFailedError
-from jobworker.model import Limits
+from jobworker.model import Limits, NetworkMode
 from jobworker.sandbox import OUTPUT_NAME, HostSetup, JobRequest, Sandbox
 from tests.conftest import require_root
 from tests.support.cgroupfs import job_cgroup_dirs
 from tests.support.leaks import LeakCheck
 from tests.support.names import unique_name
+from tests.support.remote_host import RemoteHost
 from tests.support.timing import scaled
 from tests.support.waiting import eventually
 
@@ -86,6 +88,7 @@ async def test_a_finished_job_reports_how_it_ended_and_leaves_only_its_files(hos
     async with LeakCheck():
         starting = host.sandbox.prepare(request)
         running = await starting.launch()
+        await running.release()
         assert sorted(running.cgroup_dirs) == host.cgroup_dirs(request)
         processes = running.processes
         assert processes.supervisor_start is not None and processes.command_pid is not None
@@ -101,6 +104,37 @@ async def test_a_finished_job_reports_how_it_ended_and_leaves_only_its_files(hos
     running.signal(signal.SIGTERM)  # its leader is in no cgroup of the job: nothing is sent
 
 
+async def test_an_outbound_jobs_command_runs_only_once_released(
+    host: Host, remote_host: RemoteHost
+) -> None:
+    """launch() returns at the sandbox's ready line, before an outbound job's network
+    is set up (pasta, ~40 ms, off the start's critical path): the command has not
+    run, and runs once release() has set it up. A job closed unreleased (jwsd gone
+    first) never runs its command, and its output says so."""
+    request = host.request("echo ran", network=NetworkMode.OUTBOUND)
+    running = await host.sandbox.prepare(request).launch()
+    output = request.directory / OUTPUT_NAME
+    await trio.sleep(scaled(0.2))
+    assert output.read_bytes() == b""
+    await running.release()
+    with trio.fail_after(scaled(10)):
+        await running.wait()
+    with trio.CancelScope(shield=True):
+        ending = await running.finish()
+    assert ending.exit_code == 0 and output.read_bytes() == b"ran\n"
+    never = host.request("echo ran", network=NetworkMode.OUTBOUND)
+    running = await host.sandbox.prepare(never).launch()
+    running.close()  # the answer's socket with it: the ready helper reads EOF
+    with trio.fail_after(scaled(10)):
+        await running.wait()
+    with trio.CancelScope(shield=True):
+        ending = await running.finish()
+    assert ending.exit_code == 125
+    assert (never.directory / OUTPUT_NAME).read_bytes() == (
+        b"jobworker: jwsd went away before the command could run\n"
+    )
+
+
 async def test_signal_reaches_the_commands_process_group(host: Host) -> None:
     """signal() delivers to the command (its trap runs); kill() ends everything."""
     request = host.request(
@@ -108,6 +142,7 @@ async def test_signal_reaches_the_commands_process_group(host: Host) -> None:
     )
     starting = host.sandbox.prepare(request)
     running = await starting.launch()
+    await running.release()
     output = request.directory / OUTPUT_NAME
     await eventually(lambda: b"ready" in output.read_bytes(), timeout=scaled(10), what="ready")
     running.signal(signal.SIGTERM)
@@ -150,6 +185,7 @@ async def test_a_job_let_go_runs_on_and_is_attached_again(host: Host) -> None:
     again from its record's processes, and finishing it then ends it."""
     request = host.request("sleep 60")
     running = await host.sandbox.prepare(request).launch()
+    await running.release()
     processes = running.processes
     running.let_go()
     assert processes.supervisor_pid is not None
@@ -170,6 +206,7 @@ async def test_inspect_shows_what_a_job_that_ended_unwatched_left(host: Host) ->
     file and its usage from the cgroup it left, and changes nothing."""
     request = host.request("exit 5")
     running = await host.sandbox.prepare(request).launch()
+    await running.release()
     pid = running.processes.supervisor_pid
     assert pid is not None
     running.let_go()

@@ -17,7 +17,7 @@ import trustme
 
 from jobworker.client import Credentials, JobWorkerClient, connect, error_for
 from jobworker.errors import CannotReachError, JobWorkerError
-from jobworker.model import JobState, Limits, Outcome
+from jobworker.model import JobState, Limits, NetworkMode, Outcome
 from jobworker.server.daemon import DaemonConfig, serve
 from jobworker.transport import open_channel
 from jobworker.v1 import jobworker_grpc
@@ -191,7 +191,12 @@ async def test_bad_requests_get_their_documented_code(daemon: Daemon) -> None:
             request = pb.StartJobRequest(cmd="true", limits=limits)
             await expect_code(Code.INVALID_ARGUMENT, stub.StartJob(request), what)
         await expect_code(
-            Code.INVALID_ARGUMENT, client.start(cmd="true", host_network=True), "host network"
+            Code.PERMISSION_DENIED,
+            client.start(cmd="true", network="host"),
+            "allowed: none, outbound",
+        )
+        await expect_code(
+            Code.INVALID_ARGUMENT, client.start(cmd="true", network="bridge"), "the modes are"
         )
         await expect_code(
             Code.INVALID_ARGUMENT, client.start(cmd="true", workdir="relative"), "absolute path"
@@ -284,7 +289,12 @@ async def test_shutdown_ends_every_stream_and_job(tmp_path: Path, pki: TestPKI) 
     tls_dir = pki.write_tls_dir(tmp_path / "tls", ["alex"])
     name = unique_name()
     config = DaemonConfig.of(
-        tls_dir=tls_dir, port=0, data_dir=tmp_path / "data", stop_grace=0.5, cgroup_name=name
+        tls_dir=tls_dir,
+        port=0,
+        data_dir=tmp_path / "data",
+        stop_grace=0.5,
+        cgroup_name=name,
+        network_default=NetworkMode.NONE,
     )
     shutdown = trio.Event()
     children = child_pids()

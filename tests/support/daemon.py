@@ -12,6 +12,7 @@ import attrs
 import trio
 
 from jobworker.client import Credentials, JobWorkerClient, connect
+from jobworker.model import NetworkMode
 from jobworker.sandbox import SANDBOX_SETUP_TIMEOUT
 from jobworker.server.daemon import DaemonConfig, serve
 from tests.conftest import require_root
@@ -76,8 +77,9 @@ class DaemonFiles:
 
     @contextlib.asynccontextmanager
     async def serving(self, **fields: Any) -> AsyncIterator[Daemon]:
-        """jwsd with these files, a data dir under tmp_path, a cgroup name of its own and
-        the DaemonConfig `fields` given, for the block's duration."""
+        """jwsd with these files, a data dir under tmp_path, a cgroup name of its own,
+        jobs on loopback only unless they ask (`network_default`) and the DaemonConfig
+        `fields` given, for the block's duration."""
         config = DaemonConfig.of(
             tls_dir=self.tls_dir,
             port=0,
@@ -85,7 +87,12 @@ class DaemonFiles:
             users_file=self.users_file,
             stop_grace=1.0,
             cgroup_name=unique_name(),
-            **{"sandbox_timeout": scaled(SANDBOX_SETUP_TIMEOUT), **fields},
+            # Loopback only unless a test asks: the network is what few tests are about.
+            **{
+                "sandbox_timeout": scaled(SANDBOX_SETUP_TIMEOUT),
+                "network_default": NetworkMode.NONE,
+                **fields,
+            },
         )
         shutdown = trio.Event()
         async with trio.open_nursery() as nursery:

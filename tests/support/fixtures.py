@@ -10,6 +10,7 @@ import pytest
 
 from jobworker.jobs.tracker import JobTracker
 from tests.support.certs import TestPKI
+from tests.support.remote_host import host_pings, remote_host
 from tests.support.tracking import running_tracker
 
 
@@ -26,3 +27,6 @@ async def tracker(tmp_path: Path) -> AsyncIterator[JobTracker]:
     test is done, it exits and nothing but the job records may be left."""
     async with running_tracker(tmp_path / "data") as tracker:
         yield tracker
+
+
+__all__ = ["host_pings", "pki", "remote_host", "tracker"]

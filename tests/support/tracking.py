@@ -11,7 +11,7 @@ from typing import Any
 
 from jobworker.jobs.config import TrackerConfig
 from jobworker.jobs.tracker import JobTracker
-from jobworker.model import JobSpec, JobState, JobStatus
+from jobworker.model import JobSpec, JobState, JobStatus, NetworkMode
 from tests.conftest import require_root
 from tests.support.names import unique_name
 from tests.support.records import assert_only_records_left
@@ -22,12 +22,15 @@ async def running_tracker(
     data_dir: Path, *, check_records: bool = True, stop_grace: float = 2.0, **config: Any
 ) -> AsyncIterator[JobTracker]:
     """A running `JobTracker` on `data_dir` (needs root: skips, or fails under
-    JOBWORKER_REQUIRE_ROOT=1), under a fresh cgroup name; `config` sets any other
-    `TrackerConfig` field. Once it has exited, only the job records may be left in the
-    data dir (`check_records=False` for a test that leaves more on purpose)."""
+    JOBWORKER_REQUIRE_ROOT=1), under a fresh cgroup name, whose jobs get loopback only
+    unless they ask (`network_default` "none": the network is what few tests are
+    about); `config` sets any other `TrackerConfig` field. Once it has exited, only
+    the job records may be left in the data dir (`check_records=False` for a test
+    that leaves more on purpose)."""
     require_root()
+    defaults = {"cgroup_name": unique_name(), "network_default": NetworkMode.NONE}
     async with JobTracker(
-        TrackerConfig(data_dir=data_dir, cgroup_name=unique_name(), stop_grace=stop_grace, **config)
+        TrackerConfig(data_dir=data_dir, stop_grace=stop_grace, **{**defaults, **config})
     ) as tracker:
         yield tracker
     if check_records:

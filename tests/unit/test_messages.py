@@ -1,13 +1,13 @@
 """A job's status survives the trip through the API: what the server sends from a
 `JobStatus` the client reads back as the same `JobStatus`, but for what the API
-does not carry (environment, working directory, network, the OOM kill count)."""
+does not carry (environment, working directory, the OOM kill count)."""
 
 from __future__ import annotations
 
 import attrs
 
 from jobworker.messages import status_from_proto, status_to_proto
-from jobworker.model import JobSpec, JobState, JobStatus, Limits, Outcome, Usage
+from jobworker.model import JobSpec, JobState, JobStatus, Limits, NetworkMode, Outcome, Usage
 
 
 def test_a_status_read_back_from_the_wire_is_the_one_sent() -> None:
@@ -38,8 +38,8 @@ def test_a_status_read_back_from_the_wire_is_the_one_sent() -> None:
         signal=None,
         usage=Usage(),
         output_truncated=None,
-        spec=JobSpec(argv=("true",), env={"A": "1"}, workdir="/tmp", host_network=True),
+        spec=JobSpec(argv=("true",), env={"A": "1"}, workdir="/tmp", network=NetworkMode.HOST),
     )
     assert status_from_proto(status_to_proto(running)) == attrs.evolve(
-        running, spec=JobSpec(argv=("true",))
+        running, spec=JobSpec(argv=("true",), network=NetworkMode.HOST)
     )

@@ -6,7 +6,7 @@ import json
 
 from jobworker.jobs.lifecycle import StopCause
 from jobworker.jobs.record import JobRecord
-from jobworker.model import JobSpec, JobState, Limits, Outcome, Usage
+from jobworker.model import JobSpec, JobState, Limits, NetworkMode, Outcome, Usage
 
 
 def test_a_new_record_keeps_the_environments_names_never_its_values() -> None:
@@ -15,7 +15,19 @@ def test_a_new_record_keeps_the_environments_names_never_its_values() -> None:
     assert record.env_keys == ("API_TOKEN",)
     assert "supersecret" not in record.to_json()
     assert record.state is JobState.PENDING
-    assert record.spec == JobSpec(argv=("env",), limits=Limits(pids=8))
+    assert record.spec == JobSpec(argv=("env",), limits=Limits(pids=8), network=NetworkMode.NONE)
+
+
+def test_a_record_keeps_its_network_mode_and_reads_the_older_host_network_flag() -> None:
+    spec = JobSpec(argv=("true",), network=NetworkMode.OUTBOUND)
+    record = JobRecord.new("id", "alex", spec, created_at=1.0)
+    assert JobRecord.from_json(record.to_json()).network is NetworkMode.OUTBOUND
+    older = json.loads(record.to_json())
+    del older["network"]
+    older["host_network"] = True
+    assert JobRecord.from_json(json.dumps(older)).network is NetworkMode.HOST
+    del older["host_network"]
+    assert JobRecord.from_json(json.dumps(older)).network is NetworkMode.NONE
 
 
 def test_a_record_round_trips_through_its_json_with_its_types() -> None:
