@@ -188,6 +188,7 @@ class JobTracker:
                 self._host,
                 config.data_dir,
                 cgroups=self.cgroups,
+                cgroup_driver=config.cgroup_driver,
                 cgroup_name=config.cgroup_name,
                 cgroup_parent=config.cgroup_parent,
                 workdir_size=config.workdir_size,

@@ -36,7 +36,7 @@ from jobworker.model import Limits, Usage
 from jobworker.sandbox import bwrap, hostview, seccomp, workdir
 from jobworker.sandbox import host as host_checks
 from jobworker.sandbox.bwrap import JobUser, SandboxTools
-from jobworker.sandbox.cgroups import CgroupDriver, JobCgroup, block_device_of, detect
+from jobworker.sandbox.cgroups import CgroupDriver, JobCgroup, block_device_of, pick
 from jobworker.sandbox.launch import SANDBOX_SETUP_TIMEOUT, Launched, launch
 from jobworker.sandbox.process import AttachedProcess, parent_of, start_time
 from jobworker.sandbox.program import DEFAULT_PATH, check_exec_size, resolve_program
@@ -168,6 +168,7 @@ class Sandbox:
         data_dir: Path,
         *,
         cgroups: CgroupDriver | None = None,
+        cgroup_driver: str = "cgroupfs",
         cgroup_name: str = "jobworker",
         cgroup_parent: str | None = None,
         workdir_size: int | None = None,
@@ -175,10 +176,10 @@ class Sandbox:
         setup_timeout: float = SANDBOX_SETUP_TIMEOUT,
     ) -> Sandbox:
         """The sandbox for jobs in `data_dir`, with the cgroup driver `cgroups` (None:
-        the host's, `cgroups.detect(name=cgroup_name, subtree=cgroup_parent)`).
+        the host's, `cgroups.pick(cgroup_driver, name=cgroup_name, subtree=cgroup_parent)`).
         Raises SetupError when the host's cgroups cannot be used."""
         if cgroups is None:
-            cgroups = detect(name=cgroup_name, subtree=cgroup_parent)
+            cgroups = pick(cgroup_driver, name=cgroup_name, subtree=cgroup_parent)
         io_device, io_device_error = None, None
         try:
             io_device = block_device_of(data_dir)
@@ -398,6 +399,7 @@ class StartingJob:
             tmpfs_size=_tmpfs_size(sandbox.tmpfs_size, request.limits.memory),
             workdir_size=sandbox.workdir_size,
             view=sandbox.host.view.options,
+            held=self.cgroup.holds_start,
         )
         try:
             launched = await launch(
@@ -414,6 +416,7 @@ class StartingJob:
                 seccomp=sandbox.host.seccomp,
                 kill_sandbox=self.cgroup.kill_all,
                 setup_timeout=sandbox.setup_timeout,
+                place=self.cgroup.place if self.cgroup.holds_start else None,
             )
         finally:
             self._close_files()

@@ -19,7 +19,7 @@ import resource
 import shutil
 import socket
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import attrs
 import trio
@@ -106,6 +106,7 @@ async def launch(
     seccomp: bytes | None = None,
     setup_timeout: float = SANDBOX_SETUP_TIMEOUT,
     kill_sandbox: Callable[[], None] | None = None,
+    place: Callable[[int, int], Awaitable[None]] | None = None,
 ) -> Launched:
     """Start the command line `build_cmd(status_fd, args_fd)` returns (see
     `bwrap.spawn_argv`), with the environment `bwrap.HELPER_ENV` and nothing else.
@@ -137,6 +138,9 @@ async def launch(
     kernel refuses the command line as too long (E2BIG). Cancellation kills both.
     kill_sandbox: kills whatever bubblewrap started (the job's cgroup), called when
     the start fails after the fork: nothing else would (no parent-death signal).
+    place: for a command line whose trampoline is held (`bwrap.GATE`): awaited with
+        the trampoline's and the copier's pids once both are forked, before the
+        trampoline is let go (one line on the ready socket).
     """
     fds: list[int] = []
     copier: ChildProcess | None = None
@@ -214,6 +218,9 @@ async def launch(
         os.close(fd)
     ready = trio.lowlevel.FdStream(ready_ours)
     try:
+        if place is not None:
+            await place(process.pid, copier.pid)
+            await ready.send_all(b"\n")
         with trio.move_on_after(setup_timeout) as waiting:
             started = await ready.receive_some(1) != b""
         if waiting.cancelled_caught:

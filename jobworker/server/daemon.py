@@ -96,6 +96,10 @@ class DaemonConfig:
         )
 
 
+#: How long the shutdown may spend asking systemd whether jwsd is being restarted.
+RESTART_CHECK_TIMEOUT = 6.0
+
+
 async def serve(
     config: DaemonConfig,
     shutdown: trio.Event,
@@ -140,13 +144,14 @@ async def serve(
             nursery.start_soon(keep_tree, tracker.cgroups)
             port = await nursery.start(server.serve)
             log.info(
-                "listening on %s:%d (tls 1.3, client certificates from %s; %s)",
+                "listening on %s:%d (tls 1.3, client certificates from %s; %s; cgroups: %s)",
                 config.host,
                 port,
                 client_ca,
                 f"users from {config.users_file}"
                 if config.users_file
                 else "every client certificate is a user",
+                tracker.cgroups.chosen or "given",
             )
             health.set_serving(True)
 
@@ -175,6 +180,12 @@ async def serve(
             health.set_serving(False)
             running = tracker.running_count()
             leave = keep_jobs is not None and keep_jobs.is_set()
+            if not leave:
+                # `systemctl restart jwsd` (an upgrade) keeps jobs; `systemctl stop` does not.
+                with trio.move_on_after(RESTART_CHECK_TIMEOUT):
+                    leave = await trio.to_thread.run_sync(tracker.cgroups.restarting)
+                if leave:
+                    log.info("shutting down: systemd is restarting jwsd (systemctl restart)")
             if leave:
                 log.info("shutting down: leaving %s running", counted(running, "running job"))
                 tracker.leave_running()

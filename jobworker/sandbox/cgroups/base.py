@@ -69,6 +69,14 @@ class CgroupDriver(abc.ABC):
     tree_whole: bool = True
     #: The lock on each job parent (`lock_parents`), by directory.
     lock_fds: dict[Path, int]
+    #: Which driver this is and why it was chosen (`detect.pick`), for the start-up line.
+    chosen: str = ""
+
+    def restarting(self) -> bool:
+        """Whether the service manager is restarting jwsd itself (`systemctl restart`),
+        so that jobs are to be left running for the next jwsd: only the systemd driver,
+        whose jobs live outside jwsd's unit, can tell."""
+        return False
 
     @abc.abstractmethod
     def parent_dirs(self) -> tuple[Path, ...]:
@@ -165,11 +173,19 @@ class JobCgroup(abc.ABC):
     procs_files: the cgroup.procs file of each hierarchy; the job's trampoline
         writes its own pid to each before it execs the command, so everything the
         command starts is born inside.
+    holds_start / place: see below.
     """
 
     name: str
     procs_files: tuple[Path, ...]
     rmdir: Rmdir
+    #: Whether the trampoline must wait for `place` before it enters the cgroup (the
+    #: systemd driver's: the cgroup exists only once systemd has the processes).
+    holds_start: bool = False
+
+    async def place(self, supervisor: int, copier: int) -> None:  # noqa: B027
+        """Put the held `supervisor` (the trampoline) and `copier` in the job's cgroup
+        and write its limits, before the trampoline goes on (`holds_start` only)."""
 
     def pids(self) -> list[int]:
         """Every pid in the job's cgroup (the union over hierarchies), sorted; [] once
