@@ -16,12 +16,22 @@ its jobs' scope names (`jobworker-<owner>-<job id>.scope`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+from collections.abc import AsyncIterator
 from typing import Any
 
 import trio
-from jeepney import DBusAddress, DBusErrorResponse, MatchRule, message_bus, new_method_call
+from jeepney import (
+    DBusAddress,
+    DBusErrorResponse,
+    HeaderFields,
+    MatchRule,
+    MessageType,
+    message_bus,
+    new_method_call,
+)
 from jeepney.io import blocking as bus_blocking
 from jeepney.io import trio as bus_trio
 from jeepney.wrappers import unwrap_msg
@@ -111,40 +121,38 @@ async def start_scope(
     ]
     with trio.move_on_after(timeout) as waiting:
         try:
-            async with bus_trio.open_dbus_router(bus) as router:
+            async with _Conversation.open(bus) as bus_:
                 # Subscribed before the call: the job's end cannot come unseen.
                 rule = MatchRule(
                     type="signal",
-                    sender=_MANAGER.bus_name,
                     interface=_MANAGER.interface,
                     member="JobRemoved",
                     path=_MANAGER.object_path,
                 )
                 rule.add_arg_condition(2, name)
-                with router.filter(rule, bufsize=16) as removed:
-                    await router.send_and_get_reply(message_bus.AddMatch(rule))
-                    await _checked(router, _call("Subscribe"))
-                    call = _call(
-                        "StartTransientUnit", "ssa(sv)a(sa(sv))", (name, "fail", properties, [])
-                    )
-                    try:
-                        (job,) = await _checked(router, call)
-                    except DBusErrorResponse as exc:
-                        if exc.name != _UNIT_EXISTS:
-                            raise
-                        # A failed scope of that name left from a crash: reset, then again.
-                        await _checked(router, _call("ResetFailedUnit", "s", (name,)))
-                        (job,) = await _checked(router, call)
-                    while True:
-                        signal = await removed.receive()
-                        _id, path, _unit, result = signal.body
-                        if path == job:
-                            break
+                bus_.rule = rule
+                await bus_.call(message_bus.AddMatch(rule))
+                await bus_.call(_call("Subscribe"))
+                call = _call(
+                    "StartTransientUnit", "ssa(sv)a(sa(sv))", (name, "fail", properties, [])
+                )
+                try:
+                    (job,) = await bus_.call(call)
+                except DBusErrorResponse as exc:
+                    if exc.name != _UNIT_EXISTS:
+                        raise
+                    # A failed scope of that name left from a crash: reset, then again.
+                    await bus_.call(_call("ResetFailedUnit", "s", (name,)))
+                    (job,) = await bus_.call(call)
+                while True:
+                    _id, path, _unit, result = (await bus_.signal()).body
+                    if path == job:
+                        break
         except DBusErrorResponse as exc:
             raise ScopeError(
                 f"systemd refused the job's scope {name}: {exc.name}: {exc.data}"
             ) from exc
-        except (OSError, EOFError, bus_trio.RouterClosed) as exc:
+        except (OSError, EOFError, trio.EndOfChannel, trio.BrokenResourceError) as exc:
             raise ScopeError(f"cannot reach systemd on the bus: {exc}") from exc
     if waiting.cancelled_caught:
         raise ScopeError(f"systemd did not create the job's scope within {timeout:g} s")
@@ -163,19 +171,55 @@ async def stop_scope(
     """Stop the scope `name` (its processes are killed) and forget it if it failed;
     a unit already gone is fine. Bounded by `timeout`; errors are the caller's to log."""
     with trio.move_on_after(timeout):
-        async with bus_trio.open_dbus_router(bus) as router:
+        async with _Conversation.open(bus) as bus_:
             for method, body in (("StopUnit", (name, "replace")), ("ResetFailedUnit", (name,))):
                 try:
-                    await _checked(router, _call(method, "ss" if len(body) == 2 else "s", body))
+                    await bus_.call(_call(method, "ss" if len(body) == 2 else "s", body))
                 except DBusErrorResponse as exc:
-                    if exc.name not in {_NO_SUCH_UNIT, "org.freedesktop.DBus.Error.InvalidArgs"}:
+                    if exc.name != _NO_SUCH_UNIT and "not loaded" not in str(exc.data):
                         raise
 
 
-async def _checked(router: bus_trio.DBusRouter, message: object) -> tuple[object, ...]:
-    reply = await router.send_and_get_reply(message)
-    body: tuple[object, ...] = unwrap_msg(reply)
-    return body
+class _Conversation:
+    """One connection, used by one task in turn: a call and its reply, the signals
+    that match `rule` kept meanwhile (the bus sends only those: AddMatch)."""
+
+    def __init__(self, conn: bus_trio.DBusConnection) -> None:
+        self.conn = conn
+        self.rule: MatchRule | None = None
+        self.signals: list[Any] = []
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(cls, bus: str) -> AsyncIterator[_Conversation]:
+        conn = await bus_trio.open_dbus_connection(bus)
+        try:
+            yield cls(conn)
+        finally:
+            conn.socket.close()  # no checkpoint: the clean-up cannot be cut short
+
+    async def call(self, message: Any) -> tuple[Any, ...]:
+        serial = next(self.conn.outgoing_serial)
+        await self.conn.send(message, serial=serial)
+        while True:
+            reply = await self._receive()
+            if reply is not None and reply.header.fields.get(HeaderFields.reply_serial) == serial:
+                body: tuple[Any, ...] = unwrap_msg(reply)
+                return body
+
+    async def signal(self) -> Any:
+        while not self.signals:
+            await self._receive()
+        return self.signals.pop(0)
+
+    async def _receive(self) -> Any:
+        """The next message, or None for a signal (kept when it matches `rule`)."""
+        message = await self.conn.receive()
+        if message.header.message_type is MessageType.signal:
+            if self.rule is not None and self.rule.matches(message):
+                self.signals.append(message)
+            return None
+        return message
 
 
 # ---- blocking, for start-up and shutdown --------------------------------------------------
