@@ -36,6 +36,7 @@ from typing import Any
 import attrs
 import trio
 
+from jobworker import __version__
 from jobworker.jobs.config import TrackerConfig, field_names
 from jobworker.jobs.tracker import JobTracker
 from jobworker.model import MAX_SERVER_MESSAGE
@@ -144,7 +145,8 @@ async def serve(
             nursery.start_soon(keep_tree, tracker.cgroups)
             port = await nursery.start(server.serve)
             log.info(
-                "listening on %s:%d (tls 1.3, client certificates from %s; %s; cgroups: %s)",
+                "jwsd %s listening on %s:%d (tls 1.3, client certificates from %s; %s; cgroups: %s)",
+                __version__,
                 config.host,
                 port,
                 client_ca,
