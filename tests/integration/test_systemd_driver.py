@@ -70,7 +70,7 @@ def scope_dir(owner: str, job_id: str) -> Path:
 
 
 def tree_pids(cgroup: Path) -> set[int]:
-    found = set()
+    found: set[int] = set()
     for procs in cgroup.rglob("cgroup.procs"):
         found.update(int(line) for line in procs.read_text().split())
     return found
