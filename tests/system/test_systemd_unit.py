@@ -29,6 +29,7 @@ pytestmark = [pytest.mark.system, pytest.mark.timeout(1800)]
 UNIT = Path("/etc/systemd/system/jwsd.service")
 DROP_IN = Path("/run/systemd/system/jwsd.service.d/test.conf")
 DROP_IN_UPGRADE = DROP_IN.with_name("upgrade.conf")
+UPGRADE_DIR = Path("/opt/jobworker-upgrade")
 CONFIG = Path("/etc/jobworker")
 ADDR = "127.0.0.1:50151"
 STOP_GRACE = 2
@@ -143,7 +144,7 @@ def test_stop_stops_every_job_and_leaves_no_cgroup(unit: None) -> None:
     assert "shutting down: stopping 2 running jobs" in journal, journal.splitlines()
 
 
-def test_restart_with_another_build_keeps_every_job(unit: None, tmp_path: Path) -> None:
+def test_restart_with_another_build_keeps_every_job(unit: None) -> None:
     """The upgrade: another build of jwsd installed (a copy of the checkout with another
     version string, first on the new jwsd's path), then `systemctl restart jwsd`: the
     old jwsd leaves its jobs running in their scopes, the new one takes them over."""
@@ -152,7 +153,8 @@ def test_restart_with_another_build_keeps_every_job(unit: None, tmp_path: Path) 
     marker = f"32{uuid.uuid4().int % 10**6:06d}"
     job_id = jws("start", "-c", f"sh -c 'echo before; sleep {marker}; echo after'").strip()
     wait_for_processes(f"sleep {marker}")
-    upgraded = tmp_path / "upgraded"
+    upgraded = UPGRADE_DIR  # not under /tmp: the unit's PrivateTmp=yes hides it
+    shutil.rmtree(upgraded, ignore_errors=True)
     shutil.copytree(ROOT / "jobworker", upgraded / "jobworker")
     init = upgraded / "jobworker" / "__init__.py"
     init.write_text(init.read_text().replace('__version__ = "', '__version__ = "9.9.9+upgrade.'))
@@ -173,6 +175,7 @@ def test_restart_with_another_build_keeps_every_job(unit: None, tmp_path: Path) 
         jws("stop", "-j", job_id)
     finally:
         DROP_IN_UPGRADE.unlink()
+        shutil.rmtree(upgraded)
         run(["systemctl", "daemon-reload"])
 
 
