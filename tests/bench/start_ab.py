@@ -10,6 +10,10 @@ moments of a shared, noisy machine. Prints each round's p50s and their ratio
 (this tree ÷ the other), then the median ratio: what docs/performance.md's
 "Durable jobs" section reports. Both daemons are stopped at the end and nothing
 of their jobs may be left (checked).
+
+`--cgroup-drivers` instead: this tree's jwsd twice, "this" with the systemd cgroup
+driver and "other" with the cgroupfs one (on a host where systemd is PID 1): the
+D-Bus round trips' cost, which docs/performance.md reports.
 """
 
 from __future__ import annotations
@@ -69,7 +73,12 @@ async def alternate(daemons: dict[str, Jwsd], rounds: int, starts: int) -> list[
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.start_ab")
-    parser.add_argument("other_python", help="the other tree's virtualenv python")
+    parser.add_argument("other_python", nargs="?", help="the other tree's virtualenv python")
+    parser.add_argument(
+        "--cgroup-drivers",
+        action="store_true",
+        help="this tree with the systemd driver against this tree with cgroupfs",
+    )
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--starts", type=int, default=50)
     args = parser.parse_args()
@@ -82,10 +91,18 @@ def main() -> None:
     try:
         # This tree's jwsd script run by the other interpreter imports the other
         # tree's jobworker: a script's dir comes first on sys.path, not the cwd.
-        daemons["other"] = start_jwsd(
-            workspace / "other", pki, *JWSD_FLAGS, wrapper=[args.other_python]
-        )
-        daemons["this"] = start_jwsd(workspace / "this", pki, *JWSD_FLAGS)
+        if args.cgroup_drivers:
+            daemons["other"] = start_jwsd(workspace / "other", pki, *JWSD_FLAGS)
+            daemons["this"] = start_jwsd(
+                workspace / "this", pki, *JWSD_FLAGS, env={"JOBWORKER_CGROUP_DRIVER": "systemd"}
+            )
+        else:
+            if args.other_python is None:
+                parser.error("give the other tree's python, or --cgroup-drivers")
+            daemons["other"] = start_jwsd(
+                workspace / "other", pki, *JWSD_FLAGS, wrapper=[args.other_python]
+            )
+            daemons["this"] = start_jwsd(workspace / "this", pki, *JWSD_FLAGS)
         ratios = trio.run(alternate, daemons, args.rounds, args.starts)
         print(
             f"this ÷ other, median of {len(ratios)} rounds: {statistics.median(ratios):.3f}"
