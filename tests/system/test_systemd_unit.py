@@ -186,7 +186,9 @@ def test_jwsd_killed_is_restarted_and_every_job_and_follower_goes_on(unit: None)
     run(["systemctl", "start", "jwsd"], timeout=120)
     before = show("MainPID")["MainPID"]
     marker = f"34{uuid.uuid4().int % 10**6:06d}"
-    counter = "i=0; while [ $i -lt 40 ]; do echo line $i; i=$((i+1)); sleep 0.5; done"
+    # Long enough to outlive jwsd's restart under an emulated CPU (~20 s there).
+    lines = 90
+    counter = f"i=0; while [ $i -lt {lines} ]; do echo line $i; i=$((i+1)); sleep 1; done"
     ids = [jws("start", "-c", f"sh -c 'sleep {marker}'").strip() for _ in range(2)]
     ids.append(jws("start", "-c", counter).strip())
     wait_for_processes(f"sleep {marker}")
@@ -204,7 +206,7 @@ def test_jwsd_killed_is_restarted_and_every_job_and_follower_goes_on(unit: None)
             time.sleep(0.5)
         out, err = follower.communicate(timeout=scaled(60))
     assert follower.returncode == 0, err
-    assert out.decode() == "".join(f"line {i}\n" for i in range(40)), (out, err)
+    assert out.decode() == "".join(f"line {i}\n" for i in range(lines)), (out, err)
     for job_id in ids[:2]:
         status = json.loads(jws("status", "-j", job_id, "--json"))
         assert status["status"] == "Active", status
