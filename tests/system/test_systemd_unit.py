@@ -190,7 +190,7 @@ def test_jwsd_killed_is_restarted_and_every_job_and_follower_goes_on(unit: None)
     lines = 90
     counter = f"i=0; while [ $i -lt {lines} ]; do echo line $i; i=$((i+1)); sleep 1; done"
     ids = [jws("start", "-c", f"sh -c 'sleep {marker}'").strip() for _ in range(2)]
-    ids.append(jws("start", "-c", counter).strip())
+    ids.append(jws("start", "-c", f"sh -c '{counter}'").strip())
     wait_for_processes(f"sleep {marker}")
     argv = [str(BIN / "jws"), "output", "-u", "alex", "--addr", ADDR,
             "--tls-dir", str(CONFIG / "tls"), "-j", ids[2]]  # fmt: skip
