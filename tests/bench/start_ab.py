@@ -103,7 +103,12 @@ def main() -> None:
                 workspace / "other", pki, *JWSD_FLAGS, wrapper=[args.other_python]
             )
             daemons["this"] = start_jwsd(workspace / "this", pki, *JWSD_FLAGS)
-        ratios = trio.run(alternate, daemons, args.rounds, args.starts)
+        try:
+            ratios = trio.run(alternate, daemons, args.rounds, args.starts)
+        except BaseException:
+            for name, daemon in daemons.items():  # what each jwsd said, before it goes
+                print(f"== jwsd {name}'s log, its end:\n{daemon.log[-4000:]}")
+            raise
         print(
             f"this ÷ other, median of {len(ratios)} rounds: {statistics.median(ratios):.3f}"
             f" ({min(ratios):.3f}–{max(ratios):.3f})"
