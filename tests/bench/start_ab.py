@@ -107,7 +107,8 @@ def main() -> None:
             ratios = trio.run(alternate, daemons, args.rounds, args.starts)
         except BaseException:
             for name, daemon in daemons.items():  # what each jwsd said, before it goes
-                print(f"== jwsd {name}'s log, its end:\n{daemon.log[-4000:]}")
+                print(f"== jwsd {name} (exit status {daemon.process.poll()}), its log's end:")
+                print(daemon.log[-4000:])
             raise
         print(
             f"this ÷ other, median of {len(ratios)} rounds: {statistics.median(ratios):.3f}"
