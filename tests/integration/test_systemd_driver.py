@@ -9,6 +9,7 @@ JOBWORKER_REQUIRE_SYSTEMD=1 (CI's VM stages) forbids skipping.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import threading
@@ -21,6 +22,7 @@ import trio
 from jeepney import HeaderFields, MessageType, new_method_return
 from jeepney.low_level import Parser
 
+from jobworker.client import JobWorkerClient
 from jobworker.errors import StartFailedError
 from jobworker.jobs.config import TrackerConfig
 from jobworker.jobs.tracker import JobTracker
@@ -28,6 +30,8 @@ from jobworker.model import JobSpec, JobState, Limits
 from jobworker.sandbox.cgroups import systemd_bus
 from jobworker.sandbox.cgroups.systemd import SystemdDriver
 from tests.conftest import require_root
+from tests.support.certs import TestPKI
+from tests.support.daemon import DaemonFiles
 from tests.support.leaks import LeakCheck
 from tests.support.timing import scaled
 from tests.support.tracking import run_to_end
@@ -128,6 +132,45 @@ async def test_no_process_of_a_job_is_ever_outside_its_scope(tracker: JobTracker
     assert named <= tree_pids(scope)
     await tracker.stop("alex", status.job_id)
     await eventually(lambda: not scope.exists(), timeout=scaled(10), what="the scope goes")
+
+
+async def _run_one(client: JobWorkerClient, text: str) -> bytes:
+    job = await client.start(args=["echo", text])
+    out = bytearray()
+    async with contextlib.aclosing(client.output(job.job_id, 0)) as chunks:
+        async for chunk in chunks:
+            out += chunk
+    return bytes(out)
+
+
+async def test_one_connection_starts_fifty_jobs_in_turn_and_twenty_at_once(
+    tmp_path: Path, pki: TestPKI
+) -> None:
+    """jwsd on the systemd driver serves every start of a client's one connection (it
+    closed that connection after 12 starts once): 50 in turn, then 20 at once, each
+    job's output whole; and it holds no more fds or tasks after them than before."""
+    require_systemd()
+    files = DaemonFiles.write(tmp_path, pki)
+    async with files.serving(cgroup_driver="systemd") as daemon, daemon.connect("alex") as client:
+        assert await _run_one(client, "first") == b"first\n"  # the bus is connected
+        async with LeakCheck(processes=False):
+            with trio.fail_after(scaled(120)):
+                for i in range(50):
+                    assert await _run_one(client, f"turn {i}") == f"turn {i}\n".encode()
+                outs: dict[int, bytes] = {}
+
+                async def one(i: int) -> None:
+                    outs[i] = await _run_one(client, f"at once {i}")
+
+                async with trio.open_nursery() as nursery:
+                    for i in range(20):
+                        nursery.start_soon(one, i)
+                assert outs == {i: f"at once {i}\n".encode() for i in range(20)}
+    await eventually(
+        lambda: not list(SLICE_DIR.glob("jobworker-alex.slice/*.scope")),
+        timeout=scaled(10),
+        what="every job's scope goes",
+    )
 
 
 # ---- a bus that never answers ---------------------------------------------------------
