@@ -184,6 +184,8 @@ class SilentBus:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.unanswered: list[str] = []
+        self.connections = 0
+        self._streams: list[trio.SocketStream] = []
         self._ready = threading.Event()
         self._cancel = trio.CancelScope()
         # A thread of its own: jwsd's start-up asks the bus with blocking calls.
@@ -193,6 +195,15 @@ class SilentBus:
         self._thread.start()
         self._ready.wait(10)
         return self
+
+    def hang_up(self) -> None:
+        """Close every client's connection, as a restarted dbus-daemon would."""
+
+        def close() -> None:
+            for stream in self._streams:
+                stream.socket.close()
+
+        self._token.run_sync_soon(close)
 
     def __exit__(self, *_: object) -> None:
         self._token.run_sync_soon(self._cancel.cancel)
@@ -211,6 +222,12 @@ class SilentBus:
                     nursery.start_soon(self._client, stream)
 
     async def _client(self, stream: trio.SocketStream) -> None:
+        self.connections += 1
+        self._streams.append(stream)
+        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+            await self._converse(stream)
+
+    async def _converse(self, stream: trio.SocketStream) -> None:
         buffer = b""
         async with stream:
             while b"BEGIN\r\n" not in buffer:
@@ -260,6 +277,9 @@ async def test_a_bus_that_never_answers_fails_the_start_in_bounded_time_leaving_
     with bus:
         config = TrackerConfig(data_dir=tmp_path / "data")
         async with JobTracker(config, cgroups=driver) as tracker:
+            with pytest.raises(StartFailedError):  # the first start connects
+                await tracker.start("alex", JobSpec(argv=("sleep", "600")))
+            connections = bus.connections  # start-up's own (blocking) ones, and jwsd's
             async with LeakCheck():
                 started = time.monotonic()
                 with pytest.raises(
@@ -269,5 +289,15 @@ async def test_a_bus_that_never_answers_fails_the_start_in_bounded_time_leaving_
                 took = time.monotonic() - started
             # The start's wait, then the clean-up's StopUnit: each bounded.
             assert took < 2 * bound + scaled(3), took
-            assert "StartTransientUnit" in bus.unanswered
+            assert bus.unanswered.count("StartTransientUnit") == 2
+            assert bus.connections == connections, "every start and stop on one connection"
             assert not any((tmp_path / "data" / "jobs").iterdir())
+            # The bus hangs up (dbus-daemon restarted): the next start reaches it again.
+            bus.hang_up()
+            await eventually(
+                lambda: bus._streams[-1].socket.fileno() == -1, timeout=5, what="the hang-up"
+            )
+            with pytest.raises(StartFailedError, match=r"within"):
+                await tracker.start("alex", JobSpec(argv=("sleep", "600")))
+            assert bus.connections == connections + 1
+            assert bus.unanswered.count("StartTransientUnit") == 3

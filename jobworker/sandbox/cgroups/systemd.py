@@ -10,7 +10,7 @@ jwsd's unit, so that no KillMode of jwsd's and no restart of it touches a job
 
 A start (`SystemdJobCgroup.place`): the trampoline and the copier are forked in
 jwsd's cgroup, the trampoline held on its stdin before it does anything (see
-`bwrap.GATE`); systemd makes the scope with both pids in it (`systemd_bus.start_scope`,
+`bwrap.GATE`); systemd makes the scope with both pids in it (`systemd_bus.Bus.start_scope`,
 waiting for its job's end); jwsd moves them to their leaves, enables the controllers
 in the scope and writes the job's limits in `job/` (the cgroupfs driver's own code);
 only then is the trampoline let go. So no process of the job runs outside its
@@ -49,7 +49,7 @@ class SystemdJobCgroup(v2.V2JobCgroup):
     owner: str = ""
     limits: Limits = attrs.Factory(Limits)
     io_device: tuple[int, int] | None = None
-    bus: str = systemd_bus.SYSTEM_BUS
+    bus: systemd_bus.Bus = attrs.Factory(systemd_bus.Bus)
     bus_timeout: float = systemd_bus.BUS_TIMEOUT
     no_swap: bool = False
     placed: bool = False
@@ -67,12 +67,11 @@ class SystemdJobCgroup(v2.V2JobCgroup):
         not answer within the bound) or what writing the limits raises; the caller
         then kills both and `remove`s (which stops the scope)."""
         try:
-            await systemd_bus.start_scope(
+            await self.bus.start_scope(
                 self.unit,
                 slice_=self.slice_,
                 description=f"jobworker job {self.name} of {self.owner}",
                 pids=[supervisor, copier],
-                bus=self.bus,
                 timeout=self.bus_timeout,
             )
         except systemd_bus.ScopeError as exc:
@@ -99,7 +98,7 @@ class SystemdJobCgroup(v2.V2JobCgroup):
             await trio.sleep(0.01)
         if not self.placed or self.scope_dir.is_dir():
             try:
-                await systemd_bus.stop_scope(self.unit, bus=self.bus, timeout=self.bus_timeout)
+                await self.bus.stop_scope(self.unit, timeout=self.bus_timeout)
             except Exception:
                 log.exception("job %s: cannot stop its scope %s", self.name, self.unit)
 
@@ -107,7 +106,9 @@ class SystemdJobCgroup(v2.V2JobCgroup):
 @attrs.define(eq=False)
 class SystemdDriver(base.CgroupDriver):
     """Jobs in scopes under `jobworker.slice` (`root`: the cgroup2 mount). Nothing is
-    made until a job starts; no lock: systemd refuses a second scope of a name."""
+    made until a job starts; no lock: systemd refuses a second scope of a name. Every
+    job's start and stop goes over one connection (`connection`, made on the first
+    start; `close` closes it). `bus`: the bus's address (a test's own bus)."""
 
     root: Path = Path("/sys/fs/cgroup")
     bus: str = systemd_bus.SYSTEM_BUS
@@ -116,9 +117,11 @@ class SystemdDriver(base.CgroupDriver):
     version: int = attrs.field(default=2, init=False)
     parent: Path = attrs.field(init=False)
     lock_fds: dict[Path, int] = attrs.field(init=False, factory=dict)
+    connection: systemd_bus.Bus = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.parent = self.root / systemd_bus.TOP_SLICE
+        self.connection = systemd_bus.Bus(self.bus)
 
     def parent_dirs(self) -> tuple[Path, ...]:
         return ()  # systemd's: it makes them again itself
@@ -135,7 +138,7 @@ class SystemdDriver(base.CgroupDriver):
             unit=unit,
             slice_=slice_,
             owner=owner,
-            bus=self.bus,
+            bus=self.connection,
             bus_timeout=self.bus_timeout,
         )
 
@@ -185,7 +188,7 @@ class SystemdDriver(base.CgroupDriver):
         return systemd_bus.restart_queued(self.bus)
 
     def close(self) -> None:
-        pass
+        self.connection.close()
 
 
 def _all_pids(cgroup: Path) -> list[int]:

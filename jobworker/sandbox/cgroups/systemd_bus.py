@@ -5,9 +5,9 @@ trio I/O (`jeepney.io.trio`) besides blocking I/O (`jeepney.io.blocking`, for th
 start-up checks and clean-up, which run before anything is served).
 
 Every call is bounded (`BUS_TIMEOUT`: systemd under load can take seconds to
-answer; runc raised its wait from 1 s to 30 s for the same reason), and each
-operation opens a connection of its own: nothing is held between jobs, and a bus
-that never answers costs one start, never the daemon.
+answer; runc raised its wait from 1 s to 30 s for the same reason), and every start
+and stop goes over one long-lived connection (`Bus`): a bus that never answers
+costs one start, never the daemon.
 
 Unit names follow systemd-escape's rules (`escape`): an owner name becomes one
 part of a slice name (`jobworker-<owner>.slice`, under `jobworker.slice`) and of
@@ -16,12 +16,12 @@ its jobs' scope names (`jobworker-<owner>-<job id>.scope`).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from typing import Any
 
+import attrs
 import trio
 from jeepney import (
     DBusAddress,
@@ -32,6 +32,8 @@ from jeepney import (
     message_bus,
     new_method_call,
 )
+from jeepney.auth import BEGIN, AuthenticationError, Authenticator
+from jeepney.bus import get_bus
 from jeepney.io import blocking as bus_blocking
 from jeepney.io import trio as bus_trio
 from jeepney.wrappers import unwrap_msg
@@ -97,129 +99,239 @@ def _call(method: str, signature: str | None = None, body: tuple[object, ...] = 
     return new_method_call(_MANAGER, method, signature, body)
 
 
-async def start_scope(
-    name: str,
-    *,
-    slice_: str,
-    description: str,
-    pids: list[int],
-    bus: str = SYSTEM_BUS,
-    # A timeout parameter, not a cancel scope: running out is an error (ScopeError).
-    timeout: float = BUS_TIMEOUT,  # noqa: ASYNC109
-) -> None:
-    """Have systemd make the transient scope `name` in `slice_` holding `pids`, with
-    its cgroup delegated to us, and return once its start job is done. Raises
-    ScopeError when systemd refuses it, its job fails, or it all takes longer than
-    `timeout`; the caller then kills the pids and calls `stop_scope`."""
-    properties = [
-        ("Description", ("s", description)),
-        ("Slice", ("s", slice_)),
-        ("PIDs", ("au", pids)),
-        ("Delegate", ("b", True)),
-        # A scope that failed goes at once, as one that ended: nothing is left behind.
-        ("CollectMode", ("s", "inactive-or-failed")),
-    ]
-    with trio.move_on_after(timeout) as waiting:
+@attrs.define(eq=False)
+class Bus:
+    """jwsd's one connection to systemd on the bus, shared by every start and stop of
+    a job; made on first use, and again after it breaks (dbus-daemon or systemd
+    restarted). Not thread-safe: one trio run uses it.
+
+    No task of its own reads the connection: a caller waiting for its reply (or its
+    job's end) takes `_receiving` and reads one message at a time, handing each to
+    whoever waits for it, until its own has come (trio.Lock is fair: waiters take
+    turns). A connection per start would cost a socket, a handshake and a Hello with
+    dbus-daemon each time; one long-lived connection costs one round trip per call.
+
+    `close` (sync, idempotent) closes the connection.
+    """
+
+    address: str = SYSTEM_BUS
+    _conn: bus_trio.DBusConnection | None = attrs.field(default=None, init=False)
+    _connecting: trio.Lock = attrs.field(factory=trio.Lock, init=False)
+    _receiving: trio.Lock = attrs.field(factory=trio.Lock, init=False)
+    #: Replies by serial, for the serials a caller still waits for.
+    _replies: dict[int, Any] = attrs.field(factory=dict, init=False)
+    _awaited: set[int] = attrs.field(factory=set, init=False)
+    #: JobRemoved (job path, result) by unit, for the units a start watches.
+    _removed: dict[str, list[tuple[str, str]]] = attrs.field(factory=dict, init=False)
+
+    async def start_scope(
+        self,
+        name: str,
+        *,
+        slice_: str,
+        description: str,
+        pids: list[int],
+        # A timeout parameter, not a cancel scope: running out is an error (ScopeError).
+        timeout: float = BUS_TIMEOUT,  # noqa: ASYNC109
+    ) -> None:
+        """Have systemd make the transient scope `name` in `slice_` holding `pids`,
+        with its cgroup delegated to us, and return once its start job is done. Raises
+        ScopeError when systemd refuses it, its job fails, or it all takes longer than
+        `timeout`; the caller then kills the pids and calls `stop_scope`."""
+        properties = [
+            ("Description", ("s", description)),
+            ("Slice", ("s", slice_)),
+            ("PIDs", ("au", pids)),
+            ("Delegate", ("b", True)),
+            # A scope that failed goes at once, as one that ended: nothing is left behind.
+            ("CollectMode", ("s", "inactive-or-failed")),
+        ]
+        args: tuple[object, ...] = (name, "fail", properties, [])
+        # Watched before the call: the job's end cannot come unseen, even before the reply.
+        self._removed[name] = []
+        result = None
         try:
-            async with _Conversation.open(bus) as bus_:
-                # Subscribed before the call: the job's end cannot come unseen.
-                rule = MatchRule(
-                    type="signal",
-                    interface=_MANAGER.interface,
-                    member="JobRemoved",
-                    path=_MANAGER.object_path,
-                )
-                rule.add_arg_condition(2, name)
-                bus_.rule = rule
-                await bus_.call(message_bus.AddMatch(rule))
-                await bus_.call(_call("Subscribe"))
-                call = _call(
-                    "StartTransientUnit", "ssa(sv)a(sa(sv))", (name, "fail", properties, [])
-                )
+            with trio.move_on_after(timeout):
                 try:
-                    (job,) = await bus_.call(call)
+                    try:
+                        (job,) = await self.call("StartTransientUnit", "ssa(sv)a(sa(sv))", args)
+                    except DBusErrorResponse as exc:
+                        if exc.name != _UNIT_EXISTS:
+                            raise
+                        # A failed scope of that name left from a crash: reset, then again.
+                        await self.call("ResetFailedUnit", "s", (name,))
+                        (job,) = await self.call("StartTransientUnit", "ssa(sv)a(sa(sv))", args)
+                    removed = self._removed[name]
+                    await self._receive_until(lambda: any(path == job for path, _ in removed))
+                    result = next(ended for path, ended in removed if path == job)
                 except DBusErrorResponse as exc:
-                    if exc.name != _UNIT_EXISTS:
-                        raise
-                    # A failed scope of that name left from a crash: reset, then again.
-                    await bus_.call(_call("ResetFailedUnit", "s", (name,)))
-                    (job,) = await bus_.call(call)
-                while True:
-                    _id, path, _unit, result = (await bus_.signal()).body
-                    if path == job:
-                        break
-        except DBusErrorResponse as exc:
+                    raise ScopeError(
+                        f"systemd refused the job's scope {name}: {exc.name}: {exc.data}"
+                    ) from exc
+        finally:
+            del self._removed[name]
+        if result is None:
+            raise ScopeError(f"systemd did not create the job's scope within {timeout:g} s")
+        if result != "done":
             raise ScopeError(
-                f"systemd refused the job's scope {name}: {exc.name}: {exc.data}"
-            ) from exc
-        except (OSError, EOFError, trio.EndOfChannel, trio.BrokenResourceError) as exc:
-            raise ScopeError(f"cannot reach systemd on the bus: {exc}") from exc
-    if waiting.cancelled_caught:
-        raise ScopeError(f"systemd did not create the job's scope within {timeout:g} s")
-    if result != "done":
-        raise ScopeError(
-            f"systemd could not start the job's scope {name}: its job ended {result!r}"
-        )
+                f"systemd could not start the job's scope {name}: its job ended {result!r}"
+            )
 
-
-async def stop_scope(
-    name: str,
-    *,
-    bus: str = SYSTEM_BUS,
-    timeout: float = BUS_TIMEOUT,  # noqa: ASYNC109 (a bound of its own, within a shielded clean-up)
-) -> None:
-    """Stop the scope `name` (its processes are killed) and forget it if it failed;
-    a unit already gone is fine. Bounded by `timeout`; errors are the caller's to log."""
-    with trio.move_on_after(timeout):
-        async with _Conversation.open(bus) as bus_:
-            for method, body in (("StopUnit", (name, "replace")), ("ResetFailedUnit", (name,))):
+    async def stop_scope(
+        self,
+        name: str,
+        *,
+        timeout: float = BUS_TIMEOUT,  # noqa: ASYNC109 (a bound of its own, within a shielded clean-up)
+    ) -> None:
+        """Stop the scope `name` (its processes are killed) and forget it if it failed;
+        a unit already gone is fine. Bounded by `timeout`; errors (ScopeError,
+        DBusErrorResponse) are the caller's to log."""
+        with trio.move_on_after(timeout):
+            for method, signature, body in (
+                ("StopUnit", "ss", (name, "replace")),
+                ("ResetFailedUnit", "s", (name,)),
+            ):
                 try:
-                    await bus_.call(_call(method, "ss" if len(body) == 2 else "s", body))
+                    await self.call(method, signature, body)
                 except DBusErrorResponse as exc:
                     if exc.name != _NO_SUCH_UNIT and "not loaded" not in str(exc.data):
                         raise
 
-
-class _Conversation:
-    """One connection, used by one task in turn: a call and its reply, the signals
-    that match `rule` kept meanwhile (the bus sends only those: AddMatch)."""
-
-    def __init__(self, conn: bus_trio.DBusConnection) -> None:
-        self.conn = conn
-        self.rule: MatchRule | None = None
-        self.signals: list[Any] = []
-
-    @classmethod
-    @contextlib.asynccontextmanager
-    async def open(cls, bus: str) -> AsyncIterator[_Conversation]:
-        conn = await bus_trio.open_dbus_connection(bus)
+    async def call(self, method: str, signature: str | None, body: tuple[object, ...]) -> Any:
+        """The Manager's `method` with `body`: its reply's body. Raises DBusErrorResponse
+        (systemd's refusal) or ScopeError (the bus cannot be reached or broke). Not
+        bounded itself: the callers' own deadlines bound it."""
+        for attempt in (1, 2):
+            conn = await self._connected()
+            serial = next(conn.outgoing_serial)
+            # Awaited before it is sent: another task may read the reply at send's checkpoint.
+            self._awaited.add(serial)
+            try:
+                await conn.send(_call(method, signature, body), serial=serial)
+                break
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                # The bus hung up while the connection was idle (dbus-daemon restarted):
+                # the call never left, so it goes once more on a new connection.
+                self._awaited.discard(serial)
+                self._drop(conn)
+                if attempt == 2:
+                    raise ScopeError(f"cannot reach systemd on the bus: {exc}") from exc
+            except BaseException:
+                self._awaited.discard(serial)
+                raise
         try:
-            yield cls(conn)
+            await self._receive_until(lambda: serial in self._replies, conn)
+            reply = self._replies.pop(serial)
         finally:
-            conn.socket.close()  # no checkpoint: the clean-up cannot be cut short
+            self._awaited.discard(serial)
+            self._replies.pop(serial, None)
+        return unwrap_msg(reply)
 
-    async def call(self, message: Any) -> tuple[Any, ...]:
-        serial = next(self.conn.outgoing_serial)
-        await self.conn.send(message, serial=serial)
-        while True:
-            reply = await self._receive()
-            if reply is not None and reply.header.fields.get(HeaderFields.reply_serial) == serial:
-                body: tuple[Any, ...] = unwrap_msg(reply)
-                return body
+    def close(self) -> None:
+        if self._conn is not None:
+            self._drop(self._conn)
 
-    async def signal(self) -> Any:
-        while not self.signals:
-            await self._receive()
-        return self.signals.pop(0)
+    async def _connected(self) -> bus_trio.DBusConnection:
+        async with self._connecting:
+            if self._conn is None:
+                self._conn = await _connect(self.address)
+            return self._conn
 
-    async def _receive(self) -> Any:
-        """The next message, or None for a signal (kept when it matches `rule`)."""
-        message = await self.conn.receive()
-        if message.header.message_type is MessageType.signal:
-            if self.rule is not None and self.rule.matches(message):
-                self.signals.append(message)
-            return None
-        return message
+    async def _receive_until(
+        self, done: Callable[[], bool], conn: bus_trio.DBusConnection | None = None
+    ) -> None:
+        """Read the connection, handing out what comes, until `done()`. Raises
+        ScopeError when the connection (`conn`: the one the call went out on) breaks."""
+        conn = conn or self._conn
+        while not done():
+            async with self._receiving:
+                if done():
+                    return
+                current = self._conn
+                if conn is not current or current is None:
+                    raise ScopeError("the connection to systemd on the bus broke; try again")
+                try:
+                    message = await current.receive()
+                except (OSError, trio.EndOfChannel, trio.BrokenResourceError) as exc:
+                    self._drop(current)
+                    raise ScopeError(f"the connection to systemd on the bus broke: {exc}") from exc
+                self._hand_out(message)
+
+    def _hand_out(self, message: Any) -> None:
+        """Keep `message` for whoever waits for it; drop it if nobody does."""
+        header = message.header
+        if header.message_type is MessageType.signal:
+            if header.fields.get(HeaderFields.member) == "JobRemoved":
+                _id, path, unit, result = message.body
+                if unit in self._removed:
+                    self._removed[unit].append((path, result))
+            return
+        serial = header.fields.get(HeaderFields.reply_serial)
+        if serial in self._awaited:
+            self._replies[serial] = message
+
+    def _drop(self, conn: bus_trio.DBusConnection) -> None:
+        conn.socket.close()  # no checkpoint: safe in any clean-up
+        if self._conn is conn:
+            self._conn = None
+
+
+async def _connect(address: str) -> bus_trio.DBusConnection:
+    """A connection to the bus at `address`, authenticated, named (Hello), subscribed
+    to systemd's JobRemoved signals. jeepney's own `open_dbus_connection` is not used:
+    cancelled half-way, it leaves its socket open. Raises ScopeError."""
+    try:
+        stream = await trio.open_unix_socket(get_bus(address))
+    except OSError as exc:
+        raise ScopeError(f"cannot reach systemd on the bus: {exc}") from exc
+    conn = bus_trio.DBusConnection(stream.socket)
+    try:
+        # Linux: the bus checks our credentials with SO_PEERCRED; the NUL byte starts it.
+        await stream.send_all(b"\0")
+        authenticator = Authenticator(inc_null_byte=False)
+        for line in authenticator:
+            await stream.send_all(line)
+            data = await stream.receive_some()
+            if not data:
+                raise EOFError("the bus hung up while authenticating")
+            authenticator.feed(data)
+        await stream.send_all(BEGIN)
+        for message in (
+            message_bus.Hello(),
+            message_bus.AddMatch(_JOB_REMOVED),
+            _call("Subscribe"),
+        ):
+            serial = next(conn.outgoing_serial)
+            await conn.send(message, serial=serial)
+            while True:
+                reply = await conn.receive()
+                if reply.header.fields.get(HeaderFields.reply_serial) == serial:
+                    unwrap_msg(reply)
+                    break
+    except (
+        OSError,
+        EOFError,
+        AuthenticationError,
+        DBusErrorResponse,
+        trio.EndOfChannel,
+        trio.BrokenResourceError,
+    ) as exc:
+        stream.socket.close()
+        raise ScopeError(f"cannot reach systemd on the bus: {exc}") from exc
+    except BaseException:
+        stream.socket.close()  # no checkpoint: nothing is left open, even when cancelled
+        raise
+    return conn
+
+
+#: Every JobRemoved of systemd's, on jwsd's connection: `Bus` keeps those of the units
+#: it starts (a match per unit would cost two more round trips per start).
+_JOB_REMOVED = MatchRule(
+    type="signal",
+    interface=_MANAGER.interface,
+    member="JobRemoved",
+    path=_MANAGER.object_path,
+)
 
 
 # ---- blocking, for start-up and shutdown --------------------------------------------------
@@ -300,6 +412,7 @@ __all__ = [
     "BUS_TIMEOUT",
     "SYSTEM_BUS",
     "TOP_SLICE",
+    "Bus",
     "ScopeError",
     "available",
     "escape",
@@ -307,6 +420,4 @@ __all__ = [
     "restart_queued",
     "scope_name",
     "slice_name",
-    "start_scope",
-    "stop_scope",
 ]
