@@ -73,6 +73,16 @@ class V2JobCgroup(base.JobCgroup):
         thaw (v2 lets a fatal signal through to a frozen task)."""
         if not self.path.is_dir():
             return
+        try:
+            self._kill_all()
+        except SetupError:
+            # Gone meanwhile, so empty: systemd removes the tree of a scope whose last
+            # process has exited (the systemd driver's), and a vanished cgroup.kill
+            # sent us to the freezer's files, as gone.
+            if self.path.is_dir():
+                raise
+
+    def _kill_all(self) -> None:
         kill = self.path / "cgroup.kill"
         if kill.exists():
             base.write_value(kill, 1)
