@@ -26,7 +26,7 @@ from jobworker.client import JobWorkerClient
 from jobworker.errors import StartFailedError
 from jobworker.jobs.config import TrackerConfig
 from jobworker.jobs.tracker import JobTracker
-from jobworker.model import JobSpec, JobState, Limits
+from jobworker.model import JobSpec, JobState, Limits, Outcome
 from jobworker.sandbox.cgroups import systemd_bus
 from jobworker.sandbox.cgroups.systemd import SystemdDriver
 from tests.conftest import require_root
@@ -132,6 +132,24 @@ async def test_no_process_of_a_job_is_ever_outside_its_scope(tracker: JobTracker
     assert named <= tree_pids(scope)
     await tracker.stop("alex", status.job_id)
     await eventually(lambda: not scope.exists(), timeout=scaled(10), what="the scope goes")
+
+
+async def test_a_scope_an_operator_stops_is_a_job_stopped_outside_jobworker(
+    tracker: JobTracker,
+) -> None:
+    """`systemctl stop <scope>` ends the job as stopped, saying that it was stopped
+    outside jobworker (not killed by a signal, not lost); a job jobworker stops says
+    nothing of the kind."""
+    status = await tracker.start("alex", JobSpec(argv=("sleep", "600")))
+    unit = scope_dir("alex", status.job_id).name
+    subprocess.run(["systemctl", "stop", unit], check=True, timeout=scaled(30))
+    with trio.fail_after(scaled(30)):
+        ended = await tracker.wait("alex", status.job_id)
+    assert (ended.state, ended.outcome) == (JobState.TERMINATED, Outcome.STOPPED), ended
+    assert ended.outcome_reason == f"stopped outside jobworker: systemd stopped its scope {unit}"
+    ours = await tracker.start("alex", JobSpec(argv=("sleep", "600")))
+    stopped = await tracker.stop("alex", ours.job_id)
+    assert (stopped.outcome, stopped.outcome_reason) == (Outcome.STOPPED, None), stopped
 
 
 async def _run_one(client: JobWorkerClient, text: str) -> bytes:

@@ -72,6 +72,10 @@ class CgroupDriver(abc.ABC):
     #: Which driver this is and why it was chosen (`detect.pick`), for the start-up line.
     chosen: str = ""
 
+    async def connect(self) -> None:  # noqa: B027
+        """Make what watching the jobs taken over needs, before they are supervised
+        (the systemd driver: its bus connection). Bounded; never raises."""
+
     def restarting(self) -> bool:
         """Whether the service manager is restarting jwsd itself (`systemctl restart`),
         so that jobs are to be left running for the next jwsd: only the systemd driver,
@@ -186,6 +190,13 @@ class JobCgroup(abc.ABC):
     async def place(self, supervisor: int, copier: int) -> None:  # noqa: B027
         """Put the held `supervisor` (the trampoline) and `copier` in the job's cgroup
         and write its limits, before the trampoline goes on (`holds_start` only)."""
+
+    async def stopped_outside(self) -> str | None:
+        """Asked once the job's processes are gone: why they were stopped by someone
+        other than jobworker (an operator's `systemctl stop` of the systemd driver's
+        scope), or None. Bounded; never raises."""
+        await trio.lowlevel.checkpoint()
+        return None
 
     def pids(self) -> list[int]:
         """Every pid in the job's cgroup (the union over hierarchies), sorted; [] once

@@ -87,6 +87,11 @@ class SystemdJobCgroup(v2.V2JobCgroup):
         base.write_value(scope / "cgroup.subtree_control", enable)
         v2.write_limits(self.path, self.limits, self.io_device, no_swap=self.no_swap)
 
+    async def stopped_outside(self) -> str | None:
+        if await self.bus.stopped_outside(self.unit, timeout=min(self.bus_timeout, 5.0)):
+            return f"stopped outside jobworker: systemd stopped its scope {self.unit}"
+        return None
+
     async def remove(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109
         """Remove the leaves (the processes are gone); then the scope goes by itself
         (systemd sees it empty), or, after a start that failed, is stopped here."""
@@ -101,6 +106,7 @@ class SystemdJobCgroup(v2.V2JobCgroup):
                 await self.bus.stop_scope(self.unit, timeout=self.bus_timeout)
             except Exception:
                 log.exception("job %s: cannot stop its scope %s", self.name, self.unit)
+        self.bus.unwatch(self.unit)
 
 
 @attrs.define(eq=False)
@@ -161,7 +167,22 @@ class SystemdDriver(base.CgroupDriver):
         base.check_job_id(job_id)
         cgroup = self._cgroup(job_id, owner or "")
         cgroup.placed = True
-        return cgroup if cgroup.path.is_dir() else None
+        if not cgroup.path.is_dir():
+            return None
+        self.connection.watch(cgroup.unit)
+        return cgroup
+
+    async def connect(self) -> None:
+        """Connect to the bus now, so that an operator's stop of a scope taken over is
+        seen (`SystemdJobCgroup.stopped_outside`); a failure is logged (the next start
+        connects)."""
+        with trio.move_on_after(self.bus_timeout) as waiting:
+            try:
+                await self.connection.connect()
+            except systemd_bus.ScopeError as exc:
+                log.warning("cannot connect to systemd on the bus yet: %s", exc)
+        if waiting.cancelled_caught:
+            log.warning("cannot connect to systemd on the bus within %g s", self.bus_timeout)
 
     def cleanup_stale(self, keep: Collection[str] = ()) -> list[str]:
         """Kill what runs in each scope no running job claims (systemd then removes

@@ -54,6 +54,8 @@ _MANAGER = DBusAddress(
     bus_name="org.freedesktop.systemd1",
     interface="org.freedesktop.systemd1.Manager",
 )
+#: systemd's Peer interface: a Ping is a round trip that asks systemd nothing.
+_PEER = _MANAGER.with_interface("org.freedesktop.DBus.Peer")
 _UNIT_EXISTS = "org.freedesktop.systemd1.UnitExists"
 _NO_SUCH_UNIT = "org.freedesktop.systemd1.NoSuchUnit"
 _ALLOWED = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:_.")
@@ -123,6 +125,37 @@ class Bus:
     _awaited: set[int] = attrs.field(factory=set, init=False)
     #: JobRemoved (job path, result) by unit, for the units a start watches.
     _removed: dict[str, list[tuple[str, str]]] = attrs.field(factory=dict, init=False)
+    #: The jobs systemd queued on each running job's scope that jwsd did not ask for
+    #: (`watch`): an operator's `systemctl stop`.
+    _foreign: dict[str, set[str]] = attrs.field(factory=dict, init=False)
+    _own: dict[str, set[str]] = attrs.field(factory=dict, init=False)
+
+    def watch(self, unit: str) -> None:
+        """Note every job systemd queues on `unit` from now on (`stopped_outside`),
+        once connected (`connect`); `unwatch` forgets it."""
+        self._foreign.setdefault(unit, set())
+        self._own.setdefault(unit, set())
+
+    def unwatch(self, unit: str) -> None:
+        self._foreign.pop(unit, None)
+        self._own.pop(unit, None)
+
+    async def stopped_outside(self, unit: str, timeout: float = BUS_TIMEOUT) -> bool:  # noqa: ASYNC109
+        """Whether systemd queued a job on the watched `unit` that jwsd did not ask for
+        (`systemctl stop` of the scope, a shutdown of the host). Asked once the job's
+        processes are gone: systemd queued that job before it signalled them, and the
+        bus delivers its signals in order, so the reply to a Ping comes after the
+        JobNew. False when the bus cannot tell within `timeout`."""
+        with trio.move_on_after(timeout):
+            try:
+                await self.call("Ping", None, (), address=_PEER)
+            except (ScopeError, DBusErrorResponse):
+                return False
+        return bool(self._foreign.get(unit))
+
+    async def connect(self) -> None:
+        """Connect now (else the first call does). Raises ScopeError."""
+        await self._connected()
 
     async def start_scope(
         self,
@@ -161,6 +194,8 @@ class Bus:
                         # A failed scope of that name left from a crash: reset, then again.
                         await self.call("ResetFailedUnit", "s", (name,))
                         (job,) = await self.call("StartTransientUnit", "ssa(sv)a(sa(sv))", args)
+                    self._own.setdefault(name, set()).add(job)
+                    self._foreign.get(name, set()).discard(job)
                     removed = self._removed[name]
                     await self._receive_until(lambda: any(path == job for path, _ in removed))
                     result = next(ended for path, ended in removed if path == job)
@@ -197,8 +232,15 @@ class Bus:
                     if exc.name != _NO_SUCH_UNIT and "not loaded" not in str(exc.data):
                         raise
 
-    async def call(self, method: str, signature: str | None, body: tuple[object, ...]) -> Any:
-        """The Manager's `method` with `body`: its reply's body. Raises DBusErrorResponse
+    async def call(
+        self,
+        method: str,
+        signature: str | None,
+        body: tuple[object, ...],
+        *,
+        address: DBusAddress = _MANAGER,
+    ) -> Any:
+        """`method` of systemd's Manager (or `address`) with `body`: its reply's body. Raises DBusErrorResponse
         (systemd's refusal) or ScopeError (the bus cannot be reached or broke). Not
         bounded itself: the callers' own deadlines bound it."""
         for attempt in (1, 2):
@@ -207,7 +249,8 @@ class Bus:
             # Awaited before it is sent: another task may read the reply at send's checkpoint.
             self._awaited.add(serial)
             try:
-                await conn.send(_call(method, signature, body), serial=serial)
+                message = new_method_call(address, method, signature, body)
+                await conn.send(message, serial=serial)
                 break
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 # The bus hung up while the connection was idle (dbus-daemon restarted):
@@ -261,10 +304,15 @@ class Bus:
         """Keep `message` for whoever waits for it; drop it if nobody does."""
         header = message.header
         if header.message_type is MessageType.signal:
-            if header.fields.get(HeaderFields.member) == "JobRemoved":
+            member = header.fields.get(HeaderFields.member)
+            if member == "JobRemoved":
                 _id, path, unit, result = message.body
                 if unit in self._removed:
                     self._removed[unit].append((path, result))
+            elif member == "JobNew":
+                _id, path, unit = message.body
+                if unit in self._foreign and path not in self._own[unit]:
+                    self._foreign[unit].add(path)
             return
         serial = header.fields.get(HeaderFields.reply_serial)
         if serial in self._awaited:
@@ -298,7 +346,8 @@ async def _connect(address: str) -> bus_trio.DBusConnection:
         await stream.send_all(BEGIN)
         for message in (
             message_bus.Hello(),
-            message_bus.AddMatch(_JOB_REMOVED),
+            message_bus.AddMatch(_job_signals("JobRemoved")),
+            message_bus.AddMatch(_job_signals("JobNew")),
             _call("Subscribe"),
         ):
             serial = next(conn.outgoing_serial)
@@ -324,14 +373,13 @@ async def _connect(address: str) -> bus_trio.DBusConnection:
     return conn
 
 
-#: Every JobRemoved of systemd's, on jwsd's connection: `Bus` keeps those of the units
-#: it starts (a match per unit would cost two more round trips per start).
-_JOB_REMOVED = MatchRule(
-    type="signal",
-    interface=_MANAGER.interface,
-    member="JobRemoved",
-    path=_MANAGER.object_path,
-)
+def _job_signals(member: str) -> MatchRule:
+    """Every `member` signal (JobNew, JobRemoved) of systemd's, on jwsd's connection:
+    `Bus` keeps those of the units it watches (a match per unit would cost two more
+    round trips per start)."""
+    return MatchRule(
+        type="signal", interface=_MANAGER.interface, member=member, path=_MANAGER.object_path
+    )
 
 
 # ---- blocking, for start-up and shutdown --------------------------------------------------
