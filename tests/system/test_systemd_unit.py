@@ -167,7 +167,7 @@ def test_restart_with_another_build_keeps_every_job(unit: None) -> None:
         assert "jwsd 9.9.9+upgrade." in wait_for_journal(after, "listening on")
         journal = run(["journalctl", "-u", "jwsd", "--no-pager", f"_PID={before}"]).stdout
         assert "systemd is restarting jwsd" in journal, journal
-        assert "leaving 1 running jobs running" in journal, journal
+        assert "leaving 1 running job running" in journal, journal
         assert processes_with(f"sleep {marker}") != []
         status = json.loads(jws("status", "-j", job_id, "--json"))
         assert status["status"] == "Active", status
@@ -195,7 +195,10 @@ def test_jwsd_killed_is_restarted_and_every_job_and_follower_goes_on(unit: None)
     argv = [str(BIN / "jws"), "output", "-u", "alex", "--addr", ADDR,
             "--tls-dir", str(CONFIG / "tls"), "-j", ids[2]]  # fmt: skip
     with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as follower:
-        time.sleep(scaled(0.5))
+        # Killed only once the follower is reading: its first connection must have been
+        # made (jws takes seconds to start on the VM's CPU), so what follows is a reconnect.
+        assert follower.stdout is not None
+        first = follower.stdout.readline()
         run(["systemctl", "kill", "--kill-who=main", "-s", "KILL", "jwsd"])
         deadline = time.monotonic() + scaled(60)
         while (
@@ -205,6 +208,7 @@ def test_jwsd_killed_is_restarted_and_every_job_and_follower_goes_on(unit: None)
             assert time.monotonic() < deadline, show("ActiveState", "SubState", "MainPID")
             time.sleep(0.5)
         out, err = follower.communicate(timeout=scaled(60))
+        out = first + out
     assert follower.returncode == 0, err
     assert out.decode() == "".join(f"line {i}\n" for i in range(lines)), (out, err)
     for job_id in ids[:2]:
