@@ -154,6 +154,15 @@ async def test_a_scope_an_operator_stops_is_a_job_stopped_outside_jobworker(
     assert (stopped.outcome, stopped.outcome_reason) == (Outcome.STOPPED, None), stopped
 
 
+async def test_starts_go_on_after_systemd_re_executes_itself(tracker: JobTracker) -> None:
+    """`systemctl daemon-reexec` (systemd's own upgrade) leaves jwsd's one bus
+    connection working: the next start still gets its job's JobRemoved in time."""
+    assert (await run_to_end(tracker, JobSpec(argv=("echo", "before"))))[0] == b"before\n"
+    subprocess.run(["systemctl", "daemon-reexec"], check=True, timeout=scaled(60))
+    with trio.fail_after(scaled(10)):
+        assert (await run_to_end(tracker, JobSpec(argv=("echo", "after"))))[0] == b"after\n"
+
+
 async def _run_one(client: JobWorkerClient, text: str) -> bytes:
     job = await client.start(args=["echo", text])
     out = bytearray()
