@@ -66,6 +66,7 @@ class SystemdJobCgroup(v2.V2JobCgroup):
         leaves, and the job's limits. Raises StartFailedError (systemd refused, or did
         not answer within the bound) or what writing the limits raises; the caller
         then kills both and `remove`s (which stops the scope)."""
+        self.bus.watch(self.unit)  # from before its start job: every later job is foreign
         try:
             await self.bus.start_scope(
                 self.unit,
