@@ -194,7 +194,10 @@ def test_jwsd_killed_is_restarted_and_every_job_and_follower_goes_on(unit: None)
     wait_for_processes(f"sleep {marker}")
     argv = [str(BIN / "jws"), "output", "-u", "alex", "--addr", ADDR,
             "--tls-dir", str(CONFIG / "tls"), "-j", ids[2]]  # fmt: skip
-    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as follower:
+    # Unbuffered: the first line is read alone, and communicate() gets all the rest.
+    with subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0
+    ) as follower:
         # Killed only once the follower is reading: its first connection must have been
         # made (jws takes seconds to start on the VM's CPU), so what follows is a reconnect.
         assert follower.stdout is not None
