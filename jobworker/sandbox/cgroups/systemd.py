@@ -7,6 +7,8 @@ jwsd's unit, so that no KillMode of jwsd's and no restart of it touches a job
         jobworker-<owner>-<job id>.scope/             Delegate=yes: ours to divide
           job/                                        the job's limits; bubblewrap and the job
           copier/                                     the output copier
+          keep/                                       the keeper: holds the scope until jwsd
+                                                      has read the job's end (below)
 
 A start (`SystemdJobCgroup.place`): the trampoline and the copier are forked in
 jwsd's cgroup, the trampoline held on its stdin before it does anything (see
@@ -15,7 +17,15 @@ waiting for its job's end); jwsd moves them to their leaves, enables the control
 in the scope and writes the job's limits in `job/` (the cgroupfs driver's own code);
 only then is the trampoline let go. So no process of the job runs outside its
 scope or its limits. A scope whose last process has gone is removed by systemd
-(CollectMode=inactive-or-failed: a failed one too).
+(CollectMode=inactive-or-failed: a failed one too), its whole tree with it.
+
+That removal races with jwsd reading how the job ended: an OOM-killed job's
+`job/memory.events` went with its scope before jwsd read it, and the job was
+reported signalled, not OOM-killed. So each scope also holds a keeper, a `sleep`
+in a leaf of its own (`keep/`, outside the job's limits), that jwsd kills only in
+`remove`, once it has read the job's last usage. A jwsd that dies meanwhile
+leaves the keeper holding the scope: the next jwsd reads the job's end from it,
+then removes it, as the cgroupfs driver's job cgroups wait for it.
 """
 
 from __future__ import annotations
@@ -23,6 +33,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
+import subprocess
 from collections.abc import Collection
 from pathlib import Path
 
@@ -31,6 +43,7 @@ import trio
 
 from jobworker.errors import SetupError, StartFailedError
 from jobworker.model import Limits
+from jobworker.sandbox.bwrap import HELPER_ENV
 from jobworker.sandbox.cgroups import base, systemd_bus, v2
 
 log = logging.getLogger("jobworker.cgroups")
@@ -38,6 +51,9 @@ log = logging.getLogger("jobworker.cgroups")
 #: The leaves in each scope.
 JOB_LEAF = "job"
 COPIER_LEAF = "copier"
+KEEP_LEAF = "keep"
+#: What the keeper runs: a process that waits, and costs nothing meanwhile.
+KEEPER_ARGV = ("sleep", "infinity")
 
 
 @attrs.define(eq=False)
@@ -53,6 +69,7 @@ class SystemdJobCgroup(v2.V2JobCgroup):
     bus_timeout: float = systemd_bus.BUS_TIMEOUT
     no_swap: bool = False
     placed: bool = False
+    keeper: trio.Process | None = None
 
     #: The trampoline waits for `place` before it enters its cgroup.
     holds_start = True
@@ -67,21 +84,24 @@ class SystemdJobCgroup(v2.V2JobCgroup):
         not answer within the bound) or what writing the limits raises; the caller
         then kills both and `remove`s (which stops the scope)."""
         self.bus.watch(self.unit)  # from before its start job: every later job is foreign
+        self.keeper = await _start_keeper()
         try:
             await self.bus.start_scope(
                 self.unit,
                 slice_=self.slice_,
                 description=f"jobworker job {self.name} of {self.owner}",
-                pids=[supervisor, copier],
+                pids=[supervisor, copier, self.keeper.pid],
                 timeout=self.bus_timeout,
             )
         except systemd_bus.ScopeError as exc:
             raise StartFailedError(str(exc)) from exc
         self.placed = True
         scope = self.scope_dir
-        copier_leaf = scope / COPIER_LEAF
+        copier_leaf, keep_leaf = scope / COPIER_LEAF, scope / KEEP_LEAF
         base.make_dir(self.path)
         base.make_dir(copier_leaf)
+        base.make_dir(keep_leaf)
+        base.write_value(keep_leaf / "cgroup.procs", self.keeper.pid)
         base.write_value(copier_leaf / "cgroup.procs", copier)
         base.write_value(self.path / "cgroup.procs", supervisor)
         enable = " ".join(f"+{c}" for c in v2.CONTROLLERS)
@@ -94,13 +114,25 @@ class SystemdJobCgroup(v2.V2JobCgroup):
         return None
 
     async def remove(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109
-        """Remove the leaves (the processes are gone); then the scope goes by itself
-        (systemd sees it empty), or, after a start that failed, is stopped here."""
+        """Remove the leaves (the job's processes are gone), the keeper's last: then
+        the scope goes by itself (systemd sees it empty), or, after a start that
+        failed, is stopped here."""
         await super().remove(timeout)
         deadline = trio.current_time() + timeout
-        copier_leaf = self.scope_dir / COPIER_LEAF
+        copier_leaf, keep_leaf = self.scope_dir / COPIER_LEAF, self.scope_dir / KEEP_LEAF
         # Polled as in `JobCgroup.remove`: the copier is leaving; rmdir has no event.
         while not self._try_rmdir(copier_leaf) and trio.current_time() < deadline:  # noqa: ASYNC110
+            await trio.sleep(0.01)
+        # The job's end has been read (`RunningJob.finish` reads the usage first): let
+        # the scope go. The keeper is ours to reap, unless an earlier jwsd started it.
+        if keep_leaf.is_dir():
+            with contextlib.suppress(SetupError):
+                base.write_value(keep_leaf / "cgroup.kill", 1)
+        if self.keeper is not None:
+            self.keeper.kill()
+            with trio.move_on_after(max(deadline - trio.current_time(), 0.1)):
+                await self.keeper.wait()
+        while not self._try_rmdir(keep_leaf) and trio.current_time() < deadline:  # noqa: ASYNC110
             await trio.sleep(0.01)
         if not self.placed or self.scope_dir.is_dir():
             try:
@@ -108,6 +140,23 @@ class SystemdJobCgroup(v2.V2JobCgroup):
             except Exception:
                 log.exception("job %s: cannot stop its scope %s", self.name, self.unit)
         self.bus.unwatch(self.unit)
+
+
+async def _start_keeper() -> trio.Process:
+    """A new keeper process (see the module docstring), in jwsd's cgroup until
+    systemd moves it into the scope; in a session of its own, as the job's processes."""
+    program = shutil.which(KEEPER_ARGV[0], path=HELPER_ENV["PATH"])
+    if program is None:
+        raise StartFailedError("sleep is not installed on this host (coreutils); install it")
+    return await trio.lowlevel.open_process(
+        [program, *KEEPER_ARGV[1:]],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=dict(HELPER_ENV),
+        cwd="/",
+        start_new_session=True,
+    )
 
 
 @attrs.define(eq=False)
@@ -197,7 +246,7 @@ class SystemdDriver(base.CgroupDriver):
             with contextlib.suppress(SetupError):
                 base.write_value(scope / "cgroup.kill", 1)
             base.wait_for_exit(_all_pids(scope), 5.0)
-            for leaf in (JOB_LEAF, COPIER_LEAF):
+            for leaf in (JOB_LEAF, COPIER_LEAF, KEEP_LEAF):
                 with contextlib.suppress(SetupError):
                     base.try_rmdir(scope / leaf, self.rmdir)
             names.append(job_id)
