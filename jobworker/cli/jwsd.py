@@ -36,6 +36,7 @@ from jobworker.limits import Limits, check_host, format_limits, parse_limits
 from jobworker.model import NETWORK_MODES
 from jobworker.sandbox import host as host_checks
 from jobworker.sandbox import network
+from jobworker.sandbox.cgroups import DRIVERS
 from jobworker.sandbox.hostview import JobBind
 from jobworker.server.daemon import DEFAULT_PORT, DaemonConfig, serve
 from jobworker.server.notify import Notifier
@@ -260,6 +261,17 @@ def _count_or_none(ctx: click.Context, param: click.Parameter, value: int) -> in
     show_default=True,
     callback=_count_or_none,
     help="Connections one user (client certificate) may hold open at once (0: any number).",
+)
+@click.option(
+    "--cgroup-driver",
+    envvar="JOBWORKER_CGROUP_DRIVER",
+    type=click.Choice(DRIVERS),
+    default="auto",
+    show_default=True,
+    help="How jobs get their cgroups: systemd (a transient scope per job, outside jwsd's "
+    "unit: jobs outlive a restart or crash of jwsd), cgroupfs (jwsd divides its own "
+    "cgroup or --cgroup-parent), or auto: systemd's when systemd is PID 1, answers on "
+    "the system bus and the hierarchy is unified; the start-up line says which and why.",
 )
 @click.option(
     "--cgroup-name",

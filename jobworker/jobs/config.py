@@ -57,6 +57,9 @@ class TrackerConfig:
     tmpfs_size: bytes each of a job's writable tmpfs (/tmp, /dev/shm) may hold, at
         most the job's memory limit (its pages are charged to the job's memory
         cgroup); `None`: only the memory limit bounds them.
+    cgroup_driver: how jobs get their cgroups (`sandbox.cgroups.pick`): "cgroupfs"
+        (the default here, as before there was a choice), "systemd" (a scope per
+        job), or "auto" (jwsd's default: systemd's when it can, docs/hosts.md).
     cgroup_name: the name of the parent cgroup of all jobs (in jwsd's subtree).
     cgroup_parent: the cgroup subtree jobs go in (a cgroup path); `None`: jwsd's
         own cgroup (see `sandbox.cgroups.detect`).
@@ -88,6 +91,7 @@ class TrackerConfig:
     allow_host_network: bool = False
     stop_grace: float = 5.0
     tmpfs_size: int | None = DEFAULT_TMPFS_SIZE
+    cgroup_driver: str = "cgroupfs"
     cgroup_name: str = "jobworker"
     cgroup_parent: str | None = None
     max_running_per_user: int | None = DEFAULT_MAX_RUNNING

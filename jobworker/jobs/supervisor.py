@@ -199,7 +199,14 @@ class Supervisor:
         assert running is not None
         job.handle(Event.EXITED)
         with trio.CancelScope(shield=True), trio.move_on_after(FINISH_TIMEOUT) as scope:
-            await self._finish(job)
+            try:
+                await self._finish(job)
+            except Exception:
+                # One job's clean-up must not end the tracker's nursery, the daemon and
+                # every client's connection with it (a cgroup that vanished mid-kill
+                # once did): its end is recorded all the same, below.
+                log.exception("job %s: its clean-up failed", job.job_id)
+                self._unwatch(job)
         if scope.cancelled_caught:
             log.error("job %s: clean-up did not finish within %.0f s", job.job_id, FINISH_TIMEOUT)
             # What the clean-up read before it gave up (the last readings, once taken).
@@ -226,24 +233,32 @@ class Supervisor:
             job.update(workdir_bytes=ending.workdir_bytes)
         await trio.to_thread.run_sync(shutil.rmtree, job.workdir, True)
         faults.reach("finish.cleaned")
-        await self._record_end(job, (ending.exit_code, ending.signal))
+        await self._record_end(job, (ending.exit_code, ending.signal), ending.stopped_outside)
 
-    async def _record_end(self, job: Job, status: tuple[int, int | None]) -> None:
+    async def _record_end(
+        self, job: Job, status: tuple[int, int | None], stopped_outside: str | None = None
+    ) -> None:
         """Record how the job ended (`status`: its exit code and signal), then tell
         everyone: its record is on disk before its state, status and followers say it
-        has ended."""
+        has ended. `stopped_outside`: why someone other than jobworker stopped it (the
+        outcome is then "stopped" with that reason, unless jobworker stopped it first)."""
         if job.phase is not Phase.FINISHING:
             await trio.lowlevel.checkpoint()
             return
         exit_code, signum = status
+        cause = job.lifecycle.stop_cause
+        record = job.current_record()
+        if cause is None and stopped_outside is not None:
+            cause = StopCause.USER
+            record = attrs.evolve(record, outcome_reason=stopped_outside)
         ended = attrs.evolve(
-            job.current_record(),
+            record,
             state=Phase.TERMINATED.state,
             outcome=outcome(
                 exit_code=exit_code,
                 signum=signum,
                 oom_kills=job.record.oom_kills,
-                stop=job.lifecycle.stop_cause,
+                stop=cause,
             ),
             exit_code=exit_code,
             signal=signum,

@@ -168,6 +168,9 @@ class JobTracker:
                 self._store, self._watcher, nursery, self.config.stop_grace, self._job_ended
             )
             nursery.start_soon(self._run_in_background)
+            # Before the jobs taken over are supervised: their ends must be seen whole.
+            assert self.cgroups is not None
+            await self.cgroups.connect()
             for job in self._restored:
                 if job.running is not None:  # taken over from an earlier run
                     self._supervisor.start(job)
@@ -218,6 +221,7 @@ class JobTracker:
                 self._host,
                 config.data_dir,
                 cgroups=self.cgroups,
+                cgroup_driver=config.cgroup_driver,
                 cgroup_name=config.cgroup_name,
                 cgroup_parent=config.cgroup_parent,
                 workdir_size=config.workdir_size,

@@ -60,6 +60,12 @@ TRAMPOLINE = (
     'exec "$@"'
 )
 
+#: Put before TRAMPOLINE when the cgroup driver places the job itself (systemd's: the
+#: scope is made with the trampoline's pid in it): the trampoline waits for one line
+#: on its stdin (the ready socket) before it does anything, and exits if the daemon's
+#: end closes instead.
+GATE = "read -r _ <&0 || exit 125; "
+
 #: Runs inside the sandbox as the last step before the command: tells the daemon the
 #: sandbox is ready (one line on fd 0, a socket only the daemon holds the other end
 #: of), waits for the daemon's answer line, then execs the command with stdin from
@@ -159,6 +165,7 @@ def spawn_argv(
     tmpfs_size: int | None,
     workdir_size: int | None,
     view: Sequence[str],
+    held: bool = False,
     resolv_conf: Path | None = None,
 ) -> list[str]:
     """The whole command line for one job (see the module docstring).
@@ -175,9 +182,10 @@ def spawn_argv(
     tmpfs_size: the size in bytes of the job's writable /tmp and /dev/shm (each);
         None: the kernel's default, half the host's RAM.
     view: the options that show the job its view of the host (`hostview.HostView.options`).
+    held: the trampoline waits for the daemon's line first (`GATE`).
     resolv_conf: a file shown at /etc/resolv.conf over the host's (`network.resolv_conf`).
     """
-    cmd = trampoline_argv(tools, procs_files)
+    cmd = trampoline_argv(tools, procs_files, held=held)
     if not user.is_root:
         cmd += [*setpriv_argv(tools, user), "--"]
     cmd += [tools.bwrap, "--args", str(args_fd), "--unshare-all"]
@@ -225,9 +233,13 @@ def setpriv_argv(tools: SandboxTools, user: JobUser) -> list[str]:
     return [tools.setpriv, f"--reuid={user.host_uid}", f"--regid={user.host_gid}", "--clear-groups"]
 
 
-def trampoline_argv(tools: SandboxTools, procs_files: Sequence[Path]) -> list[str]:
-    """The prefix that runs what follows it inside the job's cgroups (`TRAMPOLINE`)."""
-    return [tools.sh, "-c", TRAMPOLINE, "jobworker-trampoline", *map(str, procs_files), "--"]
+def trampoline_argv(
+    tools: SandboxTools, procs_files: Sequence[Path], *, held: bool = False
+) -> list[str]:
+    """The prefix that runs what follows it inside the job's cgroups (`TRAMPOLINE`);
+    held: it waits for the daemon's line first (`GATE`)."""
+    trampoline = GATE + TRAMPOLINE if held else TRAMPOLINE
+    return [tools.sh, "-c", trampoline, "jobworker-trampoline", *map(str, procs_files), "--"]
 
 
 def _workdir_options(workdir: Path, size: int | None) -> list[str]:

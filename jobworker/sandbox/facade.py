@@ -37,7 +37,7 @@ from jobworker.model import Limits, NetworkMode, Usage
 from jobworker.sandbox import bwrap, hostview, network, seccomp, workdir
 from jobworker.sandbox import host as host_checks
 from jobworker.sandbox.bwrap import JobUser, SandboxTools
-from jobworker.sandbox.cgroups import CgroupDriver, JobCgroup, block_device_of, detect
+from jobworker.sandbox.cgroups import CgroupDriver, JobCgroup, block_device_of, pick
 from jobworker.sandbox.launch import SANDBOX_SETUP_TIMEOUT, Launched, launch
 from jobworker.sandbox.network import IPNetwork, NetworkTools
 from jobworker.sandbox.process import AttachedProcess, parent_of, start_time
@@ -180,6 +180,7 @@ class Sandbox:
         data_dir: Path,
         *,
         cgroups: CgroupDriver | None = None,
+        cgroup_driver: str = "cgroupfs",
         cgroup_name: str = "jobworker",
         cgroup_parent: str | None = None,
         workdir_size: int | None = None,
@@ -188,10 +189,10 @@ class Sandbox:
         network_deny: Sequence[IPNetwork] = (),
     ) -> Sandbox:
         """The sandbox for jobs in `data_dir`, with the cgroup driver `cgroups` (None:
-        the host's, `cgroups.detect(name=cgroup_name, subtree=cgroup_parent)`).
+        the host's, `cgroups.pick(cgroup_driver, name=cgroup_name, subtree=cgroup_parent)`).
         Raises SetupError when the host's cgroups cannot be used."""
         if cgroups is None:
-            cgroups = detect(name=cgroup_name, subtree=cgroup_parent)
+            cgroups = pick(cgroup_driver, name=cgroup_name, subtree=cgroup_parent)
         io_device, io_device_error = None, None
         try:
             io_device = block_device_of(data_dir)
@@ -425,6 +426,7 @@ class StartingJob:
             workdir_size=sandbox.workdir_size,
             view=sandbox.host.view.options,
             resolv_conf=sandbox.resolv_conf if request.network is NetworkMode.OUTBOUND else None,
+            held=self.cgroup.holds_start,
         )
         first, ceiling = request.limits.output, None
         if request.output_grant is not None:  # later windows go up to the job's own cap
@@ -456,6 +458,7 @@ class StartingJob:
                 if request.network is NetworkMode.NONE and sandbox.network_tools.can_enter
                 else None,
                 hold=self._set_up_network if request.network is NetworkMode.OUTBOUND else None,
+                place=self.cgroup.place if self.cgroup.holds_start else None,
             )
         finally:
             self._close_files()

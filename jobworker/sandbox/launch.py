@@ -151,6 +151,7 @@ async def launch(
     seccomp: bytes | None = None,
     setup_timeout: float = SANDBOX_SETUP_TIMEOUT,
     kill_sandbox: Callable[[], None] | None = None,
+    place: Callable[[int, int], Awaitable[None]] | None = None,
     set_up: Callable[[int], Awaitable[None]] | None = None,
     hold: Callable[[int], Awaitable[None]] | None = None,
 ) -> Launched:
@@ -186,6 +187,9 @@ async def launch(
     kernel refuses the command line as too long (E2BIG). Cancellation kills both.
     kill_sandbox: kills whatever bubblewrap started (the job's cgroup), called when
     the start fails after the fork: nothing else would (no parent-death signal).
+    place: for a command line whose trampoline is held (`bwrap.GATE`): awaited with
+        the trampoline's and the copier's pids once both are forked, before the
+        trampoline is let go (one line on the ready socket).
     set_up: a set-up that must finish before the command runs, given the sandbox
     init's pid (a loopback-only job's network: one quick nsenter), awaited before
     the answer: its StartFailedError fails the start.
@@ -270,6 +274,9 @@ async def launch(
     ready = trio.lowlevel.FdStream(ready_ours)
     release = None
     try:
+        if place is not None:
+            await place(process.pid, copier.pid)
+            await ready.send_all(b"\n")
         with trio.move_on_after(setup_timeout) as waiting:
             started = await ready.receive_some(1) != b""
         if waiting.cancelled_caught:

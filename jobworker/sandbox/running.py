@@ -76,6 +76,8 @@ class Ending:
     copier_failure: why the copier could not write all of the output (its last error
         line), None when it wrote everything (or stopped at the output cap: no loss).
     workdir_bytes: the work dir tmpfs's last usage; None without one (a plain dir).
+    stopped_outside: why someone other than jobworker stopped it (the cgroup driver's
+        `stopped_outside`), None when nobody did that jobworker knows of.
     """
 
     exit_code: int
@@ -83,6 +85,7 @@ class Ending:
     usage: Usage | None
     copier_failure: str | None
     workdir_bytes: int | None
+    stopped_outside: str | None = None
 
 
 @attrs.define(eq=False)
@@ -237,6 +240,8 @@ class RunningJob:
         failure = self._copier_failure()
         self._final_workdir_bytes = self.workdir_bytes()
         self.close()
+        # Before the cgroup goes: removing it may stop the scope itself.
+        outside = await cgroup.stopped_outside()
         try:
             await cgroup.remove()
         except SetupError:
@@ -248,6 +253,7 @@ class RunningJob:
             usage=self._final_usage,
             copier_failure=failure,
             workdir_bytes=self._final_workdir_bytes,
+            stopped_outside=outside,
         )
 
     def let_go(self) -> None:

@@ -48,6 +48,7 @@ import attrs
 import trio
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from jobworker import __version__
 from jobworker.echo import bounded
 from jobworker.errors import SetupError
 from jobworker.jobs.config import TrackerConfig, field_names
@@ -127,6 +128,10 @@ class DaemonConfig:
             self.tls_dir / "server_key.pem",
             self.tls_dir / "client_ca_cert.pem",
         )
+
+
+#: How long the shutdown may spend asking systemd whether jwsd is being restarted.
+RESTART_CHECK_TIMEOUT = 6.0
 
 
 async def serve(
@@ -218,13 +223,15 @@ async def serve(
             if config.metrics_addr is not None:
                 await nursery.start(serve_metrics, *config.metrics_addr, metrics.registry)
             log.info(
-                "listening on %s:%d (tls 1.3, client certificates from %s; %s)",
+                "jwsd %s listening on %s:%d (tls 1.3, client certificates from %s; %s; cgroups: %s)",
+                __version__,
                 config.host,
                 port,
                 client_ca,
                 f"users from {config.users_file}"
                 if config.users_file
                 else "every client certificate is a user",
+                tracker.cgroups.chosen or "given",
             )
             health.set_serving(True)
 
@@ -258,6 +265,12 @@ async def serve(
             health.set_serving(False)
             running = tracker.running_count()
             leave = keep_jobs is not None and keep_jobs.is_set()
+            if not leave:
+                # `systemctl restart jwsd` (an upgrade) keeps jobs; `systemctl stop` does not.
+                with trio.move_on_after(RESTART_CHECK_TIMEOUT):
+                    leave = await trio.to_thread.run_sync(tracker.cgroups.restarting)
+                if leave:
+                    log.info("shutting down: systemd is restarting jwsd (systemctl restart)")
             if leave:
                 log.info("shutting down: leaving %s running", counted(running, "running job"))
                 tracker.leave_running()

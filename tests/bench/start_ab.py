@@ -11,6 +11,9 @@ moments of a shared, noisy machine. Prints each round's p50s and their ratio
 "Durable jobs" section reports. Both daemons are stopped at the end and nothing
 of their jobs may be left (checked).
 
+`--cgroup-drivers` instead: this tree's jwsd twice, "this" with the systemd cgroup
+driver and "other" with the cgroupfs one (on a host where systemd is PID 1): the
+D-Bus round trips' cost, which docs/performance.md reports.
 `python -m tests.bench.start_ab --modes outbound,none` instead compares two network
 modes of this tree's one jwsd, the same way: the first mode ÷ the second.
 """
@@ -83,6 +86,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.start_ab")
     parser.add_argument("other_python", nargs="?", help="the other tree's virtualenv python")
     parser.add_argument(
+        "--cgroup-drivers",
+        action="store_true",
+        help="this tree with the systemd driver against this tree with cgroupfs",
+    )
+    parser.add_argument(
         "--modes", help="THIS,OTHER: compare two network modes of this tree's jwsd instead"
     )
     parser.add_argument("--rounds", type=int, default=8)
@@ -97,8 +105,8 @@ def main() -> None:
     networks: dict[str, str] = {}
     if args.modes:
         networks = dict(zip(("this", "other"), args.modes.split(","), strict=True))
-    elif not args.other_python:
-        parser.error("give the other tree's python, or --modes")
+    elif not args.other_python and not args.cgroup_drivers:
+        parser.error("give the other tree's python, or --modes, or --cgroup-drivers")
     try:
         if args.modes:
             daemon = start_jwsd(workspace / "this", pki, *JWSD_FLAGS)
@@ -114,15 +122,32 @@ def main() -> None:
             return
         # This tree's jwsd script run by the other interpreter imports the other
         # tree's jobworker: a script's dir comes first on sys.path, not the cwd.
-        # The other tree's own default network (it may not know --network-default);
-        # this tree's jobs get loopback only, as a tree without the modes gives.
-        daemons["other"] = start_jwsd(
-            workspace / "other", pki, *JWSD_FLAGS, wrapper=[args.other_python], network_default=None
-        )
-        daemons["this"] = start_jwsd(workspace / "this", pki, *JWSD_FLAGS)
-        ratios = [
-            this / other for this, other in trio.run(alternate, daemons, args.rounds, args.starts)
-        ]
+        if args.cgroup_drivers:
+            daemons["other"] = start_jwsd(workspace / "other", pki, *JWSD_FLAGS)
+            daemons["this"] = start_jwsd(
+                workspace / "this", pki, *JWSD_FLAGS, env={"JOBWORKER_CGROUP_DRIVER": "systemd"}
+            )
+        else:
+            # The other tree's own default network (it may not know --network-default);
+            # this tree's jobs get loopback only, as a tree without the modes gives.
+            daemons["other"] = start_jwsd(
+                workspace / "other",
+                pki,
+                *JWSD_FLAGS,
+                wrapper=[args.other_python],
+                network_default=None,
+            )
+            daemons["this"] = start_jwsd(workspace / "this", pki, *JWSD_FLAGS)
+        try:
+            ratios = [
+                this / other
+                for this, other in trio.run(alternate, daemons, args.rounds, args.starts)
+            ]
+        except BaseException:
+            for name, daemon in daemons.items():  # what each jwsd said, before it goes
+                print(f"== jwsd {name} (exit status {daemon.process.poll()}), its log's end:")
+                print(daemon.log[-4000:])
+            raise
         print(
             f"this ÷ other, median of {len(ratios)} rounds: {statistics.median(ratios):.3f}"
             f" ({min(ratios):.3f}–{max(ratios):.3f})"

@@ -116,7 +116,15 @@ def start_jwsd(
     if network_default is not None:
         args += ["--network-default", network_default]
     name = cgroup_name or unique_name()
-    environment = dict(os.environ, JOBWORKER_CGROUP_NAME=name, **(env or {}))
+    # The cgroupfs driver unless `env` says otherwise: these tests look at the job
+    # cgroups jwsd makes itself; the systemd driver's tests are its own
+    # (tests/integration/test_systemd_driver.py, tests/system/test_systemd_unit.py).
+    environment = {
+        **os.environ,
+        "JOBWORKER_CGROUP_NAME": name,
+        "JOBWORKER_CGROUP_DRIVER": "cgroupfs",
+        **(env or {}),
+    }
     log_path = tmp_path / "jwsd.log"
     start = log_path.stat().st_size if log_path.exists() else 0  # a restart appends
     with log_path.open("ab") as log_file:  # a file, not a pipe: a full pipe would block jwsd

@@ -70,7 +70,7 @@ def jwsd_fails(tmp_path: Path, cgroup_name: str) -> subprocess.CompletedProcess[
         capture_output=True,
         text=True,
         timeout=scaled(30),
-        env=dict(os.environ, JOBWORKER_CGROUP_NAME=cgroup_name),
+        env=dict(os.environ, JOBWORKER_CGROUP_NAME=cgroup_name, JOBWORKER_CGROUP_DRIVER="cgroupfs"),
     )
 
 

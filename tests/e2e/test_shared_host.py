@@ -59,7 +59,7 @@ def test_a_jwsd_in_another_memory_cgroup_is_refused_the_tree_it_would_share(
         capture_output=True,
         text=True,
         timeout=scaled(30),
-        env=dict(os.environ, JOBWORKER_CGROUP_NAME=first.cgroup_name),
+        env=dict(os.environ, JOBWORKER_CGROUP_NAME=first.cgroup_name, JOBWORKER_CGROUP_DRIVER="cgroupfs"),
     )  # fmt: skip
     lines = second.stderr.strip().splitlines()
     assert second.returncode == 1 and len(lines) == 1, second.stderr

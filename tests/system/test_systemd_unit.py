@@ -1,12 +1,15 @@
 """packaging/jwsd.service as shipped (ExecStart pointed at this checkout's jwsd by a
 drop-in), under the machine's systemd: start returns once jwsd serves, jobs hold their
-limits under the unit's hardening, stop and restart leave no job behind."""
+limits under the unit's hardening, each in a scope of its own (the systemd driver);
+stop leaves no job and no scope behind; restart (an upgrade) and a crash of jwsd keep
+every job running for the next jwsd."""
 
 from __future__ import annotations
 
 import json
 import re
 import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from jobworker.sandbox.bwrap import HELPER_PROCESSES
+from jobworker.sandbox.cgroups.systemd_bus import scope_name, slice_name
 from tests.support.certs import TestPKI, server_serial
 from tests.support.timing import scaled
 from tests.system.conftest import BIN, ROOT, processes_with, require_systemd, run
@@ -24,6 +28,8 @@ pytestmark = [pytest.mark.system, pytest.mark.timeout(1800)]
 
 UNIT = Path("/etc/systemd/system/jwsd.service")
 DROP_IN = Path("/run/systemd/system/jwsd.service.d/test.conf")
+DROP_IN_UPGRADE = DROP_IN.with_name("upgrade.conf")
+UPGRADE_DIR = Path("/opt/jobworker-upgrade")
 CONFIG = Path("/etc/jobworker")
 ADDR = "127.0.0.1:50151"
 STOP_GRACE = 2
@@ -95,8 +101,9 @@ def test_start_returns_once_serving_and_jobs_hold_their_limits(unit: None) -> No
     job_id = jws(
         "start", "--memory", "64M", "--cpu", "0.5", "--pids", "20", "-c", "sleep 600"
     ).strip()
-    # Each user's jobs are in a group of that user's (jobworker/user-alex/<id>).
-    job_cgroup = service_cgroup() / "jobworker" / "user-alex" / job_id
+    # Each job in a scope of its own in its owner's slice, outside jwsd's unit.
+    job_cgroup = scope_dir("alex", job_id) / "job"
+    assert (service_cgroup() / "cgroup.procs").read_text().split() == [show("MainPID")["MainPID"]]
     assert (job_cgroup / "memory.max").read_text() == f"{64 << 20}\n"
     assert (job_cgroup / "cpu.max").read_text() == "50000 100000\n"
     # jwsd adds bubblewrap's own processes to the job's pids limit.
@@ -131,6 +138,7 @@ def test_stop_stops_every_job_and_leaves_no_cgroup(unit: None) -> None:
     assert processes_with(f"sleep {marker}") == []
     assert not (cgroup / "jobworker").exists()
     assert not cgroup.exists(), list(cgroup.rglob("cgroup.procs"))
+    assert job_scopes() == [], job_scopes()
     state = show("Result", "ExecMainStatus")
     # jwsd itself ended it all within the grace (not systemd's SIGKILL at TimeoutStopSec).
     assert state == {"Result": "success", "ExecMainStatus": "0"}, state
@@ -139,57 +147,102 @@ def test_stop_stops_every_job_and_leaves_no_cgroup(unit: None) -> None:
     assert "shutting down: stopping 2 running jobs" in journal, journal.splitlines()
 
 
-def test_restart_stops_the_jobs_and_keeps_their_records(unit: None) -> None:
+def test_restart_with_another_build_keeps_every_job(unit: None) -> None:
+    """The upgrade: another build of jwsd installed (a copy of the checkout with another
+    version string, first on the new jwsd's path), then `systemctl restart jwsd`: the
+    old jwsd leaves its jobs running in their scopes, the new one takes them over."""
     run(["systemctl", "start", "jwsd"], timeout=120)
     before = show("MainPID")["MainPID"]
     marker = f"32{uuid.uuid4().int % 10**6:06d}"
-    job_id = jws("start", "-c", f"sh -c 'echo before; sleep {marker}'").strip()
-    deadline = time.monotonic() + scaled(30)
-    while not processes_with(f"sleep {marker}"):  # it has printed by then
-        assert time.monotonic() < deadline, "the job never started its sleep"
-        time.sleep(0.5)
-    run(["systemctl", "restart", "jwsd"], timeout=120)
-    assert show("MainPID")["MainPID"] != before
-    assert jws("health").strip() == "SERVING"
-    # The restart stopped the job; the new jwsd shows its record and output (docs/operations.md).
-    assert processes_with(f"sleep {marker}") == []
-    status = json.loads(jws("status", "-j", job_id, "--json"))
-    assert (status["status"], status["outcome"]) == ("Terminated", "stopped"), status
-    assert jws("output", "-j", job_id) == "before\n"
-    run(["systemctl", "stop", "jwsd"], timeout=120)
+    job_id = jws("start", "-c", f"sh -c 'echo before; sleep {marker}; echo after'").strip()
+    wait_for_processes(f"sleep {marker}")
+    upgraded = UPGRADE_DIR  # not under /tmp: the unit's PrivateTmp=yes hides it
+    shutil.rmtree(upgraded, ignore_errors=True)
+    shutil.copytree(ROOT / "jobworker", upgraded / "jobworker")
+    init = upgraded / "jobworker" / "__init__.py"
+    init.write_text(init.read_text().replace('__version__ = "', '__version__ = "9.9.9+upgrade.'))
+    DROP_IN_UPGRADE.write_text(f"[Service]\nEnvironment=PYTHONPATH={upgraded}\n")
+    try:
+        run(["systemctl", "daemon-reload"])
+        run(["systemctl", "restart", "jwsd"], timeout=120)
+        after = show("MainPID")["MainPID"]
+        assert after != before
+        assert "jwsd 9.9.9+upgrade." in wait_for_journal(after, "listening on")
+        journal = run(["journalctl", "-u", "jwsd", "--no-pager", f"_PID={before}"]).stdout
+        assert "systemd is restarting jwsd" in journal, journal
+        assert "leaving 1 running job running" in journal, journal
+        assert processes_with(f"sleep {marker}") != []
+        status = json.loads(jws("status", "-j", job_id, "--json"))
+        assert status["status"] == "Active", status
+        assert scope_dir("alex", job_id).is_dir()
+        jws("stop", "-j", job_id)
+    finally:
+        DROP_IN_UPGRADE.unlink()
+        shutil.rmtree(upgraded)
+        run(["systemctl", "daemon-reload"])
 
 
-def test_the_upgrade_signal_under_the_shipped_unit_ends_the_jobs(unit: None) -> None:
-    """SIGUSR1 makes jwsd exit leaving its jobs running, but under the shipped unit
-    (KillMode=mixed) systemd then kills what is left in the unit's cgroup, jobs included;
-    the next jwsd says how each ended and keeps its output. Why KillMode=process is no way
-    out on systemd 252 (the next start fails while jobs remain): docs/operations.md."""
+def test_jwsd_killed_is_restarted_and_every_job_and_follower_goes_on(unit: None) -> None:
+    """SIGKILL of jwsd (a crash, the OOM killer): systemd restarts it (Restart=on-failure),
+    KillMode=mixed kills nothing of the jobs (they are in their scopes), the new jwsd
+    takes all 3 over, and a follower gets every byte once."""
     run(["systemctl", "start", "jwsd"], timeout=120)
+    before = show("MainPID")["MainPID"]
     marker = f"34{uuid.uuid4().int % 10**6:06d}"
-    job_id = jws("start", "-c", f"sh -c 'echo started; sleep {marker}'").strip()
+    # Long enough to outlive jwsd's restart under an emulated CPU (~20 s there).
+    lines = 90
+    counter = f"i=0; while [ $i -lt {lines} ]; do echo line $i; i=$((i+1)); sleep 1; done"
+    ids = [jws("start", "-c", f"sh -c 'sleep {marker}'").strip() for _ in range(2)]
+    ids.append(jws("start", "-c", f"sh -c '{counter}'").strip())
+    wait_for_processes(f"sleep {marker}")
+    argv = [str(BIN / "jws"), "output", "-u", "alex", "--addr", ADDR,
+            "--tls-dir", str(CONFIG / "tls"), "-j", ids[2]]  # fmt: skip
+    # Unbuffered: the first line is read alone, and communicate() gets all the rest.
+    with subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0
+    ) as follower:
+        # Killed only once the follower is reading: its first connection must have been
+        # made (jws takes seconds to start on the VM's CPU), so what follows is a reconnect.
+        assert follower.stdout is not None
+        first = follower.stdout.readline()
+        run(["systemctl", "kill", "--kill-who=main", "-s", "KILL", "jwsd"])
+        deadline = time.monotonic() + scaled(60)
+        while (
+            show("MainPID")["MainPID"] in {before, "0"}
+            or jws("health", check=False).strip() != "SERVING"
+        ):
+            assert time.monotonic() < deadline, show("ActiveState", "SubState", "MainPID")
+            time.sleep(0.5)
+        out, err = follower.communicate(timeout=scaled(60))
+        out = first + out
+    assert follower.returncode == 0, err
+    assert out.decode() == "".join(f"line {i}\n" for i in range(lines)), (out, err)
+    for job_id in ids[:2]:
+        status = json.loads(jws("status", "-j", job_id, "--json"))
+        assert status["status"] == "Active", status
+    assert len(processes_with(f"sleep {marker}")) >= 2
+    journal = run(["journalctl", "-u", "jwsd", "--no-pager", "-n", "80"]).stdout
+    assert "took over 3 running jobs" in journal, journal
+    for job_id in ids[:2]:
+        jws("stop", "-j", job_id)
+
+
+def wait_for_processes(marker: str) -> None:
     deadline = time.monotonic() + scaled(30)
-    while not processes_with(f"sleep {marker}"):  # it has printed by then
+    while not processes_with(marker):  # the job has printed by then
         assert time.monotonic() < deadline, "the job never started its sleep"
         time.sleep(0.5)
-    pid = show("MainPID")["MainPID"]
-    # To jwsd alone: `systemctl kill` without --kill-who signals every process of the unit.
-    run(["systemctl", "kill", "--kill-who=main", "-s", "USR1", "jwsd"])
-    deadline = time.monotonic() + scaled(30)
-    while show("ActiveState")["ActiveState"] != "inactive":
-        assert time.monotonic() < deadline, show("ActiveState", "SubState")
-        time.sleep(0.5)
-    assert show("Result", "ExecMainStatus") == {"Result": "success", "ExecMainStatus": "0"}
-    journal = run(["journalctl", "-u", "jwsd", "--no-pager", "-n", "30"]).stdout
-    assert "shutting down: leaving 1 running job running" in journal, journal
-    assert re.search(r"Killing process \d+ \(sleep\) with signal SIGKILL", journal), journal
-    assert processes_with(f"sleep {marker}") == []
-    run(["systemctl", "start", "jwsd"], timeout=120)
-    assert show("MainPID")["MainPID"] != pid
-    # Killed with its supervisor, it left no exit status: lost, with a reason, output kept.
-    status = json.loads(jws("status", "-j", job_id, "--json"))
-    assert (status["status"], status["outcome"]) == ("Terminated", "lost"), status
-    assert "supervisor" in status["outcome_reason"], status
-    assert jws("output", "-j", job_id) == "started\n"
+
+
+def scope_dir(owner: str, job_id: str) -> Path:
+    return Path("/sys/fs/cgroup/jobworker.slice") / slice_name(owner) / scope_name(owner, job_id)
+
+
+def job_scopes() -> list[str]:
+    listed = run(
+        ["systemctl", "list-units", "--all", "--plain", "--no-legend", "jobworker-*.scope"]
+    )
+    return listed.stdout.split()
 
 
 def _server_serial() -> int:

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from jobworker.sandbox.cgroups.base import CgroupDriver, JobCgroup, keep_tree
 from jobworker.sandbox.cgroups.blockdev import block_device_of
-from jobworker.sandbox.cgroups.detect import detect
+from jobworker.sandbox.cgroups.detect import DRIVERS, detect, pick
 from jobworker.sandbox.cgroups.v1 import V1Driver, V1JobCgroup
 from jobworker.sandbox.cgroups.v2 import V2Driver, V2JobCgroup
 
 __all__ = [
+    "DRIVERS",
     "CgroupDriver",
     "JobCgroup",
     "V1Driver",
@@ -25,5 +26,6 @@ __all__ = [
     "V2JobCgroup",
     "block_device_of",
     "detect",
+    "pick",
     "keep_tree",
 ]

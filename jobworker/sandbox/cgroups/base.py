@@ -69,6 +69,18 @@ class CgroupDriver(abc.ABC):
     tree_whole: bool = True
     #: The lock on each job parent (`lock_parents`), by directory.
     lock_fds: dict[Path, int]
+    #: Which driver this is and why it was chosen (`detect.pick`), for the start-up line.
+    chosen: str = ""
+
+    async def connect(self) -> None:  # noqa: B027
+        """Make what watching the jobs taken over needs, before they are supervised
+        (the systemd driver: its bus connection). Bounded; never raises."""
+
+    def restarting(self) -> bool:
+        """Whether the service manager is restarting jwsd itself (`systemctl restart`),
+        so that jobs are to be left running for the next jwsd: only the systemd driver,
+        whose jobs live outside jwsd's unit, can tell."""
+        return False
 
     @abc.abstractmethod
     def parent_dirs(self) -> tuple[Path, ...]:
@@ -165,11 +177,26 @@ class JobCgroup(abc.ABC):
     procs_files: the cgroup.procs file of each hierarchy; the job's trampoline
         writes its own pid to each before it execs the command, so everything the
         command starts is born inside.
+    holds_start / place: see below.
     """
 
     name: str
     procs_files: tuple[Path, ...]
     rmdir: Rmdir
+    #: Whether the trampoline must wait for `place` before it enters the cgroup (the
+    #: systemd driver's: the cgroup exists only once systemd has the processes).
+    holds_start: bool = False
+
+    async def place(self, supervisor: int, copier: int) -> None:  # noqa: B027
+        """Put the held `supervisor` (the trampoline) and `copier` in the job's cgroup
+        and write its limits, before the trampoline goes on (`holds_start` only)."""
+
+    async def stopped_outside(self) -> str | None:
+        """Asked once the job's processes are gone: why they were stopped by someone
+        other than jobworker (an operator's `systemctl stop` of the systemd driver's
+        scope), or None. Bounded; never raises."""
+        await trio.lowlevel.checkpoint()
+        return None
 
     def pids(self) -> list[int]:
         """Every pid in the job's cgroup (the union over hierarchies), sorted; [] once

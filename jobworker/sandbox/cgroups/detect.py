@@ -13,7 +13,7 @@ from pathlib import Path
 import attrs
 
 from jobworker.errors import SetupError
-from jobworker.sandbox.cgroups import base, v1, v2
+from jobworker.sandbox.cgroups import base, systemd, systemd_bus, v1, v2
 
 
 @attrs.frozen
@@ -100,6 +100,54 @@ def detect(
             f"mount them (mount -t cgroup -o NAME cgroup {root}/NAME) or use cgroup v2"
         )
     return v1.V1Driver.open(own_dirs, name, rmdir)
+
+
+#: The choices of `jwsd --cgroup-driver`.
+DRIVERS = ("auto", "systemd", "cgroupfs")
+
+
+def pick(
+    kind: str,
+    *,
+    name: str = "jobworker",
+    subtree: str | None = None,
+    root: Path = Path("/sys/fs/cgroup"),
+    mountinfo: Path = Path("/proc/self/mountinfo"),
+) -> base.CgroupDriver:
+    """The cgroup driver `kind` names (`DRIVERS`), its `chosen` saying which and why.
+
+    auto: systemd's (a scope per job, `cgroups.systemd`) when systemd is PID 1, answers
+    on the system bus and the hierarchy is unified, and no `subtree` is named; else
+    the cgroupfs driver (`detect`), with the reason. systemd: that driver or
+    SetupError saying why not. cgroupfs: `detect`'s, as before there was a choice.
+    """
+    if kind not in DRIVERS:
+        raise SetupError(f"bad cgroup driver {kind!r}: use one of {', '.join(DRIVERS)}")
+    reason = None
+    if kind != "cgroupfs":
+        reason = _systemd_unusable(root, mountinfo, subtree)
+        if reason is None:
+            driver: base.CgroupDriver = systemd.SystemdDriver(root)
+            driver.chosen = "systemd (a scope per job in jobworker.slice" + (
+                "; auto: systemd is PID 1 and answers on the system bus)" if kind == "auto" else ")"
+            )
+            return driver
+        if kind == "systemd":
+            raise SetupError(f"cannot use the systemd cgroup driver: {reason}")
+    driver = detect(name=name, subtree=subtree, root=root, mountinfo=mountinfo)
+    driver.chosen = f"cgroupfs (v{driver.version} under {driver.parent}" + (
+        f"; auto: {reason})" if reason else ")"
+    )
+    return driver
+
+
+def _systemd_unusable(root: Path, mountinfo: Path, subtree: str | None) -> str | None:
+    """Why the systemd driver cannot be used here, or None."""
+    if subtree is not None:
+        return "--cgroup-parent names the cgroup to divide"
+    if not any(m.fstype == "cgroup2" and m.mount_point == root for m in read_mounts(mountinfo)):
+        return f"{root} is not the unified cgroup2 hierarchy (v1 or hybrid): the systemd driver needs it"
+    return systemd_bus.available()
 
 
 def read_mounts(mountinfo: Path) -> list[Mount]:

@@ -73,6 +73,16 @@ class V2JobCgroup(base.JobCgroup):
         thaw (v2 lets a fatal signal through to a frozen task)."""
         if not self.path.is_dir():
             return
+        try:
+            self._kill_all()
+        except SetupError:
+            # Gone meanwhile, so empty: systemd removes the tree of a scope whose last
+            # process has exited (the systemd driver's), and a vanished cgroup.kill
+            # sent us to the freezer's files, as gone.
+            if self.path.is_dir():
+                raise
+
+    def _kill_all(self) -> None:
         kill = self.path / "cgroup.kill"
         if kill.exists():
             base.write_value(kill, 1)
@@ -181,34 +191,15 @@ class V2Driver(base.CgroupDriver):
         cgroup = V2JobCgroup(job_id, parent / job_id, self.rmdir)
         base.make_dir(cgroup.path)
         try:
-            self._write_limits(cgroup.path, limits, io_device)
+            write_limits(
+                cgroup.path, limits, io_device, no_swap=(self.parent / "memory.swap.max").exists()
+            )
         except BaseException:
             # Nothing runs in the new cgroup yet, so it can go at once.
             with contextlib.suppress(SetupError):
                 base.try_rmdir(cgroup.path, self.rmdir)
             raise
         return cgroup
-
-    def _write_limits(self, path: Path, limits: Limits, io_device: tuple[int, int] | None) -> None:
-        if limits.cpu is not None:
-            quota = round(limits.cpu * CPU_PERIOD_US)
-            base.write_value(path / "cpu.max", f"{quota} {CPU_PERIOD_US}", what=CPU.what)
-        if limits.memory is not None:
-            base.write_value(path / "memory.max", limits.memory, what=MEMORY.what)
-            # Present only with swap accounting; the parent has the same files a fresh
-            # cgroup gets, so its presence there says so.
-            if (self.parent / "memory.swap.max").exists():
-                base.write_value(path / "memory.swap.max", 0, what=f"{MEMORY.what} (no swap)")
-        if io_device is not None and limits.has_io:
-            major, minor = io_device
-            rates = [
-                f"{key}={bps}"
-                for key, bps in [("rbps", limits.io_read_bps), ("wbps", limits.io_write_bps)]
-                if bps is not None
-            ]
-            base.write_value(path / "io.max", f"{major}:{minor} {' '.join(rates)}", what="io limit")
-        if limits.pids is not None:
-            base.write_value(path / "pids.max", limits.pids, what=PIDS.what)
 
     def attach(self, job_id: str, owner: str | None = None) -> V2JobCgroup | None:
         base.check_job_id(job_id)
@@ -240,6 +231,31 @@ class V2Driver(base.CgroupDriver):
         with contextlib.suppress(OSError):
             self.rmdir(self.parent)
         base.unlock_all(self.lock_fds)
+
+
+def write_limits(
+    path: Path, limits: Limits, io_device: tuple[int, int] | None, *, no_swap: bool
+) -> None:
+    """Write `limits` into the cgroup `path` (None fields: none). no_swap: also
+    memory.swap.max 0 with a memory limit (present only with swap accounting; the
+    caller knows from the parent, which has the same files a fresh cgroup gets)."""
+    if limits.cpu is not None:
+        quota = round(limits.cpu * CPU_PERIOD_US)
+        base.write_value(path / "cpu.max", f"{quota} {CPU_PERIOD_US}", what=CPU.what)
+    if limits.memory is not None:
+        base.write_value(path / "memory.max", limits.memory, what=MEMORY.what)
+        if no_swap:
+            base.write_value(path / "memory.swap.max", 0, what=f"{MEMORY.what} (no swap)")
+    if io_device is not None and limits.has_io:
+        major, minor = io_device
+        rates = [
+            f"{key}={bps}"
+            for key, bps in [("rbps", limits.io_read_bps), ("wbps", limits.io_write_bps)]
+            if bps is not None
+        ]
+        base.write_value(path / "io.max", f"{major}:{minor} {' '.join(rates)}", what="io limit")
+    if limits.pids is not None:
+        base.write_value(path / "pids.max", limits.pids, what=PIDS.what)
 
 
 def _take_over(subtree: Path, enable: str) -> None:
