@@ -40,13 +40,17 @@ class InvalidRequestError(JobWorkerError):
 
 
 class JobNotFoundError(JobWorkerError):
-    """No job has this id (or the id is not a job id at all)."""
+    """No job has this id (or the id is not a job id at all), or none of the caller's
+    jobs this name (`by_name`)."""
 
-    #: The id asked for; "" when a client learnt of the error from jwsd's message.
+    #: The id (or name) asked for; "" when a client learnt of the error from jwsd's message.
     job_id: str = ""
 
-    def __init__(self, job_id: str) -> None:
-        super().__init__(f"no job with id {quoted(job_id)}")
+    def __init__(self, job_id: str, *, by_name: bool = False) -> None:
+        if by_name:
+            super().__init__(f"no job of yours is named {quoted(job_id)}")
+        else:
+            super().__init__(f"no job with id {quoted(job_id)}")
         self.job_id = job_id
 
 

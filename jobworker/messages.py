@@ -60,6 +60,8 @@ def status_to_proto(status: JobStatus) -> pb.GetJobStatusResponse:
         output_disk_bytes=status.output_disk_bytes,
         workdir_bytes=status.workdir_bytes,
         outcome_reason=status.outcome_reason or "",
+        name=status.spec.name or "",
+        labels=dict(status.spec.labels),
     )
     if status.exit_code is not None:
         message.exit_code = status.exit_code
@@ -84,7 +86,12 @@ def status_from_proto(message: pb.GetJobStatusResponse) -> JobStatus:
     return JobStatus(
         job_id=message.job_id,
         owner=message.owner,
-        spec=JobSpec(argv=tuple(message.args), limits=limits_from_proto(message.limits)),
+        spec=JobSpec(
+            argv=tuple(message.args),
+            limits=limits_from_proto(message.limits),
+            name=message.name or None,
+            labels=dict(message.labels),
+        ),
         state=JobState(message.status),
         created_at=message.created_at,
         started_at=optional("started_at"),

@@ -26,9 +26,11 @@ at once with exit code 3.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -38,7 +40,7 @@ import asyncclick as click
 from jobworker.cli import render
 from jobworker.cli.config import DEFAULT_ADDR, DEFAULT_TLS_DIR, ClientConfig, config_path
 from jobworker.cli.failure import EXIT_SERVER_ERROR, EXIT_USAGE, Failure
-from jobworker.cli.job_request import JobRequest, job_options
+from jobworker.cli.job_request import JobRequest, job_options, label_flag, labels_option
 from jobworker.cli.leaving import EXIT_INTERRUPTED, Following, Left
 from jobworker.cli.stdout import copy_output
 from jobworker.cli.target import (
@@ -232,24 +234,76 @@ async def remove(
 
 @jws.command(name="list")
 @connection_options
+@label_flag("Only jobs with this label KEY=VALUE (repeatable: every one must hold).")
+@click.option(
+    "--state",
+    type=click.Choice(["active", "ended"]),
+    help="active: jobs that have not ended; ended: those that have.",
+)
+@click.option("--name", help="Only the job of this name.")
+@click.option("--owner", metavar="USER", help="Only USER's jobs (for an admin).")
+@click.option(
+    "--since",
+    metavar="WHEN",
+    help="Only jobs created since WHEN: a duration ago (10m, 2h, 1d) or a time "
+    "(2026-01-31T12:00:00Z, RFC 3339).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the jobs as JSON, for scripts.")
-async def list_jobs(user: str | None, addr: str | None, tls_dir: str | None, as_json: bool) -> None:
-    """List your jobs (every job, for an admin), oldest first.
+async def list_jobs(
+    user: str | None,
+    addr: str | None,
+    tls_dir: str | None,
+    labels: tuple[str, ...],
+    state: str | None,
+    name: str | None,
+    owner: str | None,
+    since: str | None,
+    as_json: bool,
+) -> None:
+    """List your jobs (every job, for an admin), oldest first, filtered by jwsd.
 
     Follows the server's pages to the end; a long command shows cut (its start,
     then "..."; "args_cut" in JSON): `jws status JOB_ID` shows it whole.
 
     \b
     Examples:
-      jws list
-      jws list --json | jq -r '.[] | select(.status == "Active") | .job_id'
+      jws list --state active
+      jws list --label team=infra --since 1h
+      jws list --owner betty --json | jq -r '.[].job_id'     # as an admin
     """
+    from jobworker.client import JobFilter
+
+    selection = JobFilter(
+        labels=labels_option(labels),
+        state=state,
+        name=name,
+        owner=owner,
+        created_after=None if since is None else _since(since),
+    )
     async with connected(Target.chosen(user, addr, tls_dir)) as client:
-        jobs = await client.list()
+        jobs = await client.list(selection=selection)
     if as_json:
         click.echo(render.as_json([render.status_dict(job) for job in jobs]))
     else:
         click.echo(render.table(jobs))
+
+
+def _since(text: str) -> float:
+    """The Unix time `--since` names: a duration before now, or an RFC 3339 time."""
+    try:
+        return time.time() - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        when = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise Failure(
+            f"--since wants a duration (10m, 2h) or a time (2026-01-31T12:00:00Z), not {text!r}",
+            EXIT_USAGE,
+        ) from None
+    if when.tzinfo is None:
+        when = when.astimezone()  # a time without a zone is the local one
+    return when.timestamp()
 
 
 async def _final_status(

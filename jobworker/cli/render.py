@@ -24,6 +24,8 @@ def status_dict(job: JobStatus) -> dict[str, Any]:
     optional fields are null)."""
     return {
         "job_id": job.job_id,
+        "name": job.name,
+        "labels": dict(job.spec.labels),
         "status": job.state.value,
         "owner": job.owner,
         "args": list(job.spec.argv),
@@ -85,6 +87,10 @@ def status_text(job: JobStatus, *, now: float | None = None) -> str:
         ("owner", job.owner),
         ("command", shlex.join(job.spec.argv)),
     ]
+    if job.name is not None:
+        rows.insert(1, ("name", job.name))
+    if job.spec.labels:
+        rows.append(("labels", labels_text(job)))
     if job.started_at is not None:
         rows.append(("started", _when(job.started_at, now)))
     if job.ended_at is not None and job.started_at is not None:
@@ -119,7 +125,7 @@ def status_text(job: JobStatus, *, now: float | None = None) -> str:
 def table(jobs: list[JobStatus], *, now: float | None = None) -> str:
     """The `jws list` table: one job a line, oldest first."""
     now = time.time() if now is None else now
-    rows = [("JOB ID", "STATUS", "EXIT", "STARTED", "COMMAND")]
+    rows = [("JOB ID", "NAME", "STATUS", "EXIT", "STARTED", "COMMAND")]
     for job in jobs:
         exit_text = str(job.exit_code) if job.exit_code is not None else "-"
         started = _ago(now - job.started_at) if job.started_at is not None else "-"
@@ -129,17 +135,23 @@ def table(jobs: list[JobStatus], *, now: float | None = None) -> str:
         rows.append(
             (
                 shown(job.job_id),
+                shown(job.name or "-"),
                 shown(job.state.value),
                 exit_text,
                 started,
                 command if len(command) <= 60 else command[:57] + "...",
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
     return "\n".join(
-        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4]
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:5])) + "  " + row[5]
         for row in rows
     )
+
+
+def labels_text(job: JobStatus) -> str:
+    """The job's labels as `jws start --label` takes them: "team=infra tier=web"."""
+    return " ".join(f"{key}={value}" for key, value in job.spec.labels)
 
 
 def _when(timestamp: float, now: float) -> str:

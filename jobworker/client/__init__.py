@@ -20,7 +20,7 @@ What it offers:
   kinds (`JobNotFoundError`, `AccessDeniedError`, ...) when it refused.
 """
 
-from jobworker.client.connection import Credentials, JobWorkerClient, connect
+from jobworker.client.connection import Credentials, JobFilter, JobWorkerClient, connect
 from jobworker.client.errors import error_for
 from jobworker.client.reconnect import CONNECT_TIMEOUT, Backoff, Connect, Reconnector, follow_output
 
@@ -29,6 +29,7 @@ __all__ = [
     "Backoff",
     "Connect",
     "Credentials",
+    "JobFilter",
     "JobWorkerClient",
     "Reconnector",
     "connect",

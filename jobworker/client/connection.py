@@ -92,6 +92,32 @@ async def connect(
         )
 
 
+@attrs.frozen
+class JobFilter:
+    """Which jobs a listing asks the server for (ListJobsRequest's filters); every
+    one given must hold. labels: jobs with every one of these; state: "active" or
+    "ended" (None: both); name: jobs of this name; owner: this user's jobs (an
+    admin's filter); created_after: jobs created at or after this Unix time."""
+
+    labels: Mapping[str, str] = attrs.field(factory=dict)
+    state: str | None = None
+    name: str | None = None
+    owner: str | None = None
+    created_after: float | None = None
+
+    def request(self) -> pb.ListJobsRequest:
+        """The first page's request with these filters."""
+        request = pb.ListJobsRequest(
+            labels=dict(self.labels),
+            state=self.state or "",
+            name=self.name or "",
+            owner=self.owner or "",
+        )
+        if self.created_after is not None:
+            request.created_after = self.created_after
+        return request
+
+
 @attrs.define(eq=False)
 class JobWorkerClient:
     """The API's calls with Python arguments. Every method raises the `JobWorkerError`
@@ -118,9 +144,12 @@ class JobWorkerClient:
         env: Mapping[str, str] | None = None,
         workdir: str = "",
         host_network: bool = False,
+        name: str = "",
+        labels: Mapping[str, str] | None = None,
     ) -> JobStatus:
         """Start a job from a command line (`cmd`) or an exact argv (`args`) within
-        `limits` (unset ones: the server's defaults); its status once running."""
+        `limits` (unset ones: the server's defaults), named `name` ("": no name) with
+        `labels`; its status once running."""
         request = pb.StartJobRequest(
             cmd=cmd,
             args=list(args),
@@ -128,6 +157,8 @@ class JobWorkerClient:
             env=dict(env or {}),
             workdir=workdir,
             host_network=host_network,
+            name=name,
+            labels=dict(labels or {}),
         )
         with mapped_errors():
             response: pb.StartJobResponse = await self.stub.StartJob(request)
@@ -155,17 +186,22 @@ class JobWorkerClient:
         with mapped_errors():
             await self.stub.RemoveJob(pb.RemoveJobRequest(job_id=job_id))
 
-    async def list(self, *, page_size: int | None = None) -> list[JobStatus]:
+    async def list(
+        self, *, page_size: int | None = None, selection: JobFilter | None = None
+    ) -> list[JobStatus]:
         """The caller's jobs (every job, for an admin), oldest first, each argv cut
         as listings cut it (`JobStatus.argv_cut`; `status` gives it all). Gathers
         `jobs()`: one page in flight at a time."""
-        return [job async for job in self.jobs(page_size=page_size)]
+        return [job async for job in self.jobs(page_size=page_size, selection=selection)]
 
-    async def jobs(self, *, page_size: int | None = None) -> AsyncGenerator[JobStatus, None]:
+    async def jobs(
+        self, *, page_size: int | None = None, selection: JobFilter | None = None
+    ) -> AsyncGenerator[JobStatus, None]:
         """The caller's jobs as `list` gives them, one ListJobs page at a time: the
         next page is asked for once this one's jobs are consumed. page_size: jobs
-        per page (1 to 1000; None: the server's default)."""
-        request = pb.ListJobsRequest()
+        per page (1 to 1000; None: the server's default); selection: only the jobs
+        it selects, filtered by the server (None: every job)."""
+        request = selection.request() if selection is not None else pb.ListJobsRequest()
         if page_size is not None:
             request.page_size = page_size
         while True:

@@ -64,6 +64,10 @@ class Job:
         return self.record.created_at
 
     @property
+    def name(self) -> str | None:
+        return self.record.name
+
+    @property
     def phase(self) -> Phase:
         return self.lifecycle.phase
 

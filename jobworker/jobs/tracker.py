@@ -51,6 +51,7 @@ import attrs
 import trio
 
 from jobworker import faults
+from jobworker.echo import quoted
 from jobworker.errors import (
     AccessDeniedError,
     BadStateError,
@@ -63,16 +64,18 @@ from jobworker.jobs import datadir, policy, record_quota, uids
 from jobworker.jobs.config import TrackerConfig
 from jobworker.jobs.finished import FinishedJobs
 from jobworker.jobs.job import Job
-from jobworker.jobs.job_index import JobIndex, ListKey
+from jobworker.jobs.job_index import JobIndex, ListKey, Scanned
 from jobworker.jobs.lifecycle import Event, StopCause
 from jobworker.jobs.output_log import FileLog
 from jobworker.jobs.record import JobRecord
 from jobworker.jobs.record_quota import RecordQuota
 from jobworker.jobs.restore import restore
+from jobworker.jobs.selection import Selection
 from jobworker.jobs.store import JobStore
 from jobworker.jobs.supervisor import FINISH_TIMEOUT, Supervisor
 from jobworker.jobs.watcher import OutputWatcher
 from jobworker.model import MAX_PAGE_SIZE, STOPPED_BY_SHUTDOWN, JobSpec, JobStatus
+from jobworker.naming import is_name
 from jobworker.sandbox import (
     OUTPUT_NAME,
     CgroupDriver,
@@ -305,6 +308,11 @@ class JobTracker:
         # After the only await of the checks: no other start of this owner's can pass
         # it before this one is counted (below, with nothing awaited in between).
         policy.check_running_quota(self.config, self._running[owner])
+        if spec.name is not None and self._jobs.named(owner, spec.name) is not None:
+            raise InvalidRequestError(
+                f"you already have a job named {quoted(spec.name)}; choose another name, "
+                "or remove that job first (jws rm)"
+            )
         user = sandbox.user_on_host(host_uid)
         job_id = str(uuid.uuid4())
         directory = datadir.jobs_dir(self.config.data_dir) / job_id
@@ -414,6 +422,34 @@ class JobTracker:
         jobs = self._jobs.page(None if admin else owner, after, limit)
         return [job.snapshot(listed=True) for job in jobs]
 
+    def select(
+        self,
+        owner: str,
+        selection: Selection,
+        *,
+        admin: bool = False,
+        after: ListKey | None = None,
+        limit: int = MAX_PAGE_SIZE,
+        budget: int = MAX_PAGE_SIZE,
+    ) -> Scanned[JobStatus]:
+        """As `list`, only the jobs `selection` selects, looking at no more than
+        `budget` jobs: O(log n + budget) (`JobIndex.scan`, whose answer this is, with
+        snapshots for jobs). Raises
+        AccessDeniedError when a user who is not an admin selects another's jobs."""
+        if selection.owner is not None and not admin and selection.owner != owner:
+            raise AccessDeniedError()
+        walked = selection.owner if selection.owner is not None else None if admin else owner
+        if selection.created_after is not None:
+            # (t, "") sorts before every (t, id): the jobs created at that very time are in.
+            floor = (selection.created_after, "")
+            after = floor if after is None else max(after, floor)
+        scanned = self._jobs.scan(
+            walked, after, limit, lambda job: selection.matches(job.record), budget
+        )
+        return Scanned(
+            [job.snapshot(listed=True) for job in scanned.found], scanned.stopped, scanned.looked
+        )
+
     def running_count(self) -> int:
         """How many jobs have not yet ended, of every owner."""
         return sum(self._running.values())
@@ -452,7 +488,13 @@ class JobTracker:
     # ---- internals ---------------------------------------------------------
 
     def _get(self, owner: str, job_id: str, admin: bool) -> Job:
+        """The job of this id, or the caller's own job of this name (an admin's too:
+        a name never finds another user's job)."""
         job = self._jobs.get(job_id)
+        if job is None and is_name(job_id):
+            job = self._jobs.named(owner, job_id)
+            if job is None:
+                raise JobNotFoundError(job_id, by_name=True)
         if job is None:
             raise JobNotFoundError(job_id)
         if not admin and job.owner != owner:

@@ -13,10 +13,13 @@ nothing of it is echoed but a short escaped prefix. Snapshots go out through
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from jobworker.cmdline import split_command
 from jobworker.errors import InvalidRequestError
 from jobworker.messages import limits_from_proto
 from jobworker.model import MAX_COMMAND_BYTES, JobSpec, check_job_id
+from jobworker.naming import MAX_LABELS, Labels, is_name, labels_from
 from jobworker.transport import EncodedMessage
 from jobworker.v1 import jobworker_pb2 as pb
 
@@ -27,8 +30,11 @@ def job_id_from(
     | pb.GetJobOutputRequest
     | pb.RemoveJobRequest,
 ) -> str:
-    """The job id a request names; InvalidRequestError when it names none,
-    JobNotFoundError when it cannot be a job's (see `check_job_id`)."""
+    """The job id a request names, or the job name it gives instead (which the
+    tracker finds among the caller's own jobs); InvalidRequestError when it names
+    none, JobNotFoundError when it can be neither (see `check_job_id`)."""
+    if is_name(request.job_id):
+        return request.job_id
     return check_job_id(request.job_id)
 
 
@@ -50,7 +56,16 @@ def spec_from_request(request: pb.StartJobRequest) -> JobSpec:
         workdir=request.workdir or None,
         limits=limits_from_proto(request.limits),
         host_network=request.host_network,
+        name=request.name or None,
+        labels=_labels_from(request.labels),
     )
+
+
+def _labels_from(labels: Mapping[str, str]) -> Labels:
+    """The labels a request gives, their count checked before any of them."""
+    if len(labels) > MAX_LABELS:
+        raise InvalidRequestError(f"{len(labels)} labels given; at most {MAX_LABELS} are allowed")
+    return labels_from(dict(labels))
 
 
 def output_response(chunk: bytes, offset: int) -> EncodedMessage:

@@ -28,6 +28,7 @@ import collections
 import contextlib
 import math
 import struct
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 
@@ -35,19 +36,27 @@ import attrs
 import trio
 
 from jobworker import messages
+from jobworker.echo import quoted
 from jobworker.errors import InvalidRequestError
-from jobworker.jobs.job_index import ListKey
+from jobworker.jobs.job_index import ListKey, Scanned
+from jobworker.jobs.selection import Selection, StateFilter
 from jobworker.model import (
     DEFAULT_PAGE_SIZE,
     MAX_CLIENT_MESSAGE,
     MAX_PAGE_SIZE,
     JobStatus,
 )
+from jobworker.naming import MAX_LABELS, check_name, labels_from
+from jobworker.tls import USER_NAME, USER_NAME_RULE
 from jobworker.v1 import jobworker_pb2 as pb
 
 #: The most a page's encoded ListJobsResponse may hold: three quarters of what a
 #: client accepts, the rest room for gRPC framing and fields a newer server adds.
 PAGE_BYTES = MAX_CLIENT_MESSAGE * 3 // 4
+
+#: How far in the future a created_after may be and still be taken for now: the
+#: clocks of a client and of jwsd may differ that much.
+CLOCK_SLACK = 60.0
 
 # A token: version byte, created_at as a big-endian double, the job id's 16 bytes.
 _TOKEN_VERSION = 1
@@ -64,15 +73,19 @@ _RESPONSE_OVERHEAD = 2 + _TOKEN_CHARS + 1 + 3
 @attrs.frozen
 class PageRequest:
     """What a ListJobsRequest asks for. size: jobs at most; after: the cursor
-    (None: from the first job)."""
+    (None: from the first job); selection: which jobs."""
 
     size: int
     after: ListKey | None
+    selection: Selection = Selection()
 
 
-def request_from(message: pb.ListJobsRequest) -> PageRequest:
+def request_from(message: pb.ListJobsRequest, *, now: float | None = None) -> PageRequest:
     """The page a ListJobsRequest asks for; InvalidRequestError for a page size out
-    of 1..MAX_PAGE_SIZE or a page token this server did not make."""
+    of 1..MAX_PAGE_SIZE, a page token this server did not make, or a filter that
+    is not one (labels outside their syntax or too many, an unknown state, a name
+    or owner that cannot be one, a created_after in the future or not finite).
+    now: the time a created_after may not pass (None: the clock's)."""
     size = message.page_size if message.HasField("page_size") else DEFAULT_PAGE_SIZE
     if not 1 <= size <= MAX_PAGE_SIZE:
         raise InvalidRequestError(
@@ -80,7 +93,41 @@ def request_from(message: pb.ListJobsRequest) -> PageRequest:
             f"leave it out for {DEFAULT_PAGE_SIZE}"
         )
     after = decode_token(message.page_token) if message.page_token else None
-    return PageRequest(size=size, after=after)
+    return PageRequest(size=size, after=after, selection=_selection_from(message, now))
+
+
+def _selection_from(message: pb.ListJobsRequest, now: float | None) -> Selection:
+    if len(message.labels) > MAX_LABELS:
+        raise InvalidRequestError(
+            f"{len(message.labels)} labels given; at most {MAX_LABELS} are allowed"
+        )
+    labels = labels_from(dict(message.labels))
+    try:
+        state = StateFilter(message.state) if message.state else None
+    except ValueError:
+        raise InvalidRequestError(
+            f"state must be {' or '.join(repr(str(s)) for s in StateFilter)}, not {quoted(message.state)}"
+        ) from None
+    if message.owner and not USER_NAME.fullmatch(message.owner):
+        raise InvalidRequestError(
+            f"owner {quoted(message.owner)} is not a user name: a user name is {USER_NAME_RULE}"
+        )
+    created_after = None
+    if message.HasField("created_after"):
+        created_after = message.created_after
+        now = time.time() if now is None else now
+        if not math.isfinite(created_after) or created_after > now + CLOCK_SLACK:
+            raise InvalidRequestError(
+                f"created_after {created_after} is in the future (now is {now:.0f}); "
+                "give a time that has passed"
+            )
+    return Selection(
+        owner=message.owner or None,
+        name=check_name(message.name) if message.name else None,
+        labels=labels,
+        state=state,
+        created_after=created_after,
+    )
 
 
 def encode_token(key: ListKey) -> str:
@@ -127,16 +174,24 @@ def listed(status: JobStatus) -> JobStatus:
 #: (jobs at every bound cost ~0.1 ms each), so other callers' requests interleave.
 CHUNK = 8
 
-#: Fetch at most `limit` jobs after a key, in listing order (the tracker's `list`).
-Fetch = Callable[[ListKey | None, int], list[JobStatus]]
+#: Jobs looked at by one fetch (`SCAN`) and by one call at most (`SCAN_BUDGET`): a
+#: selective filter over many jobs answers a page with fewer jobs (even none) and
+#: a token, rather than walk every job in one call. A job costs ~1 us to test.
+SCAN = 512
+SCAN_BUDGET = 16 * SCAN
+
+#: Fetch at most `limit` selected jobs after a key, in listing order, looking at no
+#: more than `budget` jobs (the tracker's `select`).
+Fetch = Callable[[ListKey | None, int, int], Scanned[JobStatus]]
 
 
 async def page(
     fetch: Fetch, request: PageRequest, *, budget: int = PAGE_BYTES
 ) -> pb.ListJobsResponse:
-    """The ListJobsResponse of one page: up to `request.size` jobs after
-    `request.after`, as many as fit in `budget` encoded bytes (always at least one),
-    each argv cut (`listed`); next_page_token set when jobs remain.
+    """The ListJobsResponse of one page: up to `request.size` selected jobs after
+    `request.after`, as many as fit in `budget` encoded bytes (always at least one,
+    when any is selected), each argv cut (`listed`); next_page_token set when jobs
+    remain, or when `SCAN_BUDGET` jobs were looked at first.
 
     Fetched and encoded `CHUNK` jobs at a time with a checkpoint between chunks:
     the cursor keeps chunks consistent (a job that starts or ends meanwhile is
@@ -144,9 +199,12 @@ async def page(
     answer = pb.ListJobsResponse()
     used = _RESPONSE_OVERHEAD
     after = request.after
+    looked = 0
     while True:
         room = min(CHUNK, request.size - len(answer.jobs))
-        jobs = fetch(after, room + 1)  # one more: whether another job follows
+        # One more than fits: whether another selected job follows.
+        scan = fetch(after, room + 1, SCAN)
+        jobs = scan.found
         for status in jobs[:room]:
             shown = listed(status)
             message = messages.status_to_proto(shown)
@@ -157,9 +215,15 @@ async def page(
             answer.args_cut.append(shown.argv_cut)
             used += cost
             after = (status.created_at, status.job_id)
-        if len(jobs) <= room:
+        if len(jobs) > room:  # another selected job follows
+            if len(answer.jobs) == request.size:
+                return _go_on(answer, after)
+        elif scan.stopped is None:
             return answer  # the last job: no next page
-        if len(answer.jobs) == request.size:
+        else:  # SCAN jobs looked at, too few of them selected: go on after them
+            after = scan.stopped
+        looked += scan.looked
+        if looked >= SCAN_BUDGET:
             return _go_on(answer, after)
         await trio.lowlevel.checkpoint()
 
@@ -216,7 +280,10 @@ class Turns:
 
 
 __all__ = [
+    "CLOCK_SLACK",
     "PAGE_BYTES",
+    "SCAN",
+    "SCAN_BUDGET",
     "REST",
     "decode_token",
     "encode_token",

@@ -11,7 +11,8 @@ import functools
 from collections.abc import AsyncIterator
 
 from jobworker import messages
-from jobworker.jobs.job_index import ListKey
+from jobworker.jobs.job_index import ListKey, Scanned
+from jobworker.jobs.selection import Selection
 from jobworker.jobs.tracker import JobTracker
 from jobworker.model import OUTPUT_CHUNK, JobStatus
 from jobworker.server import convert, listing
@@ -84,9 +85,19 @@ class JobWorkerService(jobworker_grpc.JobWorkerServiceServicer):  # type: ignore
     async def ListJobs(self, message: pb.ListJobsRequest) -> pb.ListJobsResponse:
         request = listing.request_from(message)
         caller = current_caller.get()
-        fetch = functools.partial(self._list, caller.name, caller.is_admin)
+        fetch = functools.partial(self._list, caller.name, caller.is_admin, request.selection)
         async with self._list_turns.turn(caller.name):
             return await listing.page(fetch, request)
 
-    def _list(self, owner: str, admin: bool, after: ListKey | None, limit: int) -> list[JobStatus]:
-        return self.tracker.list(owner, admin=admin, after=after, limit=limit)
+    def _list(
+        self,
+        owner: str,
+        admin: bool,
+        selection: Selection,
+        after: ListKey | None,
+        limit: int,
+        budget: int,
+    ) -> Scanned[JobStatus]:
+        return self.tracker.select(
+            owner, selection, admin=admin, after=after, limit=limit, budget=budget
+        )
