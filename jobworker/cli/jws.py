@@ -27,7 +27,6 @@ at once with exit code 3.
 from __future__ import annotations
 
 import datetime
-import functools
 import os
 import sys
 import time
@@ -37,7 +36,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import asyncclick as click
 
-from jobworker.cli import render
+from jobworker.cli import render, watch
 from jobworker.cli.config import DEFAULT_ADDR, DEFAULT_TLS_DIR, ClientConfig, config_path
 from jobworker.cli.failure import EXIT_SERVER_ERROR, EXIT_USAGE, Failure
 from jobworker.cli.job_request import JobRequest, job_options, label_flag, labels_option
@@ -51,7 +50,7 @@ from jobworker.cli.target import (
     reconnect_option,
     reconnector_to,
 )
-from jobworker.cli.usage import StrictGroup, one_line
+from jobworker.cli.usage import StrictGroup, job_ids_options, one_line
 from jobworker.echo import shown
 from jobworker.errors import (
     JobWorkerError,
@@ -96,25 +95,6 @@ async def start(user: str | None, addr: str | None, tls_dir: str | None, job: Jo
     async with connected(Target.chosen(user, addr, tls_dir)) as client:
         started = await job.start(client)
     click.echo(shown(started.job_id))
-
-
-def job_ids_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """The ids of the commands that act on several jobs: `-j A -j B`, or `A B` after
-    the options, handed to the command as one `job_ids: tuple[str, ...]` argument."""
-
-    @functools.wraps(fn)
-    async def command(*, job_options: tuple[str, ...], ids: tuple[str, ...], **kwargs: Any) -> Any:
-        job_ids = tuple(dict.fromkeys((*job_options, *ids)))  # each once, in order
-        if not job_ids:
-            raise Failure(
-                "no job id: give one or more, with -j ID or after the options", EXIT_USAGE
-            )
-        return await fn(job_ids=job_ids, **kwargs)
-
-    command = click.option(
-        "-j", "--job", "job_options", multiple=True, help="A job's id (repeatable)."
-    )(command)
-    return click.argument("ids", nargs=-1, metavar="[ID]...")(command)
 
 
 async def _for_each_job(
@@ -522,6 +502,10 @@ def _remember(user: str, addr: str | None, tls_dir: str | None) -> str:
         raise Failure(f"{exc}; nothing saved", EXIT_USAGE) from None
     path = ClientConfig(user=user, addr=addr or stored.addr, tls_dir=str(tls)).save(config_path())
     return f"now acting as {user}, with {tls} (saved in {path})"
+
+
+jws.add_command(watch.events)
+jws.add_command(watch.wait)
 
 
 def _say(line: str) -> None:

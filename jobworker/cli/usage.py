@@ -6,10 +6,14 @@ line, and `--help`'s command list shows each summary whole (Click cuts it with "
 
 from __future__ import annotations
 
+import functools
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 import asyncclick as click
+
+from jobworker.cli.failure import EXIT_USAGE, Failure
 
 
 class StrictCommand(click.Command):
@@ -75,4 +79,23 @@ def one_line(exc: click.ClickException) -> str:
     return message
 
 
-__all__ = ["StrictCommand", "StrictGroup", "one_line"]
+def job_ids_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The ids of the commands that act on several jobs: `-j A -j B`, or `A B` after
+    the options, handed to the command as one `job_ids: tuple[str, ...]` argument."""
+
+    @functools.wraps(fn)
+    async def command(*, job_options: tuple[str, ...], ids: tuple[str, ...], **kwargs: Any) -> Any:
+        job_ids = tuple(dict.fromkeys((*job_options, *ids)))  # each once, in order
+        if not job_ids:
+            raise Failure(
+                "no job id: give one or more, with -j ID or after the options", EXIT_USAGE
+            )
+        return await fn(job_ids=job_ids, **kwargs)
+
+    command = click.option(
+        "-j", "--job", "job_options", multiple=True, help="A job's id or name (repeatable)."
+    )(command)
+    return click.argument("ids", nargs=-1, metavar="[ID]...")(command)
+
+
+__all__ = ["StrictCommand", "StrictGroup", "job_ids_options", "one_line"]

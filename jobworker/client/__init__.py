@@ -20,7 +20,13 @@ What it offers:
   kinds (`JobNotFoundError`, `AccessDeniedError`, ...) when it refused.
 """
 
-from jobworker.client.connection import Credentials, JobFilter, JobWorkerClient, connect
+from jobworker.client.connection import (
+    Credentials,
+    JobFilter,
+    JobWorkerClient,
+    WatchedEvent,
+    connect,
+)
 from jobworker.client.errors import error_for
 from jobworker.client.reconnect import CONNECT_TIMEOUT, Backoff, Connect, Reconnector, follow_output
 
@@ -32,6 +38,7 @@ __all__ = [
     "JobFilter",
     "JobWorkerClient",
     "Reconnector",
+    "WatchedEvent",
     "connect",
     "error_for",
     "follow_output",

@@ -118,6 +118,18 @@ class JobFilter:
         return request
 
 
+@attrs.frozen
+class WatchedEvent:
+    """One WatchJobs event: resume after it with `cursor`; kind: "created",
+    "active", "stop-requested", "terminated", "removed"; "watching" (no job) first,
+    or "stale" (no job) then "current" ones after a stale cursor; at: when (Unix time); job: the job then."""
+
+    cursor: str
+    kind: str
+    at: float
+    job: JobStatus | None
+
+
 @attrs.define(eq=False)
 class JobWorkerClient:
     """The API's calls with Python arguments. Every method raises the `JobWorkerError`
@@ -212,6 +224,33 @@ class JobWorkerClient:
             if not response.next_page_token:
                 return
             request.page_token = response.next_page_token
+
+    async def watch(
+        self,
+        *,
+        since: str = "",
+        job_ids: Sequence[str] = (),
+        selection: JobFilter | None = None,
+    ) -> AsyncGenerator[WatchedEvent, None]:
+        """The events of the caller's jobs (every job's, for an admin) after the cursor
+        `since` ("": from now), of `job_ids` only (ids or names; empty: any), those
+        `selection` selects (its labels, state and owner). Never ends by itself:
+        close it with `contextlib.aclosing`."""
+        request = pb.WatchJobsRequest(since=since, job_ids=list(job_ids))
+        if selection is not None:
+            request.labels.update(selection.labels)
+            request.state = selection.state or ""
+            request.owner = selection.owner or ""
+        responses = self.stub.WatchJobs(request)
+        with mapped_errors():
+            async with contextlib.aclosing(responses) as stream:
+                async for event in stream:
+                    yield WatchedEvent(
+                        cursor=event.cursor,
+                        kind=event.kind,
+                        at=event.at,
+                        job=status_from_proto(event.job) if event.HasField("job") else None,
+                    )
 
     async def output(self, job_id: str, offset: int = 0) -> AsyncGenerator[bytes, None]:
         """The job's output from byte `offset` until it has terminated and every byte

@@ -43,13 +43,17 @@ class Selection:
     def matches(self, record: JobRecord) -> bool:
         """Whether the job of `record` is selected (its owner and age aside, which the
         walk over the index applies)."""
-        if self.name is not None and record.name != self.name:
+        return self.selected(record.name, record.state, record.labels)
+
+    def selected(self, name: str | None, state: JobState, labels: Labels) -> bool:
+        """Whether a job of this name, state and labels is selected (owner and age aside)."""
+        if self.name is not None and name != self.name:
             return False
-        if self.state is not None and (record.state is JobState.TERMINATED) != (
+        if self.state is not None and (state is JobState.TERMINATED) != (
             self.state is StateFilter.ENDED
         ):
             return False
-        return selects(self.labels, record.labels)
+        return selects(self.labels, labels)
 
 
 #: Every job.

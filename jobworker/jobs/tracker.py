@@ -44,7 +44,7 @@ import shutil
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from types import TracebackType
 
 import attrs
@@ -62,10 +62,11 @@ from jobworker.errors import (
 )
 from jobworker.jobs import datadir, policy, record_quota, uids
 from jobworker.jobs.config import TrackerConfig
+from jobworker.jobs.events import Cursor, EventKind, EventLog, JobEvent
 from jobworker.jobs.finished import FinishedJobs
 from jobworker.jobs.job import Job
 from jobworker.jobs.job_index import JobIndex, ListKey, Scanned
-from jobworker.jobs.lifecycle import Event, StopCause
+from jobworker.jobs.lifecycle import Event, Phase, StopCause
 from jobworker.jobs.output_log import FileLog
 from jobworker.jobs.record import JobRecord
 from jobworker.jobs.record_quota import RecordQuota
@@ -124,6 +125,8 @@ class JobTracker:
     _supervisor: Supervisor | None = attrs.field(init=False, default=None)
     _restored: builtins.list[Job] = attrs.field(init=False, factory=list)
     _uids: uids.HostUids | None = attrs.field(init=False, default=None)
+    #: Every change of a job the API shows, for watchers (`watch`).
+    events: EventLog = attrs.field(init=False, factory=EventLog)
 
     @_record_bytes.default
     def _record_bytes_default(self) -> RecordQuota:
@@ -214,6 +217,7 @@ class JobTracker:
             self._data_lock.release()
             raise
         for job in restored.jobs:
+            job.on_phase = self._phase_changed
             self._jobs[job.job_id] = job
             self._record_bytes.restore(job.owner, job.job_id, record_quota.record_size(job.record))
             if job.phase.ended:
@@ -327,7 +331,9 @@ class JobTracker:
         env = {**sandbox.default_env(job.workdir), **(spec.env or {})}
         sandbox.check_command(spec.argv, env, cwd=cwd, workdir=job.workdir, user=user)
         self._record_bytes.charge(owner, job_id, record_quota.spec_record_bytes(spec))
+        job.on_phase = self._phase_changed
         self._jobs[job_id] = job
+        self._event(job, EventKind.CREATED)
         self._running[owner] += 1
         starting = None
         try:
@@ -450,6 +456,66 @@ class JobTracker:
             [job.snapshot(listed=True) for job in scanned.found], scanned.stopped, scanned.looked
         )
 
+    async def watch(
+        self,
+        owner: str,
+        selection: Selection,
+        *,
+        admin: bool = False,
+        job_ids: Sequence[str] = (),
+        since: Cursor | None = None,
+    ) -> AsyncGenerator[JobEvent, None]:
+        """The events of the caller's jobs (every job's for an admin) that `selection`
+        and `job_ids` (ids or the caller's names; empty: any job) select, after
+        `since` (None: from now), read from the event log by the caller's own task
+        (no channel, no nursery; close it with `contextlib.aclosing`). The first
+        event is WATCHING (no job), at the cursor the events that follow come after,
+        unless `since` is stale: a stale
+        `since` (`EventLog.is_stale`), or a watcher that falls behind the log's
+        retention, gets a STALE event, a CURRENT one per selected job, then the
+        live events. Never ends by itself. Raises InvalidRequestError for a cursor
+        past the log, JobNotFoundError / AccessDeniedError for a job id as
+        `status` does, AccessDeniedError when a user selects another's jobs."""
+        if selection.owner is not None and not admin and selection.owner != owner:
+            raise AccessDeniedError()
+        ids = frozenset(self._get(owner, job_id, admin).job_id for job_id in job_ids)
+        log = self.events
+        stale = since is not None and log.is_stale(since)
+        seq = log.cursor.seq if since is None or stale else since.seq
+        if not stale:
+            yield JobEvent(seq, EventKind.WATCHING, time.time(), None)
+
+        def wanted(status: JobStatus | None) -> bool:
+            return (
+                status is not None
+                and (admin or status.owner == owner)
+                and (selection.owner is None or status.owner == selection.owner)
+                and (not ids or status.job_id in ids)
+                and selection.selected(status.name, status.state, status.spec.labels)
+            )
+
+        while True:
+            if stale:
+                stale = False
+                seq = log.cursor.seq  # the live events are those after the state below
+                yield JobEvent(seq, EventKind.STALE, time.time(), None)
+                for job in builtins.list(self._jobs.values()):
+                    status = job.recorded_snapshot()
+                    if self._jobs.get(job.job_id) is job and wanted(status):
+                        yield JobEvent(seq, EventKind.CURRENT, time.time(), status)
+                continue
+            events = log.after(seq, WATCH_BATCH)
+            if not events:
+                await log.wait_after(seq)
+                continue
+            for event in events:
+                seq = event.seq
+                if wanted(event.status):
+                    yield event
+            # A watcher slower than the log's retention has missed events: say so.
+            stale = log.is_stale(Cursor(log.epoch, seq))
+            await trio.lowlevel.checkpoint()
+
     def running_count(self) -> int:
         """How many jobs have not yet ended, of every owner."""
         return sum(self._running.values())
@@ -486,6 +552,15 @@ class JobTracker:
             offset += len(chunk)
 
     # ---- internals ---------------------------------------------------------
+
+    def _event(self, job: Job, kind: EventKind) -> None:
+        self.events.append(kind, job.recorded_snapshot(), time.time())
+
+    def _phase_changed(self, job: Job) -> None:
+        """A job moved (`Job.on_phase`): the move the API can see becomes an event."""
+        kind = _PHASE_EVENTS.get(job.phase)
+        if kind is not None:
+            self._event(job, kind)
 
     def _get(self, owner: str, job_id: str, admin: bool) -> Job:
         """The job of this id, or the caller's own job of this name (an admin's too:
@@ -538,6 +613,7 @@ class JobTracker:
             await trio.lowlevel.checkpoint()
             return
         del self._jobs[job.job_id]
+        self._event(job, EventKind.REMOVED)
         self._record_bytes.release(job.job_id)
         self._finished.discard(job.job_id, job.owner)
         assert self._store is not None
@@ -551,6 +627,19 @@ class JobTracker:
             faults.reach("forget.unrecorded")
             await job.log.aclose()
             await trio.to_thread.run_sync(shutil.rmtree, job.directory, True)
+
+
+#: Events a watcher takes from the log between checkpoints.
+WATCH_BATCH = 64
+
+#: The phases whose start is an event (FINISHING is still Active to the API; a
+#: DISCARDED job, whose start failed, is gone).
+_PHASE_EVENTS = {
+    Phase.ACTIVE: EventKind.ACTIVE,
+    Phase.STOPPING: EventKind.STOP_REQUESTED,
+    Phase.TERMINATED: EventKind.TERMINATED,
+    Phase.DISCARDED: EventKind.REMOVED,
+}
 
 
 def _check_offset(offset: int) -> None:

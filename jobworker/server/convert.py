@@ -15,11 +15,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import attrs
+
 from jobworker.cmdline import split_command
 from jobworker.errors import InvalidRequestError
-from jobworker.messages import limits_from_proto
+from jobworker.jobs.events import Cursor, JobEvent
+from jobworker.jobs.selection import Selection
+from jobworker.messages import limits_from_proto, status_to_proto
 from jobworker.model import MAX_COMMAND_BYTES, JobSpec, check_job_id
 from jobworker.naming import MAX_LABELS, Labels, is_name, labels_from
+from jobworker.server import listing
 from jobworker.transport import EncodedMessage
 from jobworker.v1 import jobworker_pb2 as pb
 
@@ -66,6 +71,45 @@ def _labels_from(labels: Mapping[str, str]) -> Labels:
     if len(labels) > MAX_LABELS:
         raise InvalidRequestError(f"{len(labels)} labels given; at most {MAX_LABELS} are allowed")
     return labels_from(dict(labels))
+
+
+#: Most jobs one WatchJobs request may name.
+MAX_WATCHED_IDS = 100
+
+
+@attrs.frozen
+class WatchRequest:
+    """What a WatchJobsRequest asks for: after `since` (None: from now), the events
+    of `job_ids` (ids or names; empty: any) that `selection` selects."""
+
+    since: Cursor | None
+    job_ids: tuple[str, ...]
+    selection: Selection
+
+
+def watch_from(request: pb.WatchJobsRequest) -> WatchRequest:
+    """The events a WatchJobsRequest asks for; InvalidRequestError for a cursor that
+    is not one of ours, more than MAX_WATCHED_IDS jobs, an empty one, or filters
+    as ListJobs refuses them; JobNotFoundError for an id that can be no job's."""
+    if len(request.job_ids) > MAX_WATCHED_IDS:
+        raise InvalidRequestError(
+            f"{len(request.job_ids)} jobs named; at most {MAX_WATCHED_IDS} may be watched at once"
+        )
+    job_ids = tuple(
+        job_id if is_name(job_id) else check_job_id(job_id) for job_id in request.job_ids
+    )
+    since = Cursor.decode(request.since) if request.since else None
+    return WatchRequest(since, job_ids, listing.selection_from(request))
+
+
+def event_message(event: JobEvent, epoch: str) -> pb.JobEvent:
+    """A JobEvent as the API sends it, its cursor in the log of `epoch`."""
+    message = pb.JobEvent(
+        cursor=Cursor(epoch, event.seq).encode(), kind=str(event.kind), at=event.at
+    )
+    if event.status is not None:
+        message.job.CopyFrom(status_to_proto(event.status))
+    return message
 
 
 def output_response(chunk: bytes, offset: int) -> EncodedMessage:

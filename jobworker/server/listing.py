@@ -97,6 +97,27 @@ def request_from(message: pb.ListJobsRequest, *, now: float | None = None) -> Pa
 
 
 def _selection_from(message: pb.ListJobsRequest, now: float | None) -> Selection:
+    selection = selection_from(message)
+    created_after = None
+    if message.HasField("created_after"):
+        created_after = message.created_after
+        now = time.time() if now is None else now
+        if not math.isfinite(created_after) or created_after > now + CLOCK_SLACK:
+            raise InvalidRequestError(
+                f"created_after {created_after} is in the future (now is {now:.0f}); "
+                "give a time that has passed"
+            )
+    return attrs.evolve(
+        selection,
+        name=check_name(message.name) if message.name else None,
+        created_after=created_after,
+    )
+
+
+def selection_from(message: pb.ListJobsRequest | pb.WatchJobsRequest) -> Selection:
+    """The labels, state and owner a request selects by; InvalidRequestError for
+    labels outside their syntax or too many, an unknown state, an owner that is no
+    user name."""
     if len(message.labels) > MAX_LABELS:
         raise InvalidRequestError(
             f"{len(message.labels)} labels given; at most {MAX_LABELS} are allowed"
@@ -112,22 +133,7 @@ def _selection_from(message: pb.ListJobsRequest, now: float | None) -> Selection
         raise InvalidRequestError(
             f"owner {quoted(message.owner)} is not a user name: a user name is {USER_NAME_RULE}"
         )
-    created_after = None
-    if message.HasField("created_after"):
-        created_after = message.created_after
-        now = time.time() if now is None else now
-        if not math.isfinite(created_after) or created_after > now + CLOCK_SLACK:
-            raise InvalidRequestError(
-                f"created_after {created_after} is in the future (now is {now:.0f}); "
-                "give a time that has passed"
-            )
-    return Selection(
-        owner=message.owner or None,
-        name=check_name(message.name) if message.name else None,
-        labels=labels,
-        state=state,
-        created_after=created_after,
-    )
+    return Selection(owner=message.owner or None, labels=labels, state=state)
 
 
 def encode_token(key: ListKey) -> str:
@@ -294,4 +300,5 @@ __all__ = [
     "Turns",
     "page",
     "request_from",
+    "selection_from",
 ]

@@ -76,6 +76,25 @@ class JobWorkerService(jobworker_grpc.JobWorkerServiceServicer):  # type: ignore
                 yield convert.output_response(chunk, offset)
                 offset += len(chunk)
 
+    async def WatchJobs(self, message: pb.WatchJobsRequest) -> AsyncIterator[pb.JobEvent]:
+        request = convert.watch_from(message)
+        caller = current_caller.get()
+        # As GetJobOutput: the handler is the watcher's task, reading the shared log
+        # from its own cursor, one event at a time as the client can take it.
+        events = self.tracker.watch(
+            caller.name,
+            request.selection,
+            admin=caller.is_admin,
+            job_ids=request.job_ids,
+            since=request.since,
+        )
+        epoch = self.tracker.events.epoch
+        async with contextlib.aclosing(events) as stream:
+            while True:
+                await wait_writable()
+                event = await anext(stream)
+                yield convert.event_message(event, epoch)
+
     async def RemoveJob(self, message: pb.RemoveJobRequest) -> pb.RemoveJobResponse:
         job_id = convert.job_id_from(message)
         caller = current_caller.get()

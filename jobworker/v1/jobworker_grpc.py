@@ -21,6 +21,9 @@ class JobWorkerServiceServicer(purerpc.Servicer):
     async def RemoveJob(self, input_message):
         raise NotImplementedError()
 
+    async def WatchJobs(self, input_message):
+        raise NotImplementedError()
+
     @property
     def service(self) -> purerpc.Service:
         service_obj = purerpc.Service(
@@ -80,6 +83,15 @@ class JobWorkerServiceServicer(purerpc.Servicer):
                 jobworker_dot_v1_dot_jobworker__pb2.RemoveJobResponse,
             )
         )
+        service_obj.add_method(
+            "WatchJobs",
+            self.WatchJobs,
+            purerpc.RPCSignature(
+                purerpc.Cardinality.UNARY_STREAM,
+                jobworker_dot_v1_dot_jobworker__pb2.WatchJobsRequest,
+                jobworker_dot_v1_dot_jobworker__pb2.JobEvent,
+            )
+        )
         return service_obj
 
 
@@ -135,5 +147,13 @@ class JobWorkerServiceStub:
                 purerpc.Cardinality.UNARY_UNARY,
                 jobworker_dot_v1_dot_jobworker__pb2.RemoveJobRequest,
                 jobworker_dot_v1_dot_jobworker__pb2.RemoveJobResponse,
+            )
+        )
+        self.WatchJobs = self._client.get_method_stub(
+            "WatchJobs",
+            purerpc.RPCSignature(
+                purerpc.Cardinality.UNARY_STREAM,
+                jobworker_dot_v1_dot_jobworker__pb2.WatchJobsRequest,
+                jobworker_dot_v1_dot_jobworker__pb2.JobEvent,
             )
         )

@@ -205,3 +205,36 @@ class ListJobsResponse(_message.Message):
     next_page_token: str
     args_cut: _containers.RepeatedScalarFieldContainer[bool]
     def __init__(self, jobs: _Optional[_Iterable[_Union[GetJobStatusResponse, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., args_cut: _Optional[_Iterable[bool]] = ...) -> None: ...
+
+class WatchJobsRequest(_message.Message):
+    __slots__ = ("since", "job_ids", "labels", "state", "owner")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    JOB_IDS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    since: str
+    job_ids: _containers.RepeatedScalarFieldContainer[str]
+    labels: _containers.ScalarMap[str, str]
+    state: str
+    owner: str
+    def __init__(self, since: _Optional[str] = ..., job_ids: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., state: _Optional[str] = ..., owner: _Optional[str] = ...) -> None: ...
+
+class JobEvent(_message.Message):
+    __slots__ = ("cursor", "kind", "at", "job")
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    cursor: str
+    kind: str
+    at: float
+    job: GetJobStatusResponse
+    def __init__(self, cursor: _Optional[str] = ..., kind: _Optional[str] = ..., at: _Optional[float] = ..., job: _Optional[_Union[GetJobStatusResponse, _Mapping]] = ...) -> None: ...

@@ -327,7 +327,17 @@ def test_shell_completion_and_help(tmp_path: Path) -> None:
     env = dict(os.environ, COMP_WORDS="jws st", COMP_CWORD="1", _JWS_COMPLETE="bash_complete")
     completion = subprocess.run([str(BIN / "jws")], env=env, capture_output=True, timeout=30)
     assert completion.stdout.decode().split() == ["plain,start", "plain,status", "plain,stop"]
-    for command in ["start", "stop", "status", "output", "list", "run", "login"]:
+    # The new commands and flags of issue 22 complete too.
+    for words, expected in [
+        ("jws w", ["plain,wait"]),
+        ("jws ev", ["plain,events"]),
+        ("jws list --la", ["plain,--label"]),
+        ("jws start --na", ["plain,--name"]),
+    ]:
+        env.update(COMP_WORDS=words, COMP_CWORD=str(len(words.split()) - 1))
+        completed = subprocess.run([str(BIN / "jws")], env=env, capture_output=True, timeout=30)
+        assert completed.stdout.decode().split() == expected, words
+    for command in ["start", "stop", "status", "output", "list", "run", "login", "events", "wait"]:
         helped = subprocess.run(
             [str(BIN / "jws"), command, "--help"], capture_output=True, timeout=30
         )

@@ -72,8 +72,16 @@ def test_committed_generated_code_is_what_protoc_generates_now(tmp_path: Path) -
 
 
 def test_purerpc_stub_offers_servicer_and_stub_with_every_method() -> None:
-    """The purerpc module has the servicer base and client stub, with all six methods."""
-    methods = {"StartJob", "StopJob", "GetJobStatus", "GetJobOutput", "ListJobs", "RemoveJob"}
+    """The purerpc module has the servicer base and client stub, with all seven methods."""
+    methods = {
+        "StartJob",
+        "StopJob",
+        "GetJobStatus",
+        "GetJobOutput",
+        "ListJobs",
+        "RemoveJob",
+        "WatchJobs",
+    }
     servicer = jobworker_grpc.JobWorkerServiceServicer()
     assert set(servicer.service.methods) == methods
     assert servicer.service.name == "jobworker.v1.JobWorkerService"
@@ -101,12 +109,13 @@ def test_seed_fields_keep_their_numbers_and_types(
     assert (descriptor.number, descriptor.type) == (number, kind)
 
 
-def test_service_streams_only_output() -> None:
-    """GetJobOutput is server streaming; every other method is unary, as in the seed."""
+def test_service_streams_only_output_and_events() -> None:
+    """GetJobOutput (the seed's) and WatchJobs are server streaming; every other method
+    is unary, as in the seed."""
     service = jobworker_pb2.DESCRIPTOR.services_by_name["JobWorkerService"]
     streaming = {m.name for m in service.methods if m.server_streaming or m.client_streaming}
-    assert streaming == {"GetJobOutput"}
-    assert not service.methods_by_name["GetJobOutput"].client_streaming
+    assert streaming == {"GetJobOutput", "WatchJobs"}
+    assert not any(service.methods_by_name[name].client_streaming for name in streaming)
 
 
 def test_optional_fields_report_presence() -> None:
