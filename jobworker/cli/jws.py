@@ -4,7 +4,9 @@
     jws status -u alex -j ID            Pending / Active / Terminated, then the details
     jws output -u alex -j ID            the raw output from the first byte, following to the end
     jws stop -u alex -j ID [-j ID2]     SIGTERM, grace, SIGKILL; returns once they have ended
-    jws list -u alex                    the caller's jobs
+    jws list -u alex --label team=a     the caller's jobs (filtered by jwsd)
+    jws events -u alex                  the caller's jobs' changes as they happen
+    jws wait -u alex -j NAME            until it ends; exits with its exit code
     jws rm -u alex -j ID                forget a finished job: its record and its output
     jws run -u alex -- make test        start, stream, exit with the job's exit code
     jws login alex                      make alex (and --addr / --tls-dir) the default
@@ -14,11 +16,11 @@ Exit codes: 0 success; 1 the server refused (access denied, no such job, bad
 request...); 2 a usage or local set-up error (bad or repeated flag, no user, no
 credentials, a client certificate jwsd cannot accept); 3 jwsd could not be
 reached or went away; 127 no such program; 130 interrupted (Ctrl-C); 141 `jws
-run`'s stdout closed. `jws run` exits with the job's own exit code (128+n when
+run`'s stdout closed; 124 `jws wait --timeout` ran out. `jws run` and `jws wait` exit with the job's own exit code (128+n when
 signal n killed it) once the job has ended; Ctrl-C or a closed stdout stops the
 job first (see `jobworker.cli.leaving`).
 
-`output` and `run` ride over a restart of jwsd: once connected, they connect
+`output`, `run` and `wait` ride over a restart of jwsd: once connected, they connect
 again with backoff when jwsd goes away and resume at the byte they reached
 (`--reconnect-timeout`, see `jobworker.client.reconnect`); every other command fails
 at once with exit code 3.

@@ -11,6 +11,7 @@ import functools
 from collections.abc import AsyncIterator
 
 from jobworker import messages
+from jobworker.jobs.events import EventKind, JobEvent
 from jobworker.jobs.job_index import ListKey, Scanned
 from jobworker.jobs.selection import Selection
 from jobworker.jobs.tracker import JobTracker
@@ -21,6 +22,11 @@ from jobworker.transport import EncodedMessage, wait_writable
 from jobworker.v1 import jobworker_grpc
 from jobworker.v1 import jobworker_pb2 as pb
 
+#: Events made for one watcher, never shared (not the log's).
+_PER_WATCHER = frozenset({EventKind.WATCHING, EventKind.STALE, EventKind.CURRENT})
+#: How many encoded events the service keeps for watchers that lag a little.
+_ENCODED_EVENTS = 4096
+
 
 class JobWorkerService(jobworker_grpc.JobWorkerServiceServicer):  # type: ignore[misc]
     """Serves the tracker's jobs over gRPC, each caller seeing only its own (admins: all)."""
@@ -28,6 +34,8 @@ class JobWorkerService(jobworker_grpc.JobWorkerServiceServicer):  # type: ignore
     def __init__(self, tracker: JobTracker) -> None:
         self.tracker = tracker
         self._list_turns = listing.Turns()
+        # The log's recent events in wire form, by sequence number (`_encoded_event`).
+        self._event_bytes: dict[int, bytes] = {}
 
     async def StartJob(self, message: pb.StartJobRequest) -> pb.StartJobResponse:
         spec = convert.spec_from_request(message)
@@ -76,7 +84,9 @@ class JobWorkerService(jobworker_grpc.JobWorkerServiceServicer):  # type: ignore
                 yield convert.output_response(chunk, offset)
                 offset += len(chunk)
 
-    async def WatchJobs(self, message: pb.WatchJobsRequest) -> AsyncIterator[pb.JobEvent]:
+    async def WatchJobs(
+        self, message: pb.WatchJobsRequest
+    ) -> AsyncIterator[EncodedMessage]:  # JobEvent, in wire form
         request = convert.watch_from(message)
         caller = current_caller.get()
         # As GetJobOutput: the handler is the watcher's task, reading the shared log
@@ -93,7 +103,21 @@ class JobWorkerService(jobworker_grpc.JobWorkerServiceServicer):  # type: ignore
             while True:
                 await wait_writable()
                 event = await anext(stream)
-                yield convert.event_message(event, epoch)
+                yield self._encoded_event(event, epoch)
+
+    def _encoded_event(self, event: JobEvent, epoch: str) -> EncodedMessage:
+        """The event in wire form, encoded once for every watcher that gets it (1,000
+        watchers of one log would otherwise build and encode it 1,000 times)."""
+        if event.kind in _PER_WATCHER:  # not the log's: made for one watcher
+            return EncodedMessage([convert.event_message(event, epoch).SerializeToString()])
+        key = event.seq
+        encoded = self._event_bytes.get(key)
+        if encoded is None:
+            if len(self._event_bytes) >= _ENCODED_EVENTS:
+                self._event_bytes.clear()
+            encoded = convert.event_message(event, epoch).SerializeToString()
+            self._event_bytes[key] = encoded
+        return EncodedMessage([encoded])
 
     async def RemoveJob(self, message: pb.RemoveJobRequest) -> pb.RemoveJobResponse:
         job_id = convert.job_id_from(message)
