@@ -39,6 +39,12 @@ class InvalidRequestError(JobWorkerError):
     """The request is malformed or asks for something impossible; nothing changed."""
 
 
+class NameInUseError(InvalidRequestError):
+    """A start names its job as one of the caller's jobs already is (INVALID_ARGUMENT,
+    as any bad request; its own kind so that the start's metrics tell it apart from
+    refused limits)."""
+
+
 class JobNotFoundError(JobWorkerError):
     """No job has this id (or the id is not a job id at all), or none of the caller's
     jobs this name (`by_name`)."""

@@ -26,6 +26,7 @@ POINTS: dict[str, str] = {
     "finish.cleaned": "the job's cgroup and work dir are gone; its record still says Active",
     "finish.recorded": "how the job ended is written; nobody has been told",
     "forget.unrecorded": "a removed job's record is deleted; its output and dir remain",
+    "call.audited": "a call's audit record is written; its answer has not left",
 }
 
 __doc__ += "".join(f"\n* `{name}`: {what}." for name, what in POINTS.items())

@@ -126,3 +126,13 @@ def listed_from_proto(message: pb.ListJobsResponse) -> list[JobStatus]:
         attrs.evolve(status_from_proto(job), argv_cut=True) if was_cut else status_from_proto(job)
         for job, was_cut in zip(message.jobs, cut, strict=True)
     ]
+
+
+def varint(value: int) -> bytes:
+    """`value` (0 <= value < 2**64) as a protobuf base-128 varint."""
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)

@@ -325,3 +325,26 @@ class JobStatus:
             return signal.Signals(self.signal).name
         except ValueError:
             return f"SIG{self.signal}"
+
+
+@attrs.frozen
+class AuditRecord:
+    """One record of jwsd's audit trail, as `jws audit` shows it (see the API's
+    `AuditRecord`): `id` its place (ids grow with time), `time` a Unix time, `user`
+    the authenticated name ("-": none), the certificate's `common_name`, `serial` and
+    `fingerprint_sha256`, the `peer` address, the `method`, the `job_id` ("-": none),
+    the status `code`'s name, and `detail` (a start's command, env names and limits;
+    an output read's offset and owner; a refusal's reason). Every text is as the
+    caller sent it: show it escaped."""
+
+    id: int
+    time: float
+    user: str
+    common_name: str
+    serial: str
+    fingerprint_sha256: str
+    peer: str
+    method: str
+    job_id: str
+    code: str
+    detail: dict[str, object]

@@ -41,8 +41,9 @@ import asyncclick as click
 from jobworker.cli import render, watch
 from jobworker.cli.config import DEFAULT_ADDR, DEFAULT_TLS_DIR, ClientConfig, config_path
 from jobworker.cli.failure import EXIT_SERVER_ERROR, EXIT_USAGE, Failure
+from jobworker.cli.job_ids import JobIds
 from jobworker.cli.job_request import JobRequest, job_options, label_flag, labels_option
-from jobworker.cli.leaving import EXIT_INTERRUPTED, Following, Left
+from jobworker.cli.leaving import EXIT_INTERRUPTED, Following, Left, start_interruptibly
 from jobworker.cli.stdout import copy_output
 from jobworker.cli.target import (
     DEFAULT_PORT,
@@ -52,14 +53,14 @@ from jobworker.cli.target import (
     reconnect_option,
     reconnector_to,
 )
-from jobworker.cli.usage import StrictGroup, job_ids_options, one_line
+from jobworker.cli.usage import StrictGroup, job_id_option, job_ids_options, one_line
 from jobworker.echo import shown
 from jobworker.errors import (
     JobWorkerError,
     SetupError,
     UnavailableError,
 )
-from jobworker.model import STOPPED_BY_SHUTDOWN, JobStatus, Outcome
+from jobworker.model import STOPPED_BY_SHUTDOWN, JobState, JobStatus, Outcome
 from jobworker.units import format_duration, parse_addr, parse_duration
 
 if TYPE_CHECKING:  # imported lazily at run time: `jws --help` stays quick
@@ -102,26 +103,28 @@ async def start(user: str | None, addr: str | None, tls_dir: str | None, job: Jo
 async def _for_each_job(
     job_ids: tuple[str, ...], target: Target, act: Callable[[JobWorkerClient, str], Any]
 ) -> None:
-    """`act(client, job_id)` for every id at once, on one connection; every refusal is
-    its own line, then exit code 1. Raises Failure at once when jwsd is unavailable."""
+    """`act(client, job_id)` for every id (or prefix, `JobIds`) at once, on one
+    connection; every refusal is its own line, then exit code 1. Raises Failure at
+    once when jwsd is unavailable."""
     import trio
 
     refused: list[str] = []
     lost: list[JobWorkerError] = []  # raised here, not as an ExceptionGroup
     async with connected(target) as client:
+        resolver = JobIds(client, target.credentials.user)
         async with trio.open_nursery() as nursery:
 
-            async def one(job_id: str) -> None:
+            async def one(typed: str) -> None:
                 try:
-                    await act(client, job_id)
+                    await act(client, await resolver.resolve(typed))
                 except (UnavailableError, SetupError) as exc:
                     lost.append(exc)
                     nursery.cancel_scope.cancel()
                 except JobWorkerError as exc:
                     refused.append(str(exc))
 
-            for job_id in job_ids:
-                nursery.start_soon(one, job_id)
+            for typed in job_ids:
+                nursery.start_soon(one, typed)
         if lost:
             raise lost[0]
     for line in refused[:-1]:
@@ -173,20 +176,25 @@ def _grace_from(text: str | None) -> float | None:
 
 @jws.command()
 @connection_options
-@click.option("-j", "--job", "job_id", required=True, help="The job's id.")
+@job_id_option
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON, for scripts.")
 async def status(
     user: str | None, addr: str | None, tls_dir: str | None, job_id: str, as_json: bool
 ) -> None:
     """Show a job's status: Pending, Active or Terminated first, then how it ended and what it used.
 
+    The id may be cut to a prefix that begins no other of your jobs' ids, or be
+    the name of one of your jobs.
+
     \b
     Example:
-      jws status -j 5f0c1a2b-...
+      jws status 5f0c1a2b
+      jws status nightly-build
       jws status -j 5f0c1a2b-... --json | jq .exit_code
     """
-    async with connected(Target.chosen(user, addr, tls_dir)) as client:
-        job = await client.status(job_id)
+    target = Target.chosen(user, addr, tls_dir)
+    async with connected(target) as client:
+        job = await client.status(await JobIds(client, target.credentials.user).resolve(job_id))
     click.echo(render.as_json(render.status_dict(job)) if as_json else render.status_text(job))
 
 
@@ -231,6 +239,8 @@ async def remove(
     "(2026-01-31T12:00:00Z, RFC 3339).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the jobs as JSON, for scripts.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the jobs' ids, one a line.")
+@click.option("--no-trunc", is_flag=True, help="Show each command as jwsd listed it, uncut.")
 async def list_jobs(
     user: str | None,
     addr: str | None,
@@ -241,16 +251,22 @@ async def list_jobs(
     owner: str | None,
     since: str | None,
     as_json: bool,
+    quiet: bool,
+    no_trunc: bool,
 ) -> None:
-    """List your jobs (every job, for an admin), oldest first, filtered by jwsd.
+    """List your jobs (every job, for an admin, with an OWNER column), oldest first,
+    filtered by jwsd.
 
-    Follows the server's pages to the end; a long command shows cut (its start,
-    then "..."; "args_cut" in JSON): `jws status JOB_ID` shows it whole.
+    Follows the server's pages to the end. On a terminal the COMMAND column fits
+    its width (elsewhere, 60 characters); --no-trunc shows it as jwsd listed it,
+    which cuts a command past 256 bytes ("..."; "args_cut" in JSON): `jws status
+    JOB_ID` shows it whole.
 
     \b
     Examples:
       jws list --state active
       jws list --label team=infra --since 1h
+      jws rm $(jws list -q --state ended)
       jws list --owner betty --json | jq -r '.[].job_id'     # as an admin
     """
     from jobworker.client import JobFilter
@@ -262,12 +278,61 @@ async def list_jobs(
         owner=owner,
         created_after=None if since is None else _since(since),
     )
-    async with connected(Target.chosen(user, addr, tls_dir)) as client:
+    target = Target.chosen(user, addr, tls_dir)
+    async with connected(target) as client:
         jobs = await client.list(selection=selection)
     if as_json:
         click.echo(render.as_json([render.status_dict(job) for job in jobs]))
+    elif quiet:
+        for job in jobs:
+            click.echo(job.job_id)
     else:
-        click.echo(render.table(jobs))
+        width = None if no_trunc else render.command_width()
+        others = any(job.owner != target.credentials.user for job in jobs)
+        click.echo(render.table(jobs, command_width=width, owners=others))
+
+
+@jws.command()
+@connection_options
+@click.option(
+    "--until",
+    help="Only jobs that ended at least this long ago (30m, 1h, 2d). Default: every ended job.",
+)
+async def prune(user: str | None, addr: str | None, tls_dir: str | None, until: str | None) -> None:
+    """Remove your jobs that have ended (their records and output), as `docker container prune`.
+
+    Running jobs are left alone, and so are other users' jobs (for an admin
+    too: `jws rm` removes those one by one). Prints each removed id.
+
+    \b
+    Examples:
+      jws prune
+      jws prune --until 1h
+    """
+    try:
+        age = parse_duration(until) if until is not None else 0.0
+    except ValueError as exc:
+        raise Failure(f"--until: {exc}", EXIT_USAGE) from None
+    target = Target.chosen(user, addr, tls_dir)
+    cutoff = time.time() - age
+    async with connected(target) as client:
+        ended = [
+            job.job_id
+            for job in await client.list()
+            if job.owner == target.credentials.user
+            and job.state is JobState.TERMINATED
+            and (job.ended_at or 0) <= cutoff
+        ]
+    if not ended:
+        _say("no ended job to remove")
+        return
+
+    async def remove_one(client: JobWorkerClient, job_id: str) -> None:
+        await client.remove(job_id)
+        click.echo(job_id)
+
+    await _for_each_job(tuple(ended), target, remove_one)
+    _say(f"removed {len(ended)} {'job' if len(ended) == 1 else 'jobs'}")
 
 
 def _since(text: str) -> float:
@@ -319,7 +384,7 @@ def _say_what_a_restart_cost(final: JobStatus, reached: int) -> None:
 
 @jws.command()
 @connection_options
-@click.option("-j", "--job", "job_id", required=True, help="The job's id.")
+@job_id_option
 @click.option(
     "--offset",
     type=click.IntRange(min=0),
@@ -339,15 +404,18 @@ async def output(
 
     Starts at the first byte (or --offset) and follows the job until it ends.
     Ctrl-C stops following; the job keeps running. When jwsd goes away (a
-    restart), connects again and goes on from the byte it reached.
+    restart), connects again and goes on from the byte it reached. The id may
+    be cut to a prefix that begins no other of your jobs' ids, or be the name
+    of one of your jobs.
 
     \b
     Example:
-      jws output -j 5f0c1a2b-... > build.log
+      jws output 5f0c1a2b > build.log
     """
     target = Target.chosen(user, addr, tls_dir)
     reconnector = reconnector_to(target, reconnect_timeout, _say)
     async with connected(target) as client:
+        job_id = await JobIds(client, target.credentials.user).resolve(job_id)
         fd = sys.stdout.fileno()
         reached = await copy_output(client, job_id, offset, fd, reconnector)
         if reconnector.reconnected:  # jwsd restarted: what did that cost the job?
@@ -408,11 +476,11 @@ async def run(
     reconnector = reconnector_to(target, reconnect_timeout, _say)
     seconds = _grace_from(grace)
     async with connected(target) as client:
-        started = await job.start(client)
+        started, interrupted = await start_interruptibly(lambda: job.start(client), _say)
         following = Following(
             client, reconnector, started.job_id, seconds, detach_on_interrupt, _say
         )
-        reached = await following.until_ended(sys.stdout.fileno())
+        reached = await following.until_ended(sys.stdout.fileno(), interrupted_already=interrupted)
         if isinstance(reached, Left):
             return reached.code
         final = await _final_status(reconnector, started.job_id, client)
@@ -453,6 +521,46 @@ async def health(user: str | None, addr: str | None, tls_dir: str | None, servic
         status = await client.health(service)
     click.echo(shown(status))
     return 0 if status == "SERVING" else EXIT_SERVER_ERROR
+
+
+@jws.command()
+@connection_options
+@click.option("--of", "of_user", default="", help="Only the records of this user.")
+@click.option("-j", "--job", "job_id", default="", help="Only the records of this job.")
+@click.option("--since", default=None, help="Only the records of the last DURATION (1h, 7d).")
+@click.option(
+    "--limit", type=click.IntRange(1, 200), default=100, show_default=True, help="Most records."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the records as JSON, for scripts.")
+async def audit(
+    user: str | None,
+    addr: str | None,
+    tls_dir: str | None,
+    of_user: str,
+    job_id: str,
+    since: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """Show jwsd's audit trail (admins only): who started, stopped, removed or read
+    which job, from where, with which certificate, and every refusal; the newest
+    LIMIT records, oldest first.
+
+    \b
+    Examples:
+      jws audit -u admin --since 1h
+      jws audit -u admin --of betty --json | jq -r '.[] | select(.code != "OK") | .method'
+    """
+    try:
+        after = time.time() - parse_duration(since) if since else 0.0
+    except ValueError as exc:
+        raise Failure(f"--since: {exc}", EXIT_USAGE) from None
+    async with connected(Target.chosen(user, addr, tls_dir)) as client:
+        records = await client.audit(user=of_user, job_id=job_id, since=after, limit=limit)
+    if as_json:
+        click.echo(render.as_json([render.audit_dict(record) for record in records]))
+    elif records:
+        click.echo(render.audit_text(records))
 
 
 @jws.command()

@@ -26,8 +26,9 @@ from typing import Any
 import asyncclick as click
 import trio
 
-from jobworker import faults
+from jobworker import faults, logs
 from jobworker.errors import InvalidRequestError, SetupError, sole_exception
+from jobworker.jobs import disk
 from jobworker.jobs.config import TrackerConfig
 from jobworker.jobs.retention import RetentionPolicy
 from jobworker.jobs.uids import UidRange
@@ -41,6 +42,8 @@ from jobworker.units import format_duration, parse_addr, parse_duration, parse_s
 
 log = logging.getLogger("jobworker.daemon")
 
+#: --metrics-addr's port when it names none: the API's default port, plus one.
+DEFAULT_METRICS_PORT = DEFAULT_PORT + 1
 #: The smallest work dir that makes sense (a tmpfs rounds to pages anyway).
 MIN_WORKDIR_SIZE = 1 << 20
 #: The defaults every flag shows: the configs' own.
@@ -120,6 +123,14 @@ def _count_or_none(ctx: click.Context, param: click.Parameter, value: int) -> in
 @click.version_option(package_name="jobworker", prog_name="jwsd")
 @click.option(
     "--addr", default=f"127.0.0.1:{DEFAULT_PORT}", show_default=True, help="HOST:PORT to listen on."
+)
+@click.option(
+    "--metrics-addr",
+    default=None,
+    metavar="HOST:PORT",
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (plain HTTP, no "
+    f"authentication: loopback, or see docs/operations.md; port {DEFAULT_PORT + 1} if none "
+    "is given). Default: not served.",
 )
 @click.option(
     "--tls-dir",
@@ -269,6 +280,16 @@ def _count_or_none(ctx: click.Context, param: click.Parameter, value: int) -> in
     "closed and its status says truncated. 0: no cap.",
 )
 @click.option(
+    "--max-disk-per-user",
+    type=_Parsed("size", disk.parse_setting),
+    default=_JOBS.max_disk_per_user,
+    show_default=True,
+    help="Most disk one user's jobs' output may hold, running and kept, charged as written "
+    "(a running job holds at most one window of 1/64 of it, 16M-256M, unwritten); the writer "
+    "that reaches it is cut, a start with none left is RESOURCE_EXHAUSTED. auto: a quarter of "
+    "the data dir's file system, at least 1G. 0: no quota.",
+)
+@click.option(
     "--workdir-size",
     type=_Parsed("size", _workdir_size),
     default=_show_size(_JOBS.workdir_size),
@@ -293,17 +314,51 @@ def _count_or_none(ctx: click.Context, param: click.Parameter, value: int) -> in
     help="Most finished jobs kept per user; the oldest are forgotten first. 0: no limit.",
 )
 @click.option(
+    "--no-audit",
+    "audit",
+    flag_value=False,
+    default=True,
+    help="Keep no audit trail (nothing in DATA/audit.db, no jobworker.audit log lines, "
+    "jws audit refused): for benchmarks, or a host whose calls need no account.",
+)
+@click.option(
+    "--audit-retention",
+    type=_DURATION_OR_NONE,
+    default=format_duration(_DAEMON.audit_retention or 0),
+    show_default=True,
+    help="How long an audit record (DATA/audit.db: who started, stopped, removed or read "
+    "which job, and every refusal) is kept. 0: for ever (up to --audit-max-records).",
+)
+@click.option(
+    "--audit-max-records",
+    type=click.IntRange(min=0),
+    default=_DAEMON.audit_max_records or 0,
+    show_default=True,
+    callback=_count_or_none,
+    help="Most audit records kept; the oldest are pruned first. 0: no bound.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
+@click.option(
+    "--log-format",
+    default="text",
+    show_default=True,
+    type=click.Choice(["text", "json"]),
+    help="json: one JSON object per line, with the job, user and peer of the call or job "
+    "it is about (docs/operations.md).",
+)
 async def main(
     addr: str,
+    metrics_addr: str | None,
     job_binds: tuple[str, ...],
     retention: float | None,
     max_finished: int | None,
     log_level: str,
+    log_format: str,
     **settings: Any,
 ) -> None:
     """Run the jobworker daemon: jobs for authenticated users, over gRPC with mutual TLS.
@@ -313,16 +368,17 @@ async def main(
       sudo jwsd --tls-dir certs/dev
       sudo jwsd --addr 0.0.0.0:50051 --users /etc/jobworker/users.toml --max-limits memory=2G,cpu=1
     """
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(log_level, log_format)
     logging.getLogger("purerpc").setLevel(
         logging.CRITICAL
     )  # its cancellation noise is not ours to report
     try:
         host, port = parse_addr(addr, default_port=DEFAULT_PORT)
+        metrics = (
+            parse_addr(metrics_addr, default_port=DEFAULT_METRICS_PORT)
+            if metrics_addr is not None
+            else None
+        )
         policy = RetentionPolicy(max_age=retention, max_per_owner=max_finished)
     except (ValueError, InvalidRequestError) as exc:
         raise click.BadParameter(str(exc)) from None
@@ -335,7 +391,14 @@ async def main(
         binds = tuple(JobBind.parse(text) for text in job_binds)
     except SetupError as exc:
         _fail(str(exc))
-    config = DaemonConfig.of(host=host, port=port, retention=policy, job_binds=binds, **settings)
+    config = DaemonConfig.of(
+        host=host,
+        port=port,
+        metrics_addr=metrics,
+        retention=policy,
+        job_binds=binds,
+        **settings,
+    )
     try:
         await run(config)
     except BaseExceptionGroup as group:

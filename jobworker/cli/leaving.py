@@ -7,13 +7,17 @@ stderr names it, and jws exits as a process killed by that signal would (141 for
 SIGPIPE, 130 for SIGINT). A second Ctrl-C while the job is being stopped leaves at
 once, saying that the job may still be running. With `--detach-on-interrupt`, Ctrl-C
 leaves the job running (and says so, with its id).
+
+Ctrl-C while the start itself is in flight must not orphan the job: jwsd may have
+started it already, and only its answer says which job it is. So the start is let
+finish (`start_interruptibly`), and a job it started is then stopped as above.
 """
 
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
 
 import attrs
 
@@ -22,6 +26,8 @@ from jobworker.errors import JobWorkerError
 
 if TYPE_CHECKING:  # imported lazily at run time: `jws --help` stays quick
     from jobworker.client import JobWorkerClient, Reconnector
+
+T = TypeVar("T")
 
 EXIT_INTERRUPTED = 128 + signal.SIGINT
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
@@ -32,6 +38,48 @@ class Left:
     """jws left before the job ended; exit with `code`."""
 
     code: int
+
+
+async def start_interruptibly(
+    start: Callable[[], Awaitable[T]], say: Callable[[str], None]
+) -> tuple[T, bool]:
+    """`await start()`, and whether Ctrl-C came meanwhile. A first Ctrl-C waits for
+    the start's answer (the caller then stops the job it names); a second leaves at
+    once (KeyboardInterrupt), saying that a job may have been started."""
+    import trio
+
+    interrupted = False
+    leave_now = False
+    results: list[T] = []
+    failures: list[Exception] = []  # raised here as it is, not in an ExceptionGroup
+    with trio.open_signal_receiver(signal.SIGINT) as interrupts:
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                nonlocal interrupted, leave_now
+                async for _ in interrupts:
+                    if interrupted:
+                        say(
+                            "interrupted again: leaving now; the job may have been started "
+                            "(`jws list` shows it)"
+                        )
+                        leave_now = True
+                        nursery.cancel_scope.cancel()
+                        return
+                    interrupted = True
+                    say("interrupted while the job is being started: waiting for its id")
+
+            nursery.start_soon(watch)
+            try:
+                results.append(await start())
+            except Exception as exc:  # noqa: BLE001 - re-raised below, outside the nursery
+                failures.append(exc)
+            nursery.cancel_scope.cancel()
+    if leave_now:
+        raise KeyboardInterrupt  # jws exits 130, as for any Ctrl-C it does not handle
+    if failures:
+        raise failures[0]
+    return results[0], interrupted
 
 
 @attrs.frozen
@@ -48,9 +96,10 @@ class Following:
     detach: bool
     say: Callable[[str], None]
 
-    async def until_ended(self, fd: int) -> int | Left:
+    async def until_ended(self, fd: int, *, interrupted_already: bool = False) -> int | Left:
         """Write the job's output to `fd` until it ends (the offset reached), or until
-        the user leaves (Left, once the job was stopped or left running)."""
+        the user leaves (Left, once the job was stopped or left running).
+        interrupted_already: Ctrl-C came during the start; act on it at once."""
         import trio
 
         results: list[int | Left] = []  # the first one decides
@@ -89,8 +138,7 @@ class Following:
                             return
                         nursery.cancel_scope.cancel()
 
-                nursery.start_soon(follow)
-                async for _ in interrupts:
+                def interrupted() -> None:
                     following.cancel()
                     if stopping:
                         self.say(
@@ -108,9 +156,17 @@ class Following:
                             f"interrupted: stopping job {self.job_id} (Ctrl-C again to leave it running)",
                             EXIT_INTERRUPTED,
                         )
-                        continue
+                        return
                     results.append(Left(EXIT_INTERRUPTED))
                     nursery.cancel_scope.cancel()
+
+                if interrupted_already:  # during the start: never follow
+                    following.cancel()
+                    interrupted()
+                else:
+                    nursery.start_soon(follow)
+                async for _ in interrupts:
+                    interrupted()
         if failures and not results:
             raise failures[0]
         return results[0]
@@ -123,4 +179,4 @@ class Following:
         await connection.stop(self.job_id, self.grace)
 
 
-__all__ = ["EXIT_BROKEN_PIPE", "EXIT_INTERRUPTED", "Following", "Left"]
+__all__ = ["EXIT_BROKEN_PIPE", "EXIT_INTERRUPTED", "Following", "Left", "start_interruptibly"]

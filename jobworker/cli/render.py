@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import shlex
+import sys
 import time
 from typing import Any
 
 from jobworker.echo import shown
 from jobworker.limits import KINDS, limits_text
-from jobworker.model import JobState, JobStatus, Outcome
+from jobworker.model import AuditRecord, JobState, JobStatus, Outcome
 from jobworker.units import format_duration, format_size
 
 
@@ -49,6 +50,43 @@ def status_dict(job: JobStatus) -> dict[str, Any]:
         "outcome_reason": job.outcome_reason,
         "limits": {kind.proto: job.spec.limits.value(kind) for kind in KINDS},
     }
+
+
+def audit_dict(record: AuditRecord) -> dict[str, Any]:
+    """An audit record as plain JSON-able data, under the API's field names."""
+    return {
+        "id": record.id,
+        "time": record.time,
+        "user": record.user,
+        "common_name": record.common_name,
+        "serial": record.serial,
+        "fingerprint_sha256": record.fingerprint_sha256,
+        "peer": record.peer,
+        "method": record.method,
+        "job_id": record.job_id,
+        "code": record.code,
+        "detail": record.detail,
+    }
+
+
+def audit_text(records: list[AuditRecord]) -> str:
+    """One line per record, oldest first: UTC time, method, code, then key=value fields
+    (each text escaped: a record holds what a caller sent)."""
+    lines = []
+    for record in reversed(records):
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.time))
+        fields = [
+            f"user={record.user}",
+            f"cn={record.common_name}",
+            f"peer={record.peer}",
+            f"job={record.job_id}",
+            f"serial={record.serial or '-'}",
+            f"sha256={record.fingerprint_sha256[:16] or '-'}",
+        ]
+        if record.detail:
+            fields.append(json.dumps(record.detail, ensure_ascii=True, separators=(",", ":")))
+        lines.append(shown(f"{when} {record.method} {record.code} " + " ".join(fields)))
+    return "\n".join(lines)
 
 
 def as_json(data: object) -> str:
@@ -122,29 +160,58 @@ def status_text(job: JobStatus, *, now: float | None = None) -> str:
     )
 
 
-def table(jobs: list[JobStatus], *, now: float | None = None) -> str:
-    """The `jws list` table: one job a line, oldest first."""
+#: The COMMAND column's width where there is no terminal to fit (a pipe, a file).
+COMMAND_WIDTH = 60
+
+
+def command_width() -> int:
+    """How wide COMMAND may be: what is left of the terminal's width once the other
+    columns (about 75 characters) are there, at least 20; COMMAND_WIDTH off a terminal."""
+    import shutil
+
+    if not sys.stdout.isatty():
+        return COMMAND_WIDTH
+    return max(shutil.get_terminal_size().columns - 75, 20)
+
+
+def table(
+    jobs: list[JobStatus],
+    *,
+    now: float | None = None,
+    command_width: int | None = COMMAND_WIDTH,
+    owners: bool = False,
+) -> str:
+    """The `jws list` table: one job a line, oldest first. command_width: where a
+    command is cut ("..."), None for as jwsd listed it; owners: an OWNER column
+    (a listing with other users' jobs in it, an admin's)."""
     now = time.time() if now is None else now
-    rows = [("JOB ID", "NAME", "STATUS", "EXIT", "STARTED", "COMMAND")]
+    rows: list[tuple[str, ...]] = [
+        ("JOB ID", "OWNER", "NAME", "STATUS", "EXIT", "STARTED", "COMMAND")
+    ]
     for job in jobs:
         exit_text = str(job.exit_code) if job.exit_code is not None else "-"
         started = _ago(now - job.started_at) if job.started_at is not None else "-"
         command = shown(shlex.join(job.spec.argv))
-        if job.argv_cut:  # the listing cut it: mark it as the table's own cut does
-            command = command[:57] + "..."
+        if job.argv_cut:  # the listing cut it: say so, as the table's own cut does
+            command += "..."
+        if command_width is not None and len(command) > command_width:
+            command = command[: command_width - 3] + "..."
         rows.append(
             (
                 shown(job.job_id),
+                shown(job.owner),
                 shown(job.name or "-"),
                 shown(job.state.value),
                 exit_text,
                 started,
-                command if len(command) <= 60 else command[:57] + "...",
+                command,
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    if not owners:
+        rows = [row[:1] + row[2:] for row in rows]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join(
-        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:5])) + "  " + row[5]
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])) + "  " + row[-1]
         for row in rows
     )
 

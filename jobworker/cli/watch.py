@@ -19,6 +19,7 @@ import trio
 
 from jobworker.cli import render
 from jobworker.cli.failure import EXIT_USAGE, Failure
+from jobworker.cli.job_ids import JobIds, complete_job_ids
 from jobworker.cli.job_request import label_flag, labels_option
 from jobworker.cli.target import (
     Target,
@@ -45,7 +46,12 @@ EXIT_LOST = 255
 @connection_options
 @click.option("--since", default="", metavar="CURSOR", help="Resume after this event's cursor.")
 @click.option(
-    "-j", "--job", "job_ids", multiple=True, help="Only this job (id or name; repeatable)."
+    "-j",
+    "--job",
+    "job_ids",
+    multiple=True,
+    help="Only this job (id, id prefix or name; repeatable).",
+    shell_complete=complete_job_ids,
 )
 @label_flag("Only jobs with this label KEY=VALUE (repeatable: every one must hold).")
 @click.option("--state", type=click.Choice(["active", "ended"]), help="Only jobs in this state.")
@@ -77,8 +83,11 @@ async def events(
     from jobworker.client import JobFilter
 
     selection = JobFilter(labels=labels_option(labels), state=state, owner=owner)
-    async with connected(Target.chosen(user, addr, tls_dir)) as client:
-        stream = client.watch(since=since, job_ids=job_ids, selection=selection)
+    target = Target.chosen(user, addr, tls_dir)
+    async with connected(target) as client:
+        resolver = JobIds(client, target.credentials.user)
+        resolved = [await resolver.resolve(typed) for typed in job_ids]
+        stream = client.watch(since=since, job_ids=resolved, selection=selection)
         async with contextlib.aclosing(stream) as watched:
             async for event in watched:
                 click.echo(_event_json(event) if as_json else _event_line(event))
@@ -180,11 +189,13 @@ async def wait(
             raise Failure(f"--timeout: {exc}", EXIT_USAGE) from None
     target = Target.chosen(user, addr, tls_dir)
     reconnector = reconnector_to(target, reconnect_timeout, _say)
-    waiting = _Waiting(job_ids)
     async with connected(target) as client:
+        resolver = JobIds(client, target.credentials.user)
+        # Each once: a prefix and the whole id may name one job.
+        waiting = _Waiting(tuple(dict.fromkeys([await resolver.resolve(t) for t in job_ids])))
         with trio.move_on_after(seconds if seconds is not None else float("inf")):
             await reconnector.call(waiting.watch, client)
-    finals = [waiting.ended[waiting.ids[given]] for given in job_ids if waiting.done]
+    finals = [waiting.ended[waiting.ids[given]] for given in waiting.wanted if waiting.done]
     if not waiting.done:
         assert seconds is not None
         _say(f"gave up waiting after {format_duration(seconds)}; the jobs go on")

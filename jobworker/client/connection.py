@@ -10,7 +10,9 @@ a call when the connection is lost (see `jobworker.transport`).
 
 from __future__ import annotations
 
+import builtins
 import contextlib
+import json
 import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from pathlib import Path
@@ -20,7 +22,7 @@ import attrs
 from jobworker.client.errors import mapped_errors
 from jobworker.errors import SetupError
 from jobworker.messages import limits_to_proto, listed_from_proto, status_from_proto
-from jobworker.model import MAX_CLIENT_MESSAGE, JobStatus, Limits
+from jobworker.model import MAX_CLIENT_MESSAGE, AuditRecord, JobStatus, Limits
 from jobworker.transport import explicit_calls, open_channel
 from jobworker.v1 import health_grpc, health_pb2, jobworker_grpc
 from jobworker.v1 import jobworker_pb2 as pb
@@ -252,6 +254,41 @@ class JobWorkerClient:
                         job=status_from_proto(event.job) if event.HasField("job") else None,
                     )
 
+    async def audit(
+        self,
+        *,
+        user: str = "",
+        job_id: str = "",
+        since: float = 0.0,
+        before_id: int = 0,
+        limit: int | None = None,
+    ) -> builtins.list[AuditRecord]:
+        """One page of the audit trail, newest first (admins only: AccessDeniedError
+        otherwise): records of `user` and of `job_id` ("": any), at or after `since`
+        (a Unix time; 0: any), older than record `before_id` (0: the newest); at most
+        `limit` (1 to 200; None: the server's 100)."""
+        request = pb.GetAuditLogRequest(user=user, job_id=job_id, since=since, before_id=before_id)
+        if limit is not None:
+            request.limit = limit
+        with mapped_errors():
+            response: pb.GetAuditLogResponse = await self.stub.GetAuditLog(request)
+        return [
+            AuditRecord(
+                id=record.id,
+                time=record.time,
+                user=record.user,
+                common_name=record.common_name,
+                serial=record.serial,
+                fingerprint_sha256=record.fingerprint_sha256,
+                peer=record.peer,
+                method=record.method,
+                job_id=record.job_id,
+                code=record.code,
+                detail=_detail(record.detail_json),
+            )
+            for record in response.records
+        ]
+
     async def output(self, job_id: str, offset: int = 0) -> AsyncGenerator[bytes, None]:
         """The job's output from byte `offset` until it has terminated and every byte
         arrived. Close it with `contextlib.aclosing` to abandon the stream early."""
@@ -260,3 +297,12 @@ class JobWorkerClient:
             async with contextlib.aclosing(responses) as stream:
                 async for response in stream:
                     yield response.output_msg
+
+
+def _detail(text: str) -> dict[str, object]:
+    """An audit record's detail; a server's malformed one is shown, not fatal."""
+    try:
+        detail = json.loads(text) if text else {}
+    except ValueError:
+        return {"unreadable": text[:256]}
+    return detail if isinstance(detail, dict) else {"unreadable": text[:256]}

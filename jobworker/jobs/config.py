@@ -12,6 +12,7 @@ from pathlib import Path
 
 import attrs
 
+from jobworker.jobs.disk import DiskSetting
 from jobworker.jobs.retention import RetentionPolicy
 from jobworker.jobs.uids import DEFAULT_RANGE, UidRange
 from jobworker.model import Limits
@@ -61,6 +62,9 @@ class TrackerConfig:
         running and kept, may hold (`None`: no limit).
     max_output: the most output a job keeps; a request may ask for less (its
         `Limits.output`), never more (`None`: no cap).
+    max_disk_per_user: the most disk one owner's jobs' output may hold, running and
+        kept (`jobworker.jobs.disk`): bytes, "auto" (a quarter of the data dir's file
+        system, at least 1 GiB, at most all of it), or `None` (no quota).
     workdir_size: the size of each job's tmpfs work dir (`None`: a plain directory
         on the data dir's file system, unbounded).
     sandbox_timeout: seconds a job's sandbox may take to build before its start fails.
@@ -81,6 +85,7 @@ class TrackerConfig:
     max_running_per_user: int | None = DEFAULT_MAX_RUNNING
     max_record_bytes_per_user: int | None = DEFAULT_MAX_RECORD_BYTES
     max_output: int | None = DEFAULT_MAX_OUTPUT
+    max_disk_per_user: DiskSetting = "auto"
     workdir_size: int | None = DEFAULT_WORKDIR_SIZE
     sandbox_timeout: float = DEFAULT_SANDBOX_TIMEOUT
     retention: RetentionPolicy = attrs.Factory(RetentionPolicy)

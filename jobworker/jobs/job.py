@@ -15,7 +15,7 @@ import contextlib
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import trio
@@ -25,6 +25,8 @@ from jobworker.jobs.output_log import FileLog
 from jobworker.jobs.record import JobRecord
 from jobworker.model import JobSpec, JobStatus
 from jobworker.sandbox import WORK_NAME, RunningJob
+
+T = TypeVar("T")
 
 
 @attrs.define(eq=False)
@@ -53,6 +55,8 @@ class Job:
     record_stale: bool = False
     on_phase: Callable[[Job], None] | None = None
     _changed: trio.Event = attrs.Factory(trio.Event)
+    # (encode, encode(listed snapshot)) once Terminated: `listed_entry`.
+    _entry: tuple[Callable[[JobStatus], Any], Any] | None = None
 
     @property
     def job_id(self) -> str:
@@ -81,6 +85,7 @@ class Job:
     def update(self, **changes: Any) -> None:
         """Replace the job's record with one with these fields changed."""
         self.record = attrs.evolve(self.record, **changes)
+        self._entry = None
 
     def handle(self, event: Event, *, cause: StopCause | None = None) -> bool:
         """Move the job on `event` (see `lifecycle.TRANSITIONS`); keep its record's
@@ -93,6 +98,7 @@ class Job:
             )
             self._changed.set()
             self._changed = trio.Event()
+            self._entry = None
             if self.on_phase is not None:
                 self.on_phase(self)
         return changed
@@ -139,6 +145,19 @@ class Job:
         (no cgroup file is read), so cheap enough for every event."""
         spec, argv_cut = self.listed_spec
         return self.record.status(spec=spec, argv_cut=argv_cut, output_size=self.log.size)
+
+    def listed_entry(self, encode: Callable[[JobStatus], T]) -> T:
+        """`encode(self.snapshot(listed=True))`: a listing's form of the job (the
+        server's encoded message). Kept once the job is Terminated, when its snapshot
+        no longer changes, so that listing kept jobs costs no building nor encoding
+        (a page is then concatenation); made afresh each time before."""
+        if self._entry is not None and self._entry[0] is encode:
+            kept: T = self._entry[1]
+            return kept
+        entry = encode(self.snapshot(listed=True))
+        if self.phase is Phase.TERMINATED:
+            self._entry = (encode, entry)
+        return entry
 
     def snapshot(self, *, listed: bool = False) -> JobStatus:
         """The job as the API reports it; usage, output size and work dir read live while

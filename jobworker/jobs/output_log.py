@@ -19,7 +19,8 @@ page cache, whoever reads.
 Limits and losses:
 * the output cap is the copier's (its RLIMIT_FSIZE stops it at N bytes, and the job's
   next write fails with EPIPE); the log turns `full` at N and says so in
-  `truncated`;
+  `truncated`; under a disk quota N is the window granted so far
+  (`jobworker.jobs.disk`), moved on as the job writes;
 * when the copier cannot write (a full disk), it exits and the job's next write
   fails with EPIPE too; the tracker calls `lost` with the copier's error, readers
   that reach the end then get `BadStateError` saying why, never a silent end;
@@ -52,8 +53,11 @@ _serials = itertools.count()
 class FileLog:
     """The output of one job, in `path`; see the module docstring.
 
-    max_size: the job's output cap (`None`: none); only reported here (`full`,
-    `truncated`), the copier enforces it. Open a running job's log with `open`, a
+    max_size: where the copier stops (`None`: nowhere): the job's output cap, or
+    the disk quota's window so far, which the tracker moves as the job writes; only
+    reported here (`full`, `truncated`), the copier's RLIMIT_FSIZE enforces it.
+    cap_note: what `truncated` says once the output reached it, when that is not the
+    job's output limit (`disk.grant_note`). Open a running job's log with `open`, a
     finished job's with `restored`. Its owner (the tracker) ends it: `close` once
     the copier has exited, `detach` when it leaves the job running, `discard` or
     `aclose` when the job is forgotten; an open log holds one fd until then.
@@ -61,6 +65,7 @@ class FileLog:
 
     path: Path
     max_size: int | None = None
+    cap_note: str | None = None
 
     _size: int = attrs.field(default=0, init=False)
     _fd: int | None = attrs.field(default=None, init=False)
@@ -73,10 +78,10 @@ class FileLog:
     _serial: int = attrs.field(factory=lambda: next(_serials), init=False)
 
     @classmethod
-    def open(cls, path: Path, max_size: int | None = None) -> FileLog:
+    def open(cls, path: Path, max_size: int | None = None, cap_note: str | None = None) -> FileLog:
         """The log of a running job whose copier appends to `path` (which exists).
         Raises OSError when it cannot be opened."""
-        opened = cls(path, max_size)
+        opened = cls(path, max_size, cap_note)
         opened._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         opened.refresh()
         return opened
@@ -121,6 +126,8 @@ class FileLog:
         if self._lost is not None:
             return f"output after byte {self._size} was lost: {self._lost}"
         if self.full:
+            if self.cap_note is not None:
+                return self.cap_note
             return (
                 f"the output limit of {self.max_size} bytes was reached; the job's output "
                 "was closed there (its next write got EPIPE)"

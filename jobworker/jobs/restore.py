@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import attrs
@@ -38,7 +38,6 @@ from jobworker.jobs.lifecycle import (
 )
 from jobworker.jobs.output_log import FileLog
 from jobworker.jobs.record import JobRecord
-from jobworker.jobs.watcher import OutputWatcher
 from jobworker.model import JobState, Outcome
 from jobworker.sandbox import OUTPUT_NAME, WORK_NAME, RunningJob, Sandbox
 from jobworker.units import counted
@@ -59,15 +58,20 @@ class Restored:
 
 
 def restore(
-    records: Iterable[JobRecord], *, sandbox: Sandbox, watcher: OutputWatcher, jobs_dir: Path
+    records: Iterable[JobRecord],
+    *,
+    sandbox: Sandbox,
+    follow: Callable[[Job], None],
+    jobs_dir: Path,
 ) -> Restored:
     """The jobs of `records` (from `JobStore.load`), taken over or ended as the
-    reconcile table says; then what no record claims is cleaned up."""
+    reconcile table says; then what no record claims is cleaned up. follow: watches
+    the output of a job taken over (the tracker's, as for a job it starts)."""
     now, clock = time.time(), trio.current_time()
     jobs: list[Job] = []
     ended: list[JobRecord] = []
     for record in records:
-        job = _restored(record, jobs_dir / record.job_id, sandbox, watcher, now)
+        job = _restored(record, jobs_dir / record.job_id, sandbox, follow, now)
         if job.phase.ended:
             if record.state is not JobState.TERMINATED:
                 ended.append(job.record)
@@ -89,7 +93,7 @@ def restore(
 
 
 def _restored(
-    record: JobRecord, directory: Path, sandbox: Sandbox, watcher: OutputWatcher, now: float
+    record: JobRecord, directory: Path, sandbox: Sandbox, follow: Callable[[Job], None], now: float
 ) -> Job:
     running: RunningJob | None = None
     host: HostView | None = None
@@ -121,7 +125,7 @@ def _restored(
             Lifecycle.for_restored(decision),
             running=running,
         )
-        job.watch = watcher.watch(job.log.path, job.log.refresh)
+        follow(job)
         if record.started_at is None:
             # jwsd died before the record that names its start time: bubblewrap wrote the
             # status file (the sandbox init's pid) as the job started. Its time limit

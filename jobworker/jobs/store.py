@@ -20,12 +20,18 @@ jobworker (a version above `SCHEMA_VERSION`) is refused: this jwsd cannot know
 what it would lose by writing it.
 
 A record is a `JobRecord` (`jobworker.jobs.record`), stored as its JSON.
+
+A full disk: when SQLite says so (SQLITE_FULL), the store calls `on_full` (the
+data dir's `SpaceReserve.release`, `jobworker.jobs.disk`) and, if it freed
+space, tries the statement once more: one user filling the disk never stops
+another's start or stop.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -73,12 +79,17 @@ class JobStore:
     """The job records of one data dir; see the module docstring.
 
     Open with `JobStore.open(path)` (synchronous: start-up only), close with `close()`.
+    `on_write`, when set, is called with each record write's duration in seconds (from
+    the worker thread that wrote it: it must be thread-safe, as a metric is).
     """
 
     def __init__(self, path: Path, connection: sqlite3.Connection) -> None:
         self.path = path
+        self.on_write: Callable[[float], None] | None = None
         self._db = connection
         self._limiter = trio.CapacityLimiter(1)
+        #: Frees space when the disk is full; returns whether it did.
+        self.on_full: Callable[[], bool] | None = None
 
     @classmethod
     def open(cls, path: Path) -> JobStore:
@@ -160,25 +171,37 @@ class JobStore:
 
     def put_blocking(self, record: JobRecord) -> None:
         """`put` for synchronous start-up code."""
-        self._put(record)
+        self._unless_full(self._put, record)
 
     def delete_blocking(self, job_id: str) -> None:
         """`delete` for synchronous start-up code."""
-        self._delete(job_id)
+        self._unless_full(self._delete, job_id)
 
     # ---- internals ---------------------------------------------------------
 
     async def _run(self, function: Callable[..., _T], *args: Any) -> _T:
         return await trio.to_thread.run_sync(
-            function, *args, limiter=self._limiter, abandon_on_cancel=False
+            self._unless_full, function, *args, limiter=self._limiter, abandon_on_cancel=False
         )
 
+    def _unless_full(self, function: Callable[..., _T], *args: Any) -> _T:
+        """`function(*args)`, once more after `on_full` freed space if the disk was full."""
+        try:
+            return function(*args)
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_FULL or not (self.on_full and self.on_full()):
+                raise
+        return function(*args)
+
     def _put(self, record: JobRecord) -> None:
+        started = time.perf_counter()
         self._db.execute(
             "INSERT OR REPLACE INTO jobs (id, owner, state, created_at, record) "
             "VALUES (?, ?, ?, ?, ?)",
             (record.job_id, record.owner, record.state, record.created_at, record.to_json()),
         )
+        if self.on_write is not None:
+            self.on_write(time.perf_counter() - started)
 
     def _delete(self, job_id: str) -> None:
         self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))

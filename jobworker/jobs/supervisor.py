@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable, Iterable
 import attrs
 import trio
 
-from jobworker import faults
+from jobworker import faults, logs
 from jobworker.errors import StartFailedError
 from jobworker.jobs.job import Job
 from jobworker.jobs.lifecycle import Event, Phase, StopCause, outcome
@@ -110,6 +110,10 @@ class Supervisor:
         """Own a running job until it has ended: wait for its end, then finish it
         (shielded and bounded), whatever cancels us; unless the tracker is leaving its
         jobs running: then only let go."""
+        with logs.fields(job=job.job_id, user=job.owner):
+            await self._supervise(job)
+
+    async def _supervise(self, job: Job) -> None:
         running = job.running
         assert running is not None
         try:

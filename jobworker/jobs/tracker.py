@@ -29,8 +29,11 @@ JobNotFoundError.
 
 Quotas and retention (bounded memory and disk whatever users do): an owner runs at
 most `max_running_per_user` jobs (QuotaExceededError); a job keeps at most its
-output limit (its copier dies there, and the job's next write gets EPIPE); its work
-dir is a tmpfs charged to its memory cgroup; finished jobs are forgotten by the
+output limit (its copier dies there, and the job's next write gets EPIPE), and an
+owner's jobs' output at most `max_disk_per_user` (`disk.DiskQuota`: charged as it
+is written, the copier's limit moved a window at a time within what its owner has
+left, from the output watcher's callback); its work dir is a tmpfs charged to
+its memory cgroup; finished jobs are forgotten by the
 retention policy (age, count per owner) or by `remove`: record, output, job dir.
 """
 
@@ -39,28 +42,32 @@ from __future__ import annotations
 import builtins
 import collections
 import contextlib
+import functools
 import logging
 import shutil
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from types import TracebackType
+from typing import TypeVar
 
 import attrs
 import trio
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from jobworker import faults
+from jobworker import faults, logs
 from jobworker.echo import quoted
 from jobworker.errors import (
     AccessDeniedError,
     BadStateError,
     InvalidRequestError,
     JobNotFoundError,
+    NameInUseError,
     ShuttingDownError,
     sole_error,
 )
-from jobworker.jobs import datadir, policy, record_quota, uids
+from jobworker.jobs import datadir, disk, policy, record_quota, uids
 from jobworker.jobs.config import TrackerConfig
 from jobworker.jobs.events import Cursor, EventKind, EventLog, JobEvent
 from jobworker.jobs.finished import FinishedJobs
@@ -75,18 +82,29 @@ from jobworker.jobs.selection import Selection
 from jobworker.jobs.store import JobStore
 from jobworker.jobs.supervisor import FINISH_TIMEOUT, Supervisor
 from jobworker.jobs.watcher import OutputWatcher
-from jobworker.model import MAX_PAGE_SIZE, STOPPED_BY_SHUTDOWN, JobSpec, JobStatus
+from jobworker.metrics import Metrics, end_outcome
+from jobworker.model import (
+    MAX_PAGE_SIZE,
+    STOPPED_BY_SHUTDOWN,
+    JobSpec,
+    JobState,
+    JobStatus,
+    Outcome,
+)
 from jobworker.naming import is_name
 from jobworker.sandbox import (
     OUTPUT_NAME,
     CgroupDriver,
     HostSetup,
     JobRequest,
+    RunningJob,
     Sandbox,
     StartingJob,
 )
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: The longest grace period a stop may ask for (an hour).
 MAX_GRACE = 3600.0
@@ -101,10 +119,13 @@ class JobTracker:
     config: the settings (`TrackerConfig`: data dir, job user, limits, quotas,
         retention), each with the default jwsd shows.
     cgroups: a ready cgroup driver (tests); `None` detects the host's.
+    metrics: where the tracker counts its events (ends, take-overs, store writes) and
+        computes its levels at each scrape (`jobworker.metrics`); a fresh one if not given.
     """
 
     config: TrackerConfig = attrs.Factory(TrackerConfig)
     cgroups: CgroupDriver | None = None
+    metrics: Metrics = attrs.Factory(Metrics)
 
     _jobs: JobIndex[Job] = attrs.field(init=False, factory=JobIndex)
     # Jobs not yet ended, per owner (the running quota).
@@ -121,12 +142,16 @@ class JobTracker:
     _sandbox: Sandbox | None = attrs.field(init=False, default=None)
     _store: JobStore | None = attrs.field(init=False, default=None)
     _data_lock: datadir.DataDirLock | None = attrs.field(init=False, default=None)
+    _disk: disk.DiskQuota = attrs.field(init=False, factory=lambda: disk.DiskQuota(None))
+    _reserve: disk.SpaceReserve | None = attrs.field(init=False, default=None)
     _watcher: OutputWatcher | None = attrs.field(init=False, default=None)
     _supervisor: Supervisor | None = attrs.field(init=False, default=None)
     _restored: builtins.list[Job] = attrs.field(init=False, factory=list)
     _uids: uids.HostUids | None = attrs.field(init=False, default=None)
     #: Every change of a job the API shows, for watchers (`watch`).
     events: EventLog = attrs.field(init=False, factory=EventLog)
+    # Output bytes of the jobs forgotten so far: with the jobs' own, the bytes jobs wrote.
+    _forgotten_output: int = attrs.field(init=False, default=0)
 
     @_record_bytes.default
     def _record_bytes_default(self) -> RecordQuota:
@@ -183,6 +208,10 @@ class JobTracker:
         try:
             datadir.prepare(config.data_dir, self._host)
             self._store = store = JobStore.open(config.data_dir / STORE_NAME)
+            self._reserve = disk.SpaceReserve.make(config.data_dir)
+            store.on_full = self._reserve.release
+            self._disk = disk.DiskQuota(disk.resolve(config.max_disk_per_user, config.data_dir))
+            store.on_write = self.metrics.store_write_seconds.observe
             self._watcher = OutputWatcher()
             records = store.load()
             self._uids = uids.HostUids.load(
@@ -204,11 +233,13 @@ class JobTracker:
             restored = restore(
                 records,
                 sandbox=self._sandbox,
-                watcher=self._watcher,
+                follow=self._follow,
                 jobs_dir=datadir.jobs_dir(config.data_dir),
             )
             for record in restored.ended:
                 store.put_blocking(record)
+                lost = record.outcome is Outcome.LOST
+                self.metrics.takeover_jobs.labels(result="lost" if lost else "ended").inc()
         except BaseException:
             if self._store is not None:
                 self._store.close()
@@ -216,16 +247,27 @@ class JobTracker:
                 self._watcher.close()
             self._data_lock.release()
             raise
+        if self._disk.limit is not None and config.workdir_size is None:
+            log.warning(
+                "work dirs are plain directories on the data dir (--workdir-size 0): "
+                "the disk quota per user does not bound them"
+            )
         for job in restored.jobs:
             job.on_phase = self._phase_changed
             self._jobs[job.job_id] = job
             self._record_bytes.restore(job.owner, job.job_id, record_quota.record_size(job.record))
+            if job.running is not None and not job.phase.ended:
+                self._adopt_grant(job, job.running)
+            else:  # an ended job holds what its output file holds
+                self._disk.charge(job.owner, job.job_id, job.log.disk_size)
             if job.phase.ended:
                 assert job.ended_clock is not None
                 self._finished.restored(job.job_id, job.owner, job.ended_clock)
             else:
                 self._running[job.owner] += 1
+                self.metrics.takeover_jobs.labels(result="reattached").inc()
         self._restored = restored.jobs
+        self.metrics.add_live(self._live_metrics)
 
     def leave_running(self) -> None:
         """On exit, leave every running job running (and recorded), for the next jwsd
@@ -292,7 +334,8 @@ class JobTracker:
 
         Raises InvalidRequestError (limits over the maxima, IO limits without a
         block device, host network not allowed), QuotaExceededError (the owner
-        already runs max_running_per_user jobs), StartFailedError (program missing
+        already runs max_running_per_user jobs, or their jobs hold all of their disk
+        quota or record bytes), StartFailedError (program missing
         or not executable, sandbox refused), ShuttingDownError. A failed or
         cancelled start leaves nothing behind: no process, cgroup, dir or entry.
         """
@@ -313,12 +356,13 @@ class JobTracker:
         # it before this one is counted (below, with nothing awaited in between).
         policy.check_running_quota(self.config, self._running[owner])
         if spec.name is not None and self._jobs.named(owner, spec.name) is not None:
-            raise InvalidRequestError(
+            raise NameInUseError(
                 f"you already have a job named {quoted(spec.name)}; choose another name, "
                 "or remove that job first (jws rm)"
             )
         user = sandbox.user_on_host(host_uid)
         job_id = str(uuid.uuid4())
+        logs.add_field("job", job_id)  # the call's lines from here on are about this job
         directory = datadir.jobs_dir(self.config.data_dir) / job_id
         spec = attrs.evolve(spec, limits=limits)
         job = Job(
@@ -330,7 +374,14 @@ class JobTracker:
         # The request's variables add to the default environment (as `docker run -e`).
         env = {**sandbox.default_env(job.workdir), **(spec.env or {})}
         sandbox.check_command(spec.argv, env, cwd=cwd, workdir=job.workdir, user=user)
-        self._record_bytes.charge(owner, job_id, record_quota.spec_record_bytes(spec))
+        # The disk quota's first window (charged here): where the copier stops until
+        # the job's writes move it on (`_output_grew`).
+        grant = self._disk.grant(owner, job_id, limits.output)
+        try:
+            self._record_bytes.charge(owner, job_id, record_quota.spec_record_bytes(spec))
+        except BaseException:
+            self._disk.release(job_id)
+            raise
         job.on_phase = self._phase_changed
         self._jobs[job_id] = job
         self._event(job, EventKind.CREATED)
@@ -348,12 +399,14 @@ class JobTracker:
                     cwd=cwd,
                     limits=limits,
                     host_network=spec.host_network,
+                    output_grant=None if grant is None else grant.limit,
                 )
             )
             job.update(cgroups=tuple(map(str, starting.cgroup_dirs)))
             faults.reach("start.cgroup-made")
             job.log = FileLog.open(directory / OUTPUT_NAME, limits.output)
-            job.watch = self._watcher.watch(job.log.path, job.log.refresh)
+            self._show_grant(job, grant)
+            self._follow(job)
             # The record is on disk before the caller learns the job's id; its write (a
             # worker thread) overlaps the sandbox's build, so it costs the start nothing.
             # A crash before it lands leaves a cgroup and a dir no record claims, which
@@ -409,6 +462,11 @@ class JobTracker:
             )
         await self._forget(job)
 
+    def owner_of(self, owner: str, job_id: str, *, admin: bool = False) -> str:
+        """Whose the job is (for the caller `owner`: it must be theirs unless `admin`).
+        Raises as `status`."""
+        return self._get(owner, job_id, admin).owner
+
     def status(self, owner: str, job_id: str, *, admin: bool = False) -> JobStatus:
         """A snapshot of the job (usage read live while it runs)."""
         return self._get(owner, job_id, admin).snapshot()
@@ -432,15 +490,18 @@ class JobTracker:
         self,
         owner: str,
         selection: Selection,
+        encode: Callable[[JobStatus], T],
         *,
         admin: bool = False,
         after: ListKey | None = None,
         limit: int = MAX_PAGE_SIZE,
         budget: int = MAX_PAGE_SIZE,
-    ) -> Scanned[JobStatus]:
+    ) -> Scanned[T]:
         """As `list`, only the jobs `selection` selects, looking at no more than
-        `budget` jobs: O(log n + budget) (`JobIndex.scan`, whose answer this is, with
-        snapshots for jobs). Raises
+        `budget` jobs: O(log n + budget) (`JobIndex.scan`, whose answer this is), each
+        job as `encode` makes it of its listed snapshot, kept by each Terminated job
+        (`Job.listed_entry`): the server's pre-encoded page entries. `encode` must be
+        one function for the tracker's life (the kept form is `encode`'s). Raises
         AccessDeniedError when a user who is not an admin selects another's jobs."""
         if selection.owner is not None and not admin and selection.owner != owner:
             raise AccessDeniedError()
@@ -453,7 +514,7 @@ class JobTracker:
             walked, after, limit, lambda job: selection.matches(job.record), budget
         )
         return Scanned(
-            [job.snapshot(listed=True) for job in scanned.found], scanned.stopped, scanned.looked
+            [job.listed_entry(encode) for job in scanned.found], scanned.stopped, scanned.looked
         )
 
     async def watch(
@@ -562,6 +623,40 @@ class JobTracker:
         if kind is not None:
             self._event(job, kind)
 
+    def _follow(self, job: Job) -> None:
+        """Watch the output file of a job that runs: each batch of writes refreshes its
+        log (waking its followers) and moves its disk quota window."""
+        assert self._watcher is not None
+        job.watch = self._watcher.watch(job.log.path, functools.partial(self._output_grew, job))
+
+    def _output_grew(self, job: Job) -> None:
+        """The job's output file was written (inotify): take its size, and give its
+        copier the next window of its owner's disk quota once it is near the end of
+        the last (`disk.DiskQuota.extend`; a prlimit per half window written)."""
+        job.log.refresh()
+        grant = self._disk.extend(job.job_id, job.log.size)
+        if grant is not None and job.running is not None and not job.phase.ended:
+            job.running.grant_output(grant.limit)
+        if grant is not None:
+            self._show_grant(job, grant)
+
+    def _show_grant(self, job: Job, grant: disk.Grant | None) -> None:
+        """Let the job's log say where its copier stops now, and why."""
+        if grant is not None and self._disk.limit is not None:
+            job.log.max_size = grant.limit
+            job.log.cap_note = disk.grant_note(grant, self._disk.limit)
+
+    def _adopt_grant(self, job: Job, running: RunningJob) -> None:
+        """Charge a job taken over at start-up what its copier may write, as the last
+        jwsd left it (or, left with no limit, a first window past what it wrote)."""
+        limit = running.copier_limit()
+        grant = self._disk.adopt(
+            job.owner, job.job_id, job.record.limits.output, limit, job.log.size
+        )
+        if grant is not None and limit is None:
+            running.grant_output(grant.limit)
+        self._show_grant(job, grant)
+
     def _get(self, owner: str, job_id: str, admin: bool) -> Job:
         """The job of this id, or the caller's own job of this name (an admin's too:
         a name never finds another user's job)."""
@@ -591,13 +686,18 @@ class JobTracker:
             log.error("job %s: cannot delete the record of a failed start: %s", job.job_id, exc)
         job.handle(Event.START_FAILED)
         self._running[job.owner] -= 1
+        self._disk.release(job.job_id)
         del self._jobs[job.job_id]
         self._record_bytes.release(job.job_id)
 
     async def _job_ended(self, job: Job) -> None:
         """A running job has ended and said so: free its owner's running quota, and
-        count it finished (which may forget its owner's oldest finished jobs)."""
+        count it finished (which may forget its owner's oldest finished jobs); its disk
+        charge becomes what its output holds."""
         self._running[job.owner] -= 1
+        if self._jobs.get(job.job_id) is job:
+            self._disk.ended(job.job_id, job.log.disk_size)
+        self._count_end(job.record)
         if self._jobs.get(job.job_id) is job and job.ended_clock is not None:
             await self._finished.finished(job.job_id, job.owner, job.ended_clock)
 
@@ -614,6 +714,7 @@ class JobTracker:
             return
         del self._jobs[job.job_id]
         self._event(job, EventKind.REMOVED)
+        self._forgotten_output += job.log.size
         self._record_bytes.release(job.job_id)
         self._finished.discard(job.job_id, job.owner)
         assert self._store is not None
@@ -627,6 +728,52 @@ class JobTracker:
             faults.reach("forget.unrecorded")
             await job.log.aclose()
             await trio.to_thread.run_sync(shutil.rmtree, job.directory, True)
+            self._disk.release(job.job_id)
+            if self._reserve is not None and not self._reserve.held:
+                await trio.to_thread.run_sync(self._reserve.refill)
+
+    # ---- metrics --------------------------------------------------------------
+
+    def _count_end(self, record: JobRecord) -> None:
+        metrics = self.metrics
+        metrics.job_ends.labels(outcome=end_outcome(record.outcome, record.exit_code)).inc()
+        if record.started_at is not None and record.ended_at is not None:
+            metrics.job_run_seconds.observe(max(0.0, record.ended_at - record.started_at))
+        if record.output_truncated is not None:
+            metrics.jobs_truncated.inc()
+
+    def _live_metrics(self) -> builtins.list[Metric]:
+        """The tracker's levels, computed at a scrape: O(jobs), a few attribute reads
+        per job and one statvfs per running job's work dir, on trio's thread."""
+        by_state = collections.Counter(job.phase.state for job in self._jobs.values())
+        jobs = GaugeMetricFamily("jobworker_jobs", "Jobs jwsd holds, by state.", labels=["state"])
+        for state in JobState:
+            jobs.add_metric([state.value.lower()], by_state[state])
+        written = self._forgotten_output + sum(job.log.size for job in self._jobs.values())
+        workdirs = 0
+        for job in self._jobs.values():
+            if job.running is not None and not job.phase.ended:
+                with contextlib.suppress(OSError):
+                    workdirs += job.running.workdir_bytes() or 0
+        return [
+            jobs,
+            CounterMetricFamily(
+                "jobworker_output_written_bytes",
+                "Bytes of output jobs wrote (kept, up to each job's cap), since jwsd started "
+                "(a taken-over job's earlier output included).",
+                value=written,
+            ),
+            GaugeMetricFamily(
+                "jobworker_output_disk_bytes",
+                "Bytes of job output on disk in the data dir.",
+                value=sum(job.log.disk_size for job in self._jobs.values()),
+            ),
+            GaugeMetricFamily(
+                "jobworker_workdir_bytes",
+                "Bytes in use in the running jobs' work dirs (tmpfs work dirs only).",
+                value=workdirs,
+            ),
+        ]
 
 
 #: Events a watcher takes from the log between checkpoints.

@@ -24,6 +24,7 @@ import contextlib
 import functools
 import logging
 import os
+import resource
 import shutil
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path, PurePosixPath
@@ -103,6 +104,10 @@ class JobRequest:
     user: who the job runs as (`Sandbox.user_on_host`: its owner's host uid).
     argv / env / cwd: the command, its whole environment, its working directory.
     limits: the job's effective limits (the pids limit as the user counts it).
+    output_grant: where the output copier stops at first, below `limits.output`
+        (the disk quota's first window, `jobworker.jobs.disk`), which
+        `RunningJob.grant_output` raises later, up to `limits.output`; None: the
+        copier stops at `limits.output` for good.
     """
 
     job_id: str
@@ -114,6 +119,7 @@ class JobRequest:
     cwd: str
     limits: Limits
     host_network: bool = False
+    output_grant: int | None = None
 
     @property
     def workdir(self) -> Path:
@@ -399,6 +405,12 @@ class StartingJob:
             workdir_size=sandbox.workdir_size,
             view=sandbox.host.view.options,
         )
+        first, ceiling = request.limits.output, None
+        if request.output_grant is not None:  # later windows go up to the job's own cap
+            first = request.output_grant
+            ceiling = (
+                resource.RLIM_INFINITY if request.limits.output is None else request.limits.output
+            )
         try:
             launched = await launch(
                 lambda status_fd, args_fd: build_cmd(status_fd=status_fd, args_fd=args_fd),
@@ -407,7 +419,8 @@ class StartingJob:
                 sandbox_args=bwrap.env_options(request.env),
                 output_file=self.output_fd,
                 status_file=self.status_fd,
-                output_limit=request.limits.output,
+                output_limit=first,
+                output_ceiling=ceiling,
                 copier_errors=self.copier_errors,
                 pipe_owner=(user.host_uid, user.host_gid),
                 on_ready=None if sandbox.workdir_size is None else self._open_workdir,

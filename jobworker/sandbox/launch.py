@@ -77,12 +77,26 @@ def copier_argv() -> list[str]:
     return [_tool("cat")]
 
 
-def limit_copier(pid: int, limit: int) -> None:
+def limit_copier(pid: int, limit: int, ceiling: int | None = None) -> None:
     """Cap the copier's output at `limit` bytes: RLIMIT_FSIZE, so that its write past
     the limit is cut there, and the next one kills it (SIGXFSZ); the job's next
     write then fails with EPIPE (SIGPIPE), as under `cmd | head -c N`. Set before
-    the job exists: nothing can have been written yet."""
-    resource.prlimit(pid, resource.RLIMIT_FSIZE, (limit, limit))
+    the job exists: nothing can have been written yet.
+
+    ceiling: how far `raise_copier_limit` may move the cap later (the hard limit;
+    None: nowhere, the hard limit is `limit`): a process may raise its soft limit up
+    to its hard one without CAP_SYS_RESOURCE, which jwsd may lack (a container)."""
+    hard = limit if ceiling is None else ceiling
+    resource.prlimit(pid, resource.RLIMIT_FSIZE, (limit, hard))
+
+
+def raise_copier_limit(pid: int, limit: int) -> None:
+    """Let the copier write up to `limit` bytes in all (its soft RLIMIT_FSIZE, at most
+    the ceiling `limit_copier` gave it). Raises ProcessLookupError once it has gone."""
+    _soft, hard = resource.prlimit(pid, resource.RLIMIT_FSIZE)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.prlimit(pid, resource.RLIMIT_FSIZE, (limit, hard))
 
 
 @functools.cache
@@ -100,6 +114,7 @@ async def launch(
     output_file: int,
     status_file: int,
     output_limit: int | None = None,
+    output_ceiling: int | None = None,
     copier_errors: int | None = None,
     pipe_owner: tuple[int, int] | None = None,
     on_ready: Callable[[int], None] | None = None,
@@ -121,7 +136,9 @@ async def launch(
     setup_timeout: how long the sandbox may take to be ready; past it the start
         fails with StartFailedError (a host too busy to build it in time).
     output_file: a file the caller opened for appending: the copier (`copier_argv`,
-        capped at `output_limit` bytes by `limit_copier`) appends the job's stdout and stderr to it (its own
+        capped at `output_limit` bytes by `limit_copier`, which `raise_copier_limit` may
+        raise to `output_ceiling` later, when given: `resource.RLIM_INFINITY` for no end) appends
+        the job's stdout and stderr to it (its own
         errors, such as ENOSPC, to `copier_errors` when given). The job
         writes to a pipe, not to the file: a program that reopens /dev/stdout by name
         (with O_TRUNC, as `> /dev/stdout` does) would otherwise rewrite the file.
@@ -195,7 +212,7 @@ async def launch(
                 start_new_session=True,
             )
             if output_limit is not None:
-                limit_copier(copier.pid, output_limit)
+                limit_copier(copier.pid, output_limit, output_ceiling)
         except BaseException:
             process.kill()
             if kill_sandbox is not None:
@@ -302,4 +319,5 @@ __all__ = [
     "copier_argv",
     "launch",
     "limit_copier",
+    "raise_copier_limit",
 ]

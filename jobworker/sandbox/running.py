@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import resource
 import signal as signals
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from jobworker.errors import SetupError
 from jobworker.model import Usage
 from jobworker.sandbox import workdir
 from jobworker.sandbox.cgroups import JobCgroup
-from jobworker.sandbox.launch import Launched
+from jobworker.sandbox.launch import Launched, raise_copier_limit
 from jobworker.sandbox.process import ChildProcess
 from jobworker.sandbox.status import exit_code_in, exit_status, written_at
 
@@ -172,6 +173,34 @@ class RunningJob:
         if returncode is None:
             returncode = -signals.SIGKILL
         return exit_status(returncode, exit_code_in(self.status_path))
+
+    def copier_limit(self) -> int | None:
+        """How many bytes the copier may write in all (its RLIMIT_FSIZE: what an earlier
+        jwsd granted a job taken over); None when there is no copier any more, or no
+        limit."""
+        copier = self._launched.copier
+        if copier is None or copier.exited:
+            return None
+        try:
+            limit, _ceiling = resource.prlimit(copier.pid, resource.RLIMIT_FSIZE)
+        except (ProcessLookupError, PermissionError):
+            return None
+        return None if limit == resource.RLIM_INFINITY else limit
+
+    def grant_output(self, limit: int) -> None:
+        """Let the copier write up to `limit` bytes in all (the disk quota's next
+        window: only ever raised). Nothing once it is known to have exited: a reaped
+        child's pid could name another process by now. (A taken-over copier that exited
+        unseen could have its pid reused in principle: raising a stranger's file size
+        limit is harmless.)"""
+        copier = self._launched.copier
+        if copier is not None and not copier.exited:
+            try:
+                raise_copier_limit(copier.pid, limit)
+            except ProcessLookupError:
+                pass  # it has gone: nothing more will be written
+            except OSError as exc:  # the job is cut at its last window, and says so
+                log.error("job %s: cannot raise its output copier's limit: %s", self.job_id, exc)
 
     # ---- its end ----------------------------------------------------------------------
 

@@ -38,12 +38,16 @@ import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import attrs
 import purerpc
 
-from jobworker.echo import log_field
+from jobworker import faults, logs
+from jobworker.echo import bounded, log_field
 from jobworker.errors import ShuttingDownError, UnauthenticatedError
+from jobworker.metrics import Metrics
+from jobworker.server.audit import AuditLog, Entry
 from jobworker.server.policy import Caller, UserPolicy
 from jobworker.tls import ClientCa
 from jobworker.transport import (
@@ -64,6 +68,11 @@ OPEN_SERVICES = frozenset({"grpc.health.v1.Health"})
 
 #: The authenticated caller of the RPC being handled.
 current_caller: contextvars.ContextVar[Caller] = contextvars.ContextVar("jobworker_current_caller")
+#: The methods every call of which is audited (they change something or read a job's
+#: data); a call of any other method is audited when it is refused.
+AUDITED_METHODS = frozenset(
+    {"StartJob", "StopJob", "RemoveJob", "GetJobOutput", "WatchJobs", "GetAuditLog"}
+)
 #: How many certificates `CallGuard` remembers the client CA's verdict on.
 _SIGNED_CACHE = 1024
 
@@ -73,10 +82,19 @@ _current_record: contextvars.ContextVar[_CallRecord] = contextvars.ContextVar(
 
 
 def note_job_id(job_id: str) -> None:
-    """Name the job a call created in its access-log line (StartJob's request has no id)."""
+    """Name the job a call created in its access-log line and audit record (StartJob's
+    request has no id)."""
     record = _current_record.get(None)
     if record is not None:
         record.job_id = job_id
+    logs.add_field("job", job_id)
+
+
+def note_audit(**detail: Any) -> None:
+    """Add what the handler knows (JSON-safe, bounded values) to the call's audit record."""
+    record = _current_record.get(None)
+    if record is not None:
+        record.detail.update(detail)
 
 
 @attrs.define(eq=False)
@@ -84,6 +102,7 @@ class _CallRecord:
     method: str
     user: str = "-"
     job_id: str = "-"
+    detail: dict[str, Any] = attrs.Factory(dict)
 
 
 @attrs.define(eq=False)
@@ -103,10 +122,16 @@ class CallGuard:
     policy: the users file in force.
     client_ca: the client CA in force, which every call's certificate must have been
         issued by; None: the handshake's check is the only one (as before any reload).
+    metrics: where each call is counted by method and status code, with its latency
+        (None: nowhere).
+    audit: where each call that changes something or reads a job's data, and each
+        refused call, is recorded before its answer leaves (None: nowhere).
     """
 
     policy: UserPolicy
     client_ca: ClientCa | None = None
+    metrics: Metrics | None = None
+    audit: AuditLog | None = None
     _accepting: bool = True
     _open: set[_OpenCall] = attrs.field(factory=set)
     #: The client CA's verdict per certificate (DER), for calls on old connections.
@@ -180,41 +205,84 @@ class CallGuard:
                 raise
             finally:
                 self._open.discard(open_call)
-                access_log.debug(
-                    "rpc user=%s method=%s code=%s", record.user, method, code_name(error)
-                )
+                code = code_name(error)
+                self._count(method, code, started)
+                access_log.debug("rpc user=%s method=%s code=%s", record.user, method, code)
             return
-        open_call = _OpenCall(peer, open_service=False, rpc=current_rpc())
-        try:
-            if not self._accepting:
-                raise ShuttingDownError()
-            caller = self._admit(peer, open_service=False)
-            assert caller is not None
-            record.user = caller.name
-            token = current_caller.set(caller)
-            record_token = _current_record.set(record)
-            self._open.add(open_call)
+        # Every line logged for this call carries its peer, user and job (jobworker.logs).
+        with logs.fields(
+            peer=peer.address if peer is not None else "",
+            user=(peer.common_name if peer is not None else None) or "",
+            job=record.job_id[:64] if record.job_id != "-" else "",
+        ) as call_fields:
+            open_call = _OpenCall(peer, open_service=False, rpc=current_rpc())
             try:
-                yield record
+                if not self._accepting:
+                    raise ShuttingDownError()
+                caller = self._admit(peer, open_service=False)
+                assert caller is not None
+                record.user = call_fields["user"] = caller.name
+                token = current_caller.set(caller)
+                record_token = _current_record.set(record)
+                self._open.add(open_call)
+                try:
+                    yield record
+                finally:
+                    self._open.discard(open_call)
+                    _current_record.reset(record_token)
+                    current_caller.reset(token)
+            except Exception as exc:
+                error = to_rpc_error(exc, method)
+                raise error from None
+            except BaseException as exc:  # cancelled: the client went away, shutdown, or a reload
+                error = open_call.ended_by or exc
+                raise
             finally:
-                self._open.discard(open_call)
-                _current_record.reset(record_token)
-                current_caller.reset(token)
-        except Exception as exc:
-            error = to_rpc_error(exc, method)
-            raise error from None
-        except BaseException as exc:  # cancelled: the client went away, shutdown, or a reload
-            error = open_call.ended_by or exc
-            raise
-        finally:
-            access_log.info(
-                "rpc user=%s method=%s job=%s code=%s ms=%.1f",
-                log_field(record.user),
-                log_field(record.method),
-                log_field(record.job_id),
-                code_name(error),
-                (time.monotonic() - started) * 1000,
+                code = code_name(error)
+                self._count(method, code, started)
+                if self.audit is not None and (
+                    method in AUDITED_METHODS or code not in ("OK", "CANCELLED")
+                ):
+                    # Before the answer leaves: a client that saw it finds it recorded.
+                    self._audit(self.audit, record, peer, code, error)
+                    faults.reach("call.audited")
+                access_log.info(
+                    "rpc user=%s method=%s job=%s code=%s ms=%.1f",
+                    log_field(record.user),
+                    log_field(record.method),
+                    log_field(record.job_id),
+                    code,
+                    (time.monotonic() - started) * 1000,
+                )
+
+    def _audit(
+        self,
+        audit: AuditLog,
+        record: _CallRecord,
+        peer: Peer | None,
+        code: str,
+        error: BaseException | None,
+    ) -> None:
+        detail = dict(record.detail)
+        if isinstance(error, purerpc.RpcFailedError) and code != "OK":
+            detail["reason"] = bounded(str(error.status.status_message or ""), 256)
+        audit.record(
+            Entry(
+                time=time.time(),
+                user=record.user,
+                identity=audit.identities.of(peer),
+                peer=peer.address if peer is not None else "-",
+                method=record.method,
+                job_id=record.job_id,
+                code=code,
+                detail=detail,
             )
+        )
+
+    def _count(self, method: str, code: str, started: float) -> None:
+        # `method` is one the server serves (a short fixed list), never the client's text.
+        if self.metrics is not None:
+            self.metrics.count_rpc(method, code, time.monotonic() - started)
 
 
 def guarded(service: purerpc.Service, guard: CallGuard) -> purerpc.Service:

@@ -13,18 +13,23 @@ nothing of it is echoed but a short escaped prefix. Snapshots go out through
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Mapping
 
 import attrs
 
 from jobworker.cmdline import split_command
+from jobworker.echo import quoted
 from jobworker.errors import InvalidRequestError
 from jobworker.jobs.events import Cursor, JobEvent
 from jobworker.jobs.selection import Selection
-from jobworker.messages import limits_from_proto, status_to_proto
+from jobworker.messages import limits_from_proto, status_to_proto, varint
 from jobworker.model import MAX_COMMAND_BYTES, JobSpec, check_job_id
 from jobworker.naming import MAX_LABELS, Labels, is_name, labels_from
 from jobworker.server import listing
+from jobworker.server.audit import MAX_PAGE, Entry, Query
+from jobworker.tls import USER_NAME, USER_NAME_RULE
 from jobworker.transport import EncodedMessage
 from jobworker.v1 import jobworker_pb2 as pb
 
@@ -112,6 +117,54 @@ def event_message(event: JobEvent, epoch: str) -> pb.JobEvent:
     return message
 
 
+#: GetAuditLog's page size when the request gives none.
+DEFAULT_AUDIT_PAGE = 100
+
+
+def audit_query_from(request: pb.GetAuditLogRequest) -> Query:
+    """The audit entries a GetAuditLogRequest asks for; raises InvalidRequestError
+    (JobNotFoundError for a job id that cannot be a job's)."""
+    if request.user and not USER_NAME.fullmatch(request.user):
+        raise InvalidRequestError(
+            f"user {quoted(request.user)} is not a user name: {USER_NAME_RULE}"
+        )
+    if not math.isfinite(request.since) or request.since < 0:
+        raise InvalidRequestError("since must be a Unix time of zero or more")
+    if request.before_id < 0:
+        raise InvalidRequestError("before_id must be zero or more (a previous record's id)")
+    limit = request.limit if request.HasField("limit") else DEFAULT_AUDIT_PAGE
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidRequestError(f"limit must be between 1 and {MAX_PAGE}, not {limit}")
+    return Query(
+        user=request.user or None,
+        job_id=check_job_id(request.job_id) if request.job_id else None,
+        since=request.since or None,
+        before_id=request.before_id or None,
+        limit=limit,
+    )
+
+
+def audit_response(entries: list[Entry]) -> pb.GetAuditLogResponse:
+    return pb.GetAuditLogResponse(
+        records=[
+            pb.AuditRecord(
+                id=entry.id,
+                time=entry.time,
+                user=entry.user,
+                common_name=entry.identity.common_name or "-",
+                serial=entry.identity.serial,
+                fingerprint_sha256=entry.identity.fingerprint,
+                peer=entry.peer,
+                method=entry.method,
+                job_id=entry.job_id,
+                code=entry.code,
+                detail_json=json.dumps(entry.detail, ensure_ascii=True),
+            )
+            for entry in entries
+        ]
+    )
+
+
 def output_response(chunk: bytes, offset: int) -> EncodedMessage:
     """`GetJobOutputResponse(output_msg=chunk, offset=offset)`, encoded by hand.
 
@@ -122,9 +175,9 @@ def output_response(chunk: bytes, offset: int) -> EncodedMessage:
     """
     parts: list[bytes] = []
     if chunk:
-        parts += (_OUTPUT_MSG_TAG + _varint(len(chunk)), chunk)
+        parts += (_OUTPUT_MSG_TAG + varint(len(chunk)), chunk)
     if offset:
-        parts.append(_OFFSET_TAG + _varint(offset & _UINT64))
+        parts.append(_OFFSET_TAG + varint(offset & _UINT64))
     return EncodedMessage(parts)
 
 
@@ -133,13 +186,3 @@ _OUTPUT_MSG_TAG = bytes([pb.GetJobOutputResponse.OUTPUT_MSG_FIELD_NUMBER << 3 | 
 _OFFSET_TAG = bytes([pb.GetJobOutputResponse.OFFSET_FIELD_NUMBER << 3 | 0])
 #: A negative int64 goes on the wire as its 64-bit two's complement.
 _UINT64 = (1 << 64) - 1
-
-
-def _varint(value: int) -> bytes:
-    """`value` (0 <= value < 2**64) as a protobuf base-128 varint."""
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)

@@ -12,6 +12,15 @@ the users file again and puts them in force without a restart: new connections g
 the new certificate and client CA, new calls the new users file, and open calls
 the new configuration refuses end (`jobworker.server.auth`); jobs never notice.
 
+With `metrics_addr`, a Prometheus endpoint (`jobworker.server.metrics_http`) is
+one more task of the nursery, serving `jobworker.metrics`' registry; it ends when
+the nursery is cancelled, after the drain.
+
+The audit trail (`jobworker.server.audit`, `DATA/audit.db`) is opened once the
+tracker holds the data dir; the call guard records each call that changes
+something or reads a job's data, and each refusal, before its answer leaves; a
+failed TLS handshake is recorded by a task of the nursery.
+
 The standard health service (`jobworker.server.health`) runs beside the API on
 the same port: SERVING once listening, NOT_SERVING as soon as shutdown begins,
 and while the job cgroup tree, removed under jwsd, is being rebuilt
@@ -29,19 +38,34 @@ ended jobs' work dirs; records, output and job dirs stay for the next jwsd (and 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 import attrs
 import trio
+from prometheus_client.core import GaugeMetricFamily, Metric
 
+from jobworker.echo import bounded
+from jobworker.errors import SetupError
 from jobworker.jobs.config import TrackerConfig, field_names
 from jobworker.jobs.tracker import JobTracker
+from jobworker.metrics import Metrics
 from jobworker.model import MAX_SERVER_MESSAGE
 from jobworker.sandbox.cgroups import keep_tree
+from jobworker.server.audit import (
+    AUDIT_NAME,
+    DEFAULT_MAX_RECORDS,
+    DEFAULT_RETENTION,
+    AuditLog,
+    Entry,
+    Identity,
+)
 from jobworker.server.auth import CallGuard, guarded
 from jobworker.server.health import HealthService
+from jobworker.server.metrics_http import serve_metrics
 from jobworker.server.reload import Access, Reloader
 from jobworker.server.service import JobWorkerService
 from jobworker.transport import RpcServer
@@ -64,6 +88,11 @@ class DaemonConfig:
     request_timeout: seconds a call may take to send its request message after its
         headers (None: forever); past it that call ends with DEADLINE_EXCEEDED.
     max_connections_per_user: connections one user may hold open at once (None: any).
+    metrics_addr: (host, port) to serve Prometheus metrics on over plain HTTP (None: not
+        served; they are counted all the same).
+    audit: whether to keep the audit trail (off: benchmarks, or a host that needs none).
+    audit_retention: seconds an audit record is kept (None: for ever).
+    audit_max_records: the most audit records kept; the oldest go first (None: any).
     jobs: the job tracker's section (data dir, job user, limits, quotas, retention).
     """
 
@@ -75,6 +104,10 @@ class DaemonConfig:
     idle_timeout: float | None = 300.0
     request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT
     max_connections_per_user: int | None = 32
+    metrics_addr: tuple[str, int] | None = None
+    audit: bool = True
+    audit_retention: float | None = DEFAULT_RETENTION
+    audit_max_records: int | None = DEFAULT_MAX_RECORDS
     jobs: TrackerConfig = attrs.Factory(TrackerConfig)
 
     @classmethod
@@ -117,8 +150,36 @@ async def serve(
     """
     client_ca = config.server_files[2]
     access = Access.load(config.server_files, config.users_file)
-    async with JobTracker(config.jobs) as tracker:
-        guard = CallGuard(access.policy, access.client_ca)
+    metrics = Metrics()
+    async with contextlib.AsyncExitStack() as stack:
+        tracker = await stack.enter_async_context(JobTracker(config.jobs, metrics=metrics))
+        # After the tracker: it holds the data dir (its lock) from here on.
+        audit = None
+        if config.audit:
+            audit = AuditLog.open(
+                config.jobs.data_dir / AUDIT_NAME,
+                retention=config.audit_retention,
+                max_records=config.audit_max_records,
+                on_failure=metrics.audit_write_failures.inc,
+            )
+            stack.callback(audit.close)
+        guard = CallGuard(access.policy, access.client_ca, metrics=metrics, audit=audit)
+
+        def handshake_failed(address: str, exc: BaseException) -> None:
+            if audit is None:
+                return
+            entry = Entry(
+                time=time.time(),
+                user="-",
+                identity=Identity(),
+                peer=address,
+                method="tls-handshake",
+                job_id="-",
+                code="UNAUTHENTICATED",
+                detail={"reason": bounded(str(exc) or type(exc).__name__, 256)},
+            )
+            audit.record(entry)
+
         server = RpcServer(
             config.host,
             config.port,
@@ -127,8 +188,21 @@ async def serve(
             max_connections_per_peer=config.max_connections_per_user,
             idle_timeout=config.idle_timeout,
             request_timeout=config.request_timeout,
+            on_refused=metrics.count_refused,
+            on_handshake_error=handshake_failed,
         )
-        server.add_service(guarded(JobWorkerService(tracker).service, guard))
+
+        def live() -> list[Metric]:
+            return [
+                GaugeMetricFamily(
+                    "jobworker_connections_open",
+                    "Client connections open (TLS handshake done).",
+                    value=server.connection_count,
+                )
+            ]
+
+        metrics.add_live(live)
+        server.add_service(guarded(JobWorkerService(tracker, audit).service, guard))
         health = HealthService()
         server.add_service(guarded(health.service, guard))
         async with trio.open_nursery() as nursery:
@@ -138,7 +212,11 @@ async def serve(
                 whole and not shutdown.is_set()
             )
             nursery.start_soon(keep_tree, tracker.cgroups)
+            if audit is not None:
+                nursery.start_soon(audit.run)
             port = await nursery.start(server.serve)
+            if config.metrics_addr is not None:
+                await nursery.start(serve_metrics, *config.metrics_addr, metrics.registry)
             log.info(
                 "listening on %s:%d (tls 1.3, client certificates from %s; %s)",
                 config.host,
@@ -151,7 +229,12 @@ async def serve(
             health.set_serving(True)
 
             def reload() -> str:
-                new = Access.load(config.server_files, config.users_file)  # or nothing changes
+                try:
+                    new = Access.load(config.server_files, config.users_file)
+                except SetupError:  # nothing changes
+                    metrics.reloads.labels(result="refused").inc()
+                    raise
+                metrics.reloads.labels(result="ok").inc()
                 server.set_ssl_context(new.ssl_context)
                 ended = guard.reconfigure(new.policy, new.client_ca)
                 return (

@@ -10,8 +10,12 @@ by `MAX_PAGE_SIZE` jobs of bounded size: the tracker hands over one page
 (`jobworker.jobs.job_index`: O(log n + page)) with each argv already cut to
 `MAX_LISTED_ARGS_BYTES` (each job cuts it once, `jobworker.jobs.job.Job.listed_spec`;
 building and checking a 1 MiB spec on every call was most of a listing's cost),
-the page checks that bound before copying an argv into a message, and it stops
-early once its encoded size would pass `PAGE_BYTES`.
+each job as its `Entry`: its GetJobStatusResponse already encoded (`entry`, which
+checks that bound), kept by every Terminated job (`Job.listed_entry`: a kept job's
+listing never changes). A page is then the concatenation of its entries in wire
+form (an `EncodedMessage`, exactly what protobuf would serialize): building ~60
+messages per page was the rest of a listing's cost on the event loop, under a
+flood of listings. It stops early once its encoded size would pass `PAGE_BYTES`.
 
 The cursor (`page_token`) is the key (created_at, job_id) of the last job of the
 previous page, packed and base64url-encoded: opaque to clients, and checked
@@ -40,6 +44,7 @@ from jobworker.echo import quoted
 from jobworker.errors import InvalidRequestError
 from jobworker.jobs.job_index import ListKey, Scanned
 from jobworker.jobs.selection import Selection, StateFilter
+from jobworker.messages import varint
 from jobworker.model import (
     DEFAULT_PAGE_SIZE,
     MAX_CLIENT_MESSAGE,
@@ -48,6 +53,7 @@ from jobworker.model import (
 )
 from jobworker.naming import MAX_LABELS, check_name, labels_from
 from jobworker.tls import USER_NAME, USER_NAME_RULE
+from jobworker.transport import EncodedMessage
 from jobworker.v1 import jobworker_pb2 as pb
 
 #: The most a page's encoded ListJobsResponse may hold: three quarters of what a
@@ -68,6 +74,10 @@ _TOKEN_CHARS = math.ceil(_TOKEN.size * 4 / 3)
 _ENTRY_OVERHEAD = 1 + 3 + 1
 # The tags and lengths of next_page_token and of the packed args_cut list.
 _RESPONSE_OVERHEAD = 2 + _TOKEN_CHARS + 1 + 3
+# Field keys of ListJobsResponse: (number << 3) | 2, each length-delimited (args_cut packed).
+_JOBS_TAG = bytes([pb.ListJobsResponse.JOBS_FIELD_NUMBER << 3 | 2])
+_TOKEN_TAG = bytes([pb.ListJobsResponse.NEXT_PAGE_TOKEN_FIELD_NUMBER << 3 | 2])
+_ARGS_CUT_TAG = bytes([pb.ListJobsResponse.ARGS_CUT_FIELD_NUMBER << 3 | 2])
 
 
 @attrs.frozen
@@ -176,8 +186,30 @@ def listed(status: JobStatus) -> JobStatus:
     return attrs.evolve(status, spec=spec, argv_cut=True)
 
 
-#: Jobs fetched and encoded between checkpoints: a few milliseconds of work at most
-#: (jobs at every bound cost ~0.1 ms each), so other callers' requests interleave.
+@attrs.frozen
+class Entry:
+    """One job as a page carries it. key: its place in the listing order (the
+    cursor). encoded: its GetJobStatusResponse, argv cut (`listed`), serialized.
+    argv_cut: whether its argv was cut."""
+
+    key: ListKey
+    encoded: bytes
+    argv_cut: bool
+
+
+def entry(status: JobStatus) -> Entry:
+    """The page entry of a job's snapshot: its argv cut (`listed`), then encoded once
+    (the tracker keeps it for a Terminated job: `JobTracker.select`)."""
+    shown = listed(status)
+    # Deterministic: the labels (a map) in key order, so that a page is byte for byte
+    # what protobuf makes of it (a map's order is otherwise protobuf's own).
+    encoded = messages.status_to_proto(shown).SerializeToString(deterministic=True)
+    return Entry((status.created_at, status.job_id), encoded, shown.argv_cut)
+
+
+#: Jobs fetched between checkpoints: a few milliseconds of work at most (a running
+#: job at every bound costs ~0.1 ms to encode, a kept one nothing), so other
+#: callers' requests interleave.
 CHUNK = 8
 
 #: Jobs looked at by one fetch (`SCAN`) and by one call at most (`SCAN_BUDGET`): a
@@ -186,58 +218,63 @@ CHUNK = 8
 SCAN = 512
 SCAN_BUDGET = 16 * SCAN
 
-#: Fetch at most `limit` selected jobs after a key, in listing order, looking at no
-#: more than `budget` jobs (the tracker's `select`).
-Fetch = Callable[[ListKey | None, int, int], Scanned[JobStatus]]
+#: Fetch at most `limit` selected jobs after a key, in listing order, as entries,
+#: looking at no more than `budget` jobs (the tracker's `select` with `entry`).
+Fetch = Callable[[ListKey | None, int, int], Scanned[Entry]]
 
 
-async def page(
-    fetch: Fetch, request: PageRequest, *, budget: int = PAGE_BYTES
-) -> pb.ListJobsResponse:
-    """The ListJobsResponse of one page: up to `request.size` selected jobs after
-    `request.after`, as many as fit in `budget` encoded bytes (always at least one,
-    when any is selected), each argv cut (`listed`); next_page_token set when jobs
-    remain, or when `SCAN_BUDGET` jobs were looked at first.
+async def page(fetch: Fetch, request: PageRequest, *, budget: int = PAGE_BYTES) -> EncodedMessage:
+    """The ListJobsResponse of one page, in wire form: up to `request.size` selected
+    jobs after `request.after`, as many as fit in `budget` encoded bytes (always at
+    least one, when any is selected); next_page_token set when jobs remain, or when
+    `SCAN_BUDGET` jobs were looked at first. The bytes are exactly
+    `SerializeToString(deterministic=True)`'s (fields in number order, map entries
+    in key order; tests/unit/test_listing.py compares them): the entries as they
+    are, each after its tag and length.
 
-    Fetched and encoded `CHUNK` jobs at a time with a checkpoint between chunks:
-    the cursor keeps chunks consistent (a job that starts or ends meanwhile is
-    neither repeated nor makes one skip), and no caller holds the loop for long."""
-    answer = pb.ListJobsResponse()
+    Fetched `CHUNK` jobs at a time with a checkpoint between chunks: the cursor
+    keeps chunks consistent (a job that starts or ends meanwhile is neither repeated
+    nor makes one skip), and no caller holds the loop for long."""
+    parts: list[bytes] = []
+    cuts = bytearray()
     used = _RESPONSE_OVERHEAD
     after = request.after
     looked = 0
     while True:
-        room = min(CHUNK, request.size - len(answer.jobs))
+        room = min(CHUNK, request.size - len(cuts))
         # One more than fits: whether another selected job follows.
         scan = fetch(after, room + 1, SCAN)
-        jobs = scan.found
-        for status in jobs[:room]:
-            shown = listed(status)
-            message = messages.status_to_proto(shown)
-            cost = message.ByteSize() + _ENTRY_OVERHEAD
-            if answer.jobs and used + cost > budget:
-                return _go_on(answer, after)
-            answer.jobs.append(message)
-            answer.args_cut.append(shown.argv_cut)
+        entries = scan.found
+        for item in entries[:room]:
+            cost = len(item.encoded) + _ENTRY_OVERHEAD
+            if cuts and used + cost > budget:
+                return _encoded(parts, cuts, after)
+            parts += (_JOBS_TAG + varint(len(item.encoded)), item.encoded)
+            cuts.append(item.argv_cut)
             used += cost
-            after = (status.created_at, status.job_id)
-        if len(jobs) > room:  # another selected job follows
-            if len(answer.jobs) == request.size:
-                return _go_on(answer, after)
+            after = item.key
+        if len(entries) > room:  # another selected job follows
+            if len(cuts) == request.size:
+                return _encoded(parts, cuts, after)
         elif scan.stopped is None:
-            return answer  # the last job: no next page
+            return _encoded(parts, cuts, None)  # the last job: no next page
         else:  # SCAN jobs looked at, too few of them selected: go on after them
             after = scan.stopped
         looked += scan.looked
         if looked >= SCAN_BUDGET:
-            return _go_on(answer, after)
+            return _encoded(parts, cuts, after)
         await trio.lowlevel.checkpoint()
 
 
-def _go_on(answer: pb.ListJobsResponse, after: ListKey | None) -> pb.ListJobsResponse:
-    assert after is not None
-    answer.next_page_token = encode_token(after)
-    return answer
+def _encoded(parts: list[bytes], cuts: bytearray, after: ListKey | None) -> EncodedMessage:
+    """The page's message: its jobs (`parts`), the token of the page after `after`
+    (None: the last page), then args_cut, packed (one byte a bool)."""
+    if after is not None:
+        token = encode_token(after).encode("ascii")
+        parts += (_TOKEN_TAG + varint(len(token)), token)
+    if cuts:
+        parts += (_ARGS_CUT_TAG + varint(len(cuts)), bytes(cuts))
+    return EncodedMessage(parts)
 
 
 #: After a caller's ListJobs, its next one waits this many times as long as the last
@@ -293,8 +330,10 @@ __all__ = [
     "REST",
     "decode_token",
     "encode_token",
+    "entry",
     "listed",
     "CHUNK",
+    "Entry",
     "Fetch",
     "PageRequest",
     "Turns",

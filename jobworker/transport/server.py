@@ -199,6 +199,9 @@ class RpcServer:
     RPC open for that many seconds (None: never). `request_timeout` bounds how
     long a call with one request message may take to send it, whole, after its
     HEADERS: past it that call alone ends with DEADLINE_EXCEEDED (None: no bound).
+    `on_refused(reason)` is called for each connection refused or closed by the
+    server: "handshake" (a failed TLS handshake), "quota" (its peer's connections at
+    `max_connections_per_peer`), "idle" (closed by `idle_timeout`); None: only log.
 
     Run `serve()` in a nursery (`port = await nursery.start(server.serve)`).
     """
@@ -216,8 +219,10 @@ class RpcServer:
         max_connections_per_peer: int | None = None,
         idle_timeout: float | None = None,
         request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+        on_refused: Callable[[str], None] | None = None,
     ) -> None:
         self.host = host
+        self._on_refused = on_refused
         self.port = port
         self._ssl_context = ssl_context
         self._config = GRPCConfiguration(
@@ -412,6 +417,7 @@ class RpcServer:
                 "its address" if peer.common_name is None else "its user",
                 held,
             )
+            self._refused("quota")
             with trio.CancelScope(shield=True):
                 await aclose_forcefully(tls)
             return
@@ -434,12 +440,17 @@ class RpcServer:
             else describe_transport_error(exc)
         )
         log.warning("rejected tls connection from %s: %s", address, reason)
+        self._refused("handshake")
         if self._on_handshake_error is not None:
             try:
                 self._on_handshake_error(address, exc)
             except Exception:
                 # A broken hook must not take the server down with it.
                 log.exception("on_handshake_error hook failed")
+
+    def _refused(self, reason: str) -> None:
+        if self._on_refused is not None:
+            self._on_refused(reason)
 
     async def _serve_connection(self, tls: TLSStream, address: str) -> None:
         sock = _ServerSocket(self._config, tls)
@@ -478,6 +489,7 @@ class RpcServer:
                 await sock.open_rpcs.wait_nonzero()
                 continue
             log.info("closing connection from %s: no call for %g s", address, self._idle_timeout)
+            self._refused("idle")
             request_loop.cancel()
             return
 

@@ -24,6 +24,9 @@ class JobWorkerServiceServicer(purerpc.Servicer):
     async def WatchJobs(self, input_message):
         raise NotImplementedError()
 
+    async def GetAuditLog(self, input_message):
+        raise NotImplementedError()
+
     @property
     def service(self) -> purerpc.Service:
         service_obj = purerpc.Service(
@@ -92,6 +95,15 @@ class JobWorkerServiceServicer(purerpc.Servicer):
                 jobworker_dot_v1_dot_jobworker__pb2.JobEvent,
             )
         )
+        service_obj.add_method(
+            "GetAuditLog",
+            self.GetAuditLog,
+            purerpc.RPCSignature(
+                purerpc.Cardinality.UNARY_UNARY,
+                jobworker_dot_v1_dot_jobworker__pb2.GetAuditLogRequest,
+                jobworker_dot_v1_dot_jobworker__pb2.GetAuditLogResponse,
+            )
+        )
         return service_obj
 
 
@@ -155,5 +167,13 @@ class JobWorkerServiceStub:
                 purerpc.Cardinality.UNARY_STREAM,
                 jobworker_dot_v1_dot_jobworker__pb2.WatchJobsRequest,
                 jobworker_dot_v1_dot_jobworker__pb2.JobEvent,
+            )
+        )
+        self.GetAuditLog = self._client.get_method_stub(
+            "GetAuditLog",
+            purerpc.RPCSignature(
+                purerpc.Cardinality.UNARY_UNARY,
+                jobworker_dot_v1_dot_jobworker__pb2.GetAuditLogRequest,
+                jobworker_dot_v1_dot_jobworker__pb2.GetAuditLogResponse,
             )
         )

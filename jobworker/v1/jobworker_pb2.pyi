@@ -238,3 +238,49 @@ class JobEvent(_message.Message):
     at: float
     job: GetJobStatusResponse
     def __init__(self, cursor: _Optional[str] = ..., kind: _Optional[str] = ..., at: _Optional[float] = ..., job: _Optional[_Union[GetJobStatusResponse, _Mapping]] = ...) -> None: ...
+
+class GetAuditLogRequest(_message.Message):
+    __slots__ = ("user", "job_id", "since", "before_id", "limit")
+    USER_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    BEFORE_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    user: str
+    job_id: str
+    since: float
+    before_id: int
+    limit: int
+    def __init__(self, user: _Optional[str] = ..., job_id: _Optional[str] = ..., since: _Optional[float] = ..., before_id: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class AuditRecord(_message.Message):
+    __slots__ = ("id", "time", "user", "common_name", "serial", "fingerprint_sha256", "peer", "method", "job_id", "code", "detail_json")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    COMMON_NAME_FIELD_NUMBER: _ClassVar[int]
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_JSON_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    time: float
+    user: str
+    common_name: str
+    serial: str
+    fingerprint_sha256: str
+    peer: str
+    method: str
+    job_id: str
+    code: str
+    detail_json: str
+    def __init__(self, id: _Optional[int] = ..., time: _Optional[float] = ..., user: _Optional[str] = ..., common_name: _Optional[str] = ..., serial: _Optional[str] = ..., fingerprint_sha256: _Optional[str] = ..., peer: _Optional[str] = ..., method: _Optional[str] = ..., job_id: _Optional[str] = ..., code: _Optional[str] = ..., detail_json: _Optional[str] = ...) -> None: ...
+
+class GetAuditLogResponse(_message.Message):
+    __slots__ = ("records",)
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[AuditRecord]
+    def __init__(self, records: _Optional[_Iterable[_Union[AuditRecord, _Mapping]]] = ...) -> None: ...

@@ -16,6 +16,8 @@ rpc         GetJobStatus from 50 clients: rate and p99, vs the grpcio server
 isolation   a writer's run time with 0 vs S slow followers
 fairness    user B's GetJobStatus p99 and StartJob p50 alone, then while user A runs
             CPU hogs, output floods and their followers; the ratio (target <= 2x)
+observe     metrics and the audit trail on (this jwsd, scraped every second) against
+            off (a second jwsd, --no-audit): the start and RPC-rate rows, alternately
 durable     a jwsd of its own SIGKILLed with N jobs running: the time from the new
             jwsd's exec to serving with every job taken over (vs a restart with no
             jobs); PSS per job of bubblewrap's processes + the output copier; a
@@ -48,7 +50,7 @@ from typing import Any
 import attrs
 
 from jobworker.sandbox.cgroups.base import owner_group
-from tests.bench import peers
+from tests.bench import observe, peers
 from tests.bench.durable import JWSD_FLAGS, RestartableJwsd, job_processes, remove_cgroups
 from tests.bench.machine import (
     CpuSampler,
@@ -63,7 +65,17 @@ from tests.bench.results import Report, percentile
 from tests.e2e.conftest import Jwsd, start_jwsd
 from tests.support.certs import TestPKI
 
-GROUPS = ("start", "throughput", "fanout", "load", "rpc", "isolation", "fairness", "durable")
+GROUPS = (
+    "start",
+    "throughput",
+    "fanout",
+    "load",
+    "rpc",
+    "isolation",
+    "fairness",
+    "durable",
+    "observe",
+)
 MiB = 1 << 20
 
 
@@ -494,6 +506,11 @@ class Bench:
             ids_file.write_text(job_id)
             load("stop-many", self.jwsd.addr, self.tls, "--ids-file", str(ids_file))
 
+    # ---- metrics and audit, on against off -------------------------------------
+
+    def observe(self) -> None:
+        observe.observe(self, load)
+
     # ---- writer isolation ------------------------------------------------------
 
     def isolation(self) -> None:
@@ -899,7 +916,7 @@ def running_jwsd(workspace: Path, pki: TestPKI) -> Iterator[Jwsd]:
     Without the running quota, the output cap and the connection cap: the load row runs
     1,000 jobs of one user, the fairness row's floods write more than 1 GiB each, and the
     RPC row's 50 clients are one user."""
-    daemon = start_jwsd(workspace, pki, *JWSD_FLAGS)
+    daemon = start_jwsd(workspace, pki, *JWSD_FLAGS, "--metrics-addr", "127.0.0.1:0")
     try:
         yield daemon
     finally:

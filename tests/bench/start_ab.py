@@ -19,6 +19,7 @@ import contextlib
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,9 +33,12 @@ from tests.e2e.conftest import Jwsd, start_jwsd
 from tests.support.certs import TestPKI
 
 
-async def alternate(daemons: dict[str, Jwsd], rounds: int, starts: int) -> list[float]:
-    """The ratio of the rounds' StartJob p50s, "this" ÷ "other", one per round."""
-    ratios = []
+async def alternate(
+    daemons: dict[str, Jwsd], rounds: int, starts: int
+) -> list[tuple[float, float]]:
+    """The rounds' StartJob p50s in ms, ("this", "other"), one pair per round (each round
+    also said on stderr)."""
+    p50s = []
     async with contextlib.AsyncExitStack() as stack:
         clients: dict[str, JobWorkerClient] = {}
         for name, daemon in daemons.items():
@@ -58,13 +62,14 @@ async def alternate(daemons: dict[str, Jwsd], rounds: int, starts: int) -> list[
                     await client.start(args=["true"], limits=limits())
                     samples[name].append((time.perf_counter() - began) * 1000)
             this, other = (statistics.median(samples[name]) for name in ("this", "other"))
-            ratios.append(this / other)
+            p50s.append((this, other))
             print(
                 f"round {index + 1}: p50 this {this:.1f} ms, other {other:.1f} ms,"
                 f" this ÷ other {this / other:.3f} (load average {os.getloadavg()[0]:.1f})",
+                file=sys.stderr,
                 flush=True,
             )
-    return ratios
+    return p50s
 
 
 def main() -> None:
@@ -86,7 +91,9 @@ def main() -> None:
             workspace / "other", pki, *JWSD_FLAGS, wrapper=[args.other_python]
         )
         daemons["this"] = start_jwsd(workspace / "this", pki, *JWSD_FLAGS)
-        ratios = trio.run(alternate, daemons, args.rounds, args.starts)
+        ratios = [
+            this / other for this, other in trio.run(alternate, daemons, args.rounds, args.starts)
+        ]
         print(
             f"this ÷ other, median of {len(ratios)} rounds: {statistics.median(ratios):.3f}"
             f" ({min(ratios):.3f}–{max(ratios):.3f})"

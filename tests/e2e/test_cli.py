@@ -184,7 +184,7 @@ def test_login_makes_a_user_the_default(jwsd: Jwsd) -> None:
         (("start", "--memory", "lots", "-c", "true"), "alex", 2, "not a size"),
         (("start", "-c", "true", "--", "true"), "alex", 2, "not both"),
         (("stop", "-j", "x", "--grace", "soon"), "alex", 2, "not a duration"),
-        (("status",), "alex", 2, "Missing option"),
+        (("status",), "alex", 2, "give one job id"),
     ],
 )
 def test_errors_are_one_plain_line_with_a_telling_exit_code(

@@ -7,6 +7,7 @@ import datetime
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -15,9 +16,10 @@ from pathlib import Path
 import pytest
 import trustme
 
-from tests.e2e.conftest import BIN, Jwsd, restart_jwsd
+from tests.e2e.conftest import BIN, Jwsd, restart_jwsd, start_jwsd
 from tests.support.certs import TestPKI
 from tests.support.timing import scaled
+from tests.support.waiting import eventually_blocking
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e, pytest.mark.hierarchy_independent]
 
@@ -153,6 +155,38 @@ def test_a_second_ctrl_c_leaves_at_once_and_says_the_job_may_run_on(jwsd: Jwsd) 
             f"(`jws stop -j {job_id}` stops it)\n"
         )
     ok(jwsd.jws("stop", "--grace", "0", job_id))
+
+
+def test_ctrl_c_while_the_job_is_being_started_stops_it_once_started(
+    tmp_path: Path, pki: TestPKI
+) -> None:
+    # A bubblewrap that takes 3 s to start holds StartJob open: Ctrl-C lands while
+    # jwsd is starting the job, before jws knows its id.
+    slow = tmp_path / "slow-bin"
+    slow.mkdir()
+    bwrap = shutil.which("bwrap")
+    assert bwrap is not None
+    (slow / "bwrap").write_text(f'#!/bin/sh\nsleep 3\nexec {bwrap} "$@"\n')
+    (slow / "bwrap").chmod(0o755)
+    daemon = start_jwsd(tmp_path, pki, env={"PATH": f"{slow}:{os.environ['PATH']}"})
+    try:
+        with daemon.popen("run", "--grace", "1s", "--", "sleep", "600") as run:
+            assert run.stderr is not None
+            jobs = daemon.data_dir / "jobs"
+            eventually_blocking(
+                lambda: jobs.is_dir() and any(jobs.iterdir()),
+                timeout=scaled(20),
+                what="jwsd is starting the job",
+            )
+            run.send_signal(signal.SIGINT)
+            assert run.wait(timeout=scaled(30)) == 130
+            said = run.stderr.read().decode()
+        assert "interrupted while the job is being started" in said, said
+        (job_id,) = set(JOB_ID.findall(said))
+        ended = status(daemon, job_id)
+        assert ended["status"] == "Terminated" and ended["outcome"] == "stopped", ended
+    finally:
+        assert daemon.stop() == 0, daemon.log
 
 
 def test_detach_on_interrupt_leaves_the_job_running_and_names_it(jwsd: Jwsd) -> None:
@@ -325,3 +359,106 @@ def test_login_of_a_user_without_credentials_fails_and_keeps_the_old_default(
     assert line.count("\n") == 1 and "no credentials for user 'nosuchuser'" in line, line
     job_id = ok(jwsd.jws("start", "-c", "true", user=None)).strip()
     assert json.loads(ok(jwsd.jws("status", "-j", job_id, "--json", user=None)))["owner"] == "betty"
+
+
+# ---- 8. ids people can type ----------------------------------------------------------
+
+
+def _unique_prefix(job_id: str, others: list[str]) -> str:
+    for length in range(1, 36):
+        if not any(other.startswith(job_id[:length]) for other in others):
+            return job_id[:length]
+    raise AssertionError(job_id)
+
+
+def test_a_unique_prefix_or_an_upper_case_id_works_wherever_an_id_does(jwsd: Jwsd) -> None:
+    sleeper = start_sleeper(jwsd)
+    echo = ok(jwsd.jws("start", "--", "echo", "prefixed")).strip()
+    prefix = _unique_prefix(echo, [sleeper])
+    assert status(jwsd, echo.upper())["job_id"] == echo
+    assert json.loads(ok(jwsd.jws("status", prefix, "--json")))["job_id"] == echo
+    assert ok(jwsd.jws("output", prefix)) == "prefixed\n"
+    ok(jwsd.jws("stop", _unique_prefix(sleeper, [echo]), "--grace", "0"))
+    assert status(jwsd, sleeper)["outcome"] == "stopped"
+    ok(jwsd.jws("rm", "-j", prefix))
+    assert jwsd.jws("status", "-j", echo).returncode == 1
+
+
+def test_an_ambiguous_prefix_names_its_candidates_and_another_users_jobs_never_match(
+    jwsd: Jwsd,
+) -> None:
+    jobs = [ok(jwsd.jws("start", "--", "true")).strip() for _ in range(18)]
+    # 18 ids over 16 hex digits: some first digit begins two of them.
+    shared = next(digit for digit in "0123456789abcdef" if sum(j[0] == digit for j in jobs) > 1)
+    ambiguous = jwsd.jws("status", shared)
+    assert ambiguous.returncode == 1
+    line = ambiguous.stderr.decode()
+    assert line.count("\n") == 1 and "begins the ids of" in line, line
+    assert all(job in line for job in jobs if job[0] == shared) or "more" in line
+    # betty's listing has none of alex's jobs: a prefix of them names nothing for her.
+    refused = jwsd.jws("status", jobs[0][:8], user="betty")
+    assert refused.returncode == 1 and "no job with id" in refused.stderr.decode()
+    assert jobs[0] not in refused.stderr.decode()
+
+
+def test_one_job_id_is_given_once(jwsd: Jwsd) -> None:
+    job_id = start_sleeper(jwsd)
+    both = jwsd.jws("status", "-j", job_id, job_id)
+    assert both.returncode == 2 and "not both" in both.stderr.decode()
+    none = jwsd.jws("output")
+    assert none.returncode == 2 and "give one job id" in none.stderr.decode()
+
+
+# ---- 9. prune, and the list's columns --------------------------------------------------
+
+
+def test_prune_removes_only_the_callers_ended_jobs(jwsd: Jwsd) -> None:
+    for _ in range(2):
+        assert ok(jwsd.jws("run", "--", "true")) == ""
+    running = start_sleeper(jwsd)
+    bettys = ok(jwsd.jws("start", "--", "true", user="betty")).strip()
+    assert ok(jwsd.jws("run", "--", "true", user="betty")) == ""
+    kept = jwsd.jws("prune", "--until", "1h")
+    assert kept.returncode == 0 and "no ended job" in kept.stderr.decode()
+    pruned = jwsd.jws("prune")
+    assert pruned.returncode == 0, pruned.stderr.decode()
+    assert len(pruned.stdout.decode().split()) == 2
+    assert "removed 2 jobs" in pruned.stderr.decode()
+    assert ok(jwsd.jws("list", "-q")).split() == [running]
+    assert status(jwsd, running)["status"] == "Active"
+    assert len(ok(jwsd.jws("list", "-q", user="betty")).split()) == 2
+    assert bettys in ok(jwsd.jws("list", "-q", user="betty"))
+
+
+def test_list_shows_owners_to_an_admin_and_cuts_commands_unless_asked(jwsd: Jwsd) -> None:
+    ok(jwsd.jws("start", "--", "echo", "a" * 100))
+    ok(jwsd.jws("start", "--", "true", user="betty"))
+    mine = ok(jwsd.jws("list")).splitlines()
+    assert mine[0].split()[:3] == ["JOB", "ID", "STATUS"]
+    assert mine[1].endswith("...") and "a" * 100 not in mine[1]
+    assert ("a" * 100) in ok(jwsd.jws("list", "--no-trunc"))
+    every = ok(jwsd.jws("list", user="admin")).splitlines()
+    assert every[0].split()[:4] == ["JOB", "ID", "OWNER", "STATUS"]
+    assert sorted(line.split()[1] for line in every[1:]) == ["alex", "betty"]
+
+
+def test_shell_completion_offers_the_callers_job_ids(jwsd: Jwsd) -> None:
+    mine = start_sleeper(jwsd)
+    bettys = ok(jwsd.jws("start", "--", "true", user="betty")).strip()
+
+    def completed(words: str, cword: int) -> list[str]:
+        done = subprocess.run(
+            [str(BIN / "jws")],
+            env=jwsd.env(_JWS_COMPLETE="bash_complete", COMP_WORDS=words, COMP_CWORD=str(cword)),
+            capture_output=True,
+            timeout=scaled(30),
+        )
+        assert done.returncode == 0, done.stderr.decode()
+        # bash_complete prints "type,value" lines.
+        return [line.split(",", 1)[1] for line in done.stdout.decode().splitlines() if line]
+
+    assert completed("jws status -u alex ", 4) == [mine]
+    assert completed(f"jws stop -u alex -j {mine[:3]}", 5) == [mine]
+    assert completed("jws output -u betty ", 4) == [bettys]
+    other = next(digit for digit in "0123456789abcdef" if not mine.startswith(digit))
+    assert completed(f"jws status -u alex {other}", 4) == []

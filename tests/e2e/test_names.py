@@ -10,6 +10,8 @@ import subprocess
 import pytest
 
 from tests.e2e.conftest import Jwsd
+from tests.e2e.test_watch import events_until, kinds
+from tests.support.timing import scaled
 
 pytestmark = [pytest.mark.root, pytest.mark.hierarchy_independent]
 
@@ -95,3 +97,33 @@ def test_a_bad_name_or_label_is_a_usage_error_that_never_reaches_jwsd(jwsd: Jwsd
         refused(jwsd.jws("start", *args, "--", "true"), 2, said)
     assert listed(jwsd) == []
     assert "method=StartJob" not in jwsd.log
+
+
+def test_a_name_shaped_like_an_id_prefix_is_the_name_and_a_prefix_goes_where_a_name_does(
+    jwsd: Jwsd,
+) -> None:
+    """One resolver for what is typed where a job goes: `abc` could begin an id, yet
+    it is alex's job of that name (as docker takes a name before an id prefix),
+    never another user's; an id's prefix works for `jws wait` and `jws events`."""
+    named = ok(jwsd.jws("start", "--name", "abc", "--", "sh", "-c", "exit 3")).strip()
+    plain = ok(jwsd.jws("start", "--", "sh", "-c", "exit 0")).strip()
+    prefix = next(plain[:n] for n in range(4, 36) if not named.startswith(plain[:n]))
+
+    waited = jwsd.jws("wait", "abc", prefix, "--json")
+    assert waited.returncode == 3, waited.stderr.decode(errors="replace")
+    assert [job["job_id"] for job in json.loads(waited.stdout)] == [named, plain]
+    assert json.loads(ok(jwsd.jws("status", "abc", "--json")))["job_id"] == named
+    assert ok(jwsd.jws("output", "-j", "abc")) == ""
+    # betty has no job named abc: alex's is not hers to find, by name or otherwise.
+    refused(jwsd.jws("status", "abc", user="betty"), 1, "no job")
+
+    events = jwsd.popen("events", "-j", prefix, "--json")
+    try:
+        assert kinds(events_until(events, 1, "the watch begins")) == ["watching"]
+        ok(jwsd.jws("rm", prefix))
+        removed = events_until(events, 1, "the job's removal")
+        assert kinds(removed) == ["removed"]
+        assert removed[0]["job"]["job_id"] == plain  # type: ignore[index]
+    finally:
+        events.kill()
+        events.communicate(timeout=scaled(10))  # closes its pipes

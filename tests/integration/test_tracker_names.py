@@ -17,6 +17,7 @@ from jobworker.errors import AccessDeniedError, InvalidRequestError, JobNotFound
 from jobworker.jobs.selection import Selection, StateFilter
 from jobworker.jobs.tracker import JobTracker
 from jobworker.model import JobSpec, JobState
+from jobworker.server import listing
 from tests.support.tracking import run_to_end, running_tracker
 
 pytestmark = pytest.mark.root
@@ -27,9 +28,9 @@ def named(name: str | None = None, script: str = "sleep 30", **labels: str) -> J
 
 
 def ids(tracker: JobTracker, owner: str, selection: Selection, *, admin: bool = False) -> list[str]:
-    scanned = tracker.select(owner, selection, admin=admin, limit=100, budget=100)
+    scanned = tracker.select(owner, selection, listing.entry, admin=admin, limit=100, budget=100)
     assert scanned.stopped is None
-    return [status.job_id for status in scanned.found]
+    return [entry.key[1] for entry in scanned.found]
 
 
 async def test_a_name_is_unique_per_owner_and_free_again_once_its_job_is_removed(
@@ -113,7 +114,7 @@ async def test_a_selection_filters_by_labels_state_name_owner_and_age(
         plain.job_id,
     ]
     with pytest.raises(AccessDeniedError):
-        tracker.select("alex", Selection(owner="betty"))
+        tracker.select("alex", Selection(owner="betty"), listing.entry)
     assert ids(tracker, "alex", Selection(created_after=plain.created_at)) == [plain.job_id]
     assert ids(tracker, "alex", Selection(created_after=time.time() + 1)) == []
     for job_id, owner in [(active.job_id, "alex"), (plain.job_id, "alex"), (betty.job_id, "betty")]:

@@ -432,15 +432,19 @@ async def test_client_whose_certificate_is_refused_gets_unavailable_and_server_l
 ) -> None:
     """Under TLS 1.3 the client's handshake "succeeds" before the server refuses it: no hang."""
     rejected = trio.Event()
+    refused: list[str] = []
     cert = None if who == "no certificate" else pki.client_cert("alice", rogue=True)
     with trio.fail_after(10):
-        async with serving(pki, on_handshake_error=lambda *_: rejected.set()) as served:
+        async with serving(
+            pki, on_handshake_error=lambda *_: rejected.set(), on_refused=refused.append
+        ) as served:
             with pytest.raises(purerpc.RpcFailedError) as caught:
                 async with channel(pki, served, cert) as ch:
                     await stub(ch, "Echo")(StringValue(value="x"))
             assert caught.value.status.status_code == purerpc.StatusCode.UNAVAILABLE
             assert "certificate" in caught.value.status.status_message
             await rejected.wait()
+    assert refused == ["handshake"]  # counted once (jobworker_connections_refused_total)
     lines = rejection_lines(caplog)
     assert len(lines) == 1
     assert lines[0].levelno == logging.WARNING

@@ -25,10 +25,11 @@ SERVER_LOGGER = "jobworker.transport.server"
 
 async def test_a_connection_without_a_call_is_closed_after_the_idle_timeout(pki: TestPKI) -> None:
     """A client with a valid certificate that handshakes, then sends nothing, must not hold
-    an fd forever."""
+    an fd forever; its closing is counted as an idle refusal."""
+    refused: list[str] = []
     with trio.fail_after(10):
         async with (
-            serving(pki, idle_timeout=0.3) as served,
+            serving(pki, idle_timeout=0.3, on_refused=refused.append) as served,
             channel(pki, served, pki.client_cert("alice")) as ch,
         ):
             assert (await stub(ch, "Echo")(StringValue(value="hi"))).value == "hi"
@@ -36,6 +37,7 @@ async def test_a_connection_without_a_call_is_closed_after_the_idle_timeout(pki:
             started = trio.current_time()
             await served.server.wait_no_connections()
             assert trio.current_time() - started >= 0.25
+    assert refused == ["idle"]
 
 
 async def test_a_long_call_is_not_idle(pki: TestPKI) -> None:
@@ -54,9 +56,10 @@ async def test_a_long_call_is_not_idle(pki: TestPKI) -> None:
 async def test_connections_per_identity_are_capped_and_others_are_unaffected(
     pki: TestPKI, caplog: pytest.LogCaptureFixture
 ) -> None:
+    refused: list[str] = []
     with trio.fail_after(10):
         async with (
-            serving(pki, max_connections_per_peer=2) as served,
+            serving(pki, max_connections_per_peer=2, on_refused=refused.append) as served,
             channel(pki, served, pki.client_cert("alice")) as first,
             channel(pki, served, pki.client_cert("alice")) as second,
         ):
@@ -74,6 +77,7 @@ async def test_connections_per_identity_are_capped_and_others_are_unaffected(
         if r.name == SERVER_LOGGER and "refused" in r.getMessage()
     ]
     assert len(refusals) == 1 and "holds 2 connections already" in refusals[0], refusals
+    assert refused == ["quota"]
 
 
 async def test_a_closed_connection_frees_its_identitys_slot(pki: TestPKI) -> None:

@@ -27,7 +27,7 @@ def no_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     ("argv", "message"),
     [
         (["frobnicate"], "No such command 'frobnicate'"),
-        (["status", "-u", "alex"], "Missing option '-j'"),
+        (["status", "-u", "alex"], "give one job id"),
         # What to run is checked before connecting: no server hears of it.
         (["start", "-u", "alex", "--memory", "lots", "--", "true"], "'lots' is not a size"),
         (["start", "-u", "alex", "--cpu", "half", "--", "true"], "'half' is not a number of cores"),

@@ -47,3 +47,12 @@ def test_help_shows_every_default() -> None:
     assert "[default: 64M]" in text
     assert "--job-uids FIRST-LAST" in text
     assert "[default: 1879048192-1879113727]" in text
+
+
+def test_the_disk_quota_flag_defaults_to_auto_and_reaches_the_tracker() -> None:
+    helped = subprocess.run([str(BIN / "jwsd"), "--help"], capture_output=True, timeout=30)
+    text = " ".join(helped.stdout.decode().split())
+    assert "--max-disk-per-user SIZE" in text and "0: no quota. [default: auto]" in text
+    assert DaemonConfig(tls_dir=BIN).jobs.max_disk_per_user == "auto"
+    config = DaemonConfig.of(tls_dir=BIN, max_disk_per_user=10 << 20)
+    assert config.jobs.max_disk_per_user == 10 << 20

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import attrs
 import pytest
@@ -14,7 +15,11 @@ import trio
 
 from jobworker import messages, model, naming
 from jobworker.errors import InvalidRequestError
+from jobworker.jobs.job import Job
 from jobworker.jobs.job_index import JobIndex, ListKey, Scanned
+from jobworker.jobs.lifecycle import Lifecycle, Phase
+from jobworker.jobs.output_log import FileLog
+from jobworker.jobs.record import JobRecord
 from jobworker.jobs.selection import Selection, StateFilter
 from jobworker.model import (
     DEFAULT_PAGE_SIZE,
@@ -31,6 +36,7 @@ from jobworker.model import (
     Usage,
 )
 from jobworker.server import listing
+from jobworker.transport import EncodedMessage
 from jobworker.v1 import jobworker_pb2 as pb
 
 pytestmark = pytest.mark.hierarchy_independent
@@ -167,9 +173,10 @@ def fetcher(
     for status in statuses:
         index[status.job_id] = status
 
-    def fetch(after: ListKey | None, limit: int, budget: int) -> Scanned[JobStatus]:
+    def fetch(after: ListKey | None, limit: int, budget: int) -> Scanned[listing.Entry]:
         calls.append(limit)
-        return index.scan(None, after, limit, match, budget)
+        scanned = index.scan(None, after, limit, match, budget)
+        return Scanned([listing.entry(s) for s in scanned.found], scanned.stopped, scanned.looked)
 
     calls: list[int] = []
     fetch.calls = calls  # type: ignore[attr-defined]
@@ -179,9 +186,21 @@ def fetcher(
 async def page(
     statuses: list[JobStatus], size: int, *, budget: int = listing.PAGE_BYTES
 ) -> pb.ListJobsResponse:
-    return await listing.page(
-        fetcher(statuses), listing.PageRequest(size=size, after=None), budget=budget
+    return decoded(
+        await listing.page(
+            fetcher(statuses), listing.PageRequest(size=size, after=None), budget=budget
+        )
     )
+
+
+def decoded(answer: EncodedMessage) -> pb.ListJobsResponse:
+    """The page as a client reads it; its bytes are exactly what protobuf makes of it
+    (so any client reads it, and the budget counts what is sent)."""
+    wire = answer.SerializeToString()
+    message = pb.ListJobsResponse.FromString(wire)
+    assert message.SerializeToString(deterministic=True) == wire
+    assert answer.size == 5 + len(wire)  # gRPC's prefix, then the message
+    return message
 
 
 async def test_a_page_of_the_most_jobs_with_maximal_argvs_fits_what_a_client_accepts() -> None:
@@ -211,7 +230,7 @@ async def test_a_page_is_fetched_in_chunks_with_checkpoints_between() -> None:
             await listing.page(fetch, listing.PageRequest(size=100, after=None))
     assert fetch.calls == [listing.CHUNK + 1]  # type: ignore[attr-defined]
     fetch = fetcher(statuses)
-    answer = await listing.page(fetch, listing.PageRequest(size=100, after=None))
+    answer = decoded(await listing.page(fetch, listing.PageRequest(size=100, after=None)))
     assert [j.job_id for j in answer.jobs] == [s.job_id for s in statuses]
     assert max(fetch.calls) == listing.CHUNK + 1  # type: ignore[attr-defined]
 
@@ -222,7 +241,7 @@ async def test_following_tokens_lists_every_job_once() -> None:
     seen: list[str] = []
     after = None
     while True:
-        answer = await listing.page(fetch, listing.PageRequest(size=7, after=after))
+        answer = decoded(await listing.page(fetch, listing.PageRequest(size=7, after=after)))
         seen += [job.job_id for job in answer.jobs]
         assert len(answer.jobs) <= 7
         if not answer.next_page_token:
@@ -279,7 +298,7 @@ async def every_page(fetch: listing.Fetch, request: listing.PageRequest) -> list
     """The ids of every page, following the tokens to the end."""
     pages = []
     while True:
-        answer = await listing.page(fetch, request)
+        answer = decoded(await listing.page(fetch, request))
         pages.append([job.job_id for job in answer.jobs])
         if not answer.next_page_token:
             return pages
@@ -308,7 +327,7 @@ async def test_a_filter_that_selects_nothing_looks_at_a_bounded_number_of_jobs_a
     count = listing.SCAN_BUDGET * 2 + 5
     statuses = [maximal_status(JobSpec(argv=("sh",)), n) for n in range(count)]
     fetch = fetcher(statuses, lambda _: False)
-    answer = await listing.page(fetch, listing.PageRequest(size=100, after=None))
+    answer = decoded(await listing.page(fetch, listing.PageRequest(size=100, after=None)))
     assert list(answer.jobs) == [] and answer.next_page_token
     assert len(fetch.calls) == listing.SCAN_BUDGET // listing.SCAN  # type: ignore[attr-defined]
     stopped = listing.decode_token(answer.next_page_token)
@@ -376,3 +395,25 @@ def test_the_filters_a_request_gives_become_its_selection() -> None:
         created_after=1.7e9 - 10,
     )
     assert listing.request_from(pb.ListJobsRequest()).selection == Selection()
+
+
+def test_a_terminated_job_keeps_its_entry_and_a_running_one_is_encoded_afresh(
+    tmp_path: Path,
+) -> None:
+    """A kept job's listing never changes, so its entry is encoded once (a page of
+    them is concatenation); a job not yet Terminated is encoded at each listing, its
+    readings being live."""
+    spec = maximal_spec(MAXIMAL_ARGVS["one-huge-arg"])
+
+    def job(phase: Phase) -> Job:
+        record = JobRecord.new(str(uuid.uuid4()), "alex", spec, created_at=1.7e9)
+        log = FileLog.restored(tmp_path / "output.log", 0)
+        return Job(record, tmp_path, log, Lifecycle(phase))
+
+    kept, running = job(Phase.TERMINATED), job(Phase.ACTIVE)
+    first = kept.listed_entry(listing.entry)
+    assert kept.listed_entry(listing.entry) is first
+    assert first.argv_cut and len(first.encoded) < 2 * MAX_LISTED_ARGS_BYTES
+    assert running.listed_entry(listing.entry) is not running.listed_entry(listing.entry)
+    kept.update(exit_code=3)  # a record that changes (never, once Terminated) is seen
+    assert kept.listed_entry(listing.entry) is not first

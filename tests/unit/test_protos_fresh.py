@@ -72,7 +72,7 @@ def test_committed_generated_code_is_what_protoc_generates_now(tmp_path: Path) -
 
 
 def test_purerpc_stub_offers_servicer_and_stub_with_every_method() -> None:
-    """The purerpc module has the servicer base and client stub, with all seven methods."""
+    """The purerpc module has the servicer base and client stub, with every method."""
     methods = {
         "StartJob",
         "StopJob",
@@ -81,6 +81,7 @@ def test_purerpc_stub_offers_servicer_and_stub_with_every_method() -> None:
         "ListJobs",
         "RemoveJob",
         "WatchJobs",
+        "GetAuditLog",
     }
     servicer = jobworker_grpc.JobWorkerServiceServicer()
     assert set(servicer.service.methods) == methods

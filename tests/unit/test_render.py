@@ -123,3 +123,27 @@ def test_status_shows_disk_usage_and_why_output_was_truncated() -> None:
     assert (data["output_disk_bytes"], data["workdir_bytes"]) == (1 << 20, 3 << 20)
     assert data["limits"]["output_bytes"] == 1 << 20
     assert "truncated" not in render.status_text(_job(status="Active"))
+
+
+def test_the_list_table_shows_owners_when_asked_and_cuts_commands_to_the_width() -> None:
+    long = _job(status="Active", args=["echo", "x" * 200])
+    table = render.table(
+        [long, _job(job_id="j2", owner="betty", status="Active")], now=160.0, owners=True
+    )
+    lines = table.splitlines()
+    assert lines[0].split() == [
+        "JOB",
+        "ID",
+        "OWNER",
+        "NAME",
+        "STATUS",
+        "EXIT",
+        "STARTED",
+        "COMMAND",
+    ]
+    assert lines[2].split()[:2] == ["j2", "betty"]
+    assert lines[1].endswith("...") and len(lines[1].split("  ")[-1]) == render.COMMAND_WIDTH
+    narrow = render.table([long], now=160.0, command_width=20).splitlines()[1]
+    assert narrow.endswith("  echo " + "x" * 12 + "...")
+    whole = render.table([long], now=160.0, command_width=None).splitlines()[1]
+    assert whole.endswith("echo " + "x" * 200)
