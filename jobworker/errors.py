@@ -39,14 +39,24 @@ class InvalidRequestError(JobWorkerError):
     """The request is malformed or asks for something impossible; nothing changed."""
 
 
-class JobNotFoundError(JobWorkerError):
-    """No job has this id (or the id is not a job id at all)."""
+class NameInUseError(InvalidRequestError):
+    """A start names its job as one of the caller's jobs already is (INVALID_ARGUMENT,
+    as any bad request; its own kind so that the start's metrics tell it apart from
+    refused limits)."""
 
-    #: The id asked for; "" when a client learnt of the error from jwsd's message.
+
+class JobNotFoundError(JobWorkerError):
+    """No job has this id (or the id is not a job id at all), or none of the caller's
+    jobs this name (`by_name`)."""
+
+    #: The id (or name) asked for; "" when a client learnt of the error from jwsd's message.
     job_id: str = ""
 
-    def __init__(self, job_id: str) -> None:
-        super().__init__(f"no job with id {quoted(job_id)}")
+    def __init__(self, job_id: str, *, by_name: bool = False) -> None:
+        if by_name:
+            super().__init__(f"no job of yours is named {quoted(job_id)}")
+        else:
+            super().__init__(f"no job with id {quoted(job_id)}")
         self.job_id = job_id
 
 

@@ -61,6 +61,8 @@ def status_to_proto(status: JobStatus) -> pb.GetJobStatusResponse:
         workdir_bytes=status.workdir_bytes,
         outcome_reason=status.outcome_reason or "",
         network=status.spec.network.value if status.spec.network else "",
+        name=status.spec.name or "",
+        labels=dict(status.spec.labels),
     )
     if status.exit_code is not None:
         message.exit_code = status.exit_code
@@ -89,6 +91,8 @@ def status_from_proto(message: pb.GetJobStatusResponse) -> JobStatus:
             argv=tuple(message.args),
             limits=limits_from_proto(message.limits),
             network=_known_network(message.network),
+            name=message.name or None,
+            labels=dict(message.labels),
         ),
         state=JobState(message.status),
         created_at=message.created_at,
@@ -132,3 +136,13 @@ def _known_network(text: str) -> NetworkMode | None:
         return NetworkMode(text) if text else None
     except ValueError:
         return None
+
+
+def varint(value: int) -> bytes:
+    """`value` (0 <= value < 2**64) as a protobuf base-128 varint."""
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)

@@ -134,6 +134,11 @@ class Metrics:
             "GetJobOutput streams open right now.",
             registry=registry,
         )
+        self.watchers = Gauge(
+            "jobworker_watchers",
+            "WatchJobs streams open right now.",
+            registry=registry,
+        )
         self.takeover_jobs = self._counter(
             "jobworker_takeover_jobs",
             "At start-up, the earlier jwsd's unfinished jobs: re-attached, found "

@@ -13,7 +13,6 @@ checked by `check_job_id`. Values are echoed in errors only through
 from __future__ import annotations
 
 import enum
-import re
 import signal
 from collections.abc import Iterable, Mapping
 
@@ -24,6 +23,8 @@ from jobworker.errors import InvalidRequestError, JobNotFoundError
 
 # Limits live with their vocabulary (jobworker.limits); they are model values too.
 from jobworker.limits import Limits as Limits
+from jobworker.naming import JOB_ID as JOB_ID
+from jobworker.naming import Labels, check_name, labels_from
 
 # Request bounds. Sizes are bytes of UTF-8, as execve sees them.
 #: Most arguments in a command (argv[0] included).
@@ -63,9 +64,6 @@ STOPPED_BY_SHUTDOWN = "jwsd stopped it as it shut down"
 #: stream is twice it, which bounds the output in flight to a follower that reads
 #: slowly (and the burst of work a slow follower costs jwsd).
 MAX_CLIENT_MESSAGE = 1 << 20
-
-#: A job id: a UUID in its canonical lower-case form, as the tracker makes them.
-JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def check_job_id(job_id: str) -> str:
@@ -208,6 +206,9 @@ class JobSpec:
     limits: resource limits; unset ones take the tracker's defaults.
     network: the network mode (`NetworkMode`); None: the server's default. Once the
         tracker has accepted the job, the mode it got.
+    name: the job's name (`jobworker.naming.check_name`); None: it has none.
+    labels: its labels, (key, value) pairs sorted by key (`jobworker.naming`);
+        a mapping is converted and checked.
     """
 
     argv: tuple[str, ...] = attrs.field(
@@ -219,6 +220,10 @@ class JobSpec:
     workdir: str | None = None
     limits: Limits = attrs.Factory(Limits)
     network: NetworkMode | None = attrs.field(default=None, converter=_to_network)
+    name: str | None = attrs.field(
+        default=None, validator=lambda _i, _a, v: v is None or bool(check_name(v))
+    )
+    labels: Labels = attrs.field(default=(), converter=labels_from)
 
     def __attrs_post_init__(self) -> None:
         if self.workdir is not None:
@@ -322,6 +327,11 @@ class JobStatus:
     workdir_bytes: int = 0
     outcome_reason: str | None = None
     argv_cut: bool = False
+
+    @property
+    def name(self) -> str | None:
+        """The job's name (`spec.name`); None when it has none."""
+        return self.spec.name
 
     @property
     def oom_killed(self) -> bool:

@@ -1,13 +1,16 @@
 """Which jobs the ids a person typed name, as `docker` resolves container ids: a whole
-id in any case (`7A31E0C4-...` is `7a31e0c4-...`), or a unique prefix of one of the
-jobs the caller can list (`jws status 7a31`).
+id in any case (`7A31E0C4-...` is `7a31e0c4-...`), the name of one of the caller's own
+jobs (`jws status nightly`), or a unique prefix of one of the jobs the caller can list
+(`jws status 7a31`). A name shaped like a prefix too (`cafe`) is the name first, as
+`docker` takes a container's name before an id prefix.
 
 A prefix is resolved on the client, from the caller's own listing (an admin's: every
 job): jwsd's API keeps taking whole ids only, so nothing new is asked of it, and a
 prefix can name no job the caller could not already see. The listing is fetched once
 per command, however many prefixes it was given. What is neither a whole id nor a
-possible prefix goes to jwsd as typed, whose answer ("no job with id ...") echoes it
-escaped."""
+possible prefix goes to jwsd as typed: a name (jwsd finds it among the caller's own
+jobs, "no job named ..." else), or something whose refusal ("no job with id ...")
+echoes it escaped."""
 
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import asyncclick as click
 from jobworker.echo import quoted
 from jobworker.errors import JobNotFoundError, JobWorkerError
 from jobworker.model import JOB_ID
+from jobworker.naming import is_name
 
 if TYPE_CHECKING:
     from jobworker.client import JobWorkerClient
@@ -45,16 +49,20 @@ class AmbiguousJobIdError(JobWorkerError):
 class JobIds:
     """Resolves typed ids on one connection; see the module docstring."""
 
-    def __init__(self, client: JobWorkerClient) -> None:
+    def __init__(self, client: JobWorkerClient, user: str) -> None:
+        """user: the caller, whose own jobs alone a name finds (an admin's listing
+        holds other users' jobs, whose names are theirs)."""
         import trio  # here, not at import: `jws --help` does not need it
 
         self._client = client
+        self._user = user
         self._listed: list[JobStatus] | None = None
         self._listing = trio.Lock()  # `jws stop A B` resolves both at once: one listing
 
     async def resolve(self, typed: str) -> str:
-        """The whole id `typed` names. Raises JobNotFoundError for a prefix of no
-        job's id, AmbiguousJobIdError for one of several."""
+        """The whole id `typed` names, or `typed` itself for jwsd to resolve (a name
+        that cannot be a prefix). Raises JobNotFoundError for a prefix of no job's
+        id, AmbiguousJobIdError for one of several."""
         lowered = typed.lower()
         if JOB_ID.fullmatch(lowered):
             return lowered
@@ -64,6 +72,10 @@ class JobIds:
             if self._listed is None:
                 self._listed = await self._client.list()
             listed = self._listed
+        if is_name(typed):
+            named = [job.job_id for job in listed if job.name == typed and job.owner == self._user]
+            if named:  # names are unique among a user's jobs: one
+                return named[0]
         candidates = [job.job_id for job in listed if job.job_id.startswith(lowered)]
         if len(candidates) == 1:
             return candidates[0]

@@ -17,6 +17,7 @@ from jobworker.cmdline import split_command
 from jobworker.errors import InvalidRequestError
 from jobworker.limits import Limits
 from jobworker.model import NETWORK_MODES, JobStatus
+from jobworker.naming import check_name, labels_from, parse_label
 
 if TYPE_CHECKING:
     from jobworker.client import JobWorkerClient
@@ -33,6 +34,8 @@ class JobRequest:
     env: dict[str, str]
     workdir: str
     network: str
+    name: str = ""
+    labels: dict[str, str] = attrs.field(factory=dict)
 
     @classmethod
     def from_options(
@@ -44,6 +47,8 @@ class JobRequest:
         env: tuple[str, ...],
         workdir: str,
         network: str | None,
+        name: str | None = None,
+        labels: tuple[str, ...] = (),
     ) -> JobRequest:
         """The request the options give. limit_texts: each limit's text by its field
         (None: not given). Raises Failure (usage) for what no server would accept."""
@@ -63,6 +68,8 @@ class JobRequest:
             env=_environment_from(env),
             workdir=workdir,
             network=network or "",
+            name=_name_from(name),
+            labels=labels_option(labels),
         )
 
     async def start(self, client: JobWorkerClient) -> JobStatus:
@@ -74,6 +81,8 @@ class JobRequest:
             env=self.env,
             workdir=self.workdir,
             network=self.network,
+            name=self.name,
+            labels=self.labels,
         )
 
 
@@ -89,6 +98,30 @@ def _limits_from(texts: dict[str, str | None]) -> Limits:
         )
     except (ValueError, InvalidRequestError) as exc:
         raise Failure(str(exc), EXIT_USAGE) from None
+
+
+def _name_from(name: str | None) -> str:
+    """`--name`, checked as jwsd will check it ("": none given)."""
+    if name is None:
+        return ""
+    try:
+        return check_name(name)
+    except InvalidRequestError as exc:
+        raise Failure(f"--name: {exc}", EXIT_USAGE) from None
+
+
+def labels_option(items: tuple[str, ...]) -> dict[str, str]:
+    """`--label KEY=VALUE` (repeatable), checked as jwsd will check them."""
+    try:
+        return dict(labels_from([parse_label(item) for item in items]))
+    except InvalidRequestError as exc:
+        raise Failure(f"--label: {exc}", EXIT_USAGE) from None
+
+
+def label_flag(help_text: str) -> Callable[..., Any]:
+    """`--label KEY=VALUE`, repeatable, handed on as the argument `labels`."""
+    # No `-l`: `jws start ls -l` must still say that arguments go after `--`.
+    return click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help=help_text)
 
 
 def _environment_from(items: tuple[str, ...]) -> dict[str, str]:
@@ -114,7 +147,7 @@ def _limit_option(kind: limits_table.LimitKind) -> Callable[..., Any]:
 def job_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """The options of `start` and `run` (what to run and within which limits), handed
     to the command as one `job: JobRequest` argument, checked before it runs."""
-    names = ["command_line", "argv", "env", "workdir", "network"]
+    names = ["command_line", "argv", "env", "workdir", "network", "name", "labels"]
 
     @functools.wraps(fn)
     async def command(**kwargs: Any) -> Any:
@@ -154,6 +187,15 @@ def job_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                 help="outbound: outbound access in the job's own network namespace; none: "
                 "loopback only; host: the host's network (if jwsd allows it). "
                 "Default: the server's (jwsd --network-default).",
+            ),
+            click.option(
+                "--name",
+                help="The job's name, unique among your jobs (1 to 63 letters, digits, '_', "
+                "'.', '-'); other commands take it where they take an id.",
+            ),
+            label_flag(
+                "A label KEY=VALUE (repeatable, at most 32; keys as Kubernetes labels, "
+                "e.g. team=infra, example.com/tier=web); `jws list --label` selects by them."
             ),
             click.argument("argv", nargs=-1, type=click.UNPROCESSED),
         ]

@@ -4,7 +4,9 @@
     jws status -u alex -j ID            Pending / Active / Terminated, then the details
     jws output -u alex -j ID            the raw output from the first byte, following to the end
     jws stop -u alex -j ID [-j ID2]     SIGTERM, grace, SIGKILL; returns once they have ended
-    jws list -u alex                    the caller's jobs
+    jws list -u alex --label team=a     the caller's jobs (filtered by jwsd)
+    jws events -u alex                  the caller's jobs' changes as they happen
+    jws wait -u alex -j NAME            until it ends; exits with its exit code
     jws rm -u alex -j ID                forget a finished job: its record and its output
     jws run -u alex -- make test        start, stream, exit with the job's exit code
     jws login alex                      make alex (and --addr / --tls-dir) the default
@@ -14,11 +16,11 @@ Exit codes: 0 success; 1 the server refused (access denied, no such job, bad
 request...); 2 a usage or local set-up error (bad or repeated flag, no user, no
 credentials, a client certificate jwsd cannot accept); 3 jwsd could not be
 reached or went away; 127 no such program; 130 interrupted (Ctrl-C); 141 `jws
-run`'s stdout closed. `jws run` exits with the job's own exit code (128+n when
+run`'s stdout closed; 124 `jws wait --timeout` ran out. `jws run` and `jws wait` exit with the job's own exit code (128+n when
 signal n killed it) once the job has ended; Ctrl-C or a closed stdout stops the
 job first (see `jobworker.cli.leaving`).
 
-`output` and `run` ride over a restart of jwsd: once connected, they connect
+`output`, `run` and `wait` ride over a restart of jwsd: once connected, they connect
 again with backoff when jwsd goes away and resume at the byte they reached
 (`--reconnect-timeout`, see `jobworker.client.reconnect`); every other command fails
 at once with exit code 3.
@@ -26,7 +28,7 @@ at once with exit code 3.
 
 from __future__ import annotations
 
-import functools
+import datetime
 import os
 import sys
 import time
@@ -36,11 +38,11 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import asyncclick as click
 
-from jobworker.cli import render
+from jobworker.cli import render, watch
 from jobworker.cli.config import DEFAULT_ADDR, DEFAULT_TLS_DIR, ClientConfig, config_path
 from jobworker.cli.failure import EXIT_SERVER_ERROR, EXIT_USAGE, Failure
-from jobworker.cli.job_ids import JobIds, complete_job_ids
-from jobworker.cli.job_request import JobRequest, job_options
+from jobworker.cli.job_ids import JobIds
+from jobworker.cli.job_request import JobRequest, job_options, label_flag, labels_option
 from jobworker.cli.leaving import EXIT_INTERRUPTED, Following, Left, start_interruptibly
 from jobworker.cli.stdout import copy_output
 from jobworker.cli.target import (
@@ -51,7 +53,7 @@ from jobworker.cli.target import (
     reconnect_option,
     reconnector_to,
 )
-from jobworker.cli.usage import StrictGroup, one_line
+from jobworker.cli.usage import StrictGroup, job_id_option, job_ids_options, one_line
 from jobworker.echo import shown
 from jobworker.errors import (
     JobWorkerError,
@@ -98,55 +100,6 @@ async def start(user: str | None, addr: str | None, tls_dir: str | None, job: Jo
     click.echo(shown(started.job_id))
 
 
-def job_ids_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """The ids of the commands that act on several jobs: `-j A -j B`, or `A B` after
-    the options, handed to the command as one `job_ids: tuple[str, ...]` argument."""
-
-    @functools.wraps(fn)
-    async def command(*, job_options: tuple[str, ...], ids: tuple[str, ...], **kwargs: Any) -> Any:
-        job_ids = tuple(dict.fromkeys((*job_options, *ids)))  # each once, in order
-        if not job_ids:
-            raise Failure(
-                "no job id: give one or more, with -j ID or after the options", EXIT_USAGE
-            )
-        return await fn(job_ids=job_ids, **kwargs)
-
-    command = click.option(
-        "-j",
-        "--job",
-        "job_options",
-        multiple=True,
-        help="A job's id (repeatable).",
-        shell_complete=complete_job_ids,
-    )(command)
-    return click.argument("ids", nargs=-1, metavar="[ID]...", shell_complete=complete_job_ids)(
-        command
-    )
-
-
-def job_id_option(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """The id of a command that acts on one job: `-j ID` or `ID` after the options,
-    handed to the command as `job_id: str`."""
-
-    @functools.wraps(fn)
-    async def command(*, job_option: str | None, id_argument: str | None, **kwargs: Any) -> Any:
-        if (job_option is None) == (id_argument is None):
-            raise Failure(
-                "give one job id: with -j ID or after the options"
-                if job_option is None
-                else "one job id: with -j ID or after the options, not both",
-                EXIT_USAGE,
-            )
-        return await fn(job_id=job_option or id_argument, **kwargs)
-
-    command = click.option(
-        "-j", "--job", "job_option", help="The job's id.", shell_complete=complete_job_ids
-    )(command)
-    return click.argument(
-        "id_argument", metavar="[ID]", required=False, shell_complete=complete_job_ids
-    )(command)
-
-
 async def _for_each_job(
     job_ids: tuple[str, ...], target: Target, act: Callable[[JobWorkerClient, str], Any]
 ) -> None:
@@ -158,7 +111,7 @@ async def _for_each_job(
     refused: list[str] = []
     lost: list[JobWorkerError] = []  # raised here, not as an ExceptionGroup
     async with connected(target) as client:
-        resolver = JobIds(client)
+        resolver = JobIds(client, target.credentials.user)
         async with trio.open_nursery() as nursery:
 
             async def one(typed: str) -> None:
@@ -230,15 +183,18 @@ async def status(
 ) -> None:
     """Show a job's status: Pending, Active or Terminated first, then how it ended and what it used.
 
-    The id may be cut to a prefix that begins no other of your jobs' ids.
+    The id may be cut to a prefix that begins no other of your jobs' ids, or be
+    the name of one of your jobs.
 
     \b
     Example:
       jws status 5f0c1a2b
+      jws status nightly-build
       jws status -j 5f0c1a2b-... --json | jq .exit_code
     """
-    async with connected(Target.chosen(user, addr, tls_dir)) as client:
-        job = await client.status(await JobIds(client).resolve(job_id))
+    target = Target.chosen(user, addr, tls_dir)
+    async with connected(target) as client:
+        job = await client.status(await JobIds(client, target.credentials.user).resolve(job_id))
     click.echo(render.as_json(render.status_dict(job)) if as_json else render.status_text(job))
 
 
@@ -268,6 +224,20 @@ async def remove(
 
 @jws.command(name="list")
 @connection_options
+@label_flag("Only jobs with this label KEY=VALUE (repeatable: every one must hold).")
+@click.option(
+    "--state",
+    type=click.Choice(["active", "ended"]),
+    help="active: jobs that have not ended; ended: those that have.",
+)
+@click.option("--name", help="Only the job of this name.")
+@click.option("--owner", metavar="USER", help="Only USER's jobs (for an admin).")
+@click.option(
+    "--since",
+    metavar="WHEN",
+    help="Only jobs created since WHEN: a duration ago (10m, 2h, 1d) or a time "
+    "(2026-01-31T12:00:00Z, RFC 3339).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the jobs as JSON, for scripts.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the jobs' ids, one a line.")
 @click.option("--no-trunc", is_flag=True, help="Show each command as jwsd listed it, uncut.")
@@ -275,11 +245,17 @@ async def list_jobs(
     user: str | None,
     addr: str | None,
     tls_dir: str | None,
+    labels: tuple[str, ...],
+    state: str | None,
+    name: str | None,
+    owner: str | None,
+    since: str | None,
     as_json: bool,
     quiet: bool,
     no_trunc: bool,
 ) -> None:
-    """List your jobs (every job, for an admin, with an OWNER column), oldest first.
+    """List your jobs (every job, for an admin, with an OWNER column), oldest first,
+    filtered by jwsd.
 
     Follows the server's pages to the end. On a terminal the COMMAND column fits
     its width (elsewhere, 60 characters); --no-trunc shows it as jwsd listed it,
@@ -288,13 +264,23 @@ async def list_jobs(
 
     \b
     Examples:
-      jws list
-      jws rm $(jws list -q)
-      jws list --json | jq -r '.[] | select(.status == "Active") | .job_id'
+      jws list --state active
+      jws list --label team=infra --since 1h
+      jws rm $(jws list -q --state ended)
+      jws list --owner betty --json | jq -r '.[].job_id'     # as an admin
     """
+    from jobworker.client import JobFilter
+
+    selection = JobFilter(
+        labels=labels_option(labels),
+        state=state,
+        name=name,
+        owner=owner,
+        created_after=None if since is None else _since(since),
+    )
     target = Target.chosen(user, addr, tls_dir)
     async with connected(target) as client:
-        jobs = await client.list()
+        jobs = await client.list(selection=selection)
     if as_json:
         click.echo(render.as_json([render.status_dict(job) for job in jobs]))
     elif quiet:
@@ -323,8 +309,6 @@ async def prune(user: str | None, addr: str | None, tls_dir: str | None, until: 
       jws prune
       jws prune --until 1h
     """
-    import time
-
     try:
         age = parse_duration(until) if until is not None else 0.0
     except ValueError as exc:
@@ -349,6 +333,24 @@ async def prune(user: str | None, addr: str | None, tls_dir: str | None, until: 
 
     await _for_each_job(tuple(ended), target, remove_one)
     _say(f"removed {len(ended)} {'job' if len(ended) == 1 else 'jobs'}")
+
+
+def _since(text: str) -> float:
+    """The Unix time `--since` names: a duration before now, or an RFC 3339 time."""
+    try:
+        return time.time() - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        when = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise Failure(
+            f"--since wants a duration (10m, 2h) or a time (2026-01-31T12:00:00Z), not {text!r}",
+            EXIT_USAGE,
+        ) from None
+    if when.tzinfo is None:
+        when = when.astimezone()  # a time without a zone is the local one
+    return when.timestamp()
 
 
 async def _final_status(
@@ -403,7 +405,8 @@ async def output(
     Starts at the first byte (or --offset) and follows the job until it ends.
     Ctrl-C stops following; the job keeps running. When jwsd goes away (a
     restart), connects again and goes on from the byte it reached. The id may
-    be cut to a prefix that begins no other of your jobs' ids.
+    be cut to a prefix that begins no other of your jobs' ids, or be the name
+    of one of your jobs.
 
     \b
     Example:
@@ -412,7 +415,7 @@ async def output(
     target = Target.chosen(user, addr, tls_dir)
     reconnector = reconnector_to(target, reconnect_timeout, _say)
     async with connected(target) as client:
-        job_id = await JobIds(client).resolve(job_id)
+        job_id = await JobIds(client, target.credentials.user).resolve(job_id)
         fd = sys.stdout.fileno()
         reached = await copy_output(client, job_id, offset, fd, reconnector)
         if reconnector.reconnected:  # jwsd restarted: what did that cost the job?
@@ -609,6 +612,10 @@ def _remember(user: str, addr: str | None, tls_dir: str | None) -> str:
         raise Failure(f"{exc}; nothing saved", EXIT_USAGE) from None
     path = ClientConfig(user=user, addr=addr or stored.addr, tls_dir=str(tls)).save(config_path())
     return f"now acting as {user}, with {tls} (saved in {path})"
+
+
+jws.add_command(watch.events)
+jws.add_command(watch.wait)
 
 
 def _say(line: str) -> None:

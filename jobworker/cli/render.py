@@ -25,6 +25,8 @@ def status_dict(job: JobStatus) -> dict[str, Any]:
     optional fields are null)."""
     return {
         "job_id": job.job_id,
+        "name": job.name,
+        "labels": dict(job.spec.labels),
         "status": job.state.value,
         "owner": job.owner,
         "args": list(job.spec.argv),
@@ -124,6 +126,10 @@ def status_text(job: JobStatus, *, now: float | None = None) -> str:
         ("owner", job.owner),
         ("command", shlex.join(job.spec.argv)),
     ]
+    if job.name is not None:
+        rows.insert(1, ("name", job.name))
+    if job.spec.labels:
+        rows.append(("labels", labels_text(job)))
     if job.started_at is not None:
         rows.append(("started", _when(job.started_at, now)))
     if job.ended_at is not None and job.started_at is not None:
@@ -182,7 +188,9 @@ def table(
     command is cut ("..."), None for as jwsd listed it; owners: an OWNER column
     (a listing with other users' jobs in it, an admin's)."""
     now = time.time() if now is None else now
-    rows: list[tuple[str, ...]] = [("JOB ID", "OWNER", "STATUS", "EXIT", "STARTED", "COMMAND")]
+    rows: list[tuple[str, ...]] = [
+        ("JOB ID", "OWNER", "NAME", "STATUS", "EXIT", "STARTED", "COMMAND")
+    ]
     for job in jobs:
         exit_text = str(job.exit_code) if job.exit_code is not None else "-"
         started = _ago(now - job.started_at) if job.started_at is not None else "-"
@@ -195,6 +203,7 @@ def table(
             (
                 shown(job.job_id),
                 shown(job.owner),
+                shown(job.name or "-"),
                 shown(job.state.value),
                 exit_text,
                 started,
@@ -208,6 +217,11 @@ def table(
         "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])) + "  " + row[-1]
         for row in rows
     )
+
+
+def labels_text(job: JobStatus) -> str:
+    """The job's labels as `jws start --label` takes them: "team=infra tier=web"."""
+    return " ".join(f"{key}={value}" for key, value in job.spec.labels)
 
 
 def _when(timestamp: float, now: float) -> str:

@@ -6,10 +6,15 @@ line, and `--help`'s command list shows each summary whole (Click cuts it with "
 
 from __future__ import annotations
 
+import functools
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 import asyncclick as click
+
+from jobworker.cli.failure import EXIT_USAGE, Failure
+from jobworker.cli.job_ids import complete_job_ids
 
 
 class StrictCommand(click.Command):
@@ -75,4 +80,58 @@ def one_line(exc: click.ClickException) -> str:
     return message
 
 
-__all__ = ["StrictCommand", "StrictGroup", "one_line"]
+def job_ids_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The ids of the commands that act on several jobs: `-j A -j B`, or `A B` after
+    the options, handed to the command as one `job_ids: tuple[str, ...]` argument
+    (each an id, a prefix of one or a name, as typed: `JobIds` resolves them)."""
+
+    @functools.wraps(fn)
+    async def command(*, job_options: tuple[str, ...], ids: tuple[str, ...], **kwargs: Any) -> Any:
+        job_ids = tuple(dict.fromkeys((*job_options, *ids)))  # each once, in order
+        if not job_ids:
+            raise Failure(
+                "no job id: give one or more, with -j ID or after the options", EXIT_USAGE
+            )
+        return await fn(job_ids=job_ids, **kwargs)
+
+    command = click.option(
+        "-j",
+        "--job",
+        "job_options",
+        multiple=True,
+        help="A job's id, id prefix or name (repeatable).",
+        shell_complete=complete_job_ids,
+    )(command)
+    return click.argument("ids", nargs=-1, metavar="[ID]...", shell_complete=complete_job_ids)(
+        command
+    )
+
+
+def job_id_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The id of a command that acts on one job: `-j ID` or `ID` after the options,
+    handed to the command as `job_id: str` (an id, a prefix of one or a name)."""
+
+    @functools.wraps(fn)
+    async def command(*, job_option: str | None, id_argument: str | None, **kwargs: Any) -> Any:
+        if (job_option is None) == (id_argument is None):
+            raise Failure(
+                "give one job id: with -j ID or after the options"
+                if job_option is None
+                else "one job id: with -j ID or after the options, not both",
+                EXIT_USAGE,
+            )
+        return await fn(job_id=job_option or id_argument, **kwargs)
+
+    command = click.option(
+        "-j",
+        "--job",
+        "job_option",
+        help="The job's id, id prefix or name.",
+        shell_complete=complete_job_ids,
+    )(command)
+    return click.argument(
+        "id_argument", metavar="[ID]", required=False, shell_complete=complete_job_ids
+    )(command)
+
+
+__all__ = ["StrictCommand", "StrictGroup", "job_id_option", "job_ids_options", "one_line"]

@@ -20,7 +20,13 @@ What it offers:
   kinds (`JobNotFoundError`, `AccessDeniedError`, ...) when it refused.
 """
 
-from jobworker.client.connection import Credentials, JobWorkerClient, connect
+from jobworker.client.connection import (
+    Credentials,
+    JobFilter,
+    JobWorkerClient,
+    WatchedEvent,
+    connect,
+)
 from jobworker.client.errors import error_for
 from jobworker.client.reconnect import CONNECT_TIMEOUT, Backoff, Connect, Reconnector, follow_output
 
@@ -29,8 +35,10 @@ __all__ = [
     "Backoff",
     "Connect",
     "Credentials",
+    "JobFilter",
     "JobWorkerClient",
     "Reconnector",
+    "WatchedEvent",
     "connect",
     "error_for",
     "follow_output",

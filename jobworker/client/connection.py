@@ -94,6 +94,44 @@ async def connect(
         )
 
 
+@attrs.frozen
+class JobFilter:
+    """Which jobs a listing asks the server for (ListJobsRequest's filters); every
+    one given must hold. labels: jobs with every one of these; state: "active" or
+    "ended" (None: both); name: jobs of this name; owner: this user's jobs (an
+    admin's filter); created_after: jobs created at or after this Unix time."""
+
+    labels: Mapping[str, str] = attrs.field(factory=dict)
+    state: str | None = None
+    name: str | None = None
+    owner: str | None = None
+    created_after: float | None = None
+
+    def request(self) -> pb.ListJobsRequest:
+        """The first page's request with these filters."""
+        request = pb.ListJobsRequest(
+            labels=dict(self.labels),
+            state=self.state or "",
+            name=self.name or "",
+            owner=self.owner or "",
+        )
+        if self.created_after is not None:
+            request.created_after = self.created_after
+        return request
+
+
+@attrs.frozen
+class WatchedEvent:
+    """One WatchJobs event: resume after it with `cursor`; kind: "created",
+    "active", "stop-requested", "terminated", "removed"; "watching" (no job) first,
+    or "stale" (no job) then "current" ones after a stale cursor; at: when (Unix time); job: the job then."""
+
+    cursor: str
+    kind: str
+    at: float
+    job: JobStatus | None
+
+
 @attrs.define(eq=False)
 class JobWorkerClient:
     """The API's calls with Python arguments. Every method raises the `JobWorkerError`
@@ -120,10 +158,13 @@ class JobWorkerClient:
         env: Mapping[str, str] | None = None,
         workdir: str = "",
         network: str = "",
+        name: str = "",
+        labels: Mapping[str, str] | None = None,
     ) -> JobStatus:
         """Start a job from a command line (`cmd`) or an exact argv (`args`) within
         `limits` (unset ones: the server's defaults) with the network mode `network`
-        ("": the server's default); its status once running."""
+        ("": the server's default), named `name` ("": no name) with `labels`; its
+        status once running."""
         request = pb.StartJobRequest(
             cmd=cmd,
             args=list(args),
@@ -131,6 +172,8 @@ class JobWorkerClient:
             env=dict(env or {}),
             workdir=workdir,
             network=network,
+            name=name,
+            labels=dict(labels or {}),
         )
         with mapped_errors():
             response: pb.StartJobResponse = await self.stub.StartJob(request)
@@ -158,17 +201,22 @@ class JobWorkerClient:
         with mapped_errors():
             await self.stub.RemoveJob(pb.RemoveJobRequest(job_id=job_id))
 
-    async def list(self, *, page_size: int | None = None) -> list[JobStatus]:
+    async def list(
+        self, *, page_size: int | None = None, selection: JobFilter | None = None
+    ) -> list[JobStatus]:
         """The caller's jobs (every job, for an admin), oldest first, each argv cut
         as listings cut it (`JobStatus.argv_cut`; `status` gives it all). Gathers
         `jobs()`: one page in flight at a time."""
-        return [job async for job in self.jobs(page_size=page_size)]
+        return [job async for job in self.jobs(page_size=page_size, selection=selection)]
 
-    async def jobs(self, *, page_size: int | None = None) -> AsyncGenerator[JobStatus, None]:
+    async def jobs(
+        self, *, page_size: int | None = None, selection: JobFilter | None = None
+    ) -> AsyncGenerator[JobStatus, None]:
         """The caller's jobs as `list` gives them, one ListJobs page at a time: the
         next page is asked for once this one's jobs are consumed. page_size: jobs
-        per page (1 to 1000; None: the server's default)."""
-        request = pb.ListJobsRequest()
+        per page (1 to 1000; None: the server's default); selection: only the jobs
+        it selects, filtered by the server (None: every job)."""
+        request = selection.request() if selection is not None else pb.ListJobsRequest()
         if page_size is not None:
             request.page_size = page_size
         while True:
@@ -179,6 +227,33 @@ class JobWorkerClient:
             if not response.next_page_token:
                 return
             request.page_token = response.next_page_token
+
+    async def watch(
+        self,
+        *,
+        since: str = "",
+        job_ids: Sequence[str] = (),
+        selection: JobFilter | None = None,
+    ) -> AsyncGenerator[WatchedEvent, None]:
+        """The events of the caller's jobs (every job's, for an admin) after the cursor
+        `since` ("": from now), of `job_ids` only (ids or names; empty: any), those
+        `selection` selects (its labels, state and owner). Never ends by itself:
+        close it with `contextlib.aclosing`."""
+        request = pb.WatchJobsRequest(since=since, job_ids=list(job_ids))
+        if selection is not None:
+            request.labels.update(selection.labels)
+            request.state = selection.state or ""
+            request.owner = selection.owner or ""
+        responses = self.stub.WatchJobs(request)
+        with mapped_errors():
+            async with contextlib.aclosing(responses) as stream:
+                async for event in stream:
+                    yield WatchedEvent(
+                        cursor=event.cursor,
+                        kind=event.kind,
+                        at=event.at,
+                        job=status_from_proto(event.job) if event.HasField("job") else None,
+                    )
 
     async def audit(
         self,

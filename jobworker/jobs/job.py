@@ -41,6 +41,8 @@ class Job:
     ended_clock: when it ended, on trio's clock (the retention's).
     record_stale: its terminal record could not be written (a full disk): it is
         written again when the tracker exits.
+    on_phase: called (synchronously) after each change of phase, with the job: the
+        tracker's event log (`jobworker.jobs.events`); None: nobody listens.
     """
 
     record: JobRecord
@@ -51,6 +53,7 @@ class Job:
     watch: int | None = None
     ended_clock: float | None = None
     record_stale: bool = False
+    on_phase: Callable[[Job], None] | None = None
     _changed: trio.Event = attrs.Factory(trio.Event)
     # (encode, encode(listed snapshot)) once Terminated: `listed_entry`.
     _entry: tuple[Callable[[JobStatus], Any], Any] | None = None
@@ -66,6 +69,10 @@ class Job:
     @property
     def created_at(self) -> float:
         return self.record.created_at
+
+    @property
+    def name(self) -> str | None:
+        return self.record.name
 
     @property
     def phase(self) -> Phase:
@@ -92,6 +99,8 @@ class Job:
             self._changed.set()
             self._changed = trio.Event()
             self._entry = None
+            if self.on_phase is not None:
+                self.on_phase(self)
         return changed
 
     async def until(self, reached: Callable[[Phase], bool]) -> None:
@@ -130,6 +139,12 @@ class Job:
         """The spec as a listing shows it, and whether its argv was cut
         (`JobSpec.listed`), made once: a page costs O(jobs), whatever their argvs."""
         return self.spec.listed()
+
+    def recorded_snapshot(self) -> JobStatus:
+        """The job as its record has it, its argv cut as a listing's: no live reading
+        (no cgroup file is read), so cheap enough for every event."""
+        spec, argv_cut = self.listed_spec
+        return self.record.status(spec=spec, argv_cut=argv_cut, output_size=self.log.size)
 
     def listed_entry(self, encode: Callable[[JobStatus], T]) -> T:
         """`encode(self.snapshot(listed=True))`: a listing's form of the job (the

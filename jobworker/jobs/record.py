@@ -21,11 +21,18 @@ import attrs
 
 from jobworker.jobs.lifecycle import StopCause
 from jobworker.model import JobSpec, JobState, JobStatus, Limits, NetworkMode, Outcome, Usage
+from jobworker.naming import Labels
 from jobworker.sandbox import Processes
 
 
 def _strings(value: Iterable[str]) -> tuple[str, ...]:
     return tuple(value)
+
+
+def _to_labels(value: Iterable[Iterable[str]]) -> Labels:
+    """Labels as records keep them: checked when the job started, so not again here."""
+    pairs = (tuple(pair) for pair in value)
+    return tuple((key, text) for key, text in pairs)
 
 
 def _to_limits(value: Limits | Mapping[str, Any]) -> Limits:
@@ -56,6 +63,7 @@ class JobRecord:
     host_uid: the host uid (and gid) the job's processes run as, its owner's
         (`jobworker.jobs.uids`); None in records from before jobs had one (they ran
         as the job user's own uid).
+    name / labels: the job's name (None: none) and labels, as its spec had them.
     """
 
     job_id: str
@@ -88,6 +96,8 @@ class JobRecord:
     copier_start: int | None = None
     cgroups: tuple[str, ...] = attrs.field(default=(), converter=_strings)
     host_uid: int | None = None
+    name: str | None = None
+    labels: Labels = attrs.field(default=(), converter=_to_labels)
 
     @classmethod
     def new(
@@ -106,13 +116,20 @@ class JobRecord:
             network=spec.network or NetworkMode.NONE,
             limits=spec.limits,
             host_uid=host_uid,
+            name=spec.name,
+            labels=spec.labels,
         )
 
     @property
     def spec(self) -> JobSpec:
         """What the job runs, as the API shows it (no environment)."""
         return JobSpec(
-            argv=self.argv, workdir=self.workdir, limits=self.limits, network=self.network
+            argv=self.argv,
+            workdir=self.workdir,
+            limits=self.limits,
+            network=self.network,
+            name=self.name,
+            labels=self.labels,
         )
 
     @property

@@ -2,8 +2,8 @@
 bound on them (`jwsd --max-record-bytes-per-user`).
 
 A record keeps what the user sent that is not bounded by the server's own
-vocabulary: the argv (up to 1 MiB per job), the environment's names and the
-working directory (`record_bytes`). Counted per owner over every job the tracker
+vocabulary: the argv (up to 1 MiB per job), the environment's names, the
+working directory, the name and the labels (`record_bytes`). Counted per owner over every job the tracker
 holds, running and kept, so that `jobs.db` is bounded by users × this bound
 whatever they start, and a user near it is told what to remove rather than the
 store growing until the disk is full.
@@ -23,6 +23,7 @@ import attrs
 from jobworker.errors import QuotaExceededError
 from jobworker.jobs.record import JobRecord
 from jobworker.model import JobSpec
+from jobworker.naming import Labels
 from jobworker.units import format_size
 
 #: Bytes of a record that no user controls (ids, state, times, limits, pids), a
@@ -30,21 +31,33 @@ from jobworker.units import format_size
 RECORD_OVERHEAD = 1024
 
 
-def record_bytes(argv: tuple[str, ...], env_keys: tuple[str, ...] = (), workdir: str = "") -> int:
-    """The bytes of a job's record that its owner chose (UTF-8), plus the fixed overhead."""
+def record_bytes(
+    argv: tuple[str, ...],
+    env_keys: tuple[str, ...] = (),
+    workdir: str = "",
+    name: str = "",
+    labels: Labels = (),
+) -> int:
+    """The bytes of a job's record that its owner chose (UTF-8), plus the fixed overhead.
+    (Names and labels are ASCII: `jobworker.naming`.)"""
     chosen = sum(len(arg.encode(errors="surrogatepass")) for arg in argv)
     chosen += sum(len(key.encode(errors="surrogatepass")) for key in env_keys)
+    chosen += len(name) + sum(len(key) + len(value) for key, value in labels)
     return RECORD_OVERHEAD + chosen + len(workdir.encode(errors="surrogatepass"))
 
 
 def spec_record_bytes(spec: JobSpec) -> int:
     """`record_bytes` of the record a job started from `spec` will have."""
-    return record_bytes(spec.argv, tuple(spec.env or ()), spec.workdir or "")
+    return record_bytes(
+        spec.argv, tuple(spec.env or ()), spec.workdir or "", spec.name or "", spec.labels
+    )
 
 
 def record_size(record: JobRecord) -> int:
     """`record_bytes` of a stored record."""
-    return record_bytes(record.argv, record.env_keys, record.workdir or "")
+    return record_bytes(
+        record.argv, record.env_keys, record.workdir or "", record.name or "", record.labels
+    )
 
 
 @attrs.define(eq=False)

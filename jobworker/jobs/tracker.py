@@ -48,7 +48,7 @@ import shutil
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from types import TracebackType
 from typing import TypeVar
 
@@ -57,24 +57,28 @@ import trio
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from jobworker import faults, logs
+from jobworker.echo import quoted
 from jobworker.errors import (
     AccessDeniedError,
     BadStateError,
     InvalidRequestError,
     JobNotFoundError,
+    NameInUseError,
     ShuttingDownError,
     sole_error,
 )
 from jobworker.jobs import datadir, disk, policy, record_quota, uids
 from jobworker.jobs.config import TrackerConfig
+from jobworker.jobs.events import Cursor, EventKind, EventLog, JobEvent
 from jobworker.jobs.finished import FinishedJobs
 from jobworker.jobs.job import Job
-from jobworker.jobs.job_index import JobIndex, ListKey
-from jobworker.jobs.lifecycle import Event, StopCause
+from jobworker.jobs.job_index import JobIndex, ListKey, Scanned
+from jobworker.jobs.lifecycle import Event, Phase, StopCause
 from jobworker.jobs.output_log import FileLog
 from jobworker.jobs.record import JobRecord
 from jobworker.jobs.record_quota import RecordQuota
 from jobworker.jobs.restore import restore
+from jobworker.jobs.selection import Selection
 from jobworker.jobs.store import JobStore
 from jobworker.jobs.supervisor import FINISH_TIMEOUT, Supervisor
 from jobworker.jobs.watcher import OutputWatcher
@@ -88,6 +92,7 @@ from jobworker.model import (
     NetworkMode,
     Outcome,
 )
+from jobworker.naming import is_name
 from jobworker.sandbox import (
     OUTPUT_NAME,
     CgroupDriver,
@@ -145,6 +150,8 @@ class JobTracker:
     _supervisor: Supervisor | None = attrs.field(init=False, default=None)
     _restored: builtins.list[Job] = attrs.field(init=False, factory=list)
     _uids: uids.HostUids | None = attrs.field(init=False, default=None)
+    #: Every change of a job the API shows, for watchers (`watch`).
+    events: EventLog = attrs.field(init=False, factory=EventLog)
     # Output bytes of the jobs forgotten so far: with the jobs' own, the bytes jobs wrote.
     _forgotten_output: int = attrs.field(init=False, default=0)
 
@@ -254,6 +261,7 @@ class JobTracker:
                 "the disk quota per user does not bound them"
             )
         for job in restored.jobs:
+            job.on_phase = self._phase_changed
             self._jobs[job.job_id] = job
             self._record_bytes.restore(job.owner, job.job_id, record_quota.record_size(job.record))
             if job.running is not None and not job.phase.ended:
@@ -384,6 +392,11 @@ class JobTracker:
         # After the only await of the checks: no other start of this owner's can pass
         # it before this one is counted (below, with nothing awaited in between).
         policy.check_running_quota(self.config, self._running[owner])
+        if spec.name is not None and self._jobs.named(owner, spec.name) is not None:
+            raise NameInUseError(
+                f"you already have a job named {quoted(spec.name)}; choose another name, "
+                "or remove that job first (jws rm)"
+            )
         user = sandbox.user_on_host(host_uid)
         job_id = str(uuid.uuid4())
         logs.add_field("job", job_id)  # the call's lines from here on are about this job
@@ -406,7 +419,9 @@ class JobTracker:
         except BaseException:
             self._disk.release(job_id)
             raise
+        job.on_phase = self._phase_changed
         self._jobs[job_id] = job
+        self._event(job, EventKind.CREATED)
         self._running[owner] += 1
         starting = None
         try:
@@ -508,21 +523,96 @@ class JobTracker:
         jobs = self._jobs.page(None if admin else owner, after, limit)
         return [job.snapshot(listed=True) for job in jobs]
 
-    def list_entries(
+    def select(
         self,
         owner: str,
+        selection: Selection,
         encode: Callable[[JobStatus], T],
         *,
         admin: bool = False,
         after: ListKey | None = None,
         limit: int = MAX_PAGE_SIZE,
-    ) -> builtins.list[T]:
-        """`list`'s page, each job as `encode` makes it of its listed snapshot, kept
-        by each Terminated job (`Job.listed_entry`): the server's pre-encoded page
-        entries. `encode` must be one function for the tracker's life (the kept form
-        is `encode`'s)."""
-        jobs = self._jobs.page(None if admin else owner, after, limit)
-        return [job.listed_entry(encode) for job in jobs]
+        budget: int = MAX_PAGE_SIZE,
+    ) -> Scanned[T]:
+        """As `list`, only the jobs `selection` selects, looking at no more than
+        `budget` jobs: O(log n + budget) (`JobIndex.scan`, whose answer this is), each
+        job as `encode` makes it of its listed snapshot, kept by each Terminated job
+        (`Job.listed_entry`): the server's pre-encoded page entries. `encode` must be
+        one function for the tracker's life (the kept form is `encode`'s). Raises
+        AccessDeniedError when a user who is not an admin selects another's jobs."""
+        if selection.owner is not None and not admin and selection.owner != owner:
+            raise AccessDeniedError()
+        walked = selection.owner if selection.owner is not None else None if admin else owner
+        if selection.created_after is not None:
+            # (t, "") sorts before every (t, id): the jobs created at that very time are in.
+            floor = (selection.created_after, "")
+            after = floor if after is None else max(after, floor)
+        scanned = self._jobs.scan(
+            walked, after, limit, lambda job: selection.matches(job.record), budget
+        )
+        return Scanned(
+            [job.listed_entry(encode) for job in scanned.found], scanned.stopped, scanned.looked
+        )
+
+    async def watch(
+        self,
+        owner: str,
+        selection: Selection,
+        *,
+        admin: bool = False,
+        job_ids: Sequence[str] = (),
+        since: Cursor | None = None,
+    ) -> AsyncGenerator[JobEvent, None]:
+        """The events of the caller's jobs (every job's for an admin) that `selection`
+        and `job_ids` (ids or the caller's names; empty: any job) select, after
+        `since` (None: from now), read from the event log by the caller's own task
+        (no channel, no nursery; close it with `contextlib.aclosing`). The first
+        event is WATCHING (no job), at the cursor the events that follow come after,
+        unless `since` is stale: a stale
+        `since` (`EventLog.is_stale`), or a watcher that falls behind the log's
+        retention, gets a STALE event, a CURRENT one per selected job, then the
+        live events. Never ends by itself. Raises InvalidRequestError for a cursor
+        past the log, JobNotFoundError / AccessDeniedError for a job id as
+        `status` does, AccessDeniedError when a user selects another's jobs."""
+        if selection.owner is not None and not admin and selection.owner != owner:
+            raise AccessDeniedError()
+        ids = frozenset(self._get(owner, job_id, admin).job_id for job_id in job_ids)
+        log = self.events
+        stale = since is not None and log.is_stale(since)
+        seq = log.cursor.seq if since is None or stale else since.seq
+        if not stale:
+            yield JobEvent(seq, EventKind.WATCHING, time.time(), None)
+
+        def wanted(status: JobStatus | None) -> bool:
+            return (
+                status is not None
+                and (admin or status.owner == owner)
+                and (selection.owner is None or status.owner == selection.owner)
+                and (not ids or status.job_id in ids)
+                and selection.selected(status.name, status.state, status.spec.labels)
+            )
+
+        while True:
+            if stale:
+                stale = False
+                seq = log.cursor.seq  # the live events are those after the state below
+                yield JobEvent(seq, EventKind.STALE, time.time(), None)
+                for job in builtins.list(self._jobs.values()):
+                    status = job.recorded_snapshot()
+                    if self._jobs.get(job.job_id) is job and wanted(status):
+                        yield JobEvent(seq, EventKind.CURRENT, time.time(), status)
+                continue
+            events = log.after(seq, WATCH_BATCH)
+            if not events:
+                await log.wait_after(seq)
+                continue
+            for event in events:
+                seq = event.seq
+                if wanted(event.status):
+                    yield event
+            # A watcher slower than the log's retention has missed events: say so.
+            stale = log.is_stale(Cursor(log.epoch, seq))
+            await trio.lowlevel.checkpoint()
 
     def running_count(self) -> int:
         """How many jobs have not yet ended, of every owner."""
@@ -561,6 +651,15 @@ class JobTracker:
 
     # ---- internals ---------------------------------------------------------
 
+    def _event(self, job: Job, kind: EventKind) -> None:
+        self.events.append(kind, job.recorded_snapshot(), time.time())
+
+    def _phase_changed(self, job: Job) -> None:
+        """A job moved (`Job.on_phase`): the move the API can see becomes an event."""
+        kind = _PHASE_EVENTS.get(job.phase)
+        if kind is not None:
+            self._event(job, kind)
+
     def _follow(self, job: Job) -> None:
         """Watch the output file of a job that runs: each batch of writes refreshes its
         log (waking its followers) and moves its disk quota window."""
@@ -596,7 +695,13 @@ class JobTracker:
         self._show_grant(job, grant)
 
     def _get(self, owner: str, job_id: str, admin: bool) -> Job:
+        """The job of this id, or the caller's own job of this name (an admin's too:
+        a name never finds another user's job)."""
         job = self._jobs.get(job_id)
+        if job is None and is_name(job_id):
+            job = self._jobs.named(owner, job_id)
+            if job is None:
+                raise JobNotFoundError(job_id, by_name=True)
         if job is None:
             raise JobNotFoundError(job_id)
         if not admin and job.owner != owner:
@@ -645,6 +750,7 @@ class JobTracker:
             await trio.lowlevel.checkpoint()
             return
         del self._jobs[job.job_id]
+        self._event(job, EventKind.REMOVED)
         self._forgotten_output += job.log.size
         self._record_bytes.release(job.job_id)
         self._finished.discard(job.job_id, job.owner)
@@ -705,6 +811,19 @@ class JobTracker:
                 value=workdirs,
             ),
         ]
+
+
+#: Events a watcher takes from the log between checkpoints.
+WATCH_BATCH = 64
+
+#: The phases whose start is an event (FINISHING is still Active to the API; a
+#: DISCARDED job, whose start failed, is gone).
+_PHASE_EVENTS = {
+    Phase.ACTIVE: EventKind.ACTIVE,
+    Phase.STOPPING: EventKind.STOP_REQUESTED,
+    Phase.TERMINATED: EventKind.TERMINATED,
+    Phase.DISCARDED: EventKind.REMOVED,
+}
 
 
 def _check_offset(offset: int) -> None:

@@ -2,7 +2,7 @@
 from the jobs, so that it outlives them.
 
 One `Entry` per call that changes something or reads a job's data (StartJob,
-StopJob, RemoveJob, GetJobOutput, GetAuditLog), per refused call of any method
+StopJob, RemoveJob, GetJobOutput, WatchJobs, GetAuditLog), per refused call of any method
 (every status but OK and CANCELLED: an unknown user, access denied, a quota, an
 invalid request, shutting down), and per failed TLS handshake. The call guard
 (`jobworker.server.auth`) makes the entry when the handler is done and writes it

@@ -70,7 +70,9 @@ OPEN_SERVICES = frozenset({"grpc.health.v1.Health"})
 current_caller: contextvars.ContextVar[Caller] = contextvars.ContextVar("jobworker_current_caller")
 #: The methods every call of which is audited (they change something or read a job's
 #: data); a call of any other method is audited when it is refused.
-AUDITED_METHODS = frozenset({"StartJob", "StopJob", "RemoveJob", "GetJobOutput", "GetAuditLog"})
+AUDITED_METHODS = frozenset(
+    {"StartJob", "StopJob", "RemoveJob", "GetJobOutput", "WatchJobs", "GetAuditLog"}
+)
 #: How many certificates `CallGuard` remembers the client CA's verdict on.
 _SIGNED_CACHE = 1024
 

@@ -15,11 +15,16 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
+
+import attrs
 
 from jobworker.cmdline import split_command
 from jobworker.echo import quoted
 from jobworker.errors import InvalidRequestError
-from jobworker.messages import limits_from_proto
+from jobworker.jobs.events import Cursor, JobEvent
+from jobworker.jobs.selection import Selection
+from jobworker.messages import limits_from_proto, status_to_proto, varint
 from jobworker.model import (
     MAX_COMMAND_BYTES,
     NETWORK_MODES,
@@ -27,6 +32,8 @@ from jobworker.model import (
     NetworkMode,
     check_job_id,
 )
+from jobworker.naming import MAX_LABELS, Labels, is_name, labels_from
+from jobworker.server import listing
 from jobworker.server.audit import MAX_PAGE, Entry, Query
 from jobworker.tls import USER_NAME, USER_NAME_RULE
 from jobworker.transport import EncodedMessage
@@ -39,8 +46,11 @@ def job_id_from(
     | pb.GetJobOutputRequest
     | pb.RemoveJobRequest,
 ) -> str:
-    """The job id a request names; InvalidRequestError when it names none,
-    JobNotFoundError when it cannot be a job's (see `check_job_id`)."""
+    """The job id a request names, or the job name it gives instead (which the
+    tracker finds among the caller's own jobs); InvalidRequestError when it names
+    none, JobNotFoundError when it can be neither (see `check_job_id`)."""
+    if is_name(request.job_id):
+        return request.job_id
     return check_job_id(request.job_id)
 
 
@@ -62,6 +72,8 @@ def spec_from_request(request: pb.StartJobRequest) -> JobSpec:
         workdir=request.workdir or None,
         limits=limits_from_proto(request.limits),
         network=_network_of(request),
+        name=request.name or None,
+        labels=_labels_from(request.labels),
     )
 
 
@@ -75,6 +87,52 @@ def _network_of(request: pb.StartJobRequest) -> NetworkMode | None:
             )
         return NetworkMode.parse(request.network)
     return NetworkMode.HOST if request.host_network else None
+
+
+def _labels_from(labels: Mapping[str, str]) -> Labels:
+    """The labels a request gives, their count checked before any of them."""
+    if len(labels) > MAX_LABELS:
+        raise InvalidRequestError(f"{len(labels)} labels given; at most {MAX_LABELS} are allowed")
+    return labels_from(dict(labels))
+
+
+#: Most jobs one WatchJobs request may name.
+MAX_WATCHED_IDS = 100
+
+
+@attrs.frozen
+class WatchRequest:
+    """What a WatchJobsRequest asks for: after `since` (None: from now), the events
+    of `job_ids` (ids or names; empty: any) that `selection` selects."""
+
+    since: Cursor | None
+    job_ids: tuple[str, ...]
+    selection: Selection
+
+
+def watch_from(request: pb.WatchJobsRequest) -> WatchRequest:
+    """The events a WatchJobsRequest asks for; InvalidRequestError for a cursor that
+    is not one of ours, more than MAX_WATCHED_IDS jobs, an empty one, or filters
+    as ListJobs refuses them; JobNotFoundError for an id that can be no job's."""
+    if len(request.job_ids) > MAX_WATCHED_IDS:
+        raise InvalidRequestError(
+            f"{len(request.job_ids)} jobs named; at most {MAX_WATCHED_IDS} may be watched at once"
+        )
+    job_ids = tuple(
+        job_id if is_name(job_id) else check_job_id(job_id) for job_id in request.job_ids
+    )
+    since = Cursor.decode(request.since) if request.since else None
+    return WatchRequest(since, job_ids, listing.selection_from(request))
+
+
+def event_message(event: JobEvent, epoch: str) -> pb.JobEvent:
+    """A JobEvent as the API sends it, its cursor in the log of `epoch`."""
+    message = pb.JobEvent(
+        cursor=Cursor(epoch, event.seq).encode(), kind=str(event.kind), at=event.at
+    )
+    if event.status is not None:
+        message.job.CopyFrom(status_to_proto(event.status))
+    return message
 
 
 #: GetAuditLog's page size when the request gives none.
@@ -146,13 +204,3 @@ _OUTPUT_MSG_TAG = bytes([pb.GetJobOutputResponse.OUTPUT_MSG_FIELD_NUMBER << 3 | 
 _OFFSET_TAG = bytes([pb.GetJobOutputResponse.OFFSET_FIELD_NUMBER << 3 | 0])
 #: A negative int64 goes on the wire as its 64-bit two's complement.
 _UINT64 = (1 << 64) - 1
-
-
-def varint(value: int) -> bytes:
-    """`value` (0 <= value < 2**64) as a protobuf base-128 varint."""
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)

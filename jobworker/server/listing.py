@@ -32,6 +32,7 @@ import collections
 import contextlib
 import math
 import struct
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 
@@ -39,21 +40,29 @@ import attrs
 import trio
 
 from jobworker import messages
+from jobworker.echo import quoted
 from jobworker.errors import InvalidRequestError
-from jobworker.jobs.job_index import ListKey
+from jobworker.jobs.job_index import ListKey, Scanned
+from jobworker.jobs.selection import Selection, StateFilter
+from jobworker.messages import varint
 from jobworker.model import (
     DEFAULT_PAGE_SIZE,
     MAX_CLIENT_MESSAGE,
     MAX_PAGE_SIZE,
     JobStatus,
 )
-from jobworker.server.convert import varint
+from jobworker.naming import MAX_LABELS, check_name, labels_from
+from jobworker.tls import USER_NAME, USER_NAME_RULE
 from jobworker.transport import EncodedMessage
 from jobworker.v1 import jobworker_pb2 as pb
 
 #: The most a page's encoded ListJobsResponse may hold: three quarters of what a
 #: client accepts, the rest room for gRPC framing and fields a newer server adds.
 PAGE_BYTES = MAX_CLIENT_MESSAGE * 3 // 4
+
+#: How far in the future a created_after may be and still be taken for now: the
+#: clocks of a client and of jwsd may differ that much.
+CLOCK_SLACK = 60.0
 
 # A token: version byte, created_at as a big-endian double, the job id's 16 bytes.
 _TOKEN_VERSION = 1
@@ -74,15 +83,19 @@ _ARGS_CUT_TAG = bytes([pb.ListJobsResponse.ARGS_CUT_FIELD_NUMBER << 3 | 2])
 @attrs.frozen
 class PageRequest:
     """What a ListJobsRequest asks for. size: jobs at most; after: the cursor
-    (None: from the first job)."""
+    (None: from the first job); selection: which jobs."""
 
     size: int
     after: ListKey | None
+    selection: Selection = Selection()
 
 
-def request_from(message: pb.ListJobsRequest) -> PageRequest:
+def request_from(message: pb.ListJobsRequest, *, now: float | None = None) -> PageRequest:
     """The page a ListJobsRequest asks for; InvalidRequestError for a page size out
-    of 1..MAX_PAGE_SIZE or a page token this server did not make."""
+    of 1..MAX_PAGE_SIZE, a page token this server did not make, or a filter that
+    is not one (labels outside their syntax or too many, an unknown state, a name
+    or owner that cannot be one, a created_after in the future or not finite).
+    now: the time a created_after may not pass (None: the clock's)."""
     size = message.page_size if message.HasField("page_size") else DEFAULT_PAGE_SIZE
     if not 1 <= size <= MAX_PAGE_SIZE:
         raise InvalidRequestError(
@@ -90,7 +103,47 @@ def request_from(message: pb.ListJobsRequest) -> PageRequest:
             f"leave it out for {DEFAULT_PAGE_SIZE}"
         )
     after = decode_token(message.page_token) if message.page_token else None
-    return PageRequest(size=size, after=after)
+    return PageRequest(size=size, after=after, selection=_selection_from(message, now))
+
+
+def _selection_from(message: pb.ListJobsRequest, now: float | None) -> Selection:
+    selection = selection_from(message)
+    created_after = None
+    if message.HasField("created_after"):
+        created_after = message.created_after
+        now = time.time() if now is None else now
+        if not math.isfinite(created_after) or created_after > now + CLOCK_SLACK:
+            raise InvalidRequestError(
+                f"created_after {created_after} is in the future (now is {now:.0f}); "
+                "give a time that has passed"
+            )
+    return attrs.evolve(
+        selection,
+        name=check_name(message.name) if message.name else None,
+        created_after=created_after,
+    )
+
+
+def selection_from(message: pb.ListJobsRequest | pb.WatchJobsRequest) -> Selection:
+    """The labels, state and owner a request selects by; InvalidRequestError for
+    labels outside their syntax or too many, an unknown state, an owner that is no
+    user name."""
+    if len(message.labels) > MAX_LABELS:
+        raise InvalidRequestError(
+            f"{len(message.labels)} labels given; at most {MAX_LABELS} are allowed"
+        )
+    labels = labels_from(dict(message.labels))
+    try:
+        state = StateFilter(message.state) if message.state else None
+    except ValueError:
+        raise InvalidRequestError(
+            f"state must be {' or '.join(repr(str(s)) for s in StateFilter)}, not {quoted(message.state)}"
+        ) from None
+    if message.owner and not USER_NAME.fullmatch(message.owner):
+        raise InvalidRequestError(
+            f"owner {quoted(message.owner)} is not a user name: a user name is {USER_NAME_RULE}"
+        )
+    return Selection(owner=message.owner or None, labels=labels, state=state)
 
 
 def encode_token(key: ListKey) -> str:
@@ -146,9 +199,11 @@ class Entry:
 
 def entry(status: JobStatus) -> Entry:
     """The page entry of a job's snapshot: its argv cut (`listed`), then encoded once
-    (the tracker keeps it for a Terminated job: `JobTracker.list_entries`)."""
+    (the tracker keeps it for a Terminated job: `JobTracker.select`)."""
     shown = listed(status)
-    encoded = messages.status_to_proto(shown).SerializeToString()
+    # Deterministic: the labels (a map) in key order, so that a page is byte for byte
+    # what protobuf makes of it (a map's order is otherwise protobuf's own).
+    encoded = messages.status_to_proto(shown).SerializeToString(deterministic=True)
     return Entry((status.created_at, status.job_id), encoded, shown.argv_cut)
 
 
@@ -157,17 +212,25 @@ def entry(status: JobStatus) -> Entry:
 #: callers' requests interleave.
 CHUNK = 8
 
-#: Fetch at most `limit` jobs after a key, in listing order, as entries (the
-#: tracker's `list_entries` with `entry`).
-Fetch = Callable[[ListKey | None, int], list[Entry]]
+#: Jobs looked at by one fetch (`SCAN`) and by one call at most (`SCAN_BUDGET`): a
+#: selective filter over many jobs answers a page with fewer jobs (even none) and
+#: a token, rather than walk every job in one call. A job costs ~1 us to test.
+SCAN = 512
+SCAN_BUDGET = 16 * SCAN
+
+#: Fetch at most `limit` selected jobs after a key, in listing order, as entries,
+#: looking at no more than `budget` jobs (the tracker's `select` with `entry`).
+Fetch = Callable[[ListKey | None, int, int], Scanned[Entry]]
 
 
 async def page(fetch: Fetch, request: PageRequest, *, budget: int = PAGE_BYTES) -> EncodedMessage:
-    """The ListJobsResponse of one page, in wire form: up to `request.size` jobs
-    after `request.after`, as many as fit in `budget` encoded bytes (always at least
-    one); next_page_token set when jobs remain. The bytes are exactly
-    `SerializeToString()`'s (fields in number order; tests/unit/test_listing.py
-    compares them): the entries as they are, each after its tag and length.
+    """The ListJobsResponse of one page, in wire form: up to `request.size` selected
+    jobs after `request.after`, as many as fit in `budget` encoded bytes (always at
+    least one, when any is selected); next_page_token set when jobs remain, or when
+    `SCAN_BUDGET` jobs were looked at first. The bytes are exactly
+    `SerializeToString(deterministic=True)`'s (fields in number order, map entries
+    in key order; tests/unit/test_listing.py compares them): the entries as they
+    are, each after its tag and length.
 
     Fetched `CHUNK` jobs at a time with a checkpoint between chunks: the cursor
     keeps chunks consistent (a job that starts or ends meanwhile is neither repeated
@@ -176,9 +239,12 @@ async def page(fetch: Fetch, request: PageRequest, *, budget: int = PAGE_BYTES) 
     cuts = bytearray()
     used = _RESPONSE_OVERHEAD
     after = request.after
+    looked = 0
     while True:
         room = min(CHUNK, request.size - len(cuts))
-        entries = fetch(after, room + 1)  # one more: whether another job follows
+        # One more than fits: whether another selected job follows.
+        scan = fetch(after, room + 1, SCAN)
+        entries = scan.found
         for item in entries[:room]:
             cost = len(item.encoded) + _ENTRY_OVERHEAD
             if cuts and used + cost > budget:
@@ -187,9 +253,15 @@ async def page(fetch: Fetch, request: PageRequest, *, budget: int = PAGE_BYTES) 
             cuts.append(item.argv_cut)
             used += cost
             after = item.key
-        if len(entries) <= room:
+        if len(entries) > room:  # another selected job follows
+            if len(cuts) == request.size:
+                return _encoded(parts, cuts, after)
+        elif scan.stopped is None:
             return _encoded(parts, cuts, None)  # the last job: no next page
-        if len(cuts) == request.size:
+        else:  # SCAN jobs looked at, too few of them selected: go on after them
+            after = scan.stopped
+        looked += scan.looked
+        if looked >= SCAN_BUDGET:
             return _encoded(parts, cuts, after)
         await trio.lowlevel.checkpoint()
 
@@ -251,7 +323,10 @@ class Turns:
 
 
 __all__ = [
+    "CLOCK_SLACK",
     "PAGE_BYTES",
+    "SCAN",
+    "SCAN_BUDGET",
     "REST",
     "decode_token",
     "encode_token",
@@ -264,4 +339,5 @@ __all__ = [
     "Turns",
     "page",
     "request_from",
+    "selection_from",
 ]

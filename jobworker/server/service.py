@@ -15,10 +15,13 @@ from jobworker.errors import (
     AccessDeniedError,
     BadStateError,
     InvalidRequestError,
+    NameInUseError,
     QuotaExceededError,
     ShuttingDownError,
 )
-from jobworker.jobs.job_index import ListKey
+from jobworker.jobs.events import EventKind, JobEvent
+from jobworker.jobs.job_index import ListKey, Scanned
+from jobworker.jobs.selection import Selection
 from jobworker.jobs.tracker import JobTracker
 from jobworker.limits import format_limits
 from jobworker.metrics import Metrics
@@ -30,6 +33,11 @@ from jobworker.transport import EncodedMessage, wait_writable
 from jobworker.v1 import jobworker_grpc
 from jobworker.v1 import jobworker_pb2 as pb
 
+#: Events made for one watcher, never shared (not the log's).
+_PER_WATCHER = frozenset({EventKind.WATCHING, EventKind.STALE, EventKind.CURRENT})
+#: How many encoded events the service keeps for watchers that lag a little.
+_ENCODED_EVENTS = 4096
+
 
 class JobWorkerService(jobworker_grpc.JobWorkerServiceServicer):  # type: ignore[misc]
     """Serves the tracker's jobs over gRPC, each caller seeing only its own (admins: all).
@@ -40,6 +48,8 @@ class JobWorkerService(jobworker_grpc.JobWorkerServiceServicer):  # type: ignore
         self.audit = audit
         self._metrics: Metrics = tracker.metrics
         self._list_turns = listing.Turns()
+        # The log's recent events in wire form, by sequence number (`_encoded_event`).
+        self._event_bytes: dict[int, bytes] = {}
 
     async def StartJob(self, message: pb.StartJobRequest) -> pb.StartJobResponse:
         starts = self._metrics.job_starts
@@ -115,6 +125,57 @@ class JobWorkerService(jobworker_grpc.JobWorkerServiceServicer):  # type: ignore
                     served.inc(len(chunk))
                     offset += len(chunk)
 
+    async def WatchJobs(
+        self, message: pb.WatchJobsRequest
+    ) -> AsyncIterator[EncodedMessage]:  # JobEvent, in wire form
+        request = convert.watch_from(message)
+        caller = current_caller.get()
+        # A read of job data, audited as GetJobOutput is: what the stream selects.
+        job_ids, job_ids_cut = cut_argv(request.job_ids, MAX_COMMAND_BYTES)
+        labels, labels_cut = cut_argv(
+            tuple(f"{key}={value}" for key, value in request.selection.labels),
+            MAX_COMMAND_BYTES,
+        )
+        note_audit(
+            jobs=list(job_ids),
+            jobs_cut=job_ids_cut,
+            labels=list(labels),
+            labels_cut=labels_cut,
+            state=None if request.selection.state is None else str(request.selection.state),
+            owner=request.selection.owner,
+            resumed=request.since is not None,
+        )
+        # As GetJobOutput: the handler is the watcher's task, reading the shared log
+        # from its own cursor, one event at a time as the client can take it.
+        events = self.tracker.watch(
+            caller.name,
+            request.selection,
+            admin=caller.is_admin,
+            job_ids=request.job_ids,
+            since=request.since,
+        )
+        epoch = self.tracker.events.epoch
+        with self._metrics.watchers.track_inprogress():
+            async with contextlib.aclosing(events) as stream:
+                while True:
+                    await wait_writable()
+                    event = await anext(stream)
+                    yield self._encoded_event(event, epoch)
+
+    def _encoded_event(self, event: JobEvent, epoch: str) -> EncodedMessage:
+        """The event in wire form, encoded once for every watcher that gets it (1,000
+        watchers of one log would otherwise build and encode it 1,000 times)."""
+        if event.kind in _PER_WATCHER:  # not the log's: made for one watcher
+            return EncodedMessage([convert.event_message(event, epoch).SerializeToString()])
+        key = event.seq
+        encoded = self._event_bytes.get(key)
+        if encoded is None:
+            if len(self._event_bytes) >= _ENCODED_EVENTS:
+                self._event_bytes.clear()
+            encoded = convert.event_message(event, epoch).SerializeToString()
+            self._event_bytes[key] = encoded
+        return EncodedMessage([encoded])
+
     async def RemoveJob(self, message: pb.RemoveJobRequest) -> pb.RemoveJobResponse:
         job_id = convert.job_id_from(message)
         caller = current_caller.get()
@@ -135,15 +196,21 @@ class JobWorkerService(jobworker_grpc.JobWorkerServiceServicer):  # type: ignore
         """A ListJobsResponse, in wire form: the concatenation of its jobs' entries."""
         request = listing.request_from(message)
         caller = current_caller.get()
-        fetch = functools.partial(self._list, caller.name, caller.is_admin)
+        fetch = functools.partial(self._list, caller.name, caller.is_admin, request.selection)
         async with self._list_turns.turn(caller.name):
             return await listing.page(fetch, request)
 
     def _list(
-        self, owner: str, admin: bool, after: ListKey | None, limit: int
-    ) -> list[listing.Entry]:
-        return self.tracker.list_entries(
-            owner, listing.entry, admin=admin, after=after, limit=limit
+        self,
+        owner: str,
+        admin: bool,
+        selection: Selection,
+        after: ListKey | None,
+        limit: int,
+        budget: int,
+    ) -> Scanned[listing.Entry]:
+        return self.tracker.select(
+            owner, selection, listing.entry, admin=admin, after=after, limit=limit, budget=budget
         )
 
 
@@ -151,10 +218,13 @@ def _refused_start(exc: Exception) -> str:
     """The `result` label of a start the tracker refused with `exc`: its checks raise
     InvalidRequestError only for limits (over the maxima, IO limits without a block
     device, host network not allowed, a command line the kernel would refuse); the
-    request itself was checked before. Anything else (StartFailedError, an OSError)
-    failed the sandbox's build."""
+    request itself was checked before, but for a name already in use (NameInUseError,
+    an invalid request). Anything else (StartFailedError, an OSError) failed the
+    sandbox's build."""
     if isinstance(exc, QuotaExceededError):
         return "quota"
+    if isinstance(exc, NameInUseError):
+        return "invalid"
     if isinstance(exc, InvalidRequestError):
         return "limits"
     if isinstance(exc, ShuttingDownError):

@@ -21,6 +21,9 @@ class JobWorkerServiceServicer(purerpc.Servicer):
     async def RemoveJob(self, input_message):
         raise NotImplementedError()
 
+    async def WatchJobs(self, input_message):
+        raise NotImplementedError()
+
     async def GetAuditLog(self, input_message):
         raise NotImplementedError()
 
@@ -81,6 +84,15 @@ class JobWorkerServiceServicer(purerpc.Servicer):
                 purerpc.Cardinality.UNARY_UNARY,
                 jobworker_dot_v1_dot_jobworker__pb2.RemoveJobRequest,
                 jobworker_dot_v1_dot_jobworker__pb2.RemoveJobResponse,
+            )
+        )
+        service_obj.add_method(
+            "WatchJobs",
+            self.WatchJobs,
+            purerpc.RPCSignature(
+                purerpc.Cardinality.UNARY_STREAM,
+                jobworker_dot_v1_dot_jobworker__pb2.WatchJobsRequest,
+                jobworker_dot_v1_dot_jobworker__pb2.JobEvent,
             )
         )
         service_obj.add_method(
@@ -147,6 +159,14 @@ class JobWorkerServiceStub:
                 purerpc.Cardinality.UNARY_UNARY,
                 jobworker_dot_v1_dot_jobworker__pb2.RemoveJobRequest,
                 jobworker_dot_v1_dot_jobworker__pb2.RemoveJobResponse,
+            )
+        )
+        self.WatchJobs = self._client.get_method_stub(
+            "WatchJobs",
+            purerpc.RPCSignature(
+                purerpc.Cardinality.UNARY_STREAM,
+                jobworker_dot_v1_dot_jobworker__pb2.WatchJobsRequest,
+                jobworker_dot_v1_dot_jobworker__pb2.JobEvent,
             )
         )
         self.GetAuditLog = self._client.get_method_stub(

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import hashes
 
 from tests.conftest import require_root
 from tests.e2e.conftest import Jwsd, restart_jwsd, start_jwsd
+from tests.e2e.test_watch import events_until, kinds
 from tests.support.certs import TestPKI
 from tests.support.timing import scaled
 from tests.support.waiting import eventually_blocking
@@ -210,3 +211,32 @@ def test_no_audit_keeps_no_trail_and_says_so(tmp_path: Path, pki: TestPKI) -> No
         assert "jobworker.audit" not in daemon.log
     finally:
         assert daemon.stop() == 0, daemon.log
+
+
+def test_a_watch_is_audited_as_a_read_of_job_data(audited: Jwsd) -> None:
+    """WatchJobs reads jobs' data as GetJobOutput does: each stream leaves one record
+    when it ends (the client leaving: CANCELLED), with what it selected; a refused
+    one its refusal."""
+    daemon = audited
+    job_id = _ok(daemon.jws("start", "--label", "team=a", "--", "true"))
+    _terminated(daemon, job_id)
+    events = daemon.popen("events", "-j", job_id, "--label", "team=a", "--json")
+    try:
+        assert kinds(events_until(events, 1, "the watch begins")) == ["watching"]
+    finally:
+        events.kill()
+        events.communicate(timeout=scaled(10))  # closes its pipes
+    refused = daemon.jws("events", "-j", job_id, user="betty")
+    assert refused.returncode == 1 and b"access denied" in refused.stderr, refused.stderr
+
+    def watches() -> list[dict[str, Any]]:
+        return [r for r in _trail(daemon) if r["method"] == "WatchJobs"]
+
+    eventually_blocking(
+        lambda: len(watches()) == 2, timeout=scaled(10), what="both watches are recorded"
+    )
+    mine, bettys = sorted(watches(), key=lambda r: r["user"])
+    assert (mine["user"], mine["code"]) == ("alex", "CANCELLED")
+    assert mine["detail"]["jobs"] == [job_id] and mine["detail"]["labels"] == ["team=a"]
+    assert mine["common_name"] == "alex" and mine["peer"].startswith("127.0.0.1:")
+    assert (bettys["user"], bettys["code"]) == ("betty", "PERMISSION_DENIED")

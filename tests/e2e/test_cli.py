@@ -109,7 +109,7 @@ def test_status_json_and_list(jwsd: Jwsd) -> None:
     }
     listed = ok(jwsd.jws("list"))
     assert job_id in listed
-    assert listed.splitlines()[0].split()[:4] == ["JOB", "ID", "STATUS", "EXIT"]
+    assert listed.splitlines()[0].split()[:5] == ["JOB", "ID", "NAME", "STATUS", "EXIT"]
     assert json.loads(ok(jwsd.jws("list", "--json")))[0]["job_id"] == job_id
     assert ok(jwsd.jws("list", user="betty")).splitlines()[1:] == []
 
@@ -171,7 +171,12 @@ def test_login_makes_a_user_the_default(jwsd: Jwsd) -> None:
 @pytest.mark.parametrize(
     ("args", "user", "code", "message"),
     [
-        (("status", "-j", "no-such-job"), "alex", 1, "jws: no job with id 'no-such-job'\n"),
+        (
+            ("status", "-j", "no-such-job"),
+            "alex",
+            1,
+            "jws: no job of yours is named 'no-such-job'\n",
+        ),
         (("start", "-c", "no-such-program-xyz"), "alex", 127, "not found in PATH"),
         (("start", "-c", "echo 'unterminated"), "alex", 2, "no closing quotation"),
         (("list",), "mallory", 1, "unknown user 'mallory'"),
@@ -322,7 +327,17 @@ def test_shell_completion_and_help(tmp_path: Path) -> None:
     env = dict(os.environ, COMP_WORDS="jws st", COMP_CWORD="1", _JWS_COMPLETE="bash_complete")
     completion = subprocess.run([str(BIN / "jws")], env=env, capture_output=True, timeout=30)
     assert completion.stdout.decode().split() == ["plain,start", "plain,status", "plain,stop"]
-    for command in ["start", "stop", "status", "output", "list", "run", "login"]:
+    # The new commands and flags of issue 22 complete too.
+    for words, expected in [
+        ("jws w", ["plain,wait"]),
+        ("jws ev", ["plain,events"]),
+        ("jws list --la", ["plain,--label"]),
+        ("jws start --na", ["plain,--name"]),
+    ]:
+        env.update(COMP_WORDS=words, COMP_CWORD=str(len(words.split()) - 1))
+        completed = subprocess.run([str(BIN / "jws")], env=env, capture_output=True, timeout=30)
+        assert completed.stdout.decode().split() == expected, words
+    for command in ["start", "stop", "status", "output", "list", "run", "login", "events", "wait"]:
         helped = subprocess.run(
             [str(BIN / "jws"), command, "--help"], capture_output=True, timeout=30
         )

@@ -65,7 +65,8 @@ def test_one_refused_id_is_reported_and_the_others_are_stopped(jwsd: Jwsd) -> No
     running = start_sleeper(jwsd)
     result = jwsd.jws("stop", "--grace", "0", "no-such-job", running)
     assert result.returncode == 1
-    assert result.stderr == b"jws: no job with id 'no-such-job'\n"
+    # Not an id nor a prefix of one: a name, which jwsd looks for among alex's jobs.
+    assert result.stderr == b"jws: no job of yours is named 'no-such-job'\n"
     assert status(jwsd, running)["outcome"] == "stopped"
 
 
@@ -434,11 +435,11 @@ def test_list_shows_owners_to_an_admin_and_cuts_commands_unless_asked(jwsd: Jwsd
     ok(jwsd.jws("start", "--", "echo", "a" * 100))
     ok(jwsd.jws("start", "--", "true", user="betty"))
     mine = ok(jwsd.jws("list")).splitlines()
-    assert mine[0].split()[:3] == ["JOB", "ID", "STATUS"]
+    assert mine[0].split()[:3] == ["JOB", "ID", "NAME"]
     assert mine[1].endswith("...") and "a" * 100 not in mine[1]
     assert ("a" * 100) in ok(jwsd.jws("list", "--no-trunc"))
     every = ok(jwsd.jws("list", user="admin")).splitlines()
-    assert every[0].split()[:4] == ["JOB", "ID", "OWNER", "STATUS"]
+    assert every[0].split()[:5] == ["JOB", "ID", "OWNER", "NAME", "STATUS"]
     assert sorted(line.split()[1] for line in every[1:]) == ["alex", "betty"]
 
 

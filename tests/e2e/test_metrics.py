@@ -28,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import REQUIRE_ROOT, require_root
 from tests.e2e.conftest import Jwsd, restart_jwsd, start_jwsd
+from tests.e2e.test_watch import events_until, kinds
 from tests.support.certs import TestPKI
 from tests.support.timing import scaled
 from tests.support.waiting import eventually_blocking
@@ -276,3 +277,31 @@ def test_reloads_are_counted_by_result(metrics_jwsd: tuple[Jwsd, str], tmp_path:
         what="the refused reload is counted",
     )
     users.write_text(good)
+
+
+def test_open_watch_streams_are_a_gauge_and_each_watch_is_counted_when_it_ends(
+    metrics_jwsd: tuple[Jwsd, str],
+) -> None:
+    daemon, url = metrics_jwsd
+    # A name in use is an invalid start, not refused limits.
+    assert _jws(daemon, "start", "--name", "once", "--", "true").returncode == 0
+    assert _jws(daemon, "start", "--name", "once", "--", "true").returncode == 1
+    assert b'jobworker_job_starts_total{result="invalid"} 1.0' in _get(url)
+    watchers = [daemon.popen("events", "--json") for _ in range(2)]
+    try:
+        for watcher in watchers:
+            assert kinds(events_until(watcher, 1, "the watch begins")) == ["watching"]
+        assert b"\njobworker_watchers 2.0\n" in _get(url)
+    finally:
+        for watcher in watchers:
+            watcher.kill()
+            watcher.communicate(timeout=scaled(10))  # closes its pipes
+
+    def counted() -> bool:
+        exposition = _get(url)
+        return (
+            b"\njobworker_watchers 0.0\n" in exposition
+            and b'jobworker_rpcs_total{code="CANCELLED",method="WatchJobs"} 2.0' in exposition
+        )
+
+    eventually_blocking(counted, timeout=scaled(10), what="both watches end and are counted")

@@ -205,14 +205,43 @@ async def test_bad_requests_get_their_documented_code(daemon: Daemon) -> None:
             Code.FAILED_PRECONDITION, client.start(cmd="no-such-program-xyz"), "not found in PATH"
         )
         await expect_code(
-            Code.NOT_FOUND, client.status("no-such-job"), "no job with id 'no-such-job'"
+            Code.NOT_FOUND, client.status("no-such-job"), "no job of yours is named 'no-such-job'"
         )
-        await expect_code(Code.NOT_FOUND, client.stop("no-such-job"), "no job with id")
-        await expect_code(Code.NOT_FOUND, read_all(client, "no-such-job"), "no job with id")
+        await expect_code(Code.NOT_FOUND, client.stop("no-such-job"), "no job of yours is named")
+        await expect_code(
+            Code.NOT_FOUND, read_all(client, "no-such-job"), "no job of yours is named"
+        )
         await expect_code(
             Code.INVALID_ARGUMENT, stub.GetJobStatus(pb.GetJobStatusRequest()), "job_id is required"
         )
-        job = await client.start(args=["true"])
+        # Names and labels (issue 22), checked by jwsd whoever sends them.
+        for request, what in [
+            (pb.StartJobRequest(cmd="true", name="a b"), "bad job name 'a b'"),
+            (
+                pb.StartJobRequest(cmd="true", name="5f0c1a2b-0000-4000-8000-000000000000"),
+                "reads as a job id",
+            ),
+            (pb.StartJobRequest(cmd="true", labels={"bad key": "v"}), "bad label key"),
+            (pb.StartJobRequest(cmd="true", labels={"k": "v" * 64}), "bad label value"),
+            (
+                pb.StartJobRequest(cmd="true", labels={f"k{n}": "" for n in range(33)}),
+                "33 labels given; at most 32",
+            ),
+        ]:
+            await expect_code(Code.INVALID_ARGUMENT, stub.StartJob(request), what)
+        for listing, what in [
+            (pb.ListJobsRequest(labels={"-k": "v"}), "bad label key"),
+            (pb.ListJobsRequest(state="done"), "state must be 'active' or 'ended'"),
+            (pb.ListJobsRequest(created_after=time.time() + 3600), "in the future"),
+        ]:
+            await expect_code(Code.INVALID_ARGUMENT, stub.ListJobs(listing), what)
+        await expect_code(Code.PERMISSION_DENIED, stub.ListJobs(pb.ListJobsRequest(owner="betty")))
+        job = await client.start(args=["true"], name="one")
+        await expect_code(
+            Code.INVALID_ARGUMENT,
+            client.start(args=["true"], name="one"),
+            "already have a job named 'one'",
+        )
         await expect_code(Code.INVALID_ARGUMENT, read_all(client, job.job_id, offset=-1), "offset")
         await expect_code(Code.INVALID_ARGUMENT, client.stop(job.job_id, grace=-1), "grace period")
         # Nothing changed: only the one good job exists.
@@ -422,7 +451,7 @@ async def test_a_stock_grpcio_client_gets_the_same_results_and_codes(daemon: Dae
     assert status.status == "Terminated"  # type: ignore[attr-defined]
     assert status.exit_code == 0  # type: ignore[attr-defined]
     assert result["codes"] == {
-        "missing": ("NOT_FOUND", "no job with id 'no-such-job'"),
+        "missing": ("NOT_FOUND", "no job of yours is named 'no-such-job'"),
         "other": ("PERMISSION_DENIED", "access denied"),
     }
 

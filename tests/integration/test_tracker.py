@@ -495,7 +495,7 @@ async def test_only_the_owner_or_an_admin_sees_a_job(tracker: JobTracker) -> Non
     assert [s.job_id for s in tracker.list("alex")] == [status.job_id]
     assert tracker.status("root", status.job_id, admin=True).owner == "alex"
     assert [s.job_id for s in tracker.list("root", admin=True)] == [status.job_id]
-    with pytest.raises(JobNotFoundError, match="no job with id 'nope'"):
+    with pytest.raises(JobNotFoundError, match="no job of yours is named 'nope'"):
         tracker.status("alex", "nope")
     assert tracker.status("alex", status.job_id).state is JobState.ACTIVE
     await tracker.stop("alex", status.job_id, grace=0)

@@ -18,6 +18,7 @@ class Job:
     job_id: str
     owner: str
     created_at: float
+    name: str | None = None
 
 
 def walk(index: JobIndex[Job], owner: str | None, size: int) -> list[str]:
@@ -75,3 +76,36 @@ def test_a_job_indexed_under_another_id_is_refused() -> None:
     index: JobIndex[Job] = JobIndex()
     with pytest.raises(ValueError, match="indexed as"):
         index["b"] = Job("a", "alex", 1.0)
+
+
+def test_a_name_finds_its_owners_job_only_until_that_job_is_removed() -> None:
+    index: JobIndex[Job] = JobIndex()
+    index["a1"] = Job("a1", "alex", 1.0, name="nightly")
+    index["b1"] = Job("b1", "betty", 2.0, name="nightly")
+    index["a2"] = Job("a2", "alex", 3.0)
+    assert index.named("alex", "nightly") == index["a1"]
+    assert index.named("betty", "nightly") == index["b1"]
+    assert index.named("admin", "nightly") is None
+    del index["a1"]
+    assert index.named("alex", "nightly") is None
+    index["a3"] = Job("a3", "alex", 4.0, name="nightly")  # the name is free again
+    assert index.named("alex", "nightly") == index["a3"]
+
+
+def test_a_scan_looks_at_its_budget_at_most_and_says_where_it_stopped() -> None:
+    index: JobIndex[Job] = JobIndex()
+    for n in range(20):
+        index[f"{n:02}"] = Job(f"{n:02}", "alex", float(n), name="odd" if n % 2 else None)
+    odd = lambda job: job.name == "odd"  # noqa: E731
+    scanned = index.scan(None, None, 3, odd, 100)
+    assert [j.job_id for j in scanned.found] == ["01", "03", "05"]
+    assert scanned.stopped == (5.0, "05") and scanned.looked == 6
+    scanned = index.scan(None, (5.0, "05"), 100, odd, 4)  # looks at 06..09
+    assert [j.job_id for j in scanned.found] == ["07", "09"]
+    assert scanned.stopped == (9.0, "09") and scanned.looked == 4
+    scanned = index.scan("alex", (15.0, "15"), 100, odd, 100)  # to the end
+    assert [j.job_id for j in scanned.found] == ["17", "19"]
+    assert scanned.stopped is None and scanned.looked == 4
+    assert index.scan("betty", None, 5, odd, 5).stopped is None
+    with pytest.raises(ValueError, match="one job at least"):
+        index.scan(None, None, 1, odd, 0)

@@ -6,18 +6,21 @@ from __future__ import annotations
 
 import base64
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 
-from jobworker import messages, model
+from jobworker import messages, model, naming
 from jobworker.errors import InvalidRequestError
 from jobworker.jobs.job import Job
-from jobworker.jobs.job_index import JobIndex, ListKey
+from jobworker.jobs.job_index import JobIndex, ListKey, Scanned
 from jobworker.jobs.lifecycle import Lifecycle, Phase
 from jobworker.jobs.output_log import FileLog
 from jobworker.jobs.record import JobRecord
+from jobworker.jobs.selection import Selection, StateFilter
 from jobworker.model import (
     DEFAULT_PAGE_SIZE,
     MAX_ARG_BYTES,
@@ -161,15 +164,19 @@ def test_a_long_argv_is_cut_to_the_bound_at_a_character_boundary(name: str) -> N
     assert all(a == b for a, b in zip(kept[:-1], argv, strict=False))  # a prefix of argv
 
 
-def fetcher(statuses: list[JobStatus]) -> listing.Fetch:
-    """The tracker's `list` over `statuses`, which it counts the calls of."""
+def fetcher(
+    statuses: list[JobStatus], match: Callable[[JobStatus], bool] = lambda _: True
+) -> listing.Fetch:
+    """The tracker's `select` over `statuses` (those that `match`), which it counts
+    the calls of."""
     index: JobIndex[JobStatus] = JobIndex()
     for status in statuses:
         index[status.job_id] = status
 
-    def fetch(after: ListKey | None, limit: int) -> list[listing.Entry]:
+    def fetch(after: ListKey | None, limit: int, budget: int) -> Scanned[listing.Entry]:
         calls.append(limit)
-        return [listing.entry(status) for status in index.page(None, after, limit)]
+        scanned = index.scan(None, after, limit, match, budget)
+        return Scanned([listing.entry(s) for s in scanned.found], scanned.stopped, scanned.looked)
 
     calls: list[int] = []
     fetch.calls = calls  # type: ignore[attr-defined]
@@ -191,7 +198,7 @@ def decoded(answer: EncodedMessage) -> pb.ListJobsResponse:
     (so any client reads it, and the budget counts what is sent)."""
     wire = answer.SerializeToString()
     message = pb.ListJobsResponse.FromString(wire)
-    assert message.SerializeToString() == wire
+    assert message.SerializeToString(deterministic=True) == wire
     assert answer.size == 5 + len(wire)  # gRPC's prefix, then the message
     return message
 
@@ -279,6 +286,115 @@ async def test_one_caller_lists_at_a_time_and_turns_are_forgotten() -> None:
     assert order.index("b1-") < order.index("b2+") or order.index("b2-") < order.index("b1+")
     assert order.index("a+") < max(order.index("b1-"), order.index("b2-"))  # others don't wait
     assert not turns._locks and not turns._waiting
+
+
+def labelled_status(n: int, labels: dict[str, str], state: JobState) -> JobStatus:
+    return attrs.evolve(
+        maximal_status(JobSpec(argv=("sh",), name=f"job-{n}", labels=labels), n), state=state
+    )
+
+
+async def every_page(fetch: listing.Fetch, request: listing.PageRequest) -> list[list[str]]:
+    """The ids of every page, following the tokens to the end."""
+    pages = []
+    while True:
+        answer = decoded(await listing.page(fetch, request))
+        pages.append([job.job_id for job in answer.jobs])
+        if not answer.next_page_token:
+            return pages
+        request = attrs.evolve(request, after=listing.decode_token(answer.next_page_token))
+
+
+async def test_a_filter_over_a_thousand_jobs_pages_through_every_selected_job_once() -> None:
+    """Filtering happens before paging: every selected job comes exactly once, in
+    order, on pages of at most page_size, and no unselected job shows."""
+    statuses = [
+        labelled_status(n, {"team": "a" if n % 7 == 0 else "b"}, JobState.ACTIVE)
+        for n in range(1000)
+    ]
+    wanted = [s.job_id for s in statuses if s.spec.labels == (("team", "a"),)]
+    fetch = fetcher(statuses, lambda s: s.spec.labels == (("team", "a"),))
+    pages = await every_page(fetch, listing.PageRequest(size=10, after=None))
+    assert [job for page in pages for job in page] == wanted
+    assert all(len(page) <= 10 for page in pages)
+    assert len(pages) == -(-len(wanted) // 10)
+
+
+async def test_a_filter_that_selects_nothing_looks_at_a_bounded_number_of_jobs_a_call() -> None:
+    """However many jobs a filter skips, one call looks at SCAN_BUDGET of them at
+    most, and answers with no job and a token to go on from; following the tokens
+    reaches the end."""
+    count = listing.SCAN_BUDGET * 2 + 5
+    statuses = [maximal_status(JobSpec(argv=("sh",)), n) for n in range(count)]
+    fetch = fetcher(statuses, lambda _: False)
+    answer = decoded(await listing.page(fetch, listing.PageRequest(size=100, after=None)))
+    assert list(answer.jobs) == [] and answer.next_page_token
+    assert len(fetch.calls) == listing.SCAN_BUDGET // listing.SCAN  # type: ignore[attr-defined]
+    stopped = listing.decode_token(answer.next_page_token)
+    assert stopped == (
+        statuses[listing.SCAN_BUDGET - 1].created_at,
+        statuses[listing.SCAN_BUDGET - 1].job_id,
+    )
+    pages = await every_page(fetch, listing.PageRequest(size=100, after=None))
+    assert pages == [[], [], []]
+
+
+async def test_a_page_of_jobs_with_the_longest_names_and_most_labels_fits_a_client() -> None:
+    labels = {
+        f"{'p' * 60}.example.com/{'k' * 61}{n:02d}": "v" * 63 for n in range(naming.MAX_LABELS)
+    }
+    spec = JobSpec(
+        argv=MAXIMAL_ARGVS["short-args"], name="n" * naming.MAX_NAME_BYTES, labels=labels
+    )
+    statuses = [maximal_status(spec, n) for n in range(MAX_PAGE_SIZE + 1)]
+    answer = await page(statuses, MAX_PAGE_SIZE)
+    assert answer.ByteSize() <= listing.PAGE_BYTES
+    assert answer.next_page_token and len(answer.jobs) >= 40
+    read = messages.listed_from_proto(answer)
+    assert read[0].spec.labels == tuple(sorted(labels.items()))
+    assert read[0].name == "n" * naming.MAX_NAME_BYTES
+
+
+@pytest.mark.parametrize(
+    ("fields", "said"),
+    [
+        ({"labels": {"bad key": "x"}}, "bad label key"),
+        ({"labels": {"app": "-x"}}, "bad label value"),
+        ({"labels": {"Upper.Case/app": "x"}}, "DNS subdomain"),
+        ({"labels": {f"k{n}": "" for n in range(naming.MAX_LABELS + 1)}}, "at most 32"),
+        ({"state": "running"}, "state must be 'active' or 'ended'"),
+        ({"name": "-x"}, "bad job name"),
+        ({"owner": "a b"}, "is not a user name"),
+        ({"created_after": 2e9}, "in the future"),
+        ({"created_after": float("nan")}, "in the future"),
+    ],
+)
+def test_a_filter_outside_its_syntax_is_refused_saying_what_was_wrong(
+    fields: dict[str, object], said: str
+) -> None:
+    with pytest.raises(InvalidRequestError, match=said):
+        listing.request_from(pb.ListJobsRequest(**fields), now=1.7e9)  # type: ignore[arg-type]
+
+
+def test_the_filters_a_request_gives_become_its_selection() -> None:
+    request = listing.request_from(
+        pb.ListJobsRequest(
+            labels={"b": "2", "a": ""},
+            state="ended",
+            name="nightly",
+            owner="alex",
+            created_after=1.7e9 - 10,
+        ),
+        now=1.7e9,
+    )
+    assert request.selection == Selection(
+        owner="alex",
+        name="nightly",
+        labels=(("a", ""), ("b", "2")),
+        state=StateFilter.ENDED,
+        created_after=1.7e9 - 10,
+    )
+    assert listing.request_from(pb.ListJobsRequest()).selection == Selection()
 
 
 def test_a_terminated_job_keeps_its_entry_and_a_running_one_is_encoded_afresh(

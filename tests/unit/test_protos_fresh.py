@@ -80,6 +80,7 @@ def test_purerpc_stub_offers_servicer_and_stub_with_every_method() -> None:
         "GetJobOutput",
         "ListJobs",
         "RemoveJob",
+        "WatchJobs",
         "GetAuditLog",
     }
     servicer = jobworker_grpc.JobWorkerServiceServicer()
@@ -109,12 +110,13 @@ def test_seed_fields_keep_their_numbers_and_types(
     assert (descriptor.number, descriptor.type) == (number, kind)
 
 
-def test_service_streams_only_output() -> None:
-    """GetJobOutput is server streaming; every other method is unary, as in the seed."""
+def test_service_streams_only_output_and_events() -> None:
+    """GetJobOutput (the seed's) and WatchJobs are server streaming; every other method
+    is unary, as in the seed."""
     service = jobworker_pb2.DESCRIPTOR.services_by_name["JobWorkerService"]
     streaming = {m.name for m in service.methods if m.server_streaming or m.client_streaming}
-    assert streaming == {"GetJobOutput"}
-    assert not service.methods_by_name["GetJobOutput"].client_streaming
+    assert streaming == {"GetJobOutput", "WatchJobs"}
+    assert not any(service.methods_by_name[name].client_streaming for name in streaming)
 
 
 def test_optional_fields_report_presence() -> None:

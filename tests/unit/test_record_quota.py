@@ -11,6 +11,7 @@ from jobworker.jobs.record_quota import RECORD_OVERHEAD, RecordQuota, record_byt
 
 def test_record_bytes_count_what_the_owner_chose_in_utf8() -> None:
     assert record_bytes(("é",), ("K",), "/w") == RECORD_OVERHEAD + 2 + 1 + 2
+    assert record_bytes(("a",), name="nm", labels=(("k", "vv"),)) == RECORD_OVERHEAD + 1 + 2 + 3
 
 
 def test_a_start_over_the_bound_is_refused_saying_what_to_remove_and_counts_nothing() -> None:

@@ -76,13 +76,29 @@ def test_status_text_and_json_carry_the_details() -> None:
 
 def test_the_list_table_lines_up() -> None:
     table = render.table(
-        [_job(status="Active"), _job(job_id="j2", status="Terminated", exit_code=0)], now=160.0
+        [
+            _job(status="Active"),
+            _job(job_id="j2", status="Terminated", exit_code=0, name="nightly"),
+        ],
+        now=160.0,
     )
     lines = table.splitlines()
-    assert lines[0].split() == ["JOB", "ID", "STATUS", "EXIT", "STARTED", "COMMAND"]
-    assert lines[1].split()[:3] == ["j1", "Active", "-"]
+    assert lines[0].split() == ["JOB", "ID", "NAME", "STATUS", "EXIT", "STARTED", "COMMAND"]
+    assert lines[1].split()[:4] == ["j1", "-", "Active", "-"]
     assert "1 min 0 s ago" in lines[1]
-    assert lines[2].split()[:3] == ["j2", "Terminated", "0"]
+    assert lines[2].split()[:4] == ["j2", "nightly", "Terminated", "0"]
+    assert lines[1].index("Active") == lines[2].index("Terminated")  # the columns line up
+
+
+def test_status_and_json_show_the_name_and_labels() -> None:
+    job = _job(status="Active", name="nightly", labels={"team": "infra", "example.com/tier": "web"})
+    text = render.status_text(job, now=110.0)
+    assert "  name     nightly" in text
+    assert "labels   example.com/tier=web team=infra" in text
+    data = render.status_dict(job)
+    assert data["name"] == "nightly"
+    assert data["labels"] == {"example.com/tier": "web", "team": "infra"}
+    assert render.status_dict(_job(status="Active"))["name"] is None
 
 
 def test_status_shows_disk_usage_and_why_output_was_truncated() -> None:
@@ -115,7 +131,16 @@ def test_the_list_table_shows_owners_when_asked_and_cuts_commands_to_the_width()
         [long, _job(job_id="j2", owner="betty", status="Active")], now=160.0, owners=True
     )
     lines = table.splitlines()
-    assert lines[0].split() == ["JOB", "ID", "OWNER", "STATUS", "EXIT", "STARTED", "COMMAND"]
+    assert lines[0].split() == [
+        "JOB",
+        "ID",
+        "OWNER",
+        "NAME",
+        "STATUS",
+        "EXIT",
+        "STARTED",
+        "COMMAND",
+    ]
     assert lines[2].split()[:2] == ["j2", "betty"]
     assert lines[1].endswith("...") and len(lines[1].split("  ")[-1]) == render.COMMAND_WIDTH
     narrow = render.table([long], now=160.0, command_width=20).splitlines()[1]
