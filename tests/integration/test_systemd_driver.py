@@ -57,7 +57,11 @@ def require_systemd() -> None:
 @pytest.fixture
 async def tracker(tmp_path: Path) -> AsyncIterator[JobTracker]:
     require_systemd()
-    config = TrackerConfig(data_dir=tmp_path / "data", cgroup_driver="systemd")
+    # Loopback only, as the other tests' trackers: the network is not what these test
+    # (and CI's VM has no default route for the shipped default, outbound).
+    config = TrackerConfig(
+        data_dir=tmp_path / "data", cgroup_driver="systemd", network_default="none"
+    )
     async with JobTracker(config) as tracker:
         yield tracker
 
@@ -306,7 +310,7 @@ async def test_a_bus_that_never_answers_fails_the_start_in_bounded_time_leaving_
     bound = scaled(1.0)
     driver = SystemdDriver(bus=f"unix:path={bus.path}", bus_timeout=bound)
     with bus:
-        config = TrackerConfig(data_dir=tmp_path / "data")
+        config = TrackerConfig(data_dir=tmp_path / "data", network_default="none")
         async with JobTracker(config, cgroups=driver) as tracker:
             with pytest.raises(StartFailedError):  # the first start connects
                 await tracker.start("alex", JobSpec(argv=("sleep", "600")))
