@@ -39,7 +39,7 @@ def test_every_line_is_json_and_a_calls_lines_carry_its_job_user_and_peer(
             lines.append(json.loads(text))
         else:  # only what jwsd's own logging does not write may be plain (none today)
             raise AssertionError(f"a line that is not JSON: {text!r}")
-    assert any(line["message"].startswith("listening on ") for line in lines)
+    assert any(" listening on " in line["message"] for line in lines)  # "jwsd VERSION listening on"
     calls = [line for line in lines if line["logger"] == "jobworker.access"]
     by_method = {line["message"].split("method=")[1].split()[0]: line for line in calls}
     for method, user in (("StartJob", "alex"), ("StopJob", "alex"), ("GetJobStatus", "betty")):
