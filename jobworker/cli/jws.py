@@ -33,20 +33,18 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import asyncclick as click
 
 from jobworker.cli import render, watch
-from jobworker.cli.config import DEFAULT_ADDR, DEFAULT_TLS_DIR, ClientConfig, config_path
+from jobworker.cli.config import DEFAULT_ADDR, DEFAULT_TLS_DIR
 from jobworker.cli.failure import EXIT_SERVER_ERROR, EXIT_USAGE, Failure
 from jobworker.cli.job_ids import JobIds
 from jobworker.cli.job_request import JobRequest, job_options, label_flag, labels_option
 from jobworker.cli.leaving import EXIT_INTERRUPTED, Following, Left, start_interruptibly
 from jobworker.cli.stdout import copy_output
 from jobworker.cli.target import (
-    DEFAULT_PORT,
     Target,
     connected,
     connection_options,
@@ -61,7 +59,7 @@ from jobworker.errors import (
     UnavailableError,
 )
 from jobworker.model import STOPPED_BY_SHUTDOWN, JobState, JobStatus, Outcome
-from jobworker.units import format_duration, parse_addr, parse_duration
+from jobworker.units import format_duration, parse_duration
 
 if TYPE_CHECKING:  # imported lazily at run time: `jws --help` stays quick
     from jobworker.client import JobWorkerClient, Reconnector
@@ -589,29 +587,7 @@ async def login(user: str, addr: str | None, tls_dir: str | None) -> None:
       jws login alex
       jws login betty --addr jobs.example.org:50051 --tls-dir ~/jobworker-certs
     """
-    click.echo(shown(_remember(user, addr, tls_dir)), err=True)
-
-
-def _remember(user: str, addr: str | None, tls_dir: str | None) -> str:
-    """`jws login`'s work (blocking file reads, which is fine for a one-shot command):
-    check, save, and the line that says what was saved."""
-    from jobworker.client import Credentials
-
-    try:
-        stored = ClientConfig.load()
-        if addr is not None:
-            parse_addr(addr, default_port=DEFAULT_PORT)
-    except ValueError as exc:
-        raise Failure(str(exc), EXIT_USAGE) from None
-    # Absolute, as the shell named it (a path without a symlink resolved): a later command
-    # from another directory must find the same files.
-    tls = Path(os.path.abspath(tls_dir or stored.tls_dir or DEFAULT_TLS_DIR))
-    try:
-        Credentials(tls, user).ssl_context()
-    except SetupError as exc:
-        raise Failure(f"{exc}; nothing saved", EXIT_USAGE) from None
-    path = ClientConfig(user=user, addr=addr or stored.addr, tls_dir=str(tls)).save(config_path())
-    return f"now acting as {user}, with {tls} (saved in {path})"
+    click.echo(shown(Target.remember(user, addr, tls_dir)), err=True)
 
 
 jws.add_command(watch.events)

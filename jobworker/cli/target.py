@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import asyncclick as click
 import attrs
 
-from jobworker.cli.config import DEFAULT_ADDR, DEFAULT_TLS_DIR, ClientConfig
+from jobworker.cli.config import DEFAULT_ADDR, DEFAULT_TLS_DIR, ClientConfig, config_path
 from jobworker.cli.failure import (
     EXIT_NOT_FOUND,
     EXIT_SERVER_ERROR,
@@ -86,6 +87,31 @@ class Target:
             raise Failure(str(exc), EXIT_USAGE) from None
         credentials = Credentials(Path(tls_dir or stored.tls_dir or DEFAULT_TLS_DIR), user)
         return cls(host, port, credentials)
+
+    @staticmethod
+    def remember(user: str, addr: str | None, tls_dir: str | None) -> str:
+        """`jws login`: check that `user`'s files are in the TLS dir and load, save the
+        defaults (the TLS dir as an absolute path), and say what was saved. Blocking
+        file reads, which is fine for a one-shot command. Raises Failure (usage)."""
+        from jobworker.client import Credentials
+
+        try:
+            stored = ClientConfig.load()
+            if addr is not None:
+                parse_addr(addr, default_port=DEFAULT_PORT)
+        except ValueError as exc:
+            raise Failure(str(exc), EXIT_USAGE) from None
+        # Absolute, as the shell named it (a path without a symlink resolved): a later
+        # command from another directory must find the same files.
+        tls = Path(os.path.abspath(tls_dir or stored.tls_dir or DEFAULT_TLS_DIR))
+        try:
+            Credentials(tls, user).ssl_context()
+        except SetupError as exc:
+            raise Failure(f"{exc}; nothing saved", EXIT_USAGE) from None
+        path = ClientConfig(user=user, addr=addr or stored.addr, tls_dir=str(tls)).save(
+            config_path()
+        )
+        return f"now acting as {user}, with {tls} (saved in {path})"
 
     def connect(self, connect_timeout: float = 10) -> AbstractAsyncContextManager[JobWorkerClient]:
         """A new connection (see `jobworker.client.connect`)."""

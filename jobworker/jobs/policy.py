@@ -4,13 +4,18 @@ the tracker's config and the request, checked before any work."""
 
 from __future__ import annotations
 
+import logging
+
 import attrs
 
 from jobworker import limits as limits_table
 from jobworker.errors import InvalidRequestError, NotAllowedError, QuotaExceededError
 from jobworker.jobs.config import TrackerConfig
 from jobworker.model import JobSpec, Limits, NetworkMode
+from jobworker.sandbox.network import NetworkTools, host_pings_through_pasta
 from jobworker.units import counted
+
+log = logging.getLogger("jobworker.jobs.tracker")  # the start-up lines name the tracker
 
 
 def check_running_quota(config: TrackerConfig, running: int) -> None:
@@ -85,3 +90,26 @@ def _smaller(default: float | None, ceiling: float | None) -> float | None:
 
 
 __all__ = ["allowed_networks", "check_running_quota", "effective_limits", "network_of"]
+
+
+def say_network_limits(config: TrackerConfig, tools: NetworkTools) -> None:
+    """Say once, at start-up, which allowed network modes this host cannot give
+    (their requests are refused), that loopback-only jobs get no ping without
+    CAP_SYS_ADMIN, and that outbound jobs' ping gets no answers while the host's
+    ping_group_range leaves out pasta's group: jwsd never widens a host setting itself."""
+    allowed = allowed_networks(config)
+    for mode in sorted(allowed):
+        why = tools.why_unavailable(mode)
+        if why is not None:
+            log.warning("network mode %s is refused on this host: %s", mode.value, why)
+    if NetworkMode.NONE in allowed and not tools.can_enter:
+        log.warning(
+            "loopback-only jobs get no ICMP echo sockets (ping): jwsd lacks "
+            "CAP_SYS_ADMIN, which entering their network namespace takes"
+        )
+    if NetworkMode.OUTBOUND in allowed and not host_pings_through_pasta():
+        log.warning(
+            "outbound jobs' ICMP echo (ping) gets no replies: the host's "
+            "net.ipv4.ping_group_range leaves out group 0, pasta's; to allow it: "
+            "sysctl -w net.ipv4.ping_group_range='0 0' (see docs/operations.md)"
+        )

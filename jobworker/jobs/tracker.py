@@ -48,13 +48,12 @@ import shutil
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import TypeVar
 
 import attrs
 import trio
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from jobworker import faults, logs
 from jobworker.echo import quoted
@@ -81,15 +80,14 @@ from jobworker.jobs.restore import restore
 from jobworker.jobs.selection import Selection
 from jobworker.jobs.store import JobStore
 from jobworker.jobs.supervisor import FINISH_TIMEOUT, Supervisor
+from jobworker.jobs.tracker_views import count_end, events_for, live_metrics
 from jobworker.jobs.watcher import OutputWatcher
-from jobworker.metrics import Metrics, end_outcome
+from jobworker.metrics import Metrics
 from jobworker.model import (
     MAX_PAGE_SIZE,
     STOPPED_BY_SHUTDOWN,
     JobSpec,
-    JobState,
     JobStatus,
-    NetworkMode,
     Outcome,
 )
 from jobworker.naming import is_name
@@ -101,7 +99,6 @@ from jobworker.sandbox import (
     RunningJob,
     Sandbox,
     StartingJob,
-    host_pings_through_pasta,
 )
 
 log = logging.getLogger(__name__)
@@ -236,7 +233,7 @@ class JobTracker:
                 setup_timeout=config.sandbox_timeout,
                 network_deny=config.network_deny,
             )
-            self._say_network_limits()
+            policy.say_network_limits(self.config, self._sandbox.network_tools)
             self.cgroups = self._sandbox.cgroups
             restored = restore(
                 records,
@@ -275,7 +272,7 @@ class JobTracker:
                 self._running[job.owner] += 1
                 self.metrics.takeover_jobs.labels(result="reattached").inc()
         self._restored = restored.jobs
-        self.metrics.add_live(self._live_metrics)
+        self.metrics.add_live(lambda: live_metrics(self._jobs.values(), self._forgotten_output))
 
     def leave_running(self) -> None:
         """On exit, leave every running job running (and recorded), for the next jwsd
@@ -334,31 +331,6 @@ class JobTracker:
         if scope.cancelled_caught:
             log.error("shutdown: some jobs did not finish within %.1f s", grace + FINISH_TIMEOUT)
         self._background.cancel()
-
-    def _say_network_limits(self) -> None:
-        """Say once, at start-up, which allowed network modes this host cannot give
-        (their requests are refused), that loopback-only jobs get no ping without
-        CAP_SYS_ADMIN, and that outbound jobs' ping gets no answers
-        while the host's ping_group_range leaves out pasta's group: jwsd never
-        widens a host setting itself."""
-        assert self._sandbox is not None
-        tools = self._sandbox.network_tools
-        allowed = policy.allowed_networks(self.config)
-        for mode in sorted(allowed):
-            why = tools.why_unavailable(mode)
-            if why is not None:
-                log.warning("network mode %s is refused on this host: %s", mode.value, why)
-        if NetworkMode.NONE in allowed and not tools.can_enter:
-            log.warning(
-                "loopback-only jobs get no ICMP echo sockets (ping): jwsd lacks "
-                "CAP_SYS_ADMIN, which entering their network namespace takes"
-            )
-        if NetworkMode.OUTBOUND in allowed and not host_pings_through_pasta():
-            log.warning(
-                "outbound jobs' ICMP echo (ping) gets no replies: the host's "
-                "net.ipv4.ping_group_range leaves out group 0, pasta's; to allow it: "
-                "sysctl -w net.ipv4.ping_group_range='0 0' (see docs/operations.md)"
-            )
 
     # ---- the public operations -------------------------------------------
 
@@ -577,11 +549,6 @@ class JobTracker:
         if selection.owner is not None and not admin and selection.owner != owner:
             raise AccessDeniedError()
         ids = frozenset(self._get(owner, job_id, admin).job_id for job_id in job_ids)
-        log = self.events
-        stale = since is not None and log.is_stale(since)
-        seq = log.cursor.seq if since is None or stale else since.seq
-        if not stale:
-            yield JobEvent(seq, EventKind.WATCHING, time.time(), None)
 
         def wanted(status: JobStatus | None) -> bool:
             return (
@@ -592,27 +559,14 @@ class JobTracker:
                 and selection.selected(status.name, status.state, status.spec.labels)
             )
 
-        while True:
-            if stale:
-                stale = False
-                seq = log.cursor.seq  # the live events are those after the state below
-                yield JobEvent(seq, EventKind.STALE, time.time(), None)
-                for job in builtins.list(self._jobs.values()):
-                    status = job.recorded_snapshot()
-                    if self._jobs.get(job.job_id) is job and wanted(status):
-                        yield JobEvent(seq, EventKind.CURRENT, time.time(), status)
-                continue
-            events = log.after(seq, WATCH_BATCH)
-            if not events:
-                await log.wait_after(seq)
-                continue
-            for event in events:
-                seq = event.seq
-                if wanted(event.status):
-                    yield event
-            # A watcher slower than the log's retention has missed events: say so.
-            stale = log.is_stale(Cursor(log.epoch, seq))
-            await trio.lowlevel.checkpoint()
+        def current() -> Iterable[JobStatus | None]:
+            for job in builtins.list(self._jobs.values()):
+                status = job.recorded_snapshot()
+                yield status if self._jobs.get(job.job_id) is job else None
+
+        async with contextlib.aclosing(events_for(self.events, current, wanted, since)) as events:
+            async for event in events:
+                yield event
 
     def running_count(self) -> int:
         """How many jobs have not yet ended, of every owner."""
@@ -734,7 +688,7 @@ class JobTracker:
         self._running[job.owner] -= 1
         if self._jobs.get(job.job_id) is job:
             self._disk.ended(job.job_id, job.log.disk_size)
-        self._count_end(job.record)
+        count_end(self.metrics, job.record)
         if self._jobs.get(job.job_id) is job and job.ended_clock is not None:
             await self._finished.finished(job.job_id, job.owner, job.ended_clock)
 
@@ -769,52 +723,6 @@ class JobTracker:
             if self._reserve is not None and not self._reserve.held:
                 await trio.to_thread.run_sync(self._reserve.refill)
 
-    # ---- metrics --------------------------------------------------------------
-
-    def _count_end(self, record: JobRecord) -> None:
-        metrics = self.metrics
-        metrics.job_ends.labels(outcome=end_outcome(record.outcome, record.exit_code)).inc()
-        if record.started_at is not None and record.ended_at is not None:
-            metrics.job_run_seconds.observe(max(0.0, record.ended_at - record.started_at))
-        if record.output_truncated is not None:
-            metrics.jobs_truncated.inc()
-
-    def _live_metrics(self) -> builtins.list[Metric]:
-        """The tracker's levels, computed at a scrape: O(jobs), a few attribute reads
-        per job and one statvfs per running job's work dir, on trio's thread."""
-        by_state = collections.Counter(job.phase.state for job in self._jobs.values())
-        jobs = GaugeMetricFamily("jobworker_jobs", "Jobs jwsd holds, by state.", labels=["state"])
-        for state in JobState:
-            jobs.add_metric([state.value.lower()], by_state[state])
-        written = self._forgotten_output + sum(job.log.size for job in self._jobs.values())
-        workdirs = 0
-        for job in self._jobs.values():
-            if job.running is not None and not job.phase.ended:
-                with contextlib.suppress(OSError):
-                    workdirs += job.running.workdir_bytes() or 0
-        return [
-            jobs,
-            CounterMetricFamily(
-                "jobworker_output_written_bytes",
-                "Bytes of output jobs wrote (kept, up to each job's cap), since jwsd started "
-                "(a taken-over job's earlier output included).",
-                value=written,
-            ),
-            GaugeMetricFamily(
-                "jobworker_output_disk_bytes",
-                "Bytes of job output on disk in the data dir.",
-                value=sum(job.log.disk_size for job in self._jobs.values()),
-            ),
-            GaugeMetricFamily(
-                "jobworker_workdir_bytes",
-                "Bytes in use in the running jobs' work dirs (tmpfs work dirs only).",
-                value=workdirs,
-            ),
-        ]
-
-
-#: Events a watcher takes from the log between checkpoints.
-WATCH_BATCH = 64
 
 #: The phases whose start is an event (FINISHING is still Active to the API; a
 #: DISCARDED job, whose start failed, is gone).
